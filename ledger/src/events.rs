@@ -1,0 +1,664 @@
+//! The event catalogue: every fact the ledger records, as Rust types.
+//!
+//! Each payload type has a stable name (`stock.received`) and a schema version. The types named
+//! here are always the *current* version; older versions live in `crate::upcast` and are turned
+//! into these on read. Changing a payload's shape means adding a version there, never editing
+//! bytes that were written. docs/EVENTS.md explains every field.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::values::{
+    ActorId, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
+    PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
+    SupplierId, Timestamp, TransferId, UnitName, WaveId,
+};
+
+/// Expands to the derives every payload type carries.
+macro_rules! payload {
+    ($($item:item)*) => {
+        $(
+            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+            #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+            $item
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared parts
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// A named pack of the base unit (`box` = 12 `each`).
+    pub struct PackSize {
+        pub unit: UnitName,
+        pub base_units: Qty,
+    }
+
+    /// Which identities the item's stock carries.
+    pub struct Tracking {
+        pub lot: bool,
+        pub serial: bool,
+        pub expiry: bool,
+    }
+
+    /// How the item's stock is valued.
+    pub enum CostMethod {
+        Fifo,
+        MovingAverage,
+    }
+
+    pub enum LocationKind {
+        Warehouse,
+        Store,
+        ThirdPartyLogistics,
+        DropShip,
+    }
+
+    /// How a channel's open checkouts hold stock.
+    pub enum ReservationPolicy {
+        /// No hold until the order is placed.
+        None,
+        /// A hold with the given time to live, in seconds.
+        HoldWithTtl { ttl_seconds: u32 },
+    }
+
+    /// What to do with a returned unit after inspection.
+    pub enum Disposition {
+        Restock,
+        Refurbish,
+        Scrap,
+        ReturnToVendor,
+    }
+
+    /// A channel's share of a SKU's stock.
+    pub enum ChannelAllocationRule {
+        /// Exactly this many units are set aside for the channel.
+        RingFenced { qty: Qty },
+        /// The channel may sell this fraction of available stock.
+        Share { ratio: Ratio },
+        /// No rule: the channel sells from the common pool.
+        Unrestricted,
+    }
+
+    /// An order's allocation policy.
+    pub enum FulfilmentPolicy {
+        ShipComplete,
+        Partial,
+    }
+
+    /// One line of a customer order, as placed.
+    pub struct OrderLine {
+        pub line: u32,
+        pub sku: Sku,
+        pub qty: Qty,
+        pub unit_price: Money,
+        pub discount: Money,
+        pub tax: Money,
+        pub fees: Money,
+    }
+
+    /// A quantity on one order line.
+    pub struct LineQty {
+        pub line: u32,
+        pub qty: Qty,
+    }
+
+    /// One line of a purchase order.
+    pub struct PurchaseLine {
+        pub line: u32,
+        pub sku: Sku,
+        pub location: LocationId,
+        pub qty: Qty,
+        pub unit_cost: Money,
+    }
+
+    /// A receipt's link to the purchase order line it fulfils.
+    pub struct PurchaseRef {
+        pub purchase_order: PurchaseOrderId,
+        pub line: u32,
+    }
+
+    pub enum ChargeKind {
+        Freight,
+        Duty,
+        Insurance,
+        Handling,
+    }
+
+    pub enum AllocationBasis {
+        Value,
+        Quantity,
+        Weight,
+    }
+
+    /// The share of a landed-cost charge given to one purchase order line.
+    pub struct ChargeShare {
+        pub line: u32,
+        pub sku: Sku,
+        pub amount: Money,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Master data
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// An item was defined, or its definition replaced (`item.changed` carries the same body).
+    pub struct ItemDefined {
+        pub sku: Sku,
+        pub description: String,
+        pub base_unit: UnitName,
+        pub pack_sizes: Vec<PackSize>,
+        pub tracking: Tracking,
+        pub reorder_point: Qty,
+        pub safety_stock: Qty,
+        pub lead_time_days: u32,
+        pub min_order_qty: Qty,
+        pub suppliers: Vec<SupplierId>,
+        pub cost_method: CostMethod,
+        /// Whether on-hand may go below zero (services, drop-ship lines, gift vouchers).
+        pub allow_negative: bool,
+    }
+
+    pub struct LocationDefined {
+        pub location: LocationId,
+        pub name: String,
+        pub kind: LocationKind,
+        pub region: String,
+        /// Storage capacity in base units; `None` for unlimited.
+        pub capacity: Option<Qty>,
+        /// Lower number is preferred by order routing.
+        pub routing_priority: u32,
+    }
+
+    pub struct SupplierDefined {
+        pub supplier: SupplierId,
+        pub name: String,
+        pub currency: Currency,
+        pub lead_time_days: u32,
+    }
+
+    pub struct ChannelDefined {
+        pub channel: ChannelId,
+        pub name: String,
+        pub fee_rate: Ratio,
+        pub reservation_policy: ReservationPolicy,
+    }
+
+    pub struct LegalEntityDefined {
+        pub entity: EntityId,
+        pub name: String,
+        pub currency: Currency,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stock: one subject per SKU
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    pub struct StockReceived {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub bin: Option<BinId>,
+        pub lot: Option<LotId>,
+        pub expires_on: Option<Date>,
+        pub serials: Vec<SerialNo>,
+        pub qty: Qty,
+        pub unit_cost: Money,
+        pub purchase: Option<PurchaseRef>,
+    }
+
+    /// Units moved from one bin to another inside a location (put-away included).
+    pub struct StockBinMoved {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub from_bin: Option<BinId>,
+        pub to_bin: BinId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    /// A hold with expiry, e.g. for an open checkout.
+    pub struct StockReserved {
+        pub sku: Sku,
+        pub hold: HoldId,
+        pub location: LocationId,
+        pub channel: Option<ChannelId>,
+        pub qty: Qty,
+        pub expires_at: Timestamp,
+    }
+
+    pub struct ReservationReleased {
+        pub sku: Sku,
+        pub hold: HoldId,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct ReservationExpired {
+        pub sku: Sku,
+        pub hold: HoldId,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    /// Units committed to an order line at a location.
+    pub struct StockAllocated {
+        pub sku: Sku,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct AllocationReleased {
+        pub sku: Sku,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct StockPicked {
+        pub sku: Sku,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub bin: Option<BinId>,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    /// Units left the building on an order: on hand and allocated both fall.
+    pub struct StockShipped {
+        pub sku: Sku,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct TransferShipped {
+        pub sku: Sku,
+        pub transfer: TransferId,
+        pub from: LocationId,
+        pub to: LocationId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    /// Units of a transfer arrived; `variance` is received minus shipped (negative: lost in transit).
+    pub struct TransferReceived {
+        pub sku: Sku,
+        pub transfer: TransferId,
+        pub to: LocationId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+        pub variance: QtyDelta,
+    }
+
+    pub struct StockAdjusted {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub lot: Option<LotId>,
+        pub delta: QtyDelta,
+        pub reason: ReasonCode,
+        pub note: String,
+        pub approved_by: Option<ActorId>,
+    }
+
+    /// A cycle count: what was found, what the ledger expected, and the difference it books.
+    pub struct StockCounted {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub bin: Option<BinId>,
+        pub lot: Option<LotId>,
+        pub counted: Qty,
+        pub expected: Qty,
+        pub variance: QtyDelta,
+        pub approved_by: Option<ActorId>,
+    }
+
+    pub struct QualityHeld {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+        pub reason: ReasonCode,
+    }
+
+    pub struct QualityReleased {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    pub struct StockScrapped {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+        pub reason: ReasonCode,
+        /// Whether the units came out of quality hold rather than sellable stock.
+        pub from_quality_hold: bool,
+    }
+
+    /// Returned units arrived and wait for inspection (counted in quality hold).
+    pub struct ReturnReceived {
+        pub sku: Sku,
+        pub return_id: ReturnId,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct ReturnDispositioned {
+        pub sku: Sku,
+        pub return_id: ReturnId,
+        pub location: LocationId,
+        pub qty: Qty,
+        pub disposition: Disposition,
+    }
+
+    pub struct ChannelAllocationSet {
+        pub sku: Sku,
+        pub channel: ChannelId,
+        pub rule: ChannelAllocationRule,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders: one subject per order
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    pub struct OrderPlaced {
+        pub order: OrderId,
+        pub channel: ChannelId,
+        pub external_ref: String,
+        pub lines: Vec<OrderLine>,
+        pub shipping_charged: Money,
+        pub ship_to_region: String,
+        pub promise_date: Option<Date>,
+        /// Lower number is served first.
+        pub priority: u32,
+        pub policy: FulfilmentPolicy,
+    }
+
+    /// Payment or fraud review stopped the order.
+    pub struct OrderHeld {
+        pub order: OrderId,
+        pub reason: ReasonCode,
+    }
+
+    pub struct OrderReleased {
+        pub order: OrderId,
+    }
+
+    /// Routing chose a node for a line; `reason` says which rule decided.
+    pub struct LineRouted {
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub reason: String,
+    }
+
+    pub struct LineAllocated {
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct LineBackordered {
+        pub order: OrderId,
+        pub line: u32,
+        pub qty: Qty,
+    }
+
+    pub struct OrderReleasedToPick {
+        pub order: OrderId,
+        pub wave: WaveId,
+    }
+
+    pub struct LinePicked {
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct OrderPacked {
+        pub order: OrderId,
+        pub package: PackageId,
+        pub lines: Vec<LineQty>,
+    }
+
+    pub struct OrderShipped {
+        pub order: OrderId,
+        pub package: PackageId,
+        pub carrier: String,
+        pub tracking: String,
+        pub freight_cost: Money,
+        pub lines: Vec<LineQty>,
+    }
+
+    pub struct LinesCancelled {
+        pub order: OrderId,
+        pub lines: Vec<LineQty>,
+        pub reason: ReasonCode,
+    }
+
+    pub struct ReturnAuthorised {
+        pub order: OrderId,
+        pub return_id: ReturnId,
+        pub lines: Vec<LineQty>,
+    }
+
+    /// Money went back to the customer, after the return was inspected.
+    pub struct OrderRefunded {
+        pub order: OrderId,
+        pub return_id: ReturnId,
+        pub amount: Money,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Purchasing: one subject per purchase order
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// Replenishment suggests buying; recorded so the decision can be explained later.
+    pub struct RecommendationRaised {
+        pub sku: Sku,
+        pub location: LocationId,
+        pub supplier: Option<SupplierId>,
+        pub qty: Qty,
+        pub order_by: Date,
+        pub reason: String,
+    }
+
+    pub struct PurchaseOrderCreated {
+        pub purchase_order: PurchaseOrderId,
+        pub supplier: SupplierId,
+        pub currency: Currency,
+        pub lines: Vec<PurchaseLine>,
+        pub expected_on: Date,
+    }
+
+    pub struct PurchaseOrderApproved {
+        pub purchase_order: PurchaseOrderId,
+        pub approver: ActorId,
+    }
+
+    pub struct PurchaseOrderRejected {
+        pub purchase_order: PurchaseOrderId,
+        pub approver: ActorId,
+        pub reason: String,
+    }
+
+    /// A receipt was matched to a PO line; `variance` is received minus ordered so far.
+    pub struct ReceiptMatched {
+        pub purchase_order: PurchaseOrderId,
+        pub line: u32,
+        pub qty_received: Qty,
+        pub qty_ordered: Qty,
+        pub variance: QtyDelta,
+    }
+
+    pub struct LandedCostAllocated {
+        pub purchase_order: PurchaseOrderId,
+        pub charge: ChargeKind,
+        pub amount: Money,
+        pub basis: AllocationBasis,
+        pub shares: Vec<ChargeShare>,
+    }
+
+    pub struct PurchaseOrderClosed {
+        pub purchase_order: PurchaseOrderId,
+        pub reason: String,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command outcomes: one subject per command id
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// A command was accepted. Recorded with the command's events so that a retry with the
+    /// same id, at any later time, gets the same answer.
+    pub struct CommandAccepted {
+        pub command_type: String,
+        /// SHA-256 of the command's canonical body: a retry with another body is refused.
+        pub body_sha256: [u8; 32],
+        pub event_count: u32,
+    }
+
+    /// A command was refused. Nothing else is written for it.
+    pub struct CommandRejected {
+        pub command_type: String,
+        pub body_sha256: [u8; 32],
+        pub code: String,
+        pub message: String,
+    }
+}
+
+/// Defines `Event`, `EventType` and the name and version table from one list, so the three can
+/// never disagree.
+macro_rules! catalogue {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $name:literal v $version:literal; )*) => {
+        /// Every event, at its current version.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+        #[serde(tag = "type", content = "data")]
+        pub enum Event {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant($ty), )*
+        }
+
+        /// The type of an event, without its data.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum EventType {
+            $( $variant, )*
+        }
+
+        impl EventType {
+            /// Every event type, in catalogue order.
+            pub const ALL: &'static [EventType] = &[ $( EventType::$variant, )* ];
+
+            /// The stable name written on the wire.
+            pub fn name(self) -> &'static str {
+                match self { $( EventType::$variant => $name, )* }
+            }
+
+            /// The version this code writes.
+            pub fn current_version(self) -> u16 {
+                match self { $( EventType::$variant => $version, )* }
+            }
+
+            pub fn from_name(name: &str) -> Option<EventType> {
+                match name { $( $name => Some(EventType::$variant), )* _ => None }
+            }
+        }
+
+        impl Event {
+            pub fn event_type(&self) -> EventType {
+                match self { $( Event::$variant(_) => EventType::$variant, )* }
+            }
+
+            /// Encodes the payload alone at its current version.
+            pub(crate) fn encode_payload(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+                match self { $( Event::$variant(p) => crate::codec::to_bytes(p), )* }
+            }
+
+            /// Decodes a payload written at the current version of `event_type`.
+            pub(crate) fn decode_current(
+                event_type: EventType,
+                bytes: &[u8],
+            ) -> Result<Event, crate::codec::CodecError> {
+                Ok(match event_type {
+                    $( EventType::$variant => Event::$variant(crate::codec::from_bytes::<$ty>(bytes)?), )*
+                })
+            }
+        }
+    };
+}
+
+catalogue! {
+    ItemDefined(ItemDefined) = "item.defined" v 2;
+    ItemChanged(ItemDefined) = "item.changed" v 2;
+    LocationDefined(LocationDefined) = "location.defined" v 1;
+    SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
+    ChannelDefined(ChannelDefined) = "channel.defined" v 1;
+    LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 1;
+
+    StockReceived(StockReceived) = "stock.received" v 1;
+    StockBinMoved(StockBinMoved) = "stock.bin_moved" v 1;
+    StockReserved(StockReserved) = "stock.reserved" v 1;
+    ReservationReleased(ReservationReleased) = "stock.reservation_released" v 1;
+    ReservationExpired(ReservationExpired) = "stock.reservation_expired" v 1;
+    StockAllocated(StockAllocated) = "stock.allocated" v 1;
+    AllocationReleased(AllocationReleased) = "stock.allocation_released" v 1;
+    StockPicked(StockPicked) = "stock.picked" v 1;
+    StockShipped(StockShipped) = "stock.shipped" v 1;
+    TransferShipped(TransferShipped) = "stock.transfer_shipped" v 1;
+    TransferReceived(TransferReceived) = "stock.transfer_received" v 1;
+    StockAdjusted(StockAdjusted) = "stock.adjusted" v 1;
+    StockCounted(StockCounted) = "stock.counted" v 1;
+    QualityHeld(QualityHeld) = "stock.quality_held" v 1;
+    QualityReleased(QualityReleased) = "stock.quality_released" v 1;
+    StockScrapped(StockScrapped) = "stock.scrapped" v 1;
+    ReturnReceived(ReturnReceived) = "stock.return_received" v 1;
+    ReturnDispositioned(ReturnDispositioned) = "stock.return_dispositioned" v 1;
+    ChannelAllocationSet(ChannelAllocationSet) = "stock.channel_allocation_set" v 1;
+
+    OrderPlaced(OrderPlaced) = "order.placed" v 1;
+    OrderHeld(OrderHeld) = "order.held" v 1;
+    OrderReleased(OrderReleased) = "order.released" v 1;
+    LineRouted(LineRouted) = "order.line_routed" v 1;
+    LineAllocated(LineAllocated) = "order.line_allocated" v 1;
+    LineBackordered(LineBackordered) = "order.line_backordered" v 1;
+    OrderReleasedToPick(OrderReleasedToPick) = "order.released_to_pick" v 1;
+    LinePicked(LinePicked) = "order.line_picked" v 1;
+    OrderPacked(OrderPacked) = "order.packed" v 1;
+    OrderShipped(OrderShipped) = "order.shipped" v 1;
+    LinesCancelled(LinesCancelled) = "order.lines_cancelled" v 1;
+    ReturnAuthorised(ReturnAuthorised) = "order.return_authorised" v 1;
+    OrderRefunded(OrderRefunded) = "order.refunded" v 1;
+
+    RecommendationRaised(RecommendationRaised) = "purchase.recommendation_raised" v 1;
+    PurchaseOrderCreated(PurchaseOrderCreated) = "purchase.order_created" v 1;
+    PurchaseOrderApproved(PurchaseOrderApproved) = "purchase.order_approved" v 1;
+    PurchaseOrderRejected(PurchaseOrderRejected) = "purchase.order_rejected" v 1;
+    ReceiptMatched(ReceiptMatched) = "purchase.receipt_matched" v 1;
+    LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
+    PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
+
+    CommandAccepted(CommandAccepted) = "command.accepted" v 1;
+    CommandRejected(CommandRejected) = "command.rejected" v 1;
+}

@@ -1,0 +1,683 @@
+//! The event log on NATS JetStream: stream provisioning, fenced atomic appends, reads.
+//!
+//! Append protocol (one atomic batch per append; measured in shared notes §5):
+//! - messages 1..n-1 are the events, sent by core publish with `Nats-Batch-Id` and
+//!   `Nats-Batch-Sequence`; message 1 also carries `Nats-Expected-Last-Sequence` = the
+//!   stream's last sequence as this writer knows it (the stream-wide fence), and the first
+//!   event of each subject carries `Nats-Expected-Last-Subject-Sequence` (optimistic
+//!   concurrency per subject);
+//! - message n is the writer's chain marker on `<prefix>.w.<instance>`, sent by JetStream
+//!   publish with `Nats-Batch-Commit: 1` and the expected last sequence of that chain subject.
+//!   That second check closes the hole where a foreign writer appends exactly as many messages
+//!   as a failed batch held and the stream-wide count matches again.
+//! - the ack must report the predicted last sequence and batch size, or the writer stops.
+
+use std::time::Duration;
+
+use async_nats::header::{
+    self, HeaderMap, NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
+    NATS_EXPECTED_LAST_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+};
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::codec::{self, WriterMarker};
+use crate::envelope::{EventHash, RecordedEvent};
+use crate::log::{
+    AppendBatch, AppendError, Appended, AppendedEvent, EventLog, Head, LogCursor, LogRecord,
+    ReadError, ReadFrom, ReadUntil, SealedEvent, seal_batch,
+};
+use crate::server::Version;
+use crate::subject::{Subject, SubjectSpace};
+use crate::values::Timestamp;
+
+/// Oldest server with atomic batch publish. Older servers accept the stream setting and ignore
+/// it, which would turn every batch into partial writes, so they are refused.
+pub const SERVER_VERSION_MIN: Version = Version::new(2, 12, 0);
+
+/// Server error codes that mean "an expected sequence did not match". 10164 is the batch form
+/// (async-nats reports it as `Other`), so errors are classified by code, never by kind.
+const CONFLICT_CODES: [u64; 2] = [10071, 10164];
+
+/// Where the ledger lives and how its stream is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub stream: String,
+    pub subjects: SubjectSpace,
+    pub replicas: usize,
+    /// `deny_delete` and `deny_purge`. Only scratch streams in tests turn this off.
+    pub protected: bool,
+    /// JetStream's own dedup window. Idempotency of commands does not depend on it.
+    pub duplicate_window: Duration,
+    /// How long to wait for a batch's acknowledgement before its outcome is unknown.
+    pub ack_timeout: Duration,
+}
+
+impl LogConfig {
+    /// The production ledger: stream `LEDGER`, subjects `led.>`.
+    pub fn ledger() -> LogConfig {
+        LogConfig {
+            stream: "LEDGER".into(),
+            subjects: SubjectSpace::new("led").expect("valid prefix"),
+            replicas: 1,
+            protected: true,
+            duplicate_window: Duration::from_secs(120),
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "nats-server {found} is too old: atomic batch publish needs {SERVER_VERSION_MIN} or newer"
+    )]
+    ServerTooOld { found: String },
+    #[error("nats-server reports an unreadable version `{0}`")]
+    ServerVersion(String),
+    #[error("could not provision stream {stream}: {detail}")]
+    Provision { stream: String, detail: String },
+    #[error(
+        "stream {stream} is misconfigured: {setting} is {found}, expected {expected}; fix the stream or use another name"
+    )]
+    Misconfigured {
+        stream: String,
+        setting: &'static str,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Refuses servers older than `SERVER_VERSION_MIN`.
+pub fn check_server_version(reported: &str) -> Result<Version, OpenError> {
+    let version =
+        Version::parse(reported).ok_or_else(|| OpenError::ServerVersion(reported.into()))?;
+    if version < SERVER_VERSION_MIN {
+        return Err(OpenError::ServerTooOld {
+            found: reported.into(),
+        });
+    }
+    Ok(version)
+}
+
+fn ledger_stream_config(config: &LogConfig) -> stream::Config {
+    stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![config.subjects.all()],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        max_messages: -1,
+        max_bytes: -1,
+        max_messages_per_subject: -1,
+        max_age: Duration::ZERO,
+        duplicate_window: config.duplicate_window,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        allow_rollup: false,
+        deny_delete: config.protected,
+        deny_purge: config.protected,
+        ..Default::default()
+    }
+}
+
+/// Checks the stream's echoed configuration: a server or an earlier operator may have created
+/// it differently, and a server that does not know a setting silently drops it.
+fn verify_ledger_stream(config: &LogConfig, echoed: &stream::Config) -> Result<(), OpenError> {
+    let bad = |setting, expected: &dyn ToString, found: &dyn ToString| {
+        Err(OpenError::Misconfigured {
+            stream: config.stream.clone(),
+            setting,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        })
+    };
+    if !echoed.allow_atomic_publish {
+        return bad("allow_atomic_publish", &true, &false);
+    }
+    if !echoed.allow_direct {
+        return bad("allow_direct", &true, &false);
+    }
+    if echoed.storage != stream::StorageType::File {
+        return bad("storage", &"file", &format!("{:?}", echoed.storage));
+    }
+    if echoed.allow_rollup {
+        return bad("allow_rollup", &false, &true);
+    }
+    if config.protected && !(echoed.deny_delete && echoed.deny_purge) {
+        return bad(
+            "deny_delete/deny_purge",
+            &"true/true",
+            &format!("{}/{}", echoed.deny_delete, echoed.deny_purge),
+        );
+    }
+    if !echoed.max_age.is_zero()
+        || echoed.max_messages > 0
+        || echoed.max_bytes > 0
+        || echoed.max_messages_per_subject > 0
+    {
+        return bad(
+            "limits",
+            &"none (a ledger never expires events)",
+            &format!(
+                "max_age={:?} max_msgs={} max_bytes={} max_msgs_per_subject={}",
+                echoed.max_age,
+                echoed.max_messages,
+                echoed.max_bytes,
+                echoed.max_messages_per_subject
+            ),
+        );
+    }
+    if !echoed.subjects.contains(&config.subjects.all()) {
+        return bad(
+            "subjects",
+            &config.subjects.all(),
+            &echoed.subjects.join(","),
+        );
+    }
+    Ok(())
+}
+
+/// Provisions the `COMMANDS` intake stream: durable, deduplicated by command id within the
+/// window, and kept for `max_age` (the outcome of every command is kept forever in the ledger).
+pub async fn provision_commands(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+    max_age: Duration,
+) -> Result<stream::Stream, OpenError> {
+    let config = stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| OpenError::Provision {
+            stream: name.into(),
+            detail: e.to_string(),
+        })
+}
+
+/// The single writer's view of the stream.
+#[derive(Debug)]
+struct Writer {
+    instance: Uuid,
+    chain_subject: String,
+    /// The stream's last sequence as this writer predicts it; `None` until (re)synchronised.
+    predicted_last: Option<u64>,
+    /// Sequence of this writer's last chain marker (0: none yet).
+    prev_marker: u64,
+    batches: u64,
+    /// Set on a fencing breach: the writer refuses all further appends.
+    stopped: Option<String>,
+}
+
+/// The ledger on a JetStream stream.
+#[derive(Debug)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    config: LogConfig,
+    max_payload: usize,
+    writer: Mutex<Writer>,
+}
+
+impl JetStreamLog {
+    /// Connects the ledger to `client`: refuses an old server, creates the stream if missing
+    /// and verifies its configuration.
+    pub async fn open(
+        client: async_nats::Client,
+        config: LogConfig,
+    ) -> Result<JetStreamLog, OpenError> {
+        let info = client.server_info();
+        check_server_version(&info.version)?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            // Acks are awaited one batch at a time; keep the client's window well below the
+            // level where its backpressure can block a publisher (shared notes §4.5).
+            .max_ack_inflight(1024)
+            .build(client.clone());
+        let provision = |e: &dyn ToString| OpenError::Provision {
+            stream: config.stream.clone(),
+            detail: e.to_string(),
+        };
+        let mut stream = js
+            .get_or_create_stream(ledger_stream_config(&config))
+            .await
+            .map_err(|e| provision(&e))?;
+        let echoed = stream
+            .info()
+            .await
+            .map_err(|e| provision(&e))?
+            .config
+            .clone();
+        verify_ledger_stream(&config, &echoed)?;
+        let instance = Uuid::now_v7();
+        let writer = Writer {
+            instance,
+            chain_subject: config.subjects.writer_marker(instance),
+            predicted_last: None,
+            prev_marker: 0,
+            batches: 0,
+            stopped: None,
+        };
+        Ok(JetStreamLog {
+            max_payload: info.max_payload,
+            client,
+            js,
+            stream,
+            config,
+            writer: Mutex::new(writer),
+        })
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Re-reads the stream's last sequence and this writer's last marker. Called before the
+    /// first append and after any failed one.
+    async fn resync(&self, w: &mut Writer) -> Result<u64, AppendError> {
+        let unavailable = |e: &dyn ToString| {
+            AppendError::OutcomeUnknown(format!("resynchronising: {}", e.to_string()))
+        };
+        let info = self.stream.get_info().await.map_err(|e| unavailable(&e))?;
+        w.prev_marker = match self
+            .stream
+            .direct_get_last_for_subject(w.chain_subject.as_str())
+            .await
+        {
+            Ok(msg) => msg.sequence,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        w.predicted_last = Some(info.state.last_sequence);
+        Ok(info.state.last_sequence)
+    }
+
+    fn check_sizes(&self, sealed: &[SealedEvent]) -> Result<(), AppendError> {
+        // Headers and subject take at most about 1 KiB per message.
+        let limit = self.max_payload.saturating_sub(1024);
+        match sealed.iter().position(|s| s.bytes.len() > limit) {
+            Some(i) => Err(AppendError::Invalid(format!(
+                "event {i} encodes to {} bytes; the server accepts at most {limit} per event",
+                sealed[i].bytes.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        w: &Writer,
+        predicted_last: u64,
+        sealed: &[SealedEvent],
+        batch_id: &str,
+    ) -> Result<jetstream::publish::PublishAck, async_nats::Error> {
+        for (i, event) in sealed.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_BATCH_ID, batch_id);
+            headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            if i == 0 {
+                headers.insert(
+                    NATS_EXPECTED_LAST_SEQUENCE,
+                    predicted_last.to_string().as_str(),
+                );
+            }
+            if let Some(expected) = event.expected_subject_seq {
+                headers.insert(
+                    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+            }
+            let subject = self.config.subjects.full(&event.subject);
+            // Non-commit messages go by core publish: with a reply subject the server answers
+            // with an empty body, which the JetStream client cannot parse.
+            self.client
+                .publish_with_headers(subject, headers, Bytes::copy_from_slice(&event.bytes))
+                .await?;
+        }
+        let marker = codec::encode_marker(&WriterMarker {
+            instance: *w.instance.as_bytes(),
+            batch: w.batches,
+            events: sealed.len() as u32,
+        })
+        .map_err(Box::new)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_BATCH_ID, batch_id);
+        headers.insert(NATS_BATCH_SEQUENCE, (sealed.len() + 1).to_string().as_str());
+        headers.insert(NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            w.prev_marker.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(w.chain_subject.clone(), headers, Bytes::from(marker))
+            .await?;
+        Ok(ack.await?)
+    }
+
+    /// Reads and decodes the message at `seq`.
+    pub async fn get(&self, seq: u64) -> Result<Option<LogRecord>, ReadError> {
+        match self.stream.direct_get(seq).await {
+            Ok(msg) => {
+                let published = msg.time;
+                Ok(Some(to_record(
+                    &self.config.subjects,
+                    seq,
+                    &msg.subject,
+                    &msg.payload,
+                    published,
+                )?))
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ReadError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Turns one stored message into a log record: a writer marker or a decoded event.
+fn to_record(
+    space: &SubjectSpace,
+    seq: u64,
+    subject: &str,
+    payload: &[u8],
+    published: time::OffsetDateTime,
+) -> Result<LogRecord, ReadError> {
+    if space.is_writer_marker(subject) {
+        return Ok(LogRecord::Marker { seq });
+    }
+    decode_record(space, seq, subject, payload, published).map(LogRecord::Event)
+}
+
+/// Decodes one stored message into a recorded event, checking that it sits on the subject its
+/// envelope names.
+pub fn decode_record(
+    space: &SubjectSpace,
+    seq: u64,
+    subject: &str,
+    payload: &[u8],
+    published: time::OffsetDateTime,
+) -> Result<RecordedEvent, ReadError> {
+    let decoded = codec::decode_envelope(payload).map_err(|error| ReadError::Decode {
+        seq,
+        subject: subject.into(),
+        error,
+    })?;
+    let claimed = space.full(&decoded.envelope.subject);
+    if claimed != subject {
+        return Err(ReadError::SubjectMismatch {
+            seq,
+            stored: subject.into(),
+            claimed,
+        });
+    }
+    let micros = (published.unix_timestamp_nanos() / 1000) as i64;
+    Ok(RecordedEvent {
+        seq,
+        recorded_at: Timestamp::from_micros(micros)
+            .unwrap_or_else(|| Timestamp::from_micros(0).expect("epoch")),
+        hash: EventHash::of(payload),
+        stored_version: decoded.stored_version,
+        envelope: decoded.envelope,
+    })
+}
+
+/// The server's numeric JetStream error code behind a publish error, if it sent one.
+fn jetstream_error_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        current = e.source();
+    }
+    None
+}
+
+impl EventLog for JetStreamLog {
+    type Cursor = JetStreamCursor;
+
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+        let sealed = seal_batch(batch)?;
+        self.check_sizes(&sealed)?;
+        let mut w = self.writer.lock().await;
+        if let Some(reason) = &w.stopped {
+            return Err(AppendError::FencingBreach(reason.clone()));
+        }
+        let predicted_last = match w.predicted_last {
+            Some(seq) => seq,
+            None => self.resync(&mut w).await?,
+        };
+        let batch_id = Uuid::now_v7().simple().to_string();
+        let messages = sealed.len() as u64 + 1;
+        let sent = self
+            .send_batch(&w, predicted_last, &sealed, &batch_id)
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(error) => {
+                // Any failure may mean another writer moved the stream; re-read before the next append.
+                w.predicted_last = None;
+                let detail = error.to_string();
+                return Err(match jetstream_error_code(error.as_ref()) {
+                    Some(code) if CONFLICT_CODES.contains(&code) => {
+                        AppendError::Conflict { code, detail }
+                    }
+                    Some(code) => AppendError::Refused { code, detail },
+                    None => AppendError::OutcomeUnknown(detail),
+                });
+            }
+        };
+        let predicted_end = predicted_last + messages;
+        if ack.sequence != predicted_end || ack.batch_size != Some(messages) {
+            let reason = format!(
+                "batch {batch_id} acknowledged at sequence {} with size {:?}; predicted {predicted_end} and {messages}",
+                ack.sequence, ack.batch_size
+            );
+            tracing::error!(%reason, "fencing breach: another writer is appending to the ledger");
+            w.stopped = Some(reason.clone());
+            return Err(AppendError::FencingBreach(reason));
+        }
+        w.predicted_last = Some(predicted_end);
+        w.prev_marker = predicted_end;
+        w.batches += 1;
+        let events = sealed
+            .into_iter()
+            .zip(predicted_last + 1..)
+            .map(|(s, seq)| AppendedEvent {
+                seq,
+                hash: s.hash,
+                subject: s.subject,
+            })
+            .collect();
+        Ok(Appended {
+            events,
+            last_seq: predicted_end,
+        })
+    }
+
+    async fn head(&self, subject: &Subject) -> Result<Option<Head>, ReadError> {
+        let full = self.config.subjects.full(subject);
+        match self.stream.direct_get_last_for_subject(full.as_str()).await {
+            Ok(msg) => Ok(Some(Head {
+                seq: msg.sequence,
+                hash: EventHash::of(&msg.payload),
+            })),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ReadError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_subject(&self, subject: &Subject) -> Result<Vec<RecordedEvent>, ReadError> {
+        let Some(head) = self.head(subject).await? else {
+            return Ok(Vec::new());
+        };
+        let full = self.config.subjects.full(subject);
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: full.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let mut events = Vec::new();
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            let info = msg
+                .info()
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            let seq = info.stream_sequence;
+            let event = decode_record(
+                &self.config.subjects,
+                seq,
+                &msg.subject,
+                &msg.payload,
+                info.published,
+            )?;
+            events.push(event);
+            if seq >= head.seq {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    async fn read(&self, from: ReadFrom, until: ReadUntil) -> Result<JetStreamCursor, ReadError> {
+        let last = self.last_sequence().await?;
+        let target = match until {
+            ReadUntil::CaughtUp => Some(last),
+            ReadUntil::Sequence(n) => Some(n.min(last)),
+            ReadUntil::Follow => None,
+        };
+        let deliver_policy = match from {
+            ReadFrom::Start | ReadFrom::Sequence(0) => consumer::DeliverPolicy::All,
+            ReadFrom::Sequence(start_sequence) => {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence }
+            }
+            ReadFrom::Time(t) => consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(t.micros()) * 1000,
+                )
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?,
+            },
+        };
+        let start_seq = match from {
+            ReadFrom::Sequence(s) => s.max(1),
+            _ => 1,
+        };
+        if target.is_some_and(|t| t == 0 || t < start_seq) {
+            return Ok(JetStreamCursor::empty(self.config.subjects.clone()));
+        }
+        let consumer = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        if target.is_some() && consumer.cached_info().num_pending == 0 {
+            return Ok(JetStreamCursor::empty(self.config.subjects.clone()));
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        Ok(JetStreamCursor {
+            messages: Some(messages),
+            target,
+            space: self.config.subjects.clone(),
+        })
+    }
+
+    async fn last_sequence(&self) -> Result<u64, ReadError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+/// A read over an ordered push consumer: the fastest way to stream a JetStream log in order.
+pub struct JetStreamCursor {
+    messages: Option<consumer::push::Ordered>,
+    target: Option<u64>,
+    space: SubjectSpace,
+}
+
+impl std::fmt::Debug for JetStreamCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamCursor")
+            .field("open", &self.messages.is_some())
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl JetStreamCursor {
+    fn empty(space: SubjectSpace) -> JetStreamCursor {
+        JetStreamCursor {
+            messages: None,
+            target: None,
+            space,
+        }
+    }
+}
+
+impl LogCursor for JetStreamCursor {
+    async fn next(&mut self) -> Option<Result<LogRecord, ReadError>> {
+        let messages = self.messages.as_mut()?;
+        let msg = match messages.next().await? {
+            Ok(msg) => msg,
+            Err(e) => return Some(Err(ReadError::Unavailable(e.to_string()))),
+        };
+        let info = match msg.info() {
+            Ok(info) => (info.stream_sequence, info.published),
+            Err(e) => return Some(Err(ReadError::Unavailable(e.to_string()))),
+        };
+        let (seq, published) = info;
+        if self.target.is_some_and(|t| seq >= t) {
+            self.messages = None;
+            if self.target.is_some_and(|t| seq > t) {
+                return None;
+            }
+        }
+        Some(to_record(
+            &self.space,
+            seq,
+            &msg.subject,
+            &msg.payload,
+            published,
+        ))
+    }
+}

@@ -1,0 +1,28 @@
+//! The ledger's base: domain values, the event catalogue, the envelope and its codec, subject
+//! naming, the `EventLog` trait with its JetStream implementation, hash-chain verification and
+//! the local nats-server runner.
+//!
+//! Only this crate knows how events look as bytes (`codec`) and how subjects are spelled
+//! (`subject`). Nothing here decides business rules.
+
+pub mod chain;
+pub mod codec;
+pub mod envelope;
+pub mod events;
+pub mod jetstream;
+pub mod log;
+pub mod server;
+pub mod subject;
+pub mod upcast;
+pub mod values;
+
+#[cfg(test)]
+mod golden;
+
+pub use envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
+pub use events::{Event, EventType};
+pub use log::{
+    AppendBatch, AppendError, Appended, EventLog, Expectation, Head, LogCursor, LogRecord,
+    ReadError, ReadFrom, ReadUntil,
+};
+pub use subject::Subject;

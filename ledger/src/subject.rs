@@ -1,0 +1,318 @@
+//! How subjects are spelled. Only this module knows it.
+//!
+//! A ledger subject is `<prefix>.<kind>.<token>`: `led.sku.85123A`, `led.ord.536365`.
+//! The token is the external id escaped reversibly: ASCII letters, digits, `-` and `_` stand for
+//! themselves; every other byte of the UTF-8 text becomes `~` and two upper-case hex digits.
+//! So `BANK CHARGES` is `BANK~20CHARGES`, `A.B*C>` is `A~2EB~2AC~3E`, case is preserved, and a
+//! token never holds `.`, `*`, `>`, whitespace or non-ASCII, and is never empty.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::values::{
+    ChannelId, EntityId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId, ValueError,
+};
+
+/// The escape byte. Chosen because it is legal in NATS subjects and rare in business codes.
+const ESCAPE: u8 = b'~';
+
+/// Escapes an id into one subject token. Never empty for non-empty input.
+pub fn escape_token(id: &str) -> String {
+    let mut token = String::with_capacity(id.len());
+    for &b in id.as_bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            token.push(b as char);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            token.push(ESCAPE as char);
+            token.push(HEX[usize::from(b >> 4)] as char);
+            token.push(HEX[usize::from(b & 0xF)] as char);
+        }
+    }
+    token
+}
+
+/// Why a token or subject could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject token `{token}`: {problem}")]
+    Token {
+        token: String,
+        problem: &'static str,
+    },
+    #[error("subject `{subject}`: {problem}")]
+    Subject {
+        subject: String,
+        problem: &'static str,
+    },
+    #[error("subject `{subject}`: {source}")]
+    Value {
+        subject: String,
+        #[source]
+        source: ValueError,
+    },
+}
+
+/// Reverses `escape_token`. Refuses anything `escape_token` cannot have produced, so each id
+/// has exactly one spelling.
+pub fn unescape_token(token: &str) -> Result<String, SubjectError> {
+    let bad = |problem| SubjectError::Token {
+        token: token.to_owned(),
+        problem,
+    };
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == ESCAPE {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or_else(|| bad("truncated escape"))?;
+            let digit = |h: u8| match h {
+                b'0'..=b'9' => Some(h - b'0'),
+                b'A'..=b'F' => Some(h - b'A' + 10),
+                _ => None,
+            };
+            let (Some(hi), Some(lo)) = (digit(hex[0]), digit(hex[1])) else {
+                return Err(bad("escape is not two upper-case hex digits"));
+            };
+            let decoded = hi << 4 | lo;
+            if decoded.is_ascii_alphanumeric() || decoded == b'-' || decoded == b'_' {
+                return Err(bad("escapes a byte that is never escaped"));
+            }
+            out.push(decoded);
+            i += 3;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b);
+            i += 1;
+        } else {
+            return Err(bad("holds a byte that must be escaped"));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("is empty"));
+    }
+    String::from_utf8(out).map_err(|_| bad("does not decode to UTF-8"))
+}
+
+/// The aggregate an event belongs to. Each has its own hash chain and its own sequence for
+/// optimistic concurrency.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Subject {
+    /// Item master data of a SKU.
+    Item(Sku),
+    /// Stock of a SKU at every location.
+    Stock(Sku),
+    Location(LocationId),
+    Channel(ChannelId),
+    Supplier(SupplierId),
+    LegalEntity(EntityId),
+    Order(OrderId),
+    PurchaseOrder(PurchaseOrderId),
+    /// The outcome of one command (its record for durable idempotency and audit).
+    Command(uuid::Uuid),
+}
+
+impl Subject {
+    /// The kind token: the part after the prefix.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::Item(_) => "item",
+            Subject::Stock(_) => "sku",
+            Subject::Location(_) => "loc",
+            Subject::Channel(_) => "chan",
+            Subject::Supplier(_) => "sup",
+            Subject::LegalEntity(_) => "ent",
+            Subject::Order(_) => "ord",
+            Subject::PurchaseOrder(_) => "po",
+            Subject::Command(_) => "cmd",
+        }
+    }
+
+    fn key_text(&self) -> String {
+        match self {
+            Subject::Item(id) | Subject::Stock(id) => id.to_string(),
+            Subject::Location(id) => id.to_string(),
+            Subject::Channel(id) => id.to_string(),
+            Subject::Supplier(id) => id.to_string(),
+            Subject::LegalEntity(id) => id.to_string(),
+            Subject::Order(id) => id.to_string(),
+            Subject::PurchaseOrder(id) => id.to_string(),
+            Subject::Command(id) => id.simple().to_string(),
+        }
+    }
+
+    /// `kind.token`, the subject without the stream prefix. This is what the envelope stores,
+    /// so a copy of the log under another prefix still hashes the same.
+    pub fn relative(&self) -> String {
+        format!("{}.{}", self.kind(), escape_token(&self.key_text()))
+    }
+
+    /// Reads back a `kind.token` string.
+    pub fn parse_relative(text: &str) -> Result<Subject, SubjectError> {
+        let bad = |problem| SubjectError::Subject {
+            subject: text.to_owned(),
+            problem,
+        };
+        let (kind, token) = text
+            .split_once('.')
+            .ok_or_else(|| bad("has no `kind.` part"))?;
+        let key = unescape_token(token)?;
+        let value = |source| SubjectError::Value {
+            subject: text.to_owned(),
+            source,
+        };
+        Ok(match kind {
+            "item" => Subject::Item(Sku::new(key).map_err(value)?),
+            "sku" => Subject::Stock(Sku::new(key).map_err(value)?),
+            "loc" => Subject::Location(LocationId::new(key).map_err(value)?),
+            "chan" => Subject::Channel(ChannelId::new(key).map_err(value)?),
+            "sup" => Subject::Supplier(SupplierId::new(key).map_err(value)?),
+            "ent" => Subject::LegalEntity(EntityId::new(key).map_err(value)?),
+            "ord" => Subject::Order(OrderId::new(key).map_err(value)?),
+            "po" => Subject::PurchaseOrder(PurchaseOrderId::new(key).map_err(value)?),
+            "cmd" => Subject::Command(
+                uuid::Uuid::try_parse(&key).map_err(|_| bad("command subject is not a UUID"))?,
+            ),
+            _ => return Err(bad("has an unknown kind")),
+        })
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.relative())
+    }
+}
+
+/// Spells full NATS subjects for one ledger stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectSpace {
+    prefix: String,
+}
+
+/// Kind token of the per-writer chain markers (`<prefix>.w.<instance>`). Not an aggregate:
+/// readers skip these messages, and they are never part of a view.
+pub const WRITER_KIND: &str = "w";
+
+impl SubjectSpace {
+    /// `prefix` must be a valid single NATS token (letters, digits, `-`, `_`).
+    pub fn new(prefix: &str) -> Result<Self, SubjectError> {
+        if prefix.is_empty()
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(SubjectError::Token {
+                token: prefix.to_owned(),
+                problem: "a subject prefix must be letters, digits, `-` or `_`",
+            });
+        }
+        Ok(SubjectSpace {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream's subject filter: `<prefix>.>`.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    pub fn full(&self, subject: &Subject) -> String {
+        format!("{}.{}", self.prefix, subject.relative())
+    }
+
+    /// Strips the prefix; `None` when the subject is not in this space.
+    pub fn relative<'a>(&self, full: &'a str) -> Option<&'a str> {
+        full.strip_prefix(&self.prefix)?.strip_prefix('.')
+    }
+
+    pub fn writer_marker(&self, instance: uuid::Uuid) -> String {
+        format!("{}.{WRITER_KIND}.{}", self.prefix, instance.simple())
+    }
+
+    /// Whether a full subject is a writer chain marker.
+    pub fn is_writer_marker(&self, full: &str) -> bool {
+        self.relative(full).is_some_and(|rel| {
+            rel.starts_with(WRITER_KIND) && rel[WRITER_KIND.len()..].starts_with('.')
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: any valid id survives the trip into a subject token and back, and the token is
+    //! always one legal NATS token.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assert_legal_token(token: &str) {
+        assert!(!token.is_empty());
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>')),
+            "illegal token {token:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_valid_id_round_trips_to_a_legal_token(sku in any::<Sku>()) {
+            let token = escape_token(sku.as_str());
+            assert_legal_token(&token);
+            prop_assert_eq!(unescape_token(&token).unwrap(), sku.as_str());
+            let subject = Subject::Stock(sku.clone());
+            prop_assert_eq!(Subject::parse_relative(&subject.relative()).unwrap(), subject);
+        }
+
+        #[test]
+        fn unescape_never_panics_and_accepts_only_canonical_tokens(token in "[~A-Za-z0-9 ._-]{0,12}") {
+            if let Ok(id) = unescape_token(&token) {
+                prop_assert_eq!(escape_token(&id), token);
+            }
+        }
+    }
+
+    #[test]
+    fn real_codes_escape_as_documented() {
+        for (code, token) in [
+            ("85123A", "85123A"),
+            ("15056bl", "15056bl"),
+            ("BANK CHARGES", "BANK~20CHARGES"),
+            ("A.B*C>", "A~2EB~2AC~3E"),
+            ("ÄB", "~C3~84B"),
+            ("~", "~7E"),
+        ] {
+            assert_eq!(escape_token(code), token);
+            assert_eq!(unescape_token(token).unwrap(), code);
+        }
+        assert!(unescape_token("~41").is_err(), "A must not be escaped");
+        assert!(
+            unescape_token("~2e").is_err(),
+            "lower-case hex is not canonical"
+        );
+        assert!(unescape_token("").is_err());
+    }
+
+    #[test]
+    fn subject_space_spells_and_recognises_subjects() {
+        let space = SubjectSpace::new("led").unwrap();
+        let sku = Sku::new("BANK CHARGES").unwrap();
+        assert_eq!(space.full(&Subject::Stock(sku)), "led.sku.BANK~20CHARGES");
+        let marker = space.writer_marker(uuid::Uuid::nil());
+        assert!(space.is_writer_marker(&marker));
+        assert!(!space.is_writer_marker("led.sku.w"));
+        assert!(!space.is_writer_marker("led.wx.1"));
+        assert!(SubjectSpace::new("a.b").is_err());
+        assert!(Subject::parse_relative("nope.X").is_err());
+        assert!(Subject::parse_relative("sku.~20").is_ok());
+    }
+}

@@ -1,0 +1,73 @@
+//! Old payload versions and the upcasters that turn them into the current ones.
+//!
+//! bincode is not self-describing: a payload written by an older shape cannot be read with the
+//! newer type. So an old shape stays here, compilable, for as long as bytes of it may exist
+//! (forever, in a ledger), with a conversion into the current type. Golden fixtures of every
+//! version (`ledger/golden/`) prove each one still decodes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, from_bytes};
+use crate::events::{CostMethod, Event, EventType, ItemDefined, PackSize, Tracking};
+use crate::values::{Qty, Sku, SupplierId, UnitName};
+
+/// `item.defined` / `item.changed` version 1: before items chose a cost method and whether
+/// on-hand may go negative.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ItemDefinedV1 {
+    pub sku: Sku,
+    pub description: String,
+    pub base_unit: UnitName,
+    pub pack_sizes: Vec<PackSize>,
+    pub tracking: Tracking,
+    pub reorder_point: Qty,
+    pub safety_stock: Qty,
+    pub lead_time_days: u32,
+    pub min_order_qty: Qty,
+    pub suppliers: Vec<SupplierId>,
+}
+
+impl From<ItemDefinedV1> for ItemDefined {
+    /// Items defined before v2 were valued FIFO and never allowed negative stock.
+    fn from(v1: ItemDefinedV1) -> ItemDefined {
+        ItemDefined {
+            sku: v1.sku,
+            description: v1.description,
+            base_unit: v1.base_unit,
+            pack_sizes: v1.pack_sizes,
+            tracking: v1.tracking,
+            reorder_point: v1.reorder_point,
+            safety_stock: v1.safety_stock,
+            lead_time_days: v1.lead_time_days,
+            min_order_qty: v1.min_order_qty,
+            suppliers: v1.suppliers,
+            cost_method: CostMethod::Fifo,
+            allow_negative: false,
+        }
+    }
+}
+
+/// Every (type, version) older than current that can still be read.
+pub const OLD_VERSIONS: &[(EventType, u16)] =
+    &[(EventType::ItemDefined, 1), (EventType::ItemChanged, 1)];
+
+/// Decodes a payload written at an older `version` of `event_type` and upcasts it.
+pub(crate) fn decode_old(
+    event_type: EventType,
+    version: u16,
+    bytes: &[u8],
+) -> Result<Event, CodecError> {
+    match (event_type, version) {
+        (EventType::ItemDefined, 1) => Ok(Event::ItemDefined(
+            from_bytes::<ItemDefinedV1>(bytes)?.into(),
+        )),
+        (EventType::ItemChanged, 1) => Ok(Event::ItemChanged(
+            from_bytes::<ItemDefinedV1>(bytes)?.into(),
+        )),
+        _ => Err(CodecError::UnknownVersion {
+            event_type: event_type.name(),
+            version,
+        }),
+    }
+}

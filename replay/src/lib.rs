@@ -1,0 +1,1 @@
+//! Point-in-time reconstruction, hash-chain verification and exports for auditors.
