@@ -240,7 +240,12 @@ impl JetStreamLog {
         client: async_nats::Client,
         config: LogConfig,
     ) -> Result<JetStreamLog, OpenError> {
-        let info = client.server_info();
+        let mut info = client.server_info();
+        if info.version.is_empty() {
+            // A client that retries its initial connect has no server INFO until it connects.
+            let _ = client.flush().await;
+            info = client.server_info();
+        }
         check_server_version(&info.version)?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.ack_timeout)

@@ -1,1 +1,6 @@
-fn main() {}
+//! The integration tests: one binary, real nats-server processes started by `harness` on free
+//! loopback ports with temporary storage.
+
+mod dataset;
+mod harness;
+mod log;

@@ -1,0 +1,78 @@
+//! Starts real nats-server processes for tests: each on a free loopback port with its own
+//! temporary store, killed when the test ends, panics included. The binary is found or
+//! installed by the same code `erp up` uses (`ledger::server`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
+use ledger::server::{self, LocalServer, ServerOptions};
+use ledger::subject::SubjectSpace;
+
+/// The nats-server binary, found or installed once per test run.
+pub fn nats_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools");
+            server::find_or_install(&tools, SERVER_VERSION_MIN).expect("a usable nats-server")
+        })
+        .clone()
+}
+
+/// A running test server and its store.
+#[derive(Debug)]
+pub struct TestNats {
+    pub server: LocalServer,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNats {
+    pub fn start() -> TestNats {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = LocalServer::start(ServerOptions {
+            binary: nats_binary(),
+            port: server::free_port().expect("free port"),
+            data_dir: dir.path().to_path_buf(),
+            sync_always: true,
+            die_with_parent: true,
+            extra_config: String::new(),
+        })
+        .expect("nats-server starts");
+        TestNats { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .connect(self.url())
+            .await
+            .expect("connect to test nats-server")
+    }
+
+    /// Opens the ledger on this server with `config`.
+    pub async fn open(&self, config: LogConfig) -> JetStreamLog {
+        JetStreamLog::open(self.connect().await, config)
+            .await
+            .expect("open log")
+    }
+}
+
+/// The production ledger configuration.
+pub fn ledger_config() -> LogConfig {
+    LogConfig::ledger()
+}
+
+/// A scratch stream: same settings as the ledger but deletes and purges allowed, so tests
+/// can tamper with it.
+pub fn scratch_config(stream: &str, prefix: &str) -> LogConfig {
+    LogConfig {
+        stream: stream.into(),
+        subjects: SubjectSpace::new(prefix).expect("prefix"),
+        protected: false,
+        ..LogConfig::ledger()
+    }
+}
