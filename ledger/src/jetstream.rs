@@ -34,6 +34,9 @@ use crate::server::Version;
 use crate::subject::{Subject, SubjectSpace};
 use crate::values::Timestamp;
 
+/// The NATS client crate, for callers that connect and hand the client to `JetStreamLog::open`.
+pub use async_nats as nats;
+
 /// Oldest server with atomic batch publish. Older servers accept the stream setting and ignore
 /// it, which would turn every batch into partial writes, so they are refused.
 pub const SERVER_VERSION_MIN: Version = Version::new(2, 12, 0);

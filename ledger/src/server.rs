@@ -189,7 +189,8 @@ pub struct ServerOptions {
     /// fsync every write before acknowledging it (`sync_interval: always`): an acknowledged
     /// event survives power loss. Atomic batches amortise the fsync.
     pub sync_always: bool,
-    /// Kill the server when the process that started it dies (test harness).
+    /// Send the server SIGTERM when the thread that started it exits, so a crashed or killed
+    /// parent leaves no server behind. Start it from a long-lived thread (the main thread).
     pub die_with_parent: bool,
     /// Lines added verbatim to the generated config (authorization, limits).
     pub extra_config: String,
@@ -382,11 +383,11 @@ fn send_signal(pid: u32, signal: Signal) {
 fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent;
-    // it only asks the kernel to SIGKILL the child when the spawning thread exits.
+    // it only asks the kernel to SIGTERM the child when the spawning thread exits.
     unsafe {
         command.pre_exec(|| {
             #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }

@@ -500,14 +500,13 @@ async fn acknowledged_events_survive_a_server_kill_and_the_writer_resumes() {
     let mut resumed = None;
     for _ in 0..100 {
         // While the client reconnects, reads and appends fail; retry both.
-        if let Ok(Some(head)) = log.head(&a).await {
-            if let Ok(appended) = log
+        if let Ok(Some(head)) = log.head(&a).await
+            && let Ok(appended) = log
                 .append(batch(&[(&a, head)], vec![adjustment(&a, 100)]))
                 .await
-            {
-                resumed = Some(appended);
-                break;
-            }
+        {
+            resumed = Some(appended);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

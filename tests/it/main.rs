@@ -4,3 +4,4 @@
 mod dataset;
 mod harness;
 mod log;
+mod schemas;

@@ -1,0 +1,27 @@
+//! `schemas/` holds the JSON Schema of every type that crosses the system's edge, generated
+//! from the Rust types. Goal: a change to a type that is not reflected in the committed
+//! schema fails here; `ERP_BLESS_SCHEMAS=1` rewrites the files.
+
+use std::path::Path;
+
+fn check(name: &str, schema: schemars::Schema) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let fresh = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+    if std::env::var_os("ERP_BLESS_SCHEMAS").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        stored == fresh,
+        "{} is stale; run `ERP_BLESS_SCHEMAS=1 cargo test --test it schemas` and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn schemas_are_current() {
+    check("events.schema.json", schemars::schema_for!(ledger::Event));
+}
