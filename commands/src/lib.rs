@@ -1,3 +1,20 @@
-//! Command catalogue, validation, write-model state, deciders and the processor service.
-//! The catalogue and deciders arrive with the command processor; the crate exists now so the
-//! workspace layout and its dependency rules (`commands` depends only on `ledger`) hold from the start.
+//! The write side: the command catalogue (`command`), the write model (`state`), the pure
+//! deciders (`decide`) and the processor service that turns commands into atomic appends.
+//!
+//! Depends only on `ledger`. Deciders and `apply` do no I/O, read no clock and draw no random
+//! numbers: time and ids come in with the command.
+
+pub mod client;
+pub mod command;
+pub mod decide;
+pub mod processor;
+pub mod service;
+pub mod state;
+
+pub use command::{Command, CommandBody, InvalidCommand, decode};
+pub use decide::{Decision, Rejection, decide};
+pub use processor::{Outcome, Processor};
+pub use state::State;
+
+#[cfg(test)]
+mod decide_tests;

@@ -245,6 +245,33 @@ impl SubjectSpace {
     }
 }
 
+/// Subjects of the command intake. Upstream systems publish commands to
+/// `cmd.<legal entity token>` (durably, through the `COMMANDS` stream) or send a request to
+/// `rpc.cmd.<legal entity token>` and get the outcome as the reply. `rpc.outcome` answers
+/// "what became of command <id>?".
+pub mod commands {
+    use super::escape_token;
+    use crate::values::EntityId;
+
+    /// What the `COMMANDS` stream binds.
+    pub const INTAKE_ALL: &str = "cmd.>";
+    /// What the processor's request/reply service listens on.
+    pub const RPC_ALL: &str = "rpc.cmd.>";
+    /// Request with a command id (text) as the body; the reply is its outcome.
+    pub const OUTCOME_QUERY: &str = "rpc.outcome";
+    /// Header naming a subject where the outcome of a command sent through the stream is
+    /// published.
+    pub const REPLY_TO_HEADER: &str = "Erp-Reply-To";
+
+    pub fn intake(entity: &EntityId) -> String {
+        format!("cmd.{}", escape_token(entity.as_str()))
+    }
+
+    pub fn rpc(entity: &EntityId) -> String {
+        format!("rpc.cmd.{}", escape_token(entity.as_str()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Goal: any valid id survives the trip into a subject token and back, and the token is

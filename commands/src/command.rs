@@ -1,0 +1,555 @@
+//! The command catalogue: what upstream systems send, as JSON.
+//!
+//! ```json
+//! {"command_id": "0190…", "actor": {"id": "clerk-7", "role": "clerk"}, "legal_entity": "UK01",
+//!  "effective_at": "2010-12-01T08:26:00Z", "type": "stock.receive", "data": {…}}
+//! ```
+//! Decoding is strict: unknown fields, wrong types and invalid values are refused with the path
+//! of the field (`data.lines[0].qty: …`). `schemas/commands.schema.json` is generated from
+//! these types.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use ledger::events::{
+    ChannelAllocationRule, CostMethod, Disposition, FulfilmentPolicy, LineQty, LocationKind,
+    PackSize, PurchaseRef, ReservationPolicy, Tracking,
+};
+use ledger::values::{
+    Actor, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
+    PackageId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku, SupplierId, Timestamp,
+    TransferId, UnitName, WaveId,
+};
+
+/// Largest command accepted, in bytes of JSON.
+pub const COMMAND_BYTES_MAX: usize = 256 * 1024;
+
+/// Most lines in one order or one multi-line command.
+pub const LINES_MAX: usize = 200;
+
+fn each() -> UnitName {
+    UnitName::new("each").expect("valid unit")
+}
+
+fn priority_default() -> u32 {
+    100
+}
+
+macro_rules! command_data {
+    ($($item:item)*) => {
+        $(
+            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+            #[serde(deny_unknown_fields)]
+            $item
+        )*
+    };
+}
+
+command_data! {
+    /// Defines an item, or replaces its definition.
+    pub struct DefineItem {
+        pub sku: Sku,
+        #[serde(default)]
+        pub description: String,
+        #[serde(default = "each")]
+        pub base_unit: UnitName,
+        #[serde(default)]
+        pub pack_sizes: Vec<PackSize>,
+        #[serde(default = "no_tracking")]
+        pub tracking: Tracking,
+        #[serde(default)]
+        pub reorder_point: Qty,
+        #[serde(default)]
+        pub safety_stock: Qty,
+        #[serde(default)]
+        pub lead_time_days: u32,
+        #[serde(default)]
+        pub min_order_qty: Qty,
+        #[serde(default)]
+        pub suppliers: Vec<SupplierId>,
+        #[serde(default = "fifo")]
+        pub cost_method: CostMethod,
+        #[serde(default)]
+        pub allow_negative: bool,
+    }
+
+    pub struct DefineLocation {
+        pub location: LocationId,
+        #[serde(default)]
+        pub name: String,
+        pub kind: LocationKind,
+        pub region: String,
+        #[serde(default)]
+        pub capacity: Option<Qty>,
+        #[serde(default = "priority_default")]
+        pub routing_priority: u32,
+    }
+
+    pub struct DefineChannel {
+        pub channel: ChannelId,
+        #[serde(default)]
+        pub name: String,
+        #[serde(default = "zero_ratio")]
+        pub fee_rate: Ratio,
+        #[serde(default = "no_reservation")]
+        pub reservation_policy: ReservationPolicy,
+    }
+
+    pub struct DefineSupplier {
+        pub supplier: SupplierId,
+        #[serde(default)]
+        pub name: String,
+        pub currency: Currency,
+        #[serde(default)]
+        pub lead_time_days: u32,
+    }
+
+    pub struct Receive {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub bin: Option<BinId>,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        #[serde(default)]
+        pub expires_on: Option<Date>,
+        #[serde(default)]
+        pub serials: Vec<SerialNo>,
+        pub qty: Qty,
+        pub unit_cost: Money,
+        #[serde(default)]
+        pub purchase: Option<PurchaseRef>,
+    }
+
+    pub struct MoveBin {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub from_bin: Option<BinId>,
+        pub to_bin: BinId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    pub struct TransferShip {
+        pub sku: Sku,
+        pub transfer: TransferId,
+        pub from: LocationId,
+        pub to: LocationId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    /// Receives a transfer; `qty` is what arrived (the variance against what was shipped is
+    /// computed and booked).
+    pub struct TransferReceive {
+        pub sku: Sku,
+        pub transfer: TransferId,
+        pub qty: Qty,
+    }
+
+    pub struct Adjust {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub delta: QtyDelta,
+        pub reason: ReasonCode,
+        #[serde(default)]
+        pub note: String,
+    }
+
+    /// A cycle count: the decider computes the variance against the ledger.
+    pub struct Count {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub bin: Option<BinId>,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub counted: Qty,
+    }
+
+    pub struct QualityHold {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+        pub reason: ReasonCode,
+    }
+
+    pub struct QualityRelease {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    pub struct Scrap {
+        pub sku: Sku,
+        pub location: LocationId,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+        pub reason: ReasonCode,
+        #[serde(default)]
+        pub from_quality_hold: bool,
+    }
+
+    pub struct ReceiveReturn {
+        pub sku: Sku,
+        pub return_id: ReturnId,
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+    }
+
+    pub struct DispositionReturn {
+        pub sku: Sku,
+        pub return_id: ReturnId,
+        pub qty: Qty,
+        pub disposition: Disposition,
+    }
+
+    pub struct SetChannelAllocation {
+        pub sku: Sku,
+        pub channel: ChannelId,
+        pub rule: ChannelAllocationRule,
+    }
+
+    /// Holds stock for `ttl_seconds` from the command's effective time (a checkout).
+    pub struct PlaceHold {
+        pub sku: Sku,
+        pub hold: HoldId,
+        pub location: LocationId,
+        #[serde(default)]
+        pub channel: Option<ChannelId>,
+        pub qty: Qty,
+        pub ttl_seconds: u32,
+    }
+
+    pub struct ReleaseHold {
+        pub sku: Sku,
+        pub hold: HoldId,
+    }
+
+    /// Ends a hold whose time ran out. The effective time must be at or after its expiry.
+    pub struct ExpireHold {
+        pub sku: Sku,
+        pub hold: HoldId,
+    }
+
+    pub struct OrderLineIn {
+        pub line: u32,
+        pub sku: Sku,
+        pub qty: Qty,
+        pub unit_price: Money,
+        #[serde(default)]
+        pub discount: Option<Money>,
+        #[serde(default)]
+        pub tax: Option<Money>,
+        #[serde(default)]
+        pub fees: Option<Money>,
+    }
+
+    /// Places an order and allocates it at once (routing by availability, then region match,
+    /// then the nodes' priority); what cannot be allocated is backordered.
+    pub struct PlaceOrder {
+        pub order: OrderId,
+        pub channel: ChannelId,
+        #[serde(default)]
+        pub external_ref: String,
+        pub lines: Vec<OrderLineIn>,
+        #[serde(default)]
+        pub shipping_charged: Option<Money>,
+        pub ship_to_region: String,
+        #[serde(default)]
+        pub promise_date: Option<Date>,
+        #[serde(default = "priority_default")]
+        pub priority: u32,
+        #[serde(default = "partial")]
+        pub policy: FulfilmentPolicy,
+    }
+
+    pub struct HoldOrder {
+        pub order: OrderId,
+        pub reason: ReasonCode,
+    }
+
+    pub struct ReleaseOrder {
+        pub order: OrderId,
+    }
+
+    /// Tries again to allocate the order's backordered lines.
+    pub struct AllocateOrder {
+        pub order: OrderId,
+    }
+
+    pub struct ReleaseToPick {
+        pub order: OrderId,
+        pub wave: WaveId,
+    }
+
+    pub struct PickLine {
+        pub line: u32,
+        #[serde(default)]
+        pub bin: Option<BinId>,
+        #[serde(default)]
+        pub lot: Option<LotId>,
+        pub qty: Qty,
+    }
+
+    pub struct Pick {
+        pub order: OrderId,
+        pub lines: Vec<PickLine>,
+    }
+
+    /// Packs a package; every picked, unpacked unit of the listed lines must be in it.
+    pub struct Pack {
+        pub order: OrderId,
+        pub package: PackageId,
+        pub lines: Vec<LineQty>,
+    }
+
+    pub struct Ship {
+        pub order: OrderId,
+        pub package: PackageId,
+        pub carrier: String,
+        pub tracking: String,
+        pub freight_cost: Money,
+    }
+
+    /// Cancels the given quantities, or every open unit when `lines` is absent.
+    pub struct CancelOrder {
+        pub order: OrderId,
+        #[serde(default)]
+        pub lines: Option<Vec<LineQty>>,
+        pub reason: ReasonCode,
+    }
+
+    pub struct AuthoriseReturn {
+        pub order: OrderId,
+        pub return_id: ReturnId,
+        pub lines: Vec<LineQty>,
+    }
+
+    pub struct Refund {
+        pub order: OrderId,
+        pub return_id: ReturnId,
+        pub amount: Money,
+    }
+}
+
+fn no_tracking() -> Tracking {
+    Tracking {
+        lot: false,
+        serial: false,
+        expiry: false,
+    }
+}
+fn fifo() -> CostMethod {
+    CostMethod::Fifo
+}
+fn zero_ratio() -> Ratio {
+    Ratio::parse("0").expect("zero")
+}
+fn no_reservation() -> ReservationPolicy {
+    ReservationPolicy::None
+}
+fn partial() -> FulfilmentPolicy {
+    FulfilmentPolicy::Partial
+}
+
+/// Defines `CommandBody` and the type-name table from one list.
+macro_rules! commands {
+    ($( $variant:ident($ty:ty) = $name:literal; )*) => {
+        /// What a command asks for.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+        #[serde(tag = "type", content = "data")]
+        pub enum CommandBody {
+            $( #[serde(rename = $name)] $variant($ty), )*
+        }
+
+        impl CommandBody {
+            /// Every command type name, in catalogue order.
+            pub const TYPES: &'static [&'static str] = &[ $( $name, )* ];
+
+            pub fn type_name(&self) -> &'static str {
+                match self { $( CommandBody::$variant(_) => $name, )* }
+            }
+
+            fn decode(type_name: &str, data: &serde_json::value::RawValue) -> Result<CommandBody, InvalidCommand> {
+                match type_name {
+                    $( $name => Ok(CommandBody::$variant(decode_data(data)?)), )*
+                    other => Err(InvalidCommand {
+                        field: "type".into(),
+                        message: format!("unknown command type `{other}`; expected one of: {}", CommandBody::TYPES.join(", ")),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+commands! {
+    DefineItem(DefineItem) = "item.define";
+    DefineLocation(DefineLocation) = "location.define";
+    DefineChannel(DefineChannel) = "channel.define";
+    DefineSupplier(DefineSupplier) = "supplier.define";
+    Receive(Receive) = "stock.receive";
+    MoveBin(MoveBin) = "stock.move_bin";
+    TransferShip(TransferShip) = "stock.transfer_ship";
+    TransferReceive(TransferReceive) = "stock.transfer_receive";
+    Adjust(Adjust) = "stock.adjust";
+    Count(Count) = "stock.count";
+    QualityHold(QualityHold) = "stock.quality_hold";
+    QualityRelease(QualityRelease) = "stock.quality_release";
+    Scrap(Scrap) = "stock.scrap";
+    ReceiveReturn(ReceiveReturn) = "stock.receive_return";
+    DispositionReturn(DispositionReturn) = "stock.disposition_return";
+    SetChannelAllocation(SetChannelAllocation) = "stock.set_channel_allocation";
+    PlaceHold(PlaceHold) = "stock.place_hold";
+    ReleaseHold(ReleaseHold) = "stock.release_hold";
+    ExpireHold(ExpireHold) = "stock.expire_hold";
+    PlaceOrder(PlaceOrder) = "order.place";
+    HoldOrder(HoldOrder) = "order.hold";
+    ReleaseOrder(ReleaseOrder) = "order.release";
+    AllocateOrder(AllocateOrder) = "order.allocate";
+    ReleaseToPick(ReleaseToPick) = "order.release_to_pick";
+    Pick(Pick) = "order.pick";
+    Pack(Pack) = "order.pack";
+    Ship(Ship) = "order.ship";
+    CancelOrder(CancelOrder) = "order.cancel";
+    AuthoriseReturn(AuthoriseReturn) = "order.authorise_return";
+    Refund(Refund) = "order.refund";
+}
+
+/// A decoded, valid command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Command {
+    pub command_id: Uuid,
+    /// Defaults to `command_id`.
+    pub correlation_id: Uuid,
+    pub actor: Actor,
+    pub legal_entity: EntityId,
+    /// Business time of the fact; also the "now" the decider uses (hold expiry).
+    pub effective_at: Timestamp,
+    #[serde(flatten)]
+    pub body: CommandBody,
+}
+
+impl Command {
+    /// SHA-256 of the canonical JSON of the decoded command. Two submissions with the same id
+    /// and the same meaning hash the same however their JSON was spaced or ordered.
+    pub fn body_sha256(&self) -> [u8; 32] {
+        let canonical = serde_json::to_vec(self).expect("commands serialise");
+        Sha256::digest(canonical).into()
+    }
+}
+
+/// Why bytes are not a valid command. `field` is the JSON path of the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidCommand {
+    pub field: String,
+    pub message: String,
+}
+
+/// The outer shape, read first so `data` can be decoded by `type` with precise paths.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Outer<'a> {
+    command_id: Uuid,
+    #[serde(default)]
+    correlation_id: Option<Uuid>,
+    actor: Actor,
+    legal_entity: EntityId,
+    effective_at: Timestamp,
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+fn path_error<E: std::fmt::Display>(
+    prefix: &str,
+    e: serde_path_to_error::Error<E>,
+) -> InvalidCommand {
+    let path = e.path().to_string();
+    let field = match (prefix, path.as_str()) {
+        ("", ".") => "command".to_owned(),
+        ("", p) => p.to_owned(),
+        (pre, ".") => pre.to_owned(),
+        (pre, p) => format!("{pre}.{p}"),
+    };
+    InvalidCommand {
+        field,
+        message: e.into_inner().to_string(),
+    }
+}
+
+fn decode_data<T: serde::de::DeserializeOwned>(
+    data: &serde_json::value::RawValue,
+) -> Result<T, InvalidCommand> {
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("data", e))
+}
+
+/// Decodes and validates a command from JSON bytes.
+pub fn decode(bytes: &[u8]) -> Result<Command, InvalidCommand> {
+    if bytes.len() > COMMAND_BYTES_MAX {
+        return Err(InvalidCommand {
+            field: "command".into(),
+            message: format!(
+                "{} bytes; at most {COMMAND_BYTES_MAX} are accepted",
+                bytes.len()
+            ),
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| InvalidCommand {
+        field: "command".into(),
+        message: format!("not UTF-8 ({e})"),
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let outer: Outer<'_> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("", e))?;
+    de.end().map_err(|e| InvalidCommand {
+        field: "command".into(),
+        message: format!("trailing characters after the command ({e})"),
+    })?;
+    let body = CommandBody::decode(&outer.type_name, outer.data)?;
+    check_limits(&body)?;
+    Ok(Command {
+        command_id: outer.command_id,
+        correlation_id: outer.correlation_id.unwrap_or(outer.command_id),
+        actor: outer.actor,
+        legal_entity: outer.legal_entity,
+        effective_at: outer.effective_at,
+        body,
+    })
+}
+
+fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
+    let lines = match body {
+        CommandBody::PlaceOrder(c) => c.lines.len(),
+        CommandBody::Pick(c) => c.lines.len(),
+        CommandBody::Pack(c) => c.lines.len(),
+        CommandBody::AuthoriseReturn(c) => c.lines.len(),
+        CommandBody::CancelOrder(c) => c.lines.as_ref().map_or(0, Vec::len),
+        _ => 0,
+    };
+    if lines > LINES_MAX {
+        return Err(InvalidCommand {
+            field: "data.lines".into(),
+            message: format!("{lines} lines; at most {LINES_MAX} per command"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,1518 @@
+//! Deciders: `decide(&state, &command)` returns the events a command produces, or why it is
+//! refused. Pure and deterministic: no I/O, no clock (time is the command's `effective_at`),
+//! no randomness.
+
+use std::collections::HashMap;
+
+use ledger::Subject;
+use ledger::events::*;
+use ledger::values::{ChannelId, LocationId, Money, OrderId, Qty, QtyDelta, Sku, Timestamp};
+
+use crate::command::*;
+use crate::state::{Balance, LineState, OrderState, State, StockState};
+
+/// Why a command was refused. `code` is stable and documented (docs/COMMANDS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// The stable rejection codes.
+pub mod code {
+    pub const UNKNOWN_SKU: &str = "unknown_sku";
+    pub const UNKNOWN_LOCATION: &str = "unknown_location";
+    pub const UNKNOWN_CHANNEL: &str = "unknown_channel";
+    pub const UNKNOWN_ORDER: &str = "unknown_order";
+    pub const UNKNOWN_LINE: &str = "unknown_line";
+    pub const UNKNOWN_HOLD: &str = "unknown_hold";
+    pub const UNKNOWN_TRANSFER: &str = "unknown_transfer";
+    pub const UNKNOWN_RETURN: &str = "unknown_return";
+    pub const UNKNOWN_PACKAGE: &str = "unknown_package";
+    pub const ALREADY_EXISTS: &str = "already_exists";
+    pub const INVALID_QUANTITY: &str = "invalid_quantity";
+    pub const INSUFFICIENT_AVAILABLE: &str = "insufficient_available";
+    pub const INSUFFICIENT_STOCK: &str = "insufficient_stock";
+    pub const INVALID_TRANSITION: &str = "invalid_transition";
+    pub const LOT_REQUIRED: &str = "lot_required";
+    pub const SERIALS_MISMATCH: &str = "serials_mismatch";
+    pub const EXPIRY_REQUIRED: &str = "expiry_required";
+    pub const CURRENCY_MISMATCH: &str = "currency_mismatch";
+    pub const NEGATIVE_AMOUNT: &str = "negative_amount";
+    pub const PACK_MISMATCH: &str = "pack_mismatch";
+    pub const NOT_INSPECTED: &str = "not_inspected";
+    pub const HOLD_NOT_EXPIRED: &str = "hold_not_expired";
+    /// Produced by the processor, not by `decide`.
+    pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
+    /// Produced by the processor: the command is not valid JSON or not a valid command.
+    pub const INVALID_COMMAND: &str = "invalid_command";
+
+    /// Every code `decide` can return, for the docs and the tests.
+    pub const ALL: &[&str] = &[
+        UNKNOWN_SKU,
+        UNKNOWN_LOCATION,
+        UNKNOWN_CHANNEL,
+        UNKNOWN_ORDER,
+        UNKNOWN_LINE,
+        UNKNOWN_HOLD,
+        UNKNOWN_TRANSFER,
+        UNKNOWN_RETURN,
+        UNKNOWN_PACKAGE,
+        ALREADY_EXISTS,
+        INVALID_QUANTITY,
+        INSUFFICIENT_AVAILABLE,
+        INSUFFICIENT_STOCK,
+        INVALID_TRANSITION,
+        LOT_REQUIRED,
+        SERIALS_MISMATCH,
+        EXPIRY_REQUIRED,
+        CURRENCY_MISMATCH,
+        NEGATIVE_AMOUNT,
+        PACK_MISMATCH,
+        NOT_INSPECTED,
+        HOLD_NOT_EXPIRED,
+    ];
+}
+
+fn reject(code: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The events of one decision, each with the subject it belongs to.
+pub type Decision = Vec<(Subject, Event)>;
+
+fn qty(n: i64) -> Qty {
+    Qty::new(n).expect("decider quantities are checked non-negative and bounded")
+}
+
+fn positive(field: &str, q: Qty) -> Result<i64, Rejection> {
+    if q.is_zero() {
+        return Err(reject(
+            code::INVALID_QUANTITY,
+            format!("{field} must be greater than 0"),
+        ));
+    }
+    Ok(q.get())
+}
+
+fn non_negative_money(field: &str, m: &Money) -> Result<(), Rejection> {
+    if m.amount.is_sign_negative() && !m.amount.is_zero() {
+        return Err(reject(
+            code::NEGATIVE_AMOUNT,
+            format!("{field} is {}; expected 0 or more", m.amount),
+        ));
+    }
+    Ok(())
+}
+
+/// Decides a command against the state. Never mutates it.
+pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
+    let d = Decider {
+        state,
+        at: command.effective_at,
+    };
+    match &command.body {
+        CommandBody::DefineItem(c) => d.define_item(c),
+        CommandBody::DefineLocation(c) => Ok(vec![(
+            Subject::Location(c.location.clone()),
+            Event::LocationDefined(LocationDefined {
+                location: c.location.clone(),
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                region: c.region.clone(),
+                capacity: c.capacity,
+                routing_priority: c.routing_priority,
+            }),
+        )]),
+        CommandBody::DefineChannel(c) => Ok(vec![(
+            Subject::Channel(c.channel.clone()),
+            Event::ChannelDefined(ChannelDefined {
+                channel: c.channel.clone(),
+                name: c.name.clone(),
+                fee_rate: c.fee_rate,
+                reservation_policy: c.reservation_policy.clone(),
+            }),
+        )]),
+        CommandBody::DefineSupplier(c) => Ok(vec![(
+            Subject::Supplier(c.supplier.clone()),
+            Event::SupplierDefined(SupplierDefined {
+                supplier: c.supplier.clone(),
+                name: c.name.clone(),
+                currency: c.currency,
+                lead_time_days: c.lead_time_days,
+            }),
+        )]),
+        CommandBody::Receive(c) => d.receive(c),
+        CommandBody::MoveBin(c) => d.move_bin(c),
+        CommandBody::TransferShip(c) => d.transfer_ship(c),
+        CommandBody::TransferReceive(c) => d.transfer_receive(c),
+        CommandBody::Adjust(c) => d.adjust(c),
+        CommandBody::Count(c) => d.count(c),
+        CommandBody::QualityHold(c) => d.quality_hold(c),
+        CommandBody::QualityRelease(c) => d.quality_release(c),
+        CommandBody::Scrap(c) => d.scrap(c),
+        CommandBody::ReceiveReturn(c) => d.receive_return(c),
+        CommandBody::DispositionReturn(c) => d.disposition_return(c),
+        CommandBody::SetChannelAllocation(c) => d.set_channel_allocation(c),
+        CommandBody::PlaceHold(c) => d.place_hold(c),
+        CommandBody::ReleaseHold(c) => d.end_hold(&c.sku, &c.hold, false),
+        CommandBody::ExpireHold(c) => d.end_hold(&c.sku, &c.hold, true),
+        CommandBody::PlaceOrder(c) => d.place_order(c),
+        CommandBody::HoldOrder(c) => d.hold_order(c),
+        CommandBody::ReleaseOrder(c) => d.release_order(c),
+        CommandBody::AllocateOrder(c) => d.allocate_order(c),
+        CommandBody::ReleaseToPick(c) => d.release_to_pick(c),
+        CommandBody::Pick(c) => d.pick(c),
+        CommandBody::Pack(c) => d.pack(c),
+        CommandBody::Ship(c) => d.ship(c),
+        CommandBody::CancelOrder(c) => d.cancel(c),
+        CommandBody::AuthoriseReturn(c) => d.authorise_return(c),
+        CommandBody::Refund(c) => d.refund(c),
+    }
+}
+
+struct Decider<'a> {
+    state: &'a State,
+    at: Timestamp,
+}
+
+/// Where a line goes: the node, how much it takes there, and why.
+type Route = (LocationId, i64, String);
+
+/// Stock already promised by earlier lines of the same command, per SKU and location.
+type Promised = HashMap<(Sku, LocationId), i64>;
+
+impl<'a> Decider<'a> {
+    fn item(&self, sku: &Sku) -> Result<&'a ItemDefined, Rejection> {
+        self.state
+            .items
+            .get(sku)
+            .map(|d| &d.value)
+            .ok_or_else(|| reject(code::UNKNOWN_SKU, format!("no item `{sku}` is defined")))
+    }
+
+    fn location(&self, location: &LocationId) -> Result<&'a LocationDefined, Rejection> {
+        self.state
+            .locations
+            .get(location)
+            .map(|d| &d.value)
+            .ok_or_else(|| {
+                reject(
+                    code::UNKNOWN_LOCATION,
+                    format!("no location `{location}` is defined"),
+                )
+            })
+    }
+
+    fn channel(&self, channel: &ChannelId) -> Result<(), Rejection> {
+        match self.state.channels.contains_key(channel) {
+            true => Ok(()),
+            false => Err(reject(
+                code::UNKNOWN_CHANNEL,
+                format!("no channel `{channel}` is defined"),
+            )),
+        }
+    }
+
+    fn stock(&self, sku: &Sku) -> Option<&'a StockState> {
+        self.state.stock.get(sku)
+    }
+
+    fn balance(&self, sku: &Sku, location: &LocationId) -> Balance {
+        self.stock(sku)
+            .map(|s| s.balance(location))
+            .unwrap_or_default()
+    }
+
+    fn order(&self, order: &OrderId) -> Result<&'a OrderState, Rejection> {
+        self.state.orders.get(order).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_ORDER,
+                format!("no order `{order}` was placed"),
+            )
+        })
+    }
+
+    /// Units of `sku` at `location` that can be promised to `channel`: free stock less safety
+    /// stock, less what other channels have ring-fenced, capped by the channel's share.
+    fn available(
+        &self,
+        sku: &Sku,
+        location: &LocationId,
+        channel: Option<&ChannelId>,
+        promised: &Promised,
+    ) -> i64 {
+        let safety = self
+            .state
+            .items
+            .get(sku)
+            .map_or(0, |d| d.value.safety_stock.get());
+        let already = promised
+            .get(&(sku.clone(), location.clone()))
+            .copied()
+            .unwrap_or(0);
+        let here = self.balance(sku, location).free() - safety - already;
+        let Some(stock) = self.stock(sku) else {
+            return here.max(0);
+        };
+        let total_free: i64 = stock.balances.values().map(Balance::free).sum();
+        let mut cap = i64::MAX;
+        for (rule_channel, rule) in &stock.channel_rules {
+            let own = Some(rule_channel) == channel;
+            match rule {
+                ChannelAllocationRule::RingFenced { qty } if !own => {
+                    cap = cap.min(total_free - qty.get())
+                }
+                ChannelAllocationRule::Share { ratio } if own => {
+                    use rust_decimal::prelude::ToPrimitive;
+                    let share =
+                        (rust_decimal::Decimal::from(total_free.max(0)) * ratio.get()).floor();
+                    cap = cap.min(share.to_i64().unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+        here.min(cap).max(0)
+    }
+
+    fn allows_negative(&self, sku: &Sku) -> bool {
+        self.state
+            .items
+            .get(sku)
+            .is_some_and(|d| d.value.allow_negative)
+    }
+
+    /// Refuses a decrease of on-hand that would leave less than is committed at the location.
+    fn check_decrease(
+        &self,
+        sku: &Sku,
+        location: &LocationId,
+        decrease: i64,
+        what: &str,
+    ) -> Result<(), Rejection> {
+        let b = self.balance(sku, location);
+        if self.allows_negative(sku) || decrease <= b.free() {
+            return Ok(());
+        }
+        Err(reject(
+            code::INSUFFICIENT_STOCK,
+            format!(
+                "{what} of {decrease} {sku} at {location}: only {} are free (on hand {}, allocated {}, reserved {}, quality hold {})",
+                b.free().max(0),
+                b.on_hand,
+                b.allocated,
+                b.reserved,
+                b.quality_hold
+            ),
+        ))
+    }
+
+    fn define_item(&self, c: &DefineItem) -> Result<Decision, Rejection> {
+        let body = ItemDefined {
+            sku: c.sku.clone(),
+            description: c.description.clone(),
+            base_unit: c.base_unit.clone(),
+            pack_sizes: c.pack_sizes.clone(),
+            tracking: c.tracking.clone(),
+            reorder_point: c.reorder_point,
+            safety_stock: c.safety_stock,
+            lead_time_days: c.lead_time_days,
+            min_order_qty: c.min_order_qty,
+            suppliers: c.suppliers.clone(),
+            cost_method: c.cost_method.clone(),
+            allow_negative: c.allow_negative,
+        };
+        let event = match self.state.items.contains_key(&c.sku) {
+            true => Event::ItemChanged(body),
+            false => Event::ItemDefined(body),
+        };
+        Ok(vec![(Subject::Item(c.sku.clone()), event)])
+    }
+
+    fn receive(&self, c: &Receive) -> Result<Decision, Rejection> {
+        let item = self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        non_negative_money("unit_cost", &c.unit_cost)?;
+        if item.tracking.lot && c.lot.is_none() {
+            return Err(reject(
+                code::LOT_REQUIRED,
+                format!("{} is lot-tracked: `lot` is required", c.sku),
+            ));
+        }
+        if item.tracking.expiry && c.expires_on.is_none() {
+            return Err(reject(
+                code::EXPIRY_REQUIRED,
+                format!("{} tracks expiry: `expires_on` is required", c.sku),
+            ));
+        }
+        if item.tracking.serial && c.serials.len() as i64 != n {
+            return Err(reject(
+                code::SERIALS_MISMATCH,
+                format!(
+                    "{} is serial-tracked: {n} units need {n} serials, got {}",
+                    c.sku,
+                    c.serials.len()
+                ),
+            ));
+        }
+        let mut events = vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockReceived(StockReceived {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                bin: c.bin.clone(),
+                lot: c.lot.clone(),
+                expires_on: c.expires_on,
+                serials: c.serials.clone(),
+                qty: c.qty,
+                unit_cost: c.unit_cost,
+                purchase: c.purchase.clone(),
+            }),
+        )];
+        events.extend(self.fill_backorders(&c.sku, &c.location, n));
+        Ok(events)
+    }
+
+    /// Allocates waiting backorders of `sku` from `arrived` new units at `location`, in
+    /// priority order, at most `BACKORDERS_PER_RECEIPT` lines per receipt.
+    fn fill_backorders(&self, sku: &Sku, location: &LocationId, arrived: i64) -> Decision {
+        const BACKORDERS_PER_RECEIPT: usize = 100;
+        let Some(waiting) = self.state.backorders.get(sku) else {
+            return Vec::new();
+        };
+        let mut promised = Promised::new();
+        // The receipt is not applied yet: count its units as negative promises.
+        promised.insert((sku.clone(), location.clone()), -arrived);
+        let mut events = Vec::new();
+        for ((_, _, order_id, line), &want) in waiting.iter().take(BACKORDERS_PER_RECEIPT) {
+            let Some(order) = self.state.orders.get(order_id) else {
+                continue;
+            };
+            let available = self.available(sku, location, Some(&order.channel), &promised);
+            let take = want.min(available);
+            if take <= 0 {
+                break;
+            }
+            *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+            let reason = format!("backorder filled on receipt at {location}");
+            events.extend(allocation_events(
+                order_id, *line, sku, location, take, reason,
+            ));
+        }
+        events
+    }
+
+    fn move_bin(&self, c: &MoveBin) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        let on_hand = self.balance(&c.sku, &c.location).on_hand;
+        if n > on_hand && !self.allows_negative(&c.sku) {
+            return Err(reject(
+                code::INSUFFICIENT_STOCK,
+                format!("moving {n} {} at {}: {on_hand} on hand", c.sku, c.location),
+            ));
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockBinMoved(StockBinMoved {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                from_bin: c.from_bin.clone(),
+                to_bin: c.to_bin.clone(),
+                lot: c.lot.clone(),
+                qty: c.qty,
+            }),
+        )])
+    }
+
+    fn transfer_ship(&self, c: &TransferShip) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.from)?;
+        self.location(&c.to)?;
+        let n = positive("qty", c.qty)?;
+        if c.from == c.to {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("transfer {} goes from {} to itself", c.transfer, c.from),
+            ));
+        }
+        if self
+            .stock(&c.sku)
+            .is_some_and(|s| s.transfers.contains_key(&c.transfer))
+        {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("transfer {} of {} was already shipped", c.transfer, c.sku),
+            ));
+        }
+        self.check_decrease(&c.sku, &c.from, n, "shipping a transfer")?;
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::TransferShipped(TransferShipped {
+                sku: c.sku.clone(),
+                transfer: c.transfer.clone(),
+                from: c.from.clone(),
+                to: c.to.clone(),
+                lot: c.lot.clone(),
+                qty: c.qty,
+            }),
+        )])
+    }
+
+    fn transfer_receive(&self, c: &TransferReceive) -> Result<Decision, Rejection> {
+        let transfer = self
+            .stock(&c.sku)
+            .and_then(|s| s.transfers.get(&c.transfer))
+            .ok_or_else(|| {
+                reject(
+                    code::UNKNOWN_TRANSFER,
+                    format!("no transfer `{}` of {} was shipped", c.transfer, c.sku),
+                )
+            })?;
+        if transfer.received {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("transfer {} was already received", c.transfer),
+            ));
+        }
+        let variance = QtyDelta::new(c.qty.get() - transfer.qty).expect("bounded quantities");
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::TransferReceived(TransferReceived {
+                sku: c.sku.clone(),
+                transfer: c.transfer.clone(),
+                to: transfer.to.clone(),
+                lot: None,
+                qty: c.qty,
+                variance,
+            }),
+        )])
+    }
+
+    fn adjust(&self, c: &Adjust) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        if c.delta.get() == 0 {
+            return Err(reject(code::INVALID_QUANTITY, "delta must not be 0"));
+        }
+        if c.delta.get() < 0 {
+            self.check_decrease(&c.sku, &c.location, -c.delta.get(), "adjusting down")?;
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockAdjusted(StockAdjusted {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                lot: c.lot.clone(),
+                delta: c.delta,
+                reason: c.reason.clone(),
+                note: c.note.clone(),
+                approved_by: None,
+            }),
+        )])
+    }
+
+    fn count(&self, c: &Count) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let b = self.balance(&c.sku, &c.location);
+        let variance = c.counted.get() - b.on_hand;
+        if variance < 0 {
+            self.check_decrease(
+                &c.sku,
+                &c.location,
+                -variance,
+                "a count below what is committed; release allocations first, then count",
+            )?;
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockCounted(StockCounted {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                bin: c.bin.clone(),
+                lot: c.lot.clone(),
+                counted: c.counted,
+                expected: qty(b.on_hand.max(0)),
+                variance: QtyDelta::new(variance).expect("bounded quantities"),
+                approved_by: None,
+            }),
+        )])
+    }
+
+    fn quality_hold(&self, c: &QualityHold) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        let free = self.balance(&c.sku, &c.location).free();
+        if n > free {
+            return Err(reject(
+                code::INSUFFICIENT_AVAILABLE,
+                format!(
+                    "holding {n} {} at {}: {} free",
+                    c.sku,
+                    c.location,
+                    free.max(0)
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::QualityHeld(QualityHeld {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                lot: c.lot.clone(),
+                qty: c.qty,
+                reason: c.reason.clone(),
+            }),
+        )])
+    }
+
+    fn quality_release(&self, c: &QualityRelease) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        let held = self.balance(&c.sku, &c.location).quality_hold;
+        if n > held {
+            return Err(reject(
+                code::INSUFFICIENT_STOCK,
+                format!(
+                    "releasing {n} {} at {}: {held} in quality hold",
+                    c.sku, c.location
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::QualityReleased(QualityReleased {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                lot: c.lot.clone(),
+                qty: c.qty,
+            }),
+        )])
+    }
+
+    fn scrap(&self, c: &Scrap) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        if c.from_quality_hold {
+            let held = self.balance(&c.sku, &c.location).quality_hold;
+            if n > held {
+                return Err(reject(
+                    code::INSUFFICIENT_STOCK,
+                    format!(
+                        "scrapping {n} {} from quality hold at {}: {held} held",
+                        c.sku, c.location
+                    ),
+                ));
+            }
+        } else {
+            self.check_decrease(&c.sku, &c.location, n, "scrapping")?;
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockScrapped(StockScrapped {
+                sku: c.sku.clone(),
+                location: c.location.clone(),
+                lot: c.lot.clone(),
+                qty: c.qty,
+                reason: c.reason.clone(),
+                from_quality_hold: c.from_quality_hold,
+            }),
+        )])
+    }
+
+    fn receive_return(&self, c: &ReceiveReturn) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        let n = positive("qty", c.qty)?;
+        let order = self.order(&c.order)?;
+        let authorised = order.returns.get(&c.return_id).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_RETURN,
+                format!(
+                    "return {} is not authorised on order {}",
+                    c.return_id, c.order
+                ),
+            )
+        })?;
+        let line_sku = order.lines.get(&c.line).and_then(|l| l.sku.as_ref());
+        let Some(line_qty) = authorised
+            .lines
+            .get(&c.line)
+            .filter(|_| line_sku == Some(&c.sku))
+        else {
+            return Err(reject(
+                code::UNKNOWN_LINE,
+                format!("return {} has no line {} of {}", c.return_id, c.line, c.sku),
+            ));
+        };
+        let received = self
+            .stock(&c.sku)
+            .and_then(|s| s.returns.get(&c.return_id))
+            .map_or(0, |r| r.received);
+        if received + n > *line_qty {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                format!(
+                    "return {} line {}: {line_qty} authorised, {received} already received, {n} more is too many",
+                    c.return_id, c.line
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::ReturnReceived(ReturnReceived {
+                sku: c.sku.clone(),
+                return_id: c.return_id.clone(),
+                order: c.order.clone(),
+                line: c.line,
+                location: c.location.clone(),
+                qty: c.qty,
+            }),
+        )])
+    }
+
+    fn disposition_return(&self, c: &DispositionReturn) -> Result<Decision, Rejection> {
+        let n = positive("qty", c.qty)?;
+        let returned = self
+            .stock(&c.sku)
+            .and_then(|s| s.returns.get(&c.return_id))
+            .ok_or_else(|| {
+                reject(
+                    code::UNKNOWN_RETURN,
+                    format!(
+                        "no units of {} were received on return {}",
+                        c.sku, c.return_id
+                    ),
+                )
+            })?;
+        let waiting = returned.received - returned.dispositioned;
+        if n > waiting {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                format!(
+                    "return {}: {waiting} units await inspection, not {n}",
+                    c.return_id
+                ),
+            ));
+        }
+        let location = returned
+            .location
+            .clone()
+            .expect("a received return has a location");
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::ReturnDispositioned(ReturnDispositioned {
+                sku: c.sku.clone(),
+                return_id: c.return_id.clone(),
+                location,
+                qty: c.qty,
+                disposition: c.disposition.clone(),
+            }),
+        )])
+    }
+
+    fn set_channel_allocation(&self, c: &SetChannelAllocation) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.channel(&c.channel)?;
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::ChannelAllocationSet(ChannelAllocationSet {
+                sku: c.sku.clone(),
+                channel: c.channel.clone(),
+                rule: c.rule.clone(),
+            }),
+        )])
+    }
+
+    fn place_hold(&self, c: &PlaceHold) -> Result<Decision, Rejection> {
+        self.item(&c.sku)?;
+        self.location(&c.location)?;
+        if let Some(channel) = &c.channel {
+            self.channel(channel)?;
+        }
+        let n = positive("qty", c.qty)?;
+        if c.ttl_seconds == 0 {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "ttl_seconds must be greater than 0",
+            ));
+        }
+        if self
+            .stock(&c.sku)
+            .is_some_and(|s| s.holds.contains_key(&c.hold))
+        {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("hold {} on {} exists", c.hold, c.sku),
+            ));
+        }
+        let available = self.available(&c.sku, &c.location, c.channel.as_ref(), &Promised::new());
+        if n > available {
+            return Err(reject(
+                code::INSUFFICIENT_AVAILABLE,
+                format!(
+                    "holding {n} {} at {}: {available} available",
+                    c.sku, c.location
+                ),
+            ));
+        }
+        let expires_at = Timestamp::new(
+            self.at.as_datetime() + chrono::Duration::seconds(i64::from(c.ttl_seconds)),
+        );
+        Ok(vec![(
+            Subject::Stock(c.sku.clone()),
+            Event::StockReserved(StockReserved {
+                sku: c.sku.clone(),
+                hold: c.hold.clone(),
+                location: c.location.clone(),
+                channel: c.channel.clone(),
+                qty: c.qty,
+                expires_at,
+            }),
+        )])
+    }
+
+    fn end_hold(
+        &self,
+        sku: &Sku,
+        hold_id: &ledger::values::HoldId,
+        expire: bool,
+    ) -> Result<Decision, Rejection> {
+        let hold = self
+            .stock(sku)
+            .and_then(|s| s.holds.get(hold_id))
+            .ok_or_else(|| {
+                reject(
+                    code::UNKNOWN_HOLD,
+                    format!("no open hold `{hold_id}` on {sku}"),
+                )
+            })?;
+        let event = if expire {
+            if self.at < hold.expires_at {
+                return Err(reject(
+                    code::HOLD_NOT_EXPIRED,
+                    format!(
+                        "hold {hold_id} expires at {}, after {}",
+                        hold.expires_at, self.at
+                    ),
+                ));
+            }
+            Event::ReservationExpired(ReservationExpired {
+                sku: sku.clone(),
+                hold: hold_id.clone(),
+                location: hold.location.clone(),
+                qty: qty(hold.qty),
+            })
+        } else {
+            Event::ReservationReleased(ReservationReleased {
+                sku: sku.clone(),
+                hold: hold_id.clone(),
+                location: hold.location.clone(),
+                qty: qty(hold.qty),
+            })
+        };
+        Ok(vec![(Subject::Stock(sku.clone()), event)])
+    }
+
+    fn place_order(&self, c: &PlaceOrder) -> Result<Decision, Rejection> {
+        if self.state.orders.contains_key(&c.order) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("order {} was already placed", c.order),
+            ));
+        }
+        self.channel(&c.channel)?;
+        let Some(first) = c.lines.first() else {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "an order needs at least one line",
+            ));
+        };
+        let currency = first.unit_price.currency;
+        let mut seen = std::collections::HashSet::new();
+        let mut lines = Vec::with_capacity(c.lines.len());
+        for (i, l) in c.lines.iter().enumerate() {
+            self.item(&l.sku)?;
+            positive(&format!("lines[{i}].qty"), l.qty)?;
+            if !seen.insert(l.line) {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!("line number {} appears twice", l.line),
+                ));
+            }
+            let zero = Money::zero(currency);
+            let (discount, tax, fees) = (
+                l.discount.unwrap_or(zero),
+                l.tax.unwrap_or(zero),
+                l.fees.unwrap_or(zero),
+            );
+            for (field, m) in [
+                ("unit_price", &l.unit_price),
+                ("discount", &discount),
+                ("tax", &tax),
+                ("fees", &fees),
+            ] {
+                if m.currency != currency {
+                    return Err(reject(
+                        code::CURRENCY_MISMATCH,
+                        format!(
+                            "lines[{i}].{field} is in {}, the order in {currency}",
+                            m.currency
+                        ),
+                    ));
+                }
+                non_negative_money(&format!("lines[{i}].{field}"), m)?;
+            }
+            lines.push(OrderLine {
+                line: l.line,
+                sku: l.sku.clone(),
+                qty: l.qty,
+                unit_price: l.unit_price,
+                discount,
+                tax,
+                fees,
+            });
+        }
+        let shipping = c.shipping_charged.unwrap_or(Money::zero(currency));
+        if shipping.currency != currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "shipping_charged is in {}, the order in {currency}",
+                    shipping.currency
+                ),
+            ));
+        }
+        let mut events = vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderPlaced(OrderPlaced {
+                order: c.order.clone(),
+                channel: c.channel.clone(),
+                external_ref: c.external_ref.clone(),
+                lines,
+                shipping_charged: shipping,
+                ship_to_region: c.ship_to_region.clone(),
+                promise_date: c.promise_date,
+                priority: c.priority,
+                policy: c.policy.clone(),
+            }),
+        )];
+        let wanted: Vec<(u32, Sku, i64)> = c
+            .lines
+            .iter()
+            .map(|l| (l.line, l.sku.clone(), l.qty.get()))
+            .collect();
+        events.extend(self.allocate(&c.order, &c.channel, &c.ship_to_region, &c.policy, &wanted));
+        Ok(events)
+    }
+
+    /// Routes and allocates lines. Per line: if some nodes can fill it entirely, the best of
+    /// them takes it all; otherwise nodes with more available come first and the line is split
+    /// across them. "Best" is: in the ship-to region, then the lowest routing priority, then
+    /// the location id. What no node can give is backordered. With `ShipComplete`, nothing is
+    /// allocated unless every line can be filled.
+    fn allocate(
+        &self,
+        order: &OrderId,
+        channel: &ChannelId,
+        region: &str,
+        policy: &FulfilmentPolicy,
+        lines: &[(u32, Sku, i64)],
+    ) -> Decision {
+        let mut promised = Promised::new();
+        let mut plan: Vec<(u32, Sku, Vec<Route>, i64)> = Vec::new();
+        for (line, sku, want) in lines {
+            let routes = self.route(sku, *want, channel, region, &promised);
+            for (location, take, _) in &routes {
+                *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+            }
+            plan.push((*line, sku.clone(), routes, *want));
+        }
+        let complete = plan
+            .iter()
+            .all(|(_, _, routes, want)| routes.iter().map(|r| r.1).sum::<i64>() == *want);
+        let mut events = Vec::new();
+        for (line, sku, routes, want) in plan {
+            let mut allocated = 0;
+            if complete || *policy == FulfilmentPolicy::Partial {
+                for (location, take, reason) in routes {
+                    events.extend(allocation_events(
+                        order, line, &sku, &location, take, reason,
+                    ));
+                    allocated += take;
+                }
+            }
+            if want > allocated {
+                events.push((
+                    Subject::Order(order.clone()),
+                    Event::LineBackordered(LineBackordered {
+                        order: order.clone(),
+                        line,
+                        qty: qty(want - allocated),
+                    }),
+                ));
+            }
+        }
+        events
+    }
+
+    /// Where `want` units of `sku` come from, in the routing order described on `allocate`.
+    fn route(
+        &self,
+        sku: &Sku,
+        want: i64,
+        channel: &ChannelId,
+        region: &str,
+        promised: &Promised,
+    ) -> Vec<Route> {
+        let mut candidates: Vec<(i64, bool, u32, &LocationId)> = self
+            .state
+            .locations
+            .values()
+            .map(|d| {
+                let l = &d.value;
+                (
+                    self.available(sku, &l.location, Some(channel), promised),
+                    l.region != region,
+                    l.routing_priority,
+                    &l.location,
+                )
+            })
+            .filter(|c| c.0 > 0)
+            .collect();
+        let whole = candidates.iter().any(|c| c.0 >= want);
+        // With a node that fills the line, availability only filters; otherwise more first.
+        candidates.retain(|c| !whole || c.0 >= want);
+        candidates.sort_by_key(|&(available, other_region, priority, location)| {
+            (
+                if whole { 0 } else { -available },
+                other_region,
+                priority,
+                location.clone(),
+            )
+        });
+        let mut left = want;
+        let mut routes = Vec::new();
+        for (available, other_region, priority, location) in candidates {
+            if left == 0 {
+                break;
+            }
+            let take = available.min(left);
+            left -= take;
+            let reason = format!(
+                "{}; {}; routing priority {priority}",
+                if whole {
+                    format!("{location} has all {want} available")
+                } else {
+                    format!("no node has all {want}; {location} has {available}")
+                },
+                if other_region {
+                    format!("outside region {region}")
+                } else {
+                    format!("in region {region}")
+                },
+            );
+            routes.push((location.clone(), take, reason));
+        }
+        routes
+    }
+
+    fn hold_order(&self, c: &HoldOrder) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if order.held {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} is already held", c.order),
+            ));
+        }
+        if order.lines.values().all(|l| l.open() == 0) {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} has nothing open to hold", c.order),
+            ));
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderHeld(OrderHeld {
+                order: c.order.clone(),
+                reason: c.reason.clone(),
+            }),
+        )])
+    }
+
+    fn release_order(&self, c: &ReleaseOrder) -> Result<Decision, Rejection> {
+        if !self.order(&c.order)?.held {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} is not held", c.order),
+            ));
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderReleased(OrderReleased {
+                order: c.order.clone(),
+            }),
+        )])
+    }
+
+    fn allocate_order(&self, c: &AllocateOrder) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        let waiting: Vec<(u32, Sku, i64)> = order
+            .lines
+            .iter()
+            .filter(|(_, l)| l.backordered > 0)
+            .filter_map(|(n, l)| l.sku.clone().map(|s| (*n, s, l.backordered)))
+            .collect();
+        if waiting.is_empty() {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} has no backordered lines", c.order),
+            ));
+        }
+        let events: Decision = self
+            .allocate(
+                &c.order,
+                &order.channel,
+                &order.region,
+                &order.policy,
+                &waiting,
+            )
+            .into_iter()
+            // The lines are already backordered; only the allocations are new.
+            .filter(|(_, e)| !matches!(e, Event::LineBackordered(_)))
+            .collect();
+        if events.is_empty() {
+            return Err(reject(
+                code::INSUFFICIENT_AVAILABLE,
+                format!(
+                    "no stock is available yet for order {}'s backordered lines",
+                    c.order
+                ),
+            ));
+        }
+        Ok(events)
+    }
+
+    fn release_to_pick(&self, c: &ReleaseToPick) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if order.held {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} is held", c.order),
+            ));
+        }
+        if order
+            .lines
+            .values()
+            .all(|l| l.allocated_total() - l.picked_total() <= 0)
+        {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} has no allocated units to pick", c.order),
+            ));
+        }
+        if order.policy == FulfilmentPolicy::ShipComplete
+            && order.lines.values().any(|l| l.backordered > 0)
+        {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} ships complete and still has backorders", c.order),
+            ));
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderReleasedToPick(OrderReleasedToPick {
+                order: c.order.clone(),
+                wave: c.wave.clone(),
+            }),
+        )])
+    }
+
+    fn line<'o>(
+        &self,
+        order_id: &OrderId,
+        order: &'o OrderState,
+        line: u32,
+    ) -> Result<&'o LineState, Rejection> {
+        order.lines.get(&line).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_LINE,
+                format!("order {order_id} has no line {line}"),
+            )
+        })
+    }
+
+    fn pick(&self, c: &Pick) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if !order.released_to_pick || order.held {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} is not released to pick", c.order),
+            ));
+        }
+        if c.lines.is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "a pick needs at least one line",
+            ));
+        }
+        let mut events = Vec::new();
+        for (i, p) in c.lines.iter().enumerate() {
+            let line = self.line(&c.order, order, p.line)?;
+            let sku = line.sku.clone().expect("placed lines have a SKU");
+            let mut left = positive(&format!("lines[{i}].qty"), p.qty)?;
+            let pickable = line.allocated_total() - line.picked_total();
+            if left > pickable {
+                return Err(reject(
+                    code::INSUFFICIENT_STOCK,
+                    format!(
+                        "order {} line {}: {pickable} allocated and unpicked, {left} to pick",
+                        c.order, p.line
+                    ),
+                ));
+            }
+            for (location, allocated) in &line.allocated {
+                let here = (allocated - line.picked.get(location).copied().unwrap_or(0)).min(left);
+                if here <= 0 {
+                    continue;
+                }
+                left -= here;
+                events.push((
+                    Subject::Stock(sku.clone()),
+                    Event::StockPicked(StockPicked {
+                        sku: sku.clone(),
+                        order: c.order.clone(),
+                        line: p.line,
+                        location: location.clone(),
+                        bin: p.bin.clone(),
+                        lot: p.lot.clone(),
+                        qty: qty(here),
+                    }),
+                ));
+                events.push((
+                    Subject::Order(c.order.clone()),
+                    Event::LinePicked(LinePicked {
+                        order: c.order.clone(),
+                        line: p.line,
+                        location: location.clone(),
+                        qty: qty(here),
+                    }),
+                ));
+            }
+        }
+        Ok(events)
+    }
+
+    fn pack(&self, c: &Pack) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if order.packages.contains_key(&c.package) || order.shipped_packages.contains(&c.package) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("package {} exists on order {}", c.package, c.order),
+            ));
+        }
+        if c.lines.is_empty() {
+            return Err(reject(
+                code::PACK_MISMATCH,
+                "a package needs at least one line",
+            ));
+        }
+        for l in &c.lines {
+            let line = self.line(&c.order, order, l.line)?;
+            let unpacked = line.picked_total() - line.packed;
+            if l.qty.get() != unpacked || unpacked == 0 {
+                return Err(reject(
+                    code::PACK_MISMATCH,
+                    format!(
+                        "order {} line {}: {unpacked} picked and unpacked, {} packed; they must be equal",
+                        c.order, l.line, l.qty
+                    ),
+                ));
+            }
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderPacked(OrderPacked {
+                order: c.order.clone(),
+                package: c.package.clone(),
+                lines: c.lines.clone(),
+            }),
+        )])
+    }
+
+    fn ship(&self, c: &Ship) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        non_negative_money("freight_cost", &c.freight_cost)?;
+        let contents = order.packages.get(&c.package).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_PACKAGE,
+                format!(
+                    "order {} has no packed, unshipped package {}",
+                    c.order, c.package
+                ),
+            )
+        })?;
+        let mut events = Vec::new();
+        let mut lines = Vec::new();
+        for &(line_no, n) in contents {
+            let line = self.line(&c.order, order, line_no)?;
+            let sku = line.sku.clone().expect("placed lines have a SKU");
+            let mut left = n;
+            for (location, picked) in &line.picked {
+                let here = (*picked).min(left);
+                if here <= 0 {
+                    continue;
+                }
+                left -= here;
+                events.push((
+                    Subject::Stock(sku.clone()),
+                    Event::StockShipped(StockShipped {
+                        sku: sku.clone(),
+                        order: c.order.clone(),
+                        line: line_no,
+                        location: location.clone(),
+                        qty: qty(here),
+                    }),
+                ));
+            }
+            lines.push(LineQty {
+                line: line_no,
+                qty: qty(n),
+            });
+        }
+        events.push((
+            Subject::Order(c.order.clone()),
+            Event::OrderShipped(OrderShipped {
+                order: c.order.clone(),
+                package: c.package.clone(),
+                carrier: c.carrier.clone(),
+                tracking: c.tracking.clone(),
+                freight_cost: c.freight_cost,
+                lines,
+            }),
+        ));
+        Ok(events)
+    }
+
+    fn cancel(&self, c: &CancelOrder) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        let cancellable = |l: &LineState| l.qty - l.shipped - l.cancelled - l.picked_total();
+        let requested: Vec<(u32, i64)> = match &c.lines {
+            Some(lines) => lines.iter().map(|l| (l.line, l.qty.get())).collect(),
+            None => order
+                .lines
+                .iter()
+                .map(|(n, l)| (*n, cancellable(l)))
+                .filter(|(_, q)| *q > 0)
+                .collect(),
+        };
+        if requested.is_empty() {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("order {} has nothing left to cancel", c.order),
+            ));
+        }
+        let mut releases = Vec::new();
+        let mut cancelled = Vec::new();
+        for (line_no, n) in requested {
+            let line = self.line(&c.order, order, line_no)?;
+            if n <= 0 || n > cancellable(line) {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!(
+                        "order {} line {line_no}: {} can be cancelled (not picked, shipped or cancelled), not {n}",
+                        c.order,
+                        cancellable(line)
+                    ),
+                ));
+            }
+            let sku = line.sku.clone().expect("placed lines have a SKU");
+            let mut left = n - n.min(line.backordered);
+            for (location, allocated) in &line.allocated {
+                let free = (allocated - line.picked.get(location).copied().unwrap_or(0)).min(left);
+                if free <= 0 {
+                    continue;
+                }
+                left -= free;
+                releases.push((
+                    Subject::Stock(sku.clone()),
+                    Event::AllocationReleased(AllocationReleased {
+                        sku: sku.clone(),
+                        order: c.order.clone(),
+                        line: line_no,
+                        location: location.clone(),
+                        qty: qty(free),
+                    }),
+                ));
+            }
+            cancelled.push(LineQty {
+                line: line_no,
+                qty: qty(n),
+            });
+        }
+        releases.push((
+            Subject::Order(c.order.clone()),
+            Event::LinesCancelled(LinesCancelled {
+                order: c.order.clone(),
+                lines: cancelled,
+                reason: c.reason.clone(),
+            }),
+        ));
+        Ok(releases)
+    }
+
+    fn authorise_return(&self, c: &AuthoriseReturn) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if order.returns.contains_key(&c.return_id) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("return {} exists on order {}", c.return_id, c.order),
+            ));
+        }
+        if c.lines.is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "a return needs at least one line",
+            ));
+        }
+        for l in &c.lines {
+            let line = self.line(&c.order, order, l.line)?;
+            let returnable = line.shipped - line.return_authorised;
+            if l.qty.is_zero() || l.qty.get() > returnable {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!(
+                        "order {} line {}: {returnable} shipped and not yet returned, not {}",
+                        c.order, l.line, l.qty
+                    ),
+                ));
+            }
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::ReturnAuthorised(ReturnAuthorised {
+                order: c.order.clone(),
+                return_id: c.return_id.clone(),
+                lines: c.lines.clone(),
+            }),
+        )])
+    }
+
+    fn refund(&self, c: &Refund) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        let ret = order.returns.get(&c.return_id).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_RETURN,
+                format!(
+                    "return {} is not authorised on order {}",
+                    c.return_id, c.order
+                ),
+            )
+        })?;
+        if ret.refunded {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!("return {} was already refunded", c.return_id),
+            ));
+        }
+        if c.amount.currency != order.currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "amount is in {}, the order in {}",
+                    c.amount.currency, order.currency
+                ),
+            ));
+        }
+        if c.amount.amount <= rust_decimal::Decimal::ZERO {
+            return Err(reject(
+                code::NEGATIVE_AMOUNT,
+                "amount must be greater than 0",
+            ));
+        }
+        // Inspected = received and dispositioned, over every SKU of the return.
+        let mut authorised = 0;
+        let mut inspected = 0;
+        for (line_no, n) in &ret.lines {
+            authorised += n;
+            if let Some(sku) = order.lines.get(line_no).and_then(|l| l.sku.as_ref()) {
+                inspected += self
+                    .stock(sku)
+                    .and_then(|s| s.returns.get(&c.return_id))
+                    .map_or(0, |r| r.dispositioned);
+            }
+        }
+        if inspected < authorised {
+            return Err(reject(
+                code::NOT_INSPECTED,
+                format!(
+                    "return {}: {inspected} of {authorised} units received and inspected",
+                    c.return_id
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Order(c.order.clone()),
+            Event::OrderRefunded(OrderRefunded {
+                order: c.order.clone(),
+                return_id: c.return_id.clone(),
+                amount: c.amount,
+            }),
+        )])
+    }
+}
+
+fn allocation_events(
+    order: &OrderId,
+    line: u32,
+    sku: &Sku,
+    location: &LocationId,
+    n: i64,
+    reason: String,
+) -> Decision {
+    vec![
+        (
+            Subject::Order(order.clone()),
+            Event::LineRouted(LineRouted {
+                order: order.clone(),
+                line,
+                location: location.clone(),
+                reason,
+            }),
+        ),
+        (
+            Subject::Stock(sku.clone()),
+            Event::StockAllocated(StockAllocated {
+                sku: sku.clone(),
+                order: order.clone(),
+                line,
+                location: location.clone(),
+                qty: qty(n),
+            }),
+        ),
+        (
+            Subject::Order(order.clone()),
+            Event::LineAllocated(LineAllocated {
+                order: order.clone(),
+                line,
+                location: location.clone(),
+                qty: qty(n),
+            }),
+        ),
+    ]
+}

@@ -1,0 +1,819 @@
+//! Given/when/then tests of the deciders: given the events of earlier commands, when this
+//! command, then these events or this rejection. One helper drives the API; cases are data.
+
+use ledger::Subject;
+use ledger::events::*;
+use ledger::values::*;
+use ledger::{Envelope, EventHash};
+use serde_json::json;
+
+use crate::command::{Command, decode};
+use crate::decide::{Decision, Rejection, code, decide};
+use crate::state::State;
+
+/// A world with two warehouses (WH1 in UK, priority 1; WH2 in DE, priority 2), channels
+/// `web` and `amazon`, and items A (plain), LOT (lot-tracked), SER (serials), EXP (expiry),
+/// NEG (may go negative), SAFE (safety stock 5).
+pub(crate) struct World {
+    pub state: State,
+    seq: u64,
+}
+
+pub(crate) fn command(kind: &str, data: serde_json::Value, at: &str) -> Command {
+    let json = json!({
+        "command_id": uuid::Uuid::now_v7(),
+        "actor": {"id": "tester", "role": "clerk"},
+        "legal_entity": "UK01",
+        "effective_at": at,
+        "type": kind,
+        "data": data,
+    });
+    decode(json.to_string().as_bytes()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+impl World {
+    pub(crate) fn new() -> World {
+        let mut w = World {
+            state: State::default(),
+            seq: 0,
+        };
+        w.given(
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK", "routing_priority": 1}),
+        );
+        w.given(
+            "location.define",
+            json!({"location": "WH2", "kind": "Warehouse", "region": "DE", "routing_priority": 2}),
+        );
+        w.given("channel.define", json!({"channel": "web"}));
+        w.given("channel.define", json!({"channel": "amazon"}));
+        w.given("item.define", json!({"sku": "A"}));
+        w.given(
+            "item.define",
+            json!({"sku": "LOT", "tracking": {"lot": true, "serial": false, "expiry": false}}),
+        );
+        w.given(
+            "item.define",
+            json!({"sku": "SER", "tracking": {"lot": false, "serial": true, "expiry": false}}),
+        );
+        w.given(
+            "item.define",
+            json!({"sku": "EXP", "tracking": {"lot": false, "serial": false, "expiry": true}}),
+        );
+        w.given("item.define", json!({"sku": "NEG", "allow_negative": true}));
+        w.given("item.define", json!({"sku": "SAFE", "safety_stock": 5}));
+        w
+    }
+
+    pub(crate) fn when_at(
+        &self,
+        kind: &str,
+        data: serde_json::Value,
+        at: &str,
+    ) -> Result<Decision, Rejection> {
+        decide(&self.state, &command(kind, data, at))
+    }
+
+    pub(crate) fn when(&self, kind: &str, data: serde_json::Value) -> Result<Decision, Rejection> {
+        self.when_at(kind, data, "2011-01-01T10:00:00Z")
+    }
+
+    pub(crate) fn apply(&mut self, decision: &Decision) {
+        for (subject, event) in decision {
+            self.seq += 1;
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                subject: subject.clone(),
+                command_id: uuid::Uuid::nil(),
+                correlation_id: uuid::Uuid::nil(),
+                actor: Actor {
+                    id: ActorId::new("t").unwrap(),
+                    role: Role::new("clerk").unwrap(),
+                },
+                legal_entity: EntityId::new("UK01").unwrap(),
+                effective_at: Timestamp::parse("2011-01-01T10:00:00Z").unwrap(),
+                prev_hash: EventHash::GENESIS,
+                event: event.clone(),
+            };
+            self.state.apply(
+                &envelope,
+                Some(ledger::Head {
+                    seq: self.seq,
+                    hash: EventHash::GENESIS,
+                }),
+            );
+        }
+    }
+
+    /// Decides and applies; the command must be accepted.
+    pub(crate) fn given(&mut self, kind: &str, data: serde_json::Value) -> Decision {
+        let decision = self
+            .when(kind, data)
+            .unwrap_or_else(|r| panic!("given {kind}: {r}"));
+        self.apply(&decision);
+        decision
+    }
+
+    pub(crate) fn balance(&self, sku: &str, location: &str) -> crate::state::Balance {
+        let sku = Sku::new(sku).unwrap();
+        self.state
+            .stock
+            .get(&sku)
+            .map(|s| s.balance(&LocationId::new(location).unwrap()))
+            .unwrap_or_default()
+    }
+
+    fn receive(&mut self, sku: &str, location: &str, qty: i64) {
+        self.given("stock.receive", json!({"sku": sku, "location": location, "qty": qty, "unit_cost": {"amount": "1.00", "currency": "GBP"}}));
+    }
+
+    fn order(&mut self, order: &str, lines: serde_json::Value) -> Decision {
+        self.given(
+            "order.place",
+            json!({"order": order, "channel": "web", "ship_to_region": "UK", "lines": lines}),
+        )
+    }
+}
+
+fn line(n: u32, sku: &str, qty: i64) -> serde_json::Value {
+    json!({"line": n, "sku": sku, "qty": qty, "unit_price": {"amount": "2.55", "currency": "GBP"}})
+}
+
+fn types(decision: &Decision) -> Vec<&'static str> {
+    decision
+        .iter()
+        .map(|(_, e)| e.event_type().name())
+        .collect()
+}
+
+fn rejected(result: Result<Decision, Rejection>) -> &'static str {
+    match result {
+        Ok(d) => panic!("expected a rejection, got {:?}", types(&d)),
+        Err(r) => {
+            assert!(!r.message.is_empty());
+            r.code
+        }
+    }
+}
+
+fn gbp(amount: &str) -> serde_json::Value {
+    json!({"amount": amount, "currency": "GBP"})
+}
+
+#[test]
+fn master_data_commands_define_and_redefine() {
+    let mut w = World::new();
+    let d = w.given(
+        "item.define",
+        json!({"sku": "85123A", "description": "HEART T-LIGHT"}),
+    );
+    assert_eq!(types(&d), ["item.defined"]);
+    assert_eq!(d[0].0, Subject::Item(Sku::new("85123A").unwrap()));
+    let d = w.given("item.define", json!({"sku": "85123A", "safety_stock": 2}));
+    assert_eq!(types(&d), ["item.changed"]);
+    assert_eq!(
+        types(&w.given(
+            "supplier.define",
+            json!({"supplier": "S1", "currency": "GBP"})
+        )),
+        ["supplier.defined"]
+    );
+    assert_eq!(
+        types(&w.given(
+            "channel.define",
+            json!({"channel": "shop", "fee_rate": "0.15"})
+        )),
+        ["channel.defined"]
+    );
+    assert_eq!(
+        types(&w.given(
+            "location.define",
+            json!({"location": "S1", "kind": "Store", "region": "UK"})
+        )),
+        ["location.defined"]
+    );
+}
+
+#[test]
+fn receive_adds_on_hand_and_checks_tracking() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    assert_eq!(w.balance("A", "WH1").on_hand, 10);
+    let cost = gbp("1.00");
+    for (data, expected) in [
+        (
+            json!({"sku": "NOPE", "location": "WH1", "qty": 1, "unit_cost": cost}),
+            code::UNKNOWN_SKU,
+        ),
+        (
+            json!({"sku": "A", "location": "NOWHERE", "qty": 1, "unit_cost": cost}),
+            code::UNKNOWN_LOCATION,
+        ),
+        (
+            json!({"sku": "A", "location": "WH1", "qty": 0, "unit_cost": cost}),
+            code::INVALID_QUANTITY,
+        ),
+        (
+            json!({"sku": "A", "location": "WH1", "qty": 1, "unit_cost": gbp("-1")}),
+            code::NEGATIVE_AMOUNT,
+        ),
+        (
+            json!({"sku": "LOT", "location": "WH1", "qty": 1, "unit_cost": cost}),
+            code::LOT_REQUIRED,
+        ),
+        (
+            json!({"sku": "EXP", "location": "WH1", "qty": 1, "unit_cost": cost}),
+            code::EXPIRY_REQUIRED,
+        ),
+        (
+            json!({"sku": "SER", "location": "WH1", "qty": 2, "unit_cost": cost, "serials": ["S1"]}),
+            code::SERIALS_MISMATCH,
+        ),
+    ] {
+        assert_eq!(
+            rejected(w.when("stock.receive", data.clone())),
+            expected,
+            "{data}"
+        );
+    }
+    w.given("stock.receive", json!({"sku": "SER", "location": "WH1", "qty": 2, "unit_cost": cost, "serials": ["S1", "S2"]}));
+    w.given(
+        "stock.receive",
+        json!({"sku": "LOT", "location": "WH1", "qty": 2, "unit_cost": cost, "lot": "L1"}),
+    );
+}
+
+#[test]
+fn bin_moves_transfers_and_variance() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    assert_eq!(
+        types(&w.given(
+            "stock.move_bin",
+            json!({"sku": "A", "location": "WH1", "to_bin": "B-1", "qty": 10})
+        )),
+        ["stock.bin_moved"]
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.move_bin",
+            json!({"sku": "A", "location": "WH1", "to_bin": "B-1", "qty": 11})
+        )),
+        code::INSUFFICIENT_STOCK
+    );
+    w.given(
+        "stock.transfer_ship",
+        json!({"sku": "A", "transfer": "T1", "from": "WH1", "to": "WH2", "qty": 4}),
+    );
+    assert_eq!(
+        (
+            w.balance("A", "WH1").on_hand,
+            w.balance("A", "WH2").in_transit
+        ),
+        (6, 4)
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.transfer_ship",
+            json!({"sku": "A", "transfer": "T1", "from": "WH1", "to": "WH2", "qty": 1})
+        )),
+        code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.transfer_ship",
+            json!({"sku": "A", "transfer": "T2", "from": "WH1", "to": "WH1", "qty": 1})
+        )),
+        code::INVALID_TRANSITION
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.transfer_ship",
+            json!({"sku": "A", "transfer": "T2", "from": "WH1", "to": "WH2", "qty": 7})
+        )),
+        code::INSUFFICIENT_STOCK
+    );
+    let d = w.given(
+        "stock.transfer_receive",
+        json!({"sku": "A", "transfer": "T1", "qty": 3}),
+    );
+    let Event::TransferReceived(e) = &d[0].1 else {
+        panic!()
+    };
+    assert_eq!(e.variance.get(), -1);
+    assert_eq!(
+        (
+            w.balance("A", "WH2").on_hand,
+            w.balance("A", "WH2").in_transit
+        ),
+        (3, 0)
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.transfer_receive",
+            json!({"sku": "A", "transfer": "T1", "qty": 3})
+        )),
+        code::INVALID_TRANSITION
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.transfer_receive",
+            json!({"sku": "A", "transfer": "T9", "qty": 3})
+        )),
+        code::UNKNOWN_TRANSFER
+    );
+}
+
+#[test]
+fn adjustments_and_counts_never_undercut_commitments() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.order("O1", json!([line(1, "A", 6)]));
+    let adjust =
+        |delta: i64| json!({"sku": "A", "location": "WH1", "delta": delta, "reason": "damaged"});
+    assert_eq!(
+        rejected(w.when("stock.adjust", adjust(-5))),
+        code::INSUFFICIENT_STOCK
+    );
+    assert_eq!(
+        rejected(w.when("stock.adjust", adjust(0))),
+        code::INVALID_QUANTITY
+    );
+    w.given("stock.adjust", adjust(-4));
+    assert_eq!(w.balance("A", "WH1").on_hand, 6);
+    // Negative stock where the item allows it.
+    w.given(
+        "stock.adjust",
+        json!({"sku": "NEG", "location": "WH1", "delta": -3, "reason": "write_off"}),
+    );
+    assert_eq!(w.balance("NEG", "WH1").on_hand, -3);
+    // A count books the variance the decider computes.
+    let d = w.given(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 7}),
+    );
+    let Event::StockCounted(c) = &d[0].1 else {
+        panic!()
+    };
+    assert_eq!((c.expected.get(), c.variance.get()), (6, 1));
+    assert_eq!(
+        rejected(w.when(
+            "stock.count",
+            json!({"sku": "A", "location": "WH1", "counted": 5})
+        )),
+        code::INSUFFICIENT_STOCK
+    );
+}
+
+#[test]
+fn quality_hold_release_and_scrap() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.given(
+        "stock.quality_hold",
+        json!({"sku": "A", "location": "WH1", "qty": 4, "reason": "inspection"}),
+    );
+    assert_eq!(w.balance("A", "WH1").free(), 6);
+    assert_eq!(
+        rejected(w.when(
+            "stock.quality_hold",
+            json!({"sku": "A", "location": "WH1", "qty": 7, "reason": "x"})
+        )),
+        code::INSUFFICIENT_AVAILABLE
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.quality_release",
+            json!({"sku": "A", "location": "WH1", "qty": 5})
+        )),
+        code::INSUFFICIENT_STOCK
+    );
+    w.given(
+        "stock.quality_release",
+        json!({"sku": "A", "location": "WH1", "qty": 1}),
+    );
+    w.given("stock.scrap", json!({"sku": "A", "location": "WH1", "qty": 3, "reason": "broken", "from_quality_hold": true}));
+    assert_eq!(
+        (
+            w.balance("A", "WH1").on_hand,
+            w.balance("A", "WH1").quality_hold
+        ),
+        (7, 0)
+    );
+    assert_eq!(rejected(w.when("stock.scrap", json!({"sku": "A", "location": "WH1", "qty": 1, "reason": "x", "from_quality_hold": true}))), code::INSUFFICIENT_STOCK);
+    w.given(
+        "stock.scrap",
+        json!({"sku": "A", "location": "WH1", "qty": 7, "reason": "flood"}),
+    );
+    assert_eq!(w.balance("A", "WH1").on_hand, 0);
+}
+
+#[test]
+fn holds_reserve_release_and_expire_by_business_time() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    let hold = json!({"sku": "A", "hold": "H1", "location": "WH1", "qty": 8, "ttl_seconds": 900});
+    w.given("stock.place_hold", hold.clone());
+    assert_eq!(w.balance("A", "WH1").reserved, 8);
+    assert_eq!(
+        rejected(w.when("stock.place_hold", hold)),
+        code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.place_hold",
+            json!({"sku": "A", "hold": "H2", "location": "WH1", "qty": 3, "ttl_seconds": 60})
+        )),
+        code::INSUFFICIENT_AVAILABLE
+    );
+    let expire = json!({"sku": "A", "hold": "H1"});
+    assert_eq!(
+        rejected(w.when_at("stock.expire_hold", expire.clone(), "2011-01-01T10:14:59Z")),
+        code::HOLD_NOT_EXPIRED
+    );
+    let d = w
+        .when_at("stock.expire_hold", expire.clone(), "2011-01-01T10:15:00Z")
+        .unwrap();
+    assert_eq!(types(&d), ["stock.reservation_expired"]);
+    w.given("stock.release_hold", expire.clone());
+    assert_eq!(w.balance("A", "WH1").reserved, 0);
+    assert_eq!(
+        rejected(w.when("stock.release_hold", expire)),
+        code::UNKNOWN_HOLD
+    );
+}
+
+#[test]
+fn orders_route_by_availability_then_region_then_priority() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 3);
+    w.receive("A", "WH2", 10);
+    // WH1 (UK, priority 1) cannot fill 5; WH2 can, so availability wins over region.
+    let d = w.order("O1", json!([line(1, "A", 5)]));
+    assert_eq!(
+        types(&d),
+        [
+            "order.placed",
+            "order.line_routed",
+            "stock.allocated",
+            "order.line_allocated"
+        ]
+    );
+    let Event::LineRouted(r) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(r.location.as_str(), "WH2");
+    assert!(r.reason.contains("outside region UK"), "{}", r.reason);
+    // Both can fill 2: the UK node wins.
+    let d = w.order("O2", json!([line(1, "A", 2)]));
+    let Event::LineRouted(r) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(r.location.as_str(), "WH1");
+    // Nothing can fill 20: the line is split, the node with more first, the rest backordered.
+    let d = w.order("O3", json!([line(1, "A", 20)]));
+    assert_eq!(
+        types(&d),
+        [
+            "order.placed",
+            "order.line_routed",
+            "stock.allocated",
+            "order.line_allocated",
+            "order.line_routed",
+            "stock.allocated",
+            "order.line_allocated",
+            "order.line_backordered"
+        ]
+    );
+    let Event::LineRouted(r) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(r.location.as_str(), "WH2");
+    assert_eq!(
+        w.balance("A", "WH1").allocated + w.balance("A", "WH2").allocated,
+        13
+    );
+}
+
+#[test]
+fn ship_complete_orders_allocate_all_or_nothing() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 5);
+    let d = w.given(
+        "order.place",
+        json!({"order": "O1", "channel": "web", "ship_to_region": "UK", "policy": "ShipComplete", "lines": [line(1, "A", 5), line(2, "NEG", 1)]}),
+    );
+    assert_eq!(
+        types(&d),
+        [
+            "order.placed",
+            "order.line_backordered",
+            "order.line_backordered"
+        ]
+    );
+    assert_eq!(w.balance("A", "WH1").allocated, 0);
+    assert_eq!(
+        rejected(w.when(
+            "order.release_to_pick",
+            json!({"order": "O1", "wave": "W1"})
+        )),
+        code::INVALID_TRANSITION
+    );
+}
+
+#[test]
+fn backorders_fill_on_receipt_in_priority_order() {
+    let mut w = World::new();
+    w.given("order.place", json!({"order": "LOW", "channel": "web", "ship_to_region": "UK", "priority": 9, "lines": [line(1, "A", 4)]}));
+    w.given("order.place", json!({"order": "HIGH", "channel": "web", "ship_to_region": "UK", "priority": 1, "lines": [line(1, "A", 4)]}));
+    assert_eq!(
+        rejected(w.when("order.allocate", json!({"order": "HIGH"}))),
+        code::INSUFFICIENT_AVAILABLE
+    );
+    let d = w.given(
+        "stock.receive",
+        json!({"sku": "A", "location": "WH1", "qty": 6, "unit_cost": gbp("1")}),
+    );
+    let allocated: Vec<(String, i64)> = d
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::LineAllocated(a) => Some((a.order.to_string(), a.qty.get())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(allocated, [("HIGH".to_owned(), 4), ("LOW".to_owned(), 2)]);
+    w.receive("A", "WH1", 5);
+    assert_eq!(w.balance("A", "WH1").allocated, 8);
+    assert_eq!(
+        rejected(w.when("order.allocate", json!({"order": "LOW"}))),
+        code::INVALID_TRANSITION
+    );
+}
+
+#[test]
+fn order_validation_rejections() {
+    let mut w = World::new();
+    w.order("O1", json!([line(1, "A", 1)]));
+    let place = |order: &str, channel: &str, lines: serde_json::Value| json!({"order": order, "channel": channel, "ship_to_region": "UK", "lines": lines});
+    for (data, expected) in [
+        (
+            place("O1", "web", json!([line(1, "A", 1)])),
+            code::ALREADY_EXISTS,
+        ),
+        (
+            place("O2", "nope", json!([line(1, "A", 1)])),
+            code::UNKNOWN_CHANNEL,
+        ),
+        (
+            place("O2", "web", json!([line(1, "NOPE", 1)])),
+            code::UNKNOWN_SKU,
+        ),
+        (place("O2", "web", json!([])), code::INVALID_QUANTITY),
+        (
+            place("O2", "web", json!([line(1, "A", 0)])),
+            code::INVALID_QUANTITY,
+        ),
+        (
+            place("O2", "web", json!([line(1, "A", 1), line(1, "A", 1)])),
+            code::INVALID_QUANTITY,
+        ),
+        (
+            place(
+                "O2",
+                "web",
+                json!([line(1, "A", 1), {"line": 2, "sku": "A", "qty": 1, "unit_price": {"amount": "1", "currency": "EUR"}}]),
+            ),
+            code::CURRENCY_MISMATCH,
+        ),
+    ] {
+        assert_eq!(
+            rejected(w.when("order.place", data.clone())),
+            expected,
+            "{data}"
+        );
+    }
+    assert_eq!(
+        rejected(w.when("order.hold", json!({"order": "NOPE", "reason": "fraud"}))),
+        code::UNKNOWN_ORDER
+    );
+}
+
+#[test]
+fn order_life_cycle_hold_pick_pack_ship_return_refund() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.order("O1", json!([line(1, "A", 6)]));
+    assert_eq!(
+        rejected(w.when("order.release", json!({"order": "O1"}))),
+        code::INVALID_TRANSITION
+    );
+    w.given(
+        "order.hold",
+        json!({"order": "O1", "reason": "payment_review"}),
+    );
+    assert_eq!(
+        rejected(w.when("order.hold", json!({"order": "O1", "reason": "again"}))),
+        code::INVALID_TRANSITION
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.release_to_pick",
+            json!({"order": "O1", "wave": "W1"})
+        )),
+        code::INVALID_TRANSITION
+    );
+    w.given("order.release", json!({"order": "O1"}));
+    assert_eq!(
+        rejected(w.when(
+            "order.pick",
+            json!({"order": "O1", "lines": [{"line": 1, "qty": 6}]})
+        )),
+        code::INVALID_TRANSITION
+    );
+    w.given(
+        "order.release_to_pick",
+        json!({"order": "O1", "wave": "W1"}),
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.pick",
+            json!({"order": "O1", "lines": [{"line": 9, "qty": 1}]})
+        )),
+        code::UNKNOWN_LINE
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.pick",
+            json!({"order": "O1", "lines": [{"line": 1, "qty": 7}]})
+        )),
+        code::INSUFFICIENT_STOCK
+    );
+    assert_eq!(
+        types(&w.given(
+            "order.pick",
+            json!({"order": "O1", "lines": [{"line": 1, "qty": 6}]})
+        )),
+        ["stock.picked", "order.line_picked"]
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.pack",
+            json!({"order": "O1", "package": "P1", "lines": [{"line": 1, "qty": 5}]})
+        )),
+        code::PACK_MISMATCH
+    );
+    w.given(
+        "order.pack",
+        json!({"order": "O1", "package": "P1", "lines": [{"line": 1, "qty": 6}]}),
+    );
+    assert_eq!(rejected(w.when("order.ship", json!({"order": "O1", "package": "P9", "carrier": "RM", "tracking": "T", "freight_cost": gbp("3")}))), code::UNKNOWN_PACKAGE);
+    let d = w.given("order.ship", json!({"order": "O1", "package": "P1", "carrier": "RM", "tracking": "T", "freight_cost": gbp("3")}));
+    assert_eq!(types(&d), ["stock.shipped", "order.shipped"]);
+    assert_eq!(
+        (
+            w.balance("A", "WH1").on_hand,
+            w.balance("A", "WH1").allocated
+        ),
+        (4, 0)
+    );
+
+    assert_eq!(
+        rejected(w.when(
+            "order.authorise_return",
+            json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 7}]})
+        )),
+        code::INVALID_QUANTITY
+    );
+    w.given(
+        "order.authorise_return",
+        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 2}]}),
+    );
+    let refund = json!({"order": "O1", "return_id": "R1", "amount": gbp("5.10")});
+    assert_eq!(
+        rejected(w.when("order.refund", refund.clone())),
+        code::NOT_INSPECTED
+    );
+    let receive = |qty: i64| json!({"sku": "A", "return_id": "R1", "order": "O1", "line": 1, "location": "WH1", "qty": qty});
+    assert_eq!(
+        rejected(w.when("stock.receive_return", receive(3))),
+        code::INVALID_QUANTITY
+    );
+    assert_eq!(rejected(w.when("stock.receive_return", json!({"sku": "A", "return_id": "R9", "order": "O1", "line": 1, "location": "WH1", "qty": 1}))), code::UNKNOWN_RETURN);
+    w.given("stock.receive_return", receive(2));
+    assert_eq!(
+        (
+            w.balance("A", "WH1").on_hand,
+            w.balance("A", "WH1").quality_hold
+        ),
+        (6, 2)
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.disposition_return",
+            json!({"sku": "A", "return_id": "R9", "qty": 1, "disposition": "Restock"})
+        )),
+        code::UNKNOWN_RETURN
+    );
+    w.given(
+        "stock.disposition_return",
+        json!({"sku": "A", "return_id": "R1", "qty": 1, "disposition": "Restock"}),
+    );
+    w.given(
+        "stock.disposition_return",
+        json!({"sku": "A", "return_id": "R1", "qty": 1, "disposition": "Scrap"}),
+    );
+    assert_eq!(
+        (
+            w.balance("A", "WH1").on_hand,
+            w.balance("A", "WH1").quality_hold
+        ),
+        (5, 0)
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.refund",
+            json!({"order": "O1", "return_id": "R1", "amount": {"amount": "5", "currency": "EUR"}})
+        )),
+        code::CURRENCY_MISMATCH
+    );
+    assert_eq!(
+        types(&w.given("order.refund", refund.clone())),
+        ["order.refunded"]
+    );
+    assert_eq!(
+        rejected(w.when("order.refund", refund)),
+        code::INVALID_TRANSITION
+    );
+}
+
+#[test]
+fn cancel_releases_allocations_and_backorders() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 4);
+    w.order("O1", json!([line(1, "A", 6), line(2, "NEG", 2)]));
+    assert_eq!(w.balance("A", "WH1").allocated, 4);
+    assert_eq!(
+        rejected(w.when(
+            "order.cancel",
+            json!({"order": "O1", "lines": [{"line": 1, "qty": 7}], "reason": "customer"})
+        )),
+        code::INVALID_QUANTITY
+    );
+    let d = w.given(
+        "order.cancel",
+        json!({"order": "O1", "lines": [{"line": 1, "qty": 3}], "reason": "customer"}),
+    );
+    // 2 of the 3 come off the backorder, 1 off the allocation.
+    assert_eq!(
+        types(&d),
+        ["stock.allocation_released", "order.lines_cancelled"]
+    );
+    assert_eq!(w.balance("A", "WH1").allocated, 3);
+    w.given("order.cancel", json!({"order": "O1", "reason": "customer"}));
+    assert_eq!(w.balance("A", "WH1").allocated, 0);
+    assert!(w.state.backorders.values().all(|b| b.is_empty()));
+    assert_eq!(
+        rejected(w.when("order.cancel", json!({"order": "O1", "reason": "again"}))),
+        code::INVALID_TRANSITION
+    );
+}
+
+#[test]
+fn channel_rules_and_safety_stock_limit_what_is_promised() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.given(
+        "stock.set_channel_allocation",
+        json!({"sku": "A", "channel": "amazon", "rule": {"RingFenced": {"qty": 6}}}),
+    );
+    assert_eq!(
+        rejected(w.when(
+            "stock.set_channel_allocation",
+            json!({"sku": "A", "channel": "nope", "rule": "Unrestricted"})
+        )),
+        code::UNKNOWN_CHANNEL
+    );
+    // web may only take what amazon's ring fence leaves.
+    let d = w.order("O1", json!([line(1, "A", 5)]));
+    assert!(types(&d).contains(&"order.line_backordered"));
+    assert_eq!(w.balance("A", "WH1").allocated, 4);
+    w.receive("SAFE", "WH1", 7);
+    let d = w.order("O2", json!([line(1, "SAFE", 3)]));
+    assert!(
+        types(&d).contains(&"order.line_backordered"),
+        "safety stock 5 leaves 2"
+    );
+}
+
+#[test]
+fn every_rejection_code_is_exercised_by_a_test() {
+    // Goal: the list of codes stays in step with these tests (a new code needs a case).
+    let source = include_str!("decide_tests.rs");
+    for code in code::ALL {
+        let constant = code.to_uppercase();
+        assert!(
+            source.contains(&format!("code::{constant}")),
+            "no test rejects with {code}"
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! The processor: decides commands against the in-memory write model and commits the events of
+//! many commands in one atomic append (group commit).
+//!
+//! `Processor` is independent of how commands arrive (it works on any `EventLog`);
+//! `crate::service` connects it to NATS.
+//!
+//! A tick: every command is decided against the state *including the tentative effects of the
+//! commands before it in the tick*; its events, plus its outcome record on `cmd.<id>`, join
+//! the tick's batch. The batch is appended atomically with, per subject, the head the tick
+//! started from. On success the heads are confirmed; on a conflict (another writer) or an
+//! unknown outcome, the tentative changes are undone, the model catches up from the log, and
+//! the tick is decided again (bounded).
+
+use std::collections::{HashMap, HashSet};
+
+use ledger::events::{CommandAccepted, CommandRejected, Event};
+use ledger::log::BATCH_EVENTS_MAX;
+use ledger::values::{ChannelId, LocationId, OrderId, Sku, SupplierId};
+use ledger::{
+    AppendBatch, AppendError, Envelope, EventDraft, EventHash, EventLog, Expectation, Head,
+    LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil, Subject,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::Command;
+use crate::decide::{Rejection, code, decide};
+use crate::state::{CommandRecord, Defined, OrderState, RecordedOutcome, State, StockState};
+
+/// How many times a tick is decided again after conflicts before its commands are answered
+/// `unavailable` (the client retries; nothing was stored).
+pub const CONFLICT_RETRIES_MAX: u32 = 16;
+
+/// What became of a command. Serialised as the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored: the command's events are `first_seq .. first_seq + event_count`, its outcome
+    /// record at `outcome_seq`.
+    Accepted {
+        command_id: Uuid,
+        first_seq: u64,
+        event_count: u32,
+        outcome_seq: u64,
+    },
+    /// Refused by a business rule. Recorded at `outcome_seq` unless it is a retry with a
+    /// different body (`duplicate_with_different_body`), which is not recorded again.
+    Rejected {
+        command_id: Uuid,
+        code: String,
+        message: String,
+        outcome_seq: Option<u64>,
+    },
+    /// Not a valid command; nothing recorded. `field` is the JSON path of the problem.
+    Invalid {
+        command_id: Option<Uuid>,
+        code: String,
+        field: String,
+        message: String,
+    },
+    /// Nothing was stored; retrying with the same id is safe.
+    Unavailable { command_id: Uuid, message: String },
+}
+
+impl Outcome {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. })
+    }
+}
+
+/// Why the processor cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("reading the ledger: {0}")]
+    Read(#[from] ReadError),
+    #[error("appending to the ledger: {0}")]
+    Append(AppendError),
+}
+
+/// A command's saved aggregate, to undo a tick's tentative changes.
+enum Saved {
+    Item(Sku, Option<Defined<ledger::events::ItemDefined>>),
+    Location(LocationId, Option<Defined<ledger::events::LocationDefined>>),
+    Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
+    Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
+    Stock(Sku, Option<StockState>),
+    Order(OrderId, Option<OrderState>),
+    Command(Uuid, Option<CommandRecord>),
+    Other(Subject, Option<Head>),
+}
+
+fn save(state: &State, subject: &Subject) -> Saved {
+    match subject {
+        Subject::Item(k) => Saved::Item(k.clone(), state.items.get(k).cloned()),
+        Subject::Location(k) => Saved::Location(k.clone(), state.locations.get(k).cloned()),
+        Subject::Channel(k) => Saved::Channel(k.clone(), state.channels.get(k).cloned()),
+        Subject::Supplier(k) => Saved::Supplier(k.clone(), state.suppliers.get(k).cloned()),
+        Subject::Stock(k) => Saved::Stock(k.clone(), state.stock.get(k).cloned()),
+        Subject::Order(k) => Saved::Order(k.clone(), state.orders.get(k).cloned()),
+        Subject::Command(k) => Saved::Command(*k, state.commands.get(k).cloned()),
+        other => Saved::Other(other.clone(), state.other_heads.get(other).copied()),
+    }
+}
+
+fn put<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
+}
+
+fn restore(state: &mut State, saved: Saved) {
+    match saved {
+        Saved::Item(k, v) => put(&mut state.items, k, v),
+        Saved::Location(k, v) => {
+            match v {
+                Some(v) => state.locations.insert(k, v),
+                None => state.locations.remove(&k),
+            };
+        }
+        Saved::Channel(k, v) => put(&mut state.channels, k, v),
+        Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
+        Saved::Stock(k, v) => put(&mut state.stock, k, v),
+        Saved::Order(k, v) => {
+            state.index_backorders(&k, false);
+            put(&mut state.orders, k.clone(), v);
+            state.index_backorders(&k, true);
+        }
+        Saved::Command(k, v) => put(&mut state.commands, k, v),
+        Saved::Other(k, v) => put(&mut state.other_heads, k, v),
+    }
+}
+
+/// One command's part of a tick.
+struct Pending {
+    index: usize,
+    command_id: Uuid,
+    /// Position of its first event in the batch, and how many (outcome record excluded).
+    first: usize,
+    events: usize,
+    rejection: Option<Rejection>,
+}
+
+/// The batch being built, and how to take it back.
+#[derive(Default)]
+struct Tick {
+    saved: Vec<Saved>,
+    touched: HashSet<Subject>,
+    expectations: Vec<Expectation>,
+    drafts: Vec<EventDraft>,
+    pending: Vec<Pending>,
+}
+
+impl Tick {
+    fn touch(&mut self, state: &State, subject: &Subject) {
+        if self.touched.insert(subject.clone()) {
+            self.expectations.push(Expectation {
+                subject: subject.clone(),
+                head: state.head(subject),
+            });
+            self.saved.push(save(state, subject));
+        }
+    }
+
+    fn undo(&mut self, state: &mut State) {
+        for saved in self.saved.drain(..).rev() {
+            restore(state, saved);
+        }
+    }
+}
+
+/// The write side over one event log.
+#[derive(Debug)]
+pub struct Processor<L> {
+    log: L,
+    state: State,
+    /// Every log record up to here is in `state`.
+    applied_seq: u64,
+}
+
+impl<L: EventLog> Processor<L> {
+    /// Rebuilds the write model from the whole log.
+    pub async fn recover(log: L) -> Result<Processor<L>, ProcessorError> {
+        let mut processor = Processor {
+            log,
+            state: State::default(),
+            applied_seq: 0,
+        };
+        processor.catch_up().await?;
+        Ok(processor)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// Applies every record after `applied_seq`.
+    pub async fn catch_up(&mut self) -> Result<u64, ReadError> {
+        let mut cursor = self
+            .log
+            .read(
+                ReadFrom::Sequence(self.applied_seq + 1),
+                ReadUntil::CaughtUp,
+            )
+            .await?;
+        let mut applied = 0;
+        while let Some(record) = cursor.next().await {
+            match record? {
+                LogRecord::Event(e) => {
+                    self.state.apply(
+                        &e.envelope,
+                        Some(Head {
+                            seq: e.seq,
+                            hash: e.hash,
+                        }),
+                    );
+                    self.applied_seq = e.seq;
+                    applied += 1;
+                }
+                LogRecord::Marker { seq } => self.applied_seq = seq,
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The recorded outcome of a command, if it has one.
+    pub fn outcome_of(&self, command_id: Uuid) -> Option<Outcome> {
+        self.state
+            .commands
+            .get(&command_id)
+            .map(|r| recorded_outcome(command_id, r))
+    }
+
+    /// Decides and commits a group of commands; one outcome per command, in order.
+    pub async fn process(&mut self, commands: &[Command]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; commands.len()];
+        let mut start = 0;
+        while start < commands.len() {
+            start = self.commit_from(commands, start, &mut outcomes).await;
+        }
+        outcomes
+            .into_iter()
+            .zip(commands)
+            .map(|(o, c)| {
+                o.unwrap_or_else(|| Outcome::Unavailable {
+                    command_id: c.command_id,
+                    message: "not processed".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Commits as many commands from `start` as fit one append; returns where the next
+    /// append starts.
+    async fn commit_from(
+        &mut self,
+        commands: &[Command],
+        start: usize,
+        outcomes: &mut [Option<Outcome>],
+    ) -> usize {
+        for _attempt in 0..CONFLICT_RETRIES_MAX {
+            let (mut tick, end) = self.build_tick(commands, start, outcomes);
+            if tick.drafts.is_empty() {
+                return end;
+            }
+            let batch = AppendBatch {
+                expectations: tick.expectations.clone(),
+                events: tick.drafts.clone(),
+            };
+            match self.log.append(batch).await {
+                Ok(appended) => {
+                    for (subject, head) in appended.heads() {
+                        self.state.confirm(subject, head);
+                    }
+                    self.applied_seq = appended.last_seq;
+                    for p in &tick.pending {
+                        outcomes[p.index] = Some(committed_outcome(p, &appended.events));
+                    }
+                    // Retries of a command decided earlier in the same tick get its outcome.
+                    for (i, c) in commands.iter().enumerate().take(end).skip(start) {
+                        if outcomes[i].is_none() {
+                            outcomes[i] = self.outcome_of(c.command_id);
+                        }
+                    }
+                    return end;
+                }
+                Err(AppendError::Conflict { .. } | AppendError::OutcomeUnknown(_)) => {
+                    tick.undo(&mut self.state);
+                    if let Err(e) = self.catch_up().await {
+                        tracing::warn!(error = %e, "catching up after a conflict failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    for p in &tick.pending {
+                        outcomes[p.index] = None;
+                    }
+                }
+                Err(e) => {
+                    tick.undo(&mut self.state);
+                    tracing::error!(error = %e, "append failed");
+                    for p in &tick.pending {
+                        outcomes[p.index] = Some(Outcome::Unavailable {
+                            command_id: p.command_id,
+                            message: e.to_string(),
+                        });
+                    }
+                    if let AppendError::FencingBreach(reason) = &e {
+                        // Another writer is active in a way the checks did not stop: this
+                        // process must not write again. A supervisor restarts it from the log.
+                        panic!("fencing breach: {reason}");
+                    }
+                    return end;
+                }
+            }
+        }
+        for (i, c) in commands.iter().enumerate().skip(start) {
+            outcomes[i].get_or_insert_with(|| Outcome::Unavailable {
+                command_id: c.command_id,
+                message: format!(
+                    "the ledger kept changing under {CONFLICT_RETRIES_MAX} attempts; retry"
+                ),
+            });
+        }
+        commands.len()
+    }
+
+    /// Decides commands from `start` into one batch, applying them tentatively.
+    fn build_tick(
+        &mut self,
+        commands: &[Command],
+        start: usize,
+        outcomes: &mut [Option<Outcome>],
+    ) -> (Tick, usize) {
+        let mut tick = Tick::default();
+        let mut in_tick = HashSet::new();
+        let mut index = start;
+        while index < commands.len() {
+            let command = &commands[index];
+            let body_sha256 = command.body_sha256();
+            if let Some(record) = self.state.commands.get(&command.command_id) {
+                // Answered from the record once the tick commits (it may be in this tick).
+                if record.body_sha256 != body_sha256 {
+                    outcomes[index] = Some(different_body(command.command_id));
+                } else if !in_tick.contains(&command.command_id) {
+                    outcomes[index] = Some(recorded_outcome(command.command_id, record));
+                }
+                index += 1;
+                continue;
+            }
+            let decision = decide(&self.state, command);
+            let events = decision.as_ref().map_or(0, Vec::len);
+            if tick.drafts.len() + events + 1 > BATCH_EVENTS_MAX {
+                if tick.drafts.is_empty() {
+                    outcomes[index] = Some(Outcome::Unavailable {
+                        command_id: command.command_id,
+                        message: format!(
+                            "the command produces {events} events; at most {} fit one atomic append",
+                            BATCH_EVENTS_MAX - 1
+                        ),
+                    });
+                    index += 1;
+                    continue;
+                }
+                break;
+            }
+            self.add_to_tick(&mut tick, index, command, body_sha256, decision);
+            in_tick.insert(command.command_id);
+            index += 1;
+        }
+        (tick, index)
+    }
+
+    fn add_to_tick(
+        &mut self,
+        tick: &mut Tick,
+        index: usize,
+        command: &Command,
+        body_sha256: [u8; 32],
+        decision: Result<Vec<(Subject, Event)>, Rejection>,
+    ) {
+        let first = tick.drafts.len();
+        let command_type = command.body.type_name().to_owned();
+        let (events, outcome, rejection) = match decision {
+            Ok(events) => {
+                let count = events.len() as u32;
+                let accepted = Event::CommandAccepted(CommandAccepted {
+                    command_type,
+                    body_sha256,
+                    event_count: count,
+                });
+                (events, accepted, None)
+            }
+            Err(rejection) => {
+                let rejected = Event::CommandRejected(CommandRejected {
+                    command_type,
+                    body_sha256,
+                    code: rejection.code.to_owned(),
+                    message: rejection.message.clone(),
+                });
+                (Vec::new(), rejected, Some(rejection))
+            }
+        };
+        let count = events.len();
+        let skus: Vec<Sku> = events
+            .iter()
+            .filter_map(|(s, _)| match s {
+                Subject::Stock(sku) => Some(sku.clone()),
+                _ => None,
+            })
+            .collect();
+        let clean_before: Vec<bool> = skus
+            .iter()
+            .map(|s| self.state.invariant_violation(s).is_none())
+            .collect();
+        let all = events.into_iter().chain(std::iter::once((
+            Subject::Command(command.command_id),
+            outcome,
+        )));
+        for (subject, event) in all {
+            tick.touch(&self.state, &subject);
+            let draft = EventDraft {
+                event_id: Uuid::now_v7(),
+                subject,
+                command_id: command.command_id,
+                correlation_id: command.correlation_id,
+                actor: command.actor.clone(),
+                legal_entity: command.legal_entity.clone(),
+                effective_at: command.effective_at,
+                event,
+            };
+            self.state.apply(
+                &Envelope::from_draft(draft.clone(), EventHash::GENESIS),
+                None,
+            );
+            tick.drafts.push(draft);
+        }
+        for (sku, clean) in skus.iter().zip(clean_before) {
+            if clean && let Some(violation) = self.state.invariant_violation(sku) {
+                // A decider let through what the invariants forbid: stop before it is stored.
+                panic!(
+                    "invariant broken by {} {}: {violation}",
+                    command.body.type_name(),
+                    command.command_id
+                );
+            }
+        }
+        tick.pending.push(Pending {
+            index,
+            command_id: command.command_id,
+            first,
+            events: count,
+            rejection,
+        });
+    }
+}
+
+fn different_body(command_id: Uuid) -> Outcome {
+    Outcome::Rejected {
+        command_id,
+        code: code::DUPLICATE_WITH_DIFFERENT_BODY.into(),
+        message:
+            "this command id was used before with a different body; use a new id for a new command"
+                .into(),
+        outcome_seq: None,
+    }
+}
+
+fn recorded_outcome(command_id: Uuid, record: &CommandRecord) -> Outcome {
+    let outcome_seq = record.head.map_or(0, |h| h.seq);
+    match &record.outcome {
+        RecordedOutcome::Accepted { event_count } => Outcome::Accepted {
+            command_id,
+            first_seq: outcome_seq - u64::from(*event_count),
+            event_count: *event_count,
+            outcome_seq,
+        },
+        RecordedOutcome::Rejected { code, message } => Outcome::Rejected {
+            command_id,
+            code: code.clone(),
+            message: message.clone(),
+            outcome_seq: Some(outcome_seq),
+        },
+    }
+}
+
+fn committed_outcome(p: &Pending, appended: &[ledger::log::AppendedEvent]) -> Outcome {
+    let outcome_seq = appended[p.first + p.events].seq;
+    match &p.rejection {
+        None => Outcome::Accepted {
+            command_id: p.command_id,
+            first_seq: outcome_seq - p.events as u64,
+            event_count: p.events as u32,
+            outcome_seq,
+        },
+        Some(r) => Outcome::Rejected {
+            command_id: p.command_id,
+            code: r.code.into(),
+            message: r.message.clone(),
+            outcome_seq: Some(outcome_seq),
+        },
+    }
+}

@@ -1,0 +1,600 @@
+//! The write model: what the deciders need to know, built by `apply` from events alone.
+//! `apply` is pure and total: it accepts any event the log holds (it never refuses history).
+
+use std::collections::{BTreeMap, HashMap};
+
+use ledger::events::{
+    ChannelAllocationRule, ChannelDefined, Disposition, Event, FulfilmentPolicy, ItemDefined,
+    LocationDefined, SupplierDefined,
+};
+use ledger::values::{
+    ChannelId, HoldId, LocationId, OrderId, PackageId, ReturnId, Sku, SupplierId, Timestamp,
+    TransferId,
+};
+use ledger::{Envelope, Head, Subject};
+use uuid::Uuid;
+
+/// Quantities of one SKU at one location, in base units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub on_hand: i64,
+    pub allocated: i64,
+    pub reserved: i64,
+    pub quality_hold: i64,
+    /// Shipped by a transfer towards this location, not yet received.
+    pub in_transit: i64,
+}
+
+impl Balance {
+    /// What can still be promised, before safety stock and channel rules.
+    pub fn free(&self) -> i64 {
+        self.on_hand - self.allocated - self.reserved - self.quality_hold
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub location: LocationId,
+    pub channel: Option<ChannelId>,
+    pub qty: i64,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub from: LocationId,
+    pub to: LocationId,
+    pub qty: i64,
+    pub received: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReturnStock {
+    pub location: Option<LocationId>,
+    pub received: i64,
+    pub dispositioned: i64,
+}
+
+/// Order lines waiting for this SKU, in the order they are served.
+pub type BackorderKey = (u32, Timestamp, OrderId, u32);
+
+/// Everything about one SKU's stock (subject `sku.<sku>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockState {
+    pub head: Option<Head>,
+    pub balances: BTreeMap<LocationId, Balance>,
+    pub holds: HashMap<HoldId, Hold>,
+    pub transfers: HashMap<TransferId, Transfer>,
+    pub returns: HashMap<ReturnId, ReturnStock>,
+    pub channel_rules: BTreeMap<ChannelId, ChannelAllocationRule>,
+}
+
+impl StockState {
+    pub fn balance(&self, location: &LocationId) -> Balance {
+        self.balances.get(location).copied().unwrap_or_default()
+    }
+
+    fn at(&mut self, location: &LocationId) -> &mut Balance {
+        self.balances.entry(location.clone()).or_default()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineState {
+    pub sku: Option<Sku>,
+    pub qty: i64,
+    pub allocated: BTreeMap<LocationId, i64>,
+    pub backordered: i64,
+    pub picked: BTreeMap<LocationId, i64>,
+    pub packed: i64,
+    pub shipped: i64,
+    pub cancelled: i64,
+    pub return_authorised: i64,
+}
+
+impl LineState {
+    pub fn allocated_total(&self) -> i64 {
+        self.allocated.values().sum()
+    }
+    pub fn picked_total(&self) -> i64 {
+        self.picked.values().sum()
+    }
+    /// Units neither shipped nor cancelled.
+    pub fn open(&self) -> i64 {
+        self.qty - self.shipped - self.cancelled
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderReturn {
+    pub lines: BTreeMap<u32, i64>,
+    pub refunded: bool,
+}
+
+/// Everything about one order (subject `ord.<order>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    pub head: Option<Head>,
+    pub channel: ChannelId,
+    pub region: String,
+    pub priority: u32,
+    pub placed_at: Timestamp,
+    pub policy: FulfilmentPolicy,
+    pub currency: ledger::values::Currency,
+    pub held: bool,
+    pub released_to_pick: bool,
+    pub lines: BTreeMap<u32, LineState>,
+    /// Packed and not yet shipped.
+    pub packages: HashMap<PackageId, Vec<(u32, i64)>>,
+    pub shipped_packages: Vec<PackageId>,
+    pub returns: HashMap<ReturnId, OrderReturn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defined<T> {
+    pub head: Option<Head>,
+    pub value: T,
+}
+
+/// The recorded outcome of a command (subject `cmd.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub head: Option<Head>,
+    pub body_sha256: [u8; 32],
+    pub outcome: RecordedOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedOutcome {
+    /// The command's events are the `event_count` sequences before the outcome's own.
+    Accepted {
+        event_count: u32,
+    },
+    Rejected {
+        code: String,
+        message: String,
+    },
+}
+
+/// The whole write model.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub items: HashMap<Sku, Defined<ItemDefined>>,
+    pub locations: BTreeMap<LocationId, Defined<LocationDefined>>,
+    pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
+    pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
+    pub stock: HashMap<Sku, StockState>,
+    pub orders: HashMap<OrderId, OrderState>,
+    pub commands: HashMap<Uuid, CommandRecord>,
+    /// Backordered quantity per order line, by SKU, in the order receipts serve them. Derived
+    /// from the orders (an index, not a fact): `index_backorders` keeps it in step.
+    pub backorders: HashMap<Sku, BTreeMap<BackorderKey, i64>>,
+    /// Heads of subjects the model keeps nothing else about (legal entities, purchase orders).
+    pub other_heads: HashMap<Subject, Head>,
+}
+
+fn add(map: &mut BTreeMap<LocationId, i64>, location: &LocationId, qty: i64) {
+    let entry = map.entry(location.clone()).or_insert(0);
+    *entry += qty;
+    if *entry == 0 {
+        map.remove(location);
+    }
+}
+
+impl State {
+    /// The subject's last event as this model knows it (`Head::EMPTY` when it has none).
+    pub fn head(&self, subject: &Subject) -> Head {
+        let head = match subject {
+            Subject::Item(sku) => self.items.get(sku).and_then(|d| d.head),
+            Subject::Stock(sku) => self.stock.get(sku).and_then(|s| s.head),
+            Subject::Location(id) => self.locations.get(id).and_then(|d| d.head),
+            Subject::Channel(id) => self.channels.get(id).and_then(|d| d.head),
+            Subject::Supplier(id) => self.suppliers.get(id).and_then(|d| d.head),
+            Subject::Order(id) => self.orders.get(id).and_then(|o| o.head),
+            Subject::Command(id) => self.commands.get(id).and_then(|c| c.head),
+            other => self.other_heads.get(other).copied(),
+        };
+        head.unwrap_or(Head::EMPTY)
+    }
+
+    fn set_head(&mut self, subject: &Subject, head: Head) {
+        let slot = match subject {
+            Subject::Item(sku) => self.items.get_mut(sku).map(|d| &mut d.head),
+            Subject::Stock(sku) => self.stock.get_mut(sku).map(|s| &mut s.head),
+            Subject::Location(id) => self.locations.get_mut(id).map(|d| &mut d.head),
+            Subject::Channel(id) => self.channels.get_mut(id).map(|d| &mut d.head),
+            Subject::Supplier(id) => self.suppliers.get_mut(id).map(|d| &mut d.head),
+            Subject::Order(id) => self.orders.get_mut(id).map(|o| &mut o.head),
+            Subject::Command(id) => self.commands.get_mut(id).map(|c| &mut c.head),
+            other => {
+                self.other_heads.insert(other.clone(), head);
+                return;
+            }
+        };
+        match slot {
+            Some(slot) => *slot = Some(head),
+            // An event the model does not track for this subject (e.g. an order event for an
+            // order whose placement was never seen): remember the head so the next append to
+            // the subject still chains correctly.
+            None => {
+                self.other_heads.insert(subject.clone(), head);
+            }
+        }
+    }
+
+    /// Applies one event. `head` is where the log stored it; `None` while the event is only
+    /// tentatively applied (decided, not yet appended).
+    pub fn apply(&mut self, envelope: &Envelope, head: Option<Head>) {
+        self.evolve(envelope);
+        if let Some(head) = head {
+            self.set_head(&envelope.subject, head);
+        }
+    }
+
+    /// Records where the log stored an event that was applied tentatively.
+    pub fn confirm(&mut self, subject: &Subject, head: Head) {
+        self.set_head(subject, head);
+    }
+
+    fn stock_mut(&mut self, sku: &Sku) -> &mut StockState {
+        self.stock.entry(sku.clone()).or_default()
+    }
+
+    fn evolve(&mut self, envelope: &Envelope) {
+        use Event as E;
+        match &envelope.event {
+            E::ItemDefined(e) | E::ItemChanged(e) => {
+                let head = self.items.get(&e.sku).and_then(|d| d.head);
+                self.items.insert(
+                    e.sku.clone(),
+                    Defined {
+                        head,
+                        value: e.clone(),
+                    },
+                );
+            }
+            E::LocationDefined(e) => {
+                let head = self.locations.get(&e.location).and_then(|d| d.head);
+                self.locations.insert(
+                    e.location.clone(),
+                    Defined {
+                        head,
+                        value: e.clone(),
+                    },
+                );
+            }
+            E::ChannelDefined(e) => {
+                let head = self.channels.get(&e.channel).and_then(|d| d.head);
+                self.channels.insert(
+                    e.channel.clone(),
+                    Defined {
+                        head,
+                        value: e.clone(),
+                    },
+                );
+            }
+            E::SupplierDefined(e) => {
+                let head = self.suppliers.get(&e.supplier).and_then(|d| d.head);
+                self.suppliers.insert(
+                    e.supplier.clone(),
+                    Defined {
+                        head,
+                        value: e.clone(),
+                    },
+                );
+            }
+            E::LegalEntityDefined(_) => {}
+            E::CommandAccepted(e) => self.record_command(
+                envelope,
+                e.body_sha256,
+                RecordedOutcome::Accepted {
+                    event_count: e.event_count,
+                },
+            ),
+            E::CommandRejected(e) => self.record_command(
+                envelope,
+                e.body_sha256,
+                RecordedOutcome::Rejected {
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                },
+            ),
+            event => {
+                if let Subject::Stock(sku) = &envelope.subject {
+                    let sku = sku.clone();
+                    evolve_stock(self.stock_mut(&sku), event);
+                } else if let Subject::Order(order) = &envelope.subject {
+                    self.index_backorders(order, false);
+                    if let E::OrderPlaced(e) = event {
+                        self.orders
+                            .insert(order.clone(), placed(e, envelope.effective_at));
+                    } else if let Some(state) = self.orders.get_mut(order) {
+                        evolve_order(state, event);
+                    }
+                    self.index_backorders(order, true);
+                }
+            }
+        }
+    }
+
+    /// The stock invariants of one SKU (DESIGN.md §5), or what breaks them: quantities never
+    /// negative, and allocated + reserved + quality hold never above on hand, unless the item
+    /// allows negative stock.
+    pub fn invariant_violation(&self, sku: &Sku) -> Option<String> {
+        let stock = self.stock.get(sku)?;
+        let negative_allowed = self.items.get(sku).is_some_and(|d| d.value.allow_negative);
+        for (location, b) in &stock.balances {
+            let parts = [b.allocated, b.reserved, b.quality_hold, b.in_transit];
+            if parts.iter().any(|q| *q < 0) {
+                return Some(format!(
+                    "{sku} at {location}: a negative component in {b:?}"
+                ));
+            }
+            if !negative_allowed
+                && (b.on_hand < 0 || b.allocated + b.reserved + b.quality_hold > b.on_hand)
+            {
+                return Some(format!(
+                    "{sku} at {location}: committed exceeds on hand in {b:?}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Adds (`present`) or removes the order's backordered lines from the index. Called around
+    /// every change of an order, so the index always matches the orders.
+    pub(crate) fn index_backorders(&mut self, order_id: &OrderId, present: bool) {
+        let Some(order) = self.orders.get(order_id) else {
+            return;
+        };
+        for (&line, l) in &order.lines {
+            let (Some(sku), true) = (&l.sku, l.backordered > 0) else {
+                continue;
+            };
+            let key = (order.priority, order.placed_at, order_id.clone(), line);
+            let index = self.backorders.entry(sku.clone()).or_default();
+            if present {
+                index.insert(key, l.backordered);
+            } else {
+                index.remove(&key);
+            }
+        }
+    }
+
+    fn record_command(
+        &mut self,
+        envelope: &Envelope,
+        body_sha256: [u8; 32],
+        outcome: RecordedOutcome,
+    ) {
+        if let Subject::Command(id) = envelope.subject {
+            let head = self.commands.get(&id).and_then(|c| c.head);
+            self.commands.insert(
+                id,
+                CommandRecord {
+                    head,
+                    body_sha256,
+                    outcome,
+                },
+            );
+        }
+    }
+}
+
+fn placed(e: &ledger::events::OrderPlaced, at: Timestamp) -> OrderState {
+    let lines = e
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.line,
+                LineState {
+                    sku: Some(l.sku.clone()),
+                    qty: l.qty.get(),
+                    ..LineState::default()
+                },
+            )
+        })
+        .collect();
+    OrderState {
+        head: None,
+        channel: e.channel.clone(),
+        region: e.ship_to_region.clone(),
+        priority: e.priority,
+        placed_at: at,
+        policy: e.policy.clone(),
+        currency: e
+            .lines
+            .first()
+            .map_or(e.shipping_charged.currency, |l| l.unit_price.currency),
+        held: false,
+        released_to_pick: false,
+        lines,
+        packages: HashMap::new(),
+        shipped_packages: Vec::new(),
+        returns: HashMap::new(),
+    }
+}
+
+fn evolve_stock(s: &mut StockState, event: &Event) {
+    use Event as E;
+    match event {
+        E::StockReceived(e) => s.at(&e.location).on_hand += e.qty.get(),
+        E::StockReserved(e) => {
+            s.at(&e.location).reserved += e.qty.get();
+            s.holds.insert(
+                e.hold.clone(),
+                Hold {
+                    location: e.location.clone(),
+                    channel: e.channel.clone(),
+                    qty: e.qty.get(),
+                    expires_at: e.expires_at,
+                },
+            );
+        }
+        E::ReservationReleased(ledger::events::ReservationReleased {
+            hold,
+            location,
+            qty,
+            ..
+        })
+        | E::ReservationExpired(ledger::events::ReservationExpired {
+            hold,
+            location,
+            qty,
+            ..
+        }) => {
+            s.at(location).reserved -= qty.get();
+            s.holds.remove(hold);
+        }
+        E::StockAllocated(e) => s.at(&e.location).allocated += e.qty.get(),
+        E::AllocationReleased(e) => s.at(&e.location).allocated -= e.qty.get(),
+        E::StockShipped(e) => {
+            let b = s.at(&e.location);
+            b.on_hand -= e.qty.get();
+            b.allocated -= e.qty.get();
+        }
+        E::TransferShipped(e) => {
+            s.at(&e.from).on_hand -= e.qty.get();
+            s.at(&e.to).in_transit += e.qty.get();
+            s.transfers.insert(
+                e.transfer.clone(),
+                Transfer {
+                    from: e.from.clone(),
+                    to: e.to.clone(),
+                    qty: e.qty.get(),
+                    received: false,
+                },
+            );
+        }
+        E::TransferReceived(e) => {
+            let shipped = s
+                .transfers
+                .get(&e.transfer)
+                .map_or(e.qty.get() - e.variance.get(), |t| t.qty);
+            let b = s.at(&e.to);
+            b.in_transit -= shipped;
+            b.on_hand += e.qty.get();
+            if let Some(t) = s.transfers.get_mut(&e.transfer) {
+                t.received = true;
+            }
+        }
+        E::StockAdjusted(e) => s.at(&e.location).on_hand += e.delta.get(),
+        E::StockCounted(e) => s.at(&e.location).on_hand += e.variance.get(),
+        E::QualityHeld(e) => s.at(&e.location).quality_hold += e.qty.get(),
+        E::QualityReleased(e) => s.at(&e.location).quality_hold -= e.qty.get(),
+        E::StockScrapped(e) => {
+            let b = s.at(&e.location);
+            b.on_hand -= e.qty.get();
+            if e.from_quality_hold {
+                b.quality_hold -= e.qty.get();
+            }
+        }
+        E::ReturnReceived(e) => {
+            let b = s.at(&e.location);
+            b.on_hand += e.qty.get();
+            b.quality_hold += e.qty.get();
+            let r = s.returns.entry(e.return_id.clone()).or_default();
+            r.location = Some(e.location.clone());
+            r.received += e.qty.get();
+        }
+        E::ReturnDispositioned(e) => {
+            let b = s.at(&e.location);
+            b.quality_hold -= e.qty.get();
+            if e.disposition != Disposition::Restock {
+                b.on_hand -= e.qty.get();
+            }
+            s.returns
+                .entry(e.return_id.clone())
+                .or_default()
+                .dispositioned += e.qty.get();
+        }
+        E::ChannelAllocationSet(e) => {
+            s.channel_rules.insert(e.channel.clone(), e.rule.clone());
+        }
+        // Backorders are indexed on the stock subject by the order events that create and
+        // clear them; see `evolve_backorders`.
+        _ => {}
+    }
+}
+
+fn evolve_order(o: &mut OrderState, event: &Event) {
+    use Event as E;
+    match event {
+        E::OrderHeld(_) => o.held = true,
+        E::OrderReleased(_) => o.held = false,
+        E::LineAllocated(e) => {
+            let line = o.lines.entry(e.line).or_default();
+            add(&mut line.allocated, &e.location, e.qty.get());
+            line.backordered = (line.backordered - e.qty.get()).max(0);
+        }
+        E::LineBackordered(e) => o.lines.entry(e.line).or_default().backordered += e.qty.get(),
+        E::OrderReleasedToPick(_) => o.released_to_pick = true,
+        E::LinePicked(e) => {
+            let line = o.lines.entry(e.line).or_default();
+            add(&mut line.picked, &e.location, e.qty.get());
+        }
+        E::OrderPacked(e) => {
+            let mut contents = Vec::new();
+            for l in &e.lines {
+                o.lines.entry(l.line).or_default().packed += l.qty.get();
+                contents.push((l.line, l.qty.get()));
+            }
+            o.packages.insert(e.package.clone(), contents);
+        }
+        E::OrderShipped(e) => {
+            for l in &e.lines {
+                let line = o.lines.entry(l.line).or_default();
+                let qty = l.qty.get();
+                line.shipped += qty;
+                line.packed -= qty;
+                // Shipped units leave the picked and allocated figures, location by location.
+                let mut left = qty;
+                for (location, picked) in line.picked.clone() {
+                    let take = picked.min(left);
+                    add(&mut line.picked, &location, -take);
+                    add(&mut line.allocated, &location, -take);
+                    left -= take;
+                }
+            }
+            o.packages.remove(&e.package);
+            o.shipped_packages.push(e.package.clone());
+        }
+        E::LinesCancelled(e) => {
+            for l in &e.lines {
+                let line = o.lines.entry(l.line).or_default();
+                let mut left = l.qty.get();
+                let from_backorder = left.min(line.backordered);
+                line.backordered -= from_backorder;
+                left -= from_backorder;
+                for (location, allocated) in line.allocated.clone() {
+                    let picked = line.picked.get(&location).copied().unwrap_or(0);
+                    let take = (allocated - picked).min(left);
+                    add(&mut line.allocated, &location, -take);
+                    left -= take;
+                }
+                line.cancelled += l.qty.get();
+            }
+        }
+        E::ReturnAuthorised(e) => {
+            let mut lines = BTreeMap::new();
+            for l in &e.lines {
+                o.lines.entry(l.line).or_default().return_authorised += l.qty.get();
+                lines.insert(l.line, l.qty.get());
+            }
+            o.returns.insert(
+                e.return_id.clone(),
+                OrderReturn {
+                    lines,
+                    refunded: false,
+                },
+            );
+        }
+        E::OrderRefunded(e) => {
+            if let Some(r) = o.returns.get_mut(&e.return_id) {
+                r.refunded = true;
+            }
+        }
+        _ => {}
+    }
+}
