@@ -18,3 +18,6 @@ pub use state::State;
 
 #[cfg(test)]
 mod decide_tests;
+
+#[cfg(test)]
+mod model_tests;

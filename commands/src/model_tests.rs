@@ -1,0 +1,346 @@
+//! Goal: random sequences of commands never break the stock model. A trivial reference model
+//! counts what the accepted commands say happened (received, held, adjusted, transferred,
+//! ordered, cancelled, shipped); after every step the write model must agree with it, its
+//! aggregates must agree with each other, and no location may ever be oversold.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use crate::decide_tests::World;
+
+const SKUS: [&str; 2] = ["A", "B"];
+const LOCATIONS: [&str; 2] = ["WH1", "WH2"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Receive {
+        sku: usize,
+        location: usize,
+        qty: i64,
+    },
+    Place {
+        sku: usize,
+        qty: i64,
+        complete: bool,
+        priority: u32,
+    },
+    Cancel {
+        order: usize,
+    },
+    Fulfil {
+        order: usize,
+    },
+    Allocate {
+        order: usize,
+    },
+    Hold {
+        sku: usize,
+        location: usize,
+        qty: i64,
+    },
+    ReleaseHold {
+        hold: usize,
+    },
+    AdjustDown {
+        sku: usize,
+        location: usize,
+        qty: i64,
+    },
+    QualityHold {
+        sku: usize,
+        location: usize,
+        qty: i64,
+    },
+    Transfer {
+        sku: usize,
+        qty: i64,
+    },
+    TransferReceive {
+        transfer: usize,
+        short: i64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let sku = 0..SKUS.len();
+    let location = 0..LOCATIONS.len();
+    prop_oneof![
+        (sku.clone(), location.clone(), 1i64..20).prop_map(|(sku, location, qty)| Op::Receive {
+            sku,
+            location,
+            qty
+        }),
+        (sku.clone(), 1i64..15, any::<bool>(), 1u32..4).prop_map(
+            |(sku, qty, complete, priority)| Op::Place {
+                sku,
+                qty,
+                complete,
+                priority
+            }
+        ),
+        (0usize..40).prop_map(|order| Op::Cancel { order }),
+        (0usize..40).prop_map(|order| Op::Fulfil { order }),
+        (0usize..40).prop_map(|order| Op::Allocate { order }),
+        (sku.clone(), location.clone(), 1i64..8).prop_map(|(sku, location, qty)| Op::Hold {
+            sku,
+            location,
+            qty
+        }),
+        (0usize..20).prop_map(|hold| Op::ReleaseHold { hold }),
+        (sku.clone(), location.clone(), 1i64..6).prop_map(|(sku, location, qty)| Op::AdjustDown {
+            sku,
+            location,
+            qty
+        }),
+        (sku.clone(), location.clone(), 1i64..4).prop_map(|(sku, location, qty)| Op::QualityHold {
+            sku,
+            location,
+            qty
+        }),
+        (sku, 1i64..6).prop_map(|(sku, qty)| Op::Transfer { sku, qty }),
+        (0usize..20, 0i64..2).prop_map(|(transfer, short)| Op::TransferReceive { transfer, short }),
+    ]
+}
+
+/// What the accepted commands say, per SKU, in total over locations.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    on_hand: i64,
+    reserved: i64,
+    quality_hold: i64,
+    in_transit: i64,
+    ordered: i64,
+    cancelled: i64,
+    shipped: i64,
+}
+
+#[derive(Default)]
+struct Reference {
+    counts: HashMap<usize, Counts>,
+    orders: Vec<(String, usize, i64)>,
+    holds: Vec<(String, usize, i64, bool)>,
+    transfers: Vec<(String, usize, i64, bool)>,
+}
+
+fn cost() -> serde_json::Value {
+    json!({"amount": "1.00", "currency": "GBP"})
+}
+
+fn run(world: &mut World, reference: &mut Reference, op: &Op) {
+    let accepted = |world: &mut World, kind: &str, data: serde_json::Value| -> bool {
+        match world.when(kind, data) {
+            Ok(decision) => {
+                world.apply(&decision);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    match *op {
+        Op::Receive { sku, location, qty } => {
+            if accepted(
+                world,
+                "stock.receive",
+                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "unit_cost": cost()}),
+            ) {
+                reference.counts.entry(sku).or_default().on_hand += qty;
+            }
+        }
+        Op::Place {
+            sku,
+            qty,
+            complete,
+            priority,
+        } => {
+            let id = format!("O{}", reference.orders.len());
+            let policy = if complete { "ShipComplete" } else { "Partial" };
+            let lines = json!([{"line": 1, "sku": SKUS[sku], "qty": qty, "unit_price": {"amount": "2", "currency": "GBP"}}]);
+            let data = json!({"order": id, "channel": "web", "ship_to_region": "UK", "policy": policy, "priority": priority, "lines": lines});
+            if accepted(world, "order.place", data) {
+                reference.counts.entry(sku).or_default().ordered += qty;
+                reference.orders.push((id, sku, qty));
+            }
+        }
+        Op::Cancel { order } => {
+            let Some((id, sku, _)) = reference.orders.get(order).cloned() else {
+                return;
+            };
+            let line = world.state.orders[&ledger::values::OrderId::new(id.as_str()).unwrap()]
+                .lines[&1]
+                .clone();
+            let cancellable = line.qty - line.shipped - line.cancelled - line.picked_total();
+            if accepted(
+                world,
+                "order.cancel",
+                json!({"order": id, "reason": "test"}),
+            ) {
+                reference.counts.entry(sku).or_default().cancelled += cancellable;
+            }
+        }
+        Op::Allocate { order } => {
+            if let Some((id, _, _)) = reference.orders.get(order).cloned() {
+                accepted(world, "order.allocate", json!({"order": id}));
+            }
+        }
+        Op::Fulfil { order } => {
+            let Some((id, sku, _)) = reference.orders.get(order).cloned() else {
+                return;
+            };
+            let line = world.state.orders[&ledger::values::OrderId::new(id.as_str()).unwrap()]
+                .lines[&1]
+                .clone();
+            let pickable = line.allocated_total() - line.picked_total();
+            let package = format!("P{}-{}", id, line.shipped);
+            let shipped = accepted(
+                world,
+                "order.release_to_pick",
+                json!({"order": id, "wave": "W"}),
+            ) && accepted(
+                world,
+                "order.pick",
+                json!({"order": id, "lines": [{"line": 1, "qty": pickable}]}),
+            ) && accepted(
+                world,
+                "order.pack",
+                json!({"order": id, "package": package, "lines": [{"line": 1, "qty": pickable}]}),
+            ) && accepted(
+                world,
+                "order.ship",
+                json!({"order": id, "package": package, "carrier": "RM", "tracking": "T", "freight_cost": cost()}),
+            );
+            if shipped {
+                let c = reference.counts.entry(sku).or_default();
+                c.shipped += pickable;
+                c.on_hand -= pickable;
+            }
+        }
+        Op::Hold { sku, location, qty } => {
+            let id = format!("H{}", reference.holds.len());
+            let data = json!({"sku": SKUS[sku], "hold": id, "location": LOCATIONS[location], "qty": qty, "ttl_seconds": 60});
+            if accepted(world, "stock.place_hold", data) {
+                reference.counts.entry(sku).or_default().reserved += qty;
+                reference.holds.push((id, sku, qty, false));
+            }
+        }
+        Op::ReleaseHold { hold } => {
+            let Some((id, sku, qty, false)) = reference.holds.get(hold).cloned() else {
+                return;
+            };
+            if accepted(
+                world,
+                "stock.release_hold",
+                json!({"sku": SKUS[sku], "hold": id}),
+            ) {
+                reference.counts.entry(sku).or_default().reserved -= qty;
+                reference.holds[hold].3 = true;
+            }
+        }
+        Op::AdjustDown { sku, location, qty } => {
+            let data = json!({"sku": SKUS[sku], "location": LOCATIONS[location], "delta": -qty, "reason": "damaged"});
+            if accepted(world, "stock.adjust", data) {
+                reference.counts.entry(sku).or_default().on_hand -= qty;
+            }
+        }
+        Op::QualityHold { sku, location, qty } => {
+            let data = json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "reason": "inspect"});
+            if accepted(world, "stock.quality_hold", data) {
+                reference.counts.entry(sku).or_default().quality_hold += qty;
+            }
+        }
+        Op::Transfer { sku, qty } => {
+            let id = format!("T{}", reference.transfers.len());
+            let data =
+                json!({"sku": SKUS[sku], "transfer": id, "from": "WH1", "to": "WH2", "qty": qty});
+            if accepted(world, "stock.transfer_ship", data) {
+                let c = reference.counts.entry(sku).or_default();
+                c.on_hand -= qty;
+                c.in_transit += qty;
+                reference.transfers.push((id, sku, qty, false));
+            }
+        }
+        Op::TransferReceive { transfer, short } => {
+            let Some((id, sku, qty, false)) = reference.transfers.get(transfer).cloned() else {
+                return;
+            };
+            let arrived = (qty - short).max(0);
+            if accepted(
+                world,
+                "stock.transfer_receive",
+                json!({"sku": SKUS[sku], "transfer": id, "qty": arrived}),
+            ) {
+                let c = reference.counts.entry(sku).or_default();
+                c.in_transit -= qty;
+                c.on_hand += arrived;
+                reference.transfers[transfer].3 = true;
+            }
+        }
+    }
+}
+
+fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
+    for (i, sku_code) in SKUS.iter().enumerate() {
+        let sku = ledger::values::Sku::new(*sku_code).unwrap();
+        prop_assert_eq!(world.state.invariant_violation(&sku), None);
+        let expected = reference.counts.get(&i).copied().unwrap_or_default();
+        let mut actual = Counts::default();
+        let mut allocated_at_locations = 0;
+        for location in LOCATIONS {
+            let b = world.balance(sku_code, location);
+            prop_assert!(
+                b.allocated + b.reserved + b.quality_hold <= b.on_hand,
+                "oversold {sku_code} at {location}: {b:?}"
+            );
+            actual.on_hand += b.on_hand;
+            actual.reserved += b.reserved;
+            actual.quality_hold += b.quality_hold;
+            actual.in_transit += b.in_transit;
+            allocated_at_locations += b.allocated;
+        }
+        let (mut allocated_on_orders, mut backordered) = (0, 0);
+        for (order, _, _) in reference.orders.iter().filter(|(_, s, _)| *s == i) {
+            let line = &world.state.orders[&ledger::values::OrderId::new(order.as_str()).unwrap()]
+                .lines[&1];
+            allocated_on_orders += line.allocated_total();
+            backordered += line.backordered;
+            actual.shipped += line.shipped;
+            actual.cancelled += line.cancelled;
+            prop_assert_eq!(
+                line.qty,
+                line.allocated_total() + line.backordered + line.shipped + line.cancelled,
+                "order {} does not add up: {:?}",
+                order,
+                line
+            );
+        }
+        actual.ordered = expected.ordered;
+        prop_assert_eq!(actual, expected, "{}", sku_code);
+        prop_assert_eq!(
+            allocated_at_locations,
+            allocated_on_orders,
+            "stock and orders disagree on allocated {}",
+            sku_code
+        );
+        let indexed: i64 = world
+            .state
+            .backorders
+            .get(&sku)
+            .map_or(0, |b| b.values().sum());
+        prop_assert_eq!(indexed, backordered, "backorder index of {}", sku_code);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn random_commands_agree_with_the_reference_model_and_never_oversell(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut world = World::new();
+        let mut reference = Reference::default();
+        for op in &ops {
+            run(&mut world, &mut reference, op);
+            check(&world, &reference)?;
+        }
+    }
+}
