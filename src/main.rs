@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use commands::client::CommandClient;
+use commands::service::ServiceConfig;
 use ledger::chain::ChainVerifier;
-use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN, provision_commands};
+use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
 use ledger::server::{self, LocalServer, ServerOptions};
 use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
 
@@ -48,6 +50,35 @@ enum Command {
         /// Where a nats-server is installed when none is found.
         #[arg(long, default_value = ".tools")]
         tools_dir: PathBuf,
+        /// Once up, load the UCI Online Retail demo workload.
+        #[arg(long)]
+        demo: bool,
+        /// With --demo: only the first N trading days (the whole year takes a few minutes).
+        #[arg(long)]
+        demo_days: Option<usize>,
+    },
+    /// Run the command processor: decide commands from `rpc.cmd.>` and the COMMANDS stream and
+    /// append their events to the ledger.
+    Processor {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Send commands (one JSON object per line) and print each outcome as a JSON line.
+    Submit {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// File of JSON lines, or `-` for standard input.
+        file: PathBuf,
+        /// Commands awaiting an answer at once.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+    },
+    /// Drive the UCI Online Retail year through the processor as upstream systems would.
+    Demo {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        demo: DemoArgs,
     },
     /// Find or install the pinned nats-server.
     Nats {
@@ -64,6 +95,22 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct DemoArgs {
+    /// Only the first N trading days.
+    #[arg(long)]
+    days: Option<usize>,
+    /// Commands awaiting an answer at once.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// The data set (gzipped CSV).
+    #[arg(long, default_value = commands::demo::DATASET)]
+    dataset: PathBuf,
+    /// Print the commands as JSON lines (for `erp submit`) instead of sending them.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,7 +138,32 @@ async fn main() -> anyhow::Result<()> {
             port,
             no_fsync,
             tools_dir,
-        } => up(nats, data_dir, port, !no_fsync, tools_dir).await,
+            demo,
+            demo_days,
+        } => {
+            let demo = demo.then_some(DemoArgs {
+                days: demo_days,
+                window: 512,
+                dataset: commands::demo::DATASET.into(),
+                print: false,
+            });
+            up(nats, data_dir, port, !no_fsync, tools_dir, demo).await
+        }
+        Command::Processor { nats } => {
+            let log = open(&nats).await?;
+            let client = log.client().clone();
+            commands::service::run(client, log, ServiceConfig::default(), async {
+                let _ = shutdown_signal().await;
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Submit { nats, file, window } => submit(&nats, &file, window).await,
+        Command::Demo { nats, demo } if demo.print => {
+            // Printing needs no server.
+            run_demo(&connect_lazily(&nats_url(&nats)).await?, &demo).await
+        }
+        Command::Demo { nats, demo } => run_demo(&connect(&nats_url(&nats)).await?, &demo).await,
         Command::Nats {
             action: NatsAction::Install { tools_dir },
         } => {
@@ -111,17 +183,29 @@ async fn connect(url: &str) -> anyhow::Result<async_nats_client::Client> {
         .with_context(|| format!("connecting to NATS at {url}"))
 }
 
+/// A client that connects in the background (used where no server may be running).
+async fn connect_lazily(url: &str) -> anyhow::Result<async_nats_client::Client> {
+    Ok(ledger::jetstream::nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await?)
+}
+
 /// Re-exported client types, so the binary does not name the NATS crate in two places.
 mod async_nats_client {
     pub use ledger::jetstream::nats::{Client, connect};
 }
 
-async fn open(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
-    let url = args
-        .nats
+use bytes::Bytes;
+
+fn nats_url(args: &NatsArgs) -> String {
+    args.nats
         .clone()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let client = connect(&url).await?;
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+}
+
+async fn open(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
+    let client = connect(&nats_url(args)).await?;
     Ok(JetStreamLog::open(client, LogConfig::ledger()).await?)
 }
 
@@ -131,6 +215,7 @@ async fn up(
     port: u16,
     fsync: bool,
     tools_dir: PathBuf,
+    demo: Option<DemoArgs>,
 ) -> anyhow::Result<()> {
     let mut local = None;
     let url = match nats.nats {
@@ -154,19 +239,122 @@ async fn up(
     };
     let client = connect(&url).await?;
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
-    provision_commands(
-        log.jetstream(),
-        "COMMANDS",
-        "cmd.>",
-        Duration::from_secs(7 * 24 * 3600),
-    )
-    .await?;
     status(&log).await?;
-    println!("erp is up on {url}; Ctrl-C stops it");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let processor = tokio::spawn(commands::service::run(
+        client.clone(),
+        log,
+        ServiceConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    println!("erp is up on {url}: processor running; Ctrl-C stops it");
+    if let Some(demo) = demo {
+        run_demo(&client, &demo).await?;
+    }
     shutdown_signal().await?;
+    let _ = stop.send(());
+    processor.await??;
     if let Some(mut server) = local {
         tracing::info!("stopping the local nats-server");
         server.stop(Duration::from_secs(10));
+    }
+    Ok(())
+}
+
+async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let input: Box<dyn std::io::Read> = match file.to_str() {
+        Some("-") => Box::new(std::io::stdin()),
+        _ => Box::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ),
+    };
+    let lines: Vec<String> = std::io::BufReader::new(input)
+        .lines()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let client = CommandClient::new(connect(&nats_url(nats)).await?, Duration::from_secs(30));
+    let mut failures = 0;
+    client
+        .submit_all(
+            lines.into_iter().map(|l| l.into_bytes().into()),
+            window,
+            |i, outcome| match outcome {
+                Ok(outcome) => println!("{}", serde_json::to_string(&outcome).expect("json")),
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("line {}: {e}", i + 1);
+                }
+            },
+        )
+        .await;
+    if failures > 0 {
+        bail!("{failures} commands got no answer; sending them again is safe");
+    }
+    Ok(())
+}
+
+async fn run_demo(client: &commands::service::NatsClient, demo: &DemoArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (commands, stats) = commands::demo::uci_commands(&demo.dataset, demo.days)?;
+    eprintln!(
+        "demo: {} rows, {} invoices -> {} commands ({} orders, {} receipts, {} cancellation lines, {} write-offs, {} rows skipped)",
+        stats.rows,
+        stats.invoices,
+        commands.len(),
+        stats.orders,
+        stats.receipts,
+        stats.cancellation_lines,
+        stats.write_offs,
+        stats.skipped_rows
+    );
+    if demo.print {
+        for command in &commands {
+            println!("{}", serde_json::to_string(command).expect("json"));
+        }
+        return Ok(());
+    }
+    let total = commands.len();
+    let bodies: Vec<Bytes> = commands
+        .iter()
+        .map(|c| serde_json::to_vec(c).expect("json").into())
+        .collect();
+    let sender = CommandClient::new(client.clone(), Duration::from_secs(60));
+    let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let mut events = 0u64;
+    let submitted = std::time::Instant::now();
+    sender
+        .submit_all(bodies, demo.window, |i, outcome| {
+            let key = match outcome {
+                Ok(commands::Outcome::Accepted { event_count, .. }) => {
+                    events += u64::from(event_count);
+                    "accepted".to_owned()
+                }
+                Ok(commands::Outcome::Rejected { code, .. }) => format!("rejected: {code}"),
+                Ok(commands::Outcome::Invalid { code, .. }) => format!("invalid: {code}"),
+                Ok(commands::Outcome::Unavailable { .. }) => "unavailable".to_owned(),
+                Err(_) => "no answer".to_owned(),
+            };
+            *tally.entry(key).or_default() += 1;
+            if (i + 1) % 20_000 == 0 {
+                let rate = (i + 1) as f64 / submitted.elapsed().as_secs_f64();
+                eprintln!("demo: {}/{total} commands ({rate:.0}/s)", i + 1);
+            }
+        })
+        .await;
+    let secs = submitted.elapsed().as_secs_f64();
+    eprintln!(
+        "demo: {total} commands in {secs:.1} s ({:.0} commands/s, {:.0} events/s); total {:.1} s",
+        total as f64 / secs,
+        events as f64 / secs,
+        started.elapsed().as_secs_f64()
+    );
+    for (outcome, count) in tally {
+        eprintln!("  {outcome}: {count}");
     }
     Ok(())
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ledger::subject::commands as subjects;
-use ledger::subject::escape_token;
 use uuid::Uuid;
 
 use crate::command::Command;
@@ -16,6 +15,21 @@ pub enum ClientError {
     Request(String),
     #[error("the processor's answer is not an outcome: {0}")]
     Answer(String),
+}
+
+/// The request subject for command JSON: by its legal entity when it names a valid one.
+fn rpc_subject_for(json: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| {
+            v.get("legal_entity")
+                .and_then(|e| e.as_str())
+                .and_then(|e| ledger::values::EntityId::new(e).ok())
+        })
+        .map_or_else(
+            || "rpc.cmd.unknown".to_owned(),
+            |entity| subjects::rpc(&entity),
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -31,22 +45,97 @@ impl CommandClient {
 
     /// Sends command JSON as it is (it may be invalid: the answer says why).
     pub async fn submit_json(&self, json: Bytes) -> Result<Outcome, ClientError> {
-        let entity = serde_json::from_slice::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| {
-                v.get("legal_entity")
-                    .and_then(|e| e.as_str())
-                    .map(escape_token)
-            })
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "unknown".into());
-        self.request(format!("rpc.cmd.{entity}"), json).await
+        self.request(rpc_subject_for(&json), json).await
     }
 
     pub async fn submit(&self, command: &Command) -> Result<Outcome, ClientError> {
         let json = serde_json::to_vec(command).expect("commands serialise");
         self.request(subjects::rpc(&command.legal_entity), json.into())
             .await
+    }
+
+    /// Sends commands strictly in order on this connection, with up to `window` waiting for
+    /// their answers at once (so the processor can group-commit them), and hands each answer
+    /// to `on_outcome` in order. Publishing is sequential, so a command never overtakes one
+    /// sent before it (an order's pick never arrives before its placement).
+    pub async fn submit_all(
+        &self,
+        commands: impl IntoIterator<Item = Bytes>,
+        window: usize,
+        mut on_outcome: impl FnMut(usize, Result<Outcome, ClientError>),
+    ) {
+        use futures::StreamExt;
+        let commands: Vec<Bytes> = commands.into_iter().collect();
+        let prefix = self.nats.new_inbox();
+        let mut replies = match self.nats.subscribe(format!("{prefix}.*")).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                for i in 0..commands.len() {
+                    on_outcome(i, Err(ClientError::Request(e.to_string())));
+                }
+                return;
+            }
+        };
+        let mut answers: Vec<Option<Result<Outcome, ClientError>>> =
+            (0..commands.len()).map(|_| None).collect();
+        let (mut sent, mut delivered, mut waiting) = (0, 0, 0usize);
+        while delivered < commands.len() {
+            while sent < commands.len() && waiting < window.max(1) {
+                let subject = rpc_subject_for(&commands[sent]);
+                let reply = format!("{prefix}.{sent}");
+                if let Err(e) = self
+                    .nats
+                    .publish_with_reply(subject, reply, commands[sent].clone())
+                    .await
+                {
+                    answers[sent] = Some(Err(ClientError::Request(e.to_string())));
+                } else {
+                    waiting += 1;
+                }
+                sent += 1;
+            }
+            while delivered < sent && answers[delivered].is_some() {
+                on_outcome(delivered, answers[delivered].take().expect("checked"));
+                delivered += 1;
+            }
+            if delivered == commands.len() || waiting == 0 {
+                continue;
+            }
+            match tokio::time::timeout(self.timeout, replies.next()).await {
+                Ok(Some(msg)) => {
+                    let index = msg
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok());
+                    if let Some(slot) = index
+                        .and_then(|i| answers.get_mut(i))
+                        .filter(|s| s.is_none())
+                    {
+                        *slot = Some(
+                            serde_json::from_slice(&msg.payload)
+                                .map_err(|e| ClientError::Answer(e.to_string())),
+                        );
+                        waiting -= 1;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    // No answer in time: the rest are unknown (sending them again is safe).
+                    for slot in answers
+                        .iter_mut()
+                        .take(sent)
+                        .skip(delivered)
+                        .filter(|s| s.is_none())
+                    {
+                        *slot = Some(Err(ClientError::Request(format!(
+                            "no answer within {:?}",
+                            self.timeout
+                        ))));
+                    }
+                    waiting = 0;
+                }
+            }
+        }
     }
 
     /// The recorded outcome of a command; `None` if the ledger has none.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod command;
 pub mod decide;
+pub mod demo;
 pub mod processor;
 pub mod service;
 pub mod state;

@@ -23,6 +23,9 @@ use crate::command::{Command, decode};
 use crate::decide::code;
 use crate::processor::{Outcome, Processor, ProcessorError};
 
+/// The NATS client type the service runs on.
+pub type NatsClient = async_nats::Client;
+
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub commands_stream: String,

@@ -242,6 +242,14 @@ impl LocalServer {
     }
 
     fn spawn(&mut self) -> Result<(), ServerError> {
+        // Probing the port below would otherwise find another process's server and take it
+        // for ours.
+        if let Err(e) = TcpListener::bind(("127.0.0.1", self.options.port)) {
+            return Err(ServerError::Start(format!(
+                "port {} is not free: {e}",
+                self.options.port
+            )));
+        }
         self.write_config()?;
         let mut command = Command::new(&self.options.binary);
         command
