@@ -13,6 +13,7 @@
 //! - other rows with a negative quantity are write-offs: downward adjustments with the row's
 //!   note as the reason text;
 //! - `A` (bad debt) invoices and rows with a negative price are skipped and counted.
+//!
 //! Times are the invoice times, read as UTC. Command ids are UUID v5 of the row's identity, so
 //! running the demo twice submits the same commands and changes nothing the second time.
 
