@@ -240,15 +240,12 @@ async fn up(
     let client = connect(&url).await?;
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
     status(&log).await?;
+    let service =
+        commands::service::Service::start(client.clone(), log, ServiceConfig::default()).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor = tokio::spawn(commands::service::run(
-        client.clone(),
-        log,
-        ServiceConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let processor = tokio::spawn(service.serve(async {
+        let _ = stopped.await;
+    }));
     println!("erp is up on {url}: processor running; Ctrl-C stops it");
     if let Some(demo) = demo {
         run_demo(&client, &demo).await?;

@@ -483,10 +483,12 @@ fn path_error<E: std::fmt::Display>(
     e: serde_path_to_error::Error<E>,
 ) -> InvalidCommand {
     let path = e.path().to_string();
+    // serde_path_to_error writes "." for the root and "?" where a syntax error left no path.
     let field = match (prefix, path.as_str()) {
-        ("", ".") => "command".to_owned(),
+        ("", "." | "?") => "command".to_owned(),
         ("", p) => p.to_owned(),
-        (pre, ".") => pre.to_owned(),
+        (pre, "." | "?") => pre.to_owned(),
+        (pre, p) if p.starts_with('[') => format!("{pre}{p}"),
         (pre, p) => format!("{pre}.{p}"),
     };
     InvalidCommand {
@@ -498,6 +500,12 @@ fn path_error<E: std::fmt::Display>(
 fn decode_data<T: serde::de::DeserializeOwned>(
     data: &serde_json::value::RawValue,
 ) -> Result<T, InvalidCommand> {
+    if !data.get().trim_start().starts_with('{') {
+        return Err(InvalidCommand {
+            field: "data".into(),
+            message: "expected a JSON object".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_str(data.get());
     serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("data", e))
 }
@@ -517,6 +525,13 @@ pub fn decode(bytes: &[u8]) -> Result<Command, InvalidCommand> {
         field: "command".into(),
         message: format!("not UTF-8 ({e})"),
     })?;
+    // serde would also read a struct from a JSON array, by position; commands are objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(InvalidCommand {
+            field: "command".into(),
+            message: "expected a JSON object".into(),
+        });
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let outer: Outer<'_> =
         serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("", e))?;

@@ -272,6 +272,8 @@ impl<L: EventLog> Processor<L> {
                 return end;
             }
             let batch = AppendBatch {
+                // Decided against everything up to here: anything appended since is a conflict.
+                expected_last_seq: Some(self.applied_seq),
                 expectations: tick.expectations.clone(),
                 events: tick.drafts.clone(),
             };

@@ -81,45 +81,91 @@ enum ReplyTo {
     Stream(Box<jetstream::Message>),
 }
 
-/// Runs the processor until `shutdown` resolves.
+/// A processor that has recovered its state and subscribed to its intake: from here on,
+/// commands sent are queued and answered.
+pub struct Service {
+    client: async_nats::Client,
+    processor: Processor<JetStreamLog>,
+    config: ServiceConfig,
+    rx: mpsc::Receiver<Incoming>,
+    intake: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("applied_seq", &self.processor.applied_seq())
+            .finish()
+    }
+}
+
+impl Service {
+    /// Rebuilds the write model from the ledger and subscribes to the intake.
+    pub async fn start(
+        client: async_nats::Client,
+        log: JetStreamLog,
+        config: ServiceConfig,
+    ) -> Result<Service, ServiceError> {
+        let started = std::time::Instant::now();
+        let processor = Processor::recover(log).await?;
+        tracing::info!(
+            applied_seq = processor.applied_seq(),
+            commands = processor.state().commands.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "processor recovered its state from the ledger"
+        );
+        let (tx, rx) = mpsc::channel::<Incoming>(config.queue_capacity);
+        let intake = spawn_intake(&client, processor.log().jetstream(), &config, tx).await?;
+        Ok(Service {
+            client,
+            processor,
+            config,
+            rx,
+            intake,
+        })
+    }
+
+    /// Decides commands until `shutdown` resolves.
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServiceError> {
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = self.rx.recv() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.config.tick_commands_max {
+                match self.rx.try_recv() {
+                    Ok(incoming) => batch.push(incoming),
+                    Err(_) => break,
+                }
+            }
+            handle(&self.client, &mut self.processor, batch).await;
+        }
+        for task in &self.intake {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Starts the processor and runs it until `shutdown` resolves.
 pub async fn run(
     client: async_nats::Client,
     log: JetStreamLog,
     config: ServiceConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let started = std::time::Instant::now();
-    let mut processor = Processor::recover(log).await?;
-    tracing::info!(
-        applied_seq = processor.applied_seq(),
-        commands = processor.state().commands.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "processor recovered its state from the ledger"
-    );
-    let (tx, mut rx) = mpsc::channel::<Incoming>(config.queue_capacity);
-    let intake = spawn_intake(&client, processor.log().jetstream(), &config, tx).await?;
-    tokio::pin!(shutdown);
-    loop {
-        let first = tokio::select! {
-            _ = &mut shutdown => break,
-            incoming = rx.recv() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < config.tick_commands_max {
-            match rx.try_recv() {
-                Ok(incoming) => batch.push(incoming),
-                Err(_) => break,
-            }
-        }
-        handle(&client, &mut processor, batch).await;
-    }
-    for task in intake {
-        task.abort();
-    }
-    Ok(())
+    Service::start(client, log, config)
+        .await?
+        .serve(shutdown)
+        .await
 }
 
 async fn spawn_intake(

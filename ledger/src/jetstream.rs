@@ -467,16 +467,19 @@ impl EventLog for JetStreamLog {
     type Cursor = JetStreamCursor;
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+        let expected_last_seq = batch.expected_last_seq;
         let sealed = seal_batch(batch)?;
         self.check_sizes(&sealed)?;
         let mut w = self.writer.lock().await;
         if let Some(reason) = &w.stopped {
             return Err(AppendError::FencingBreach(reason.clone()));
         }
-        let predicted_last = match w.predicted_last {
-            Some(seq) => seq,
-            None => self.resync(&mut w).await?,
-        };
+        if w.predicted_last.is_none() {
+            self.resync(&mut w).await?;
+        }
+        let predicted_last = expected_last_seq
+            .or(w.predicted_last)
+            .expect("resynchronised above");
         let batch_id = Uuid::now_v7().simple().to_string();
         let messages = sealed.len() as u64 + 1;
         let sent = self

@@ -39,6 +39,11 @@ pub struct Expectation {
 /// Events appended together, atomically: all are stored or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendBatch {
+    /// The stream's last sequence the caller's decisions are based on: the append fails with
+    /// `Conflict` if anything else was appended since. A caller that decides from a model of
+    /// the whole log (the processor) passes the last sequence it applied; `None` leaves the
+    /// stream-wide fence to the writer's own record of its appends.
+    pub expected_last_seq: Option<u64>,
     /// Exactly one per subject that `events` write.
     pub expectations: Vec<Expectation>,
     /// In order; 1 to `BATCH_EVENTS_MAX`.
@@ -222,6 +227,7 @@ pub fn seal_batch(batch: AppendBatch) -> Result<Vec<SealedEvent>, AppendError> {
     let AppendBatch {
         expectations,
         events,
+        ..
     } = batch;
     if events.is_empty() {
         return Err(AppendError::Invalid(

@@ -76,3 +76,59 @@ pub fn scratch_config(stream: &str, prefix: &str) -> LogConfig {
         ..LogConfig::ledger()
     }
 }
+
+/// A processor service running inside the test, stopped when dropped.
+#[derive(Debug)]
+pub struct TestProcessor {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), commands::service::ServiceError>>>,
+}
+
+impl TestProcessor {
+    /// Recovers from the ledger, subscribes, and serves in a background task. Commands sent
+    /// after this returns are answered.
+    pub async fn start(nats: &TestNats) -> TestProcessor {
+        let log = nats.open(ledger_config()).await;
+        let client = log.client().clone();
+        let service = commands::service::Service::start(
+            client,
+            log,
+            commands::service::ServiceConfig::default(),
+        )
+        .await
+        .expect("processor starts");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.serve(async {
+            let _ = stopped.await;
+        }));
+        TestProcessor {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and waits for the service to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("processor task")
+                .expect("processor ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestProcessor {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A client for sending commands to the test's processors.
+pub async fn command_client(nats: &TestNats) -> commands::client::CommandClient {
+    commands::client::CommandClient::new(nats.connect().await, std::time::Duration::from_secs(30))
+}

@@ -52,6 +52,7 @@ fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
 
 fn batch(expectations: &[(&Subject, Head)], events: Vec<EventDraft>) -> AppendBatch {
     AppendBatch {
+        expected_last_seq: None,
         expectations: expectations
             .iter()
             .map(|(s, head)| Expectation {

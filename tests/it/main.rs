@@ -4,4 +4,5 @@
 mod dataset;
 mod harness;
 mod log;
+mod processor;
 mod schemas;
