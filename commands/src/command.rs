@@ -436,6 +436,7 @@ commands! {
 pub struct Command {
     pub command_id: Uuid,
     /// Defaults to `command_id`.
+    #[serde(default)]
     pub correlation_id: Uuid,
     pub actor: Actor,
     pub legal_entity: EntityId,

@@ -32,7 +32,7 @@ use crate::state::{CommandRecord, Defined, OrderState, RecordedOutcome, State, S
 pub const CONFLICT_RETRIES_MAX: u32 = 16;
 
 /// What became of a command. Serialised as the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     /// Stored: the command's events are `first_seq .. first_seq + event_count`, its outcome
@@ -229,6 +229,34 @@ impl<L: EventLog> Processor<L> {
             }
         }
         Ok(applied)
+    }
+
+    /// `stock.expire_hold` commands for every hold whose expiry is at or before `now`. Their
+    /// ids are derived from the hold (SKU, id, expiry), so two processors expiring the same
+    /// hold send the same command and the second gets the first one's outcome.
+    pub fn expiry_commands(&self, now: ledger::values::Timestamp) -> Vec<Command> {
+        const NAMESPACE: Uuid = Uuid::from_u128(0x2d0e_55a1_8f7c_4e1b_b1a4_77c2_90de_31f5);
+        let mut expired = Vec::new();
+        for (sku, stock) in &self.state.stock {
+            for (hold_id, hold) in stock.holds.iter().filter(|(_, h)| h.expires_at <= now) {
+                let name = format!("expire:{sku}:{hold_id}:{}", hold.expires_at.micros());
+                expired.push(Command {
+                    command_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
+                    correlation_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
+                    actor: ledger::values::Actor {
+                        id: ledger::values::ActorId::new("processor").expect("valid id"),
+                        role: ledger::values::Role::new("system").expect("valid role"),
+                    },
+                    legal_entity: hold.legal_entity.clone(),
+                    effective_at: hold.expires_at,
+                    body: crate::command::CommandBody::ExpireHold(crate::command::ExpireHold {
+                        sku: sku.clone(),
+                        hold: hold_id.clone(),
+                    }),
+                });
+            }
+        }
+        expired
     }
 
     /// The recorded outcome of a command, if it has one.

@@ -36,6 +36,8 @@ pub struct ServiceConfig {
     pub tick_commands_max: usize,
     /// How long the COMMANDS stream keeps intake messages.
     pub commands_max_age: Duration,
+    /// How often holds are checked for expiry.
+    pub hold_expiry_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -46,6 +48,7 @@ impl Default for ServiceConfig {
             queue_capacity: 8192,
             tick_commands_max: 1000,
             commands_max_age: Duration::from_secs(7 * 24 * 3600),
+            hold_expiry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -131,9 +134,15 @@ impl Service {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServiceError> {
         tokio::pin!(shutdown);
+        let mut clock = tokio::time::interval(self.config.hold_expiry_interval);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = clock.tick() => {
+                    self.expire_holds().await;
+                    continue;
+                }
                 incoming = self.rx.recv() => match incoming {
                     Some(incoming) => incoming,
                     None => break,
@@ -152,6 +161,21 @@ impl Service {
             task.abort();
         }
         Ok(())
+    }
+}
+
+impl Service {
+    /// Ends holds whose time has passed: the clock enters here, as the effective time of the
+    /// expiry commands, never inside a decider.
+    async fn expire_holds(&mut self) {
+        let now = ledger::values::Timestamp::new(chrono::Utc::now());
+        let expired = self.processor.expiry_commands(now);
+        if expired.is_empty() {
+            return;
+        }
+        let outcomes = self.processor.process(&expired).await;
+        let done = outcomes.iter().filter(|o| o.is_accepted()).count();
+        tracing::info!(expired = done, of = expired.len(), "holds expired");
     }
 }
 

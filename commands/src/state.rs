@@ -34,6 +34,8 @@ impl Balance {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
+    /// The legal entity whose command placed it (its expiry is booked under the same).
+    pub legal_entity: ledger::values::EntityId,
     pub location: LocationId,
     pub channel: Option<ChannelId>,
     pub qty: i64,
@@ -302,7 +304,7 @@ impl State {
             event => {
                 if let Subject::Stock(sku) = &envelope.subject {
                     let sku = sku.clone();
-                    evolve_stock(self.stock_mut(&sku), event);
+                    evolve_stock(self.stock_mut(&sku), event, &envelope.legal_entity);
                 } else if let Subject::Order(order) = &envelope.subject {
                     self.index_backorders(order, false);
                     if let E::OrderPlaced(e) = event {
@@ -416,7 +418,7 @@ fn placed(e: &ledger::events::OrderPlaced, at: Timestamp) -> OrderState {
     }
 }
 
-fn evolve_stock(s: &mut StockState, event: &Event) {
+fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values::EntityId) {
     use Event as E;
     match event {
         E::StockReceived(e) => s.at(&e.location).on_hand += e.qty.get(),
@@ -425,6 +427,7 @@ fn evolve_stock(s: &mut StockState, event: &Event) {
             s.holds.insert(
                 e.hold.clone(),
                 Hold {
+                    legal_entity: legal_entity.clone(),
                     location: e.location.clone(),
                     channel: e.channel.clone(),
                     qty: e.qty.get(),

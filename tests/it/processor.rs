@@ -522,3 +522,47 @@ async fn retrying_a_whole_run_after_a_restart_changes_nothing() {
     assert_eq!(log.last_sequence().await.unwrap(), last);
     restarted.stop().await;
 }
+
+#[tokio::test]
+async fn holds_expire_when_their_time_passes() {
+    // Goal: a hold placed with a TTL gives its stock back once the TTL has passed, without any
+    // client asking: the processor issues the expiry itself.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let client = command_client(&nats).await;
+    setup(&client, &["A"]).await;
+    receive(&client, "A", 5).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let hold = |id: &str, qty: i64| {
+        let mut c = command(
+            "stock.place_hold",
+            json!({"sku": "A", "hold": id, "location": "WH1", "qty": qty, "ttl_seconds": 1}),
+        );
+        c["effective_at"] = json!(now);
+        c
+    };
+    assert!(send(&client, &hold("H1", 5)).await.is_accepted());
+    let refused = send(&client, &hold("H2", 1)).await;
+    assert!(
+        matches!(&refused, Outcome::Rejected { code, .. } if code == "insufficient_available"),
+        "{refused:?}"
+    );
+    let mut later = None;
+    for attempt in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let outcome = send(&client, &hold(&format!("H3-{attempt}"), 5)).await;
+        if outcome.is_accepted() {
+            later = Some(outcome);
+            break;
+        }
+    }
+    assert!(later.is_some(), "the first hold never expired");
+    let log = nats.open(ledger_config()).await;
+    let expired = ledger_events(&log)
+        .await
+        .into_iter()
+        .filter(|e| e.envelope.event.event_type() == ledger::EventType::ReservationExpired)
+        .count();
+    assert_eq!(expired, 1);
+    processor.stop().await;
+}

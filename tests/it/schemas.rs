@@ -24,4 +24,12 @@ fn check(name: &str, schema: schemars::Schema) {
 #[test]
 fn schemas_are_current() {
     check("events.schema.json", schemars::schema_for!(ledger::Event));
+    check(
+        "commands.schema.json",
+        schemars::schema_for!(commands::Command),
+    );
+    check(
+        "outcome.schema.json",
+        schemars::schema_for!(commands::Outcome),
+    );
 }
