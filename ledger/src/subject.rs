@@ -2,9 +2,10 @@
 //!
 //! A ledger subject is `<prefix>.<kind>.<token>`: `led.sku.85123A`, `led.ord.536365`.
 //! The token is the external id escaped reversibly: ASCII letters, digits, `-` and `_` stand for
-//! themselves; every other byte of the UTF-8 text becomes `~` and two upper-case hex digits.
-//! So `BANK CHARGES` is `BANK~20CHARGES`, `A.B*C>` is `A~2EB~2AC~3E`, case is preserved, and a
-//! token never holds `.`, `*`, `>`, whitespace or non-ASCII, and is never empty.
+//! themselves; every other byte of the UTF-8 text becomes `=` and two upper-case hex digits.
+//! So `BANK CHARGES` is `BANK=20CHARGES`, `A.B*C>` is `A=2EB=2AC=3E`, case is preserved, and a
+//! token never holds `.`, `*`, `>`, whitespace or non-ASCII, is never empty, and is also a
+//! valid NATS KV key.
 
 use std::fmt;
 
@@ -14,8 +15,9 @@ use crate::values::{
     ChannelId, EntityId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId, ValueError,
 };
 
-/// The escape byte. Chosen because it is legal in NATS subjects and rare in business codes.
-const ESCAPE: u8 = b'~';
+/// The escape byte.
+/// `=` is legal in NATS subject tokens and in KV keys, and rare in business codes.
+const ESCAPE: u8 = b'=';
 
 /// Escapes an id into one subject token. Never empty for non-empty input.
 pub fn escape_token(id: &str) -> String {
@@ -301,7 +303,7 @@ mod tests {
         }
 
         #[test]
-        fn unescape_never_panics_and_accepts_only_canonical_tokens(token in "[~A-Za-z0-9 ._-]{0,12}") {
+        fn unescape_never_panics_and_accepts_only_canonical_tokens(token in "[=A-Za-z0-9 ._-]{0,12}") {
             if let Ok(id) = unescape_token(&token) {
                 prop_assert_eq!(escape_token(&id), token);
             }
@@ -313,17 +315,17 @@ mod tests {
         for (code, token) in [
             ("85123A", "85123A"),
             ("15056bl", "15056bl"),
-            ("BANK CHARGES", "BANK~20CHARGES"),
-            ("A.B*C>", "A~2EB~2AC~3E"),
-            ("ÄB", "~C3~84B"),
-            ("~", "~7E"),
+            ("BANK CHARGES", "BANK=20CHARGES"),
+            ("A.B*C>", "A=2EB=2AC=3E"),
+            ("ÄB", "=C3=84B"),
+            ("=", "=3D"),
         ] {
             assert_eq!(escape_token(code), token);
             assert_eq!(unescape_token(token).unwrap(), code);
         }
-        assert!(unescape_token("~41").is_err(), "A must not be escaped");
+        assert!(unescape_token("=41").is_err(), "A must not be escaped");
         assert!(
-            unescape_token("~2e").is_err(),
+            unescape_token("=2e").is_err(),
             "lower-case hex is not canonical"
         );
         assert!(unescape_token("").is_err());
@@ -333,13 +335,13 @@ mod tests {
     fn subject_space_spells_and_recognises_subjects() {
         let space = SubjectSpace::new("led").unwrap();
         let sku = Sku::new("BANK CHARGES").unwrap();
-        assert_eq!(space.full(&Subject::Stock(sku)), "led.sku.BANK~20CHARGES");
+        assert_eq!(space.full(&Subject::Stock(sku)), "led.sku.BANK=20CHARGES");
         let marker = space.writer_marker(uuid::Uuid::nil());
         assert!(space.is_writer_marker(&marker));
         assert!(!space.is_writer_marker("led.sku.w"));
         assert!(!space.is_writer_marker("led.wx.1"));
         assert!(SubjectSpace::new("a.b").is_err());
         assert!(Subject::parse_relative("nope.X").is_err());
-        assert!(Subject::parse_relative("sku.~20").is_ok());
+        assert!(Subject::parse_relative("sku.=20").is_ok());
     }
 }

@@ -49,5 +49,5 @@ fn every_uci_stock_code_round_trips_through_a_subject() {
     assert_eq!(tokens.len(), codes.len());
     assert!(codes.contains("15056bl") && codes.contains("15056BL"));
     assert!(codes.contains("BANK CHARGES"));
-    assert_eq!(escape_token("BANK CHARGES"), "BANK~20CHARGES");
+    assert_eq!(escape_token("BANK CHARGES"), "BANK=20CHARGES");
 }
