@@ -283,10 +283,11 @@ mod tests {
 
     fn assert_legal_token(token: &str) {
         assert!(!token.is_empty());
+        // Legal as a NATS subject token and as a KV key segment.
         assert!(
             token
                 .bytes()
-                .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>')),
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=')),
             "illegal token {token:?}"
         );
     }
