@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ledger::events::{
-    ChannelAllocationRule, ChannelDefined, Disposition, Event, FulfilmentPolicy, ItemDefined,
-    LocationDefined, SupplierDefined,
+    ChannelAllocationRule, ChannelDefined, Event, FulfilmentPolicy, ItemDefined, LocationDefined,
+    SupplierDefined,
 };
 use ledger::values::{
     ChannelId, HoldId, LocationId, OrderId, PackageId, ReturnId, Sku, SupplierId, Timestamp,
@@ -420,10 +420,17 @@ fn placed(e: &ledger::events::OrderPlaced, at: Timestamp) -> OrderState {
 
 fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values::EntityId) {
     use Event as E;
+    for d in ledger::effects::stock_deltas(event) {
+        let b = s.at(&d.location);
+        b.on_hand += d.on_hand;
+        b.allocated += d.allocated;
+        b.reserved += d.reserved;
+        b.quality_hold += d.quality_hold;
+        b.in_transit += d.in_transit;
+    }
+    // What the figures do not hold: open holds, transfers and returns, and channel rules.
     match event {
-        E::StockReceived(e) => s.at(&e.location).on_hand += e.qty.get(),
         E::StockReserved(e) => {
-            s.at(&e.location).reserved += e.qty.get();
             s.holds.insert(
                 e.hold.clone(),
                 Hold {
@@ -435,31 +442,11 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
                 },
             );
         }
-        E::ReservationReleased(ledger::events::ReservationReleased {
-            hold,
-            location,
-            qty,
-            ..
-        })
-        | E::ReservationExpired(ledger::events::ReservationExpired {
-            hold,
-            location,
-            qty,
-            ..
-        }) => {
-            s.at(location).reserved -= qty.get();
+        E::ReservationReleased(ledger::events::ReservationReleased { hold, .. })
+        | E::ReservationExpired(ledger::events::ReservationExpired { hold, .. }) => {
             s.holds.remove(hold);
         }
-        E::StockAllocated(e) => s.at(&e.location).allocated += e.qty.get(),
-        E::AllocationReleased(e) => s.at(&e.location).allocated -= e.qty.get(),
-        E::StockShipped(e) => {
-            let b = s.at(&e.location);
-            b.on_hand -= e.qty.get();
-            b.allocated -= e.qty.get();
-        }
         E::TransferShipped(e) => {
-            s.at(&e.from).on_hand -= e.qty.get();
-            s.at(&e.to).in_transit += e.qty.get();
             s.transfers.insert(
                 e.transfer.clone(),
                 Transfer {
@@ -471,42 +458,16 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
             );
         }
         E::TransferReceived(e) => {
-            let shipped = s
-                .transfers
-                .get(&e.transfer)
-                .map_or(e.qty.get() - e.variance.get(), |t| t.qty);
-            let b = s.at(&e.to);
-            b.in_transit -= shipped;
-            b.on_hand += e.qty.get();
             if let Some(t) = s.transfers.get_mut(&e.transfer) {
                 t.received = true;
             }
         }
-        E::StockAdjusted(e) => s.at(&e.location).on_hand += e.delta.get(),
-        E::StockCounted(e) => s.at(&e.location).on_hand += e.variance.get(),
-        E::QualityHeld(e) => s.at(&e.location).quality_hold += e.qty.get(),
-        E::QualityReleased(e) => s.at(&e.location).quality_hold -= e.qty.get(),
-        E::StockScrapped(e) => {
-            let b = s.at(&e.location);
-            b.on_hand -= e.qty.get();
-            if e.from_quality_hold {
-                b.quality_hold -= e.qty.get();
-            }
-        }
         E::ReturnReceived(e) => {
-            let b = s.at(&e.location);
-            b.on_hand += e.qty.get();
-            b.quality_hold += e.qty.get();
             let r = s.returns.entry(e.return_id.clone()).or_default();
             r.location = Some(e.location.clone());
             r.received += e.qty.get();
         }
         E::ReturnDispositioned(e) => {
-            let b = s.at(&e.location);
-            b.quality_hold -= e.qty.get();
-            if e.disposition != Disposition::Restock {
-                b.on_hand -= e.qty.get();
-            }
             s.returns
                 .entry(e.return_id.clone())
                 .or_default()
@@ -515,8 +476,6 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
         E::ChannelAllocationSet(e) => {
             s.channel_rules.insert(e.channel.clone(), e.rule.clone());
         }
-        // Backorders are indexed on the stock subject by the order events that create and
-        // clear them; see `evolve_backorders`.
         _ => {}
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod codec;
+pub mod effects;
 pub mod envelope;
 pub mod events;
 pub mod jetstream;

@@ -1,0 +1,85 @@
+//! What each stock event does to the figures of a SKU at a location. This is the meaning of the
+//! events (docs/EVENTS.md), stated once: the write model and every projector use it, so they
+//! cannot disagree on arithmetic.
+
+use crate::events::{Disposition, Event};
+use crate::values::LocationId;
+
+/// A change to the figures of one SKU at one location, in base units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockDelta {
+    pub location: LocationId,
+    pub on_hand: i64,
+    pub allocated: i64,
+    pub reserved: i64,
+    pub quality_hold: i64,
+    pub in_transit: i64,
+}
+
+impl StockDelta {
+    fn at(location: &LocationId) -> StockDelta {
+        StockDelta {
+            location: location.clone(),
+            on_hand: 0,
+            allocated: 0,
+            reserved: 0,
+            quality_hold: 0,
+            in_transit: 0,
+        }
+    }
+}
+
+/// The changes a stock event makes, per location (none for events that move no figure).
+pub fn stock_deltas(event: &Event) -> Vec<StockDelta> {
+    use Event as E;
+    let one = |location: &LocationId, f: &dyn Fn(&mut StockDelta)| {
+        let mut d = StockDelta::at(location);
+        f(&mut d);
+        vec![d]
+    };
+    match event {
+        E::StockReceived(e) => one(&e.location, &|d| d.on_hand = e.qty.get()),
+        E::StockReserved(e) => one(&e.location, &|d| d.reserved = e.qty.get()),
+        E::ReservationReleased(e) => one(&e.location, &|d| d.reserved = -e.qty.get()),
+        E::ReservationExpired(e) => one(&e.location, &|d| d.reserved = -e.qty.get()),
+        E::StockAllocated(e) => one(&e.location, &|d| d.allocated = e.qty.get()),
+        E::AllocationReleased(e) => one(&e.location, &|d| d.allocated = -e.qty.get()),
+        E::StockShipped(e) => one(&e.location, &|d| {
+            d.on_hand = -e.qty.get();
+            d.allocated = -e.qty.get();
+        }),
+        E::TransferShipped(e) => {
+            let mut from = StockDelta::at(&e.from);
+            from.on_hand = -e.qty.get();
+            let mut to = StockDelta::at(&e.to);
+            to.in_transit = e.qty.get();
+            vec![from, to]
+        }
+        // What was shipped leaves transit; what arrived is on hand (variance = arrived - shipped).
+        E::TransferReceived(e) => one(&e.to, &|d| {
+            d.in_transit = -(e.qty.get() - e.variance.get());
+            d.on_hand = e.qty.get();
+        }),
+        E::StockAdjusted(e) => one(&e.location, &|d| d.on_hand = e.delta.get()),
+        E::StockCounted(e) => one(&e.location, &|d| d.on_hand = e.variance.get()),
+        E::QualityHeld(e) => one(&e.location, &|d| d.quality_hold = e.qty.get()),
+        E::QualityReleased(e) => one(&e.location, &|d| d.quality_hold = -e.qty.get()),
+        E::StockScrapped(e) => one(&e.location, &|d| {
+            d.on_hand = -e.qty.get();
+            if e.from_quality_hold {
+                d.quality_hold = -e.qty.get();
+            }
+        }),
+        E::ReturnReceived(e) => one(&e.location, &|d| {
+            d.on_hand = e.qty.get();
+            d.quality_hold = e.qty.get();
+        }),
+        E::ReturnDispositioned(e) => one(&e.location, &|d| {
+            d.quality_hold = -e.qty.get();
+            if e.disposition != Disposition::Restock {
+                d.on_hand = -e.qty.get();
+            }
+        }),
+        _ => Vec::new(),
+    }
+}
