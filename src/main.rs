@@ -11,6 +11,9 @@ use ledger::chain::ChainVerifier;
 use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
 use ledger::server::{self, LocalServer, ServerOptions};
 use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+use projections::allocation::Allocation;
+use projections::ats::Ats;
+use projections::{Mode, Projector, ProjectorConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +76,30 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
+    /// Run a projector: keep a view current from the ledger, publish it to KV, answer queries.
+    Project {
+        #[command(flatten)]
+        nats: NatsArgs,
+        view: ViewName,
+        /// Build a new generation from sequence 1 (with progress) while the current one keeps
+        /// serving, swap it in when caught up, then keep it current.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Ask a view: `erp view ats get '{"sku":"85123A","location":"UK-DC"}'`.
+    View {
+        #[command(flatten)]
+        nats: NatsArgs,
+        view: ViewName,
+        /// get, sku, channel, explain, order, open, backordered, status, dump
+        op: String,
+        /// The query as JSON.
+        #[arg(default_value = "{}")]
+        body: String,
+        /// Wait until the view has applied the ledger up to this sequence.
+        #[arg(long)]
+        min_seq: Option<u64>,
+    },
     /// Drive the UCI Online Retail year through the processor as upstream systems would.
     Demo {
         #[command(flatten)]
@@ -95,6 +122,21 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ViewName {
+    Ats,
+    Allocation,
+}
+
+impl ViewName {
+    fn as_str(self) -> &'static str {
+        match self {
+            ViewName::Ats => "ats",
+            ViewName::Allocation => "allocation",
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -159,6 +201,44 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Submit { nats, file, window } => submit(&nats, &file, window).await,
+        Command::Project {
+            nats,
+            view,
+            rebuild,
+        } => {
+            let log = open(&nats).await?;
+            let mode = if rebuild { Mode::Rebuild } else { Mode::Live };
+            let shutdown = async {
+                let _ = shutdown_signal().await;
+            };
+            let end = match view {
+                ViewName::Ats => project::<Ats>(log, mode, shutdown).await?,
+                ViewName::Allocation => project::<Allocation>(log, mode, shutdown).await?,
+            };
+            eprintln!("projector {}: {end:?}", view.as_str());
+            Ok(())
+        }
+        Command::View {
+            nats,
+            view,
+            op,
+            body,
+            min_seq,
+        } => {
+            let body: serde_json::Value =
+                serde_json::from_str(&body).context("the query body must be JSON")?;
+            let client = projections::client::ViewClient::new(connect(&nats_url(&nats)).await?);
+            let answer = client
+                .ask(view.as_str(), &op, body, min_seq, Duration::from_secs(10))
+                .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"seq": answer.seq, "result": answer.result})
+                )?
+            );
+            Ok(())
+        }
         Command::Demo { nats, demo } if demo.print => {
             // Printing needs no server.
             run_demo(&connect_lazily(&nats_url(&nats)).await?, &demo).await
@@ -246,13 +326,34 @@ async fn up(
     let processor = tokio::spawn(service.serve(async {
         let _ = stopped.await;
     }));
-    println!("erp is up on {url}: processor running; Ctrl-C stops it");
+    let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
+    let mut projectors = Vec::new();
+    for view in [ViewName::Ats, ViewName::Allocation] {
+        let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
+        let mut stopped = views_stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.changed().await;
+        };
+        projectors.push(tokio::spawn(async move {
+            match view {
+                ViewName::Ats => project::<Ats>(log, Mode::Live, shutdown).await,
+                ViewName::Allocation => project::<Allocation>(log, Mode::Live, shutdown).await,
+            }
+        }));
+    }
+    println!(
+        "erp is up on {url}: processor and projectors (ats, allocation) running; Ctrl-C stops it"
+    );
     if let Some(demo) = demo {
         run_demo(&client, &demo).await?;
     }
     shutdown_signal().await?;
     let _ = stop.send(());
     processor.await??;
+    let _ = stop_views.send(true);
+    for projector in projectors {
+        projector.await??;
+    }
     if let Some(mut server) = local {
         tracing::info!("stopping the local nats-server");
         server.stop(Duration::from_secs(10));
@@ -354,6 +455,26 @@ async fn run_demo(client: &commands::service::NatsClient, demo: &DemoArgs) -> an
         eprintln!("  {outcome}: {count}");
     }
     Ok(())
+}
+
+/// Runs one projector until shutdown, printing catch-up progress.
+async fn project<V: projections::View>(
+    log: JetStreamLog,
+    mode: Mode,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<projections::RunEnd> {
+    let mut projector = Projector::<V>::open(log, mode, ProjectorConfig::default()).await?;
+    projector.on_progress(|p| {
+        eprintln!(
+            "{}: {}/{} events, {:.0} events/s, ETA {:.0} s",
+            V::NAME,
+            p.done,
+            p.total,
+            p.events_per_second,
+            p.eta_seconds
+        );
+    });
+    Ok(projector.run(shutdown).await?)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -71,3 +71,41 @@ impl ChainVerifier {
         self.heads.get(subject).copied()
     }
 }
+
+/// The verifier's state, to store with a projection's checkpoint: resuming from it checks the
+/// chains across the restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChainSnapshot {
+    /// Relative subject -> (sequence, hex hash) of its last verified event.
+    pub heads: std::collections::BTreeMap<String, (u64, String)>,
+    pub checked: u64,
+}
+
+impl ChainVerifier {
+    pub fn snapshot(&self) -> ChainSnapshot {
+        ChainSnapshot {
+            heads: self
+                .heads
+                .iter()
+                .map(|(s, (seq, h))| (s.relative(), (*seq, h.to_hex())))
+                .collect(),
+            checked: self.checked,
+        }
+    }
+
+    /// Restores a verifier; `None` if the snapshot does not parse.
+    pub fn restore(snapshot: &ChainSnapshot) -> Option<ChainVerifier> {
+        let mut heads = HashMap::with_capacity(snapshot.heads.len());
+        for (subject, (seq, hash)) in &snapshot.heads {
+            let bytes: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
+            heads.insert(
+                Subject::parse_relative(subject).ok()?,
+                (*seq, EventHash(bytes)),
+            );
+        }
+        Some(ChainVerifier {
+            heads,
+            checked: snapshot.checked,
+        })
+    }
+}

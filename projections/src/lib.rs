@@ -1,2 +1,16 @@
-//! Projector runtime and the views (available-to-sell, allocation, audit, margin).
-//! Depends only on `ledger`; never writes to the ledger stream.
+//! Projector runtime and the views. Depends only on `ledger`; reads the ledger, never writes
+//! to it.
+//!
+//! - `runtime`: checkpointed snapshots, ordered reads with gap and chain-break refusal,
+//!   coalesced KV publishing, queries (`view.<name>.<op>`) with wait-for-sequence, rebuilds.
+//! - `ats`: available to sell per SKU × location and per SKU × channel, with `explain`.
+//! - `allocation`: per order and line: node, state, quantities, routing reasons.
+
+pub mod allocation;
+pub mod ats;
+pub mod client;
+pub mod runtime;
+pub mod view;
+
+pub use runtime::{Mode, Projector, ProjectorConfig, RunEnd};
+pub use view::View;

@@ -1,0 +1,237 @@
+//! Available to sell, per SKU × location and per SKU × channel.
+//!
+//! Keys: `loc.<sku>.<location>` and `chan.<sku>.<channel>` (tokens escaped as subjects are).
+//! `available = on_hand - allocated - reserved - quality_hold - safety_stock`. A channel's
+//! available to sell is the SKU's available over all locations, less what other channels have
+//! ring-fenced, capped by the channel's share, the same rule the deciders apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ledger::events::{ChannelAllocationRule, Event};
+use ledger::subject::escape_token;
+use ledger::{RecordedEvent, Subject};
+use rust_decimal::prelude::ToPrimitive;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::view::{Explain, QueryError, View, field};
+
+/// The figures of one SKU at one location.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtsRow {
+    pub sku: String,
+    pub location: String,
+    pub on_hand: i64,
+    pub allocated: i64,
+    pub reserved: i64,
+    pub quality_hold: i64,
+    pub in_transit: i64,
+    /// On open purchase orders (fed by purchasing; 0 until then).
+    pub inbound: i64,
+    pub safety_stock: i64,
+    pub available: i64,
+    /// The ledger sequence of the last event that changed this row.
+    pub seq: u64,
+}
+
+impl AtsRow {
+    fn recompute(&mut self) {
+        self.available =
+            self.on_hand - self.allocated - self.reserved - self.quality_hold - self.safety_stock;
+    }
+    fn free(&self) -> i64 {
+        self.on_hand - self.allocated - self.reserved - self.quality_hold
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ats {
+    /// By key `loc.<sku>.<location>`.
+    rows: BTreeMap<String, AtsRow>,
+    /// Safety stock per SKU token.
+    safety: BTreeMap<String, i64>,
+    /// Channel rules per SKU token, by channel id.
+    rules: BTreeMap<String, BTreeMap<String, ChannelAllocationRule>>,
+    /// Defined channels (id -> token).
+    channels: BTreeMap<String, String>,
+    /// SKU token -> SKU id, for SKUs with any row.
+    skus: BTreeMap<String, String>,
+}
+
+fn loc_key(sku: &str, location: &str) -> String {
+    format!("loc.{sku}.{location}")
+}
+
+impl Ats {
+    fn touch_channels(&self, sku_token: &str, changed: &mut BTreeSet<String>) {
+        for channel_token in self.channels.values() {
+            changed.insert(format!("chan.{sku_token}.{channel_token}"));
+        }
+    }
+
+    fn rows_of(&self, sku_token: &str) -> impl Iterator<Item = &AtsRow> {
+        let prefix = format!("loc.{sku_token}.");
+        self.rows
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, r)| r)
+    }
+
+    /// Available to sell on `channel` for the SKU.
+    fn channel_available(
+        &self,
+        sku_token: &str,
+        channel: &str,
+    ) -> (i64, Option<&ChannelAllocationRule>) {
+        let base: i64 = self.rows_of(sku_token).map(|r| r.available.max(0)).sum();
+        let total_free: i64 = self.rows_of(sku_token).map(AtsRow::free).sum();
+        let rules = self.rules.get(sku_token);
+        let mut cap = i64::MAX;
+        for (rule_channel, rule) in rules.into_iter().flatten() {
+            let own = rule_channel == channel;
+            match rule {
+                ChannelAllocationRule::RingFenced { qty } if !own => {
+                    cap = cap.min(total_free - qty.get())
+                }
+                ChannelAllocationRule::Share { ratio } if own => {
+                    let share =
+                        (rust_decimal::Decimal::from(total_free.max(0)) * ratio.get()).floor();
+                    cap = cap.min(share.to_i64().unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+        (base.min(cap).max(0), rules.and_then(|r| r.get(channel)))
+    }
+}
+
+impl View for Ats {
+    const NAME: &'static str = "ats";
+    const VERSION: u32 = 1;
+
+    fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        match (&event.envelope.subject, &event.envelope.event) {
+            (_, Event::ItemDefined(item) | Event::ItemChanged(item)) => {
+                let token = escape_token(item.sku.as_str());
+                self.safety.insert(token.clone(), item.safety_stock.get());
+                let keys: Vec<String> = self
+                    .rows_of(&token)
+                    .map(|r| loc_key(&token, &escape_token(&r.location)))
+                    .collect();
+                for key in keys {
+                    let row = self.rows.get_mut(&key).expect("listed above");
+                    row.safety_stock = item.safety_stock.get();
+                    row.recompute();
+                    row.seq = event.seq;
+                    changed.insert(key);
+                }
+                self.touch_channels(&token, changed);
+            }
+            (_, Event::ChannelDefined(c)) => {
+                let token = escape_token(c.channel.as_str());
+                if self
+                    .channels
+                    .insert(c.channel.to_string(), token.clone())
+                    .is_none()
+                {
+                    for sku_token in self.skus.keys() {
+                        changed.insert(format!("chan.{sku_token}.{token}"));
+                    }
+                }
+            }
+            (Subject::Stock(sku), Event::ChannelAllocationSet(e)) => {
+                let token = escape_token(sku.as_str());
+                self.rules
+                    .entry(token.clone())
+                    .or_default()
+                    .insert(e.channel.to_string(), e.rule.clone());
+                self.touch_channels(&token, changed);
+            }
+            (Subject::Stock(sku), event_body) => {
+                let deltas = ledger::effects::stock_deltas(event_body);
+                if deltas.is_empty() {
+                    return;
+                }
+                let token = escape_token(sku.as_str());
+                self.skus.insert(token.clone(), sku.to_string());
+                let safety = self.safety.get(&token).copied().unwrap_or(0);
+                for d in deltas {
+                    let key = loc_key(&token, &escape_token(d.location.as_str()));
+                    let row = self.rows.entry(key.clone()).or_insert_with(|| AtsRow {
+                        sku: sku.to_string(),
+                        location: d.location.to_string(),
+                        safety_stock: safety,
+                        ..AtsRow::default()
+                    });
+                    row.on_hand += d.on_hand;
+                    row.allocated += d.allocated;
+                    row.reserved += d.reserved;
+                    row.quality_hold += d.quality_hold;
+                    row.in_transit += d.in_transit;
+                    row.recompute();
+                    row.seq = event.seq;
+                    changed.insert(key);
+                }
+                self.touch_channels(&token, changed);
+            }
+            _ => {}
+        }
+    }
+
+    fn value(&self, key: &str) -> Option<serde_json::Value> {
+        if let Some(row) = self.rows.get(key) {
+            return Some(serde_json::to_value(row).expect("rows serialise"));
+        }
+        let rest = key.strip_prefix("chan.")?;
+        let (sku_token, channel_token) = rest.split_once('.')?;
+        let channel = self
+            .channels
+            .iter()
+            .find(|(_, t)| t.as_str() == channel_token)
+            .map(|(c, _)| c)?;
+        let sku = self.skus.get(sku_token)?;
+        let (available, rule) = self.channel_available(sku_token, channel);
+        Some(json!({"sku": sku, "channel": channel, "available_to_sell": available, "rule": rule}))
+    }
+
+    fn query(&self, op: &str, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
+        let sku = escape_token(field(body, "sku")?);
+        match op {
+            "get" => {
+                let location = escape_token(field(body, "location")?);
+                self.value(&loc_key(&sku, &location)).ok_or_else(|| {
+                    QueryError::not_found(format!("no stock figures for {sku} at {location}"))
+                })
+            }
+            "sku" => {
+                let locations: Vec<&AtsRow> = self.rows_of(&sku).collect();
+                let channels: Vec<serde_json::Value> = self
+                    .channels
+                    .values()
+                    .filter_map(|c| self.value(&format!("chan.{sku}.{c}")))
+                    .collect();
+                Ok(json!({"locations": locations, "channels": channels}))
+            }
+            "channel" => {
+                let channel = escape_token(field(body, "channel")?);
+                self.value(&format!("chan.{sku}.{channel}")).ok_or_else(|| {
+                    QueryError::not_found(format!("no channel figure for {sku} on {channel}"))
+                })
+            }
+            other => Err(QueryError::bad_query(format!(
+                "unknown query `{other}`; expected get, sku, channel or explain"
+            ))),
+        }
+    }
+
+    fn explain(&self, body: &serde_json::Value) -> Result<Explain, QueryError> {
+        let sku = ledger::values::Sku::new(field(body, "sku")?)
+            .map_err(|e| QueryError::bad_query(e.to_string()))?;
+        let location = ledger::values::LocationId::new(field(body, "location")?)
+            .map_err(|e| QueryError::bad_query(e.to_string()))?;
+        Ok(Explain {
+            subject: Subject::Stock(sku),
+            location,
+        })
+    }
+}

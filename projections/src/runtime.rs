@@ -1,0 +1,676 @@
+//! The projector runtime: feeds the ledger, in order, to a `View`, publishes the changed keys
+//! to the view's KV bucket, answers queries, and keeps a snapshot of the view with the
+//! checkpoint it reflects.
+//!
+//! Exactly-once effect: the view state and its checkpoint are saved together, as one object
+//! (`erp_snapshots/<generation>`); a restart loads both and reads the ledger from the
+//! checkpoint + 1, so no event is skipped or applied twice, whatever the moment of the crash.
+//! KV values are outputs: a crash may leave some newer than the snapshot, and replaying
+//! re-publishes the same values. Every sequence must follow the previous one and every event
+//! must continue its subject's hash chain, or the projector stops rather than skip.
+//!
+//! Generations: a view lives in KV bucket `view_<name>_v<version>_<millis>`; the registry
+//! (`erp_views`, key `<name>`) names the generation being served. A rebuild builds a new
+//! generation from sequence 1 while the old one serves, then swaps the registry entry; the
+//! old projector sees the swap and stops.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use ledger::chain::{ChainBreak, ChainSnapshot, ChainVerifier};
+use ledger::jetstream::JetStreamLog;
+use ledger::{EventLog, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use crate::view::{QueryError, View};
+
+/// Registry bucket: which generation of each view is served.
+pub const REGISTRY_BUCKET: &str = "erp_views";
+/// Object store holding view snapshots.
+pub const SNAPSHOT_BUCKET: &str = "erp_snapshots";
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// Publish changed keys at least every this many events...
+    pub flush_events: u64,
+    /// ...and at least this often.
+    pub flush_interval: Duration,
+    /// Save a snapshot every this many events...
+    pub snapshot_events: u64,
+    /// ...or this often, whichever comes first.
+    pub snapshot_interval: Duration,
+    /// Most records taken from the ledger per turn of the loop.
+    pub read_batch: usize,
+    /// Concurrent KV writes during a flush.
+    pub kv_writes_in_flight: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> ProjectorConfig {
+        ProjectorConfig {
+            flush_events: 50_000,
+            flush_interval: Duration::from_millis(200),
+            snapshot_events: 500_000,
+            snapshot_interval: Duration::from_secs(30),
+            read_batch: 2_000,
+            kv_writes_in_flight: 256,
+        }
+    }
+}
+
+/// Whether to continue the served generation or build a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Continue the served generation from its snapshot (start one if there is none, or if
+    /// the served one is of another version: then it is built and swapped in as a rebuild).
+    Live,
+    /// Build a new generation from sequence 1 while the current one serves, then swap.
+    Rebuild,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("reading the ledger: {0}")]
+    Read(#[from] ReadError),
+    #[error("sequence gap: expected {expected}, the ledger delivered {found}; refusing to skip")]
+    Gap { expected: u64, found: u64 },
+    #[error("{0}; refusing to apply an event whose history does not verify")]
+    Chain(#[from] ChainBreak),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("snapshot {name}: {detail}")]
+    Snapshot { name: String, detail: String },
+}
+
+fn nats(e: impl std::fmt::Display) -> ProjectorError {
+    ProjectorError::Nats(e.to_string())
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Shutdown,
+    /// Another generation was swapped in.
+    Superseded {
+        by: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Generation {
+    bucket: String,
+    version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot<V> {
+    view: V,
+    checkpoint: u64,
+    chain: ChainSnapshot,
+    version: u32,
+    written_by: String,
+}
+
+/// Progress of a catch-up, for `erp project --rebuild` and the logs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub events_per_second: f64,
+    pub eta_seconds: f64,
+}
+
+struct Parked {
+    deadline: Instant,
+    min_seq: u64,
+    op: String,
+    body: serde_json::Value,
+    reply: async_nats::Subject,
+}
+
+/// A projector for view `V`.
+pub struct Projector<V: View> {
+    log: JetStreamLog,
+    config: ProjectorConfig,
+    registry: kv::Store,
+    snapshots: object_store::ObjectStore,
+    kv: kv::Store,
+    generation: Generation,
+    /// Swap the registry to this generation once caught up.
+    swap_when_caught_up: bool,
+    view: V,
+    checkpoint: u64,
+    chain: ChainVerifier,
+    pending: BTreeSet<String>,
+    since_flush: u64,
+    since_snapshot: u64,
+    last_flush: Instant,
+    last_snapshot: Instant,
+    parked: Vec<Parked>,
+    progress: Option<Box<dyn FnMut(Progress) + Send + Sync>>,
+}
+
+impl<V: View> std::fmt::Debug for Projector<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("view", &V::NAME)
+            .field("generation", &self.generation.bucket)
+            .field("checkpoint", &self.checkpoint)
+            .finish()
+    }
+}
+
+async fn key_value(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, ProjectorError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.into(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats)
+}
+
+async fn object_bucket(
+    js: &jetstream::Context,
+) -> Result<object_store::ObjectStore, ProjectorError> {
+    if let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_object_store(object_store::Config {
+        bucket: SNAPSHOT_BUCKET.into(),
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats)
+}
+
+/// The bucket of the generation currently served for `name`, if any.
+pub async fn served_bucket(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<String>, ProjectorError> {
+    let registry = key_value(js, REGISTRY_BUCKET).await?;
+    let entry = registry.get(name).await.map_err(nats)?;
+    Ok(entry
+        .and_then(|b| serde_json::from_slice::<Generation>(&b).ok())
+        .map(|g| g.bucket))
+}
+
+impl<V: View> Projector<V> {
+    pub async fn open(
+        log: JetStreamLog,
+        mode: Mode,
+        config: ProjectorConfig,
+    ) -> Result<Projector<V>, ProjectorError> {
+        let js = log.jetstream().clone();
+        let registry = key_value(&js, REGISTRY_BUCKET).await?;
+        let snapshots = object_bucket(&js).await?;
+        let served: Option<Generation> = registry
+            .get(V::NAME)
+            .await
+            .map_err(nats)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let reuse = match (&served, mode) {
+            (Some(g), Mode::Live) if g.version == V::VERSION => Some(g.clone()),
+            _ => None,
+        };
+        let swap_when_caught_up = reuse.is_none() && served.is_some();
+        let generation = reuse.clone().unwrap_or_else(|| Generation {
+            bucket: format!(
+                "view_{}_v{}_{}",
+                V::NAME,
+                V::VERSION,
+                chrono::Utc::now().timestamp_millis()
+            ),
+            version: V::VERSION,
+        });
+        let kv = key_value(&js, &generation.bucket).await?;
+        let mut projector = Projector {
+            log,
+            config,
+            registry,
+            snapshots,
+            kv,
+            generation,
+            swap_when_caught_up,
+            view: V::default(),
+            checkpoint: 0,
+            chain: ChainVerifier::new(),
+            pending: BTreeSet::new(),
+            since_flush: 0,
+            since_snapshot: 0,
+            last_flush: Instant::now(),
+            last_snapshot: Instant::now(),
+            parked: Vec::new(),
+            progress: None,
+        };
+        if reuse.is_some() {
+            projector.load_snapshot().await?;
+        } else if served.is_none() {
+            // Nothing is served yet: this generation is it from the start.
+            projector.claim().await?;
+        }
+        tracing::info!(view = V::NAME, generation = %projector.generation.bucket, checkpoint = projector.checkpoint, "projector opened");
+        Ok(projector)
+    }
+
+    /// Called with progress every 2 seconds while catching up.
+    pub fn on_progress(&mut self, report: impl FnMut(Progress) + Send + Sync + 'static) {
+        self.progress = Some(Box::new(report));
+    }
+
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    pub fn view(&self) -> &V {
+        &self.view
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.generation.bucket
+    }
+
+    async fn claim(&mut self) -> Result<(), ProjectorError> {
+        let entry = serde_json::to_vec(&self.generation).expect("json");
+        self.registry
+            .put(V::NAME, entry.into())
+            .await
+            .map_err(nats)?;
+        self.swap_when_caught_up = false;
+        tracing::info!(view = V::NAME, generation = %self.generation.bucket, "serving this generation");
+        Ok(())
+    }
+
+    async fn load_snapshot(&mut self) -> Result<(), ProjectorError> {
+        let name = self.generation.bucket.clone();
+        let mut object = match self.snapshots.get(&name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(ProjectorError::Snapshot {
+                    name,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| ProjectorError::Snapshot {
+                name: name.clone(),
+                detail: e.to_string(),
+            })?;
+        let snapshot: Snapshot<V> =
+            serde_json::from_slice(&bytes).map_err(|e| ProjectorError::Snapshot {
+                name: name.clone(),
+                detail: e.to_string(),
+            })?;
+        let chain =
+            ChainVerifier::restore(&snapshot.chain).ok_or_else(|| ProjectorError::Snapshot {
+                name: name.clone(),
+                detail: "unreadable chain heads".into(),
+            })?;
+        self.view = snapshot.view;
+        self.checkpoint = snapshot.checkpoint;
+        self.chain = chain;
+        Ok(())
+    }
+
+    /// Saves the view and its checkpoint as one object.
+    async fn save_snapshot(&mut self) -> Result<(), ProjectorError> {
+        let snapshot = Snapshot {
+            view: &self.view,
+            checkpoint: self.checkpoint,
+            chain: self.chain.snapshot(),
+            version: V::VERSION,
+            written_by: concat!("erp ", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).expect("views serialise");
+        let name = self.generation.bucket.clone();
+        self.snapshots
+            .put(name.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| ProjectorError::Snapshot {
+                name,
+                detail: e.to_string(),
+            })?;
+        self.since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+        Ok(())
+    }
+
+    /// Publishes every changed key's current value, and the status key.
+    async fn flush(&mut self) -> Result<(), ProjectorError> {
+        let keys = std::mem::take(&mut self.pending);
+        let writes = futures::stream::iter(keys.into_iter().map(|key| {
+            let value = self
+                .view
+                .value(&key)
+                .map(|v| Bytes::from(serde_json::to_vec(&v).expect("json")));
+            let kv = self.kv.clone();
+            async move {
+                match value {
+                    Some(bytes) => kv.put(&key, bytes).await.map(|_| ()).map_err(nats),
+                    None => kv.delete(&key).await.map_err(nats),
+                }
+            }
+        }))
+        .buffer_unordered(self.config.kv_writes_in_flight);
+        let results: Vec<Result<(), ProjectorError>> = writes.collect().await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let status = json!({"checkpoint": self.checkpoint, "version": V::VERSION, "updated_at": chrono::Utc::now().to_rfc3339()});
+        self.kv
+            .put("_status", serde_json::to_vec(&status).expect("json").into())
+            .await
+            .map_err(nats)?;
+        self.since_flush = 0;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn ingest(&mut self, record: LogRecord) -> Result<(), ProjectorError> {
+        let seq = record.seq();
+        if seq != self.checkpoint + 1 {
+            return Err(ProjectorError::Gap {
+                expected: self.checkpoint + 1,
+                found: seq,
+            });
+        }
+        if let LogRecord::Event(event) = &record {
+            self.chain.check(event)?;
+            self.view.apply(event, &mut self.pending);
+        }
+        self.checkpoint = seq;
+        self.since_flush += 1;
+        self.since_snapshot += 1;
+        Ok(())
+    }
+
+    /// Reads the ledger up to its current end without serving: the catch-up of a rebuild.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
+        let target = self.log.last_sequence().await?;
+        let started = Instant::now();
+        let from = self.checkpoint;
+        let mut last_report = Instant::now();
+        let mut cursor = self
+            .log
+            .read(
+                ReadFrom::Sequence(self.checkpoint + 1),
+                ReadUntil::Sequence(target),
+            )
+            .await?;
+        while let Some(record) = cursor.next().await {
+            self.ingest(record?)?;
+            if self.since_flush >= self.config.flush_events {
+                self.flush().await?;
+            }
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                self.report(from, target, started);
+            }
+        }
+        self.flush().await?;
+        self.report(from, target, started);
+        self.save_snapshot().await?;
+        Ok(self.checkpoint - from)
+    }
+
+    fn report(&mut self, from: u64, target: u64, started: Instant) {
+        let done = self.checkpoint - from;
+        let total = target.saturating_sub(from);
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let progress = Progress {
+            done,
+            total,
+            events_per_second: rate,
+            eta_seconds: total.saturating_sub(done) as f64 / rate.max(1e-9),
+        };
+        tracing::info!(
+            view = V::NAME,
+            done,
+            total,
+            rate = rate as u64,
+            eta_s = progress.eta_seconds as u64,
+            "catching up"
+        );
+        if let Some(report) = self.progress.as_mut() {
+            report(progress);
+        }
+    }
+
+    /// Follows the ledger, publishing and serving, until `shutdown` resolves or another
+    /// generation is swapped in. Saves a snapshot on the way out.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<RunEnd, ProjectorError> {
+        if self.swap_when_caught_up {
+            self.catch_up().await?;
+            self.claim().await?;
+        }
+        let client = self.log.client().clone();
+        let mut queries = client
+            .queue_subscribe(format!("view.{}.>", V::NAME), format!("view.{}", V::NAME))
+            .await
+            .map_err(nats)?;
+        let mut registry = self.registry.watch(V::NAME).await.map_err(nats)?;
+        let mut cursor = self
+            .log
+            .read(ReadFrom::Sequence(self.checkpoint + 1), ReadUntil::Follow)
+            .await?;
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let end = loop {
+            tokio::select! {
+                _ = &mut shutdown => break RunEnd::Shutdown,
+                record = cursor.next() => {
+                    let Some(record) = record else { break RunEnd::Shutdown };
+                    self.ingest(record?)?;
+                    // Take what is already buffered without yielding, up to a batch.
+                    for _ in 1..self.config.read_batch {
+                        match cursor.next().now_or_never() {
+                            Some(Some(record)) => self.ingest(record?)?,
+                            _ => break,
+                        }
+                    }
+                    if self.since_flush >= self.config.flush_events {
+                        self.flush().await?;
+                    }
+                    self.answer_parked(&client, false).await;
+                }
+                query = queries.next() => {
+                    if let Some(msg) = query {
+                        self.query(&client, msg).await;
+                    }
+                }
+                update = registry.next() => {
+                    if let Some(Ok(entry)) = update
+                        && let Ok(generation) = serde_json::from_slice::<Generation>(&entry.value)
+                        && generation.bucket != self.generation.bucket
+                    {
+                        break RunEnd::Superseded { by: generation.bucket };
+                    }
+                }
+                _ = tick.tick() => {
+                    if !self.pending.is_empty() || self.last_flush.elapsed() >= Duration::from_secs(5) {
+                        self.flush().await?;
+                    }
+                    if self.since_snapshot >= self.config.snapshot_events
+                        || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.config.snapshot_interval)
+                    {
+                        self.save_snapshot().await?;
+                    }
+                    self.answer_parked(&client, true).await;
+                }
+            }
+        };
+        self.flush().await?;
+        self.save_snapshot().await?;
+        Ok(end)
+    }
+
+    async fn query(&mut self, client: &async_nats::Client, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let op = msg
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let body: serde_json::Value = if msg.payload.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(&msg.payload) {
+                Ok(body) => body,
+                Err(e) => {
+                    let error = QueryError::bad_query(format!("the body is not JSON: {e}"));
+                    publish(client, reply, self.answer_error(&error)).await;
+                    return;
+                }
+            }
+        };
+        let min_seq = body.get("min_seq").and_then(|v| v.as_u64()).unwrap_or(0);
+        if min_seq > self.checkpoint {
+            let wait = body
+                .get("timeout_ms")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(5_000)
+                .min(60_000);
+            self.parked.push(Parked {
+                deadline: Instant::now() + Duration::from_millis(wait),
+                min_seq,
+                op,
+                body,
+                reply,
+            });
+            return;
+        }
+        let answer = self.answer(&op, &body).await;
+        publish(client, reply, answer).await;
+    }
+
+    fn answer_error(&self, error: &QueryError) -> serde_json::Value {
+        json!({"seq": self.checkpoint, "error": error})
+    }
+
+    async fn answer(&self, op: &str, body: &serde_json::Value) -> serde_json::Value {
+        let result = match op {
+            "status" => Ok(
+                json!({"view": V::NAME, "version": V::VERSION, "generation": self.generation.bucket, "checkpoint": self.checkpoint}),
+            ),
+            "dump" => Ok(serde_json::to_value(&self.view).expect("views serialise")),
+            "explain" => match self.view.explain(body) {
+                Ok(explain) => self.explain(&explain).await,
+                Err(e) => Err(e),
+            },
+            op => self.view.query(op, body),
+        };
+        match result {
+            Ok(value) => json!({"seq": self.checkpoint, "result": value}),
+            Err(error) => self.answer_error(&error),
+        }
+    }
+
+    /// The events on a subject up to the checkpoint, with what each did at the location.
+    async fn explain(
+        &self,
+        explain: &crate::view::Explain,
+    ) -> Result<serde_json::Value, QueryError> {
+        let events = self
+            .log
+            .read_subject(&explain.subject)
+            .await
+            .map_err(|e| QueryError {
+                code: "unavailable",
+                message: e.to_string(),
+            })?;
+        let rows: Vec<serde_json::Value> = events
+            .iter()
+            .filter(|e| e.seq <= self.checkpoint)
+            .filter_map(|e| {
+                let delta = ledger::effects::stock_deltas(&e.envelope.event)
+                    .into_iter()
+                    .find(|d| d.location == explain.location)?;
+                Some(json!({
+                    "seq": e.seq,
+                    "type": e.envelope.event.event_type().name(),
+                    "effective_at": e.envelope.effective_at.to_string(),
+                    "recorded_at": e.recorded_at.to_string(),
+                    "command_id": e.envelope.command_id,
+                    "actor": e.envelope.actor.id.to_string(),
+                    "on_hand": d_or_none(delta.on_hand),
+                    "allocated": d_or_none(delta.allocated),
+                    "reserved": d_or_none(delta.reserved),
+                    "quality_hold": d_or_none(delta.quality_hold),
+                    "in_transit": d_or_none(delta.in_transit),
+                }))
+            })
+            .collect();
+        Ok(
+            json!({"subject": explain.subject.relative(), "location": explain.location, "events": rows}),
+        )
+    }
+
+    async fn answer_parked(&mut self, client: &async_nats::Client, check_deadlines: bool) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for p in std::mem::take(&mut self.parked) {
+            if p.min_seq <= self.checkpoint {
+                let answer = self.answer(&p.op, &p.body).await;
+                publish(client, p.reply, answer).await;
+            } else if check_deadlines && now >= p.deadline {
+                let error = QueryError {
+                    code: "timeout",
+                    message: format!(
+                        "the view reached sequence {}, not {} within the timeout",
+                        self.checkpoint, p.min_seq
+                    ),
+                };
+                publish(client, p.reply, self.answer_error(&error)).await;
+            } else {
+                still.push(p);
+            }
+        }
+        self.parked = still;
+    }
+}
+
+fn d_or_none(n: i64) -> serde_json::Value {
+    if n == 0 {
+        serde_json::Value::Null
+    } else {
+        json!(n)
+    }
+}
+
+async fn publish(
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    answer: serde_json::Value,
+) {
+    if let Err(e) = client
+        .publish(reply, serde_json::to_vec(&answer).expect("json").into())
+        .await
+    {
+        tracing::warn!(error = %e, "answering a view query");
+    }
+}
