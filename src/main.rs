@@ -85,6 +85,12 @@ enum Command {
         /// serving, swap it in when caught up, then keep it current.
         #[arg(long)]
         rebuild: bool,
+        /// Save the view with its checkpoint at least every this many events...
+        #[arg(long, default_value_t = 500_000)]
+        snapshot_events: u64,
+        /// ...and at least this often (seconds).
+        #[arg(long, default_value_t = 30)]
+        snapshot_seconds: u64,
     },
     /// Ask a view: `erp view ats get '{"sku":"85123A","location":"UK-DC"}'`.
     View {
@@ -205,15 +211,22 @@ async fn main() -> anyhow::Result<()> {
             nats,
             view,
             rebuild,
+            snapshot_events,
+            snapshot_seconds,
         } => {
             let log = open(&nats).await?;
             let mode = if rebuild { Mode::Rebuild } else { Mode::Live };
             let shutdown = async {
                 let _ = shutdown_signal().await;
             };
+            let config = ProjectorConfig {
+                snapshot_events,
+                snapshot_interval: Duration::from_secs(snapshot_seconds),
+                ..ProjectorConfig::default()
+            };
             let end = match view {
-                ViewName::Ats => project::<Ats>(log, mode, shutdown).await?,
-                ViewName::Allocation => project::<Allocation>(log, mode, shutdown).await?,
+                ViewName::Ats => project::<Ats>(log, mode, config, shutdown).await?,
+                ViewName::Allocation => project::<Allocation>(log, mode, config, shutdown).await?,
             };
             eprintln!("projector {}: {end:?}", view.as_str());
             Ok(())
@@ -336,8 +349,13 @@ async fn up(
         };
         projectors.push(tokio::spawn(async move {
             match view {
-                ViewName::Ats => project::<Ats>(log, Mode::Live, shutdown).await,
-                ViewName::Allocation => project::<Allocation>(log, Mode::Live, shutdown).await,
+                ViewName::Ats => {
+                    project::<Ats>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
+                }
+                ViewName::Allocation => {
+                    project::<Allocation>(log, Mode::Live, ProjectorConfig::default(), shutdown)
+                        .await
+                }
             }
         }));
     }
@@ -461,9 +479,10 @@ async fn run_demo(client: &commands::service::NatsClient, demo: &DemoArgs) -> an
 async fn project<V: projections::View>(
     log: JetStreamLog,
     mode: Mode,
+    config: ProjectorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<projections::RunEnd> {
-    let mut projector = Projector::<V>::open(log, mode, ProjectorConfig::default()).await?;
+    let mut projector = Projector::<V>::open(log, mode, config).await?;
     projector.on_progress(|p| {
         eprintln!(
             "{}: {}/{} events, {:.0} events/s, ETA {:.0} s",

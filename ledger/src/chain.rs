@@ -12,7 +12,7 @@ use crate::subject::Subject;
 #[error(
     "hash chain broken at sequence {seq} on `{subject}`: it names previous hash {claimed_prev}, but {}",
     match previous_seq {
-        Some(prev) => format!("the previous event on the subject (sequence {prev}) hashes to {actual_prev}: sequence {prev} was altered, or events between them were removed or reordered"),
+        Some(prev) => format!("the previous event on the subject (sequence {prev}) hashes to {actual_prev}: sequence {prev} was altered (or {seq}'s record of it), or events between them were removed or reordered"),
         None => format!("it is the first event seen on the subject (expected {actual_prev}): an earlier event was removed"),
     }
 )]

@@ -116,6 +116,39 @@ struct Snapshot<V> {
     written_by: String,
 }
 
+/// Reads the view saved in a generation's snapshot, with its checkpoint (for audits and tests:
+/// the snapshot is what a restart resumes from).
+pub async fn read_snapshot<V: View>(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<(V, u64)>, ProjectorError> {
+    let store = object_bucket(js).await?;
+    let mut object = match store.get(bucket).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ProjectorError::Snapshot {
+                name: bucket.into(),
+                detail: e.to_string(),
+            });
+        }
+    };
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| ProjectorError::Snapshot {
+            name: bucket.into(),
+            detail: e.to_string(),
+        })?;
+    let snapshot: Snapshot<V> =
+        serde_json::from_slice(&bytes).map_err(|e| ProjectorError::Snapshot {
+            name: bucket.into(),
+            detail: e.to_string(),
+        })?;
+    Ok(Some((snapshot.view, snapshot.checkpoint)))
+}
+
 /// Progress of a catch-up, for `erp project --rebuild` and the logs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -667,10 +700,20 @@ async fn publish(
     reply: async_nats::Subject,
     answer: serde_json::Value,
 ) {
-    if let Err(e) = client
-        .publish(reply, serde_json::to_vec(&answer).expect("json").into())
-        .await
-    {
+    let mut bytes = serde_json::to_vec(&answer).expect("json");
+    let limit = client.server_info().max_payload.saturating_sub(1024);
+    if bytes.len() > limit {
+        let error = QueryError {
+            code: "too_large",
+            message: format!(
+                "the answer is {} bytes, more than a message holds ({limit}); read the view's KV bucket instead",
+                bytes.len()
+            ),
+        };
+        bytes =
+            serde_json::to_vec(&json!({"seq": answer.get("seq"), "error": error})).expect("json");
+    }
+    if let Err(e) = client.publish(reply, bytes.into()).await {
         tracing::warn!(error = %e, "answering a view query");
     }
 }

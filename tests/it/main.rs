@@ -5,4 +5,5 @@ mod dataset;
 mod harness;
 mod log;
 mod processor;
+mod projections;
 mod schemas;
