@@ -1,0 +1,178 @@
+//! Loads the UCI Online Retail year through the processor into a fresh ledger, then measures,
+//! in the same run on the same stream:
+//! - raw JetStream ordered consumption (push ordered consumer, messages counted, nothing decoded),
+//! - decoded reads through `EventLog::read` (decode + hash of every event),
+//! - ATS and allocation rebuilds from sequence 1 (`Projector::catch_up`: decode, chain check,
+//!   apply, KV publish, final snapshot),
+//! and prints the rates and their ratios to the raw rate.
+//!
+//! Run: `cargo bench --bench rebuild` (all days) or `ERP_BENCH_DAYS=60 cargo bench --bench rebuild`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use commands::Outcome;
+use futures::StreamExt;
+use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
+use ledger::server::{self, LocalServer, ServerOptions};
+use ledger::{EventLog, LogCursor, ReadFrom, ReadUntil};
+use projections::allocation::Allocation;
+use projections::ats::Ats;
+use projections::{Mode, Projector, ProjectorConfig};
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn raw_read(log: &JetStreamLog, last: u64) -> f64 {
+    let stream = log
+        .jetstream()
+        .get_stream(&log.config().stream)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: log.client().new_inbox(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let started = Instant::now();
+    let mut count = 0u64;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.expect("message");
+        count += 1;
+        if msg.info().expect("info").stream_sequence >= last {
+            break;
+        }
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn decoded_read(log: &JetStreamLog) -> f64 {
+    let started = Instant::now();
+    let mut cursor = log
+        .read(ReadFrom::Start, ReadUntil::CaughtUp)
+        .await
+        .expect("read");
+    let mut count = 0u64;
+    while let Some(record) = cursor.next().await {
+        record.expect("record");
+        count += 1;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn rebuild<V: projections::View>(url: &str) -> f64 {
+    let log = JetStreamLog::open(
+        async_nats::connect(url).await.expect("connect"),
+        LogConfig::ledger(),
+    )
+    .await
+    .expect("log");
+    let mut projector = Projector::<V>::open(log, Mode::Rebuild, ProjectorConfig::default())
+        .await
+        .expect("projector");
+    let started = Instant::now();
+    let events = projector.catch_up().await.expect("catch up");
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn run() {
+    let days = std::env::var("ERP_BENCH_DAYS")
+        .ok()
+        .and_then(|d| d.parse().ok());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary =
+        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
+    let version = server::binary_version(&binary).expect("version");
+    let server = LocalServer::start(ServerOptions {
+        binary,
+        port: server::free_port().expect("port"),
+        data_dir: dir.path().to_path_buf(),
+        sync_always: true,
+        die_with_parent: true,
+        extra_config: String::new(),
+    })
+    .expect("server");
+    let url = server.url();
+    let client = async_nats::connect(&url).await.expect("connect");
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let service = commands::service::Service::start(
+        client.clone(),
+        log,
+        commands::service::ServiceConfig::default(),
+    )
+    .await
+    .expect("processor");
+    let processor = tokio::spawn(service.serve(futures::future::pending()));
+
+    let (commands, _) =
+        commands::demo::uci_commands(&root.join(commands::demo::DATASET), days).expect("data set");
+    let bodies: Vec<Bytes> = commands
+        .iter()
+        .map(|c| Bytes::from(serde_json::to_vec(c).expect("json")))
+        .collect();
+    let sender = commands::client::CommandClient::new(client.clone(), Duration::from_secs(120));
+    let mut events = 0u64;
+    let total = bodies.len();
+    let started = Instant::now();
+    sender
+        .submit_all(bodies, 512, |_, outcome| {
+            if let Ok(Outcome::Accepted { event_count, .. }) = outcome {
+                events += u64::from(event_count);
+            }
+        })
+        .await;
+    let load_secs = started.elapsed().as_secs_f64();
+    processor.abort();
+
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let last = log.last_sequence().await.expect("last");
+    let raw = (raw_read(&log, last).await + raw_read(&log, last).await) / 2.0;
+    let decoded = decoded_read(&log).await;
+    let ats = rebuild::<Ats>(&url).await;
+    let allocation = rebuild::<Allocation>(&url).await;
+
+    println!(
+        "nats-server {version}, sync_interval always, R1 file storage; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "UCI data set, {} days: {total} commands, {events} events accepted, {last} stream messages",
+        days.map_or("all".into(), |d: usize| d.to_string())
+    );
+    println!();
+    println!("| measure | rate | ratio to raw read |");
+    println!("|---|---|---|");
+    println!(
+        "| load through the processor (window 512) | {:.0} commands/s, {:.0} events/s | |",
+        total as f64 / load_secs,
+        events as f64 / load_secs
+    );
+    println!("| raw ordered push consumer read (mean of 2) | {raw:.0} msgs/s | 1.00 |");
+    println!(
+        "| decoded read (`EventLog::read`) | {decoded:.0} msgs/s | {:.2} |",
+        decoded / raw
+    );
+    println!(
+        "| ATS rebuild from sequence 1 | {ats:.0} msgs/s | {:.2} |",
+        ats / raw
+    );
+    println!(
+        "| allocation rebuild from sequence 1 | {allocation:.0} msgs/s | {:.2} |",
+        allocation / raw
+    );
+    drop(server);
+}
