@@ -4,7 +4,8 @@
 //! - decoded reads through `EventLog::read` (decode + hash of every event),
 //! - ATS and allocation rebuilds from sequence 1 (`Projector::catch_up`: decode, chain check,
 //!   apply, KV publish, final snapshot),
-//! and prints the rates and their ratios to the raw rate.
+//!
+//! It prints the rates and their ratios to the raw rate.
 //!
 //! Run: `cargo bench --bench rebuild` (all days) or `ERP_BENCH_DAYS=60 cargo bench --bench rebuild`.
 

@@ -13,6 +13,7 @@ use ledger::server::{self, LocalServer, ServerOptions};
 use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
 use projections::allocation::Allocation;
 use projections::ats::Ats;
+use projections::audit::Audit;
 use projections::{Mode, Projector, ProjectorConfig};
 
 #[derive(Debug, Parser)]
@@ -97,7 +98,7 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
         view: ViewName,
-        /// get, sku, channel, explain, order, open, backordered, status, dump
+        /// get, sku, channel, explain, order, open, backordered, entity, status, dump
         op: String,
         /// The query as JSON.
         #[arg(default_value = "{}")]
@@ -134,6 +135,7 @@ enum Command {
 enum ViewName {
     Ats,
     Allocation,
+    Audit,
 }
 
 impl ViewName {
@@ -141,6 +143,7 @@ impl ViewName {
         match self {
             ViewName::Ats => "ats",
             ViewName::Allocation => "allocation",
+            ViewName::Audit => "audit",
         }
     }
 }
@@ -227,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
             let end = match view {
                 ViewName::Ats => project::<Ats>(log, mode, config, shutdown).await?,
                 ViewName::Allocation => project::<Allocation>(log, mode, config, shutdown).await?,
+                ViewName::Audit => project::<Audit>(log, mode, config, shutdown).await?,
             };
             eprintln!("projector {}: {end:?}", view.as_str());
             Ok(())
@@ -341,7 +345,7 @@ async fn up(
     }));
     let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
-    for view in [ViewName::Ats, ViewName::Allocation] {
+    for view in [ViewName::Ats, ViewName::Allocation, ViewName::Audit] {
         let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
         let mut stopped = views_stopped.clone();
         let shutdown = async move {
@@ -356,11 +360,14 @@ async fn up(
                     project::<Allocation>(log, Mode::Live, ProjectorConfig::default(), shutdown)
                         .await
                 }
+                ViewName::Audit => {
+                    project::<Audit>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
+                }
             }
         }));
     }
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation) running; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit) running; Ctrl-C stops it"
     );
     if let Some(demo) = demo {
         run_demo(&client, &demo).await?;

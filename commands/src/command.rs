@@ -449,6 +449,14 @@ pub struct Command {
 impl Command {
     /// SHA-256 of the canonical JSON of the decoded command. Two submissions with the same id
     /// and the same meaning hash the same however their JSON was spaced or ordered.
+    /// The entity keys the command addresses (`sku:…`, `order:…`), recorded with a rejection.
+    pub fn targets(&self) -> Vec<String> {
+        let body = serde_json::to_value(&self.body).expect("commands serialise");
+        ledger::entities::mentioned(&body["data"])
+            .into_iter()
+            .collect()
+    }
+
     pub fn body_sha256(&self) -> [u8; 32] {
         let canonical = serde_json::to_vec(self).expect("commands serialise");
         Sha256::digest(canonical).into()

@@ -433,6 +433,7 @@ impl<L: EventLog> Processor<L> {
                     body_sha256,
                     code: rejection.code.to_owned(),
                     message: rejection.message.clone(),
+                    targets: command.targets(),
                 });
                 (Vec::new(), rejected, Some(rejection))
             }

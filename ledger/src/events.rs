@@ -546,6 +546,9 @@ payload! {
         pub body_sha256: [u8; 32],
         pub code: String,
         pub message: String,
+        /// What the command addressed, as entity keys (`sku:85123A`, `order:536365`), so the
+        /// audit trail of an entity shows the attempts refused against it.
+        pub targets: Vec<String>,
     }
 }
 
@@ -660,5 +663,5 @@ catalogue! {
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
 
     CommandAccepted(CommandAccepted) = "command.accepted" v 1;
-    CommandRejected(CommandRejected) = "command.rejected" v 1;
+    CommandRejected(CommandRejected) = "command.rejected" v 2;
 }

@@ -15,7 +15,7 @@ use crate::codec::{self, decode_envelope, encode_envelope, encode_parts};
 use crate::envelope::{Envelope, EventHash};
 use crate::events::*;
 use crate::subject::Subject;
-use crate::upcast::{ItemDefinedV1, OLD_VERSIONS};
+use crate::upcast::{CommandRejectedV1, ItemDefinedV1, OLD_VERSIONS};
 use crate::values::*;
 
 fn sku() -> Sku {
@@ -74,6 +74,16 @@ fn item_v1() -> ItemDefinedV1 {
         lead_time_days: 14,
         min_order_qty: qty(64),
         suppliers: vec![SupplierId::new("SUP-1").unwrap()],
+    }
+}
+
+/// The v1 sample: what the v1 fixture was written from.
+fn rejected_v1() -> CommandRejectedV1 {
+    CommandRejectedV1 {
+        command_type: "order.place".into(),
+        body_sha256: [9; 32],
+        code: "insufficient_available".into(),
+        message: "85123A at WH-LONDON: 6 requested, 2 available".into(),
     }
 }
 
@@ -412,6 +422,7 @@ fn sample(t: EventType) -> Event {
             body_sha256: [9; 32],
             code: "insufficient_available".into(),
             message: "85123A at WH-LONDON: 6 requested, 2 available".into(),
+            targets: vec!["order:536365".into(), "sku:85123A".into()],
         }),
     }
 }
@@ -490,6 +501,10 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::ItemChanged, 1) => (
                 codec::to_bytes(&item_v1()).unwrap(),
                 Event::ItemChanged(item_v1().into()),
+            ),
+            (EventType::CommandRejected, 1) => (
+                codec::to_bytes(&rejected_v1()).unwrap(),
+                Event::CommandRejected(rejected_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod codec;
 pub mod effects;
+pub mod entities;
 pub mod envelope;
 pub mod events;
 pub mod jetstream;

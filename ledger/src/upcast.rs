@@ -9,7 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
-use crate::events::{CostMethod, Event, EventType, ItemDefined, PackSize, Tracking};
+use crate::events::{
+    CommandRejected, CostMethod, Event, EventType, ItemDefined, PackSize, Tracking,
+};
 use crate::values::{Qty, Sku, SupplierId, UnitName};
 
 /// `item.defined` / `item.changed` version 1: before items chose a cost method and whether
@@ -48,9 +50,34 @@ impl From<ItemDefinedV1> for ItemDefined {
     }
 }
 
+/// `command.rejected` version 1: before rejections named what the command addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRejectedV1 {
+    pub command_type: String,
+    pub body_sha256: [u8; 32],
+    pub code: String,
+    pub message: String,
+}
+
+impl From<CommandRejectedV1> for CommandRejected {
+    /// The targets of a v1 rejection are unknown.
+    fn from(v1: CommandRejectedV1) -> CommandRejected {
+        CommandRejected {
+            command_type: v1.command_type,
+            body_sha256: v1.body_sha256,
+            code: v1.code,
+            message: v1.message,
+            targets: Vec::new(),
+        }
+    }
+}
+
 /// Every (type, version) older than current that can still be read.
-pub const OLD_VERSIONS: &[(EventType, u16)] =
-    &[(EventType::ItemDefined, 1), (EventType::ItemChanged, 1)];
+pub const OLD_VERSIONS: &[(EventType, u16)] = &[
+    (EventType::ItemDefined, 1),
+    (EventType::ItemChanged, 1),
+    (EventType::CommandRejected, 1),
+];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
 pub(crate) fn decode_old(
@@ -64,6 +91,9 @@ pub(crate) fn decode_old(
         )),
         (EventType::ItemChanged, 1) => Ok(Event::ItemChanged(
             from_bytes::<ItemDefinedV1>(bytes)?.into(),
+        )),
+        (EventType::CommandRejected, 1) => Ok(Event::CommandRejected(
+            from_bytes::<CommandRejectedV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),

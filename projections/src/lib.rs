@@ -5,9 +5,11 @@
 //!   coalesced KV publishing, queries (`view.<name>.<op>`) with wait-for-sequence, rebuilds.
 //! - `ats`: available to sell per SKU × location and per SKU × channel, with `explain`.
 //! - `allocation`: per order and line: node, state, quantities, routing reasons.
+//! - `audit`: per entity, every event and refused command, read back from the ledger.
 
 pub mod allocation;
 pub mod ats;
+pub mod audit;
 pub mod client;
 pub mod runtime;
 pub mod view;

@@ -577,3 +577,102 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
     new.abort();
     processor.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_of_an_entity_lists_its_events_and_refused_commands() {
+    // Goal: per SKU, order, location and actor, the audit view lists every event and every
+    // refused command about it, with who, both times and the command, filtered by time.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let audit = Projector::<projections::audit::Audit>::open(
+        nats.open(ledger_config()).await,
+        Mode::Live,
+        ProjectorConfig::default(),
+    )
+    .await
+    .unwrap();
+    let projector = tokio::spawn(audit.run(futures::future::pending()));
+    let client = command_client(&nats).await;
+    for (kind, data) in [
+        (
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        ("channel.define", json!({"channel": "web"})),
+        ("item.define", json!({"sku": "A"})),
+        (
+            "stock.receive",
+            json!({"sku": "A", "location": "WH1", "qty": 2, "unit_cost": {"amount": "1", "currency": "GBP"}}),
+        ),
+    ] {
+        submit_one(&client, kind, data).await;
+    }
+    let place = json!({
+        "command_id": uuid::Uuid::now_v7(), "actor": {"id": "clerk-9", "role": "clerk"}, "legal_entity": "UK01",
+        "effective_at": "2011-07-01T09:00:00Z", "type": "stock.adjust",
+        "data": {"sku": "A", "location": "WH1", "delta": -5, "reason": "lost"},
+    });
+    let refused = client
+        .submit_json(Bytes::from(place.to_string()))
+        .await
+        .unwrap();
+    let Outcome::Rejected {
+        outcome_seq: Some(last),
+        ..
+    } = refused
+    else {
+        panic!("{refused:?}")
+    };
+    let views = ViewClient::new(nats.connect().await);
+    let ask = |body: Value| views.ask("audit", "entity", body, Some(last), Duration::from_secs(10));
+    let sku = ask(json!({"entity": "sku:A"})).await.unwrap().result;
+    let types: Vec<&str> = sku["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["item.defined", "stock.received", "command.rejected"]
+    );
+    let rejection = &sku["events"][2];
+    assert_eq!(rejection["actor"]["id"], "clerk-9");
+    assert_eq!(rejection["data"]["code"], "insufficient_stock");
+    assert_eq!(rejection["effective_at"], "2011-07-01T09:00:00Z");
+    assert!(rejection["recorded_at"].as_str().unwrap().starts_with("20"));
+    let clerk = ask(json!({"entity": "actor:clerk-9"}))
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(clerk["events"].as_array().unwrap().len(), 1);
+    let location = ask(json!({"entity": "location:WH1"})).await.unwrap().result;
+    assert_eq!(
+        location["events"].as_array().unwrap().len(),
+        3,
+        "{location}"
+    );
+    // Business-time window: only the refused adjustment is dated July.
+    let july = ask(
+        json!({"entity": "sku:A", "from": "2011-07-01T00:00:00Z", "to": "2011-08-01T00:00:00Z"}),
+    )
+    .await
+    .unwrap()
+    .result;
+    assert_eq!(july["events"].as_array().unwrap().len(), 1);
+    // Paging.
+    let first = ask(json!({"entity": "sku:A", "limit": 2}))
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(first["events"].as_array().unwrap().len(), 2);
+    let rest = ask(json!({"entity": "sku:A", "after_seq": first["after_seq"]}))
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    let err = ask(json!({"entity": "A"})).await.unwrap_err();
+    assert!(err.to_string().contains("expected kind:id"), "{err}");
+    projector.abort();
+    processor.stop().await;
+}
