@@ -56,7 +56,12 @@ impl ChainVerifier {
                 previous_seq,
             });
         }
-        self.heads.insert(subject.clone(), (event.seq, event.hash));
+        match self.heads.get_mut(subject) {
+            Some(head) => *head = (event.seq, event.hash),
+            None => {
+                self.heads.insert(subject.clone(), (event.seq, event.hash));
+            }
+        }
         self.checked += 1;
         Ok(())
     }

@@ -211,6 +211,101 @@ pub async fn provision_commands(
         })
 }
 
+/// One message of an atomic batch published with `publish_atomic`.
+#[derive(Debug, Clone)]
+pub struct BatchMessage {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Largest atomic batch the server accepts.
+pub const ATOMIC_BATCH_MAX: usize = 1000;
+
+/// Publishes up to 1,000 messages to one stream as one atomic batch (the stream must allow
+/// atomic publish): stored all together, or none. Used for derived data (view KV buckets):
+/// one batch is fsynced as a group, where single publishes are fsynced one by one.
+pub async fn publish_atomic(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    messages: Vec<BatchMessage>,
+) -> Result<(), AppendError> {
+    let n = messages.len();
+    if n == 0 || n > ATOMIC_BATCH_MAX {
+        return Err(AppendError::Invalid(format!(
+            "{n} messages; an atomic batch holds 1 to {ATOMIC_BATCH_MAX}"
+        )));
+    }
+    let batch_id = Uuid::now_v7().simple().to_string();
+    let unknown = |e: &dyn std::fmt::Display| AppendError::OutcomeUnknown(e.to_string());
+    for (i, mut message) in messages.into_iter().enumerate() {
+        message.headers.insert(NATS_BATCH_ID, batch_id.as_str());
+        message
+            .headers
+            .insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        if i + 1 < n {
+            client
+                .publish_with_headers(message.subject, message.headers, message.payload)
+                .await
+                .map_err(|e| unknown(&e))?;
+        } else {
+            message
+                .headers
+                .insert(NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);
+            let ack = js
+                .publish_with_headers(message.subject, message.headers, message.payload)
+                .await
+                .map_err(|e| unknown(&e))?
+                .await
+                .map_err(|e| {
+                    let detail = e.to_string();
+                    match jetstream_error_code(&e) {
+                        Some(code) => AppendError::Refused { code, detail },
+                        None => AppendError::OutcomeUnknown(detail),
+                    }
+                })?;
+            if ack.batch_size != Some(n as u64) {
+                return Err(AppendError::Refused {
+                    code: 0,
+                    detail: format!(
+                        "batch acknowledged with size {:?}, not {n}: does the stream allow atomic publish?",
+                        ack.batch_size
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lets a stream take atomic batches (for streams created by other APIs, such as KV buckets).
+pub async fn allow_atomic_publish(js: &jetstream::Context, stream: &str) -> Result<(), OpenError> {
+    let provision = |e: &dyn ToString| OpenError::Provision {
+        stream: stream.into(),
+        detail: e.to_string(),
+    };
+    let mut handle = js.get_stream(stream).await.map_err(|e| provision(&e))?;
+    let mut config = handle
+        .info()
+        .await
+        .map_err(|e| provision(&e))?
+        .config
+        .clone();
+    if !config.allow_atomic_publish {
+        config.allow_atomic_publish = true;
+        let echoed = js.update_stream(config).await.map_err(|e| provision(&e))?;
+        if !echoed.config.allow_atomic_publish {
+            return Err(OpenError::Misconfigured {
+                stream: stream.into(),
+                setting: "allow_atomic_publish",
+                expected: "true".into(),
+                found: "false".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The single writer's view of the stream.
 #[derive(Debug)]
 struct Writer {

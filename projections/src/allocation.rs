@@ -18,6 +18,30 @@ pub struct Route {
     pub seq: u64,
 }
 
+/// `open` while any unit is neither shipped nor cancelled, then `closed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    #[default]
+    Open,
+    Closed,
+}
+
+/// Where a line stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineState {
+    #[default]
+    Open,
+    Allocated,
+    Released,
+    Backordered,
+    Picked,
+    Packed,
+    Shipped,
+    Cancelled,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineView {
     pub sku: String,
@@ -32,7 +56,7 @@ pub struct LineView {
     pub shipped: i64,
     pub cancelled: i64,
     pub routes: Vec<Route>,
-    pub state: String,
+    pub state: LineState,
 }
 
 impl LineView {
@@ -43,23 +67,22 @@ impl LineView {
     fn restate(&mut self, released: bool) {
         let open = self.qty - self.shipped - self.cancelled;
         self.state = if self.cancelled == self.qty {
-            "cancelled"
+            LineState::Cancelled
         } else if open == 0 {
-            "shipped"
+            LineState::Shipped
         } else if self.packed > 0 {
-            "packed"
+            LineState::Packed
         } else if self.picked > 0 {
-            "picked"
+            LineState::Picked
         } else if self.backordered > 0 {
-            "backordered"
+            LineState::Backordered
         } else if released && self.allocated_total() > 0 {
-            "released"
+            LineState::Released
         } else if self.allocated_total() > 0 {
-            "allocated"
+            LineState::Allocated
         } else {
-            "open"
-        }
-        .to_owned();
+            LineState::Open
+        };
     }
 }
 
@@ -74,7 +97,7 @@ pub struct OrderView {
     pub released_to_pick: bool,
     pub lines: BTreeMap<u32, LineView>,
     /// `open` while any unit is neither shipped nor cancelled, then `closed`.
-    pub status: String,
+    pub status: OrderStatus,
     pub seq: u64,
 }
 
@@ -87,7 +110,11 @@ impl OrderView {
             .lines
             .values()
             .any(|l| l.qty - l.shipped - l.cancelled > 0);
-        self.status = if open { "open" } else { "closed" }.to_owned();
+        self.status = if open {
+            OrderStatus::Open
+        } else {
+            OrderStatus::Closed
+        };
     }
 
     fn backordered(&self) -> bool {
@@ -224,7 +251,7 @@ impl View for Allocation {
         };
         view.seq = event.seq;
         view.restate();
-        let (open, backordered) = (view.status == "open", view.backordered());
+        let (open, backordered) = (view.status == OrderStatus::Open, view.backordered());
         if open {
             self.open.insert(key.clone())
         } else {

@@ -153,7 +153,9 @@ impl View for Ats {
                     return;
                 }
                 let token = escape_token(sku.as_str());
-                self.skus.insert(token.clone(), sku.to_string());
+                if !self.skus.contains_key(&token) {
+                    self.skus.insert(token.clone(), sku.to_string());
+                }
                 let safety = self.safety.get(&token).copied().unwrap_or(0);
                 for d in deltas {
                     let key = loc_key(&token, &escape_token(d.location.as_str()));

@@ -21,7 +21,9 @@ use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use ledger::chain::{ChainBreak, ChainSnapshot, ChainVerifier};
-use ledger::jetstream::JetStreamLog;
+use ledger::jetstream::{
+    ATOMIC_BATCH_MAX, BatchMessage, JetStreamLog, allow_atomic_publish, publish_atomic,
+};
 use ledger::{EventLog, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,8 +48,6 @@ pub struct ProjectorConfig {
     pub snapshot_interval: Duration,
     /// Most records taken from the ledger per turn of the loop.
     pub read_batch: usize,
-    /// Concurrent KV writes during a flush.
-    pub kv_writes_in_flight: usize,
 }
 
 impl Default for ProjectorConfig {
@@ -58,7 +58,6 @@ impl Default for ProjectorConfig {
             snapshot_events: 500_000,
             snapshot_interval: Duration::from_secs(30),
             read_batch: 2_000,
-            kv_writes_in_flight: 256,
         }
     }
 }
@@ -172,7 +171,6 @@ pub struct Projector<V: View> {
     config: ProjectorConfig,
     registry: kv::Store,
     snapshots: object_store::ObjectStore,
-    kv: kv::Store,
     generation: Generation,
     /// Swap the registry to this generation once caught up.
     swap_when_caught_up: bool,
@@ -267,13 +265,16 @@ impl<V: View> Projector<V> {
             ),
             version: V::VERSION,
         });
-        let kv = key_value(&js, &generation.bucket).await?;
+        // Created here; written through atomic batches to `$KV.<bucket>.<key>`.
+        key_value(&js, &generation.bucket).await?;
+        allow_atomic_publish(&js, &format!("KV_{}", generation.bucket))
+            .await
+            .map_err(nats)?;
         let mut projector = Projector {
             log,
             config,
             registry,
             snapshots,
-            kv,
             generation,
             swap_when_caught_up,
             view: V::default(),
@@ -384,30 +385,41 @@ impl<V: View> Projector<V> {
         Ok(())
     }
 
-    /// Publishes every changed key's current value, and the status key.
+    /// Publishes every changed key's current value, and the status key, in atomic batches
+    /// of up to 1,000 (fsynced as a group).
     async fn flush(&mut self) -> Result<(), ProjectorError> {
         let keys = std::mem::take(&mut self.pending);
-        let writes = futures::stream::iter(keys.into_iter().map(|key| {
-            let value = self
-                .view
-                .value(&key)
-                .map(|v| Bytes::from(serde_json::to_vec(&v).expect("json")));
-            let kv = self.kv.clone();
-            async move {
-                match value {
-                    Some(bytes) => kv.put(&key, bytes).await.map(|_| ()).map_err(nats),
-                    None => kv.delete(&key).await.map_err(nats),
-                }
-            }
-        }))
-        .buffer_unordered(self.config.kv_writes_in_flight);
-        let results: Vec<Result<(), ProjectorError>> = writes.collect().await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
         let status = json!({"checkpoint": self.checkpoint, "version": V::VERSION, "updated_at": chrono::Utc::now().to_rfc3339()});
-        self.kv
-            .put("_status", serde_json::to_vec(&status).expect("json").into())
-            .await
-            .map_err(nats)?;
+        let mut messages: Vec<BatchMessage> = keys
+            .into_iter()
+            .map(|key| {
+                let mut headers = async_nats::HeaderMap::new();
+                let payload = match self.view.value(&key) {
+                    Some(value) => Bytes::from(serde_json::to_vec(&value).expect("json")),
+                    None => {
+                        headers.insert("KV-Operation", "DEL");
+                        Bytes::new()
+                    }
+                };
+                BatchMessage {
+                    subject: format!("$KV.{}.{key}", self.generation.bucket),
+                    headers,
+                    payload,
+                }
+            })
+            .collect();
+        messages.push(BatchMessage {
+            subject: format!("$KV.{}._status", self.generation.bucket),
+            headers: async_nats::HeaderMap::new(),
+            payload: serde_json::to_vec(&status).expect("json").into(),
+        });
+        let client = self.log.client().clone();
+        let js = self.log.jetstream().clone();
+        while !messages.is_empty() {
+            let rest = messages.split_off(messages.len().min(ATOMIC_BATCH_MAX));
+            publish_atomic(&client, &js, messages).await.map_err(nats)?;
+            messages = rest;
+        }
         self.since_flush = 0;
         self.last_flush = Instant::now();
         Ok(())
@@ -446,7 +458,9 @@ impl<V: View> Projector<V> {
             .await?;
         while let Some(record) = cursor.next().await {
             self.ingest(record?)?;
-            if self.since_flush >= self.config.flush_events {
+            // A generation that is not served yet has no readers: its keys are written once,
+            // at the end, rather than at every flush.
+            if !self.swap_when_caught_up && self.since_flush >= self.config.flush_events {
                 self.flush().await?;
             }
             if last_report.elapsed() >= Duration::from_secs(2) {
