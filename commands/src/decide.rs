@@ -265,22 +265,11 @@ impl<'a> Decider<'a> {
             return here.max(0);
         };
         let total_free: i64 = stock.balances.values().map(Balance::free).sum();
-        let mut cap = i64::MAX;
-        for (rule_channel, rule) in &stock.channel_rules {
-            let own = Some(rule_channel) == channel;
-            match rule {
-                ChannelAllocationRule::RingFenced { qty } if !own => {
-                    cap = cap.min(total_free - qty.get())
-                }
-                ChannelAllocationRule::Share { ratio } if own => {
-                    use rust_decimal::prelude::ToPrimitive;
-                    let share =
-                        (rust_decimal::Decimal::from(total_free.max(0)) * ratio.get()).floor();
-                    cap = cap.min(share.to_i64().unwrap_or(0));
-                }
-                _ => {}
-            }
-        }
+        let rules = stock
+            .channel_rules
+            .iter()
+            .map(|(c, rule)| (Some(c) == channel, rule));
+        let cap = ledger::effects::channel_cap(rules, total_free);
         here.min(cap).max(0)
     }
 

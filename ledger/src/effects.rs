@@ -83,3 +83,27 @@ pub fn stock_deltas(event: &Event) -> Vec<StockDelta> {
         _ => Vec::new(),
     }
 }
+
+/// The most units of a SKU one channel may take under the SKU's channel rules, given the SKU's
+/// free units over all locations: other channels' ring-fenced quantities are not its to take,
+/// and its own share caps it. `rules` yields each rule with whether it is the channel's own.
+/// `i64::MAX` when no rule limits the channel. The deciders and the ATS view both use this.
+pub fn channel_cap<'a>(
+    rules: impl IntoIterator<Item = (bool, &'a crate::events::ChannelAllocationRule)>,
+    total_free: i64,
+) -> i64 {
+    use crate::events::ChannelAllocationRule as Rule;
+    use rust_decimal::prelude::ToPrimitive;
+    let mut cap = i64::MAX;
+    for (own, rule) in rules {
+        match rule {
+            Rule::RingFenced { qty } if !own => cap = cap.min(total_free - qty.get()),
+            Rule::Share { ratio } if own => {
+                let share = (rust_decimal::Decimal::from(total_free.max(0)) * ratio.get()).floor();
+                cap = cap.min(share.to_i64().unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    cap
+}

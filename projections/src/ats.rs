@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use ledger::events::{ChannelAllocationRule, Event};
 use ledger::subject::escape_token;
 use ledger::{RecordedEvent, Subject};
-use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -86,21 +85,11 @@ impl Ats {
         let base: i64 = self.rows_of(sku_token).map(|r| r.available.max(0)).sum();
         let total_free: i64 = self.rows_of(sku_token).map(AtsRow::free).sum();
         let rules = self.rules.get(sku_token);
-        let mut cap = i64::MAX;
-        for (rule_channel, rule) in rules.into_iter().flatten() {
-            let own = rule_channel == channel;
-            match rule {
-                ChannelAllocationRule::RingFenced { qty } if !own => {
-                    cap = cap.min(total_free - qty.get())
-                }
-                ChannelAllocationRule::Share { ratio } if own => {
-                    let share =
-                        (rust_decimal::Decimal::from(total_free.max(0)) * ratio.get()).floor();
-                    cap = cap.min(share.to_i64().unwrap_or(0));
-                }
-                _ => {}
-            }
-        }
+        let own_or_other = rules
+            .into_iter()
+            .flatten()
+            .map(|(c, rule)| (c == channel, rule));
+        let cap = ledger::effects::channel_cap(own_or_other, total_free);
         (base.min(cap).max(0), rules.and_then(|r| r.get(channel)))
     }
 }

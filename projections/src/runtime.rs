@@ -122,30 +122,32 @@ pub async fn read_snapshot<V: View>(
     bucket: &str,
 ) -> Result<Option<(V, u64)>, ProjectorError> {
     let store = object_bucket(js).await?;
-    let mut object = match store.get(bucket).await {
+    Ok(fetch_snapshot::<V>(&store, bucket)
+        .await?
+        .map(|s| (s.view, s.checkpoint)))
+}
+
+async fn fetch_snapshot<V: View>(
+    store: &object_store::ObjectStore,
+    name: &str,
+) -> Result<Option<Snapshot<V>>, ProjectorError> {
+    let failed = |detail: String| ProjectorError::Snapshot {
+        name: name.into(),
+        detail,
+    };
+    let mut object = match store.get(name).await {
         Ok(object) => object,
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(ProjectorError::Snapshot {
-                name: bucket.into(),
-                detail: e.to_string(),
-            });
-        }
+        Err(e) => return Err(failed(e.to_string())),
     };
     let mut bytes = Vec::new();
     object
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| ProjectorError::Snapshot {
-            name: bucket.into(),
-            detail: e.to_string(),
-        })?;
-    let snapshot: Snapshot<V> =
-        serde_json::from_slice(&bytes).map_err(|e| ProjectorError::Snapshot {
-            name: bucket.into(),
-            detail: e.to_string(),
-        })?;
-    Ok(Some((snapshot.view, snapshot.checkpoint)))
+        .map_err(|e| failed(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Progress of a catch-up, for `erp project --rebuild` and the logs.
@@ -328,29 +330,9 @@ impl<V: View> Projector<V> {
 
     async fn load_snapshot(&mut self) -> Result<(), ProjectorError> {
         let name = self.generation.bucket.clone();
-        let mut object = match self.snapshots.get(&name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(ProjectorError::Snapshot {
-                    name,
-                    detail: e.to_string(),
-                });
-            }
+        let Some(snapshot) = fetch_snapshot::<V>(&self.snapshots, &name).await? else {
+            return Ok(());
         };
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| ProjectorError::Snapshot {
-                name: name.clone(),
-                detail: e.to_string(),
-            })?;
-        let snapshot: Snapshot<V> =
-            serde_json::from_slice(&bytes).map_err(|e| ProjectorError::Snapshot {
-                name: name.clone(),
-                detail: e.to_string(),
-            })?;
         let chain =
             ChainVerifier::restore(&snapshot.chain).ok_or_else(|| ProjectorError::Snapshot {
                 name: name.clone(),
