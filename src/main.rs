@@ -352,7 +352,7 @@ async fn up(
             let _ = stopped.changed().await;
         };
         projectors.push(tokio::spawn(async move {
-            match view {
+            let ended = match view {
                 ViewName::Ats => {
                     project::<Ats>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
                 }
@@ -363,7 +363,11 @@ async fn up(
                 ViewName::Audit => {
                     project::<Audit>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
                 }
+            };
+            if let Err(e) = &ended {
+                tracing::error!(view = view.as_str(), error = %e, "projector stopped");
             }
+            ended
         }));
     }
     println!(

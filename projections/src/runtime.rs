@@ -186,6 +186,19 @@ pub struct Projector<V: View> {
     last_snapshot: Instant,
     parked: Vec<Parked>,
     progress: Option<Box<dyn FnMut(Progress) + Send + Sync>>,
+    health: Health,
+}
+
+/// Lag and rate, sampled every 10 seconds while following the ledger.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Health {
+    ledger_last_seq: u64,
+    lag: u64,
+    events_per_second: f64,
+    #[serde(skip)]
+    sampled_at: Option<Instant>,
+    #[serde(skip)]
+    checkpoint_then: u64,
 }
 
 impl<V: View> std::fmt::Debug for Projector<V> {
@@ -289,6 +302,7 @@ impl<V: View> Projector<V> {
             last_snapshot: Instant::now(),
             parked: Vec::new(),
             progress: None,
+            health: Health::default(),
         };
         if reuse.is_some() {
             projector.load_snapshot().await?;
@@ -543,12 +557,50 @@ impl<V: View> Projector<V> {
                         self.save_snapshot().await?;
                     }
                     self.answer_parked(&client, true).await;
+                    self.sample_health().await;
                 }
             }
         };
         self.flush().await?;
         self.save_snapshot().await?;
         Ok(end)
+    }
+
+    /// Every 10 s: the ledger's last sequence, the lag behind it, and the rate since the last
+    /// sample, to the log and to the `status` answer.
+    async fn sample_health(&mut self) {
+        let now = Instant::now();
+        if self
+            .health
+            .sampled_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        let Ok(last) = self.log.last_sequence().await else {
+            return;
+        };
+        let rate = match self.health.sampled_at {
+            Some(then) => {
+                (self.checkpoint - self.health.checkpoint_then) as f64
+                    / now.duration_since(then).as_secs_f64()
+            }
+            None => 0.0,
+        };
+        self.health = Health {
+            ledger_last_seq: last,
+            lag: last.saturating_sub(self.checkpoint),
+            events_per_second: rate,
+            sampled_at: Some(now),
+            checkpoint_then: self.checkpoint,
+        };
+        tracing::info!(
+            view = V::NAME,
+            checkpoint = self.checkpoint,
+            lag = self.health.lag,
+            rate = rate as u64,
+            "projector health"
+        );
     }
 
     async fn query(&mut self, client: &async_nats::Client, msg: async_nats::Message) {
@@ -600,9 +652,15 @@ impl<V: View> Projector<V> {
 
     async fn answer(&self, op: &str, body: &serde_json::Value) -> serde_json::Value {
         let result = match op {
-            "status" => Ok(
-                json!({"view": V::NAME, "version": V::VERSION, "generation": self.generation.bucket, "checkpoint": self.checkpoint}),
-            ),
+            "status" => Ok(json!({
+                "view": V::NAME,
+                "version": V::VERSION,
+                "generation": self.generation.bucket,
+                "checkpoint": self.checkpoint,
+                "ledger_last_seq": self.health.ledger_last_seq,
+                "lag": self.health.lag,
+                "events_per_second": self.health.events_per_second,
+            })),
             "dump" => Ok(serde_json::to_value(&self.view).expect("views serialise")),
             "explain" => match self.view.explain(body) {
                 Ok(explain) => self.explain(&explain).await,

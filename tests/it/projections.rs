@@ -376,6 +376,23 @@ async fn a_kv_watcher_sees_each_change_and_queries_wait_for_the_callers_write() 
         assert_eq!(value["on_hand"], json!(seen.last().unwrap()));
     }
     assert_eq!(seen, [5, 12, 23]);
+    let status = views
+        .ask("ats", "status", json!({}), None, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .result;
+    for field in [
+        "checkpoint",
+        "generation",
+        "ledger_last_seq",
+        "lag",
+        "events_per_second",
+    ] {
+        assert!(
+            status.get(field).is_some(),
+            "status lacks {field}: {status}"
+        );
+    }
     // A sequence the ledger will not reach in time: a clear timeout, not a stale answer.
     let err = views
         .ask(
