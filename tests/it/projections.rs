@@ -19,6 +19,17 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config, scratch_config};
 
+/// A projector of view `V` on the test's ledger.
+async fn projector<V: projections::View>(nats: &TestNats, mode: Mode) -> Projector<V> {
+    Projector::<V>::open(
+        nats.open(ledger_config()).await,
+        mode,
+        ProjectorConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn uci_bodies(days: usize) -> Vec<Bytes> {
     let dataset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(commands::demo::DATASET);
     let (all, _) = commands::demo::uci_commands(&dataset, Some(days)).unwrap();
@@ -184,21 +195,9 @@ async fn a_projector_killed_at_random_points_ends_equal_to_a_clean_rebuild() {
             .unwrap();
     assert_eq!(ats_at, end);
 
-    let mut clean_ats = Projector::<Ats>::open(
-        nats.open(ledger_config()).await,
-        Mode::Rebuild,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let mut clean_ats = projector::<Ats>(&nats, Mode::Rebuild).await;
     clean_ats.catch_up().await.unwrap();
-    let mut clean_allocation = Projector::<Allocation>::open(
-        nats.open(ledger_config()).await,
-        Mode::Rebuild,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let mut clean_allocation = projector::<Allocation>(&nats, Mode::Rebuild).await;
     clean_allocation.catch_up().await.unwrap();
     assert_eq!(clean_ats.checkpoint(), end);
     assert_eq!(
@@ -247,13 +246,7 @@ async fn live_ats_agrees_with_the_write_model_at_every_checkpoint_sampled() {
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
     let log = nats.open(ledger_config()).await;
-    let ats = Projector::<Ats>::open(
-        nats.open(ledger_config()).await,
-        Mode::Live,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let ats = projector::<Ats>(&nats, Mode::Live).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let projector = tokio::spawn(ats.run(async {
         let _ = stopped.await;
@@ -325,13 +318,7 @@ async fn a_kv_watcher_sees_each_change_and_queries_wait_for_the_callers_write() 
     // wait-for-sequence returns only once the command's events are applied.
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
-    let ats = Projector::<Ats>::open(
-        nats.open(ledger_config()).await,
-        Mode::Live,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let ats = projector::<Ats>(&nats, Mode::Live).await;
     let bucket = ats.bucket().to_owned();
     let projector = tokio::spawn(ats.run(futures::future::pending()));
     let client = command_client(&nats).await;
@@ -516,13 +503,7 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
     submit(&nats, uci_bodies(1)).await;
-    let live = Projector::<Allocation>::open(
-        nats.open(ledger_config()).await,
-        Mode::Live,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let live = projector::<Allocation>(&nats, Mode::Live).await;
     let old_bucket = live.bucket().to_owned();
     let old = tokio::spawn(live.run(futures::future::pending()));
     let views = ViewClient::new(nats.connect().await);
@@ -543,13 +524,7 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
         .await
         .unwrap();
 
-    let mut rebuild = Projector::<Allocation>::open(
-        nats.open(ledger_config()).await,
-        Mode::Rebuild,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let mut rebuild = projector::<Allocation>(&nats, Mode::Rebuild).await;
     let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = reports.clone();
     rebuild.on_progress(move |p| sink.lock().unwrap().push(p));
@@ -601,13 +576,7 @@ async fn the_audit_trail_of_an_entity_lists_its_events_and_refused_commands() {
     // refused command about it, with who, both times and the command, filtered by time.
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
-    let audit = Projector::<projections::audit::Audit>::open(
-        nats.open(ledger_config()).await,
-        Mode::Live,
-        ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
+    let audit = projector::<projections::audit::Audit>(&nats, Mode::Live).await;
     let projector = tokio::spawn(audit.run(futures::future::pending()));
     let client = command_client(&nats).await;
     for (kind, data) in [
