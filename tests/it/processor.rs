@@ -42,7 +42,7 @@ async fn accepted(client: &CommandClient, kind: &str, data: Value) -> Outcome {
 }
 
 /// Location WH1 (UK), channel web, and the given items.
-async fn setup(client: &CommandClient, skus: &[&str]) {
+pub(crate) async fn setup(client: &CommandClient, skus: &[&str]) {
     accepted(
         client,
         "location.define",

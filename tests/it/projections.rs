@@ -322,16 +322,7 @@ async fn a_kv_watcher_sees_each_change_and_queries_wait_for_the_callers_write() 
     let bucket = ats.bucket().to_owned();
     let projector = tokio::spawn(ats.run(futures::future::pending()));
     let client = command_client(&nats).await;
-    for (kind, data) in [
-        (
-            "location.define",
-            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
-        ),
-        ("channel.define", json!({"channel": "web"})),
-        ("item.define", json!({"sku": "A"})),
-    ] {
-        submit_one(&client, kind, data).await;
-    }
+    crate::processor::setup(&client, &["A"]).await;
     let watcher = nats.connect().await;
     let kv = async_nats::jetstream::new(watcher)
         .get_key_value(&bucket)
@@ -579,20 +570,8 @@ async fn the_audit_trail_of_an_entity_lists_its_events_and_refused_commands() {
     let audit = projector::<projections::audit::Audit>(&nats, Mode::Live).await;
     let projector = tokio::spawn(audit.run(futures::future::pending()));
     let client = command_client(&nats).await;
-    for (kind, data) in [
-        (
-            "location.define",
-            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
-        ),
-        ("channel.define", json!({"channel": "web"})),
-        ("item.define", json!({"sku": "A"})),
-        (
-            "stock.receive",
-            json!({"sku": "A", "location": "WH1", "qty": 2, "unit_cost": {"amount": "1", "currency": "GBP"}}),
-        ),
-    ] {
-        submit_one(&client, kind, data).await;
-    }
+    crate::processor::setup(&client, &["A"]).await;
+    submit_one(&client, "stock.receive", json!({"sku": "A", "location": "WH1", "qty": 2, "unit_cost": {"amount": "1", "currency": "GBP"}})).await;
     let place = json!({
         "command_id": uuid::Uuid::now_v7(), "actor": {"id": "clerk-9", "role": "clerk"}, "legal_entity": "UK01",
         "effective_at": "2011-07-01T09:00:00Z", "type": "stock.adjust",
