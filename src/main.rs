@@ -7,14 +7,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use commands::client::CommandClient;
 use commands::service::ServiceConfig;
-use ledger::chain::ChainVerifier;
 use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
 use ledger::server::{self, LocalServer, ServerOptions};
-use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
 use projections::allocation::Allocation;
 use projections::ats::Ats;
 use projections::audit::Audit;
 use projections::{Mode, Projector, ProjectorConfig};
+
+mod replay_cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,10 +124,21 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// Walk the whole ledger and check every subject's hash chain.
+    /// Walk the ledger: sequences, hash chains, batches, invariants; print the running digest
+    /// (record it; check it later with --expect). Exits non-zero at the first divergence.
     Verify {
         #[command(flatten)]
         nats: NatsArgs,
+        #[command(flatten)]
+        args: replay_cli::VerifyArgs,
+    },
+    /// Build a view (or the write model) as it stood at a point: as of a sequence, as recorded
+    /// at a time, as effective at a business time; or the difference between two points.
+    Replay {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: replay_cli::ReplayArgs,
     },
 }
 
@@ -174,7 +185,18 @@ enum NatsAction {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes, without a backtrace: errors here are for users.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -270,7 +292,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { nats } => status(&open(&nats).await?).await,
-        Command::Verify { nats } => verify(&open(&nats).await?).await,
+        Command::Verify { nats, args } => replay_cli::verify(&open(&nats).await?, &args).await,
+        Command::Replay { nats, args } => replay_cli::replay(&open(&nats).await?, &args).await,
     }
 }
 
@@ -533,34 +556,6 @@ async fn status(log: &JetStreamLog) -> anyhow::Result<()> {
         state.first_sequence,
         state.last_sequence,
         state.subjects_count
-    );
-    Ok(())
-}
-
-async fn verify(log: &JetStreamLog) -> anyhow::Result<()> {
-    let last = log.last_sequence().await?;
-    let mut cursor = log.read(ReadFrom::Start, ReadUntil::CaughtUp).await?;
-    let mut verifier = ChainVerifier::new();
-    let mut expected_seq = 1;
-    while let Some(record) = cursor.next().await {
-        let record = record?;
-        if record.seq() != expected_seq {
-            bail!(
-                "sequence {expected_seq} is missing: the next stored message is {}",
-                record.seq()
-            );
-        }
-        expected_seq += 1;
-        if let LogRecord::Event(event) = record {
-            verifier.check(&event)?;
-        }
-        if expected_seq % 100_000 == 0 {
-            eprintln!("verified {expected_seq} of {last}");
-        }
-    }
-    println!(
-        "verified {} events up to sequence {last}: every hash chain is intact",
-        verifier.checked()
     );
     Ok(())
 }

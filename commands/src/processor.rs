@@ -225,7 +225,7 @@ impl<L: EventLog> Processor<L> {
                     self.applied_seq = e.seq;
                     applied += 1;
                 }
-                LogRecord::Marker { seq } => self.applied_seq = seq,
+                LogRecord::Marker { seq, .. } => self.applied_seq = seq,
             }
         }
         Ok(applied)

@@ -480,6 +480,40 @@ impl JetStreamLog {
         Ok(ack.await?)
     }
 
+    /// The first sequence the server stored strictly after recorded time `after`, found with
+    /// the stream's own time index (a consumer that starts by time); `None` if every stored
+    /// message is at or before it.
+    pub async fn first_seq_recorded_after(
+        &self,
+        after: Timestamp,
+    ) -> Result<Option<u64>, ReadError> {
+        let unavailable = |e: &dyn std::fmt::Display| ReadError::Unavailable(e.to_string());
+        let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(after.micros()) * 1000 + 1000,
+        )
+        .map_err(|e| unavailable(&e))?;
+        let consumer = self
+            .stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+        match messages.next().await {
+            Some(Ok(msg)) => Ok(Some(
+                msg.info().map_err(|e| unavailable(&e))?.stream_sequence,
+            )),
+            Some(Err(e)) => Err(unavailable(&e)),
+            None => Ok(None),
+        }
+    }
+
     /// Reads and decodes the message at `seq`.
     pub async fn get(&self, seq: u64) -> Result<Option<LogRecord>, ReadError> {
         match self.stream.direct_get(seq).await {
@@ -508,9 +542,25 @@ fn to_record(
     published: time::OffsetDateTime,
 ) -> Result<LogRecord, ReadError> {
     if space.is_writer_marker(subject) {
-        return Ok(LogRecord::Marker { seq });
+        let marker = codec::decode_marker(payload).map_err(|error| ReadError::Decode {
+            seq,
+            subject: subject.into(),
+            error,
+        })?;
+        return Ok(LogRecord::Marker {
+            seq,
+            recorded_at: recorded_time(published),
+            hash: EventHash::of(payload),
+            events: marker.events,
+        });
     }
     decode_record(space, seq, subject, payload, published).map(LogRecord::Event)
+}
+
+/// The server's storage time as a ledger timestamp (microseconds).
+fn recorded_time(published: time::OffsetDateTime) -> Timestamp {
+    let micros = (published.unix_timestamp_nanos() / 1000) as i64;
+    Timestamp::from_micros(micros).unwrap_or_else(|| Timestamp::from_micros(0).expect("epoch"))
 }
 
 /// Decodes one stored message into a recorded event, checking that it sits on the subject its
@@ -535,11 +585,9 @@ pub fn decode_record(
             claimed,
         });
     }
-    let micros = (published.unix_timestamp_nanos() / 1000) as i64;
     Ok(RecordedEvent {
         seq,
-        recorded_at: Timestamp::from_micros(micros)
-            .unwrap_or_else(|| Timestamp::from_micros(0).expect("epoch")),
+        recorded_at: recorded_time(published),
         hash: EventHash::of(payload),
         stored_version: decoded.stored_version,
         envelope: decoded.envelope,

@@ -155,14 +155,36 @@ pub enum LogRecord {
     /// checks for gaps sees every sequence.
     Marker {
         seq: u64,
+        /// When the log stored it (the batch's commit time).
+        recorded_at: Timestamp,
+        /// SHA-256 of the stored bytes (for digests over the whole log).
+        hash: EventHash,
+        /// Events the writer committed with this marker (the records just before it).
+        events: u32,
     },
 }
 
 impl LogRecord {
+    /// When the log stored the record (the server's clock).
+    pub fn recorded_at(&self) -> Timestamp {
+        match self {
+            LogRecord::Event(e) => e.recorded_at,
+            LogRecord::Marker { recorded_at, .. } => *recorded_at,
+        }
+    }
+
+    /// SHA-256 of the stored bytes.
+    pub fn hash(&self) -> EventHash {
+        match self {
+            LogRecord::Event(e) => e.hash,
+            LogRecord::Marker { hash, .. } => *hash,
+        }
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             LogRecord::Event(e) => e.seq,
-            LogRecord::Marker { seq } => *seq,
+            LogRecord::Marker { seq, .. } => *seq,
         }
     }
 }
