@@ -33,6 +33,9 @@ use crate::view::{QueryError, View};
 
 /// Registry bucket: which generation of each view is served.
 pub const REGISTRY_BUCKET: &str = "erp_views";
+/// How long a snapshot read may make no progress before it is given up as replaced.
+const SNAPSHOT_READ_STALL: Duration = Duration::from_secs(5);
+
 /// Object store holding view snapshots.
 pub const SNAPSHOT_BUCKET: &str = "erp_snapshots";
 
@@ -82,6 +85,10 @@ pub enum ProjectorError {
     Chain(#[from] ChainBreak),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error(
+        "snapshot {name}: the read stalled, the object was probably replaced while being read; retry"
+    )]
+    SnapshotReplaced { name: String },
     #[error("snapshot {name}: {detail}")]
     Snapshot { name: String, detail: String },
 }
@@ -122,9 +129,13 @@ pub async fn read_snapshot<V: View>(
     bucket: &str,
 ) -> Result<Option<(V, u64)>, ProjectorError> {
     let store = object_bucket(js).await?;
-    Ok(fetch_snapshot::<V>(&store, bucket)
-        .await?
-        .map(|s| (s.view, s.checkpoint)))
+    let mut attempts = 0;
+    loop {
+        match fetch_snapshot::<V>(&store, bucket).await {
+            Err(ProjectorError::SnapshotReplaced { .. }) if attempts < 3 => attempts += 1,
+            other => return Ok(other?.map(|s| (s.view, s.checkpoint))),
+        }
+    }
 }
 
 async fn fetch_snapshot<V: View>(
@@ -141,10 +152,11 @@ async fn fetch_snapshot<V: View>(
         Err(e) => return Err(failed(e.to_string())),
     };
     let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    // An object replaced while it is read loses its chunks, and the read then waits forever.
+    match tokio::time::timeout(SNAPSHOT_READ_STALL, object.read_to_end(&mut bytes)).await {
+        Ok(read) => read.map_err(|e| failed(e.to_string()))?,
+        Err(_) => return Err(ProjectorError::SnapshotReplaced { name: name.into() }),
+    };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| failed(e.to_string()))

@@ -6,4 +6,5 @@ mod harness;
 mod log;
 mod processor;
 mod projections;
+mod replay;
 mod schemas;

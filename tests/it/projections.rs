@@ -30,7 +30,7 @@ async fn projector<V: projections::View>(nats: &TestNats, mode: Mode) -> Project
     .unwrap()
 }
 
-fn uci_bodies(days: usize) -> Vec<Bytes> {
+pub(crate) fn uci_bodies(days: usize) -> Vec<Bytes> {
     let dataset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(commands::demo::DATASET);
     let (all, _) = commands::demo::uci_commands(&dataset, Some(days)).unwrap();
     all.iter()
@@ -39,7 +39,7 @@ fn uci_bodies(days: usize) -> Vec<Bytes> {
 }
 
 /// Submits commands in order; returns the ledger sequence of the last outcome.
-async fn submit(nats: &TestNats, bodies: Vec<Bytes>) -> u64 {
+pub(crate) async fn submit(nats: &TestNats, bodies: Vec<Bytes>) -> u64 {
     let client = command_client(nats).await;
     let mut last = 0;
     client
@@ -70,7 +70,16 @@ async fn bucket_contents(
     contents
 }
 
-fn projector_process(nats: &TestNats, view: &str) -> std::process::Child {
+pub(crate) fn projector_process(nats: &TestNats, view: &str) -> std::process::Child {
+    projector_process_snapshotting(nats, view, 5000)
+}
+
+/// An `erp project` process saving a snapshot every `every` events (or every second).
+pub(crate) fn projector_process_snapshotting(
+    nats: &TestNats,
+    view: &str,
+    every: u64,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
         .args([
             "project",
@@ -78,7 +87,7 @@ fn projector_process(nats: &TestNats, view: &str) -> std::process::Child {
             "--nats",
             &nats.url(),
             "--snapshot-events",
-            "5000",
+            &every.to_string(),
             "--snapshot-seconds",
             "1",
         ])
@@ -104,7 +113,7 @@ async fn wait_for(views: &ViewClient, view: &str, seq: u64) {
 }
 
 /// SIGTERM, so the projector saves its final snapshot, and wait for it to exit.
-fn stop(child: &mut std::process::Child) {
+pub(crate) fn stop(child: &mut std::process::Child) {
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
