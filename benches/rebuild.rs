@@ -5,6 +5,9 @@
 //! - ATS and allocation rebuilds from sequence 1 (`Projector::catch_up`: decode, chain check,
 //!   apply, KV publish, final snapshot),
 //!
+//! - replays to the log's end (`replay::replay`: read, chain check, apply; no KV, no snapshot)
+//!   of the ATS view and of the write model, and `replay::verify`,
+//!
 //! It prints the rates and their ratios to the raw rate.
 //!
 //! Run: `cargo bench --bench rebuild` (all days) or `ERP_BENCH_DAYS=60 cargo bench --bench rebuild`.
@@ -85,6 +88,22 @@ async fn rebuild<V: projections::View>(url: &str) -> f64 {
     events as f64 / started.elapsed().as_secs_f64()
 }
 
+async fn replayed<M: replay::Model>(log: &JetStreamLog, last: u64) -> f64 {
+    let started = Instant::now();
+    let replayed = replay::replay::<_, M>(log, &[replay::Resolved::at_seq(last)], |_| {})
+        .await
+        .expect("replay");
+    replayed.records as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn verified(log: &JetStreamLog) -> f64 {
+    let started = Instant::now();
+    let report = replay::verify::verify(log, &replay::VerifyOptions::default(), |_| {})
+        .await
+        .expect("verify");
+    report.last_seq as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn run() {
     let days = std::env::var("ERP_BENCH_DAYS")
         .ok()
@@ -143,6 +162,10 @@ async fn run() {
     let last = log.last_sequence().await.expect("last");
     let raw = (raw_read(&log, last).await + raw_read(&log, last).await) / 2.0;
     let decoded = decoded_read(&log).await;
+    let replay_ats = replayed::<replay::ViewModel<Ats>>(&log, last).await;
+    let replay_state = replayed::<replay::WriteModel>(&log, last).await;
+    let verify = verified(&log).await;
+    let raw_after = raw_read(&log, last).await;
     let ats = rebuild::<Ats>(&url).await;
     let allocation = rebuild::<Allocation>(&url).await;
 
@@ -163,6 +186,22 @@ async fn run() {
         events as f64 / load_secs
     );
     println!("| raw ordered push consumer read (mean of 2) | {raw:.0} msgs/s | 1.00 |");
+    println!(
+        "| raw read again, after the replays | {raw_after:.0} msgs/s | {:.2} |",
+        raw_after / raw
+    );
+    println!(
+        "| replay of ATS to the end (`erp replay ats`) | {replay_ats:.0} msgs/s | {:.2} |",
+        replay_ats / raw
+    );
+    println!(
+        "| replay of the write model to the end (`erp replay state`) | {replay_state:.0} msgs/s | {:.2} |",
+        replay_state / raw
+    );
+    println!(
+        "| verify (`erp verify`: chains, batches, invariants, digest) | {verify:.0} msgs/s | {:.2} |",
+        verify / raw
+    );
     println!(
         "| decoded read (`EventLog::read`) | {decoded:.0} msgs/s | {:.2} |",
         decoded / raw

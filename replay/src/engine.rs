@@ -82,6 +82,7 @@ pub async fn replay<L: EventLog, M: Model>(
         let mut cursor = log
             .read(ReadFrom::Sequence(1), ReadUntil::Sequence(end))
             .await?;
+
         while let Some(record) = cursor.next().await {
             let record = record?;
             let seq = record.seq();
@@ -102,7 +103,11 @@ pub async fn replay<L: EventLog, M: Model>(
                     changed.clear();
                     b.model.apply(event, &mut changed);
                     b.applied += 1;
-                    b.keys.extend(changed.iter().cloned());
+                    for key in &changed {
+                        if !b.keys.contains(key) {
+                            b.keys.insert(key.clone());
+                        }
+                    }
                     if let Some(flag) = included.get_mut(i) {
                         *flag = true;
                     }
