@@ -50,6 +50,9 @@ pub mod code {
     pub const HOLD_NOT_EXPIRED: &str = "hold_not_expired";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
+    /// Produced by the processor: the actor's role may not send this command
+    /// (`crate::roles`).
+    pub const FORBIDDEN: &str = "forbidden";
     /// Produced by the processor: the command is not valid JSON or not a valid command.
     pub const INVALID_COMMAND: &str = "invalid_command";
 

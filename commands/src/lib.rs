@@ -9,6 +9,7 @@ pub mod command;
 pub mod decide;
 pub mod demo;
 pub mod processor;
+pub mod roles;
 pub mod service;
 pub mod state;
 
@@ -22,3 +23,6 @@ mod decide_tests;
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod sim_tests;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::command::Command;
 use crate::decide::{Rejection, code, decide};
+use crate::roles::Roles;
 use crate::state::{CommandRecord, Defined, OrderState, RecordedOutcome, State, StockState};
 
 /// How many times a tick is decided again after conflicts before its commands are answered
@@ -176,6 +177,7 @@ pub struct Processor<L> {
     state: State,
     /// Every log record up to here is in `state`.
     applied_seq: u64,
+    roles: Roles,
 }
 
 impl<L: EventLog> Processor<L> {
@@ -185,9 +187,15 @@ impl<L: EventLog> Processor<L> {
             log,
             state: State::default(),
             applied_seq: 0,
+            roles: Roles::default(),
         };
         processor.catch_up().await?;
         Ok(processor)
+    }
+
+    /// Replaces the role table (the built-in one is used until then).
+    pub fn set_roles(&mut self, roles: Roles) {
+        self.roles = roles;
     }
 
     pub fn state(&self) -> &State {
@@ -384,7 +392,10 @@ impl<L: EventLog> Processor<L> {
                 index += 1;
                 continue;
             }
-            let decision = decide(&self.state, command);
+            let decision = self
+                .roles
+                .check(command)
+                .and_then(|()| decide(&self.state, command));
             let events = decision.as_ref().map_or(0, Vec::len);
             if tick.drafts.len() + events + 1 > BATCH_EVENTS_MAX {
                 if tick.drafts.is_empty() {

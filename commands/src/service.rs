@@ -38,6 +38,8 @@ pub struct ServiceConfig {
     pub commands_max_age: Duration,
     /// How often holds are checked for expiry.
     pub hold_expiry_interval: Duration,
+    /// Which roles may send which commands.
+    pub roles: crate::roles::Roles,
 }
 
 impl Default for ServiceConfig {
@@ -49,6 +51,7 @@ impl Default for ServiceConfig {
             tick_commands_max: 1000,
             commands_max_age: Duration::from_secs(7 * 24 * 3600),
             hold_expiry_interval: Duration::from_secs(1),
+            roles: crate::roles::Roles::default(),
         }
     }
 }
@@ -110,7 +113,8 @@ impl Service {
         config: ServiceConfig,
     ) -> Result<Service, ServiceError> {
         let started = std::time::Instant::now();
-        let processor = Processor::recover(log).await?;
+        let mut processor = Processor::recover(log).await?;
+        processor.set_roles(config.roles.clone());
         tracing::info!(
             applied_seq = processor.applied_seq(),
             commands = processor.state().commands.len(),
