@@ -41,31 +41,23 @@ enum Command {
     Up {
         #[command(flatten)]
         nats: NatsArgs,
-        /// Where the local server keeps its store, config and log.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-        /// Port of the local server.
-        #[arg(long, default_value_t = 4222)]
-        port: u16,
-        /// Acknowledge writes before they are fsynced (faster; acknowledged events can be lost
-        /// on power loss, not on a process crash).
-        #[arg(long)]
-        no_fsync: bool,
-        /// Where a nats-server is installed when none is found.
-        #[arg(long, default_value = ".tools")]
-        tools_dir: PathBuf,
-        /// Once up, load the UCI Online Retail demo workload.
-        #[arg(long)]
-        demo: bool,
-        /// With --demo: only the first N trading days (the whole year takes a few minutes).
-        #[arg(long)]
-        demo_days: Option<usize>,
+        #[command(flatten)]
+        args: UpArgs,
     },
     /// Run the command processor: decide commands from `rpc.cmd.>` and the COMMANDS stream and
     /// append their events to the ledger.
     Processor {
         #[command(flatten)]
         nats: NatsArgs,
+        /// Role table (JSON, role -> command patterns); the built-in one by default.
+        #[arg(long)]
+        roles: Option<PathBuf>,
+    },
+    /// Generate NATS users per role (processor, projector, upstream, auditor) with subject
+    /// permissions, for `erp up --auth DIR` or your own server.
+    Auth {
+        #[command(subcommand)]
+        action: AuthAction,
     },
     /// Send commands (one JSON object per line) and print each outcome as a JSON line.
     Submit {
@@ -142,6 +134,45 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Where the local server keeps its store, config and log.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Port of the local server.
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// Acknowledge writes before they are fsynced (faster; acknowledged events can be lost
+    /// on power loss, not on a process crash).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Where a nats-server is installed when none is found.
+    #[arg(long, default_value = ".tools")]
+    tools_dir: PathBuf,
+    /// Once up, load the UCI Online Retail demo workload.
+    #[arg(long)]
+    demo: bool,
+    /// With --demo: only the first N trading days (the whole year takes a few minutes).
+    #[arg(long)]
+    demo_days: Option<usize>,
+    /// Run the local server with the users of `erp auth init --dir DIR`; the processor,
+    /// projectors and demo connect as their roles.
+    #[arg(long, value_name = "DIR")]
+    auth: Option<PathBuf>,
+    /// Role table (JSON, role -> command patterns); the built-in one by default.
+    #[arg(long)]
+    roles: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthAction {
+    /// Write `users.json` (secret) and `nats-auth.conf` into DIR.
+    Init {
+        #[arg(long, default_value = "auth")]
+        dir: PathBuf,
+    },
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ViewName {
     Ats,
@@ -205,27 +236,36 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up {
-            nats,
-            data_dir,
-            port,
-            no_fsync,
-            tools_dir,
-            demo,
-            demo_days,
+        Command::Up { nats, args } => up(nats, args).await,
+        Command::Auth {
+            action: AuthAction::Init { dir },
         } => {
-            let demo = demo.then_some(DemoArgs {
-                days: demo_days,
-                window: 512,
-                dataset: commands::demo::DATASET.into(),
-                print: false,
-            });
-            up(nats, data_dir, port, !no_fsync, tools_dir, demo).await
+            let credentials = ledger::auth::Credentials::generate(&dir)?;
+            println!(
+                "wrote {} (secret: one user per role) and {}",
+                ledger::auth::Credentials::users_path(&dir).display(),
+                ledger::auth::Credentials::config_path(&dir).display()
+            );
+            println!(
+                "start with `erp up --auth {}`; connect as a role with:",
+                dir.display()
+            );
+            for role in ledger::auth::ROLES {
+                println!(
+                    "  {role:9}  --nats {}",
+                    credentials.url_for(role, "nats://127.0.0.1:4222")
+                );
+            }
+            Ok(())
         }
-        Command::Processor { nats } => {
+        Command::Processor { nats, roles } => {
             let log = open(&nats).await?;
             let client = log.client().clone();
-            commands::service::run(client, log, ServiceConfig::default(), async {
+            let config = ServiceConfig {
+                roles: load_roles(roles.as_deref())?,
+                ..ServiceConfig::default()
+            };
+            commands::service::run(client, log, config, async {
                 let _ = shutdown_signal().await;
             })
             .await?;
@@ -298,9 +338,14 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<async_nats_client::Client> {
-    async_nats_client::connect(url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+    ledger::auth::connect(url).await.with_context(|| {
+        // Never print the password.
+        let (plain, credentials) = ledger::auth::split_credentials(url);
+        match credentials {
+            Some((user, _)) => format!("connecting to NATS at {plain} as {user}"),
+            None => format!("connecting to NATS at {plain}"),
+        }
+    })
 }
 
 /// A client that connects in the background (used where no server may be running).
@@ -313,7 +358,7 @@ async fn connect_lazily(url: &str) -> anyhow::Result<async_nats_client::Client> 
 
 /// Re-exported client types, so the binary does not name the NATS crate in two places.
 mod async_nats_client {
-    pub use ledger::jetstream::nats::{Client, connect};
+    pub use ledger::jetstream::nats::Client;
 }
 
 use bytes::Bytes;
@@ -329,14 +374,46 @@ async fn open(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
     Ok(JetStreamLog::open(client, LogConfig::ledger()).await?)
 }
 
-async fn up(
-    nats: NatsArgs,
-    data_dir: PathBuf,
-    port: u16,
-    fsync: bool,
-    tools_dir: PathBuf,
-    demo: Option<DemoArgs>,
-) -> anyhow::Result<()> {
+fn load_roles(path: Option<&std::path::Path>) -> anyhow::Result<commands::roles::Roles> {
+    match path {
+        None => Ok(commands::roles::Roles::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the role table {}", path.display()))?;
+            commands::roles::Roles::from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+    }
+}
+
+async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        data_dir,
+        port,
+        no_fsync,
+        tools_dir,
+        demo,
+        demo_days,
+        auth,
+        roles,
+    } = args;
+    let fsync = !no_fsync;
+    let demo = demo.then_some(DemoArgs {
+        days: demo_days,
+        window: 512,
+        dataset: commands::demo::DATASET.into(),
+        print: false,
+    });
+    let roles = load_roles(roles.as_deref())?;
+    let credentials = auth
+        .as_deref()
+        .map(ledger::auth::Credentials::load)
+        .transpose()?;
+    // The authorization block, inlined: nats-server resolves includes relative to its config.
+    let extra_config = match &credentials {
+        Some(c) => c.server_config(),
+        None => String::new(),
+    };
     let mut local = None;
     let url = match nats.nats {
         Some(url) => url,
@@ -348,20 +425,28 @@ async fn up(
                 data_dir: data_dir.join("nats"),
                 sync_always: fsync,
                 die_with_parent: true,
-                extra_config: String::new(),
+                extra_config,
             })
             .context("starting the local nats-server (is the port taken? try --port)")?;
-            tracing::info!(url = %server.url(), store = %data_dir.join("nats").display(), fsync, "local nats-server started");
+            tracing::info!(url = %server.url(), store = %data_dir.join("nats").display(), fsync, auth = credentials.is_some(), "local nats-server started");
             let url = server.url();
             local = Some(server);
             url
         }
     };
-    let client = connect(&url).await?;
+    let as_role = |role: &str| match &credentials {
+        Some(c) => c.url_for(role, &url),
+        None => url.clone(),
+    };
+    let client = connect(&as_role("processor")).await?;
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
     status(&log).await?;
-    let service =
-        commands::service::Service::start(client.clone(), log, ServiceConfig::default()).await?;
+    let config = ServiceConfig {
+        roles,
+        ..ServiceConfig::default()
+    };
+    let service = commands::service::Service::start(client.clone(), log, config).await?;
+    let projector_client = connect(&as_role("projector")).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let processor = tokio::spawn(service.serve(async {
         let _ = stopped.await;
@@ -369,7 +454,7 @@ async fn up(
     let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
     for view in [ViewName::Ats, ViewName::Allocation, ViewName::Audit] {
-        let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
+        let log = JetStreamLog::open(projector_client.clone(), LogConfig::ledger()).await?;
         let mut stopped = views_stopped.clone();
         let shutdown = async move {
             let _ = stopped.changed().await;
@@ -397,7 +482,7 @@ async fn up(
         "erp is up on {url}: processor and projectors (ats, allocation, audit) running; Ctrl-C stops it"
     );
     if let Some(demo) = demo {
-        run_demo(&client, &demo).await?;
+        run_demo(&connect(&as_role("upstream")).await?, &demo).await?;
     }
     shutdown_signal().await?;
     let _ = stop.send(());

@@ -5,6 +5,7 @@
 //! Only this crate knows how events look as bytes (`codec`) and how subjects are spelled
 //! (`subject`). Nothing here decides business rules.
 
+pub mod auth;
 pub mod chain;
 pub mod codec;
 pub mod effects;

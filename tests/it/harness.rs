@@ -29,6 +29,11 @@ pub struct TestNats {
 
 impl TestNats {
     pub fn start() -> TestNats {
+        TestNats::start_with(String::new())
+    }
+
+    /// A server with extra configuration lines (authorization, limits).
+    pub fn start_with(extra_config: String) -> TestNats {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = LocalServer::start(ServerOptions {
             binary: nats_binary(),
@@ -36,7 +41,7 @@ impl TestNats {
             data_dir: dir.path().to_path_buf(),
             sync_always: true,
             die_with_parent: true,
-            extra_config: String::new(),
+            extra_config,
         })
         .expect("nats-server starts");
         TestNats { server, _dir: dir }

@@ -8,3 +8,4 @@ mod processor;
 mod projections;
 mod replay;
 mod schemas;
+mod security;
