@@ -76,26 +76,39 @@ impl CommandClient {
                 return;
             }
         };
-        let mut answers: Vec<Option<Result<Outcome, ClientError>>> =
-            (0..commands.len()).map(|_| None).collect();
+        // Each command's answer: awaited, received, or handed over. Only an awaited one takes
+        // a reply: a late or repeated reply (after a timeout, a reconnect) is ignored.
+        enum Slot {
+            Unsent,
+            Awaited,
+            Received(Result<Outcome, ClientError>),
+            Delivered,
+        }
+        let mut slots: Vec<Slot> = (0..commands.len()).map(|_| Slot::Unsent).collect();
         let (mut sent, mut delivered, mut waiting) = (0, 0, 0usize);
         while delivered < commands.len() {
             while sent < commands.len() && waiting < window.max(1) {
                 let subject = rpc_subject_for(&commands[sent]);
                 let reply = format!("{prefix}.{sent}");
-                if let Err(e) = self
+                slots[sent] = match self
                     .nats
                     .publish_with_reply(subject, reply, commands[sent].clone())
                     .await
                 {
-                    answers[sent] = Some(Err(ClientError::Request(e.to_string())));
-                } else {
-                    waiting += 1;
-                }
+                    Err(e) => Slot::Received(Err(ClientError::Request(e.to_string()))),
+                    Ok(()) => {
+                        waiting += 1;
+                        Slot::Awaited
+                    }
+                };
                 sent += 1;
             }
-            while delivered < sent && answers[delivered].is_some() {
-                on_outcome(delivered, answers[delivered].take().expect("checked"));
+            while delivered < sent && matches!(slots[delivered], Slot::Received(_)) {
+                if let Slot::Received(answer) =
+                    std::mem::replace(&mut slots[delivered], Slot::Delivered)
+                {
+                    on_outcome(delivered, answer);
+                }
                 delivered += 1;
             }
             if delivered == commands.len() || waiting == 0 {
@@ -109,10 +122,10 @@ impl CommandClient {
                         .next()
                         .and_then(|i| i.parse::<usize>().ok());
                     if let Some(slot) = index
-                        .and_then(|i| answers.get_mut(i))
-                        .filter(|s| s.is_none())
+                        .and_then(|i| slots.get_mut(i))
+                        .filter(|s| matches!(s, Slot::Awaited))
                     {
-                        *slot = Some(
+                        *slot = Slot::Received(
                             serde_json::from_slice(&msg.payload)
                                 .map_err(|e| ClientError::Answer(e.to_string())),
                         );
@@ -121,13 +134,8 @@ impl CommandClient {
                 }
                 Ok(None) | Err(_) => {
                     // No answer in time: the rest are unknown (sending them again is safe).
-                    for slot in answers
-                        .iter_mut()
-                        .take(sent)
-                        .skip(delivered)
-                        .filter(|s| s.is_none())
-                    {
-                        *slot = Some(Err(ClientError::Request(format!(
+                    for slot in slots.iter_mut().filter(|s| matches!(s, Slot::Awaited)) {
+                        *slot = Slot::Received(Err(ClientError::Request(format!(
                             "no answer within {:?}",
                             self.timeout
                         ))));

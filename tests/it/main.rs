@@ -2,6 +2,7 @@
 //! loopback ports with temporary storage.
 
 mod dataset;
+mod faults;
 mod harness;
 mod log;
 mod processor;

@@ -1,0 +1,380 @@
+//! Faults against real processes: the server killed (-9) and restarted, the processor killed
+//! mid-batch, the server frozen (SIGSTOP) as in a network pause, and the ledger refusing
+//! appends as on a full disk, each while a client loads UCI commands and retries whatever
+//! got no definitive answer. Afterwards:
+//! - the ledger verifies (sequences, chains, whole batches, stock invariants at every event:
+//!   nothing oversold);
+//! - every accepted answer's events are in the log exactly once, where the answer says;
+//! - every command sent again gets the answer it got first;
+//! - the live ATS projector (a process through all of it) equals a replay of the ledger.
+
+use std::collections::HashMap;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use commands::Outcome;
+use ledger::events::Event;
+use ledger::jetstream::JetStreamLog;
+use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+use projections::ats::Ats;
+use projections::client::ViewClient;
+use replay::{Resolved, ViewModel};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::{TestNats, ledger_config};
+use crate::projections::{stop, uci_bodies};
+
+/// An `erp` service process (processor or projector), restarted whenever it exits, as a
+/// service manager would.
+struct Supervised {
+    child: Arc<Mutex<Option<Child>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+fn erp_process(args: &[String]) -> Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("erp starts")
+}
+
+impl Supervised {
+    fn start(url: String) -> Supervised {
+        Supervised::run(vec!["processor".into(), "--nats".into(), url])
+    }
+
+    fn projector(url: String) -> Supervised {
+        Supervised::run(
+            [
+                "project",
+                "ats",
+                "--nats",
+                &url,
+                "--snapshot-events",
+                "5000",
+                "--snapshot-seconds",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+    }
+
+    fn run(args: Vec<String>) -> Supervised {
+        let child = Arc::new(Mutex::new(Some(erp_process(&args))));
+        let watched = child.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut slot = watched.lock().unwrap();
+                let exited = slot
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                if exited {
+                    *slot = Some(erp_process(&args));
+                }
+            }
+        });
+        Supervised { child, watcher }
+    }
+
+    /// Stops supervising and SIGTERMs the process, so it finishes cleanly.
+    fn stop(&self) {
+        self.watcher.abort();
+        if let Some(child) = self.child.lock().unwrap().as_mut() {
+            stop(child);
+        }
+    }
+
+    /// SIGKILL: whatever batch it was writing is cut off; the supervisor restarts it.
+    fn kill(&self) {
+        if let Some(child) = self.child.lock().unwrap().as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn definitive(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Accepted { .. } | Outcome::Rejected { .. })
+}
+
+async fn connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+/// Sends every command, again and again, until each has a definitive answer. Returns the
+/// first definitive answer per command (by position).
+async fn load_until_answered(url: String, bodies: Arc<Vec<Bytes>>) -> HashMap<usize, Outcome> {
+    let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(3));
+    let mut answers: HashMap<usize, Outcome> = HashMap::new();
+    for round in 0..100 {
+        let pending: Vec<usize> = (0..bodies.len())
+            .filter(|i| !answers.contains_key(i))
+            .collect();
+        eprintln!(
+            "load round {round}: {} commands without an answer",
+            pending.len()
+        );
+        if pending.is_empty() {
+            return answers;
+        }
+        client
+            .submit_all(pending.iter().map(|&i| bodies[i].clone()), 128, |k, o| {
+                if let Ok(o) = o
+                    && definitive(&o)
+                {
+                    answers.insert(pending[k], o);
+                }
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "{} commands never got a definitive answer",
+        bodies.len() - answers.len()
+    )
+}
+
+/// The checks every fault test ends with.
+async fn check_after_recovery(
+    nats: &TestNats,
+    bodies: &[Bytes],
+    answers: &HashMap<usize, Outcome>,
+) {
+    let log = nats.open(ledger_config()).await;
+    let report = replay::verify::verify(&log, &replay::VerifyOptions::default(), |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("the ledger does not verify: {e}"));
+    assert!(report.events > 0);
+
+    // Events and outcome records per command, from the log itself.
+    let mut events_of: HashMap<Uuid, Vec<u64>> = HashMap::new();
+    let mut outcome_records: HashMap<Uuid, u32> = HashMap::new();
+    let mut cursor = log
+        .read(ReadFrom::Start, ReadUntil::CaughtUp)
+        .await
+        .unwrap();
+    while let Some(record) = cursor.next().await {
+        if let LogRecord::Event(e) = record.unwrap() {
+            match e.envelope.event {
+                Event::CommandAccepted(_) | Event::CommandRejected(_) => {
+                    *outcome_records.entry(e.envelope.command_id).or_default() += 1;
+                }
+                _ => events_of
+                    .entry(e.envelope.command_id)
+                    .or_default()
+                    .push(e.seq),
+            }
+        }
+    }
+    assert!(
+        outcome_records.values().all(|&n| n == 1),
+        "a command with two outcome records"
+    );
+    for outcome in answers.values() {
+        if let Outcome::Accepted {
+            command_id,
+            first_seq,
+            event_count,
+            ..
+        } = outcome
+        {
+            let expected: Vec<u64> = (*first_seq..*first_seq + u64::from(*event_count)).collect();
+            assert_eq!(
+                events_of.get(command_id).cloned().unwrap_or_default(),
+                expected,
+                "the events of accepted command {command_id}"
+            );
+        }
+    }
+
+    // Everything sent again gets its first answer.
+    let client =
+        commands::client::CommandClient::new(connect(&nats.url()).await, Duration::from_secs(10));
+    let mut differences = Vec::new();
+    client
+        .submit_all(bodies.iter().cloned(), 256, |i, o| {
+            let again = o.expect("an answer on retry");
+            if answers.get(&i) != Some(&again) {
+                differences.push((i, answers.get(&i).cloned(), again));
+            }
+        })
+        .await;
+    assert!(
+        differences.is_empty(),
+        "{} answers changed: {:?}",
+        differences.len(),
+        &differences[..differences.len().min(3)]
+    );
+    assert_eq!(
+        log.last_sequence().await.unwrap(),
+        report.last_seq,
+        "retries appended"
+    );
+}
+
+/// The live ATS projector process equals a replay of the ledger to the same sequence.
+async fn check_views_converge(nats: &TestNats, projector: &Supervised) {
+    let log = nats.open(ledger_config()).await;
+    let end = log.last_sequence().await.unwrap();
+    let views = ViewClient::new(nats.connect().await);
+    let mut caught_up = false;
+    for _ in 0..60 {
+        if views
+            .ask(
+                "ats",
+                "status",
+                json!({}),
+                Some(end),
+                Duration::from_secs(2),
+            )
+            .await
+            .is_ok()
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(caught_up, "the ATS projector never reached {end}");
+    projector.stop();
+    let js = log.jetstream().clone();
+    let bucket = projections::runtime::served_bucket(&js, "ats")
+        .await
+        .unwrap()
+        .unwrap();
+    let (live, at) = projections::runtime::read_snapshot::<Ats>(&js, &bucket)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(at, end);
+    let replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(end)], |_| {})
+        .await
+        .unwrap();
+    assert!(
+        serde_json::to_vec(&live).unwrap()
+            == serde_json::to_vec(&replayed.built[0].model.0).unwrap(),
+        "the live ATS view differs from the replay"
+    );
+}
+
+async fn ledger_exists(nats: &TestNats) -> JetStreamLog {
+    // Opening provisions LEDGER, so the first faults cannot precede its creation.
+    nats.open(ledger_config()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_and_restarted_during_a_load_loses_nothing_acknowledged() {
+    let mut nats = TestNats::start();
+    ledger_exists(&nats).await;
+    let processor = Supervised::start(nats.url());
+    let projector = Supervised::projector(nats.url());
+    let bodies = Arc::new(uci_bodies(2));
+    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        nats.server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nats.server.restart().expect("the server restarts");
+    }
+    let answers = load.await.unwrap();
+    check_after_recovery(&nats, &bodies, &answers).await;
+    check_views_converge(&nats, &projector).await;
+    drop(processor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_batch_resumes_without_loss_or_duplicates() {
+    let nats = TestNats::start();
+    ledger_exists(&nats).await;
+    let processor = Supervised::start(nats.url());
+    let projector = Supervised::projector(nats.url());
+    let bodies = Arc::new(uci_bodies(2));
+    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    let mut kills = 0;
+    while !load.is_finished() && kills < 4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        processor.kill();
+        kills += 1;
+    }
+    let answers = load.await.unwrap();
+    assert!(kills >= 2, "the load finished before 2 kills");
+    check_after_recovery(&nats, &bodies, &answers).await;
+    check_views_converge(&nats, &projector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_paused_like_a_network_partition_loses_nothing_acknowledged() {
+    let nats = TestNats::start();
+    ledger_exists(&nats).await;
+    let processor = Supervised::start(nats.url());
+    let projector = Supervised::projector(nats.url());
+    let bodies = Arc::new(uci_bodies(2));
+    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        nats.server.pause(true);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        nats.server.pause(false);
+    }
+    let answers = load.await.unwrap();
+    check_after_recovery(&nats, &bodies, &answers).await;
+    check_views_converge(&nats, &projector).await;
+    drop(processor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ledger_refuses_whole_batches_and_recovers_when_space_returns() {
+    // The disk "fills": the stream's message limit is lowered under the running processor
+    // (new messages refused); commands are answered `unavailable` and nothing partial is
+    // stored; with the limit lifted and the processor restarted, every command completes.
+    let nats = TestNats::start();
+    let log = ledger_exists(&nats).await;
+    let processor = Supervised::start(nats.url());
+    let projector = Supervised::projector(nats.url());
+    let bodies = Arc::new(uci_bodies(2));
+    let js = log.jetstream().clone();
+    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut stream = js.get_stream("LEDGER").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    let full_at = stream.info().await.unwrap().state.messages + 500;
+    config.max_messages = full_at as i64;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(config.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let held = stream.info().await.unwrap().state.messages;
+    assert!(
+        held <= full_at,
+        "{held} messages stored past the limit of {full_at}"
+    );
+    config.max_messages = -1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
+    js.update_stream(config).await.unwrap();
+    processor.kill();
+    let answers = load.await.unwrap();
+    check_after_recovery(&nats, &bodies, &answers).await;
+    check_views_converge(&nats, &projector).await;
+    drop(processor);
+}
