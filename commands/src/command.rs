@@ -577,3 +577,67 @@ fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::decode;
+
+    fn valid() -> Vec<u8> {
+        json!({
+            "command_id": "0190c3a2-0000-7000-8000-000000000001",
+            "actor": {"id": "me", "role": "clerk"}, "legal_entity": "UK01",
+            "effective_at": "2011-06-30T09:00:00Z", "type": "order.place",
+            "data": {"order": "O1", "channel": "web", "ship_to_region": "UK",
+                     "lines": [{"line": 1, "sku": "A", "qty": 2,
+                                "unit_price": {"amount": "2.55", "currency": "GBP"}}]},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Bytes in, a command or an error out: never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(&bytes);
+        }
+
+        /// A valid command with bytes overwritten, inserted or cut: never a panic, and an
+        /// error always names a place.
+        #[test]
+        fn damaged_commands_never_panic(at in 0usize..400, bytes in proptest::collection::vec(any::<u8>(), 0..8), cut in any::<bool>()) {
+            let mut input = valid();
+            let at = at.min(input.len());
+            if cut {
+                input.truncate(at);
+            } else {
+                input.splice(at..(at + bytes.len()).min(input.len()), bytes);
+            }
+            if let Err(e) = decode(&input) {
+                prop_assert!(!e.field.is_empty() && !e.message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn ids_with_subject_wildcards_are_escaped_never_interpreted() {
+        // Subject wildcards and separators in ids are data: they are escaped into one token
+        // and come back unchanged, so an id can never address another subject.
+        for id in ["A.*", "A.>", "*", ">", "A B", "led.sku.X", "=2E"] {
+            let sku = ledger::values::Sku::new(id).expect("printable ids are allowed");
+            let subject = ledger::Subject::Stock(sku);
+            let relative = subject.relative();
+            let token = relative.strip_prefix("sku.").expect("one kind prefix");
+            assert!(
+                !token.contains(['.', '*', '>', ' ']),
+                "{id} became {relative}"
+            );
+            assert_eq!(ledger::Subject::parse_relative(&relative).unwrap(), subject);
+        }
+    }
+}
