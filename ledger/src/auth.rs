@@ -266,16 +266,23 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
 }
 
 /// Connects to NATS, taking a user and password from the URL if it has them (the client
-/// library ignores credentials written in the URL).
+/// library ignores credentials written in the URL). Several servers of a cluster may be given
+/// separated by commas; the client fails over between them.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let (plain, credentials) = split_credentials(url);
-    let options = match credentials {
+    let mut servers = Vec::new();
+    let mut login = None;
+    for part in url.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (plain, credentials) = split_credentials(part);
+        servers.push(plain);
+        login = login.or(credentials);
+    }
+    let options = match login {
         Some((user, password)) => {
             async_nats::ConnectOptions::with_user_and_password(user, password)
         }
         None => async_nats::ConnectOptions::new(),
     };
-    options.connect(plain).await
+    options.connect(servers).await
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::projections::{stop, uci_bodies};
 
 /// An `erp` service process (processor or projector), restarted whenever it exits, as a
 /// service manager would.
-struct Supervised {
+pub(crate) struct Supervised {
     child: Arc<Mutex<Option<Child>>>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -45,7 +45,7 @@ fn erp_process(args: &[String]) -> Child {
 }
 
 impl Supervised {
-    fn start(url: String) -> Supervised {
+    pub(crate) fn start(url: String) -> Supervised {
         Supervised::run(vec!["processor".into(), "--nats".into(), url])
     }
 
@@ -93,7 +93,7 @@ impl Supervised {
     }
 
     /// SIGKILL: whatever batch it was writing is cut off; the supervisor restarts it.
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if let Some(child) = self.child.lock().unwrap().as_mut() {
             let _ = child.kill();
             let _ = child.wait();
@@ -116,26 +116,27 @@ fn definitive(outcome: &Outcome) -> bool {
 }
 
 async fn connect(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .expect("connect")
+    ledger::auth::connect(url).await.expect("connect")
 }
 
 /// Sends every command, again and again, until each has a definitive answer. Returns the
 /// first definitive answer per command (by position).
-async fn load_until_answered(url: String, bodies: Arc<Vec<Bytes>>) -> HashMap<usize, Outcome> {
+pub(crate) async fn load_until_answered(
+    url: String,
+    bodies: Arc<Vec<Bytes>>,
+) -> HashMap<usize, Outcome> {
     let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(3));
     let mut answers: HashMap<usize, Outcome> = HashMap::new();
     for round in 0..100 {
         let pending: Vec<usize> = (0..bodies.len())
             .filter(|i| !answers.contains_key(i))
             .collect();
-        eprintln!(
-            "load round {round}: {} commands without an answer",
-            pending.len()
-        );
+        if round > 0 {
+            eprintln!(
+                "load round {round}: {} commands still without an answer",
+                pending.len()
+            );
+        }
         if pending.is_empty() {
             return answers;
         }
@@ -162,8 +163,24 @@ async fn check_after_recovery(
     bodies: &[Bytes],
     answers: &HashMap<usize, Outcome>,
 ) {
-    let log = nats.open(ledger_config()).await;
-    let report = replay::verify::verify(&log, &replay::VerifyOptions::default(), |_| {})
+    check_ledger_after_recovery(
+        &nats.open(ledger_config()).await,
+        &nats.url(),
+        bodies,
+        answers,
+    )
+    .await;
+}
+
+/// The ledger verifies, accepted answers' events are there exactly once, and retries get
+/// their first answers.
+pub(crate) async fn check_ledger_after_recovery(
+    log: &JetStreamLog,
+    url: &str,
+    bodies: &[Bytes],
+    answers: &HashMap<usize, Outcome>,
+) {
+    let report = replay::verify::verify(log, &replay::VerifyOptions::default(), |_| {})
         .await
         .unwrap_or_else(|e| panic!("the ledger does not verify: {e}"));
     assert!(report.events > 0);
@@ -210,8 +227,7 @@ async fn check_after_recovery(
     }
 
     // Everything sent again gets its first answer.
-    let client =
-        commands::client::CommandClient::new(connect(&nats.url()).await, Duration::from_secs(10));
+    let client = commands::client::CommandClient::new(connect(url).await, Duration::from_secs(10));
     let mut differences = Vec::new();
     client
         .submit_all(bodies.iter().cloned(), 256, |i, o| {

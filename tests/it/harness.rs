@@ -137,3 +137,83 @@ impl Drop for TestProcessor {
 pub async fn command_client(nats: &TestNats) -> commands::client::CommandClient {
     commands::client::CommandClient::new(nats.connect().await, std::time::Duration::from_secs(30))
 }
+
+/// A JetStream cluster of real servers on loopback, each with its own store.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub nodes: Vec<LocalServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    pub fn start(size: usize) -> TestCluster {
+        let client_ports: Vec<u16> = (0..size)
+            .map(|_| server::free_port().expect("free port"))
+            .collect();
+        let route_ports: Vec<u16> = (0..size)
+            .map(|_| server::free_port().expect("free port"))
+            .collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for (port, route_port) in client_ports.iter().zip(&route_ports) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            nodes.push(
+                LocalServer::start(ServerOptions {
+                    binary: nats_binary(),
+                    port: *port,
+                    data_dir: dir.path().to_path_buf(),
+                    sync_always: true,
+                    die_with_parent: true,
+                    extra_config: format!(
+                        "cluster {{\n  name: erp_test\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n"
+                    ),
+                })
+                .expect("cluster node starts"),
+            );
+            dirs.push(dir);
+        }
+        TestCluster { nodes, _dirs: dirs }
+    }
+
+    /// Every node's URL, comma-separated: a client given it fails over between them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(LocalServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node whose server name is `name` (`erp_<port>`).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| format!("erp_{}", n.options().port) == name)
+    }
+
+    /// Opens the ledger (three replicas) through one node, waiting for the cluster to elect
+    /// its JetStream leader.
+    pub async fn open(&self, node: usize) -> JetStreamLog {
+        let config = LogConfig {
+            replicas: self.nodes.len(),
+            ..LogConfig::ledger()
+        };
+        let mut last_error = String::new();
+        for _ in 0..100 {
+            let client = async_nats::connect(self.nodes[node].url())
+                .await
+                .expect("connect to a cluster node");
+            match JetStreamLog::open(client, config.clone()).await {
+                Ok(log) => return log,
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!("the cluster never accepted the ledger: {last_error}")
+    }
+}

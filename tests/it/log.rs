@@ -19,11 +19,11 @@ use uuid::Uuid;
 
 use crate::harness::{TestNats, ledger_config, scratch_config};
 
-fn stock(code: &str) -> Subject {
+pub(crate) fn stock(code: &str) -> Subject {
     Subject::Stock(Sku::new(code).unwrap())
 }
 
-fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
+pub(crate) fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
     let Subject::Stock(sku) = subject else {
         panic!("stock subjects only")
     };
@@ -50,7 +50,7 @@ fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
     }
 }
 
-fn batch(expectations: &[(&Subject, Head)], events: Vec<EventDraft>) -> AppendBatch {
+pub(crate) fn batch(expectations: &[(&Subject, Head)], events: Vec<EventDraft>) -> AppendBatch {
     AppendBatch {
         expected_last_seq: None,
         expectations: expectations

@@ -1,0 +1,95 @@
+//! A three-node JetStream cluster with the ledger replicated three times: fencing holds across
+//! nodes, and losing the stream's leader during a load loses nothing acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::{AppendError, EventLog, Head};
+
+use crate::faults::{check_ledger_after_recovery, load_until_answered};
+use crate::harness::TestCluster;
+use crate::log::{adjustment, batch, stock};
+use crate::projections::uci_bodies;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_appends_through_different_nodes_exactly_one_wins() {
+    let cluster = TestCluster::start(3);
+    let first = cluster.open(0).await;
+    let second = cluster.open(1).await;
+    let subject = stock("HOT");
+    for round in 0..10 {
+        let head = first.head(&subject).await.unwrap().unwrap_or(Head::EMPTY);
+        let (r1, r2) = tokio::join!(
+            first.append(batch(&[(&subject, head)], vec![adjustment(&subject, 1)])),
+            second.append(batch(&[(&subject, head)], vec![adjustment(&subject, 1)])),
+        );
+        let wins = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {r1:?} / {r2:?}");
+        for r in [r1, r2] {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, AppendError::Conflict { .. }),
+                    "round {round}: {e:?}"
+                );
+            }
+        }
+    }
+    let third = cluster.open(2).await;
+    assert_eq!(third.read_subject(&subject).await.unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
+    let mut cluster = TestCluster::start(3);
+    let log = cluster.open(0).await;
+    let leader = log
+        .jetstream()
+        .get_stream("LEDGER")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a stream leader");
+    let leader = cluster
+        .index_of(&leader)
+        .expect("the leader is one of ours");
+    let survivor = (leader + 1) % 3;
+
+    // The processor, connected to every node, with the replicated ledger.
+    let urls = cluster.urls();
+    let client = ledger::auth::connect(&urls).await.unwrap();
+    let processor_log = ledger::jetstream::JetStreamLog::open(
+        client.clone(),
+        ledger::jetstream::LogConfig {
+            replicas: 3,
+            ..ledger::jetstream::LogConfig::ledger()
+        },
+    )
+    .await
+    .unwrap();
+    let service = commands::service::Service::start(
+        client,
+        processor_log,
+        commands::service::ServiceConfig::default(),
+    )
+    .await
+    .unwrap();
+    let processor = tokio::spawn(service.serve(futures::future::pending()));
+
+    let bodies = Arc::new(uci_bodies(1));
+    let load = tokio::spawn(load_until_answered(urls.clone(), bodies.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.nodes[leader].kill();
+    let answers = load.await.unwrap();
+    let new_leader = log_on(&cluster, survivor).await;
+    check_ledger_after_recovery(&new_leader, &urls, &bodies, &answers).await;
+    processor.abort();
+}
+
+async fn log_on(cluster: &TestCluster, node: usize) -> ledger::jetstream::JetStreamLog {
+    cluster.open(node).await
+}
