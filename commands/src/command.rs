@@ -492,11 +492,12 @@ fn path_error<E: std::fmt::Display>(
     e: serde_path_to_error::Error<E>,
 ) -> InvalidCommand {
     let path = e.path().to_string();
-    // serde_path_to_error writes "." for the root and "?" where a syntax error left no path.
+    // serde_path_to_error writes "." for the root and "?" where a syntax error left no path,
+    // and nothing at all for an empty key (`{"": ...`).
     let field = match (prefix, path.as_str()) {
-        ("", "." | "?") => "command".to_owned(),
+        ("", "" | "." | "?") => "command".to_owned(),
         ("", p) => p.to_owned(),
-        (pre, "." | "?") => pre.to_owned(),
+        (pre, "" | "." | "?") => pre.to_owned(),
         (pre, p) if p.starts_with('[') => format!("{pre}{p}"),
         (pre, p) => format!("{pre}.{p}"),
     };
@@ -622,6 +623,15 @@ mod hostile_input {
                 prop_assert!(!e.field.is_empty() && !e.message.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn an_empty_key_is_still_reported_at_a_named_place() {
+        // Found by the `command_json` fuzz target: the error named an empty field.
+        let e = decode(b"{ \"\"\"\"\"\" .").unwrap_err();
+        assert_eq!(e.field, "command", "{e:?}");
+        let e = decode(br#"{"": 1}"#).unwrap_err();
+        assert!(!e.field.is_empty(), "{e:?}");
     }
 
     #[test]
