@@ -32,6 +32,19 @@ struct NatsArgs {
     /// NATS server to use. Without it, `up` starts a local one.
     #[arg(long, env = "ERP_NATS_URL")]
     nats: Option<String>,
+    /// Copies of the ledger stream on a JetStream cluster (1 on a single server; 3 on a
+    /// three-node cluster). Must match the stream if it exists.
+    #[arg(long, env = "ERP_LEDGER_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+}
+
+impl NatsArgs {
+    fn ledger(&self) -> LogConfig {
+        LogConfig {
+            replicas: self.replicas,
+            ..LogConfig::ledger()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,7 +384,7 @@ fn nats_url(args: &NatsArgs) -> String {
 
 async fn open(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
     let client = connect(&nats_url(args)).await?;
-    Ok(JetStreamLog::open(client, LogConfig::ledger()).await?)
+    Ok(JetStreamLog::open(client, args.ledger()).await?)
 }
 
 fn load_roles(path: Option<&std::path::Path>) -> anyhow::Result<commands::roles::Roles> {
@@ -414,6 +427,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         Some(c) => c.server_config(),
         None => String::new(),
     };
+    let ledger_config = nats.ledger();
     let mut local = None;
     let url = match nats.nats {
         Some(url) => url,
@@ -439,7 +453,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         None => url.clone(),
     };
     let client = connect(&as_role("processor")).await?;
-    let log = JetStreamLog::open(client.clone(), LogConfig::ledger()).await?;
+    let log = JetStreamLog::open(client.clone(), ledger_config.clone()).await?;
     status(&log).await?;
     let config = ServiceConfig {
         roles,
@@ -454,7 +468,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
     for view in [ViewName::Ats, ViewName::Allocation, ViewName::Audit] {
-        let log = JetStreamLog::open(projector_client.clone(), LogConfig::ledger()).await?;
+        let log = JetStreamLog::open(projector_client.clone(), ledger_config.clone()).await?;
         let mut stopped = views_stopped.clone();
         let shutdown = async move {
             let _ = stopped.changed().await;

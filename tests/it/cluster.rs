@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ledger::{AppendError, EventLog, Head};
 
-use crate::faults::{check_ledger_after_recovery, load_until_answered};
+use crate::faults::{Supervised, check_ledger_after_recovery, load_until_answered};
 use crate::harness::TestCluster;
 use crate::log::{adjustment, batch, stock};
 use crate::projections::uci_bodies;
@@ -59,26 +59,13 @@ async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
         .expect("the leader is one of ours");
     let survivor = (leader + 1) % 3;
 
-    // The processor, connected to every node, with the replicated ledger.
+    // The processor as a process, connected to every node, with the replicated ledger.
     let urls = cluster.urls();
-    let client = ledger::auth::connect(&urls).await.unwrap();
-    let processor_log = ledger::jetstream::JetStreamLog::open(
-        client.clone(),
-        ledger::jetstream::LogConfig {
-            replicas: 3,
-            ..ledger::jetstream::LogConfig::ledger()
-        },
-    )
-    .await
-    .unwrap();
-    let service = commands::service::Service::start(
-        client,
-        processor_log,
-        commands::service::ServiceConfig::default(),
-    )
-    .await
-    .unwrap();
-    let processor = tokio::spawn(service.serve(futures::future::pending()));
+    let processor = Supervised::run(
+        ["processor", "--nats", &urls, "--replicas", "3"]
+            .map(String::from)
+            .to_vec(),
+    );
 
     let bodies = Arc::new(uci_bodies(1));
     let load = tokio::spawn(load_until_answered(urls.clone(), bodies.clone()));
@@ -87,7 +74,7 @@ async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
     let answers = load.await.unwrap();
     let new_leader = log_on(&cluster, survivor).await;
     check_ledger_after_recovery(&new_leader, &urls, &bodies, &answers).await;
-    processor.abort();
+    drop(processor);
 }
 
 async fn log_on(cluster: &TestCluster, node: usize) -> ledger::jetstream::JetStreamLog {

@@ -66,7 +66,7 @@ impl Supervised {
         )
     }
 
-    fn run(args: Vec<String>) -> Supervised {
+    pub(crate) fn run(args: Vec<String>) -> Supervised {
         let child = Arc::new(Mutex::new(Some(erp_process(&args))));
         let watched = child.clone();
         let watcher = tokio::spawn(async move {
