@@ -238,6 +238,10 @@ pub async fn verify(log: &JetStreamLog, args: &VerifyArgs) -> anyhow::Result<()>
             for (seq, digest) in &report.checkpoints {
                 println!("digest at {seq}: {digest}");
             }
+            if report.last_seq == 0 {
+                println!("the ledger is empty: nothing to verify");
+                return Ok(());
+            }
             println!(
                 "verified sequences 1..={} ({} events, {} batch markers) in {:.1} s: sequences contiguous, hash chains intact, batches whole, invariants hold",
                 report.last_seq,
