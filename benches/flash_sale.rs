@@ -1,0 +1,238 @@
+//! Flash sale: 50,000 one-unit orders from 200 concurrent clients on 10 SKUs holding 20,000
+//! units in total, through the processor, on a server that fsyncs every write. In the same
+//! run, on the same server, raw JetStream: atomic batches of 1,000 envelope-sized messages
+//! (the ledger's own append shape), the durable ceiling the command path is compared with.
+//!
+//! Prints: commands/s, events/s, command-to-reply latency (p50, p99, p999, max), the ratio of
+//! events/s to the raw durable rate, and checks that exactly 20,000 units were allocated.
+//!
+//! Run: `cargo bench --bench flash_sale` (`ERP_FLASH_ORDERS`, `ERP_FLASH_CLIENTS` to vary).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use commands::Outcome;
+use ledger::EventLog;
+use ledger::jetstream::{
+    BatchMessage, JetStreamLog, LogConfig, SERVER_VERSION_MIN, publish_atomic,
+};
+use ledger::server::{self, LocalServer, ServerOptions};
+use serde_json::json;
+
+const SKUS: usize = 10;
+const UNITS: u64 = 20_000;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn command(kind: &str, data: serde_json::Value) -> Bytes {
+    Bytes::from(
+        json!({
+            "command_id": uuid::Uuid::now_v7(), "actor": {"id": "bench", "role": "upstream"},
+            "legal_entity": "UK01", "effective_at": "2011-11-25T09:00:00Z",
+            "type": kind, "data": data,
+        })
+        .to_string(),
+    )
+}
+
+/// Raw durable appends: atomic batches of 1,000 messages of `size` bytes into a scratch
+/// stream, one batch in flight (as the processor does). Messages per second.
+async fn raw_atomic(client: &async_nats::Client, size: usize, batches: usize) -> f64 {
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let payload = Bytes::from(vec![7u8; size]);
+    let started = Instant::now();
+    for b in 0..batches {
+        let messages = (0..1000)
+            .map(|i| BatchMessage {
+                subject: format!("raw.s{}", (b * 1000 + i) % 5000),
+                headers: async_nats::HeaderMap::new(),
+                payload: payload.clone(),
+            })
+            .collect();
+        publish_atomic(client, &js, messages)
+            .await
+            .expect("atomic batch");
+    }
+    (batches * 1000) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run() {
+    let orders = env("ERP_FLASH_ORDERS", 50_000);
+    let clients = env("ERP_FLASH_CLIENTS", 200);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary =
+        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
+    let version = server::binary_version(&binary).expect("version");
+    let server = LocalServer::start(ServerOptions {
+        binary,
+        port: server::free_port().expect("port"),
+        data_dir: dir.path().to_path_buf(),
+        sync_always: true,
+        die_with_parent: true,
+        extra_config: String::new(),
+    })
+    .expect("server");
+    let url = server.url();
+    let client = async_nats::connect(&url).await.expect("connect");
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let service = commands::service::Service::start(
+        client.clone(),
+        log,
+        commands::service::ServiceConfig::default(),
+    )
+    .await
+    .expect("processor");
+    let processor = tokio::spawn(service.serve(futures::future::pending()));
+
+    // Stock: 10 SKUs, 2,000 units each.
+    let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));
+    let mut bodies = vec![
+        command(
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        command("channel.define", json!({"channel": "web"})),
+    ];
+    for s in 0..SKUS {
+        bodies.push(command("item.define", json!({"sku": format!("HOT{s}")})));
+        bodies.push(command(
+            "stock.receive",
+            json!({"sku": format!("HOT{s}"), "location": "WH1", "qty": UNITS / SKUS as u64,
+                   "unit_cost": {"amount": "5.00", "currency": "GBP"}}),
+        ));
+    }
+    setup
+        .submit_all(bodies, 64, |_, o| {
+            assert!(o.expect("an answer").is_accepted(), "setup refused");
+        })
+        .await;
+
+    // The sale: each client places its share of orders one after another.
+    let connections: Vec<async_nats::Client> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(async_nats::connect(&url).await.expect("connect"));
+        }
+        v
+    };
+    let per_client = orders / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let nats = connections[c % connections.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = commands::client::CommandClient::new(nats, Duration::from_secs(60));
+            let mut latencies = Vec::with_capacity(per_client);
+            let mut events = 0u64;
+            for o in 0..per_client {
+                let sku = format!("HOT{}", (c * 7 + o) % SKUS);
+                let body = command(
+                    "order.place",
+                    json!({"order": format!("F{c}-{o}"), "channel": "web", "ship_to_region": "UK",
+                           "lines": [{"line": 1, "sku": sku, "qty": 1,
+                                      "unit_price": {"amount": "9.99", "currency": "GBP"}}]}),
+                );
+                let sent = Instant::now();
+                let outcome = client.submit_json(body).await.expect("an answer");
+                latencies.push(sent.elapsed());
+                match outcome {
+                    Outcome::Accepted { event_count, .. } => events += u64::from(event_count),
+                    other => panic!("order refused: {other:?}"),
+                }
+            }
+            (latencies, events)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(orders);
+    let mut events = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client");
+        latencies.extend(l);
+        events += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    processor.abort();
+    latencies.sort();
+
+    // Exactly the stock there was is allocated: the write model rebuilt from the ledger.
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let last = log.last_sequence().await.expect("last");
+    let replayed =
+        replay::replay::<_, replay::WriteModel>(&log, &[replay::Resolved::at_seq(last)], |_| {})
+            .await
+            .expect("replay");
+    let allocated: i64 = replayed.built[0]
+        .model
+        .0
+        .stock
+        .values()
+        .flat_map(|s| s.balances.values())
+        .map(|b| b.allocated)
+        .sum();
+
+    let raw = raw_atomic(&client, 300, 60).await;
+    let done = latencies.len();
+    println!(
+        "nats-server {version}, sync_interval always, R1 file storage; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "flash sale: {done} one-unit orders, {clients} clients ({per_client} each, one at a time), {SKUS} SKUs, {UNITS} units"
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| orders through the processor | {:.0} commands/s, {:.0} events/s |",
+        done as f64 / secs,
+        events as f64 / secs
+    );
+    println!(
+        "| command-to-reply latency | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms, max {:.1} ms |",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.999).as_secs_f64() * 1e3,
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    );
+    println!("| raw durable atomic batches of 1,000 x 300 B | {raw:.0} msgs/s |");
+    println!(
+        "| ratio of processor events/s to raw durable msgs/s | {:.2} |",
+        events as f64 / secs / raw
+    );
+    // Every order wants one unit: all are served until the stock runs out, the rest wait.
+    let expected = (done as u64).min(UNITS) as i64;
+    println!("| units allocated (must be {expected}) | {allocated} |");
+    assert_eq!(allocated, expected, "oversold or undersold");
+    drop(server);
+}
