@@ -78,6 +78,62 @@ async fn raw_atomic(client: &async_nats::Client, size: usize, batches: usize) ->
     (batches * 1000) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `clients` concurrent clients each placing `per_client` one-unit orders one after another,
+/// or one every `pace`. Returns every command-to-reply latency and the events stored.
+async fn sale(
+    connections: &[async_nats::Client],
+    prefix: &'static str,
+    clients: usize,
+    per_client: usize,
+    pace: Option<Duration>,
+) -> (Vec<Duration>, u64) {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let nats = connections[c % connections.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = commands::client::CommandClient::new(nats, Duration::from_secs(60));
+            let mut latencies = Vec::with_capacity(per_client);
+            let mut events = 0u64;
+            let mut tick = pace.map(|p| {
+                let mut t = tokio::time::interval_at(
+                    tokio::time::Instant::now() + p.mul_f64(c as f64 / clients as f64),
+                    p,
+                );
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            for o in 0..per_client {
+                if let Some(tick) = tick.as_mut() {
+                    tick.tick().await;
+                }
+                let sku = format!("HOT{}", (c * 7 + o) % SKUS);
+                let body = command(
+                    "order.place",
+                    json!({"order": format!("{prefix}{c}-{o}"), "channel": "web", "ship_to_region": "UK",
+                           "lines": [{"line": 1, "sku": sku, "qty": 1,
+                                      "unit_price": {"amount": "9.99", "currency": "GBP"}}]}),
+                );
+                let sent = Instant::now();
+                let outcome = client.submit_json(body).await.expect("an answer");
+                latencies.push(sent.elapsed());
+                match outcome {
+                    Outcome::Accepted { event_count, .. } => events += u64::from(event_count),
+                    other => panic!("order refused: {other:?}"),
+                }
+            }
+            (latencies, events)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut events = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client");
+        latencies.extend(l);
+        events += e;
+    }
+    (latencies, events)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -146,42 +202,21 @@ async fn run() {
     };
     let per_client = orders / clients;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let nats = connections[c % connections.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let client = commands::client::CommandClient::new(nats, Duration::from_secs(60));
-            let mut latencies = Vec::with_capacity(per_client);
-            let mut events = 0u64;
-            for o in 0..per_client {
-                let sku = format!("HOT{}", (c * 7 + o) % SKUS);
-                let body = command(
-                    "order.place",
-                    json!({"order": format!("F{c}-{o}"), "channel": "web", "ship_to_region": "UK",
-                           "lines": [{"line": 1, "sku": sku, "qty": 1,
-                                      "unit_price": {"amount": "9.99", "currency": "GBP"}}]}),
-                );
-                let sent = Instant::now();
-                let outcome = client.submit_json(body).await.expect("an answer");
-                latencies.push(sent.elapsed());
-                match outcome {
-                    Outcome::Accepted { event_count, .. } => events += u64::from(event_count),
-                    other => panic!("order refused: {other:?}"),
-                }
-            }
-            (latencies, events)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(orders);
-    let mut events = 0;
-    for t in tasks {
-        let (l, e) = t.await.expect("client");
-        latencies.extend(l);
-        events += e;
-    }
+    let (mut latencies, events) = sale(&connections, "F", clients, per_client, None).await;
     let secs = started.elapsed().as_secs_f64();
-    processor.abort();
     latencies.sort();
+    // The same kind of orders at half the rate just reached, paced: latency without a queue.
+    let half_rate = latencies.len() as f64 / secs / 2.0;
+    let (mut paced, _) = sale(
+        &connections,
+        "H",
+        clients,
+        (half_rate * 3.0) as usize / clients,
+        Some(Duration::from_secs_f64(clients as f64 / half_rate)),
+    )
+    .await;
+    paced.sort();
+    processor.abort();
 
     // Exactly the stock there was is allocated: the write model rebuilt from the ledger.
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
@@ -225,13 +260,21 @@ async fn run() {
         percentile(&latencies, 0.999).as_secs_f64() * 1e3,
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
     );
+    println!(
+        "| latency at half that rate ({:.0} orders/s, paced, {} orders) | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms |",
+        half_rate,
+        paced.len(),
+        percentile(&paced, 0.5).as_secs_f64() * 1e3,
+        percentile(&paced, 0.99).as_secs_f64() * 1e3,
+        percentile(&paced, 0.999).as_secs_f64() * 1e3,
+    );
     println!("| raw durable atomic batches of 1,000 x 300 B | {raw:.0} msgs/s |");
     println!(
         "| ratio of processor events/s to raw durable msgs/s | {:.2} |",
         events as f64 / secs / raw
     );
     // Every order wants one unit: all are served until the stock runs out, the rest wait.
-    let expected = (done as u64).min(UNITS) as i64;
+    let expected = ((done + paced.len()) as u64).min(UNITS) as i64;
     println!("| units allocated (must be {expected}) | {allocated} |");
     assert_eq!(allocated, expected, "oversold or undersold");
     drop(server);
