@@ -8,16 +8,14 @@
 //!
 //! Run: `cargo bench --bench flash_sale` (`ERP_FLASH_ORDERS`, `ERP_FLASH_CLIENTS` to vary).
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commands::Outcome;
 use ledger::EventLog;
-use ledger::jetstream::{
-    BatchMessage, JetStreamLog, LogConfig, SERVER_VERSION_MIN, publish_atomic,
-};
-use ledger::server::{self, LocalServer, ServerOptions};
+use ledger::jetstream::{BatchMessage, JetStreamLog, LogConfig, publish_atomic};
 use serde_json::json;
 
 const SKUS: usize = 10;
@@ -141,33 +139,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn run() {
     let orders = env("ERP_FLASH_ORDERS", 50_000);
     let clients = env("ERP_FLASH_CLIENTS", 200);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let binary =
-        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
-    let version = server::binary_version(&binary).expect("version");
-    let server = LocalServer::start(ServerOptions {
-        binary,
-        port: server::free_port().expect("port"),
-        data_dir: dir.path().to_path_buf(),
-        sync_always: true,
-        die_with_parent: true,
-        extra_config: String::new(),
-    })
-    .expect("server");
-    let url = server.url();
+    let bench = common::start_server();
+    let version = bench.version.clone();
+    let url = bench.server.url();
     let client = async_nats::connect(&url).await.expect("connect");
-    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
-        .await
-        .expect("log");
-    let service = commands::service::Service::start(
-        client.clone(),
-        log,
-        commands::service::ServiceConfig::default(),
-    )
-    .await
-    .expect("processor");
-    let processor = tokio::spawn(service.serve(futures::future::pending()));
+    let processor = common::start_processor(&client).await;
 
     // Stock: 10 SKUs, 2,000 units each.
     let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));
@@ -277,5 +253,5 @@ async fn run() {
     let expected = ((done + paced.len()) as u64).min(UNITS) as i64;
     println!("| units allocated (must be {expected}) | {allocated} |");
     assert_eq!(allocated, expected, "oversold or undersold");
-    drop(server);
+    drop(bench);
 }

@@ -12,14 +12,15 @@
 //!
 //! Run: `cargo bench --bench rebuild` (all days) or `ERP_BENCH_DAYS=60 cargo bench --bench rebuild`.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commands::Outcome;
 use futures::StreamExt;
-use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
-use ledger::server::{self, LocalServer, ServerOptions};
+use ledger::jetstream::{JetStreamLog, LogConfig};
 use ledger::{EventLog, LogCursor, ReadFrom, ReadUntil};
 use projections::allocation::Allocation;
 use projections::ats::Ats;
@@ -109,32 +110,11 @@ async fn run() {
         .ok()
         .and_then(|d| d.parse().ok());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let binary =
-        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
-    let version = server::binary_version(&binary).expect("version");
-    let server = LocalServer::start(ServerOptions {
-        binary,
-        port: server::free_port().expect("port"),
-        data_dir: dir.path().to_path_buf(),
-        sync_always: true,
-        die_with_parent: true,
-        extra_config: String::new(),
-    })
-    .expect("server");
-    let url = server.url();
+    let bench = common::start_server();
+    let version = bench.version.clone();
+    let url = bench.server.url();
     let client = async_nats::connect(&url).await.expect("connect");
-    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
-        .await
-        .expect("log");
-    let service = commands::service::Service::start(
-        client.clone(),
-        log,
-        commands::service::ServiceConfig::default(),
-    )
-    .await
-    .expect("processor");
-    let processor = tokio::spawn(service.serve(futures::future::pending()));
+    let processor = common::start_processor(&client).await;
 
     let (commands, _) =
         commands::demo::uci_commands(&root.join(commands::demo::DATASET), days).expect("data set");
@@ -214,5 +194,5 @@ async fn run() {
         "| allocation rebuild from sequence 1 | {allocation:.0} msgs/s | {:.2} |",
         allocation / raw
     );
-    drop(server);
+    drop(bench);
 }

@@ -171,6 +171,19 @@ pub struct Progress {
     pub eta_seconds: f64,
 }
 
+impl Progress {
+    /// `done` of `total` after running since `started`, with the rate and time left.
+    pub fn at(done: u64, total: u64, started: Instant) -> Progress {
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        Progress {
+            done,
+            total,
+            events_per_second: rate,
+            eta_seconds: total.saturating_sub(done) as f64 / rate.max(1e-9),
+        }
+    }
+}
+
 struct Parked {
     deadline: Instant,
     min_seq: u64,
@@ -485,13 +498,8 @@ impl<V: View> Projector<V> {
     fn report(&mut self, from: u64, target: u64, started: Instant) {
         let done = self.checkpoint - from;
         let total = target.saturating_sub(from);
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let progress = Progress {
-            done,
-            total,
-            events_per_second: rate,
-            eta_seconds: total.saturating_sub(done) as f64 / rate.max(1e-9),
-        };
+        let progress = Progress::at(done, total, started);
+        let rate = progress.events_per_second;
         tracing::info!(
             view = V::NAME,
             done,

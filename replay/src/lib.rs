@@ -26,23 +26,5 @@ pub use model::{Model, ViewModel, WriteModel};
 pub use point::{Knowledge, Point, Resolved};
 pub use verify::{Digest, VerifyFailure, VerifyOptions, VerifyReport};
 
-/// How far a long read has got, for progress bars.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    pub done: u64,
-    pub total: u64,
-    pub events_per_second: f64,
-    pub eta_seconds: f64,
-}
-
-impl Progress {
-    pub(crate) fn at(done: u64, total: u64, started: std::time::Instant) -> Progress {
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        Progress {
-            done,
-            total,
-            events_per_second: rate,
-            eta_seconds: total.saturating_sub(done) as f64 / rate.max(1e-9),
-        }
-    }
-}
+/// How far a long read has got, for progress bars (the projector runtime's own type).
+pub use projections::runtime::Progress;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::{AppendError, EventLog, Head};
+use ledger::EventLog;
 
 use crate::faults::{Supervised, check_ledger_after_recovery, load_until_answered};
 use crate::harness::TestCluster;
-use crate::log::{adjustment, batch, stock};
+use crate::log::{race_on_one_subject, stock};
 use crate::projections::uci_bodies;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,26 +16,9 @@ async fn conflicting_appends_through_different_nodes_exactly_one_wins() {
     let cluster = TestCluster::start(3);
     let first = cluster.open(0).await;
     let second = cluster.open(1).await;
-    let subject = stock("HOT");
-    for round in 0..10 {
-        let head = first.head(&subject).await.unwrap().unwrap_or(Head::EMPTY);
-        let (r1, r2) = tokio::join!(
-            first.append(batch(&[(&subject, head)], vec![adjustment(&subject, 1)])),
-            second.append(batch(&[(&subject, head)], vec![adjustment(&subject, 1)])),
-        );
-        let wins = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
-        assert_eq!(wins, 1, "round {round}: {r1:?} / {r2:?}");
-        for r in [r1, r2] {
-            if let Err(e) = r {
-                assert!(
-                    matches!(e, AppendError::Conflict { .. }),
-                    "round {round}: {e:?}"
-                );
-            }
-        }
-    }
+    race_on_one_subject(&first, &second, 10).await;
     let third = cluster.open(2).await;
-    assert_eq!(third.read_subject(&subject).await.unwrap().len(), 10);
+    assert_eq!(third.read_subject(&stock("HOT")).await.unwrap().len(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,69 +295,79 @@ async fn check_views_converge(nats: &TestNats, projector: &Supervised) {
     );
 }
 
-async fn ledger_exists(nats: &TestNats) -> JetStreamLog {
-    // Opening provisions LEDGER, so the first faults cannot precede its creation.
-    nats.open(ledger_config()).await
+/// A processor and an ATS projector process, and a client loading two UCI days, started on
+/// a server whose ledger exists (so no fault can precede its creation).
+struct Scenario {
+    log: JetStreamLog,
+    processor: Supervised,
+    projector: Supervised,
+    bodies: Arc<Vec<Bytes>>,
+    load: tokio::task::JoinHandle<HashMap<usize, Outcome>>,
+}
+
+impl Scenario {
+    async fn start(nats: &TestNats) -> Scenario {
+        let log = nats.open(ledger_config()).await;
+        let processor = Supervised::start(nats.url());
+        let projector = Supervised::projector(nats.url());
+        let bodies = Arc::new(uci_bodies(2));
+        let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+        Scenario {
+            log,
+            processor,
+            projector,
+            bodies,
+            load,
+        }
+    }
+
+    /// Waits for every command to be answered, then runs the checks.
+    async fn finish(self, nats: &TestNats) {
+        let answers = self.load.await.unwrap();
+        check_after_recovery(nats, &self.bodies, &answers).await;
+        check_views_converge(nats, &self.projector).await;
+        drop(self.processor);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_and_restarted_during_a_load_loses_nothing_acknowledged() {
     let mut nats = TestNats::start();
-    ledger_exists(&nats).await;
-    let processor = Supervised::start(nats.url());
-    let projector = Supervised::projector(nats.url());
-    let bodies = Arc::new(uci_bodies(2));
-    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    let scenario = Scenario::start(&nats).await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         nats.server.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
         nats.server.restart().expect("the server restarts");
     }
-    let answers = load.await.unwrap();
-    check_after_recovery(&nats, &bodies, &answers).await;
-    check_views_converge(&nats, &projector).await;
-    drop(processor);
+    scenario.finish(&nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_batch_resumes_without_loss_or_duplicates() {
     let nats = TestNats::start();
-    ledger_exists(&nats).await;
-    let processor = Supervised::start(nats.url());
-    let projector = Supervised::projector(nats.url());
-    let bodies = Arc::new(uci_bodies(2));
-    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    let scenario = Scenario::start(&nats).await;
     let mut kills = 0;
-    while !load.is_finished() && kills < 4 {
+    while !scenario.load.is_finished() && kills < 4 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        processor.kill();
+        scenario.processor.kill();
         kills += 1;
     }
-    let answers = load.await.unwrap();
     assert!(kills >= 2, "the load finished before 2 kills");
-    check_after_recovery(&nats, &bodies, &answers).await;
-    check_views_converge(&nats, &projector).await;
+    scenario.finish(&nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_paused_like_a_network_partition_loses_nothing_acknowledged() {
     let nats = TestNats::start();
-    ledger_exists(&nats).await;
-    let processor = Supervised::start(nats.url());
-    let projector = Supervised::projector(nats.url());
-    let bodies = Arc::new(uci_bodies(2));
-    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    let scenario = Scenario::start(&nats).await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         nats.server.pause(true);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         nats.server.pause(false);
     }
-    let answers = load.await.unwrap();
-    check_after_recovery(&nats, &bodies, &answers).await;
-    check_views_converge(&nats, &projector).await;
-    drop(processor);
+    scenario.finish(&nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,12 +376,8 @@ async fn a_full_ledger_refuses_whole_batches_and_recovers_when_space_returns() {
     // (new messages refused); commands are answered `unavailable` and nothing partial is
     // stored; with the limit lifted and the processor restarted, every command completes.
     let nats = TestNats::start();
-    let log = ledger_exists(&nats).await;
-    let processor = Supervised::start(nats.url());
-    let projector = Supervised::projector(nats.url());
-    let bodies = Arc::new(uci_bodies(2));
-    let js = log.jetstream().clone();
-    let load = tokio::spawn(load_until_answered(nats.url(), bodies.clone()));
+    let scenario = Scenario::start(&nats).await;
+    let js = scenario.log.jetstream().clone();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut stream = js.get_stream("LEDGER").await.unwrap();
     let mut config = stream.info().await.unwrap().config.clone();
@@ -388,9 +394,6 @@ async fn a_full_ledger_refuses_whole_batches_and_recovers_when_space_returns() {
     config.max_messages = -1;
     config.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
     js.update_stream(config).await.unwrap();
-    processor.kill();
-    let answers = load.await.unwrap();
-    check_after_recovery(&nats, &bodies, &answers).await;
-    check_views_converge(&nats, &projector).await;
-    drop(processor);
+    scenario.processor.kill();
+    scenario.finish(&nats).await;
 }

@@ -23,7 +23,7 @@ pub(crate) fn stock(code: &str) -> Subject {
     Subject::Stock(Sku::new(code).unwrap())
 }
 
-pub(crate) fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
+fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
     let Subject::Stock(sku) = subject else {
         panic!("stock subjects only")
     };
@@ -50,7 +50,7 @@ pub(crate) fn adjustment(subject: &Subject, delta: i64) -> EventDraft {
     }
 }
 
-pub(crate) fn batch(expectations: &[(&Subject, Head)], events: Vec<EventDraft>) -> AppendBatch {
+fn batch(expectations: &[(&Subject, Head)], events: Vec<EventDraft>) -> AppendBatch {
     AppendBatch {
         expected_last_seq: None,
         expectations: expectations
@@ -131,8 +131,19 @@ async fn two_concurrent_writers_on_one_subject_exactly_one_wins() {
     let nats = TestNats::start();
     let first = nats.open(ledger_config()).await;
     let second = nats.open(ledger_config()).await;
+    race_on_one_subject(&first, &second, 20).await;
+    assert_eq!(first.read_subject(&stock("HOT")).await.unwrap().len(), 20);
+}
+
+/// `rounds` times, two writers append to subject `HOT` on the same head at once: exactly one
+/// is stored, the other gets `Conflict`.
+pub(crate) async fn race_on_one_subject(
+    first: &JetStreamLog,
+    second: &JetStreamLog,
+    rounds: usize,
+) {
     let subject = stock("HOT");
-    for round in 0..20 {
+    for round in 0..rounds {
         let head = first.head(&subject).await.unwrap().unwrap_or(Head::EMPTY);
         let (r1, r2) = tokio::join!(
             first.append(batch(&[(&subject, head)], vec![adjustment(&subject, 1)])),
@@ -149,7 +160,6 @@ async fn two_concurrent_writers_on_one_subject_exactly_one_wins() {
             }
         }
     }
-    assert_eq!(first.read_subject(&subject).await.unwrap().len(), 20);
 }
 
 #[tokio::test]

@@ -1,0 +1,54 @@
+//! What the benches share: a fresh fsyncing nats-server and a processor on it.
+
+use std::path::Path;
+
+use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
+use ledger::server::{self, LocalServer, ServerOptions};
+
+/// A bench's server: stopped, and its store removed, when dropped.
+pub struct BenchServer {
+    pub server: LocalServer,
+    /// The nats-server release, for the report.
+    pub version: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the pinned nats-server (installed if needed) with `sync_interval: always`.
+pub fn start_server() -> BenchServer {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let binary =
+        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
+    let version = server::binary_version(&binary).expect("version");
+    let server = LocalServer::start(ServerOptions {
+        binary,
+        port: server::free_port().expect("port"),
+        data_dir: dir.path().to_path_buf(),
+        sync_always: true,
+        die_with_parent: true,
+        extra_config: String::new(),
+    })
+    .expect("server");
+    BenchServer {
+        server,
+        version: version.to_string(),
+        _dir: dir,
+    }
+}
+
+/// The processor, in-process, serving until the returned task is aborted.
+pub async fn start_processor(
+    client: &async_nats::Client,
+) -> tokio::task::JoinHandle<Result<(), commands::service::ServiceError>> {
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let service = commands::service::Service::start(
+        client.clone(),
+        log,
+        commands::service::ServiceConfig::default(),
+    )
+    .await
+    .expect("processor");
+    tokio::spawn(service.serve(futures::future::pending()))
+}
