@@ -34,17 +34,18 @@ impl TestNats {
 
     /// A server with extra configuration lines (authorization, limits).
     pub fn start_with(extra_config: String) -> TestNats {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let server = LocalServer::start(ServerOptions {
-            binary: nats_binary(),
-            port: server::free_port().expect("free port"),
-            data_dir: dir.path().to_path_buf(),
-            sync_always: true,
-            die_with_parent: true,
-            extra_config,
+        on_free_ports("nats-server starts", || {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let server = LocalServer::start(ServerOptions {
+                binary: nats_binary(),
+                port: server::free_port().expect("free port"),
+                data_dir: dir.path().to_path_buf(),
+                sync_always: true,
+                die_with_parent: true,
+                extra_config: extra_config.clone(),
+            })?;
+            Ok(TestNats { server, _dir: dir })
         })
-        .expect("nats-server starts");
-        TestNats { server, _dir: dir }
     }
 
     pub fn url(&self) -> String {
@@ -63,6 +64,26 @@ impl TestNats {
         JetStreamLog::open(self.connect().await, config)
             .await
             .expect("open log")
+    }
+}
+
+/// Runs `start` until it does not fail on a port taken between choosing it and binding it
+/// (another test's server or any outgoing connection can take a port the OS called free).
+fn on_free_ports<T>(what: &str, start: impl Fn() -> Result<T, server::ServerError>) -> T {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start() {
+            Ok(started) => return started,
+            Err(e) => {
+                let message = e.to_string();
+                let port_taken =
+                    message.contains("address already in use") || message.contains("is not free");
+                if !port_taken || attempt == 10 {
+                    panic!("{what}: {message}");
+                }
+            }
+        }
     }
 }
 
@@ -147,6 +168,10 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(size: usize) -> TestCluster {
+        on_free_ports("cluster starts", || TestCluster::try_start(size))
+    }
+
+    fn try_start(size: usize) -> Result<TestCluster, server::ServerError> {
         let client_ports: Vec<u16> = (0..size)
             .map(|_| server::free_port().expect("free port"))
             .collect();
@@ -172,12 +197,11 @@ impl TestCluster {
                     extra_config: format!(
                         "cluster {{\n  name: erp_test\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n"
                     ),
-                })
-                .expect("cluster node starts"),
+                })?,
             );
             dirs.push(dir);
         }
-        TestCluster { nodes, _dirs: dirs }
+        Ok(TestCluster { nodes, _dirs: dirs })
     }
 
     /// Every node's URL, comma-separated: a client given it fails over between them.
