@@ -199,7 +199,7 @@ impl<'a> Decider<'a> {
         self.state
             .items
             .get(sku)
-            .map(|d| &d.value)
+            .map(|d| &*d.value)
             .ok_or_else(|| reject(code::UNKNOWN_SKU, format!("no item `{sku}` is defined")))
     }
 
@@ -269,6 +269,7 @@ impl<'a> Decider<'a> {
         };
         let total_free: i64 = stock.balances.values().map(Balance::free).sum();
         let rules = stock
+            .extras()
             .channel_rules
             .iter()
             .map(|(c, rule)| (Some(c) == channel, rule));
@@ -441,7 +442,7 @@ impl<'a> Decider<'a> {
         }
         if self
             .stock(&c.sku)
-            .is_some_and(|s| s.transfers.contains_key(&c.transfer))
+            .is_some_and(|s| s.extras().transfers.contains_key(&c.transfer))
         {
             return Err(reject(
                 code::ALREADY_EXISTS,
@@ -465,7 +466,7 @@ impl<'a> Decider<'a> {
     fn transfer_receive(&self, c: &TransferReceive) -> Result<Decision, Rejection> {
         let transfer = self
             .stock(&c.sku)
-            .and_then(|s| s.transfers.get(&c.transfer))
+            .and_then(|s| s.extras().transfers.get(&c.transfer))
             .ok_or_else(|| {
                 reject(
                     code::UNKNOWN_TRANSFER,
@@ -654,7 +655,7 @@ impl<'a> Decider<'a> {
         };
         let received = self
             .stock(&c.sku)
-            .and_then(|s| s.returns.get(&c.return_id))
+            .and_then(|s| s.extras().returns.get(&c.return_id))
             .map_or(0, |r| r.received);
         if received + n > *line_qty {
             return Err(reject(
@@ -682,7 +683,7 @@ impl<'a> Decider<'a> {
         let n = positive("qty", c.qty)?;
         let returned = self
             .stock(&c.sku)
-            .and_then(|s| s.returns.get(&c.return_id))
+            .and_then(|s| s.extras().returns.get(&c.return_id))
             .ok_or_else(|| {
                 reject(
                     code::UNKNOWN_RETURN,
@@ -746,7 +747,7 @@ impl<'a> Decider<'a> {
         }
         if self
             .stock(&c.sku)
-            .is_some_and(|s| s.holds.contains_key(&c.hold))
+            .is_some_and(|s| s.extras().holds.contains_key(&c.hold))
         {
             return Err(reject(
                 code::ALREADY_EXISTS,
@@ -787,7 +788,7 @@ impl<'a> Decider<'a> {
     ) -> Result<Decision, Rejection> {
         let hold = self
             .stock(sku)
-            .and_then(|s| s.holds.get(hold_id))
+            .and_then(|s| s.extras().holds.get(hold_id))
             .ok_or_else(|| {
                 reject(
                     code::UNKNOWN_HOLD,
@@ -1445,7 +1446,7 @@ impl<'a> Decider<'a> {
             if let Some(sku) = order.lines.get(line_no).and_then(|l| l.sku.as_ref()) {
                 inspected += self
                     .stock(sku)
-                    .and_then(|s| s.returns.get(&c.return_id))
+                    .and_then(|s| s.extras().returns.get(&c.return_id))
                     .map_or(0, |r| r.dispositioned);
             }
         }

@@ -80,7 +80,7 @@ pub enum ProcessorError {
 
 /// A command's saved aggregate, to undo a tick's tentative changes.
 enum Saved {
-    Item(Sku, Option<Defined<ledger::events::ItemDefined>>),
+    Item(Sku, Option<Defined<Box<ledger::events::ItemDefined>>>),
     Location(LocationId, Option<Defined<ledger::events::LocationDefined>>),
     Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
     Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
@@ -246,7 +246,12 @@ impl<L: EventLog> Processor<L> {
         const NAMESPACE: Uuid = Uuid::from_u128(0x2d0e_55a1_8f7c_4e1b_b1a4_77c2_90de_31f5);
         let mut expired = Vec::new();
         for (sku, stock) in &self.state.stock {
-            for (hold_id, hold) in stock.holds.iter().filter(|(_, h)| h.expires_at <= now) {
+            for (hold_id, hold) in stock
+                .extras()
+                .holds
+                .iter()
+                .filter(|(_, h)| h.expires_at <= now)
+            {
                 let name = format!("expire:{sku}:{hold_id}:{}", hold.expires_at.micros());
                 expired.push(Command {
                     command_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
@@ -523,10 +528,10 @@ fn recorded_outcome(command_id: Uuid, record: &CommandRecord) -> Outcome {
             event_count: *event_count,
             outcome_seq,
         },
-        RecordedOutcome::Rejected { code, message } => Outcome::Rejected {
+        RecordedOutcome::Rejected(rejection) => Outcome::Rejected {
             command_id,
-            code: code.clone(),
-            message: message.clone(),
+            code: rejection.code.clone(),
+            message: rejection.message.clone(),
             outcome_seq: Some(outcome_seq),
         },
     }

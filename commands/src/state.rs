@@ -60,15 +60,75 @@ pub struct ReturnStock {
 /// Order lines waiting for this SKU, in the order they are served.
 pub type BackorderKey = (u32, Timestamp, OrderId, u32);
 
-/// Everything about one SKU's stock (subject `sku.<sku>`).
+/// A SKU's balances by location, sorted by location. A short vector: most SKUs sit at a few
+/// locations, and a map's node would cost several times the figures it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StockState {
-    pub head: Option<Head>,
-    pub balances: BTreeMap<LocationId, Balance>,
+pub struct Balances(Vec<(LocationId, Balance)>);
+
+impl Balances {
+    pub fn get(&self, location: &LocationId) -> Option<&Balance> {
+        self.0
+            .binary_search_by(|(l, _)| l.cmp(location))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn at(&mut self, location: &LocationId) -> &mut Balance {
+        let i = match self.0.binary_search_by(|(l, _)| l.cmp(location)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (location.clone(), Balance::default()));
+                // Locations are added rarely; spare capacity would be paid on every SKU.
+                self.0.shrink_to_fit();
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &Balance)> {
+        self.0.iter().map(|(l, b)| (l, b))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &LocationId> {
+        self.0.iter().map(|(l, _)| l)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Balance> {
+        self.0.iter().map(|(_, b)| b)
+    }
+}
+
+impl<'a> IntoIterator for &'a Balances {
+    type Item = (&'a LocationId, &'a Balance);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (LocationId, Balance)>,
+        fn(&'a (LocationId, Balance)) -> (&'a LocationId, &'a Balance),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(l, b)| (l, b))
+    }
+}
+
+/// What a SKU's stock holds besides its balances: open holds, transfers and returns, and
+/// channel rules. Most SKUs have none, so they live behind one pointer, allocated on first use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockExtras {
     pub holds: HashMap<HoldId, Hold>,
     pub transfers: HashMap<TransferId, Transfer>,
     pub returns: HashMap<ReturnId, ReturnStock>,
     pub channel_rules: BTreeMap<ChannelId, ChannelAllocationRule>,
+}
+
+static NO_EXTRAS: std::sync::LazyLock<StockExtras> = std::sync::LazyLock::new(StockExtras::default);
+
+/// Everything about one SKU's stock (subject `sku.<sku>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockState {
+    pub head: Option<Head>,
+    pub balances: Balances,
+    extras: Option<Box<StockExtras>>,
 }
 
 impl StockState {
@@ -77,7 +137,16 @@ impl StockState {
     }
 
     fn at(&mut self, location: &LocationId) -> &mut Balance {
-        self.balances.entry(location.clone()).or_default()
+        self.balances.at(location)
+    }
+
+    /// Holds, transfers, returns and channel rules (empty for most SKUs).
+    pub fn extras(&self) -> &StockExtras {
+        self.extras.as_deref().unwrap_or(&NO_EXTRAS)
+    }
+
+    fn extras_mut(&mut self) -> &mut StockExtras {
+        self.extras.get_or_insert_with(Default::default)
     }
 }
 
@@ -149,19 +218,22 @@ pub struct CommandRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordedOutcome {
     /// The command's events are the `event_count` sequences before the outcome's own.
-    Accepted {
-        event_count: u32,
-    },
-    Rejected {
-        code: String,
-        message: String,
-    },
+    Accepted { event_count: u32 },
+    /// Boxed: rejections are rare and the table holds one slot per command.
+    Rejected(Box<RecordedRejection>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRejection {
+    pub code: String,
+    pub message: String,
 }
 
 /// The whole write model.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    pub items: HashMap<Sku, Defined<ItemDefined>>,
+    /// Boxed: a definition is large and the table holds one slot per SKU.
+    pub items: HashMap<Sku, Defined<Box<ItemDefined>>>,
     pub locations: BTreeMap<LocationId, Defined<LocationDefined>>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
@@ -251,7 +323,7 @@ impl State {
                     e.sku.clone(),
                     Defined {
                         head,
-                        value: e.clone(),
+                        value: Box::new(e.clone()),
                     },
                 );
             }
@@ -296,10 +368,10 @@ impl State {
             E::CommandRejected(e) => self.record_command(
                 envelope,
                 e.body_sha256,
-                RecordedOutcome::Rejected {
+                RecordedOutcome::Rejected(Box::new(RecordedRejection {
                     code: e.code.clone(),
                     message: e.message.clone(),
-                },
+                })),
             ),
             event => {
                 if let Subject::Stock(sku) = &envelope.subject {
@@ -431,7 +503,7 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
     // What the figures do not hold: open holds, transfers and returns, and channel rules.
     match event {
         E::StockReserved(e) => {
-            s.holds.insert(
+            s.extras_mut().holds.insert(
                 e.hold.clone(),
                 Hold {
                     legal_entity: legal_entity.clone(),
@@ -444,10 +516,10 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
         }
         E::ReservationReleased(ledger::events::ReservationReleased { hold, .. })
         | E::ReservationExpired(ledger::events::ReservationExpired { hold, .. }) => {
-            s.holds.remove(hold);
+            s.extras_mut().holds.remove(hold);
         }
         E::TransferShipped(e) => {
-            s.transfers.insert(
+            s.extras_mut().transfers.insert(
                 e.transfer.clone(),
                 Transfer {
                     from: e.from.clone(),
@@ -458,23 +530,30 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
             );
         }
         E::TransferReceived(e) => {
-            if let Some(t) = s.transfers.get_mut(&e.transfer) {
+            if let Some(t) = s.extras_mut().transfers.get_mut(&e.transfer) {
                 t.received = true;
             }
         }
         E::ReturnReceived(e) => {
-            let r = s.returns.entry(e.return_id.clone()).or_default();
+            let r = s
+                .extras_mut()
+                .returns
+                .entry(e.return_id.clone())
+                .or_default();
             r.location = Some(e.location.clone());
             r.received += e.qty.get();
         }
         E::ReturnDispositioned(e) => {
-            s.returns
+            s.extras_mut()
+                .returns
                 .entry(e.return_id.clone())
                 .or_default()
                 .dispositioned += e.qty.get();
         }
         E::ChannelAllocationSet(e) => {
-            s.channel_rules.insert(e.channel.clone(), e.rule.clone());
+            s.extras_mut()
+                .channel_rules
+                .insert(e.channel.clone(), e.rule.clone());
         }
         _ => {}
     }

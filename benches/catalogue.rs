@@ -1,0 +1,403 @@
+//! Large catalogue, memory and growth.
+//!
+//! 1. **Large catalogue, in process** (`ERP_CAT_SKUS`, default 1,000,000): 3 locations, then
+//!    per SKU an `item.define` and a receipt at each location, then `ERP_CAT_ORDERS` (default
+//!    the SKU count) random one-line orders. Every command is decoded from JSON, decided
+//!    against the write model and its events and outcome record applied, exactly the
+//!    processor's own code without the log. Rates, and resident memory (RSS) after each phase,
+//!    in bytes per SKU x location. Run twice in child processes: once building the write model
+//!    alone, once also feeding the ATS view, so the difference is the view's memory.
+//! 2. **Growth, end to end**: the same workload scaled to about 10k, 100k and 1M events,
+//!    each on a fresh fsyncing nats-server through the processor (window 512), then an ATS
+//!    rebuild and a raw ordered read of the same stream: cost per event at each size.
+//!
+//! Run: `cargo bench --bench catalogue` (`ERP_CAT_SKUS`, `ERP_CAT_ORDERS`,
+//! `ERP_CAT_GROWTH=10000,100000,1000000` to vary; `ERP_CAT_GROWTH=` skips part 2).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use commands::{Outcome, State};
+use ledger::envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
+use ledger::events::{CommandAccepted, Event};
+use ledger::jetstream::{JetStreamLog, LogConfig};
+use ledger::log::Head;
+use ledger::values::Timestamp;
+use ledger::{EventLog, Subject};
+use projections::View;
+use projections::ats::Ats;
+use serde_json::json;
+
+const LOCATIONS: [&str; 3] = ["DC-NORTH", "DC-SOUTH", "STORE-1"];
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so every run sends the same orders.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn command(n: u64, kind: &str, data: serde_json::Value) -> Bytes {
+    Bytes::from(
+        json!({
+            "command_id": uuid::Uuid::from_u128(0xca7a_0000_0000_0000_0000_0000_0000_0000 | u128::from(n)),
+            "actor": {"id": "bench", "role": "upstream"},
+            "legal_entity": "UK01", "effective_at": "2011-11-25T09:00:00Z",
+            "type": kind, "data": data,
+        })
+        .to_string(),
+    )
+}
+
+/// The catalogue workload's commands, phase by phase: setup, then per SKU a definition and
+/// three receipts, then the orders.
+fn workload(skus: u64, orders: u64) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut n = 0u64;
+    let mut next = |kind: &str, data: serde_json::Value| {
+        n += 1;
+        command(n, kind, data)
+    };
+    let mut catalogue = Vec::with_capacity((skus * 4 + 4) as usize);
+    for (i, location) in LOCATIONS.iter().enumerate() {
+        catalogue.push(next(
+            "location.define",
+            json!({"location": location, "kind": "Warehouse", "region": "UK", "routing_priority": i + 1}),
+        ));
+    }
+    catalogue.push(next(
+        "channel.define",
+        json!({"channel": "web", "name": "Online shop"}),
+    ));
+    for s in 0..skus {
+        let sku = format!("SKU{s:07}");
+        catalogue.push(next("item.define", json!({"sku": sku})));
+        for location in LOCATIONS {
+            catalogue.push(next(
+                "stock.receive",
+                json!({"sku": sku, "location": location, "qty": 10,
+                       "unit_cost": {"amount": "2.50", "currency": "GBP"}}),
+            ));
+        }
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let order_commands = (0..orders)
+        .map(|o| {
+            let sku = format!("SKU{:07}", rng.below(skus));
+            let qty = 1 + rng.below(3);
+            next(
+                "order.place",
+                json!({"order": format!("O{o}"), "channel": "web", "ship_to_region": "UK",
+                       "lines": [{"line": 1, "sku": sku, "qty": qty,
+                                  "unit_price": {"amount": "9.99", "currency": "GBP"}}]}),
+            )
+        })
+        .collect();
+    (catalogue, order_commands)
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+/// The write model (and the ATS view, when given) fed the processor's way.
+struct InProcess {
+    state: State,
+    ats: Option<Ats>,
+    seq: u64,
+    events: u64,
+    at: Timestamp,
+}
+
+impl InProcess {
+    fn store(&mut self, command: &commands::Command, subject: Subject, event: Event) {
+        self.seq += 1;
+        let envelope = Envelope::from_draft(
+            EventDraft {
+                event_id: uuid::Uuid::now_v7(),
+                subject,
+                command_id: command.command_id,
+                correlation_id: command.correlation_id,
+                actor: command.actor.clone(),
+                legal_entity: command.legal_entity.clone(),
+                effective_at: command.effective_at,
+                event,
+            },
+            EventHash::GENESIS,
+        );
+        let head = Head {
+            seq: self.seq,
+            hash: EventHash::GENESIS,
+        };
+        self.state.apply(&envelope, Some(head));
+        if let Some(ats) = self.ats.as_mut() {
+            let recorded = RecordedEvent {
+                seq: self.seq,
+                recorded_at: self.at,
+                hash: EventHash::GENESIS,
+                stored_version: 1,
+                envelope,
+            };
+            ats.apply(&recorded, &mut Default::default());
+        }
+    }
+
+    fn run(&mut self, bodies: &[Bytes]) {
+        for body in bodies {
+            let command = commands::decode(body).expect("valid command");
+            let events = commands::decide(&self.state, &command).expect("accepted");
+            let count = events.len() as u32;
+            self.events += u64::from(count) + 1;
+            for (subject, event) in events {
+                self.store(&command, subject, event);
+            }
+            let outcome = Event::CommandAccepted(CommandAccepted {
+                command_type: command.body.type_name().to_owned(),
+                body_sha256: command.body_sha256(),
+                event_count: count,
+            });
+            self.store(&command, Subject::Command(command.command_id), outcome);
+        }
+    }
+}
+
+/// Part 1 in a child process: prints `name=value` lines.
+fn child(with_ats: bool) {
+    let skus = env("ERP_CAT_SKUS", 1_000_000) as u64;
+    let orders = env("ERP_CAT_ORDERS", skus as usize) as u64;
+    let (catalogue, order_commands) = workload(skus, orders);
+    let base = rss();
+    let mut p = InProcess {
+        state: State::default(),
+        ats: with_ats.then(Ats::default),
+        seq: 0,
+        events: 0,
+        at: Timestamp::new(chrono::Utc::now()),
+    };
+    let started = Instant::now();
+    p.run(&catalogue);
+    let catalogue_secs = started.elapsed().as_secs_f64();
+    let catalogue_events = p.events;
+    let after_catalogue = rss();
+    p.state.commands.clear();
+    p.state.commands.shrink_to_fit();
+    let without_records = rss();
+    let started = Instant::now();
+    p.run(&order_commands);
+    let orders_secs = started.elapsed().as_secs_f64();
+    let after_orders = rss();
+    println!("catalogue_commands={}", catalogue.len());
+    println!("catalogue_events={catalogue_events}");
+    println!("catalogue_secs={catalogue_secs}");
+    println!("orders_events={}", p.events - catalogue_events);
+    println!("orders_secs={orders_secs}");
+    println!("base={base}");
+    println!("after_catalogue={after_catalogue}");
+    println!("without_records={without_records}");
+    println!("after_orders={after_orders}");
+}
+
+fn run_child(mode: &str) -> std::collections::HashMap<String, f64> {
+    let output = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env("ERP_CAT_CHILD", mode)
+        .output()
+        .expect("child runs");
+    assert!(
+        output.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("number")))
+        .collect()
+}
+
+fn in_process() {
+    let skus = env("ERP_CAT_SKUS", 1_000_000);
+    let orders = env("ERP_CAT_ORDERS", skus);
+    let state = run_child("state");
+    let with_ats = run_child("ats");
+    let cells = (skus * LOCATIONS.len()) as f64;
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    println!(
+        "Large catalogue in process: {skus} SKUs x {} locations, {orders} orders",
+        LOCATIONS.len()
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| catalogue: define + 3 receipts per SKU (decode, decide, apply) | {:.0} commands/s, {:.0} events/s |",
+        state["catalogue_commands"] / state["catalogue_secs"],
+        state["catalogue_events"] / state["catalogue_secs"]
+    );
+    println!(
+        "| random one-line orders | {:.0} orders/s, {:.0} events/s |",
+        orders as f64 / state["orders_secs"],
+        state["orders_events"] / state["orders_secs"]
+    );
+    let model = state["without_records"] - state["base"];
+    let records = state["after_catalogue"] - state["without_records"];
+    println!(
+        "| write model after the catalogue, without command records | {:.0} MiB, {:.0} bytes per SKU x location |",
+        mib(model),
+        model / cells
+    );
+    println!(
+        "| command records (idempotency table) | {:.0} MiB, {:.0} bytes per command |",
+        mib(records),
+        records / state["catalogue_commands"]
+    );
+    println!(
+        "| write model with its command records | {:.0} bytes per SKU x location |",
+        (model + records) / cells
+    );
+    let orders_bytes = state["after_orders"] - state["without_records"];
+    println!(
+        "| orders and their command records | {:.0} MiB, {:.0} bytes per order |",
+        mib(orders_bytes),
+        orders_bytes / orders as f64
+    );
+    let ats = with_ats["without_records"] - state["without_records"];
+    println!(
+        "| ATS view (same run with the view fed too, difference) | {:.0} MiB, {:.0} bytes per SKU x location |",
+        mib(ats),
+        ats / cells
+    );
+}
+
+async fn raw_read(log: &JetStreamLog, last: u64) -> f64 {
+    use futures::StreamExt;
+    let stream = log
+        .jetstream()
+        .get_stream(&log.config().stream)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: log.client().new_inbox(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let started = Instant::now();
+    let mut count = 0u64;
+    while let Some(msg) = messages.next().await {
+        count += 1;
+        if msg.expect("message").info().expect("info").stream_sequence >= last {
+            break;
+        }
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One size of the growth series: load, rebuild and raw read on a fresh server.
+async fn growth_step(target_events: u64) -> String {
+    // About 8 events per SKU (4 commands, each with an outcome record) and 4 per order.
+    let skus = (target_events / 12).max(1);
+    let (mut bodies, orders) = workload(skus, skus);
+    bodies.extend(orders);
+    let bench = common::start_server();
+    let client = async_nats::connect(bench.server.url())
+        .await
+        .expect("connect");
+    let processor = common::start_processor(&client).await;
+    let sender = commands::client::CommandClient::new(client.clone(), Duration::from_secs(120));
+    let total = bodies.len();
+    let mut events = 0u64;
+    let started = Instant::now();
+    sender
+        .submit_all(bodies, 512, |_, outcome| match outcome {
+            Ok(Outcome::Accepted { event_count, .. }) => events += u64::from(event_count),
+            other => panic!("refused: {other:?}"),
+        })
+        .await;
+    let load = started.elapsed().as_secs_f64();
+    processor.abort();
+    let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
+        .await
+        .expect("log");
+    let last = log.last_sequence().await.expect("last");
+    let raw = raw_read(&log, last).await;
+    let mut projector = projections::Projector::<Ats>::open(
+        log,
+        projections::Mode::Rebuild,
+        projections::ProjectorConfig::default(),
+    )
+    .await
+    .expect("projector");
+    let started = Instant::now();
+    let rebuilt = projector.catch_up().await.expect("catch up");
+    let rebuild = started.elapsed().as_secs_f64();
+    drop(bench);
+    format!(
+        "| {last} | {total} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} |",
+        events as f64 / load,
+        load * 1e6 / last as f64,
+        rebuilt as f64 / rebuild,
+        rebuild * 1e6 / rebuilt as f64,
+        raw,
+        (rebuilt as f64 / rebuild) / raw,
+    )
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("ERP_CAT_CHILD") {
+        child(mode == "ats");
+        return;
+    }
+    in_process();
+    let sizes: Vec<u64> = std::env::var("ERP_CAT_GROWTH")
+        .unwrap_or_else(|_| "10000,100000,1000000".into())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("ERP_CAT_GROWTH: comma-separated event counts")
+        })
+        .collect();
+    if sizes.is_empty() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let version = common::start_server().version;
+    println!();
+    println!(
+        "Growth, end to end (nats-server {version}, fsync always, processor in process, window 512):"
+    );
+    println!();
+    println!(
+        "| stream messages | commands | load events/s | load µs per message | ATS rebuild msgs/s | rebuild µs per message | raw read msgs/s | rebuild / raw |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for size in sizes {
+        println!("{}", runtime.block_on(growth_step(size)));
+    }
+}
