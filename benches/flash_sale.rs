@@ -76,6 +76,40 @@ async fn raw_atomic(client: &async_nats::Client, size: usize, batches: usize) ->
     (batches * 1000) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Raw plain publishes, pipelined (up to 4,096 acks awaited at once), to a stream on a
+/// server that does not fsync each write: the reference ceiling without durability.
+async fn raw_plain(size: usize, messages: usize) -> f64 {
+    let bench = common::start_server_syncing(false);
+    let client = async_nats::connect(bench.server.url())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "PLAIN".into(),
+        subjects: vec!["plain.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("plain stream");
+    let payload = Bytes::from(vec![7u8; size]);
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    for i in 0..messages {
+        let ack = js
+            .publish(format!("plain.s{}", i % 5000), payload.clone())
+            .await
+            .expect("publish");
+        acks.push_back(ack);
+        if acks.len() == 4096 {
+            acks.pop_front().expect("ack").await.expect("stored");
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    messages as f64 / started.elapsed().as_secs_f64()
+}
+
 /// `clients` concurrent clients each placing `per_client` one-unit orders one after another,
 /// or one every `pace`. Returns every command-to-reply latency and the events stored.
 async fn sale(
@@ -213,6 +247,8 @@ async fn run() {
         .sum();
 
     let raw = raw_atomic(&client, 300, 60).await;
+    drop(bench);
+    let plain = raw_plain(300, 300_000).await;
     let done = latencies.len();
     println!(
         "nats-server {version}, sync_interval always, R1 file storage; {} cores",
@@ -246,6 +282,9 @@ async fn run() {
     );
     println!("| raw durable atomic batches of 1,000 x 300 B | {raw:.0} msgs/s |");
     println!(
+        "| raw plain pipelined publish x 300 B, no fsync (reference) | {plain:.0} msgs/s |"
+    );
+    println!(
         "| ratio of processor events/s to raw durable msgs/s | {:.2} |",
         events as f64 / secs / raw
     );
@@ -253,5 +292,4 @@ async fn run() {
     let expected = ((done + paced.len()) as u64).min(UNITS) as i64;
     println!("| units allocated (must be {expected}) | {allocated} |");
     assert_eq!(allocated, expected, "oversold or undersold");
-    drop(bench);
 }

@@ -15,6 +15,12 @@ pub struct BenchServer {
 
 /// Starts the pinned nats-server (installed if needed) with `sync_interval: always`.
 pub fn start_server() -> BenchServer {
+    start_server_syncing(true)
+}
+
+/// Starts the pinned nats-server; `sync_always: false` leaves fsync to the server's default
+/// interval (for reference rates only: such a server can lose acknowledged writes).
+pub fn start_server_syncing(sync_always: bool) -> BenchServer {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temp dir");
     let binary =
@@ -24,7 +30,7 @@ pub fn start_server() -> BenchServer {
         binary,
         port: server::free_port().expect("port"),
         data_dir: dir.path().to_path_buf(),
-        sync_always: true,
+        sync_always,
         die_with_parent: true,
         extra_config: String::new(),
     })
