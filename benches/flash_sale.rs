@@ -281,9 +281,7 @@ async fn run() {
         percentile(&paced, 0.999).as_secs_f64() * 1e3,
     );
     println!("| raw durable atomic batches of 1,000 x 300 B | {raw:.0} msgs/s |");
-    println!(
-        "| raw plain pipelined publish x 300 B, no fsync (reference) | {plain:.0} msgs/s |"
-    );
+    println!("| raw plain pipelined publish x 300 B, no fsync (reference) | {plain:.0} msgs/s |");
     println!(
         "| ratio of processor events/s to raw durable msgs/s | {:.2} |",
         events as f64 / secs / raw

@@ -65,6 +65,8 @@ enum Command {
         /// Role table (JSON, role -> command patterns); the built-in one by default.
         #[arg(long)]
         roles: Option<PathBuf>,
+        #[command(flatten)]
+        purchasing: PurchasingArgs,
     },
     /// Generate NATS users per role (processor, projector, upstream, auditor) with subject
     /// permissions, for `erp up --auth DIR` or your own server.
@@ -175,6 +177,38 @@ struct UpArgs {
     /// Role table (JSON, role -> command patterns); the built-in one by default.
     #[arg(long)]
     roles: Option<PathBuf>,
+    #[command(flatten)]
+    purchasing: PurchasingArgs,
+}
+
+/// Purchasing rules the processor decides with.
+#[derive(Debug, Clone, clap::Args)]
+struct PurchasingArgs {
+    /// Purchase orders worth more than this, in their own currency, wait for approval by
+    /// someone other than their requester; up to it they are approved when created.
+    #[arg(long, env = "ERP_PO_APPROVAL_LIMIT", default_value = "5000", value_parser = parse_decimal)]
+    po_approval_limit: rust_decimal::Decimal,
+    /// How far a purchase order line may be over-received, in percent of its quantity.
+    #[arg(long, env = "ERP_PO_OVER_RECEIPT_TOLERANCE", default_value = "10", value_parser = parse_decimal)]
+    po_over_receipt_tolerance: rust_decimal::Decimal,
+}
+
+impl PurchasingArgs {
+    fn policy(&self) -> commands::state::PurchasePolicy {
+        commands::state::PurchasePolicy {
+            approval_limit: self.po_approval_limit,
+            over_receipt_tolerance_percent: self.po_over_receipt_tolerance,
+        }
+    }
+}
+
+fn parse_decimal(text: &str) -> Result<rust_decimal::Decimal, String> {
+    let value = rust_decimal::Decimal::from_str_exact(text.trim())
+        .map_err(|e| format!("`{text}` is not a decimal number: {e}"))?;
+    if value.is_sign_negative() {
+        return Err(format!("`{text}` is negative; expected 0 or more"));
+    }
+    Ok(value)
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,11 +305,16 @@ async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Processor { nats, roles } => {
+        Command::Processor {
+            nats,
+            roles,
+            purchasing,
+        } => {
             let log = open(&nats).await?;
             let client = log.client().clone();
             let config = ServiceConfig {
                 roles: load_roles(roles.as_deref())?,
+                purchase_policy: purchasing.policy(),
                 ..ServiceConfig::default()
             };
             commands::service::run(client, log, config, async {
@@ -409,6 +448,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         demo_days,
         auth,
         roles,
+        purchasing,
     } = args;
     let fsync = !no_fsync;
     let demo = demo.then_some(DemoArgs {
@@ -457,6 +497,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     status(&log).await?;
     let config = ServiceConfig {
         roles,
+        purchase_policy: purchasing.policy(),
         ..ServiceConfig::default()
     };
     let service = commands::service::Service::start(client.clone(), log, config).await?;

@@ -14,13 +14,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use ledger::events::{
-    ChannelAllocationRule, CostMethod, Disposition, FulfilmentPolicy, LineQty, LocationKind,
-    PackSize, PurchaseRef, ReservationPolicy, Tracking,
+    AllocationBasis, ChannelAllocationRule, ChargeKind, CostMethod, Disposition, FulfilmentPolicy,
+    LineQty, LocationKind, PackSize, PurchaseRef, ReservationPolicy, Tracking,
 };
 use ledger::values::{
     Actor, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
-    PackageId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku, SupplierId, Timestamp,
-    TransferId, UnitName, WaveId,
+    PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
+    SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
 /// Largest command accepted, in bytes of JSON.
@@ -345,6 +345,65 @@ command_data! {
         pub return_id: ReturnId,
         pub amount: Money,
     }
+
+    pub struct PurchaseLineIn {
+        pub line: u32,
+        pub sku: Sku,
+        pub location: LocationId,
+        pub qty: Qty,
+        pub unit_cost: Money,
+    }
+
+    /// Creates a purchase order. Worth at most the processor's approval limit, it is approved
+    /// at once; above it, it waits for `purchase.approve` by someone other than its requester.
+    pub struct CreatePurchaseOrder {
+        pub purchase_order: PurchaseOrderId,
+        pub supplier: SupplierId,
+        pub currency: Currency,
+        pub lines: Vec<PurchaseLineIn>,
+        pub expected_on: Date,
+    }
+
+    pub struct ApprovePurchaseOrder {
+        pub purchase_order: PurchaseOrderId,
+    }
+
+    pub struct RejectPurchaseOrder {
+        pub purchase_order: PurchaseOrderId,
+        pub reason: String,
+    }
+
+    pub struct SendPurchaseOrder {
+        pub purchase_order: PurchaseOrderId,
+    }
+
+    /// Closes the order with lines still open: what was not received will not come.
+    pub struct CancelPurchaseRemaining {
+        pub purchase_order: PurchaseOrderId,
+        pub reason: String,
+    }
+
+    /// Closes a fully received order.
+    pub struct ClosePurchaseOrder {
+        pub purchase_order: PurchaseOrderId,
+    }
+
+    /// A line's weight, for charges spread by weight.
+    pub struct LineWeight {
+        pub line: u32,
+        pub weight: Qty,
+    }
+
+    /// Spreads a freight, duty, insurance or handling charge over the order's received lines,
+    /// by their received value, quantity or weight (`weights`, required for `Weight`).
+    pub struct AllocateLandedCost {
+        pub purchase_order: PurchaseOrderId,
+        pub charge: ChargeKind,
+        pub amount: Money,
+        pub basis: AllocationBasis,
+        #[serde(default)]
+        pub weights: Vec<LineWeight>,
+    }
 }
 
 fn no_tracking() -> Tracking {
@@ -429,6 +488,13 @@ commands! {
     CancelOrder(CancelOrder) = "order.cancel";
     AuthoriseReturn(AuthoriseReturn) = "order.authorise_return";
     Refund(Refund) = "order.refund";
+    CreatePurchaseOrder(CreatePurchaseOrder) = "purchase.create_order";
+    ApprovePurchaseOrder(ApprovePurchaseOrder) = "purchase.approve";
+    RejectPurchaseOrder(RejectPurchaseOrder) = "purchase.reject";
+    SendPurchaseOrder(SendPurchaseOrder) = "purchase.send";
+    CancelPurchaseRemaining(CancelPurchaseRemaining) = "purchase.cancel_remaining";
+    ClosePurchaseOrder(ClosePurchaseOrder) = "purchase.close";
+    AllocateLandedCost(AllocateLandedCost) = "purchase.allocate_landed_cost";
 }
 
 /// A decoded, valid command.

@@ -48,6 +48,17 @@ pub mod code {
     pub const PACK_MISMATCH: &str = "pack_mismatch";
     pub const NOT_INSPECTED: &str = "not_inspected";
     pub const HOLD_NOT_EXPIRED: &str = "hold_not_expired";
+    pub const UNKNOWN_SUPPLIER: &str = "unknown_supplier";
+    pub const UNKNOWN_PURCHASE_ORDER: &str = "unknown_purchase_order";
+    /// The requester of a purchase order above the approval limit tried to approve or
+    /// reject it.
+    pub const APPROVER_IS_REQUESTER: &str = "approver_is_requester";
+    /// A receipt names a purchase order line for another SKU or location.
+    pub const PURCHASE_LINE_MISMATCH: &str = "purchase_line_mismatch";
+    /// A receipt would take a line beyond its ordered quantity plus the tolerance.
+    pub const OVER_RECEIPT: &str = "over_receipt";
+    /// A purchase order cannot be closed while lines are open.
+    pub const LINES_OPEN: &str = "lines_open";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
     /// Produced by the processor: the actor's role may not send this command
@@ -80,10 +91,16 @@ pub mod code {
         PACK_MISMATCH,
         NOT_INSPECTED,
         HOLD_NOT_EXPIRED,
+        UNKNOWN_SUPPLIER,
+        UNKNOWN_PURCHASE_ORDER,
+        APPROVER_IS_REQUESTER,
+        PURCHASE_LINE_MISMATCH,
+        OVER_RECEIPT,
+        LINES_OPEN,
     ];
 }
 
-fn reject(code: &'static str, message: impl Into<String>) -> Rejection {
+pub(crate) fn reject(code: &'static str, message: impl Into<String>) -> Rejection {
     Rejection {
         code,
         message: message.into(),
@@ -93,11 +110,11 @@ fn reject(code: &'static str, message: impl Into<String>) -> Rejection {
 /// The events of one decision, each with the subject it belongs to.
 pub type Decision = Vec<(Subject, Event)>;
 
-fn qty(n: i64) -> Qty {
+pub(crate) fn qty(n: i64) -> Qty {
     Qty::new(n).expect("decider quantities are checked non-negative and bounded")
 }
 
-fn positive(field: &str, q: Qty) -> Result<i64, Rejection> {
+pub(crate) fn positive(field: &str, q: Qty) -> Result<i64, Rejection> {
     if q.is_zero() {
         return Err(reject(
             code::INVALID_QUANTITY,
@@ -107,7 +124,7 @@ fn positive(field: &str, q: Qty) -> Result<i64, Rejection> {
     Ok(q.get())
 }
 
-fn non_negative_money(field: &str, m: &Money) -> Result<(), Rejection> {
+pub(crate) fn non_negative_money(field: &str, m: &Money) -> Result<(), Rejection> {
     if m.amount.is_sign_negative() && !m.amount.is_zero() {
         return Err(reject(
             code::NEGATIVE_AMOUNT,
@@ -122,8 +139,16 @@ pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
     let d = Decider {
         state,
         at: command.effective_at,
+        actor: &command.actor,
     };
     match &command.body {
+        CommandBody::CreatePurchaseOrder(c) => d.create_purchase_order(c),
+        CommandBody::ApprovePurchaseOrder(c) => d.approve_purchase_order(c),
+        CommandBody::RejectPurchaseOrder(c) => d.reject_purchase_order(c),
+        CommandBody::SendPurchaseOrder(c) => d.send_purchase_order(c),
+        CommandBody::CancelPurchaseRemaining(c) => d.cancel_purchase_remaining(c),
+        CommandBody::ClosePurchaseOrder(c) => d.close_purchase_order(c),
+        CommandBody::AllocateLandedCost(c) => d.allocate_landed_cost(c),
         CommandBody::DefineItem(c) => d.define_item(c),
         CommandBody::DefineLocation(c) => Ok(vec![(
             Subject::Location(c.location.clone()),
@@ -183,9 +208,10 @@ pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
     }
 }
 
-struct Decider<'a> {
-    state: &'a State,
-    at: Timestamp,
+pub(crate) struct Decider<'a> {
+    pub(crate) state: &'a State,
+    pub(crate) at: Timestamp,
+    pub(crate) actor: &'a ledger::values::Actor,
 }
 
 /// Where a line goes: the node, how much it takes there, and why.
@@ -195,7 +221,7 @@ type Route = (LocationId, i64, String);
 type Promised = HashMap<(Sku, LocationId), i64>;
 
 impl<'a> Decider<'a> {
-    fn item(&self, sku: &Sku) -> Result<&'a ItemDefined, Rejection> {
+    pub(crate) fn item(&self, sku: &Sku) -> Result<&'a ItemDefined, Rejection> {
         self.state
             .items
             .get(sku)
@@ -203,7 +229,7 @@ impl<'a> Decider<'a> {
             .ok_or_else(|| reject(code::UNKNOWN_SKU, format!("no item `{sku}` is defined")))
     }
 
-    fn location(&self, location: &LocationId) -> Result<&'a LocationDefined, Rejection> {
+    pub(crate) fn location(&self, location: &LocationId) -> Result<&'a LocationDefined, Rejection> {
         self.state
             .locations
             .get(location)
@@ -372,6 +398,9 @@ impl<'a> Decider<'a> {
                 purchase: c.purchase.clone(),
             }),
         )];
+        if let Some(purchase) = &c.purchase {
+            events.push(self.match_receipt(c, purchase, n)?);
+        }
         events.extend(self.fill_backorders(&c.sku, &c.location, n));
         Ok(events)
     }

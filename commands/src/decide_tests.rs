@@ -805,6 +805,339 @@ fn channel_rules_and_safety_stock_limit_what_is_promised() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Purchasing
+// ---------------------------------------------------------------------------------------------
+
+fn as_actor(actor: &str, kind: &str, data: serde_json::Value) -> Command {
+    let mut c = command(kind, data, "2011-01-01T10:00:00Z");
+    c.actor.id = ActorId::new(actor).unwrap();
+    c
+}
+
+impl World {
+    /// Decides as `actor` and applies with that actor on the envelopes.
+    fn by(
+        &mut self,
+        actor: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Decision, Rejection> {
+        let c = as_actor(actor, kind, data);
+        let decision = decide(&self.state, &c)?;
+        for (subject, event) in &decision {
+            self.seq += 1;
+            let envelope = Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                subject: subject.clone(),
+                command_id: c.command_id,
+                correlation_id: c.correlation_id,
+                actor: c.actor.clone(),
+                legal_entity: c.legal_entity.clone(),
+                effective_at: c.effective_at,
+                prev_hash: EventHash::GENESIS,
+                event: event.clone(),
+            };
+            let head = ledger::Head {
+                seq: self.seq,
+                hash: EventHash::GENESIS,
+            };
+            self.state.apply(&envelope, Some(head));
+        }
+        Ok(decision)
+    }
+
+    fn purchasing() -> World {
+        let mut w = World::new();
+        w.given(
+            "supplier.define",
+            json!({"supplier": "ACME", "currency": "GBP"}),
+        );
+        w
+    }
+}
+
+fn po(id: &str, lines: serde_json::Value) -> serde_json::Value {
+    json!({"purchase_order": id, "supplier": "ACME", "currency": "GBP", "lines": lines,
+           "expected_on": "2011-01-15"})
+}
+
+fn po_line(n: u32, sku: &str, qty: i64, cost: &str) -> serde_json::Value {
+    json!({"line": n, "sku": sku, "location": "WH1", "qty": qty,
+           "unit_cost": {"amount": cost, "currency": "GBP"}})
+}
+
+fn receive_po(sku: &str, qty: i64, po: &str, line: u32) -> serde_json::Value {
+    json!({"sku": sku, "location": "WH1", "qty": qty,
+           "unit_cost": {"amount": "2.00", "currency": "GBP"},
+           "purchase": {"purchase_order": po, "line": line}})
+}
+
+fn refusal(r: Result<Decision, Rejection>) -> Rejection {
+    r.expect_err("must be rejected")
+}
+
+#[test]
+fn a_purchase_order_within_the_limit_is_approved_when_created() {
+    let mut w = World::purchasing();
+    let d = w
+        .by(
+            "buyer-1",
+            "purchase.create_order",
+            po("PO1", json!([po_line(1, "A", 100, "2.00")])),
+        )
+        .unwrap();
+    assert_eq!(
+        types(&d),
+        ["purchase.order_created", "purchase.order_approved"]
+    );
+    let Event::PurchaseOrderApproved(a) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(a.approver.as_str(), crate::purchase::AUTO_APPROVER);
+    // Exactly at the limit (5,000) still auto-approves.
+    let d = w
+        .by(
+            "buyer-1",
+            "purchase.create_order",
+            po("PO2", json!([po_line(1, "A", 2500, "2.00")])),
+        )
+        .unwrap();
+    assert_eq!(d.len(), 2);
+}
+
+#[test]
+fn above_the_limit_the_requester_may_not_approve_or_reject() {
+    let mut w = World::purchasing();
+    let d = w
+        .by(
+            "buyer-1",
+            "purchase.create_order",
+            po("PO1", json!([po_line(1, "A", 2501, "2.00")])),
+        )
+        .unwrap();
+    assert_eq!(
+        types(&d),
+        ["purchase.order_created"],
+        "5,002.00 waits for approval"
+    );
+    let r = refusal(w.by(
+        "buyer-1",
+        "purchase.approve",
+        json!({"purchase_order": "PO1"}),
+    ));
+    assert_eq!(r.code, code::APPROVER_IS_REQUESTER);
+    assert!(
+        r.message.contains("buyer-1") && r.message.contains("5000"),
+        "{r}"
+    );
+    let r = refusal(w.by(
+        "buyer-1",
+        "purchase.reject",
+        json!({"purchase_order": "PO1", "reason": "x"}),
+    ));
+    assert_eq!(r.code, code::APPROVER_IS_REQUESTER);
+    // Nothing can be received before approval.
+    let r = refusal(w.by("clerk-2", "stock.receive", receive_po("A", 1, "PO1", 1)));
+    assert_eq!(r.code, code::INVALID_TRANSITION);
+    assert!(r.message.contains("pending approval"), "{r}");
+    let d = w
+        .by(
+            "manager-1",
+            "purchase.approve",
+            json!({"purchase_order": "PO1"}),
+        )
+        .unwrap();
+    let Event::PurchaseOrderApproved(a) = &d[0].1 else {
+        panic!()
+    };
+    assert_eq!(a.approver.as_str(), "manager-1");
+    let r = refusal(w.by(
+        "manager-2",
+        "purchase.approve",
+        json!({"purchase_order": "PO1"}),
+    ));
+    assert_eq!(r.code, code::INVALID_TRANSITION);
+    // A lower limit from the processor's configuration applies to new orders.
+    w.state.purchase_policy.approval_limit = rust_decimal::Decimal::from(100);
+    let d = w
+        .by(
+            "buyer-1",
+            "purchase.create_order",
+            po("PO2", json!([po_line(1, "A", 51, "2.00")])),
+        )
+        .unwrap();
+    assert_eq!(d.len(), 1);
+}
+
+#[test]
+fn purchase_orders_need_a_known_supplier_and_valid_lines() {
+    let mut w = World::purchasing();
+    let mut bad = po("PO1", json!([po_line(1, "A", 1, "2.00")]));
+    bad["supplier"] = json!("NOBODY");
+    assert_eq!(
+        refusal(w.by("b", "purchase.create_order", bad)).code,
+        code::UNKNOWN_SUPPLIER
+    );
+    let r = refusal(w.by(
+        "b",
+        "purchase.create_order",
+        po("PO1", json!([po_line(1, "ZZZ", 1, "2.00")])),
+    ));
+    assert_eq!(r.code, code::UNKNOWN_SKU);
+    let r = refusal(w.by(
+        "b",
+        "purchase.create_order",
+        po("PO1", json!([po_line(1, "A", 0, "2.00")])),
+    ));
+    assert_eq!(r.code, code::INVALID_QUANTITY);
+    let mut eur = po_line(1, "A", 1, "2.00");
+    eur["unit_cost"]["currency"] = json!("EUR");
+    let r = refusal(w.by("b", "purchase.create_order", po("PO1", json!([eur]))));
+    assert_eq!(r.code, code::CURRENCY_MISMATCH);
+    let r = refusal(w.by(
+        "b",
+        "purchase.create_order",
+        po(
+            "PO1",
+            json!([po_line(1, "A", 1, "2.00"), po_line(1, "A", 1, "2.00")]),
+        ),
+    ));
+    assert_eq!(r.code, code::ALREADY_EXISTS);
+    w.by(
+        "b",
+        "purchase.create_order",
+        po("PO1", json!([po_line(1, "A", 1, "2.00")])),
+    )
+    .unwrap();
+    let r = refusal(w.by(
+        "b",
+        "purchase.create_order",
+        po("PO1", json!([po_line(1, "A", 1, "2.00")])),
+    ));
+    assert_eq!(r.code, code::ALREADY_EXISTS);
+    let r = refusal(w.by("b", "purchase.send", json!({"purchase_order": "PO9"})));
+    assert_eq!(r.code, code::UNKNOWN_PURCHASE_ORDER);
+}
+
+#[test]
+fn receipts_match_their_line_within_the_tolerance() {
+    let mut w = World::purchasing();
+    w.by(
+        "b",
+        "purchase.create_order",
+        po(
+            "PO1",
+            json!([po_line(1, "A", 100, "2.00"), po_line(2, "LOT", 5, "1.00")]),
+        ),
+    )
+    .unwrap();
+    w.by("b", "purchase.send", json!({"purchase_order": "PO1"}))
+        .unwrap();
+    let r = refusal(w.by("c", "stock.receive", receive_po("SAFE", 1, "PO1", 1)));
+    assert_eq!(r.code, code::PURCHASE_LINE_MISMATCH);
+    let r = refusal(w.by("c", "stock.receive", receive_po("A", 1, "PO1", 7)));
+    assert_eq!(r.code, code::UNKNOWN_LINE);
+    let d = w
+        .by("c", "stock.receive", receive_po("A", 60, "PO1", 1))
+        .unwrap();
+    assert_eq!(types(&d), ["stock.received", "purchase.receipt_matched"]);
+    let Event::ReceiptMatched(m) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(
+        (m.qty_received.get(), m.qty_ordered.get(), m.variance.get()),
+        (60, 100, -40)
+    );
+    // 10% tolerance: up to 110 in total.
+    let r = refusal(w.by("c", "stock.receive", receive_po("A", 51, "PO1", 1)));
+    assert_eq!(r.code, code::OVER_RECEIPT);
+    assert!(
+        r.message.contains("111") && r.message.contains("110"),
+        "{r}"
+    );
+    let d = w
+        .by("c", "stock.receive", receive_po("A", 50, "PO1", 1))
+        .unwrap();
+    let Event::ReceiptMatched(m) = &d[1].1 else {
+        panic!()
+    };
+    assert_eq!(m.variance.get(), 10);
+    assert_eq!(w.balance("A", "WH1").on_hand, 110);
+    // Line 2 is open: the order cannot be closed, only its remainder cancelled.
+    let r = refusal(w.by("b", "purchase.close", json!({"purchase_order": "PO1"})));
+    assert_eq!(r.code, code::LINES_OPEN);
+    assert!(r.message.contains("line 2 (0 of 5 received)"), "{r}");
+    let d = w
+        .by(
+            "b",
+            "purchase.cancel_remaining",
+            json!({"purchase_order": "PO1", "reason": "supplier out of stock"}),
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["purchase.order_closed"]);
+    let r = refusal(w.by("c", "stock.receive", receive_po("A", 1, "PO1", 1)));
+    assert_eq!(r.code, code::INVALID_TRANSITION);
+}
+
+#[test]
+fn landed_cost_is_spread_to_the_cent_over_received_lines() {
+    let mut w = World::purchasing();
+    w.by(
+        "b",
+        "purchase.create_order",
+        po(
+            "PO1",
+            json!([
+                po_line(1, "A", 10, "1.00"),
+                po_line(2, "SAFE", 10, "1.00"),
+                po_line(3, "NEG", 10, "1.00"),
+                po_line(4, "LOT", 10, "1.00")
+            ]),
+        ),
+    )
+    .unwrap();
+    let charge = |basis: &str| {
+        json!({"purchase_order": "PO1", "charge": "Freight",
+        "amount": {"amount": "100.00", "currency": "GBP"}, "basis": basis,
+        "weights": [{"line": 1, "weight": 1}, {"line": 2, "weight": 2}, {"line": 3, "weight": 1}]})
+    };
+    let r = refusal(w.by("b", "purchase.allocate_landed_cost", charge("Value")));
+    assert_eq!(r.code, code::INVALID_TRANSITION, "nothing received yet");
+    for (sku, line) in [("A", 1), ("SAFE", 2), ("NEG", 3)] {
+        w.by("c", "stock.receive", receive_po(sku, 10, "PO1", line))
+            .unwrap();
+    }
+    let shares = |d: &Decision| -> Vec<String> {
+        let Event::LandedCostAllocated(e) = &d[0].1 else {
+            panic!()
+        };
+        e.shares
+            .iter()
+            .map(|s| format!("{}:{}", s.line, s.amount.amount))
+            .collect()
+    };
+    // Three received lines of equal value: 33.33 + 33.33 + 33.34 = 100.00; line 4 gets none.
+    let d = w
+        .by("b", "purchase.allocate_landed_cost", charge("Value"))
+        .unwrap();
+    assert_eq!(shares(&d), ["1:33.33", "2:33.33", "3:33.34"]);
+    let d = w
+        .by("b", "purchase.allocate_landed_cost", charge("Weight"))
+        .unwrap();
+    assert_eq!(shares(&d), ["1:25.00", "2:50.00", "3:25.00"]);
+    let mut no_weights = charge("Weight");
+    no_weights["weights"] = json!([]);
+    let r = refusal(w.by("b", "purchase.allocate_landed_cost", no_weights));
+    assert_eq!(r.code, code::UNKNOWN_LINE);
+    let mut usd = charge("Quantity");
+    usd["amount"]["currency"] = json!("USD");
+    assert_eq!(
+        refusal(w.by("b", "purchase.allocate_landed_cost", usd)).code,
+        code::CURRENCY_MISMATCH
+    );
+}
+
 #[test]
 fn every_rejection_code_is_exercised_by_a_test() {
     // Goal: the list of codes stays in step with these tests (a new code needs a case).

@@ -9,6 +9,7 @@ pub mod command;
 pub mod decide;
 pub mod demo;
 pub mod processor;
+pub mod purchase;
 pub mod roles;
 pub mod service;
 pub mod state;

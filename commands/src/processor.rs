@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use ledger::events::{CommandAccepted, CommandRejected, Event};
 use ledger::log::BATCH_EVENTS_MAX;
-use ledger::values::{ChannelId, LocationId, OrderId, Sku, SupplierId};
+use ledger::values::{ChannelId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId};
 use ledger::{
     AppendBatch, AppendError, Envelope, EventDraft, EventHash, EventLog, Expectation, Head,
     LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil, Subject,
@@ -26,7 +26,9 @@ use uuid::Uuid;
 use crate::command::Command;
 use crate::decide::{Rejection, code, decide};
 use crate::roles::Roles;
-use crate::state::{CommandRecord, Defined, OrderState, RecordedOutcome, State, StockState};
+use crate::state::{
+    CommandRecord, Defined, OrderState, PurchaseOrderState, RecordedOutcome, State, StockState,
+};
 
 /// How many times a tick is decided again after conflicts before its commands are answered
 /// `unavailable` (the client retries; nothing was stored).
@@ -87,6 +89,7 @@ enum Saved {
     Stock(Sku, Option<StockState>),
     Order(OrderId, Option<OrderState>),
     Command(Uuid, Option<CommandRecord>),
+    PurchaseOrder(PurchaseOrderId, Option<PurchaseOrderState>),
     Other(Subject, Option<Head>),
 }
 
@@ -99,6 +102,9 @@ fn save(state: &State, subject: &Subject) -> Saved {
         Subject::Stock(k) => Saved::Stock(k.clone(), state.stock.get(k).cloned()),
         Subject::Order(k) => Saved::Order(k.clone(), state.orders.get(k).cloned()),
         Subject::Command(k) => Saved::Command(*k, state.commands.get(k).cloned()),
+        Subject::PurchaseOrder(k) => {
+            Saved::PurchaseOrder(k.clone(), state.purchase_orders.get(k).cloned())
+        }
         other => Saved::Other(other.clone(), state.other_heads.get(other).copied()),
     }
 }
@@ -128,6 +134,7 @@ fn restore(state: &mut State, saved: Saved) {
             state.index_backorders(&k, true);
         }
         Saved::Command(k, v) => put(&mut state.commands, k, v),
+        Saved::PurchaseOrder(k, v) => put(&mut state.purchase_orders, k, v),
         Saved::Other(k, v) => put(&mut state.other_heads, k, v),
     }
 }
@@ -196,6 +203,12 @@ impl<L: EventLog> Processor<L> {
     /// Replaces the role table (the built-in one is used until then).
     pub fn set_roles(&mut self, roles: Roles) {
         self.roles = roles;
+    }
+
+    /// Sets the purchasing rules (approval limit, over-receipt tolerance) that decisions use
+    /// from now on.
+    pub fn set_purchase_policy(&mut self, policy: crate::state::PurchasePolicy) {
+        self.state.purchase_policy = policy;
     }
 
     pub fn state(&self) -> &State {

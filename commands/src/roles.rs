@@ -17,7 +17,8 @@ pub struct Roles(BTreeMap<String, Vec<String>>);
 
 impl Default for Roles {
     /// The built-in table: `admin` all; `upstream` (shop and marketplace integrations) master
-    /// data, stock and orders, and `clerk` (back office) the same; `warehouse` receiving, moves,
+    /// data, stock and orders, and `clerk` (back office) the same plus purchasing; `buyer`
+    /// suppliers and purchasing; `warehouse` receiving, moves,
     /// counts, quality, returns and pick/pack/ship; `system` hold
     /// expiry (the processor's own clock); `auditor` nothing.
     fn default() -> Roles {
@@ -43,8 +44,10 @@ impl Default for Roles {
                     "supplier.*",
                     "stock.*",
                     "order.*",
+                    "purchase.*",
                 ],
             ),
+            ("buyer", vec!["supplier.*", "purchase.*"]),
             (
                 "warehouse",
                 vec![

@@ -40,6 +40,8 @@ pub struct ServiceConfig {
     pub hold_expiry_interval: Duration,
     /// Which roles may send which commands.
     pub roles: crate::roles::Roles,
+    /// Purchase order approval limit and over-receipt tolerance.
+    pub purchase_policy: crate::state::PurchasePolicy,
 }
 
 impl Default for ServiceConfig {
@@ -52,6 +54,7 @@ impl Default for ServiceConfig {
             commands_max_age: Duration::from_secs(7 * 24 * 3600),
             hold_expiry_interval: Duration::from_secs(1),
             roles: crate::roles::Roles::default(),
+            purchase_policy: crate::state::PurchasePolicy::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ impl Service {
         let started = std::time::Instant::now();
         let mut processor = Processor::recover(log).await?;
         processor.set_roles(config.roles.clone());
+        processor.set_purchase_policy(config.purchase_policy.clone());
         tracing::info!(
             applied_seq = processor.applied_seq(),
             commands = processor.state().commands.len(),

@@ -8,8 +8,8 @@ use ledger::events::{
     SupplierDefined,
 };
 use ledger::values::{
-    ChannelId, HoldId, LocationId, OrderId, PackageId, ReturnId, Sku, SupplierId, Timestamp,
-    TransferId,
+    ChannelId, HoldId, LocationId, OrderId, PackageId, PurchaseOrderId, ReturnId, Sku, SupplierId,
+    Timestamp, TransferId,
 };
 use ledger::{Envelope, Head, Subject};
 use uuid::Uuid;
@@ -229,6 +229,75 @@ pub struct RecordedRejection {
     pub message: String,
 }
 
+/// Where a purchase order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoStatus {
+    /// Above the approval limit: waits for someone other than its requester.
+    PendingApproval,
+    Approved,
+    Rejected,
+    Sent,
+    Closed,
+}
+
+impl PoStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoStatus::PendingApproval => "pending approval",
+            PoStatus::Approved => "approved",
+            PoStatus::Rejected => "rejected",
+            PoStatus::Sent => "sent",
+            PoStatus::Closed => "closed",
+        }
+    }
+
+    /// Whether goods may be received and charges booked against it.
+    pub fn receivable(self) -> bool {
+        matches!(self, PoStatus::Approved | PoStatus::Sent)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoLineState {
+    pub sku: Sku,
+    pub location: LocationId,
+    pub ordered: i64,
+    pub received: i64,
+    pub unit_cost: ledger::values::Money,
+}
+
+/// Everything about one purchase order (subject `po.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseOrderState {
+    pub head: Option<Head>,
+    pub supplier: SupplierId,
+    pub currency: ledger::values::Currency,
+    /// Who created it: may not approve or reject it.
+    pub requester: ledger::values::ActorId,
+    pub status: PoStatus,
+    pub lines: BTreeMap<u32, PoLineState>,
+}
+
+/// Purchasing rules the processor is configured with (not facts from the log: they shape
+/// decisions, and the decisions are recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchasePolicy {
+    /// Orders worth more than this (in their own currency) need approval by someone other
+    /// than their requester; up to it they are approved when created.
+    pub approval_limit: rust_decimal::Decimal,
+    /// How far a line may be over-received, in percent of the ordered quantity.
+    pub over_receipt_tolerance_percent: rust_decimal::Decimal,
+}
+
+impl Default for PurchasePolicy {
+    fn default() -> PurchasePolicy {
+        PurchasePolicy {
+            approval_limit: rust_decimal::Decimal::from(5_000),
+            over_receipt_tolerance_percent: rust_decimal::Decimal::from(10),
+        }
+    }
+}
+
 /// The whole write model.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -243,8 +312,11 @@ pub struct State {
     /// Backordered quantity per order line, by SKU, in the order receipts serve them. Derived
     /// from the orders (an index, not a fact): `index_backorders` keeps it in step.
     pub backorders: HashMap<Sku, BTreeMap<BackorderKey, i64>>,
-    /// Heads of subjects the model keeps nothing else about (legal entities, purchase orders).
+    pub purchase_orders: HashMap<PurchaseOrderId, PurchaseOrderState>,
+    /// Heads of subjects the model keeps nothing else about (legal entities).
     pub other_heads: HashMap<Subject, Head>,
+    /// Configuration, not state: see `PurchasePolicy`.
+    pub purchase_policy: PurchasePolicy,
 }
 
 fn add(map: &mut BTreeMap<LocationId, i64>, location: &LocationId, qty: i64) {
@@ -266,6 +338,7 @@ impl State {
             Subject::Supplier(id) => self.suppliers.get(id).and_then(|d| d.head),
             Subject::Order(id) => self.orders.get(id).and_then(|o| o.head),
             Subject::Command(id) => self.commands.get(id).and_then(|c| c.head),
+            Subject::PurchaseOrder(id) => self.purchase_orders.get(id).and_then(|p| p.head),
             other => self.other_heads.get(other).copied(),
         };
         head.unwrap_or(Head::EMPTY)
@@ -280,6 +353,7 @@ impl State {
             Subject::Supplier(id) => self.suppliers.get_mut(id).map(|d| &mut d.head),
             Subject::Order(id) => self.orders.get_mut(id).map(|o| &mut o.head),
             Subject::Command(id) => self.commands.get_mut(id).map(|c| &mut c.head),
+            Subject::PurchaseOrder(id) => self.purchase_orders.get_mut(id).map(|p| &mut p.head),
             other => {
                 self.other_heads.insert(other.clone(), head);
                 return;
@@ -386,8 +460,58 @@ impl State {
                         evolve_order(state, event);
                     }
                     self.index_backorders(order, true);
+                } else if let Subject::PurchaseOrder(po) = &envelope.subject {
+                    self.evolve_purchase_order(po, envelope);
                 }
             }
+        }
+    }
+
+    fn evolve_purchase_order(&mut self, po: &PurchaseOrderId, envelope: &Envelope) {
+        use Event as E;
+        if let E::PurchaseOrderCreated(e) = &envelope.event {
+            let head = self.purchase_orders.get(po).and_then(|p| p.head);
+            let lines = e
+                .lines
+                .iter()
+                .map(|l| {
+                    let line = PoLineState {
+                        sku: l.sku.clone(),
+                        location: l.location.clone(),
+                        ordered: l.qty.get(),
+                        received: 0,
+                        unit_cost: l.unit_cost,
+                    };
+                    (l.line, line)
+                })
+                .collect();
+            self.purchase_orders.insert(
+                po.clone(),
+                PurchaseOrderState {
+                    head,
+                    supplier: e.supplier.clone(),
+                    currency: e.currency,
+                    requester: envelope.actor.id.clone(),
+                    status: PoStatus::PendingApproval,
+                    lines,
+                },
+            );
+            return;
+        }
+        let Some(p) = self.purchase_orders.get_mut(po) else {
+            return;
+        };
+        match &envelope.event {
+            E::PurchaseOrderApproved(_) => p.status = PoStatus::Approved,
+            E::PurchaseOrderRejected(_) => p.status = PoStatus::Rejected,
+            E::PurchaseOrderSent(_) => p.status = PoStatus::Sent,
+            E::PurchaseOrderClosed(_) => p.status = PoStatus::Closed,
+            E::ReceiptMatched(e) => {
+                if let Some(line) = p.lines.get_mut(&e.line) {
+                    line.received = e.qty_received.get();
+                }
+            }
+            _ => {}
         }
     }
 

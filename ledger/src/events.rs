@@ -497,6 +497,11 @@ payload! {
         pub approver: ActorId,
     }
 
+    /// The approved order went to the supplier.
+    pub struct PurchaseOrderSent {
+        pub purchase_order: PurchaseOrderId,
+    }
+
     pub struct PurchaseOrderRejected {
         pub purchase_order: PurchaseOrderId,
         pub approver: ActorId,
@@ -658,6 +663,7 @@ catalogue! {
     PurchaseOrderCreated(PurchaseOrderCreated) = "purchase.order_created" v 1;
     PurchaseOrderApproved(PurchaseOrderApproved) = "purchase.order_approved" v 1;
     PurchaseOrderRejected(PurchaseOrderRejected) = "purchase.order_rejected" v 1;
+    PurchaseOrderSent(PurchaseOrderSent) = "purchase.order_sent" v 1;
     ReceiptMatched(ReceiptMatched) = "purchase.receipt_matched" v 1;
     LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;

@@ -385,6 +385,9 @@ fn sample(t: EventType) -> Event {
             purchase_order: po(),
             approver: actor("manager-1"),
         }),
+        EventType::PurchaseOrderSent => Event::PurchaseOrderSent(PurchaseOrderSent {
+            purchase_order: po(),
+        }),
         EventType::PurchaseOrderRejected => Event::PurchaseOrderRejected(PurchaseOrderRejected {
             purchase_order: po(),
             approver: actor("manager-1"),

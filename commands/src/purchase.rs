@@ -1,0 +1,418 @@
+//! Purchasing deciders: purchase orders from creation to close, receipts matched to their
+//! lines, and landed-cost charges spread over what was received. The approval rule and the
+//! over-receipt tolerance come from `State::purchase_policy`.
+
+use rust_decimal::Decimal;
+
+use ledger::Subject;
+use ledger::events::*;
+use ledger::values::{ActorId, Money, PurchaseOrderId, QtyDelta};
+
+use crate::command::*;
+use crate::decide::{
+    Decider, Decision, Rejection, code, non_negative_money, positive, qty, reject,
+};
+use crate::state::{PoStatus, PurchaseOrderState};
+
+/// The name recorded as approver when a purchase order is within the approval limit.
+pub const AUTO_APPROVER: &str = "policy:auto-approval";
+
+impl<'a> Decider<'a> {
+    fn purchase_order(&self, id: &PurchaseOrderId) -> Result<&'a PurchaseOrderState, Rejection> {
+        self.state.purchase_orders.get(id).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_PURCHASE_ORDER,
+                format!("no purchase order `{id}` was created"),
+            )
+        })
+    }
+
+    fn po_in(
+        &self,
+        id: &PurchaseOrderId,
+        allowed: &[PoStatus],
+        doing: &str,
+    ) -> Result<&'a PurchaseOrderState, Rejection> {
+        let po = self.purchase_order(id)?;
+        if !allowed.contains(&po.status) {
+            let expected: Vec<&str> = allowed.iter().map(|s| s.name()).collect();
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "purchase order {id} is {}; to {doing} it must be {}",
+                    po.status.name(),
+                    expected.join(" or ")
+                ),
+            ));
+        }
+        Ok(po)
+    }
+
+    pub(crate) fn create_purchase_order(
+        &self,
+        c: &CreatePurchaseOrder,
+    ) -> Result<Decision, Rejection> {
+        if self.state.purchase_orders.contains_key(&c.purchase_order) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!("purchase order {} already exists", c.purchase_order),
+            ));
+        }
+        if !self.state.suppliers.contains_key(&c.supplier) {
+            return Err(reject(
+                code::UNKNOWN_SUPPLIER,
+                format!("no supplier `{}` is defined", c.supplier),
+            ));
+        }
+        if c.lines.is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "a purchase order needs at least one line",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut value = Decimal::ZERO;
+        for l in &c.lines {
+            if !seen.insert(l.line) {
+                return Err(reject(
+                    code::ALREADY_EXISTS,
+                    format!("line {} appears twice", l.line),
+                ));
+            }
+            self.item(&l.sku)?;
+            self.location(&l.location)?;
+            let n = positive(&format!("lines[line {}].qty", l.line), l.qty)?;
+            non_negative_money(&format!("lines[line {}].unit_cost", l.line), &l.unit_cost)?;
+            if l.unit_cost.currency != c.currency {
+                return Err(reject(
+                    code::CURRENCY_MISMATCH,
+                    format!(
+                        "line {} costs in {}; the order is in {}",
+                        l.line, l.unit_cost.currency, c.currency
+                    ),
+                ));
+            }
+            value += l.unit_cost.amount * Decimal::from(n);
+        }
+        let subject = Subject::PurchaseOrder(c.purchase_order.clone());
+        let mut events = vec![(
+            subject.clone(),
+            Event::PurchaseOrderCreated(PurchaseOrderCreated {
+                purchase_order: c.purchase_order.clone(),
+                supplier: c.supplier.clone(),
+                currency: c.currency,
+                lines: c
+                    .lines
+                    .iter()
+                    .map(|l| PurchaseLine {
+                        line: l.line,
+                        sku: l.sku.clone(),
+                        location: l.location.clone(),
+                        qty: l.qty,
+                        unit_cost: l.unit_cost,
+                    })
+                    .collect(),
+                expected_on: c.expected_on,
+            }),
+        )];
+        if value <= self.state.purchase_policy.approval_limit {
+            events.push((
+                subject,
+                Event::PurchaseOrderApproved(PurchaseOrderApproved {
+                    purchase_order: c.purchase_order.clone(),
+                    approver: ActorId::new(AUTO_APPROVER).expect("valid actor id"),
+                }),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// Approval and rejection: only of an order waiting for it, never by its requester.
+    fn approver_for(&self, id: &PurchaseOrderId, doing: &str) -> Result<ActorId, Rejection> {
+        let po = self.po_in(id, &[PoStatus::PendingApproval], doing)?;
+        if po.requester == self.actor.id {
+            return Err(reject(
+                code::APPROVER_IS_REQUESTER,
+                format!(
+                    "{} requested purchase order {id}, which is above the approval limit of {} {}; someone else must {doing} it",
+                    self.actor.id, self.state.purchase_policy.approval_limit, po.currency
+                ),
+            ));
+        }
+        Ok(self.actor.id.clone())
+    }
+
+    pub(crate) fn approve_purchase_order(
+        &self,
+        c: &ApprovePurchaseOrder,
+    ) -> Result<Decision, Rejection> {
+        let approver = self.approver_for(&c.purchase_order, "approve")?;
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PurchaseOrderApproved(PurchaseOrderApproved {
+                purchase_order: c.purchase_order.clone(),
+                approver,
+            }),
+        )])
+    }
+
+    pub(crate) fn reject_purchase_order(
+        &self,
+        c: &RejectPurchaseOrder,
+    ) -> Result<Decision, Rejection> {
+        let approver = self.approver_for(&c.purchase_order, "reject")?;
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PurchaseOrderRejected(PurchaseOrderRejected {
+                purchase_order: c.purchase_order.clone(),
+                approver,
+                reason: c.reason.clone(),
+            }),
+        )])
+    }
+
+    pub(crate) fn send_purchase_order(&self, c: &SendPurchaseOrder) -> Result<Decision, Rejection> {
+        self.po_in(&c.purchase_order, &[PoStatus::Approved], "send")?;
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PurchaseOrderSent(PurchaseOrderSent {
+                purchase_order: c.purchase_order.clone(),
+            }),
+        )])
+    }
+
+    pub(crate) fn cancel_purchase_remaining(
+        &self,
+        c: &CancelPurchaseRemaining,
+    ) -> Result<Decision, Rejection> {
+        self.po_in(
+            &c.purchase_order,
+            &[
+                PoStatus::PendingApproval,
+                PoStatus::Approved,
+                PoStatus::Sent,
+            ],
+            "cancel what remains of",
+        )?;
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PurchaseOrderClosed(PurchaseOrderClosed {
+                purchase_order: c.purchase_order.clone(),
+                reason: format!("remaining cancelled: {}", c.reason),
+            }),
+        )])
+    }
+
+    pub(crate) fn close_purchase_order(
+        &self,
+        c: &ClosePurchaseOrder,
+    ) -> Result<Decision, Rejection> {
+        let po = self.po_in(
+            &c.purchase_order,
+            &[PoStatus::Approved, PoStatus::Sent],
+            "close",
+        )?;
+        let open: Vec<String> = po
+            .lines
+            .iter()
+            .filter(|(_, l)| l.received < l.ordered)
+            .map(|(n, l)| format!("line {n} ({} of {} received)", l.received, l.ordered))
+            .collect();
+        if !open.is_empty() {
+            return Err(reject(
+                code::LINES_OPEN,
+                format!(
+                    "purchase order {} has open lines: {}; receive them or use purchase.cancel_remaining",
+                    c.purchase_order,
+                    open.join(", ")
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PurchaseOrderClosed(PurchaseOrderClosed {
+                purchase_order: c.purchase_order.clone(),
+                reason: "fully received".into(),
+            }),
+        )])
+    }
+
+    /// A receipt against a purchase order line: the line must be open and match, and the
+    /// receipt may not take it past ordered + tolerance.
+    pub(crate) fn match_receipt(
+        &self,
+        c: &Receive,
+        purchase: &PurchaseRef,
+        n: i64,
+    ) -> Result<(Subject, Event), Rejection> {
+        let po = self.po_in(
+            &purchase.purchase_order,
+            &[PoStatus::Approved, PoStatus::Sent],
+            "receive against",
+        )?;
+        let line = po.lines.get(&purchase.line).ok_or_else(|| {
+            reject(
+                code::UNKNOWN_LINE,
+                format!(
+                    "purchase order {} has no line {}",
+                    purchase.purchase_order, purchase.line
+                ),
+            )
+        })?;
+        if line.sku != c.sku || line.location != c.location {
+            return Err(reject(
+                code::PURCHASE_LINE_MISMATCH,
+                format!(
+                    "purchase order {} line {} is for {} at {}, not {} at {}",
+                    purchase.purchase_order,
+                    purchase.line,
+                    line.sku,
+                    line.location,
+                    c.sku,
+                    c.location
+                ),
+            ));
+        }
+        if c.unit_cost.currency != po.currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "unit_cost is in {}; purchase order {} is in {}",
+                    c.unit_cost.currency, purchase.purchase_order, po.currency
+                ),
+            ));
+        }
+        let received = line.received + n;
+        let tolerance = self.state.purchase_policy.over_receipt_tolerance_percent;
+        let allowed = (Decimal::from(line.ordered) * (Decimal::ONE_HUNDRED + tolerance)
+            / Decimal::ONE_HUNDRED)
+            .floor();
+        if Decimal::from(received) > allowed {
+            return Err(reject(
+                code::OVER_RECEIPT,
+                format!(
+                    "line {} ordered {}, {} received so far: {n} more would make {received}, above the {tolerance}% tolerance ({allowed} at most)",
+                    purchase.line, line.ordered, line.received
+                ),
+            ));
+        }
+        Ok((
+            Subject::PurchaseOrder(purchase.purchase_order.clone()),
+            Event::ReceiptMatched(ReceiptMatched {
+                purchase_order: purchase.purchase_order.clone(),
+                line: purchase.line,
+                qty_received: qty(received),
+                qty_ordered: qty(line.ordered),
+                variance: QtyDelta::new(received - line.ordered).expect("bounded quantities"),
+            }),
+        ))
+    }
+
+    pub(crate) fn allocate_landed_cost(
+        &self,
+        c: &AllocateLandedCost,
+    ) -> Result<Decision, Rejection> {
+        let po = self.purchase_order(&c.purchase_order)?;
+        if matches!(po.status, PoStatus::PendingApproval | PoStatus::Rejected) {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "purchase order {} is {}; charges are booked against approved orders",
+                    c.purchase_order,
+                    po.status.name()
+                ),
+            ));
+        }
+        if c.amount.amount <= Decimal::ZERO {
+            return Err(reject(
+                code::NEGATIVE_AMOUNT,
+                format!("amount is {}; expected more than 0", c.amount.amount),
+            ));
+        }
+        if c.amount.currency != po.currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "amount is in {}; purchase order {} is in {}",
+                    c.amount.currency, c.purchase_order, po.currency
+                ),
+            ));
+        }
+        let received: Vec<(u32, &crate::state::PoLineState)> = po
+            .lines
+            .iter()
+            .filter(|(_, l)| l.received > 0)
+            .map(|(n, l)| (*n, l))
+            .collect();
+        if received.is_empty() {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "nothing was received on purchase order {} yet: a charge is spread over received lines",
+                    c.purchase_order
+                ),
+            ));
+        }
+        let mut weights = Vec::with_capacity(received.len());
+        for (n, l) in &received {
+            let w = match c.basis {
+                AllocationBasis::Value => l.unit_cost.amount * Decimal::from(l.received),
+                AllocationBasis::Quantity => Decimal::from(l.received),
+                AllocationBasis::Weight => {
+                    let given = c.weights.iter().find(|w| w.line == *n).ok_or_else(|| {
+                        reject(
+                            code::UNKNOWN_LINE,
+                            format!("basis Weight: `weights` has no entry for received line {n}"),
+                        )
+                    })?;
+                    Decimal::from(given.weight.get())
+                }
+            };
+            weights.push(w);
+        }
+        let total: Decimal = weights.iter().copied().sum();
+        if total <= Decimal::ZERO {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                format!(
+                    "the received lines weigh nothing by {:?}: the charge cannot be spread",
+                    c.basis
+                ),
+            ));
+        }
+        let shares = spread(c.amount.amount, &weights, total);
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::LandedCostAllocated(LandedCostAllocated {
+                purchase_order: c.purchase_order.clone(),
+                charge: c.charge.clone(),
+                amount: c.amount,
+                basis: c.basis.clone(),
+                shares: received
+                    .iter()
+                    .zip(shares)
+                    .map(|((n, l), amount)| ChargeShare {
+                        line: *n,
+                        sku: l.sku.clone(),
+                        amount: Money::new(amount, c.amount.currency)
+                            .expect("share of a valid amount"),
+                    })
+                    .collect(),
+            }),
+        )])
+    }
+}
+
+/// Splits `amount` in proportion to `weights`, to the cent, the rounding remainder on the last
+/// share: the shares always add up to the amount exactly.
+pub fn spread(amount: Decimal, weights: &[Decimal], total: Decimal) -> Vec<Decimal> {
+    let mut shares: Vec<Decimal> = weights
+        .iter()
+        .map(|w| (amount * *w / total).round_dp(2))
+        .collect();
+    let given: Decimal = shares.iter().copied().sum();
+    if let Some(last) = shares.last_mut() {
+        *last += amount - given;
+    }
+    shares
+}
