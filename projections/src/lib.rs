@@ -6,13 +6,21 @@
 //! - `ats`: available to sell per SKU × location and per SKU × channel, with `explain`.
 //! - `allocation`: per order and line: node, state, quantities, routing reasons.
 //! - `audit`: per entity, every event and refused command, read back from the ledger.
+//! - `books`: inventory valuation (FIFO or moving average, landed cost) and the balanced
+//!   journal lines of every event; `margin` and `finance` are built from them.
 
 pub mod allocation;
 pub mod ats;
 pub mod audit;
+pub mod books;
 pub mod client;
+pub mod finance;
+pub mod margin;
 pub mod runtime;
 pub mod view;
 
 pub use runtime::{Mode, Projector, ProjectorConfig, RunEnd};
 pub use view::View;
+
+#[cfg(test)]
+mod books_tests;

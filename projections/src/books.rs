@@ -1,0 +1,836 @@
+//! The books: inventory valuation and the journal lines every operational event posts. The
+//! margin view and the finance view are both built from these postings, so contribution margin
+//! and the general-ledger accounts always agree.
+//!
+//! **Valuation.** Cost layers are kept per legal entity × SKU × location (the legal entity's
+//! figure is their sum). Each item is valued by its `cost_method`: `Fifo` consumes the oldest
+//! layer first; `MovingAverage` keeps one pool whose unit cost is value / quantity. Receipts add
+//! layers at their unit cost; shipments, scraps, negative adjustments and transfers out consume
+//! them; returned units re-enter at the cost at which their order line shipped (so a restocked
+//! return is restored at its original cost, and a return that is scrapped is then written off
+//! like any scrap). Positive adjustments and counts enter at the location's current unit cost.
+//!
+//! **Landed cost** arriving later is split by how much of the purchase-order line's receipt is
+//! still on hand: that part raises the value of the remaining units (FIFO: of the layers from
+//! that receipt; moving average: the pool), the rest is COGS of what was already sold. Nothing
+//! already posted changes; the charge is new postings.
+//!
+//! **Postings** are balanced by construction (each is built as debit and credit of the same
+//! amount); `Books::post` still checks every event and the finance view records any event whose
+//! lines do not sum to zero.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use ledger::RecordedEvent;
+use ledger::events::{CostMethod, Disposition, Event};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// The accounts the books post to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Account {
+    Inventory,
+    InventoryInTransit,
+    /// Goods received, not invoiced: the supplier's invoice will clear it.
+    Grni,
+    LandedCostAccrual,
+    Cogs,
+    Revenue,
+    Discounts,
+    ChannelFees,
+    FreightIncome,
+    FreightExpense,
+    FreightPayable,
+    Receivables,
+    SalesReturns,
+    /// Write-offs, count differences, scrapped and lost units.
+    InventoryAdjustment,
+}
+
+impl Account {
+    pub const ALL: [Account; 14] = [
+        Account::Inventory,
+        Account::InventoryInTransit,
+        Account::Grni,
+        Account::LandedCostAccrual,
+        Account::Cogs,
+        Account::Revenue,
+        Account::Discounts,
+        Account::ChannelFees,
+        Account::FreightIncome,
+        Account::FreightExpense,
+        Account::FreightPayable,
+        Account::Receivables,
+        Account::SalesReturns,
+        Account::InventoryAdjustment,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Account::Inventory => "inventory",
+            Account::InventoryInTransit => "inventory_in_transit",
+            Account::Grni => "grni",
+            Account::LandedCostAccrual => "landed_cost_accrual",
+            Account::Cogs => "cogs",
+            Account::Revenue => "revenue",
+            Account::Discounts => "discounts",
+            Account::ChannelFees => "channel_fees",
+            Account::FreightIncome => "freight_income",
+            Account::FreightExpense => "freight_expense",
+            Account::FreightPayable => "freight_payable",
+            Account::Receivables => "receivables",
+            Account::SalesReturns => "sales_returns",
+            Account::InventoryAdjustment => "inventory_adjustment",
+        }
+    }
+}
+
+/// One journal line. `amount` > 0 is a debit, < 0 a credit. The dimensions say what the line
+/// is about, for the margin view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub entity: String,
+    pub currency: String,
+    pub account: Account,
+    pub amount: Decimal,
+    pub sku: Option<String>,
+    pub location: Option<String>,
+    pub order: Option<String>,
+    pub channel: Option<String>,
+}
+
+impl Posting {
+    pub fn debit(&self) -> Decimal {
+        self.amount.max(Decimal::ZERO)
+    }
+
+    pub fn credit(&self) -> Decimal {
+        (-self.amount).max(Decimal::ZERO)
+    }
+}
+
+/// A cost layer: units and their total value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub qty: i64,
+    pub value: Decimal,
+    /// The purchase order line whose receipt made it (`po/line`), for late landed cost.
+    pub source: Option<String>,
+}
+
+/// The cost layers of one SKU at one location in one legal entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Valuation {
+    pub currency: String,
+    pub layers: VecDeque<Layer>,
+    /// The last unit cost seen, for units issued with no layer left (negative stock).
+    pub last_unit_cost: Decimal,
+}
+
+/// Costs are carried to 6 decimal places; money postings to 2 only where they are computed
+/// from prices (discount and fee shares).
+const COST_DP: u32 = 6;
+
+/// Rounding is half away from zero, as an accountant would (not to even).
+const HALF_UP: rust_decimal::RoundingStrategy =
+    rust_decimal::RoundingStrategy::MidpointAwayFromZero;
+
+impl Valuation {
+    pub fn qty(&self) -> i64 {
+        self.layers.iter().map(|l| l.qty).sum()
+    }
+
+    pub fn value(&self) -> Decimal {
+        self.layers.iter().map(|l| l.value).sum()
+    }
+
+    pub fn unit_cost(&self) -> Decimal {
+        let qty = self.qty();
+        if qty > 0 {
+            (self.value() / Decimal::from(qty)).round_dp_with_strategy(COST_DP, HALF_UP)
+        } else {
+            self.last_unit_cost
+        }
+    }
+
+    fn add(&mut self, method: CostMethod, qty: i64, value: Decimal, source: Option<String>) {
+        if qty > 0 {
+            self.last_unit_cost =
+                (value / Decimal::from(qty)).round_dp_with_strategy(COST_DP, HALF_UP);
+        }
+        match method {
+            CostMethod::Fifo => self.layers.push_back(Layer { qty, value, source }),
+            CostMethod::MovingAverage => match self.layers.front_mut() {
+                Some(pool) => {
+                    pool.qty += qty;
+                    pool.value += value;
+                }
+                None => self.layers.push_back(Layer {
+                    qty,
+                    value,
+                    source: None,
+                }),
+            },
+        }
+    }
+
+    /// Takes `qty` units out; returns their cost.
+    fn issue(&mut self, qty: i64) -> Decimal {
+        let mut left = qty;
+        let mut cost = Decimal::ZERO;
+        while left > 0 {
+            let Some(layer) = self.layers.front_mut() else {
+                break;
+            };
+            if layer.qty <= 0 {
+                // A negative pool (stock issued below zero): issue at the last cost below.
+                break;
+            }
+            let take = left.min(layer.qty);
+            let part = if take == layer.qty {
+                layer.value
+            } else {
+                (layer.value * Decimal::from(take) / Decimal::from(layer.qty))
+                    .round_dp_with_strategy(COST_DP, HALF_UP)
+            };
+            layer.qty -= take;
+            layer.value -= part;
+            cost += part;
+            left -= take;
+            if layer.qty == 0 {
+                self.layers.pop_front();
+            }
+        }
+        if left > 0 {
+            // Below zero: the units are owed at the last known cost.
+            let part = self.last_unit_cost * Decimal::from(left);
+            match self.layers.front_mut() {
+                Some(layer) => {
+                    layer.qty -= left;
+                    layer.value -= part;
+                }
+                None => self.layers.push_back(Layer {
+                    qty: -left,
+                    value: -part,
+                    source: None,
+                }),
+            }
+            cost += part;
+        }
+        cost
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderLineBook {
+    sku: String,
+    qty: i64,
+    unit_price: Decimal,
+    discount: Decimal,
+    fees: Decimal,
+    /// Units shipped and their cost, for returns.
+    shipped: i64,
+    shipped_cost: Decimal,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderBook {
+    channel: String,
+    currency: String,
+    shipping_charged: Decimal,
+    shipping_recognised: bool,
+    lines: BTreeMap<u32, OrderLineBook>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Transit {
+    entity: String,
+    sku: String,
+    currency: String,
+    qty: i64,
+    value: Decimal,
+}
+
+/// Received quantity of a purchase-order line, per legal entity, SKU and location.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct PoLineBook {
+    entity: String,
+    location: String,
+    received: i64,
+}
+
+/// Everything the postings need to remember.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Books {
+    methods: HashMap<String, CostMethod>,
+    fee_rates: HashMap<String, Decimal>,
+    /// Key: `entity/sku/location`.
+    valuations: BTreeMap<String, Valuation>,
+    orders: HashMap<String, OrderBook>,
+    transits: HashMap<String, Transit>,
+    /// Key: `po/line`.
+    po_lines: HashMap<String, PoLineBook>,
+}
+
+fn vkey(entity: &str, sku: &str, location: &str) -> String {
+    format!("{entity}/{sku}/{location}")
+}
+
+/// What one event posted, with its context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Posted {
+    pub lines: Vec<Posting>,
+    /// The valuation keys (`entity/sku/location`) whose value changed.
+    pub valuations: Vec<String>,
+}
+
+struct Poster<'a> {
+    entity: &'a str,
+    out: &'a mut Posted,
+}
+
+impl Poster<'_> {
+    /// Debit `dr`, credit `cr`, the same amount, with the same dimensions.
+    #[allow(clippy::too_many_arguments)]
+    fn pair(
+        &mut self,
+        currency: &str,
+        dr: Account,
+        cr: Account,
+        amount: Decimal,
+        sku: Option<&str>,
+        location: Option<&str>,
+        order: Option<&str>,
+        channel: Option<&str>,
+    ) {
+        if amount.is_zero() {
+            return;
+        }
+        for (account, signed) in [(dr, amount), (cr, -amount)] {
+            self.out.lines.push(Posting {
+                entity: self.entity.to_owned(),
+                currency: currency.to_owned(),
+                account,
+                amount: signed,
+                sku: sku.map(str::to_owned),
+                location: location.map(str::to_owned),
+                order: order.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+            });
+        }
+    }
+}
+
+impl Books {
+    fn method(&self, sku: &str) -> CostMethod {
+        self.methods.get(sku).cloned().unwrap_or(CostMethod::Fifo)
+    }
+
+    /// The valuation of a SKU at a location in a legal entity, if it has had stock.
+    pub fn valuation(&self, entity: &str, sku: &str, location: &str) -> Option<&Valuation> {
+        self.valuations.get(&vkey(entity, sku, location))
+    }
+
+    /// Every valuation, by `entity/sku/location`.
+    pub fn valuations(&self) -> impl Iterator<Item = (&String, &Valuation)> {
+        self.valuations.iter()
+    }
+
+    fn valuation_mut(&mut self, key: &str, currency: &str) -> &mut Valuation {
+        let v = self.valuations.entry(key.to_owned()).or_default();
+        if v.currency.is_empty() {
+            v.currency = currency.to_owned();
+        }
+        v
+    }
+
+    /// Applies one event to the books and returns the journal lines it posts.
+    pub fn post(&mut self, event: &RecordedEvent) -> Posted {
+        use Event as E;
+        let envelope = &event.envelope;
+        let entity = envelope.legal_entity.as_str().to_owned();
+        let mut out = Posted::default();
+        let mut p = Poster {
+            entity: &entity,
+            out: &mut out,
+        };
+        match &envelope.event {
+            E::ItemDefined(e) | E::ItemChanged(e) => {
+                self.methods
+                    .insert(e.sku.to_string(), e.cost_method.clone());
+            }
+            E::ChannelDefined(e) => {
+                self.fee_rates
+                    .insert(e.channel.to_string(), e.fee_rate.get());
+            }
+            E::StockReceived(e) => {
+                let sku = e.sku.as_str();
+                let location = e.location.as_str();
+                let currency = e.unit_cost.currency.to_string();
+                let value = e.unit_cost.amount * Decimal::from(e.qty.get());
+                let source = e.purchase.as_ref().map(|r| {
+                    let key = format!("{}/{}", r.purchase_order, r.line);
+                    let line = self.po_lines.entry(key.clone()).or_default();
+                    line.entity = entity.clone();
+                    line.location = location.to_owned();
+                    line.received += e.qty.get();
+                    key
+                });
+                let method = self.method(sku);
+                let key = vkey(&entity, sku, location);
+                self.valuation_mut(&key, &currency)
+                    .add(method, e.qty.get(), value, source);
+                p.out.valuations.push(key);
+                p.pair(
+                    &currency,
+                    Account::Inventory,
+                    Account::Grni,
+                    value,
+                    Some(sku),
+                    Some(location),
+                    None,
+                    None,
+                );
+            }
+            E::LandedCostAllocated(e) => {
+                let currency = e.amount.currency.to_string();
+                for share in &e.shares {
+                    let sku = share.sku.as_str();
+                    let source = format!("{}/{}", e.purchase_order, share.line);
+                    let Some(line) = self.po_lines.get(&source).cloned() else {
+                        // Nothing received on that line as these books know: all of it is cost
+                        // of goods (there is no stock to carry it).
+                        p.pair(
+                            &currency,
+                            Account::Cogs,
+                            Account::LandedCostAccrual,
+                            share.amount.amount,
+                            Some(sku),
+                            None,
+                            None,
+                            None,
+                        );
+                        continue;
+                    };
+                    let method = self.method(sku);
+                    let key = vkey(&line.entity, sku, &line.location);
+                    let valuation = self.valuation_mut(&key, &currency);
+                    let remaining = match method {
+                        CostMethod::Fifo => valuation
+                            .layers
+                            .iter()
+                            .filter(|l| l.source.as_deref() == Some(source.as_str()))
+                            .map(|l| l.qty)
+                            .sum::<i64>(),
+                        CostMethod::MovingAverage => valuation.qty().clamp(0, line.received),
+                    };
+                    let to_stock = if line.received > 0 {
+                        (share.amount.amount * Decimal::from(remaining)
+                            / Decimal::from(line.received))
+                        .round_dp_with_strategy(2, HALF_UP)
+                    } else {
+                        Decimal::ZERO
+                    };
+                    if remaining > 0 {
+                        let layers: Vec<&mut Layer> = match method {
+                            CostMethod::Fifo => valuation
+                                .layers
+                                .iter_mut()
+                                .filter(|l| l.source.as_deref() == Some(source.as_str()))
+                                .collect(),
+                            CostMethod::MovingAverage => {
+                                valuation.layers.front_mut().into_iter().collect()
+                            }
+                        };
+                        // Spread over the layers by quantity; the last one takes the rounding.
+                        let count = layers.len();
+                        let mut given = Decimal::ZERO;
+                        for (i, layer) in layers.into_iter().enumerate() {
+                            let part = if i + 1 == count {
+                                to_stock - given
+                            } else {
+                                (to_stock * Decimal::from(layer.qty) / Decimal::from(remaining))
+                                    .round_dp_with_strategy(COST_DP, HALF_UP)
+                            };
+                            layer.value += part;
+                            given += part;
+                        }
+                        p.out.valuations.push(key);
+                    }
+                    p.pair(
+                        &currency,
+                        Account::Inventory,
+                        Account::LandedCostAccrual,
+                        to_stock,
+                        Some(sku),
+                        Some(&line.location),
+                        None,
+                        None,
+                    );
+                    p.pair(
+                        &currency,
+                        Account::Cogs,
+                        Account::LandedCostAccrual,
+                        share.amount.amount - to_stock,
+                        Some(sku),
+                        None,
+                        None,
+                        None,
+                    );
+                }
+            }
+            E::OrderPlaced(e) => {
+                let currency = e.shipping_charged.currency.to_string();
+                let lines = e
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.line,
+                            OrderLineBook {
+                                sku: l.sku.to_string(),
+                                qty: l.qty.get(),
+                                unit_price: l.unit_price.amount,
+                                discount: l.discount.amount,
+                                fees: l.fees.amount,
+                                shipped: 0,
+                                shipped_cost: Decimal::ZERO,
+                            },
+                        )
+                    })
+                    .collect();
+                self.orders.insert(
+                    e.order.to_string(),
+                    OrderBook {
+                        channel: e.channel.to_string(),
+                        currency,
+                        shipping_charged: e.shipping_charged.amount,
+                        shipping_recognised: false,
+                        lines,
+                    },
+                );
+            }
+            E::StockShipped(e) => {
+                let sku = e.sku.as_str();
+                let location = e.location.as_str();
+                let key = vkey(&entity, sku, location);
+                let Some(valuation) = self.valuations.get_mut(&key) else {
+                    return out;
+                };
+                let currency = valuation.currency.clone();
+                let cost = valuation.issue(e.qty.get());
+                p.out.valuations.push(key);
+                let order = e.order.to_string();
+                let channel = self.orders.get_mut(&order).map(|o| {
+                    if let Some(line) = o.lines.get_mut(&e.line) {
+                        line.shipped += e.qty.get();
+                        line.shipped_cost += cost;
+                    }
+                    o.channel.clone()
+                });
+                p.pair(
+                    &currency,
+                    Account::Cogs,
+                    Account::Inventory,
+                    cost,
+                    Some(sku),
+                    Some(location),
+                    Some(&order),
+                    channel.as_deref(),
+                );
+            }
+            E::OrderShipped(e) => {
+                let order = e.order.to_string();
+                let Some(book) = self.orders.get_mut(&order) else {
+                    return out;
+                };
+                let currency = book.currency.clone();
+                let channel = book.channel.clone();
+                let fee_rate = self.fee_rates.get(&channel).copied().unwrap_or_default();
+                for shipped in &e.lines {
+                    let Some(line) = book.lines.get(&shipped.line) else {
+                        continue;
+                    };
+                    let q = Decimal::from(shipped.qty.get());
+                    let of_line = if line.qty > 0 {
+                        q / Decimal::from(line.qty)
+                    } else {
+                        Decimal::ZERO
+                    };
+                    let revenue = (line.unit_price * q).round_dp_with_strategy(2, HALF_UP);
+                    let discount = (line.discount * of_line).round_dp_with_strategy(2, HALF_UP);
+                    let fees = (line.fees * of_line + fee_rate * (revenue - discount))
+                        .round_dp_with_strategy(2, HALF_UP);
+                    let sku = line.sku.clone();
+                    let dims = (
+                        Some(sku.as_str()),
+                        None,
+                        Some(order.as_str()),
+                        Some(channel.as_str()),
+                    );
+                    p.pair(
+                        &currency,
+                        Account::Receivables,
+                        Account::Revenue,
+                        revenue,
+                        dims.0,
+                        dims.1,
+                        dims.2,
+                        dims.3,
+                    );
+                    p.pair(
+                        &currency,
+                        Account::Discounts,
+                        Account::Receivables,
+                        discount,
+                        dims.0,
+                        dims.1,
+                        dims.2,
+                        dims.3,
+                    );
+                    p.pair(
+                        &currency,
+                        Account::ChannelFees,
+                        Account::Receivables,
+                        fees,
+                        dims.0,
+                        dims.1,
+                        dims.2,
+                        dims.3,
+                    );
+                }
+                if !book.shipping_recognised {
+                    book.shipping_recognised = true;
+                    p.pair(
+                        &currency,
+                        Account::Receivables,
+                        Account::FreightIncome,
+                        book.shipping_charged,
+                        None,
+                        None,
+                        Some(&order),
+                        Some(&channel),
+                    );
+                }
+                p.pair(
+                    &e.freight_cost.currency.to_string(),
+                    Account::FreightExpense,
+                    Account::FreightPayable,
+                    e.freight_cost.amount,
+                    None,
+                    None,
+                    Some(&order),
+                    Some(&channel),
+                );
+            }
+            E::OrderRefunded(e) => {
+                let order = e.order.to_string();
+                let channel = self.orders.get(&order).map(|o| o.channel.clone());
+                p.pair(
+                    &e.amount.currency.to_string(),
+                    Account::SalesReturns,
+                    Account::Receivables,
+                    e.amount.amount,
+                    None,
+                    None,
+                    Some(&order),
+                    channel.as_deref(),
+                );
+            }
+            E::ReturnReceived(e) => {
+                let order = e.order.to_string();
+                let sku = e.sku.as_str();
+                let location = e.location.as_str();
+                let Some(book) = self.orders.get(&order) else {
+                    return out;
+                };
+                let channel = book.channel.clone();
+                let unit = book
+                    .lines
+                    .get(&e.line)
+                    .filter(|l| l.shipped > 0)
+                    .map(|l| l.shipped_cost / Decimal::from(l.shipped))
+                    .unwrap_or_default();
+                let value =
+                    (unit * Decimal::from(e.qty.get())).round_dp_with_strategy(COST_DP, HALF_UP);
+                let currency = book.currency.clone();
+                let method = self.method(sku);
+                let key = vkey(&entity, sku, location);
+                self.valuation_mut(&key, &currency)
+                    .add(method, e.qty.get(), value, None);
+                p.out.valuations.push(key);
+                p.pair(
+                    &currency,
+                    Account::Inventory,
+                    Account::Cogs,
+                    value,
+                    Some(sku),
+                    Some(location),
+                    Some(&order),
+                    Some(&channel),
+                );
+            }
+            E::ReturnDispositioned(e) if e.disposition != Disposition::Restock => {
+                self.write_off(&mut p, e.sku.as_str(), e.location.as_str(), e.qty.get());
+            }
+            E::StockScrapped(e) => {
+                self.write_off(&mut p, e.sku.as_str(), e.location.as_str(), e.qty.get());
+            }
+            E::StockAdjusted(e) => {
+                self.adjust(&mut p, e.sku.as_str(), e.location.as_str(), e.delta.get());
+            }
+            E::StockCounted(e) => {
+                self.adjust(
+                    &mut p,
+                    e.sku.as_str(),
+                    e.location.as_str(),
+                    e.variance.get(),
+                );
+            }
+            E::TransferShipped(e) => {
+                let sku = e.sku.as_str();
+                let key = vkey(&entity, sku, e.from.as_str());
+                let Some(valuation) = self.valuations.get_mut(&key) else {
+                    return out;
+                };
+                let currency = valuation.currency.clone();
+                let cost = valuation.issue(e.qty.get());
+                p.out.valuations.push(key);
+                self.transits.insert(
+                    e.transfer.to_string(),
+                    Transit {
+                        entity: entity.clone(),
+                        sku: sku.to_owned(),
+                        currency: currency.clone(),
+                        qty: e.qty.get(),
+                        value: cost,
+                    },
+                );
+                p.pair(
+                    &currency,
+                    Account::InventoryInTransit,
+                    Account::Inventory,
+                    cost,
+                    Some(sku),
+                    Some(e.from.as_str()),
+                    None,
+                    None,
+                );
+            }
+            E::TransferReceived(e) => {
+                let Some(transit) = self.transits.remove(e.transfer.as_str()) else {
+                    return out;
+                };
+                let sku = transit.sku.as_str();
+                let to = e.to.as_str();
+                let arrived = e.qty.get();
+                let value = if transit.qty > 0 {
+                    (transit.value * Decimal::from(arrived) / Decimal::from(transit.qty))
+                        .round_dp_with_strategy(COST_DP, HALF_UP)
+                } else {
+                    Decimal::ZERO
+                };
+                let method = self.method(sku);
+                let key = vkey(&transit.entity, sku, to);
+                self.valuation_mut(&key, &transit.currency)
+                    .add(method, arrived, value, None);
+                p.out.valuations.push(key);
+                p.pair(
+                    &transit.currency,
+                    Account::Inventory,
+                    Account::InventoryInTransit,
+                    value.min(transit.value),
+                    Some(sku),
+                    Some(to),
+                    None,
+                    None,
+                );
+                // Short: the missing units' value is lost; over: the extra units are a gain.
+                let difference = transit.value - value;
+                p.pair(
+                    &transit.currency,
+                    Account::InventoryAdjustment,
+                    Account::InventoryInTransit,
+                    difference.max(Decimal::ZERO),
+                    Some(sku),
+                    Some(to),
+                    None,
+                    None,
+                );
+                p.pair(
+                    &transit.currency,
+                    Account::Inventory,
+                    Account::InventoryAdjustment,
+                    (-difference).max(Decimal::ZERO),
+                    Some(sku),
+                    Some(to),
+                    None,
+                    None,
+                );
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn write_off(&mut self, p: &mut Poster<'_>, sku: &str, location: &str, qty: i64) {
+        let key = vkey(p.entity, sku, location);
+        let Some(valuation) = self.valuations.get_mut(&key) else {
+            return;
+        };
+        let currency = valuation.currency.clone();
+        let cost = valuation.issue(qty);
+        p.out.valuations.push(key);
+        p.pair(
+            &currency,
+            Account::InventoryAdjustment,
+            Account::Inventory,
+            cost,
+            Some(sku),
+            Some(location),
+            None,
+            None,
+        );
+    }
+
+    fn adjust(&mut self, p: &mut Poster<'_>, sku: &str, location: &str, delta: i64) {
+        if delta < 0 {
+            self.write_off(p, sku, location, -delta);
+            return;
+        }
+        let key = vkey(p.entity, sku, location);
+        let Some(valuation) = self.valuations.get_mut(&key) else {
+            // Found stock of a SKU never received here: no cost is known, it enters at zero.
+            self.valuation_mut(&key, "")
+                .add(CostMethod::Fifo, delta, Decimal::ZERO, None);
+            return;
+        };
+        let method = self.methods.get(sku).cloned().unwrap_or(CostMethod::Fifo);
+        let value =
+            (valuation.unit_cost() * Decimal::from(delta)).round_dp_with_strategy(COST_DP, HALF_UP);
+        let currency = valuation.currency.clone();
+        valuation.add(method, delta, value, None);
+        p.out.valuations.push(key);
+        p.pair(
+            &currency,
+            Account::Inventory,
+            Account::InventoryAdjustment,
+            value,
+            Some(sku),
+            Some(location),
+            None,
+            None,
+        );
+    }
+}
+
+/// Whether each legal entity and currency's lines sum to zero.
+pub fn balanced(lines: &[Posting]) -> bool {
+    let mut sums: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
+    for l in lines {
+        *sums
+            .entry((l.entity.as_str(), l.currency.as_str()))
+            .or_default() += l.amount;
+    }
+    sums.values().all(|s| s.is_zero())
+}

@@ -1,0 +1,297 @@
+//! Valuation and postings, worked as an accounting textbook would: given these receipts,
+//! shipments, a late landed-cost charge and a return, then these figures, written out.
+//! And a property: every event of any sequence posts balanced lines.
+
+use std::collections::BTreeSet;
+
+use ledger::envelope::{Envelope, EventHash, RecordedEvent};
+use ledger::events::Event;
+use ledger::values::{Actor, ActorId, EntityId, Role, Timestamp};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::books::{Account, Books, balanced};
+use crate::finance::Finance;
+use crate::margin::Margin;
+use crate::view::View;
+
+fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
+    let event: Event = serde_json::from_value(event).expect("a valid event");
+    let subject = ledger::Subject::Stock(ledger::values::Sku::new("X").unwrap());
+    RecordedEvent {
+        seq,
+        recorded_at: Timestamp::parse("2011-02-01T00:00:00Z").unwrap(),
+        hash: EventHash::GENESIS,
+        stored_version: 1,
+        envelope: Envelope {
+            event_id: uuid::Uuid::now_v7(),
+            subject,
+            command_id: uuid::Uuid::nil(),
+            correlation_id: uuid::Uuid::nil(),
+            actor: Actor {
+                id: ActorId::new("t").unwrap(),
+                role: Role::new("clerk").unwrap(),
+            },
+            legal_entity: EntityId::new("UK01").unwrap(),
+            effective_at: Timestamp::parse("2011-01-10T09:00:00Z").unwrap(),
+            prev_hash: EventHash::GENESIS,
+            event,
+        },
+    }
+}
+
+fn gbp(amount: &str) -> serde_json::Value {
+    json!({"amount": amount, "currency": "GBP"})
+}
+
+fn item(method: &str) -> serde_json::Value {
+    json!({"type": "item.defined", "data": {"sku": "LAMP", "description": "", "base_unit": "each",
+        "pack_sizes": [], "tracking": {"lot": false, "serial": false, "expiry": false},
+        "reorder_point": 0, "safety_stock": 0, "lead_time_days": 0, "min_order_qty": 0,
+        "suppliers": [], "cost_method": method, "allow_negative": false}})
+}
+
+fn receipt(qty: i64, cost: &str, po: &str) -> serde_json::Value {
+    json!({"type": "stock.received", "data": {"sku": "LAMP", "location": "WH1", "bin": null,
+        "lot": null, "expires_on": null, "serials": [], "qty": qty, "unit_cost": gbp(cost),
+        "purchase": {"purchase_order": po, "line": 1}}})
+}
+
+fn order(id: &str, qty: i64) -> serde_json::Value {
+    json!({"type": "order.placed", "data": {"order": id, "channel": "web", "external_ref": "",
+        "lines": [{"line": 1, "sku": "LAMP", "qty": qty, "unit_price": gbp("20.00"),
+                   "discount": gbp("0.00"), "tax": gbp("0.00"), "fees": gbp("0.00")}],
+        "shipping_charged": gbp("0.00"), "ship_to_region": "UK", "promise_date": null,
+        "priority": 1, "policy": "Partial"}})
+}
+
+fn shipment(order: &str, qty: i64) -> serde_json::Value {
+    json!({"type": "stock.shipped", "data": {"sku": "LAMP", "order": order, "line": 1,
+        "location": "WH1", "qty": qty}})
+}
+
+fn freight(po: &str, amount: &str) -> serde_json::Value {
+    json!({"type": "purchase.landed_cost_allocated", "data": {"purchase_order": po,
+        "charge": "Freight", "amount": gbp(amount), "basis": "Value",
+        "shares": [{"line": 1, "sku": "LAMP", "amount": gbp(amount)}]}})
+}
+
+fn returned(order: &str, qty: i64) -> serde_json::Value {
+    json!({"type": "stock.return_received", "data": {"sku": "LAMP", "return_id": "R1",
+        "order": order, "line": 1, "location": "WH1", "qty": qty}})
+}
+
+/// Runs the events through the books, the margin and the finance views; after each step
+/// checks balance and hands back (inventory value, qty, COGS so far).
+struct Case {
+    books: Books,
+    margin: Margin,
+    finance: Finance,
+    seq: u64,
+    cogs: Decimal,
+}
+
+impl Case {
+    fn new(method: &str) -> Case {
+        let mut c = Case {
+            books: Books::default(),
+            margin: Margin::default(),
+            finance: Finance::default(),
+            seq: 0,
+            cogs: Decimal::ZERO,
+        };
+        c.when(item(method));
+        c
+    }
+
+    fn when(&mut self, event: serde_json::Value) {
+        self.seq += 1;
+        let e = recorded(self.seq, event);
+        let posted = self.books.post(&e);
+        assert!(balanced(&posted.lines), "event {} unbalanced", self.seq);
+        self.cogs += posted
+            .lines
+            .iter()
+            .filter(|l| l.account == Account::Cogs)
+            .map(|l| l.amount)
+            .sum::<Decimal>();
+        self.margin.apply(&e, &mut BTreeSet::new());
+        self.finance.apply(&e, &mut BTreeSet::new());
+    }
+
+    /// (quantity, inventory value, COGS), value and COGS to 6 places.
+    fn then(&self) -> (i64, String, String) {
+        let v = self.books.valuation("UK01", "LAMP", "WH1").unwrap();
+        (v.qty(), v.value().to_string(), self.cogs.to_string())
+    }
+}
+
+fn d(text: &str) -> String {
+    text.parse::<Decimal>().unwrap().to_string()
+}
+
+#[test]
+fn fifo_receipts_sale_late_freight_return_and_second_sale() {
+    let mut c = Case::new("Fifo");
+    // Given 100 lamps at 10.00 (PO1) and 50 at 12.00 (PO2): 1,600.00 of stock.
+    c.when(receipt(100, "10.00", "PO1"));
+    c.when(receipt(50, "12.00", "PO2"));
+    assert_eq!(c.then(), (150, d("1600.00"), d("0")));
+    // When 120 ship: the oldest first, 100 x 10.00 + 20 x 12.00 = 1,240.00 of COGS;
+    // 30 x 12.00 = 360.00 remain.
+    c.when(order("O1", 120));
+    c.when(shipment("O1", 120));
+    assert_eq!(c.then(), (30, d("360.00"), d("1240.00")));
+    // When 150.00 freight arrives for PO2 after 20 of its 50 were sold: 30/50 stays on the
+    // shelf (90.00, now 15.00 a unit), 20/50 is COGS of what sold (60.00).
+    c.when(freight("PO2", "150.00"));
+    assert_eq!(c.then(), (30, d("450.00"), d("1300.00")));
+    // When 10 of O1 come back: restored at O1's own cost, 1,240.00 / 120 = 10.333333 each.
+    c.when(returned("O1", 10));
+    assert_eq!(c.then(), (40, d("553.333333"), d("1196.666667")));
+    // When 35 more ship: the 30 at 15.00 (450.00) and 5 of the returned at 10.333333
+    // (103.333333 x 5/10 = 51.6666665, rounded half up: 51.666667) = 501.666667; 5 remain
+    // at 51.666666.
+    c.when(order("O2", 35));
+    c.when(shipment("O2", 35));
+    assert_eq!(c.then(), (5, d("51.666666"), d("1698.333334")));
+    // The views agree: inventory value and margin by SKU, and debits equal credits.
+    let value = c.margin.value("value.UK01.LAMP.WH1").unwrap();
+    assert_eq!(value["value"], "51.67");
+    assert_eq!(value["qty"], 5);
+    let sku = c.margin.value("sku.LAMP").unwrap();
+    assert_eq!(sku["cogs"], "1698.33");
+    let check = c.finance.value("check").unwrap();
+    assert_eq!(check["balanced"], true, "{check}");
+}
+
+#[test]
+fn moving_average_same_case() {
+    let mut c = Case::new("MovingAverage");
+    c.when(receipt(100, "10.00", "PO1"));
+    c.when(receipt(50, "12.00", "PO2"));
+    assert_eq!(c.then(), (150, d("1600.00"), d("0")));
+    // 120 ship at the average 1,600.00 / 150 = 10.666667: 1,280.00; 30 remain at 320.00.
+    c.when(order("O1", 120));
+    c.when(shipment("O1", 120));
+    assert_eq!(c.then(), (30, d("320.00"), d("1280.00")));
+    // Freight 150.00 on PO2's 50 units, 30 still in the pool: 90.00 to stock, 60.00 to COGS.
+    c.when(freight("PO2", "150.00"));
+    assert_eq!(c.then(), (30, d("410.00"), d("1340.00")));
+    // 10 return at O1's cost, 1,280.00 / 120 = 10.666667 each: 106.666667.
+    c.when(returned("O1", 10));
+    assert_eq!(c.then(), (40, d("516.666667"), d("1233.333333")));
+    // 35 ship at the new average 516.666667 / 40: 452.083334; 5 remain at 64.583333.
+    c.when(order("O2", 35));
+    c.when(shipment("O2", 35));
+    assert_eq!(c.then(), (5, d("64.583333"), d("1685.416667")));
+}
+
+#[test]
+fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
+    let mut c = Case::new("Fifo");
+    c.when(
+        json!({"type": "channel.defined", "data": {"channel": "web", "name": "Web",
+        "fee_rate": "0.05", "reservation_policy": "None"}}),
+    );
+    c.when(receipt(10, "8.00", "PO1"));
+    c.when(
+        json!({"type": "order.placed", "data": {"order": "O1", "channel": "web",
+        "external_ref": "", "lines": [{"line": 1, "sku": "LAMP", "qty": 4,
+        "unit_price": gbp("20.00"), "discount": gbp("8.00"), "tax": gbp("0.00"),
+        "fees": gbp("2.00")}], "shipping_charged": gbp("4.95"), "ship_to_region": "UK",
+        "promise_date": null, "priority": 1, "policy": "Partial"}}),
+    );
+    c.when(shipment("O1", 4));
+    c.when(
+        json!({"type": "order.shipped", "data": {"order": "O1", "package": "P1",
+        "carrier": "DPD", "tracking": "T", "freight_cost": gbp("3.50"),
+        "lines": [{"line": 1, "qty": 4}]}}),
+    );
+    c.when(
+        json!({"type": "order.refunded", "data": {"order": "O1", "return_id": "R1",
+        "amount": gbp("10.00")}}),
+    );
+    // Revenue 80.00, discount 8.00, fees 2.00 + 5% of 72.00 = 5.60, freight charged 4.95,
+    // paid 3.50, COGS 32.00, refund 10.00: contribution 80.00 - 8.00 - 5.60 + 4.95 - 3.50
+    // - 32.00 - 10.00 = 25.85.
+    let order = c.margin.value("order.O1").unwrap();
+    assert_eq!(order["revenue"], "80.00");
+    assert_eq!(order["discounts"], "8.00");
+    assert_eq!(order["fees"], "5.60");
+    assert_eq!(order["freight_charged"], "4.95");
+    assert_eq!(order["freight_paid"], "3.50");
+    assert_eq!(order["cogs"], "32.00");
+    assert_eq!(order["refunds"], "10.00");
+    assert_eq!(order["contribution"], "25.85");
+    assert_eq!(
+        c.margin.value("channel.web").unwrap()["contribution"],
+        "25.85"
+    );
+    assert_eq!(
+        c.margin.value("day.2011-01-10").unwrap()["contribution"],
+        "25.85"
+    );
+    let receivables = c.finance.value("acct.UK01.GBP.receivables").unwrap();
+    // 80.00 - 8.00 - 5.60 + 4.95 - 10.00 owed by the channel.
+    assert_eq!(receivables["balance"], "61.35");
+}
+
+fn any_event() -> impl Strategy<Value = serde_json::Value> {
+    let qty = 1i64..40;
+    let cost = (1u32..3000).prop_map(|c| format!("{}.{:02}", c / 100, c % 100));
+    let order_id = (0u8..4).prop_map(|o| format!("O{o}"));
+    let po = (0u8..3).prop_map(|p| format!("PO{p}"));
+    prop_oneof![
+        (qty.clone(), cost.clone(), po.clone()).prop_map(|(q, c, p)| receipt(q, &c, &p)),
+        (order_id.clone(), qty.clone()).prop_map(|(o, q)| order(&o, q)),
+        (order_id.clone(), qty.clone()).prop_map(|(o, q)| shipment(&o, q)),
+        (po, cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
+        (order_id.clone(), qty.clone()).prop_map(|(o, q)| returned(&o, q)),
+        (qty.clone(), -20i64..20).prop_map(|(_, delta)| json!({"type": "stock.adjusted",
+            "data": {"sku": "LAMP", "location": "WH1", "lot": null, "delta": delta,
+                     "reason": "damaged", "note": "", "approved_by": null}})),
+        qty.clone()
+            .prop_map(|q| json!({"type": "stock.scrapped", "data": {"sku": "LAMP",
+            "location": "WH1", "lot": null, "qty": q, "reason": "damaged",
+            "from_quality_hold": false}})),
+        (order_id.clone(), qty.clone(), cost.clone()).prop_map(|(o, q, c)| json!({
+            "type": "order.shipped", "data": {"order": o, "package": "P", "carrier": "",
+            "tracking": "", "freight_cost": gbp(&c), "lines": [{"line": 1, "qty": q}]}})),
+        (order_id, cost).prop_map(|(o, c)| json!({"type": "order.refunded",
+            "data": {"order": o, "return_id": "R", "amount": gbp(&c)}})),
+        (qty.clone(), 0u8..3).prop_map(|(q, t)| json!({"type": "stock.transfer_shipped",
+            "data": {"sku": "LAMP", "transfer": format!("T{t}"), "from": "WH1", "to": "WH2",
+                     "lot": null, "qty": q}})),
+        (qty, 0u8..3, -3i64..3).prop_map(|(q, t, v)| json!({"type": "stock.transfer_received",
+            "data": {"sku": "LAMP", "transfer": format!("T{t}"), "to": "WH2", "lot": null,
+                     "qty": q, "variance": v}})),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Goal: whatever the order of events (even ones real deciders would refuse, like
+    /// shipping more than is on hand), each event's lines balance, the running totals balance,
+    /// and the inventory account equals the sum of the valuations.
+    #[test]
+    fn every_event_posts_balanced_lines(methods in prop::bool::ANY, events in prop::collection::vec(any_event(), 1..60)) {
+        let mut c = Case::new(if methods { "Fifo" } else { "MovingAverage" });
+        for event in events {
+            c.when(event);
+        }
+        let check = c.finance.check();
+        prop_assert!(check.unbalanced.is_empty());
+        prop_assert_eq!(check.debits, check.credits);
+        let inventory: Decimal = c
+            .finance
+            .accounts()
+            .filter(|a| a.account == "inventory")
+            .map(|a| a.debit - a.credit)
+            .sum();
+        let valued: Decimal = c.books.valuations().map(|(_, v)| v.value()).sum();
+        prop_assert_eq!(inventory, valued);
+    }
+}
