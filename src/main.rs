@@ -12,6 +12,8 @@ use ledger::server::{self, LocalServer, ServerOptions};
 use projections::allocation::Allocation;
 use projections::ats::Ats;
 use projections::audit::Audit;
+use projections::finance::Finance;
+use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
 mod replay_cli;
@@ -139,6 +141,14 @@ enum Command {
         #[command(flatten)]
         args: replay_cli::VerifyArgs,
     },
+    /// Export the journal: every event's balanced lines (account, debit, credit, SKU, location,
+    /// order, channel) as CSV, from sequence 1 to the end or to --until.
+    Journal {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: replay_cli::JournalArgs,
+    },
     /// Build a view (or the write model) as it stood at a point: as of a sequence, as recorded
     /// at a time, as effective at a business time; or the difference between two points.
     Replay {
@@ -225,14 +235,43 @@ enum ViewName {
     Ats,
     Allocation,
     Audit,
+    Margin,
+    Finance,
 }
 
 impl ViewName {
+    const ALL: [ViewName; 5] = [
+        ViewName::Ats,
+        ViewName::Allocation,
+        ViewName::Audit,
+        ViewName::Margin,
+        ViewName::Finance,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             ViewName::Ats => "ats",
             ViewName::Allocation => "allocation",
             ViewName::Audit => "audit",
+            ViewName::Margin => "margin",
+            ViewName::Finance => "finance",
+        }
+    }
+
+    /// Runs this view's projector until `shutdown`.
+    async fn project(
+        self,
+        log: JetStreamLog,
+        mode: Mode,
+        config: ProjectorConfig,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<projections::RunEnd> {
+        match self {
+            ViewName::Ats => project::<Ats>(log, mode, config, shutdown).await,
+            ViewName::Allocation => project::<Allocation>(log, mode, config, shutdown).await,
+            ViewName::Audit => project::<Audit>(log, mode, config, shutdown).await,
+            ViewName::Margin => project::<Margin>(log, mode, config, shutdown).await,
+            ViewName::Finance => project::<Finance>(log, mode, config, shutdown).await,
         }
     }
 }
@@ -341,11 +380,7 @@ async fn run() -> anyhow::Result<()> {
                 snapshot_interval: Duration::from_secs(snapshot_seconds),
                 ..ProjectorConfig::default()
             };
-            let end = match view {
-                ViewName::Ats => project::<Ats>(log, mode, config, shutdown).await?,
-                ViewName::Allocation => project::<Allocation>(log, mode, config, shutdown).await?,
-                ViewName::Audit => project::<Audit>(log, mode, config, shutdown).await?,
-            };
+            let end = view.project(log, mode, config, shutdown).await?;
             eprintln!("projector {}: {end:?}", view.as_str());
             Ok(())
         }
@@ -386,6 +421,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Status { nats } => status(&open(&nats).await?).await,
         Command::Verify { nats, args } => replay_cli::verify(&open(&nats).await?, &args).await,
         Command::Replay { nats, args } => replay_cli::replay(&open(&nats).await?, &args).await,
+        Command::Journal { nats, args } => replay_cli::journal(&open(&nats).await?, &args).await,
     }
 }
 
@@ -508,25 +544,16 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     }));
     let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
-    for view in [ViewName::Ats, ViewName::Allocation, ViewName::Audit] {
+    for view in ViewName::ALL {
         let log = JetStreamLog::open(projector_client.clone(), ledger_config.clone()).await?;
         let mut stopped = views_stopped.clone();
         let shutdown = async move {
             let _ = stopped.changed().await;
         };
         projectors.push(tokio::spawn(async move {
-            let ended = match view {
-                ViewName::Ats => {
-                    project::<Ats>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
-                }
-                ViewName::Allocation => {
-                    project::<Allocation>(log, Mode::Live, ProjectorConfig::default(), shutdown)
-                        .await
-                }
-                ViewName::Audit => {
-                    project::<Audit>(log, Mode::Live, ProjectorConfig::default(), shutdown).await
-                }
-            };
+            let ended = view
+                .project(log, Mode::Live, ProjectorConfig::default(), shutdown)
+                .await;
             if let Err(e) = &ended {
                 tracing::error!(view = view.as_str(), error = %e, "projector stopped");
             }
@@ -534,7 +561,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         }));
     }
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit) running; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance) running; Ctrl-C stops it"
     );
     if let Some(demo) = demo {
         run_demo(&connect(&as_role("upstream")).await?, &demo).await?;

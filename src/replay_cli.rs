@@ -7,6 +7,8 @@ use ledger::jetstream::JetStreamLog;
 use projections::allocation::Allocation;
 use projections::ats::Ats;
 use projections::audit::Audit;
+use projections::finance::Finance;
+use projections::margin::Margin;
 use replay::output::{self, Filter, Format};
 use replay::point::{self, Knowledge, Point, Resolved};
 use replay::verify::{Digest, VerifyOptions};
@@ -20,6 +22,11 @@ pub enum ReplayView {
     Allocation,
     /// Events per entity (SKU, location, order, actor, …).
     Audit,
+    /// Contribution margin by SKU, channel, order and day; inventory value by entity × SKU ×
+    /// location.
+    Margin,
+    /// Journal totals per entity × currency × account, and the balance check.
+    Finance,
     /// The processor's write model: stock balances and orders.
     State,
 }
@@ -173,6 +180,12 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
         ReplayView::Audit => {
             build::<ViewModel<Audit>>(log, &points, format, &filter, args.quiet).await?
         }
+        ReplayView::Margin => {
+            build::<ViewModel<Margin>>(log, &points, format, &filter, args.quiet).await?
+        }
+        ReplayView::Finance => {
+            build::<ViewModel<Finance>>(log, &points, format, &filter, args.quiet).await?
+        }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };
     let mut out = std::io::stdout().lock();
@@ -254,4 +267,89 @@ pub async fn verify(log: &JetStreamLog, args: &VerifyArgs) -> anyhow::Result<()>
         }
         Err(failure) => bail!("{failure}"),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JournalArgs {
+    /// Stop at this stream sequence (inclusive).
+    #[arg(long)]
+    until: Option<u64>,
+}
+
+/// CSV text for one field: quoted when it holds a comma, quote or line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `erp journal`: reads the ledger in order, posts every event through the books, and writes
+/// each journal line as CSV. Ends with a check that debits equal credits.
+pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<()> {
+    use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+    let until = match args.until {
+        Some(seq) => ReadUntil::Sequence(seq),
+        None => ReadUntil::CaughtUp,
+    };
+    let mut cursor = log.read(ReadFrom::Start, until).await?;
+    let mut books = projections::books::Books::default();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel\n";
+    let mut write = |text: &str| -> anyhow::Result<bool> {
+        match out.write_all(text.as_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    write(header)?;
+    let (mut debits, mut credits) = (rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ZERO);
+    let mut lines = 0u64;
+    while let Some(record) = cursor.next().await {
+        let LogRecord::Event(event) = record? else {
+            continue;
+        };
+        let posted = books.post(&event);
+        if !projections::books::balanced(&posted.lines) {
+            bail!("event {} does not balance: {:?}", event.seq, posted.lines);
+        }
+        for l in &posted.lines {
+            debits += l.debit();
+            credits += l.credit();
+            lines += 1;
+            let row = [
+                event.seq.to_string(),
+                event.recorded_at.to_string(),
+                event.envelope.effective_at.to_string(),
+                event.envelope.event.event_type().name().to_owned(),
+                l.entity.clone(),
+                l.currency.clone(),
+                l.account.name().to_owned(),
+                l.debit().to_string(),
+                l.credit().to_string(),
+                l.sku.clone().unwrap_or_default(),
+                l.location.clone().unwrap_or_default(),
+                l.order.clone().unwrap_or_default(),
+                l.channel.clone().unwrap_or_default(),
+            ]
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",");
+            if !write(&(row + "\n"))? {
+                return Ok(());
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    eprintln!("{lines} journal lines; debits {debits}, credits {credits}");
+    if debits != credits {
+        bail!("debits {debits} and credits {credits} differ");
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@
 //! amount); `Books::post` still checks every event and the finance view records any event whose
 //! lines do not sum to zero.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use ledger::RecordedEvent;
 use ledger::events::{CostMethod, Disposition, Event};
@@ -262,14 +262,14 @@ struct PoLineBook {
 /// Everything the postings need to remember.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Books {
-    methods: HashMap<String, CostMethod>,
-    fee_rates: HashMap<String, Decimal>,
+    methods: BTreeMap<String, CostMethod>,
+    fee_rates: BTreeMap<String, Decimal>,
     /// Key: `entity/sku/location`.
     valuations: BTreeMap<String, Valuation>,
-    orders: HashMap<String, OrderBook>,
-    transits: HashMap<String, Transit>,
+    orders: BTreeMap<String, OrderBook>,
+    transits: BTreeMap<String, Transit>,
     /// Key: `po/line`.
-    po_lines: HashMap<String, PoLineBook>,
+    po_lines: BTreeMap<String, PoLineBook>,
 }
 
 fn vkey(entity: &str, sku: &str, location: &str) -> String {

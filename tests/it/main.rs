@@ -8,6 +8,7 @@ mod harness;
 mod log;
 mod processor;
 mod projections;
+mod purchasing;
 mod replay;
 mod schemas;
 mod security;

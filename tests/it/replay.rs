@@ -26,6 +26,57 @@ async fn replay_to<V: projections::View>(log: &JetStreamLog, seq: u64) -> V {
     replayed.built.remove(0).model.0
 }
 
+/// Reads the view's served snapshot every 75 ms until a little after `finished`, keeping one
+/// serialised copy per checkpoint sequence.
+pub(crate) async fn sample_snapshots<V: projections::View>(
+    js: async_nats::jetstream::Context,
+    mut finished: tokio::sync::watch::Receiver<bool>,
+) -> BTreeMap<u64, Vec<u8>> {
+    let mut snapshots = BTreeMap::new();
+    // Keep sampling a little after the load, so the last snapshots are taken too.
+    let mut after = 0;
+    while after < 20 {
+        if *finished.borrow_and_update() {
+            after += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(75)).await;
+        if let Some(bucket) = projections::runtime::served_bucket(&js, V::NAME)
+            .await
+            .unwrap()
+            && let Some((view, at)) = projections::runtime::read_snapshot::<V>(&js, &bucket)
+                .await
+                .unwrap()
+        {
+            snapshots
+                .entry(at)
+                .or_insert_with(|| serde_json::to_vec(&view).unwrap());
+        }
+    }
+    snapshots
+}
+
+/// Each snapshot equals, byte for byte, a replay from sequence 1 to its checkpoint.
+pub(crate) async fn snapshots_equal_replays<V: projections::View>(
+    log: &JetStreamLog,
+    snapshots: &BTreeMap<u64, Vec<u8>>,
+) {
+    assert!(
+        snapshots.len() >= 5,
+        "too few {} snapshots: at {:?}",
+        V::NAME,
+        snapshots.keys()
+    );
+    for (&at, bytes) in snapshots {
+        let replayed = replay_to::<V>(log, at).await;
+        assert!(
+            serde_json::to_vec(&replayed).unwrap() == *bytes,
+            "{} snapshot at {at} differs from the replay to {at}",
+            V::NAME
+        );
+    }
+    eprintln!("compared {} at {:?}", V::NAME, snapshots.keys());
+}
+
 #[tokio::test]
 async fn live_snapshots_taken_at_many_points_equal_replays_to_the_same_sequence() {
     // Goal: while a UCI load runs, the live ATS and allocation projectors (the real `erp
@@ -38,77 +89,26 @@ async fn live_snapshots_taken_at_many_points_equal_replays_to_the_same_sequence(
         projector_process_snapshotting(&nats, "allocation", 2_000),
     ];
     let log = nats.open(ledger_config()).await;
-    let js = log.jetstream().clone();
-    let (done, mut finished) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn(async move {
-        let mut ats: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        let mut allocation: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        // Keep sampling a little after the load, so the last snapshots are taken too.
-        let mut after = 0;
-        while after < 20 {
-            if *finished.borrow_and_update() {
-                after += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(75)).await;
-            if let Some(bucket) = projections::runtime::served_bucket(&js, "ats")
-                .await
-                .unwrap()
-                && let Some((view, at)) = projections::runtime::read_snapshot::<Ats>(&js, &bucket)
-                    .await
-                    .unwrap()
-            {
-                ats.entry(at)
-                    .or_insert_with(|| serde_json::to_vec(&view).unwrap());
-            }
-            if let Some(bucket) = projections::runtime::served_bucket(&js, "allocation")
-                .await
-                .unwrap()
-                && let Some((view, at)) =
-                    projections::runtime::read_snapshot::<Allocation>(&js, &bucket)
-                        .await
-                        .unwrap()
-            {
-                allocation
-                    .entry(at)
-                    .or_insert_with(|| serde_json::to_vec(&view).unwrap());
-            }
-        }
-        (ats, allocation)
-    });
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let ats = tokio::spawn(sample_snapshots::<Ats>(
+        log.jetstream().clone(),
+        finished.clone(),
+    ));
+    let allocation = tokio::spawn(sample_snapshots::<Allocation>(
+        log.jetstream().clone(),
+        finished,
+    ));
     submit(&nats, uci_bodies(3)).await;
     done.send(true).unwrap();
-    let (ats, allocation) = sampler.await.unwrap();
+    let (ats, allocation) = (ats.await.unwrap(), allocation.await.unwrap());
     for child in &mut children {
         stop(child);
     }
     processor.stop().await;
     let end = log.last_sequence().await.unwrap();
     assert!(end > 30_000, "{end} events");
-    assert!(
-        ats.len() >= 5 && allocation.len() >= 5,
-        "too few snapshots: ats at {:?}, allocation at {:?}",
-        ats.keys(),
-        allocation.keys()
-    );
-    for (&at, bytes) in &ats {
-        let replayed = replay_to::<Ats>(&log, at).await;
-        assert!(
-            serde_json::to_vec(&replayed).unwrap() == *bytes,
-            "ATS snapshot at {at} differs from the replay to {at}"
-        );
-    }
-    for (&at, bytes) in &allocation {
-        let replayed = replay_to::<Allocation>(&log, at).await;
-        assert!(
-            serde_json::to_vec(&replayed).unwrap() == *bytes,
-            "allocation snapshot at {at} differs from the replay to {at}"
-        );
-    }
-    eprintln!(
-        "compared ATS at {:?} and allocation at {:?} (log end {end})",
-        ats.keys(),
-        allocation.keys()
-    );
+    snapshots_equal_replays::<Ats>(&log, &ats).await;
+    snapshots_equal_replays::<Allocation>(&log, &allocation).await;
 }
 
 async fn accepted_seq(client: &commands::client::CommandClient, command: Value) -> u64 {
@@ -218,7 +218,7 @@ async fn a_back_dated_receipt_counts_as_effective_but_not_as_recorded_before_it(
     assert!(csv.contains("bal.A.WH1,*,(none),"), "{csv}");
 }
 
-fn erp(url: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn erp(url: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
         .args(args)
         .env("ERP_NATS_URL", url)

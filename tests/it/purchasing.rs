@@ -1,0 +1,287 @@
+//! Purchasing, margin and finance against a real ledger: the approval rule through the
+//! processor and the audit view; live margin and finance snapshots equal replays; the books
+//! balance at every sequence of a UCI run; `erp journal` exports them.
+
+use bytes::Bytes;
+use commands::Outcome;
+use ledger::jetstream::JetStreamLog;
+use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+use projections::audit::Audit;
+use projections::finance::Finance;
+use projections::margin::Margin;
+use replay::{Resolved, ViewModel};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::harness::{TestNats, TestProcessor, command_client, ledger_config};
+use crate::projections::{projector_process_snapshotting, stop, submit, uci_bodies};
+use crate::replay::{erp, sample_snapshots, snapshots_equal_replays};
+
+fn command(actor: &str, role: &str, kind: &str, data: Value) -> Bytes {
+    Bytes::from(
+        json!({
+            "command_id": uuid::Uuid::now_v7(), "actor": {"id": actor, "role": role},
+            "legal_entity": "UK01", "effective_at": "2011-03-01T09:00:00Z",
+            "type": kind, "data": data,
+        })
+        .to_string(),
+    )
+}
+
+fn po(id: &str, qty: i64, cost: &str) -> Value {
+    json!({"purchase_order": id, "supplier": "ACME", "currency": "GBP", "expected_on": "2011-03-15",
+           "lines": [{"line": 1, "sku": "LAMP", "location": "WH1", "qty": qty,
+                      "unit_cost": {"amount": cost, "currency": "GBP"}}]})
+}
+
+#[tokio::test]
+async fn approval_above_the_limit_by_the_requester_is_refused_and_both_paths_are_audited() {
+    // Goal: with the default limit (5,000), a small order is approved when created (by the
+    // policy, recorded as such) and a large one waits; its requester's approval is refused
+    // `approver_is_requester`, another buyer's is accepted; the audit view shows all of it.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let client = command_client(&nats).await;
+    let send = |actor: &'static str, role: &'static str, kind: &'static str, data: Value| {
+        let client = &client;
+        async move {
+            client
+                .submit_json(command(actor, role, kind, data))
+                .await
+                .unwrap()
+        }
+    };
+    for (kind, data) in [
+        (
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        ("item.define", json!({"sku": "LAMP"})),
+        (
+            "supplier.define",
+            json!({"supplier": "ACME", "currency": "GBP"}),
+        ),
+    ] {
+        assert!(send("admin-1", "admin", kind, data).await.is_accepted());
+    }
+    let small = send(
+        "buyer-1",
+        "buyer",
+        "purchase.create_order",
+        po("PO-SMALL", 100, "2.50"),
+    )
+    .await;
+    let Outcome::Accepted {
+        first_seq,
+        event_count: 2,
+        ..
+    } = small
+    else {
+        panic!("created and approved: {small:?}")
+    };
+    let big = send(
+        "buyer-1",
+        "buyer",
+        "purchase.create_order",
+        po("PO-BIG", 1000, "6.00"),
+    )
+    .await;
+    let Outcome::Accepted { event_count: 1, .. } = big else {
+        panic!("created, waiting for approval: {big:?}")
+    };
+    let own = send(
+        "buyer-1",
+        "buyer",
+        "purchase.approve",
+        json!({"purchase_order": "PO-BIG"}),
+    )
+    .await;
+    let Outcome::Rejected {
+        code,
+        message,
+        outcome_seq: Some(refusal),
+        ..
+    } = own
+    else {
+        panic!("the requester's approval must be refused: {own:?}")
+    };
+    assert_eq!(code, "approver_is_requester");
+    assert!(
+        message.contains("buyer-1") && message.contains("PO-BIG"),
+        "{message}"
+    );
+    let other = send(
+        "manager-1",
+        "buyer",
+        "purchase.approve",
+        json!({"purchase_order": "PO-BIG"}),
+    )
+    .await;
+    let Outcome::Accepted {
+        first_seq: approval,
+        ..
+    } = other
+    else {
+        panic!("another buyer approves: {other:?}")
+    };
+    // An upstream (shop) integration may not buy.
+    let shop = send(
+        "shop",
+        "upstream",
+        "purchase.create_order",
+        po("PO-SHOP", 1, "1.00"),
+    )
+    .await;
+    assert!(
+        matches!(&shop, Outcome::Rejected { code, .. } if code == "forbidden"),
+        "{shop:?}"
+    );
+    processor.stop().await;
+
+    let log = nats.open(ledger_config()).await;
+    let last = log.last_sequence().await.unwrap();
+    let mut replayed =
+        replay::replay::<_, ViewModel<Audit>>(&log, &[Resolved::at_seq(last)], |_| {})
+            .await
+            .unwrap();
+    let audit = replayed.built.remove(0).model.0;
+    let small_trail = audit.sequences("purchase_order:PO-SMALL");
+    assert!(
+        small_trail.contains(&first_seq) && small_trail.contains(&(first_seq + 1)),
+        "created and auto-approved at {first_seq}, {}: {small_trail:?}",
+        first_seq + 1
+    );
+    let big_trail = audit.sequences("purchase_order:PO-BIG");
+    assert!(
+        big_trail.contains(&refusal),
+        "refusal {refusal} in {big_trail:?}"
+    );
+    assert!(
+        big_trail.contains(&approval),
+        "approval {approval} in {big_trail:?}"
+    );
+    assert!(audit.sequences("actor:buyer-1").contains(&refusal));
+    // The approver on record: the policy for the small order, the manager for the big one.
+    let approver = |seq: u64| {
+        let log = &log;
+        async move {
+            match log.get(seq).await.unwrap() {
+                Some(LogRecord::Event(e)) => match e.envelope.event {
+                    ledger::Event::PurchaseOrderApproved(a) => a.approver.to_string(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        approver(first_seq + 1).await,
+        commands::purchase::AUTO_APPROVER
+    );
+    assert_eq!(approver(approval).await, "manager-1");
+}
+
+/// Posts every event of the log through the books: each event balances, and the running
+/// totals balance after every sequence. Returns (events posted, total debits).
+async fn books_balance_at_every_sequence(log: &JetStreamLog) -> (u64, Decimal) {
+    let mut cursor = log
+        .read(ReadFrom::Start, ReadUntil::CaughtUp)
+        .await
+        .unwrap();
+    let mut books = projections::books::Books::default();
+    let (mut debits, mut credits, mut posted) = (Decimal::ZERO, Decimal::ZERO, 0u64);
+    while let Some(record) = cursor.next().await {
+        let LogRecord::Event(event) = record.unwrap() else {
+            continue;
+        };
+        let lines = books.post(&event).lines;
+        assert!(
+            projections::books::balanced(&lines),
+            "event {} does not balance: {lines:?}",
+            event.seq
+        );
+        posted += u64::from(!lines.is_empty());
+        for l in &lines {
+            debits += l.debit();
+            credits += l.credit();
+        }
+        assert_eq!(debits, credits, "totals differ after {}", event.seq);
+    }
+    (posted, debits)
+}
+
+#[tokio::test]
+async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() {
+    // Goal: during a 2-day UCI load, the live margin and finance projector processes snapshot
+    // at points of their own choosing; each equals a replay to its checkpoint. Afterwards
+    // every event balances, the totals balance at every sequence, the live finance check says
+    // so, and `erp journal` exports the same lines.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let mut children = [
+        projector_process_snapshotting(&nats, "margin", 2_000),
+        projector_process_snapshotting(&nats, "finance", 2_000),
+    ];
+    let log = nats.open(ledger_config()).await;
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let margin = tokio::spawn(sample_snapshots::<Margin>(
+        log.jetstream().clone(),
+        finished.clone(),
+    ));
+    let finance = tokio::spawn(sample_snapshots::<Finance>(
+        log.jetstream().clone(),
+        finished,
+    ));
+    submit(&nats, uci_bodies(2)).await;
+    done.send(true).unwrap();
+    let (margin, finance) = (margin.await.unwrap(), finance.await.unwrap());
+    for child in &mut children {
+        stop(child);
+    }
+    processor.stop().await;
+    snapshots_equal_replays::<Margin>(&log, &margin).await;
+    snapshots_equal_replays::<Finance>(&log, &finance).await;
+
+    let (posted, debits) = books_balance_at_every_sequence(&log).await;
+    assert!(posted > 5_000, "{posted} events posted");
+    let last = log.last_sequence().await.unwrap();
+    let mut replayed =
+        replay::replay::<_, ViewModel<Finance>>(&log, &[Resolved::at_seq(last)], |_| {})
+            .await
+            .unwrap();
+    let finance = replayed.built.remove(0).model.0;
+    assert!(finance.check().unbalanced.is_empty());
+    assert_eq!(finance.check().debits, debits);
+    // Revenue was earned and stock consumed: the margin view has COGS for shipped SKUs.
+    let mut replayed =
+        replay::replay::<_, ViewModel<Margin>>(&log, &[Resolved::at_seq(last)], |_| {})
+            .await
+            .unwrap();
+    let margin = replayed.built.remove(0).model.0;
+    let web = margin.row("channel.web").expect("web channel margin");
+    assert!(
+        web.revenue > Decimal::ZERO && web.cogs > Decimal::ZERO,
+        "{web:?}"
+    );
+
+    let out = erp(&nats.url(), &["journal"]);
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some(
+            "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel"
+        )
+    );
+    let (mut d, mut c) = (Decimal::ZERO, Decimal::ZERO);
+    let mut count = 0u64;
+    for row in rows {
+        let fields: Vec<&str> = row.split(',').collect();
+        d += fields[7].parse::<Decimal>().unwrap();
+        c += fields[8].parse::<Decimal>().unwrap();
+        count += 1;
+    }
+    assert_eq!((d, c), (debits, debits));
+    assert_eq!(count, finance.check().lines);
+}
