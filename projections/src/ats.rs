@@ -1,7 +1,8 @@
 //! Available to sell, per SKU × location and per SKU × channel.
 //!
 //! Keys: `loc.<sku>.<location>` and `chan.<sku>.<channel>` (tokens escaped as subjects are).
-//! `available = on_hand - allocated - reserved - quality_hold - safety_stock`. A channel's
+//! `available = on_hand - allocated - reserved - quality_hold - safety_stock`; `inbound` is
+//! what approved, open purchase orders still bring, by expected date. A channel's
 //! available to sell is the SKU's available over all locations, less what other channels have
 //! ring-fenced, capped by the channel's share, the same rule the deciders apply.
 
@@ -25,8 +26,11 @@ pub struct AtsRow {
     pub reserved: i64,
     pub quality_hold: i64,
     pub in_transit: i64,
-    /// On open purchase orders (fed by purchasing; 0 until then).
+    /// Ordered on approved, open purchase orders and not yet received.
     pub inbound: i64,
+    /// The same by expected date (`YYYY-MM-DD` -> units).
+    #[serde(default)]
+    pub inbound_by_date: BTreeMap<String, i64>,
     pub safety_stock: i64,
     pub available: i64,
     /// The ledger sequence of the last event that changed this row.
@@ -55,6 +59,23 @@ pub struct Ats {
     channels: BTreeMap<String, String>,
     /// SKU token -> SKU id, for SKUs with any row.
     skus: BTreeMap<String, String>,
+    /// Purchase orders not yet closed or rejected, by id.
+    #[serde(default)]
+    purchase_orders: BTreeMap<String, OpenPurchase>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenPurchase {
+    approved: bool,
+    expected_on: String,
+    /// Line -> (SKU, location, ordered, received).
+    lines: BTreeMap<u32, (String, String, i64, i64)>,
+}
+
+impl OpenPurchase {
+    fn open(line: &(String, String, i64, i64)) -> i64 {
+        (line.2 - line.3).max(0)
+    }
 }
 
 fn loc_key(sku: &str, location: &str) -> String {
@@ -62,6 +83,131 @@ fn loc_key(sku: &str, location: &str) -> String {
 }
 
 impl Ats {
+    /// Adds `delta` inbound units of `sku` at `location`, expected on `date`.
+    fn add_inbound(
+        &mut self,
+        (sku, location): (&str, &str),
+        date: &str,
+        delta: i64,
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+    ) {
+        if delta == 0 {
+            return;
+        }
+        let token = escape_token(sku);
+        self.skus
+            .entry(token.clone())
+            .or_insert_with(|| sku.to_owned());
+        let safety = self.safety.get(&token).copied().unwrap_or(0);
+        let key = loc_key(&token, &escape_token(location));
+        let row = self.rows.entry(key.clone()).or_insert_with(|| AtsRow {
+            sku: sku.to_owned(),
+            location: location.to_owned(),
+            safety_stock: safety,
+            ..AtsRow::default()
+        });
+        row.inbound += delta;
+        let on_date = row.inbound_by_date.entry(date.to_owned()).or_default();
+        *on_date += delta;
+        if *on_date == 0 {
+            row.inbound_by_date.remove(date);
+        }
+        row.recompute();
+        row.seq = seq;
+        changed.insert(key);
+    }
+
+    /// Purchase orders: approved ones count as inbound until received, closed or rejected.
+    fn apply_purchase(
+        &mut self,
+        po: &str,
+        event: &Event,
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+    ) {
+        let changes: Vec<((String, String), String, i64)> = match event {
+            Event::PurchaseOrderCreated(e) => {
+                let lines = e
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.line,
+                            (l.sku.to_string(), l.location.to_string(), l.qty.get(), 0),
+                        )
+                    })
+                    .collect();
+                self.purchase_orders.insert(
+                    po.to_owned(),
+                    OpenPurchase {
+                        approved: false,
+                        expected_on: e.expected_on.get().to_string(),
+                        lines,
+                    },
+                );
+                Vec::new()
+            }
+            Event::PurchaseOrderApproved(_) => match self.purchase_orders.get_mut(po) {
+                Some(open) if !open.approved => {
+                    open.approved = true;
+                    open.lines
+                        .values()
+                        .map(|l| {
+                            (
+                                (l.0.clone(), l.1.clone()),
+                                open.expected_on.clone(),
+                                OpenPurchase::open(l),
+                            )
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
+            },
+            Event::ReceiptMatched(e) => match self.purchase_orders.get_mut(po) {
+                Some(open) => {
+                    let date = open.expected_on.clone();
+                    let approved = open.approved;
+                    match open.lines.get_mut(&e.line) {
+                        Some(line) => {
+                            let before = OpenPurchase::open(line);
+                            line.3 = e.qty_received.get();
+                            let after = OpenPurchase::open(line);
+                            if approved {
+                                vec![((line.0.clone(), line.1.clone()), date, after - before)]
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        None => Vec::new(),
+                    }
+                }
+                None => Vec::new(),
+            },
+            Event::PurchaseOrderClosed(_) | Event::PurchaseOrderRejected(_) => {
+                match self.purchase_orders.remove(po) {
+                    Some(open) if open.approved => open
+                        .lines
+                        .values()
+                        .map(|l| {
+                            (
+                                (l.0.clone(), l.1.clone()),
+                                open.expected_on.clone(),
+                                -OpenPurchase::open(l),
+                            )
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        for ((sku, location), date, delta) in changes {
+            self.add_inbound((&sku, &location), &date, delta, seq, changed);
+            self.touch_channels(&escape_token(&sku), changed);
+        }
+    }
+
     fn touch_channels(&self, sku_token: &str, changed: &mut BTreeSet<String>) {
         for channel_token in self.channels.values() {
             changed.insert(format!("chan.{sku_token}.{channel_token}"));
@@ -96,7 +242,8 @@ impl Ats {
 
 impl View for Ats {
     const NAME: &'static str = "ats";
-    const VERSION: u32 = 1;
+    /// 2: inbound from purchase orders.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         match (&event.envelope.subject, &event.envelope.event) {
@@ -135,6 +282,9 @@ impl View for Ats {
                     .or_default()
                     .insert(e.channel.to_string(), e.rule.clone());
                 self.touch_channels(&token, changed);
+            }
+            (Subject::PurchaseOrder(po), event_body) => {
+                self.apply_purchase(po.as_str(), event_body, event.seq, changed);
             }
             (Subject::Stock(sku), event_body) => {
                 let deltas = ledger::effects::stock_deltas(event_body);

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use commands::Outcome;
 use ledger::jetstream::JetStreamLog;
 use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+use projections::ats::Ats;
 use projections::audit::Audit;
 use projections::finance::Finance;
 use projections::margin::Margin;
@@ -124,6 +125,22 @@ async fn approval_above_the_limit_by_the_requester_is_refused_and_both_paths_are
     else {
         panic!("another buyer approves: {other:?}")
     };
+    // Inbound: both orders are approved (1,100 units expected); 400 arrive against PO-BIG;
+    // the small order's remainder is cancelled.
+    let receipt = json!({"sku": "LAMP", "location": "WH1", "qty": 400,
+        "unit_cost": {"amount": "6.00", "currency": "GBP"},
+        "purchase": {"purchase_order": "PO-BIG", "line": 1}});
+    assert!(
+        send("goods-in", "warehouse", "stock.receive", receipt)
+            .await
+            .is_accepted()
+    );
+    let cancel = json!({"purchase_order": "PO-SMALL", "reason": "not needed"});
+    assert!(
+        send("buyer-1", "buyer", "purchase.cancel_remaining", cancel)
+            .await
+            .is_accepted()
+    );
     // An upstream (shop) integration may not buy.
     let shop = send(
         "shop",
@@ -179,6 +196,19 @@ async fn approval_above_the_limit_by_the_requester_is_refused_and_both_paths_are
         commands::purchase::AUTO_APPROVER
     );
     assert_eq!(approver(approval).await, "manager-1");
+    let mut replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let row = replay::Model::value(&replayed.built.remove(0).model, "loc.LAMP.WH1").unwrap();
+    assert_eq!(row["on_hand"], 400);
+    assert_eq!(row["inbound"], 600, "{row}");
+    assert_eq!(row["inbound_by_date"], json!({"2011-03-15": 600}));
+    let before_cancel =
+        replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(approval)], |_| {})
+            .await
+            .unwrap();
+    let row = replay::Model::value(&before_cancel.built[0].model, "loc.LAMP.WH1").unwrap();
+    assert_eq!(row["inbound"], 1100, "{row}");
 }
 
 /// Posts every event of the log through the books: each event balances, and the running
