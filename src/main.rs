@@ -149,6 +149,21 @@ enum Command {
         #[command(flatten)]
         args: replay_cli::JournalArgs,
     },
+    /// Purchase recommendations per SKU × location (reorder point, order-up-to, safety stock
+    /// from demand variability), with the numbers behind each; --accept turns the due ones
+    /// into purchase orders.
+    Replenish {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: replay_cli::ReplenishArgs,
+    },
+    /// Replay the UCI year's daily demand through the recommendation policy and a naive
+    /// min/max rule; print fill rate and average inventory of each (markdown table).
+    BacktestReplenishment {
+        #[command(flatten)]
+        args: replay_cli::BacktestArgs,
+    },
     /// Build a view (or the write model) as it stood at a point: as of a sequence, as recorded
     /// at a time, as effective at a business time; or the difference between two points.
     Replay {
@@ -237,15 +252,17 @@ enum ViewName {
     Audit,
     Margin,
     Finance,
+    Replenishment,
 }
 
 impl ViewName {
-    const ALL: [ViewName; 5] = [
+    const ALL: [ViewName; 6] = [
         ViewName::Ats,
         ViewName::Allocation,
         ViewName::Audit,
         ViewName::Margin,
         ViewName::Finance,
+        ViewName::Replenishment,
     ];
 
     fn as_str(self) -> &'static str {
@@ -255,6 +272,7 @@ impl ViewName {
             ViewName::Audit => "audit",
             ViewName::Margin => "margin",
             ViewName::Finance => "finance",
+            ViewName::Replenishment => "replenishment",
         }
     }
 
@@ -272,6 +290,9 @@ impl ViewName {
             ViewName::Audit => project::<Audit>(log, mode, config, shutdown).await,
             ViewName::Margin => project::<Margin>(log, mode, config, shutdown).await,
             ViewName::Finance => project::<Finance>(log, mode, config, shutdown).await,
+            ViewName::Replenishment => {
+                project::<projections::replenish::Replenishment>(log, mode, config, shutdown).await
+            }
         }
     }
 }
@@ -421,6 +442,10 @@ async fn run() -> anyhow::Result<()> {
         Command::Status { nats } => status(&open(&nats).await?).await,
         Command::Verify { nats, args } => replay_cli::verify(&open(&nats).await?, &args).await,
         Command::Replay { nats, args } => replay_cli::replay(&open(&nats).await?, &args).await,
+        Command::Replenish { nats, args } => {
+            replay_cli::replenish(&open(&nats).await?, &args).await
+        }
+        Command::BacktestReplenishment { args } => replay_cli::backtest(&args),
         Command::Journal { nats, args } => replay_cli::journal(&open(&nats).await?, &args).await,
     }
 }
@@ -561,7 +586,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         }));
     }
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance) running; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment) running; Ctrl-C stops it"
     );
     if let Some(demo) = demo {
         run_demo(&connect(&as_role("upstream")).await?, &demo).await?;

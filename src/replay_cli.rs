@@ -9,6 +9,7 @@ use projections::ats::Ats;
 use projections::audit::Audit;
 use projections::finance::Finance;
 use projections::margin::Margin;
+use projections::replenish::Replenishment;
 use replay::output::{self, Filter, Format};
 use replay::point::{self, Knowledge, Point, Resolved};
 use replay::verify::{Digest, VerifyOptions};
@@ -27,6 +28,8 @@ pub enum ReplayView {
     Margin,
     /// Journal totals per entity × currency × account, and the balance check.
     Finance,
+    /// Purchase recommendations per SKU × location.
+    Replenishment,
     /// The processor's write model: stock balances and orders.
     State,
 }
@@ -185,6 +188,9 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
         }
         ReplayView::Finance => {
             build::<ViewModel<Finance>>(log, &points, format, &filter, args.quiet).await?
+        }
+        ReplayView::Replenishment => {
+            build::<ViewModel<Replenishment>>(log, &points, format, &filter, args.quiet).await?
         }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };
@@ -351,5 +357,243 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     if debits != credits {
         bail!("debits {debits} and credits {credits} differ");
     }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplenishArgs {
+    /// Only this SKU.
+    #[arg(long)]
+    sku: Option<String>,
+    /// Also list SKUs that need nothing today.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    format: OutputFormat,
+    /// Create one purchase order per location for today's due recommendations, from this
+    /// supplier, at each SKU's last received unit cost.
+    #[arg(long, value_name = "SUPPLIER")]
+    accept: Option<String>,
+    /// The actor the purchase orders are created as (role `buyer`).
+    #[arg(long, default_value = "replenishment")]
+    actor: String,
+    #[arg(long, default_value = "UK01")]
+    legal_entity: String,
+    /// Expected delivery, `YYYY-MM-DD` (default: the recommendation's date plus its lead time).
+    #[arg(long)]
+    expected_on: Option<String>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `erp replenish`: replays the replenishment view to the log's end and lists what to buy;
+/// with --accept, sends the purchase orders.
+pub async fn replenish(log: &JetStreamLog, args: &ReplenishArgs) -> anyhow::Result<()> {
+    let last = ledger::EventLog::last_sequence(log).await?;
+    let mut replayed = replay::replay::<_, ViewModel<Replenishment>>(
+        log,
+        &[Resolved::at_seq(last)],
+        progress_printer("replenish", args.quiet),
+    )
+    .await
+    .context("replay stopped")?;
+    let built = replayed.built.remove(0);
+    let conditions: Vec<String> = if args.all {
+        Vec::new()
+    } else {
+        vec!["due=true".into()]
+    };
+    let prefix = args
+        .sku
+        .as_deref()
+        .map(|s| format!("rec.{}.", ledger::subject::escape_token(s)))
+        .or(Some("rec.".into()));
+    let filter = Filter::new(prefix, &conditions).map_err(anyhow::Error::msg)?;
+    let format = match args.format {
+        OutputFormat::Table => Format::Table,
+        OutputFormat::Json => Format::Json,
+        OutputFormat::Csv => Format::Csv,
+    };
+    let rows = output::rows(&built, &filter);
+    print!(
+        "{}",
+        output::render_rows(format, &built.point.to_string(), &rows)
+    );
+    let Some(supplier) = &args.accept else {
+        return Ok(());
+    };
+    let view = &built.model.0;
+    let mut by_location: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    let mut when = None;
+    for (sku, location) in view.cells() {
+        if args.sku.as_ref().is_some_and(|s| *s != sku) {
+            continue;
+        }
+        let Some((r, params)) = view.recommendation(&sku, &location) else {
+            continue;
+        };
+        if !r.due || r.qty == 0 {
+            continue;
+        }
+        let Some(cost) = view.last_cost(&sku) else {
+            eprintln!("{sku} at {location}: never received, no cost known; skipped");
+            continue;
+        };
+        when = Some((r.order_by, params.lead_time_days));
+        let lines = by_location.entry(location.clone()).or_default();
+        lines.push(serde_json::json!({
+            "line": lines.len() + 1, "sku": sku, "location": location, "qty": r.qty,
+            "unit_cost": cost,
+        }));
+    }
+    let Some((today, lead)) = when else {
+        eprintln!("nothing is due: no purchase order created");
+        return Ok(());
+    };
+    let expected = match &args.expected_on {
+        Some(d) => d.clone(),
+        None => (today + chrono::Duration::days(i64::from(lead))).to_string(),
+    };
+    let client = commands::client::CommandClient::new(
+        log.client().clone(),
+        std::time::Duration::from_secs(30),
+    );
+    for (location, lines) in by_location {
+        let currency = lines[0]["unit_cost"]["currency"].clone();
+        let po = format!("REP-{today}-{location}");
+        let command = serde_json::json!({
+            "command_id": uuid::Uuid::now_v7(),
+            "actor": {"id": args.actor, "role": "buyer"},
+            "legal_entity": args.legal_entity,
+            "effective_at": format!("{today}T12:00:00Z"),
+            "type": "purchase.create_order",
+            "data": {"purchase_order": po, "supplier": supplier, "currency": currency,
+                     "lines": lines, "expected_on": expected},
+        });
+        let outcome = client
+            .submit_json(bytes::Bytes::from(command.to_string()))
+            .await?;
+        eprintln!("{po}: {}", serde_json::to_string(&outcome)?);
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BacktestArgs {
+    /// Only the first N trading days of the data set.
+    #[arg(long)]
+    days: Option<usize>,
+    #[arg(long, default_value_t = 14)]
+    lead_time_days: u32,
+    #[arg(long, default_value_t = 7)]
+    review_period_days: u32,
+    #[arg(long, default_value_t = 0.95)]
+    service_level: f64,
+    /// Days of demand before the first order decision (both policies).
+    #[arg(long, default_value_t = 28)]
+    warm_up: usize,
+}
+
+/// `erp backtest-replenishment`: per SKU, the UCI daily demand (units ordered per day, from
+/// the demo workload's order lines, from the SKU's first order on) through the policy and
+/// through naive min/max, stock starting at two weeks of the warm-up's average demand; lost
+/// sales when out of stock.
+pub fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
+    use projections::replenish::{MinMax, Params, Recommended, simulate};
+    let dataset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(commands::demo::DATASET);
+    let (all, _) = commands::demo::uci_commands(&dataset, args.days)?;
+    let mut first = None;
+    let mut daily: std::collections::BTreeMap<String, std::collections::BTreeMap<i64, i64>> =
+        Default::default();
+    for c in &all {
+        let commands::CommandBody::PlaceOrder(o) = &c.body else {
+            continue;
+        };
+        let day = c.effective_at.as_datetime().date_naive();
+        let start = *first.get_or_insert(day);
+        let index = (day - start).num_days();
+        for line in &o.lines {
+            *daily
+                .entry(line.sku.to_string())
+                .or_default()
+                .entry(index)
+                .or_default() += line.qty.get();
+        }
+    }
+    let days = daily
+        .values()
+        .filter_map(|d| d.keys().last())
+        .max()
+        .map_or(0, |d| d + 1) as usize;
+    let params = Params {
+        lead_time_days: args.lead_time_days,
+        review_period_days: args.review_period_days,
+        service_level: args.service_level,
+        ..Params::default()
+    };
+    let (mut policy_total, mut naive_total) = (
+        projections::replenish::Outcome::default(),
+        projections::replenish::Outcome::default(),
+    );
+    let mut skus = 0;
+    for series in daily.values() {
+        // Each SKU's history starts at its first order: a SKU launched in June is not judged
+        // on the months before it existed.
+        let start = series.keys().next().copied().unwrap_or(0);
+        let demand: Vec<i64> = (start..days as i64)
+            .map(|d| series.get(&d).copied().unwrap_or(0))
+            .collect();
+        let days = demand.len();
+        let warm = args.warm_up.min(days);
+        let mean = demand[..warm].iter().sum::<i64>() as f64 / warm.max(1) as f64;
+        let initial = (mean * 14.0).ceil() as i64;
+        let lead = args.lead_time_days as usize;
+        let review = args.review_period_days as usize;
+        let p = simulate(
+            &demand,
+            initial,
+            lead,
+            review,
+            warm,
+            &mut Recommended(params.clone()),
+        );
+        let n = simulate(
+            &demand,
+            initial,
+            lead,
+            review,
+            warm,
+            &mut MinMax::new(warm, 14.0, 42.0),
+        );
+        for (total, o) in [(&mut policy_total, p), (&mut naive_total, n)] {
+            total.demanded += o.demanded;
+            total.served += o.served;
+            total.average_inventory += o.average_inventory;
+            total.orders += o.orders;
+        }
+        skus += 1;
+    }
+    println!(
+        "UCI demand, {skus} SKUs, {days} days; lead time {} days, review every {} days, warm-up {} days; lost sales when out of stock",
+        args.lead_time_days, args.review_period_days, args.warm_up
+    );
+    println!();
+    println!("| policy | fill rate | average units on hand (all SKUs) | purchase orders |");
+    println!("|---|---|---|---|");
+    println!(
+        "| recommendations (service level {}, safety stock from demand variability, {} days of history) | {:.1}% | {:.0} | {} |",
+        args.service_level,
+        projections::replenish::HISTORY_DAYS,
+        policy_total.fill_rate() * 100.0,
+        policy_total.average_inventory,
+        policy_total.orders
+    );
+    println!(
+        "| naive min/max (min 14, max 42 days of the warm-up's average demand, fixed) | {:.1}% | {:.0} | {} |",
+        naive_total.fill_rate() * 100.0,
+        naive_total.average_inventory,
+        naive_total.orders
+    );
     Ok(())
 }

@@ -83,6 +83,16 @@ fn loc_key(sku: &str, location: &str) -> String {
 }
 
 impl Ats {
+    /// The row of a `loc.<sku>.<location>` key.
+    pub fn row(&self, key: &str) -> Option<&AtsRow> {
+        self.rows.get(key)
+    }
+
+    /// Every SKU × location row.
+    pub fn rows(&self) -> impl Iterator<Item = &AtsRow> {
+        self.rows.values()
+    }
+
     /// Adds `delta` inbound units of `sku` at `location`, expected on `date`.
     fn add_inbound(
         &mut self,

@@ -17,8 +17,15 @@ use crate::margin::Margin;
 use crate::view::View;
 
 fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
+    recorded_on(seq, "2011-01-10T09:00:00Z", event)
+}
+
+/// An event as stored at `seq`, effective at `at`, for legal entity UK01.
+pub(crate) fn recorded_on(seq: u64, at: &str, event: serde_json::Value) -> RecordedEvent {
+    // Stock events on their SKU's subject, as the processor writes them.
+    let sku = event["data"]["sku"].as_str().unwrap_or("X").to_owned();
     let event: Event = serde_json::from_value(event).expect("a valid event");
-    let subject = ledger::Subject::Stock(ledger::values::Sku::new("X").unwrap());
+    let subject = ledger::Subject::Stock(ledger::values::Sku::new(sku).unwrap());
     RecordedEvent {
         seq,
         recorded_at: Timestamp::parse("2011-02-01T00:00:00Z").unwrap(),
@@ -34,31 +41,31 @@ fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
                 role: Role::new("clerk").unwrap(),
             },
             legal_entity: EntityId::new("UK01").unwrap(),
-            effective_at: Timestamp::parse("2011-01-10T09:00:00Z").unwrap(),
+            effective_at: Timestamp::parse(at).unwrap(),
             prev_hash: EventHash::GENESIS,
             event,
         },
     }
 }
 
-fn gbp(amount: &str) -> serde_json::Value {
+pub(crate) fn gbp(amount: &str) -> serde_json::Value {
     json!({"amount": amount, "currency": "GBP"})
 }
 
-fn item(method: &str) -> serde_json::Value {
+pub(crate) fn item(method: &str) -> serde_json::Value {
     json!({"type": "item.defined", "data": {"sku": "LAMP", "description": "", "base_unit": "each",
         "pack_sizes": [], "tracking": {"lot": false, "serial": false, "expiry": false},
         "reorder_point": 0, "safety_stock": 0, "lead_time_days": 0, "min_order_qty": 0,
         "suppliers": [], "cost_method": method, "allow_negative": false}})
 }
 
-fn receipt(qty: i64, cost: &str, po: &str) -> serde_json::Value {
+pub(crate) fn receipt(qty: i64, cost: &str, po: &str) -> serde_json::Value {
     json!({"type": "stock.received", "data": {"sku": "LAMP", "location": "WH1", "bin": null,
         "lot": null, "expires_on": null, "serials": [], "qty": qty, "unit_cost": gbp(cost),
         "purchase": {"purchase_order": po, "line": 1}}})
 }
 
-fn order(id: &str, qty: i64) -> serde_json::Value {
+pub(crate) fn order(id: &str, qty: i64) -> serde_json::Value {
     json!({"type": "order.placed", "data": {"order": id, "channel": "web", "external_ref": "",
         "lines": [{"line": 1, "sku": "LAMP", "qty": qty, "unit_price": gbp("20.00"),
                    "discount": gbp("0.00"), "tax": gbp("0.00"), "fees": gbp("0.00")}],
@@ -66,7 +73,7 @@ fn order(id: &str, qty: i64) -> serde_json::Value {
         "priority": 1, "policy": "Partial"}})
 }
 
-fn shipment(order: &str, qty: i64) -> serde_json::Value {
+pub(crate) fn shipment(order: &str, qty: i64) -> serde_json::Value {
     json!({"type": "stock.shipped", "data": {"sku": "LAMP", "order": order, "line": 1,
         "location": "WH1", "qty": qty}})
 }

@@ -8,6 +8,8 @@
 //! - `audit`: per entity, every event and refused command, read back from the ledger.
 //! - `books`: inventory valuation (FIFO or moving average, landed cost) and the balanced
 //!   journal lines of every event; `margin` and `finance` are built from them.
+//! - `replenish`: purchase recommendations per SKU × location (reorder point, order-up-to,
+//!   safety stock from demand variability), the view that keeps them current, and a backtest.
 
 pub mod allocation;
 pub mod ats;
@@ -16,6 +18,7 @@ pub mod books;
 pub mod client;
 pub mod finance;
 pub mod margin;
+pub mod replenish;
 pub mod runtime;
 pub mod view;
 
