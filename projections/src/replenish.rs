@@ -121,7 +121,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.38357751867269e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];
@@ -540,7 +540,7 @@ pub fn simulate(
         out.demanded += wanted;
         out.served += served;
         inventory_days += on_hand;
-        if day + 1 >= warm_up && (day + 1 - warm_up) % review_period_days.max(1) == 0 {
+        if day + 1 >= warm_up && (day + 1 - warm_up).is_multiple_of(review_period_days.max(1)) {
             let on_order: i64 = arriving.values().sum();
             let q = policy.order(on_hand + on_order, &demand[..=day]);
             if q > 0 {
