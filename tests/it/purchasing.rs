@@ -315,3 +315,92 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     assert_eq!((d, c), (debits, debits));
     assert_eq!(count, finance.check().lines);
 }
+
+#[tokio::test]
+async fn erp_replenish_lists_what_is_due_and_accepting_creates_the_purchase_order() {
+    // Goal: after 15 of 20 lamps ship in a day, the policy says order now, with its numbers;
+    // `erp replenish --accept ACME` creates the purchase order (approved: under the limit), and
+    // the ATS view then shows the quantity inbound.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let client = command_client(&nats).await;
+    let send = |kind: &str, data: Value| {
+        let body = command("clerk-1", "clerk", kind, data);
+        let client = &client;
+        async move {
+            let outcome = client.submit_json(body).await.unwrap();
+            assert!(outcome.is_accepted(), "{outcome:?}");
+        }
+    };
+    send(
+        "location.define",
+        json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+    )
+    .await;
+    send("channel.define", json!({"channel": "web"})).await;
+    send("item.define", json!({"sku": "LAMP"})).await;
+    send(
+        "supplier.define",
+        json!({"supplier": "ACME", "currency": "GBP"}),
+    )
+    .await;
+    let cost = json!({"amount": "3.00", "currency": "GBP"});
+    send(
+        "stock.receive",
+        json!({"sku": "LAMP", "location": "WH1", "qty": 20, "unit_cost": cost}),
+    )
+    .await;
+    for o in ["A", "B", "C"] {
+        let lines = json!([{"line": 1, "qty": 5}]);
+        send(
+            "order.place",
+            json!({"order": o, "channel": "web", "ship_to_region": "UK",
+            "lines": [{"line": 1, "sku": "LAMP", "qty": 5,
+                       "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
+        )
+        .await;
+        send("order.release_to_pick", json!({"order": o, "wave": "W1"})).await;
+        send("order.pick", json!({"order": o, "lines": lines})).await;
+        send(
+            "order.pack",
+            json!({"order": o, "package": format!("{o}-1"), "lines": lines}),
+        )
+        .await;
+        send(
+            "order.ship",
+            json!({"order": o, "package": format!("{o}-1"), "carrier": "RM",
+            "tracking": "T", "freight_cost": {"amount": "2.00", "currency": "GBP"}}),
+        )
+        .await;
+    }
+    let listed = erp(&nats.url(), &["replenish", "--format", "csv", "--quiet"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let csv = String::from_utf8(listed.stdout).unwrap();
+    assert!(csv.contains("rec.LAMP.WH1"), "{csv}");
+    assert!(
+        csv.contains("reorder point"),
+        "the reason in numbers: {csv}"
+    );
+    // The processor runs on this test's thread: wait for the process without blocking it.
+    let url = nats.url();
+    let accepted = tokio::task::spawn_blocking(move || {
+        erp(&url, &["replenish", "--accept", "ACME", "--quiet"])
+    })
+    .await
+    .unwrap();
+    assert!(accepted.status.success(), "{accepted:?}");
+    let said = String::from_utf8(accepted.stderr).unwrap();
+    assert!(
+        said.contains("REP-2011-03-01-WH1") && said.contains("accepted"),
+        "{said}"
+    );
+    processor.stop().await;
+    let log = nats.open(ledger_config()).await;
+    let last = log.last_sequence().await.unwrap();
+    let mut replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let row = replay::Model::value(&replayed.built.remove(0).model, "loc.LAMP.WH1").unwrap();
+    assert_eq!(row["on_hand"], 5);
+    assert!(row["inbound"].as_i64().unwrap() > 0, "{row}");
+}
