@@ -7,8 +7,8 @@
 //! layer first; `MovingAverage` keeps one pool whose unit cost is value / quantity. Receipts add
 //! layers at their unit cost; shipments, scraps, negative adjustments and transfers out consume
 //! them; returned units re-enter at the cost at which their order line shipped (so a restocked
-//! return is restored at its original cost, and a return that is scrapped is then written off
-//! like any scrap). Positive adjustments and counts enter at the location's current unit cost.
+//! return is restored at its original cost, and one that is scrapped, refurbished or sent
+//! back is then charged to its order as a cost of returns). Positive adjustments and counts enter at the location's current unit cost.
 //!
 //! **Landed cost** arriving later is split by how much of the purchase-order line's receipt is
 //! still on hand: that part raises the value of the remaining units (FIFO: of the layers from
@@ -45,10 +45,13 @@ pub enum Account {
     SalesReturns,
     /// Write-offs, count differences, scrapped and lost units.
     InventoryAdjustment,
+    /// Returned units not restocked (scrapped, refurbished, sent back to the vendor): the
+    /// cost of returns, charged to the order they came from.
+    ReturnCosts,
 }
 
 impl Account {
-    pub const ALL: [Account; 14] = [
+    pub const ALL: [Account; 15] = [
         Account::Inventory,
         Account::InventoryInTransit,
         Account::Grni,
@@ -63,6 +66,7 @@ impl Account {
         Account::Receivables,
         Account::SalesReturns,
         Account::InventoryAdjustment,
+        Account::ReturnCosts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Account {
             Account::Receivables => "receivables",
             Account::SalesReturns => "sales_returns",
             Account::InventoryAdjustment => "inventory_adjustment",
+            Account::ReturnCosts => "return_costs",
         }
     }
 }
@@ -270,6 +275,8 @@ pub struct Books {
     transits: BTreeMap<String, Transit>,
     /// Key: `po/line`.
     po_lines: BTreeMap<String, PoLineBook>,
+    /// Return id -> (order, channel), for the cost of returns not restocked.
+    returns: BTreeMap<String, (String, String)>,
 }
 
 fn vkey(entity: &str, sku: &str, location: &str) -> String {
@@ -645,6 +652,8 @@ impl Books {
                     return out;
                 };
                 let channel = book.channel.clone();
+                self.returns
+                    .insert(e.return_id.to_string(), (order.clone(), channel.clone()));
                 let unit = book
                     .lines
                     .get(&e.line)
@@ -671,7 +680,26 @@ impl Books {
                 );
             }
             E::ReturnDispositioned(e) if e.disposition != Disposition::Restock => {
-                self.write_off(&mut p, e.sku.as_str(), e.location.as_str(), e.qty.get());
+                let sku = e.sku.as_str();
+                let location = e.location.as_str();
+                let key = vkey(&entity, sku, location);
+                let Some(valuation) = self.valuations.get_mut(&key) else {
+                    return out;
+                };
+                let currency = valuation.currency.clone();
+                let cost = valuation.issue(e.qty.get());
+                p.out.valuations.push(key);
+                let (order, channel) = self.returns.get(e.return_id.as_str()).cloned().unzip();
+                p.pair(
+                    &currency,
+                    Account::ReturnCosts,
+                    Account::Inventory,
+                    cost,
+                    Some(sku),
+                    Some(location),
+                    order.as_deref(),
+                    channel.as_deref(),
+                );
             }
             E::StockScrapped(e) => {
                 self.write_off(&mut p, e.sku.as_str(), e.location.as_str(), e.qty.get());

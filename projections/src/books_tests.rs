@@ -240,6 +240,17 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
         c.margin.value("day.2011-01-10").unwrap()["contribution"],
         "25.85"
     );
+    // One unit comes back and is scrapped: its 8.00 leaves COGS on receipt and is charged to
+    // the order as a cost of returns; the contribution is unchanged.
+    c.when(returned("O1", 1));
+    c.when(
+        json!({"type": "stock.return_dispositioned", "data": {"sku": "LAMP",
+        "return_id": "R1", "location": "WH1", "qty": 1, "disposition": "Scrap"}}),
+    );
+    let order = c.margin.value("order.O1").unwrap();
+    assert_eq!(order["cogs"], "24.00");
+    assert_eq!(order["return_costs"], "8.00");
+    assert_eq!(order["contribution"], "25.85");
     let receivables = c.finance.value("acct.UK01.GBP.receivables").unwrap();
     // 80.00 - 8.00 - 5.60 + 4.95 - 10.00 owed by the channel.
     assert_eq!(receivables["balance"], "61.35");
@@ -266,6 +277,9 @@ fn any_event() -> impl Strategy<Value = serde_json::Value> {
         (order_id.clone(), qty.clone(), cost.clone()).prop_map(|(o, q, c)| json!({
             "type": "order.shipped", "data": {"order": o, "package": "P", "carrier": "",
             "tracking": "", "freight_cost": gbp(&c), "lines": [{"line": 1, "qty": q}]}})),
+        (qty.clone(), prop::bool::ANY).prop_map(|(q, restock)| json!({
+            "type": "stock.return_dispositioned", "data": {"sku": "LAMP", "return_id": "R1",
+            "location": "WH1", "qty": q, "disposition": if restock { "Restock" } else { "Scrap" }}})),
         (order_id, cost).prop_map(|(o, c)| json!({"type": "order.refunded",
             "data": {"order": o, "return_id": "R", "amount": gbp(&c)}})),
         (qty.clone(), 0u8..3).prop_map(|(q, t)| json!({"type": "stock.transfer_shipped",

@@ -3,9 +3,9 @@
 //!
 //! Rows: `sku.<sku>`, `channel.<channel>`, `order.<order>`, `day.<YYYY-MM-DD>` (business date)
 //! with revenue, discounts, fees, freight charged and paid, COGS (net of returns restored at
-//! their original cost, and of landed cost on units already sold), refunds, write-offs and
-//! `contribution` = revenue - discounts - fees + freight charged - freight paid - COGS -
-//! refunds; and `value.<entity>.<sku>.<location>` with quantity, value and unit cost.
+//! their original cost, with landed cost on units already sold), refunds, return costs
+//! (returned units not restocked), write-offs and `contribution` = revenue - discounts - fees
+//! + freight charged - freight paid - COGS - refunds - return costs; and `value.<entity>.<sku>.<location>` with quantity, value and unit cost.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +28,8 @@ pub struct MarginRow {
     pub freight_paid: Decimal,
     pub cogs: Decimal,
     pub refunds: Decimal,
+    /// Returned units not restocked, at their cost.
+    pub return_costs: Decimal,
     pub write_offs: Decimal,
 }
 
@@ -37,6 +39,7 @@ impl MarginRow {
             - self.freight_paid
             - self.cogs
             - self.refunds
+            - self.return_costs
     }
 
     /// Adds a P&L line; balance-sheet lines are not margin.
@@ -50,6 +53,7 @@ impl MarginRow {
             Account::FreightExpense => self.freight_paid += a,
             Account::Cogs => self.cogs += a,
             Account::SalesReturns => self.refunds += a,
+            Account::ReturnCosts => self.return_costs += a,
             Account::InventoryAdjustment => self.write_offs += a,
             _ => return,
         }
@@ -68,6 +72,7 @@ impl MarginRow {
             "freight_paid": self.freight_paid.round_dp(2).to_string(),
             "cogs": self.cogs.round_dp(2).to_string(),
             "refunds": self.refunds.round_dp(2).to_string(),
+            "return_costs": self.return_costs.round_dp(2).to_string(),
             "write_offs": self.write_offs.round_dp(2).to_string(),
             "contribution": self.contribution().round_dp(2).to_string(),
         })
@@ -90,6 +95,7 @@ fn is_margin(account: Account) -> bool {
             | Account::FreightExpense
             | Account::Cogs
             | Account::SalesReturns
+            | Account::ReturnCosts
             | Account::InventoryAdjustment
     )
 }
