@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commands::{Outcome, State};
-use ledger::envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
+use ledger::envelope::{EventHash, RecordedEvent};
 use ledger::events::{CommandAccepted, Event};
 use ledger::jetstream::{JetStreamLog, LogConfig};
 use ledger::log::Head;
@@ -132,19 +132,7 @@ struct InProcess {
 impl InProcess {
     fn store(&mut self, command: &commands::Command, subject: Subject, event: Event) {
         self.seq += 1;
-        let envelope = Envelope::from_draft(
-            EventDraft {
-                event_id: uuid::Uuid::now_v7(),
-                subject,
-                command_id: command.command_id,
-                correlation_id: command.correlation_id,
-                actor: command.actor.clone(),
-                legal_entity: command.legal_entity.clone(),
-                effective_at: command.effective_at,
-                event,
-            },
-            EventHash::GENESIS,
-        );
+        let envelope = common::envelope(command, subject, event);
         let head = Head {
             seq: self.seq,
             hash: EventHash::GENESIS,
@@ -288,32 +276,6 @@ fn in_process() {
     );
 }
 
-async fn raw_read(log: &JetStreamLog, last: u64) -> f64 {
-    use futures::StreamExt;
-    let stream = log
-        .jetstream()
-        .get_stream(&log.config().stream)
-        .await
-        .expect("stream");
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
-            deliver_subject: log.client().new_inbox(),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let started = Instant::now();
-    let mut count = 0u64;
-    while let Some(msg) = messages.next().await {
-        count += 1;
-        if msg.expect("message").info().expect("info").stream_sequence >= last {
-            break;
-        }
-    }
-    count as f64 / started.elapsed().as_secs_f64()
-}
-
 /// One size of the growth series: load, rebuild and raw read on a fresh server.
 async fn growth_step(target_events: u64) -> String {
     // About 8 events per SKU (4 commands, each with an outcome record) and 4 per order.
@@ -341,7 +303,7 @@ async fn growth_step(target_events: u64) -> String {
         .await
         .expect("log");
     let last = log.last_sequence().await.expect("last");
-    let raw = raw_read(&log, last).await;
+    let raw = common::raw_read(&log, last).await;
     let mut projector = projections::Projector::<Ats>::open(
         log,
         projections::Mode::Rebuild,

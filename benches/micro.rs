@@ -8,11 +8,13 @@
 //!
 //! Run: `cargo bench --bench micro` (`ERP_MICRO_DAYS` days of UCI commands, default 3).
 
+mod common;
+
 use std::path::Path;
 
 use commands::{Command, State, decide};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use ledger::envelope::{Envelope, EventDraft, EventHash};
+use ledger::envelope::{Envelope, EventHash};
 use ledger::subject::{SubjectSpace, escape_token};
 
 fn uci_commands() -> Vec<Command> {
@@ -35,19 +37,7 @@ fn decide_and_apply(state: &mut State, commands: &[Command]) -> Vec<Envelope> {
             continue;
         };
         for (subject, event) in events {
-            let envelope = Envelope::from_draft(
-                EventDraft {
-                    event_id: uuid::Uuid::now_v7(),
-                    subject,
-                    command_id: command.command_id,
-                    correlation_id: command.correlation_id,
-                    actor: command.actor.clone(),
-                    legal_entity: command.legal_entity.clone(),
-                    effective_at: command.effective_at,
-                    event,
-                },
-                EventHash::GENESIS,
-            );
+            let envelope = common::envelope(command, subject, event);
             state.apply(&envelope, None);
             envelopes.push(envelope);
         }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commands::Outcome;
-use futures::StreamExt;
 use ledger::jetstream::{JetStreamLog, LogConfig};
 use ledger::{EventLog, LogCursor, ReadFrom, ReadUntil};
 use projections::allocation::Allocation;
@@ -32,32 +31,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run());
-}
-
-async fn raw_read(log: &JetStreamLog, last: u64) -> f64 {
-    let stream = log
-        .jetstream()
-        .get_stream(&log.config().stream)
-        .await
-        .expect("stream");
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
-            deliver_subject: log.client().new_inbox(),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let started = Instant::now();
-    let mut count = 0u64;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.expect("message");
-        count += 1;
-        if msg.info().expect("info").stream_sequence >= last {
-            break;
-        }
-    }
-    count as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn decoded_read(log: &JetStreamLog) -> f64 {
@@ -140,12 +113,12 @@ async fn run() {
         .await
         .expect("log");
     let last = log.last_sequence().await.expect("last");
-    let raw = (raw_read(&log, last).await + raw_read(&log, last).await) / 2.0;
+    let raw = (common::raw_read(&log, last).await + common::raw_read(&log, last).await) / 2.0;
     let decoded = decoded_read(&log).await;
     let replay_ats = replayed::<replay::ViewModel<Ats>>(&log, last).await;
     let replay_state = replayed::<replay::WriteModel>(&log, last).await;
     let verify = verified(&log).await;
-    let raw_after = raw_read(&log, last).await;
+    let raw_after = common::raw_read(&log, last).await;
     let ats = rebuild::<Ats>(&url).await;
     let allocation = rebuild::<Allocation>(&url).await;
 

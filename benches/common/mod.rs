@@ -1,4 +1,6 @@
-//! What the benches share: a fresh fsyncing nats-server and a processor on it.
+//! What the benches share: a fresh fsyncing nats-server, a processor on it, the raw read
+//! they are compared with, and envelopes made the processor's way. Each bench uses its part.
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -57,4 +59,53 @@ pub async fn start_processor(
     .await
     .expect("processor");
     tokio::spawn(service.serve(futures::future::pending()))
+}
+
+/// Raw JetStream ordered consumption of the log's stream up to `last`: a push ordered
+/// consumer, messages counted, nothing decoded. Messages per second.
+pub async fn raw_read(log: &JetStreamLog, last: u64) -> f64 {
+    use futures::StreamExt;
+    let stream = log
+        .jetstream()
+        .get_stream(&log.config().stream)
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: log.client().new_inbox(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let started = std::time::Instant::now();
+    let mut count = 0u64;
+    while let Some(msg) = messages.next().await {
+        count += 1;
+        if msg.expect("message").info().expect("info").stream_sequence >= last {
+            break;
+        }
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The envelope the processor would store for one of `command`'s events.
+pub fn envelope(
+    command: &commands::Command,
+    subject: ledger::Subject,
+    event: ledger::Event,
+) -> ledger::Envelope {
+    ledger::Envelope::from_draft(
+        ledger::EventDraft {
+            event_id: uuid::Uuid::now_v7(),
+            subject,
+            command_id: command.command_id,
+            correlation_id: command.correlation_id,
+            actor: command.actor.clone(),
+            legal_entity: command.legal_entity.clone(),
+            effective_at: command.effective_at,
+            event,
+        },
+        ledger::EventHash::GENESIS,
+    )
 }

@@ -518,33 +518,25 @@ impl Books {
                 );
             }
             E::StockShipped(e) => {
-                let sku = e.sku.as_str();
-                let location = e.location.as_str();
-                let key = vkey(&entity, sku, location);
-                let Some(valuation) = self.valuations.get_mut(&key) else {
-                    return out;
-                };
-                let currency = valuation.currency.clone();
-                let cost = valuation.issue(e.qty.get());
-                p.out.valuations.push(key);
                 let order = e.order.to_string();
-                let channel = self.orders.get_mut(&order).map(|o| {
-                    if let Some(line) = o.lines.get_mut(&e.line) {
-                        line.shipped += e.qty.get();
-                        line.shipped_cost += cost;
-                    }
-                    o.channel.clone()
-                });
-                p.pair(
-                    &currency,
+                let channel = self.orders.get(&order).map(|o| o.channel.clone());
+                let Some((cost, _)) = self.issue(
+                    &mut p,
+                    (e.sku.as_str(), e.location.as_str(), e.qty.get()),
                     Account::Cogs,
-                    Account::Inventory,
-                    cost,
-                    Some(sku),
-                    Some(location),
                     Some(&order),
                     channel.as_deref(),
-                );
+                ) else {
+                    return out;
+                };
+                if let Some(line) = self
+                    .orders
+                    .get_mut(&order)
+                    .and_then(|o| o.lines.get_mut(&e.line))
+                {
+                    line.shipped += e.qty.get();
+                    line.shipped_cost += cost;
+                }
             }
             E::OrderShipped(e) => {
                 let order = e.order.to_string();
@@ -680,23 +672,11 @@ impl Books {
                 );
             }
             E::ReturnDispositioned(e) if e.disposition != Disposition::Restock => {
-                let sku = e.sku.as_str();
-                let location = e.location.as_str();
-                let key = vkey(&entity, sku, location);
-                let Some(valuation) = self.valuations.get_mut(&key) else {
-                    return out;
-                };
-                let currency = valuation.currency.clone();
-                let cost = valuation.issue(e.qty.get());
-                p.out.valuations.push(key);
                 let (order, channel) = self.returns.get(e.return_id.as_str()).cloned().unzip();
-                p.pair(
-                    &currency,
+                self.issue(
+                    &mut p,
+                    (e.sku.as_str(), e.location.as_str(), e.qty.get()),
                     Account::ReturnCosts,
-                    Account::Inventory,
-                    cost,
-                    Some(sku),
-                    Some(location),
                     order.as_deref(),
                     channel.as_deref(),
                 );
@@ -717,32 +697,21 @@ impl Books {
             }
             E::TransferShipped(e) => {
                 let sku = e.sku.as_str();
-                let key = vkey(&entity, sku, e.from.as_str());
-                let Some(valuation) = self.valuations.get_mut(&key) else {
+                let taken = (sku, e.from.as_str(), e.qty.get());
+                let Some((cost, currency)) =
+                    self.issue(&mut p, taken, Account::InventoryInTransit, None, None)
+                else {
                     return out;
                 };
-                let currency = valuation.currency.clone();
-                let cost = valuation.issue(e.qty.get());
-                p.out.valuations.push(key);
                 self.transits.insert(
                     e.transfer.to_string(),
                     Transit {
                         entity: entity.clone(),
                         sku: sku.to_owned(),
-                        currency: currency.clone(),
+                        currency,
                         qty: e.qty.get(),
                         value: cost,
                     },
-                );
-                p.pair(
-                    &currency,
-                    Account::InventoryInTransit,
-                    Account::Inventory,
-                    cost,
-                    Some(sku),
-                    Some(e.from.as_str()),
-                    None,
-                    None,
                 );
             }
             E::TransferReceived(e) => {
@@ -801,21 +770,39 @@ impl Books {
         out
     }
 
-    fn write_off(&mut self, p: &mut Poster<'_>, sku: &str, location: &str, qty: i64) {
+    /// Takes units (`sku`, `location`, `qty`) out at their cost and posts `account` /
+    /// inventory; `None` when the location never had the SKU. Returns the cost and currency.
+    fn issue(
+        &mut self,
+        p: &mut Poster<'_>,
+        (sku, location, qty): (&str, &str, i64),
+        account: Account,
+        order: Option<&str>,
+        channel: Option<&str>,
+    ) -> Option<(Decimal, String)> {
         let key = vkey(p.entity, sku, location);
-        let Some(valuation) = self.valuations.get_mut(&key) else {
-            return;
-        };
+        let valuation = self.valuations.get_mut(&key)?;
         let currency = valuation.currency.clone();
         let cost = valuation.issue(qty);
         p.out.valuations.push(key);
         p.pair(
             &currency,
-            Account::InventoryAdjustment,
+            account,
             Account::Inventory,
             cost,
             Some(sku),
             Some(location),
+            order,
+            channel,
+        );
+        Some((cost, currency))
+    }
+
+    fn write_off(&mut self, p: &mut Poster<'_>, sku: &str, location: &str, qty: i64) {
+        self.issue(
+            p,
+            (sku, location, qty),
+            Account::InventoryAdjustment,
             None,
             None,
         );
