@@ -383,21 +383,9 @@ impl Books {
                     line.received += e.qty.get();
                     key
                 });
-                let method = self.method(sku);
-                let key = vkey(&entity, sku, location);
-                self.valuation_mut(&key, &currency)
-                    .add(method, e.qty.get(), value, source);
-                p.out.valuations.push(key);
-                p.pair(
-                    &currency,
-                    Account::Inventory,
-                    Account::Grni,
-                    value,
-                    Some(sku),
-                    Some(location),
-                    None,
-                    None,
-                );
+                let units = (sku, location, e.qty.get());
+                let stock = Stock { value, source };
+                self.receive(&mut p, units, stock, &currency, Account::Grni, (None, None));
             }
             E::LandedCostAllocated(e) => {
                 let currency = e.amount.currency.to_string();
@@ -655,21 +643,13 @@ impl Books {
                 let value =
                     (unit * Decimal::from(e.qty.get())).round_dp_with_strategy(COST_DP, HALF_UP);
                 let currency = book.currency.clone();
-                let method = self.method(sku);
-                let key = vkey(&entity, sku, location);
-                self.valuation_mut(&key, &currency)
-                    .add(method, e.qty.get(), value, None);
-                p.out.valuations.push(key);
-                p.pair(
-                    &currency,
-                    Account::Inventory,
-                    Account::Cogs,
+                let units = (sku, location, e.qty.get());
+                let stock = Stock {
                     value,
-                    Some(sku),
-                    Some(location),
-                    Some(&order),
-                    Some(&channel),
-                );
+                    source: None,
+                };
+                let dims = (Some(order.as_str()), Some(channel.as_str()));
+                self.receive(&mut p, units, stock, &currency, Account::Cogs, dims);
             }
             E::ReturnDispositioned(e) if e.disposition != Disposition::Restock => {
                 let (order, channel) = self.returns.get(e.return_id.as_str()).cloned().unzip();
@@ -820,23 +800,57 @@ impl Books {
                 .add(CostMethod::Fifo, delta, Decimal::ZERO, None);
             return;
         };
-        let method = self.methods.get(sku).cloned().unwrap_or(CostMethod::Fifo);
         let value =
             (valuation.unit_cost() * Decimal::from(delta)).round_dp_with_strategy(COST_DP, HALF_UP);
         let currency = valuation.currency.clone();
-        valuation.add(method, delta, value, None);
-        p.out.valuations.push(key);
-        p.pair(
-            &currency,
-            Account::Inventory,
-            Account::InventoryAdjustment,
+        let stock = Stock {
             value,
-            Some(sku),
-            Some(location),
-            None,
-            None,
+            source: None,
+        };
+        let units = (sku, location, delta);
+        self.receive(
+            p,
+            units,
+            stock,
+            &currency,
+            Account::InventoryAdjustment,
+            (None, None),
         );
     }
+
+    /// Puts units (`sku`, `location`, `qty`) in at `stock.value` and posts inventory /
+    /// `credit`.
+    fn receive(
+        &mut self,
+        p: &mut Poster<'_>,
+        (sku, location, qty): (&str, &str, i64),
+        stock: Stock,
+        currency: &str,
+        credit: Account,
+        (order, channel): (Option<&str>, Option<&str>),
+    ) {
+        let method = self.method(sku);
+        let key = vkey(p.entity, sku, location);
+        self.valuation_mut(&key, currency)
+            .add(method, qty, stock.value, stock.source);
+        p.out.valuations.push(key);
+        p.pair(
+            currency,
+            Account::Inventory,
+            credit,
+            stock.value,
+            Some(sku),
+            Some(location),
+            order,
+            channel,
+        );
+    }
+}
+
+/// Units' value coming in, and the purchase-order line they came from.
+struct Stock {
+    value: Decimal,
+    source: Option<String>,
 }
 
 /// Whether each legal entity and currency's lines sum to zero.
