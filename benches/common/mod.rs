@@ -96,16 +96,7 @@ pub fn envelope(
     event: ledger::Event,
 ) -> ledger::Envelope {
     ledger::Envelope::from_draft(
-        ledger::EventDraft {
-            event_id: uuid::Uuid::now_v7(),
-            subject,
-            command_id: command.command_id,
-            correlation_id: command.correlation_id,
-            actor: command.actor.clone(),
-            legal_entity: command.legal_entity.clone(),
-            effective_at: command.effective_at,
-            event,
-        },
+        commands::processor::draft(command, subject, event),
         ledger::EventHash::GENESIS,
     )
 }

@@ -80,6 +80,21 @@ pub enum ProcessorError {
     Append(AppendError),
 }
 
+/// One of `command`'s events as the processor writes it: a new event id, the command's ids,
+/// actor, legal entity and business time.
+pub fn draft(command: &Command, subject: Subject, event: Event) -> EventDraft {
+    EventDraft {
+        event_id: Uuid::now_v7(),
+        subject,
+        command_id: command.command_id,
+        correlation_id: command.correlation_id,
+        actor: command.actor.clone(),
+        legal_entity: command.legal_entity.clone(),
+        effective_at: command.effective_at,
+        event,
+    }
+}
+
 /// A command's saved aggregate, to undo a tick's tentative changes.
 enum Saved {
     Item(Sku, Option<Defined<Box<ledger::events::ItemDefined>>>),
@@ -485,16 +500,7 @@ impl<L: EventLog> Processor<L> {
         )));
         for (subject, event) in all {
             tick.touch(&self.state, &subject);
-            let draft = EventDraft {
-                event_id: Uuid::now_v7(),
-                subject,
-                command_id: command.command_id,
-                correlation_id: command.correlation_id,
-                actor: command.actor.clone(),
-                legal_entity: command.legal_entity.clone(),
-                effective_at: command.effective_at,
-                event,
-            };
+            let draft = draft(command, subject, event);
             self.state.apply(
                 &Envelope::from_draft(draft.clone(), EventHash::GENESIS),
                 None,
