@@ -5,7 +5,7 @@
 //! - every StockCode becomes an item when first seen (codes that do not start with a digit,
 //!   such as `POST`, `M` or `BANK CHARGES`, are services and may go negative);
 //! - at the first invoice of each month, each SKU receives that month's ordered quantity, at
-//!   60% of its highest unit price that month (the data has no costs);
+//!   60% of its lowest positive unit price that month (the data has no costs);
 //! - an ordinary invoice becomes an order (lines of the same code merged), then release to
 //!   pick, pick, pack and ship;
 //! - a `C` (cancellation) invoice's lines come back into stock as upward adjustments
@@ -210,9 +210,12 @@ fn receive_month(b: &mut Builder, rows: &[Row], month: (i32, u32), at: NaiveDate
         .filter(in_month)
         .filter(|r| r.qty > 0 && !r.invoice.starts_with(['C', 'A']))
     {
-        let entry = demand.entry(&row.code).or_insert((0, Decimal::ZERO));
+        // Cost: 60% of the month's lowest selling price, so bulk sales keep a margin too.
+        let entry = demand.entry(&row.code).or_insert((0, row.price));
         entry.0 += row.qty;
-        entry.1 = entry.1.max(row.price);
+        if row.price > Decimal::ZERO && (entry.1 <= Decimal::ZERO || row.price < entry.1) {
+            entry.1 = row.price;
+        }
     }
     for (code, (qty, price)) in demand {
         b.stats.receipts += 1;
