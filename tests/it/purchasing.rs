@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config};
 use crate::projections::{projector_process_snapshotting, stop, submit, uci_bodies};
-use crate::replay::{erp, sample_snapshots, snapshots_equal_replays};
+use crate::replay::{add_last_snapshot, erp, sample_snapshots, snapshots_equal_replays};
 
 fn command(actor: &str, role: &str, kind: &str, data: Value) -> Bytes {
     Bytes::from(
@@ -243,14 +243,15 @@ async fn books_balance_at_every_sequence(log: &JetStreamLog) -> (u64, Decimal) {
 #[tokio::test]
 async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() {
     // Goal: during a 2-day UCI load, the live margin and finance projector processes snapshot
-    // at points of their own choosing; each equals a replay to its checkpoint. Afterwards
+    // (every 1,000 events, when their own timing allows); each equals a replay to its
+    // checkpoint. Afterwards
     // every event balances, the totals balance at every sequence, the live finance check says
     // so, and `erp journal` exports the same lines.
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
     let mut children = [
-        projector_process_snapshotting(&nats, "margin", 2_000),
-        projector_process_snapshotting(&nats, "finance", 2_000),
+        projector_process_snapshotting(&nats, "margin", 1_000),
+        projector_process_snapshotting(&nats, "finance", 1_000),
     ];
     let log = nats.open(ledger_config()).await;
     let (done, finished) = tokio::sync::watch::channel(false);
@@ -264,13 +265,19 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     ));
     submit(&nats, uci_bodies(2)).await;
     done.send(true).unwrap();
-    let (margin, finance) = (margin.await.unwrap(), finance.await.unwrap());
+    let (mut margin, mut finance) = (margin.await.unwrap(), finance.await.unwrap());
     for child in &mut children {
         stop(child);
     }
+    // A stopped projector saves a last snapshot at its checkpoint.
+    add_last_snapshot::<Margin>(log.jetstream(), &mut margin).await;
+    add_last_snapshot::<Finance>(log.jetstream(), &mut finance).await;
     processor.stop().await;
-    snapshots_equal_replays::<Margin>(&log, &margin).await;
-    snapshots_equal_replays::<Finance>(&log, &finance).await;
+    // These views' snapshots are larger (every order's lines, for returns at their cost), so
+    // a slow machine takes fewer of them during a short load: at least one during the load and
+    // the final one.
+    snapshots_equal_replays::<Margin>(&log, &margin, 2).await;
+    snapshots_equal_replays::<Finance>(&log, &finance, 2).await;
 
     let (posted, debits) = books_balance_at_every_sequence(&log).await;
     assert!(posted > 5_000, "{posted} events posted");
