@@ -55,6 +55,51 @@ pub(crate) async fn sample_snapshots<V: projections::View>(
     snapshots
 }
 
+/// Waits until the view's projector has saved a snapshot at `seq` or later (an idle projector
+/// does within a second of catching up) and adds it.
+async fn add_snapshot_at<V: projections::View>(
+    js: &async_nats::jetstream::Context,
+    seq: u64,
+    snapshots: &mut BTreeMap<u64, Vec<u8>>,
+) {
+    for _ in 0..600 {
+        if let Some(bucket) = projections::runtime::served_bucket(js, V::NAME)
+            .await
+            .unwrap()
+            && let Some((view, at)) = projections::runtime::read_snapshot::<V>(js, &bucket)
+                .await
+                .unwrap()
+            && at >= seq
+        {
+            snapshots.insert(at, serde_json::to_vec(&view).unwrap());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never saved a snapshot at {seq} or later", V::NAME);
+}
+
+/// Sends `bodies` in `phases` ordered chunks; after each, waits for both views' projectors to
+/// snapshot at the log's end and keeps those snapshots. With the snapshots the projectors take
+/// while a chunk is loading (sampled separately), every run compares at least `phases` points
+/// per view, however busy the machine.
+pub(crate) async fn submit_in_phases<A: projections::View, B: projections::View>(
+    nats: &TestNats,
+    log: &JetStreamLog,
+    bodies: Vec<Bytes>,
+    phases: usize,
+) -> (BTreeMap<u64, Vec<u8>>, BTreeMap<u64, Vec<u8>>) {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    let size = bodies.len().div_ceil(phases);
+    for chunk in bodies.chunks(size) {
+        submit(nats, chunk.to_vec()).await;
+        let last = log.last_sequence().await.unwrap();
+        add_snapshot_at::<A>(log.jetstream(), last, &mut a).await;
+        add_snapshot_at::<B>(log.jetstream(), last, &mut b).await;
+    }
+    (a, b)
+}
+
 /// Adds the view's served snapshot as it is now (after its projector stopped: the final one).
 pub(crate) async fn add_last_snapshot<V: projections::View>(
     js: &async_nats::jetstream::Context,
@@ -116,12 +161,17 @@ async fn live_snapshots_taken_at_many_points_equal_replays_to_the_same_sequence(
         log.jetstream().clone(),
         finished,
     ));
-    submit(&nats, uci_bodies(3)).await;
+    let (phase_ats, phase_allocation) =
+        submit_in_phases::<Ats, Allocation>(&nats, &log, uci_bodies(3), 5).await;
     done.send(true).unwrap();
-    let (ats, allocation) = (ats.await.unwrap(), allocation.await.unwrap());
+    let (mut ats, mut allocation) = (ats.await.unwrap(), allocation.await.unwrap());
+    ats.extend(phase_ats);
+    allocation.extend(phase_allocation);
     for child in &mut children {
         stop(child);
     }
+    add_last_snapshot::<Ats>(log.jetstream(), &mut ats).await;
+    add_last_snapshot::<Allocation>(log.jetstream(), &mut allocation).await;
     processor.stop().await;
     let end = log.last_sequence().await.unwrap();
     assert!(end > 30_000, "{end} events");
