@@ -345,11 +345,7 @@ fn main() {
     if sizes.is_empty() {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let version = common::start_server().version;
+    let (_, version) = common::nats_server();
     println!();
     println!(
         "Growth, end to end (nats-server {version}, fsync always, processor in process, window 512):"
@@ -359,7 +355,9 @@ fn main() {
         "| stream messages | commands | load events/s | load µs per message | ATS rebuild msgs/s | rebuild µs per message | raw read msgs/s | rebuild / raw |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for size in sizes {
-        println!("{}", runtime.block_on(growth_step(size)));
-    }
+    common::block_on(async {
+        for size in sizes {
+            println!("{}", growth_step(size).await);
+        }
+    });
 }

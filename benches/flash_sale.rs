@@ -22,11 +22,7 @@ const SKUS: usize = 10;
 const UNITS: u64 = 20_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 fn env(name: &str, default: usize) -> usize {

@@ -26,11 +26,7 @@ use projections::ats::Ats;
 use projections::{Mode, Projector, ProjectorConfig};
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn decoded_read(log: &JetStreamLog) -> f64 {

@@ -15,6 +15,15 @@ pub struct BenchServer {
     _dir: tempfile::TempDir,
 }
 
+/// The pinned nats-server binary (installed if needed) and its release.
+pub fn nats_server() -> (std::path::PathBuf, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary =
+        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
+    let version = server::binary_version(&binary).expect("version");
+    (binary, version.to_string())
+}
+
 /// Starts the pinned nats-server (installed if needed) with `sync_interval: always`.
 pub fn start_server() -> BenchServer {
     start_server_syncing(true)
@@ -23,11 +32,8 @@ pub fn start_server() -> BenchServer {
 /// Starts the pinned nats-server; `sync_always: false` leaves fsync to the server's default
 /// interval (for reference rates only: such a server can lose acknowledged writes).
 pub fn start_server_syncing(sync_always: bool) -> BenchServer {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let binary =
-        server::find_or_install(&root.join(".tools"), SERVER_VERSION_MIN).expect("nats-server");
-    let version = server::binary_version(&binary).expect("version");
+    let (binary, version) = nats_server();
     let server = LocalServer::start(ServerOptions {
         binary,
         port: server::free_port().expect("port"),
@@ -39,7 +45,7 @@ pub fn start_server_syncing(sync_always: bool) -> BenchServer {
     .expect("server");
     BenchServer {
         server,
-        version: version.to_string(),
+        version,
         _dir: dir,
     }
 }
@@ -99,4 +105,13 @@ pub fn envelope(
         commands::processor::draft(command, subject, event),
         ledger::EventHash::GENESIS,
     )
+}
+
+/// Runs a bench's async body on a multi-threaded runtime.
+pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body)
 }

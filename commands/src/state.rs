@@ -250,11 +250,6 @@ impl PoStatus {
             PoStatus::Closed => "closed",
         }
     }
-
-    /// Whether goods may be received and charges booked against it.
-    pub fn receivable(self) -> bool {
-        matches!(self, PoStatus::Approved | PoStatus::Sent)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

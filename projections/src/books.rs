@@ -51,24 +51,6 @@ pub enum Account {
 }
 
 impl Account {
-    pub const ALL: [Account; 15] = [
-        Account::Inventory,
-        Account::InventoryInTransit,
-        Account::Grni,
-        Account::LandedCostAccrual,
-        Account::Cogs,
-        Account::Revenue,
-        Account::Discounts,
-        Account::ChannelFees,
-        Account::FreightIncome,
-        Account::FreightExpense,
-        Account::FreightPayable,
-        Account::Receivables,
-        Account::SalesReturns,
-        Account::InventoryAdjustment,
-        Account::ReturnCosts,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Account::Inventory => "inventory",
@@ -549,42 +531,22 @@ impl Books {
                     let fees = (line.fees * of_line + fee_rate * (revenue - discount))
                         .round_dp_with_strategy(2, HALF_UP);
                     let sku = line.sku.clone();
-                    let dims = (
-                        Some(sku.as_str()),
-                        None,
-                        Some(order.as_str()),
-                        Some(channel.as_str()),
-                    );
-                    p.pair(
-                        &currency,
-                        Account::Receivables,
-                        Account::Revenue,
-                        revenue,
-                        dims.0,
-                        dims.1,
-                        dims.2,
-                        dims.3,
-                    );
-                    p.pair(
-                        &currency,
-                        Account::Discounts,
-                        Account::Receivables,
-                        discount,
-                        dims.0,
-                        dims.1,
-                        dims.2,
-                        dims.3,
-                    );
-                    p.pair(
-                        &currency,
-                        Account::ChannelFees,
-                        Account::Receivables,
-                        fees,
-                        dims.0,
-                        dims.1,
-                        dims.2,
-                        dims.3,
-                    );
+                    for (dr, cr, amount) in [
+                        (Account::Receivables, Account::Revenue, revenue),
+                        (Account::Discounts, Account::Receivables, discount),
+                        (Account::ChannelFees, Account::Receivables, fees),
+                    ] {
+                        p.pair(
+                            &currency,
+                            dr,
+                            cr,
+                            amount,
+                            Some(&sku),
+                            None,
+                            Some(&order),
+                            Some(&channel),
+                        );
+                    }
                 }
                 if !book.shipping_recognised {
                     book.shipping_recognised = true;

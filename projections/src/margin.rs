@@ -101,10 +101,6 @@ fn is_margin(account: Account) -> bool {
 }
 
 impl Margin {
-    pub fn books(&self) -> &Books {
-        &self.books
-    }
-
     /// A margin row as numbers (`sku.<token>`, `channel.<token>`, …).
     pub fn row(&self, key: &str) -> Option<&MarginRow> {
         self.rows.get(key)
