@@ -163,6 +163,7 @@ impl InProcess {
                 command_type: command.body.type_name().to_owned(),
                 body_sha256: command.body_sha256(),
                 event_count: count,
+                on_behalf_of: None,
             });
             self.store(&command, Subject::Command(command.command_id), outcome);
         }

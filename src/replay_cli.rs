@@ -269,6 +269,25 @@ pub async fn verify(log: &JetStreamLog, args: &VerifyArgs) -> anyhow::Result<()>
                 report.elapsed.as_secs_f64()
             );
             println!("digest at {}: {}", report.last_seq, report.digest);
+            if !report.foreign.is_empty() {
+                for f in &report.foreign {
+                    println!(
+                        "foreign message at sequence {} on `{}`: {}; never applied",
+                        f.seq,
+                        if f.stored_subject.is_empty() {
+                            "a writer marker subject"
+                        } else {
+                            &f.stored_subject
+                        },
+                        f.reason
+                    );
+                }
+                bail!(
+                    "{} messages in the ledger were not written by its writer (first at sequence {}); everything else verified",
+                    report.foreign.len(),
+                    report.foreign[0].seq
+                );
+            }
             Ok(())
         }
         Err(failure) => bail!("{failure}"),
@@ -294,12 +313,12 @@ fn csv_field(text: &str) -> String {
 /// `erp journal`: reads the ledger in order, posts every event through the books, and writes
 /// each journal line as CSV. Ends with a check that debits equal credits.
 pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<()> {
-    use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+    use ledger::walk::{WalkUntil, Walked, walk};
     let until = match args.until {
-        Some(seq) => ReadUntil::Sequence(seq),
-        None => ReadUntil::CaughtUp,
+        Some(seq) => WalkUntil::Sequence(seq),
+        None => WalkUntil::CaughtUp,
     };
-    let mut cursor = log.read(ReadFrom::Start, until).await?;
+    let mut walker = walk(log, 1, until, Some(ledger::chain::ChainVerifier::new())).await?;
     let mut books = projections::books::Books::default();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel\n";
@@ -313,18 +332,67 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     write(header)?;
     let (mut debits, mut credits) = (rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ZERO);
     let mut lines = 0u64;
-    while let Some(record) = cursor.next().await {
-        let LogRecord::Event(event) = record? else {
-            continue;
+    let mut foreign = 0u64;
+    while let Some(item) = walker.next().await {
+        let events = match item? {
+            Walked::Batch(batch) => batch.events,
+            Walked::Foreign(f) => {
+                foreign += 1;
+                eprintln!(
+                    "sequence {} on `{}` is not the ledger's ({}): no journal lines",
+                    f.seq, f.stored_subject, f.reason
+                );
+                continue;
+            }
         };
-        let posted = books.post(&event);
+        for event in events {
+            if args.until.is_some_and(|until| event.seq > until) {
+                break;
+            }
+            if !post_lines(
+                &mut books,
+                &event,
+                &mut write,
+                &mut debits,
+                &mut credits,
+                &mut lines,
+            )? {
+                return Ok(());
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    eprintln!("{lines} journal lines; debits {debits}, credits {credits}");
+    if foreign > 0 {
+        eprintln!("{foreign} foreign messages were passed over (see `erp verify`)");
+    }
+    if debits != credits {
+        bail!("debits {debits} and credits {credits} differ");
+    }
+    Ok(())
+}
+
+/// Posts one event and writes its journal lines; `false` when the reader has gone.
+fn post_lines(
+    books: &mut projections::books::Books,
+    event: &ledger::RecordedEvent,
+    write: &mut impl FnMut(&str) -> anyhow::Result<bool>,
+    debits: &mut rust_decimal::Decimal,
+    credits: &mut rust_decimal::Decimal,
+    lines: &mut u64,
+) -> anyhow::Result<bool> {
+    {
+        let posted = books.post(event);
         if !projections::books::balanced(&posted.lines) {
             bail!("event {} does not balance: {:?}", event.seq, posted.lines);
         }
         for l in &posted.lines {
-            debits += l.debit();
-            credits += l.credit();
-            lines += 1;
+            *debits += l.debit();
+            *credits += l.credit();
+            *lines += 1;
             let row = [
                 event.seq.to_string(),
                 event.recorded_at.to_string(),
@@ -345,19 +413,11 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
             .collect::<Vec<_>>()
             .join(",");
             if !write(&(row + "\n"))? {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
-    match out.flush() {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-        other => other?,
-    }
-    eprintln!("{lines} journal lines; debits {debits}, credits {credits}");
-    if debits != credits {
-        bail!("debits {debits} and credits {credits} differ");
-    }
-    Ok(())
+    Ok(true)
 }
 
 #[derive(Debug, clap::Args)]

@@ -17,41 +17,56 @@ pub enum ClientError {
     Answer(String),
 }
 
-/// The request subject for command JSON: by its legal entity when it names a valid one.
-fn rpc_subject_for(json: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| {
-            v.get("legal_entity")
-                .and_then(|e| e.as_str())
-                .and_then(|e| ledger::values::EntityId::new(e).ok())
-        })
-        .map_or_else(
-            || "rpc.cmd.unknown".to_owned(),
-            |entity| subjects::rpc(&entity),
-        )
-}
-
 #[derive(Debug, Clone)]
 pub struct CommandClient {
     nats: async_nats::Client,
     timeout: Duration,
+    /// The NATS user the connection authenticated as, if it did: its commands go to the
+    /// subjects that end in its name (the only ones the server lets it publish on).
+    user: Option<String>,
 }
 
 impl CommandClient {
     pub fn new(nats: async_nats::Client, timeout: Duration) -> CommandClient {
-        CommandClient { nats, timeout }
+        CommandClient {
+            nats,
+            timeout,
+            user: None,
+        }
+    }
+
+    /// Sends as `user` (the NATS user the connection authenticated as).
+    pub fn as_user(mut self, user: Option<String>) -> CommandClient {
+        self.user = user;
+        self
+    }
+
+    /// The request subject for command JSON: by its legal entity when it names a valid one
+    /// (otherwise a subject the processor answers `invalid`, naming the field).
+    fn rpc_subject_for(&self, json: &[u8]) -> String {
+        let entity = serde_json::from_slice::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.get("legal_entity")
+                    .and_then(|e| e.as_str())
+                    .and_then(|e| ledger::values::EntityId::new(e).ok())
+            })
+            .unwrap_or_else(|| ledger::values::EntityId::new("unknown").expect("valid id"));
+        subjects::rpc(&entity, self.user.as_deref())
     }
 
     /// Sends command JSON as it is (it may be invalid: the answer says why).
     pub async fn submit_json(&self, json: Bytes) -> Result<Outcome, ClientError> {
-        self.request(rpc_subject_for(&json), json).await
+        self.request(self.rpc_subject_for(&json), json).await
     }
 
     pub async fn submit(&self, command: &Command) -> Result<Outcome, ClientError> {
         let json = serde_json::to_vec(command).expect("commands serialise");
-        self.request(subjects::rpc(&command.legal_entity), json.into())
-            .await
+        self.request(
+            subjects::rpc(&command.legal_entity, self.user.as_deref()),
+            json.into(),
+        )
+        .await
     }
 
     /// Sends commands strictly in order on this connection, with up to `window` waiting for
@@ -88,7 +103,7 @@ impl CommandClient {
         let (mut sent, mut delivered, mut waiting) = (0, 0, 0usize);
         while delivered < commands.len() {
             while sent < commands.len() && waiting < window.max(1) {
-                let subject = rpc_subject_for(&commands[sent]);
+                let subject = self.rpc_subject_for(&commands[sent]);
                 let reply = format!("{prefix}.{sent}");
                 slots[sent] = match self
                     .nats

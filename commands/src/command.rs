@@ -18,8 +18,8 @@ use ledger::events::{
     LineQty, LocationKind, PackSize, PurchaseRef, ReservationPolicy, Tracking,
 };
 use ledger::values::{
-    Actor, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
-    PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
+    Actor, ActorId, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money,
+    OrderId, PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
     SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
@@ -504,12 +504,23 @@ pub struct Command {
     /// Defaults to `command_id`.
     #[serde(default)]
     pub correlation_id: Uuid,
+    /// Who acts, in which role. Sent with credentials (`erp auth`), it may be left out: it is
+    /// then the credential's actor in its first role; given, it must be that actor in one of
+    /// the credential's roles, or the command is refused `forbidden`.
     pub actor: Actor,
+    /// The end user an integration acts for (its customer, its staff member), recorded with
+    /// the outcome. Only credentials allowed to act for end users may name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<ActorId>,
     pub legal_entity: EntityId,
     /// Business time of the fact; also the "now" the decider uses (hold expiry).
     pub effective_at: Timestamp,
     #[serde(flatten)]
     pub body: CommandBody,
+    /// Who sent it, from the connection's credentials: set by the service from the subject
+    /// the server let the sender publish on, never read from the JSON.
+    #[serde(skip)]
+    pub sender: Option<crate::access::Sender>,
 }
 
 impl Command {
@@ -544,7 +555,10 @@ struct Outer<'a> {
     command_id: Uuid,
     #[serde(default)]
     correlation_id: Option<Uuid>,
-    actor: Actor,
+    #[serde(default)]
+    actor: Option<Actor>,
+    #[serde(default)]
+    on_behalf_of: Option<ActorId>,
     legal_entity: EntityId,
     effective_at: Timestamp,
     #[serde(rename = "type")]
@@ -586,8 +600,18 @@ fn decode_data<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("data", e))
 }
 
-/// Decodes and validates a command from JSON bytes.
+/// Decodes and validates a command from JSON bytes (sent without credentials: it must name
+/// its actor).
 pub fn decode(bytes: &[u8]) -> Result<Command, InvalidCommand> {
+    decode_from(bytes, None)
+}
+
+/// Decodes and validates a command sent by `sender` (with credentials): a command that names
+/// no actor acts as the sender's.
+pub fn decode_from(
+    bytes: &[u8],
+    sender: Option<&crate::access::Sender>,
+) -> Result<Command, InvalidCommand> {
     if bytes.len() > COMMAND_BYTES_MAX {
         return Err(InvalidCommand {
             field: "command".into(),
@@ -617,13 +641,25 @@ pub fn decode(bytes: &[u8]) -> Result<Command, InvalidCommand> {
     })?;
     let body = CommandBody::decode(&outer.type_name, outer.data)?;
     check_limits(&body)?;
+    let actor = match (outer.actor, sender) {
+        (Some(actor), _) => actor,
+        (None, Some(sender)) => sender.default_actor(),
+        (None, None) => {
+            return Err(InvalidCommand {
+                field: "actor".into(),
+                message: "missing; expected {\"id\": \"...\", \"role\": \"...\"} (only a command sent with credentials may leave it out)".into(),
+            });
+        }
+    };
     Ok(Command {
         command_id: outer.command_id,
         correlation_id: outer.correlation_id.unwrap_or(outer.command_id),
-        actor: outer.actor,
+        actor,
+        on_behalf_of: outer.on_behalf_of,
         legal_entity: outer.legal_entity,
         effective_at: outer.effective_at,
         body,
+        sender: sender.cloned(),
     })
 }
 

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use ledger::Subject;
 use ledger::events::*;
-use ledger::values::{ChannelId, LocationId, Money, OrderId, Qty, QtyDelta, Sku, Timestamp};
+use ledger::values::{
+    ChannelId, LocationId, Money, OrderId, QTY_MAX, Qty, QtyDelta, Sku, Timestamp,
+};
 
 use crate::command::*;
 use crate::state::{Balance, LineState, OrderState, State, StockState};
@@ -66,6 +68,11 @@ pub mod code {
     pub const FORBIDDEN: &str = "forbidden";
     /// Produced by the processor: the command is not valid JSON or not a valid command.
     pub const INVALID_COMMAND: &str = "invalid_command";
+    /// A figure (on hand, allocated, ...) would pass the largest quantity the ledger holds.
+    pub const QUANTITY_LIMIT: &str = "quantity_limit";
+    /// Produced by the processor: deciding the command failed inside the processor (a bug).
+    /// It is recorded so that it is never decided again; nothing else was stored.
+    pub const INTERNAL_ERROR: &str = "internal_error";
 
     /// Every code `decide` can return, for the docs and the tests.
     pub const ALL: &[&str] = &[
@@ -97,6 +104,7 @@ pub mod code {
         PURCHASE_LINE_MISMATCH,
         OVER_RECEIPT,
         LINES_OPEN,
+        QUANTITY_LIMIT,
     ];
 }
 
@@ -134,8 +142,69 @@ pub(crate) fn non_negative_money(field: &str, m: &Money) -> Result<(), Rejection
     Ok(())
 }
 
-/// Decides a command against the state. Never mutates it.
+/// Decides a command against the state. Never mutates it. Whatever the command, every figure
+/// of every SKU at every location stays within `QTY_MAX` (refused `quantity_limit`).
 pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
+    let decision = decide_rules(state, command)?;
+    within_quantity_limits(state, &decision)?;
+    Ok(decision)
+}
+
+/// Refuses a decision that would take a figure beyond `QTY_MAX` in magnitude: the bound every
+/// quantity type promises, and that sums of events could otherwise pass.
+fn within_quantity_limits(state: &State, decision: &Decision) -> Result<(), Rejection> {
+    let mut after: Vec<(&Sku, LocationId, Balance)> = Vec::new();
+    for (subject, event) in decision {
+        let Subject::Stock(sku) = subject else {
+            continue;
+        };
+        for delta in ledger::effects::stock_deltas(event) {
+            let i = match after
+                .iter()
+                .position(|(s, l, _)| *s == sku && *l == delta.location)
+            {
+                Some(i) => i,
+                None => {
+                    let now = state
+                        .stock
+                        .get(sku)
+                        .map(|s| s.balance(&delta.location))
+                        .unwrap_or_default();
+                    after.push((sku, delta.location.clone(), now));
+                    after.len() - 1
+                }
+            };
+            let b = &mut after[i].2;
+            b.on_hand += delta.on_hand;
+            b.allocated += delta.allocated;
+            b.reserved += delta.reserved;
+            b.quality_hold += delta.quality_hold;
+            b.in_transit += delta.in_transit;
+            let figures = [
+                ("on hand", b.on_hand),
+                ("allocated", b.allocated),
+                ("reserved", b.reserved),
+                ("quality hold", b.quality_hold),
+                ("in transit", b.in_transit),
+            ];
+            if let Some((name, value)) = figures
+                .iter()
+                .find(|(_, v)| v.unsigned_abs() > QTY_MAX as u64)
+            {
+                return Err(reject(
+                    code::QUANTITY_LIMIT,
+                    format!(
+                        "{sku} at {}: {name} would be {value}; the ledger holds figures of at most {QTY_MAX} base units",
+                        delta.location
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decide_rules(state: &State, command: &Command) -> Result<Decision, Rejection> {
     let d = Decider {
         state,
         at: command.effective_at,

@@ -1150,3 +1150,52 @@ fn every_rejection_code_is_exercised_by_a_test() {
         );
     }
 }
+
+#[test]
+fn figures_beyond_the_largest_quantity_are_refused_not_panicked() {
+    // Goal: two receipts of 10^12 then a count used to reach `QtyDelta::new(..).expect` and
+    // panic the processor; now the second receipt is refused `quantity_limit`, and no command
+    // can take any figure past QTY_MAX.
+    let mut w = World::new();
+    let max = QTY_MAX;
+    w.given(
+        "stock.receive",
+        json!({"sku": "A", "location": "WH1", "qty": max, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+    );
+    let r = refusal(w.when(
+        "stock.receive",
+        json!({"sku": "A", "location": "WH1", "qty": 1, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+    ));
+    assert_eq!(r.code, code::QUANTITY_LIMIT);
+    assert!(
+        r.message.contains("on hand would be 1000000000001"),
+        "{}",
+        r.message
+    );
+    let r = refusal(w.when(
+        "stock.adjust",
+        json!({"sku": "A", "location": "WH1", "delta": 1, "reason": "Found"}),
+    ));
+    assert_eq!(r.code, code::QUANTITY_LIMIT);
+    // A count at the limit is fine, and nothing is beyond it afterwards.
+    w.given(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 0}),
+    );
+    assert_eq!(w.balance("A", "WH1").on_hand, 0);
+    // Negative stock is bounded too.
+    w.given(
+        "stock.adjust",
+        json!({"sku": "NEG", "location": "WH1", "delta": -max, "reason": "Oversold"}),
+    );
+    let r = refusal(w.when(
+        "stock.adjust",
+        json!({"sku": "NEG", "location": "WH1", "delta": -1, "reason": "Oversold"}),
+    ));
+    assert_eq!(r.code, code::QUANTITY_LIMIT);
+    assert!(
+        w.state
+            .invariant_violation(&Sku::new("NEG").unwrap())
+            .is_none()
+    );
+}

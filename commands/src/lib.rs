@@ -4,6 +4,7 @@
 //! Depends only on `ledger`. Deciders and `apply` do no I/O, read no clock and draw no random
 //! numbers: time and ids come in with the command.
 
+pub mod access;
 pub mod client;
 pub mod command;
 pub mod decide;

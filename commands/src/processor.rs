@@ -11,14 +11,16 @@
 //! unknown outcome, the tentative changes are undone, the model catches up from the log, and
 //! the tick is decided again (bounded).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use ledger::events::{CommandAccepted, CommandRejected, Event};
 use ledger::log::BATCH_EVENTS_MAX;
 use ledger::values::{ChannelId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId};
+use ledger::walk::{WalkError, WalkUntil, Walked, walk};
 use ledger::{
-    AppendBatch, AppendError, Envelope, EventDraft, EventHash, EventLog, Expectation, Head,
-    LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil, Subject,
+    AppendBatch, AppendError, Envelope, EventDraft, EventHash, EventLog, Expectation,
+    ForeignRecord, Head, Subject,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -75,9 +77,41 @@ impl Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error("reading the ledger: {0}")]
-    Read(#[from] ReadError),
+    Read(#[from] WalkError),
     #[error("appending to the ledger: {0}")]
     Append(AppendError),
+}
+
+/// How many foreign messages the processor remembers in detail (it counts all of them).
+const FOREIGN_RECENT_MAX: usize = 20;
+
+/// Foreign messages the processor has passed over in the ledger (see `ledger::walk`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ForeignSeen {
+    pub count: u64,
+    /// The latest ones: sequence, subject as stored, and why each is foreign.
+    pub recent: VecDeque<(u64, String, String)>,
+}
+
+impl ForeignSeen {
+    fn note(&mut self, f: &ForeignRecord) {
+        self.count += 1;
+        if self.recent.len() == FOREIGN_RECENT_MAX {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back((f.seq, f.stored_subject.clone(), f.reason.to_string()));
+    }
+}
+
+/// What the processor reports about itself (`rpc.status`, `erp status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessorStatus {
+    pub applied_seq: u64,
+    pub commands_recorded: usize,
+    pub foreign: ForeignSeen,
+    /// Commands recorded `internal_error` since this process started (a decider failed).
+    pub internal_errors: u64,
 }
 
 /// One of `command`'s events as the processor writes it: a new event id, the command's ids,
@@ -179,7 +213,7 @@ impl Tick {
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {
                 subject: subject.clone(),
-                head: state.head(subject),
+                head: state.expected_head(subject),
             });
             self.saved.push(save(state, subject));
         }
@@ -192,14 +226,33 @@ impl Tick {
     }
 }
 
+/// A command deciding which panicked: recorded `internal_error`, never decided again.
+#[derive(Debug)]
+struct Poisoned;
+
+/// Test hook: in debug builds, `ERP_FAULT_PANIC_ON_SKU=<sku>` makes deciding any command that
+/// names that SKU panic, as a decider bug would (release builds ignore it).
+fn fault_panic_sku() -> Option<String> {
+    if cfg!(debug_assertions) {
+        std::env::var("ERP_FAULT_PANIC_ON_SKU").ok()
+    } else {
+        None
+    }
+}
+
 /// The write side over one event log.
 #[derive(Debug)]
 pub struct Processor<L> {
     log: L,
     state: State,
-    /// Every log record up to here is in `state`.
+    /// Every log record up to here is in `state` (or was foreign and passed over).
     applied_seq: u64,
     roles: Roles,
+    foreign: ForeignSeen,
+    /// Commands whose decision panicked, with what the panic said.
+    poisoned: HashMap<Uuid, String>,
+    internal_errors: u64,
+    fault_panic_sku: Option<String>,
 }
 
 impl<L: EventLog> Processor<L> {
@@ -210,9 +263,23 @@ impl<L: EventLog> Processor<L> {
             state: State::default(),
             applied_seq: 0,
             roles: Roles::default(),
+            foreign: ForeignSeen::default(),
+            poisoned: HashMap::new(),
+            internal_errors: 0,
+            fault_panic_sku: fault_panic_sku(),
         };
         processor.catch_up().await?;
         Ok(processor)
+    }
+
+    /// What the processor reports about itself.
+    pub fn status(&self) -> ProcessorStatus {
+        ProcessorStatus {
+            applied_seq: self.applied_seq,
+            commands_recorded: self.state.commands.len(),
+            foreign: self.foreign.clone(),
+            internal_errors: self.internal_errors,
+        }
     }
 
     /// Replaces the role table (the built-in one is used until then).
@@ -238,30 +305,39 @@ impl<L: EventLog> Processor<L> {
         &self.log
     }
 
-    /// Applies every record after `applied_seq`.
-    pub async fn catch_up(&mut self) -> Result<u64, ReadError> {
-        let mut cursor = self
-            .log
-            .read(
-                ReadFrom::Sequence(self.applied_seq + 1),
-                ReadUntil::CaughtUp,
-            )
-            .await?;
+    /// Applies every batch after `applied_seq`; passes over foreign messages (noting where
+    /// they sit, since the next append to their subject must expect them), and reports them.
+    pub async fn catch_up(&mut self) -> Result<u64, WalkError> {
+        let mut walker = walk(&self.log, self.applied_seq + 1, WalkUntil::CaughtUp, None).await?;
         let mut applied = 0;
-        while let Some(record) = cursor.next().await {
-            match record? {
-                LogRecord::Event(e) => {
-                    self.state.apply(
-                        &e.envelope,
-                        Some(Head {
-                            seq: e.seq,
-                            hash: e.hash,
-                        }),
-                    );
-                    self.applied_seq = e.seq;
-                    applied += 1;
+        while let Some(item) = walker.next().await {
+            match item? {
+                Walked::Batch(batch) => {
+                    for e in &batch.events {
+                        self.state.apply(
+                            &e.envelope,
+                            Some(Head {
+                                seq: e.seq,
+                                hash: e.hash,
+                            }),
+                        );
+                        applied += 1;
+                    }
+                    self.applied_seq = batch.marker.seq;
                 }
-                LogRecord::Marker { seq, .. } => self.applied_seq = seq,
+                Walked::Foreign(f) => {
+                    tracing::warn!(
+                        seq = f.seq,
+                        subject = %f.stored_subject,
+                        reason = %f.reason,
+                        "a message in the ledger that this writer did not write: passed over, never applied"
+                    );
+                    if let Some(subject) = &f.subject {
+                        self.state.note_foreign(subject, f.seq);
+                    }
+                    self.foreign.note(&f);
+                    self.applied_seq = f.seq;
+                }
             }
         }
         Ok(applied)
@@ -288,12 +364,14 @@ impl<L: EventLog> Processor<L> {
                         id: ledger::values::ActorId::new("processor").expect("valid id"),
                         role: ledger::values::Role::new("system").expect("valid role"),
                     },
+                    on_behalf_of: None,
                     legal_entity: hold.legal_entity.clone(),
                     effective_at: hold.expires_at,
                     body: crate::command::CommandBody::ExpireHold(crate::command::ExpireHold {
                         sku: sku.clone(),
                         hold: hold_id.clone(),
                     }),
+                    sender: None,
                 });
             }
         }
@@ -335,8 +413,15 @@ impl<L: EventLog> Processor<L> {
         start: usize,
         outcomes: &mut [Option<Outcome>],
     ) -> usize {
-        for _attempt in 0..CONFLICT_RETRIES_MAX {
-            let (mut tick, end) = self.build_tick(commands, start, outcomes);
+        let mut attempt = 0;
+        while attempt < CONFLICT_RETRIES_MAX {
+            let (mut tick, end) = match self.build_tick(commands, start, outcomes) {
+                Ok(built) => built,
+                // A decision panicked: its command is poisoned; decide the tick again without
+                // it (each command is poisoned at most once, so this ends).
+                Err(Poisoned) => continue,
+            };
+            attempt += 1;
             if tick.drafts.is_empty() {
                 return end;
             }
@@ -402,13 +487,15 @@ impl<L: EventLog> Processor<L> {
         commands.len()
     }
 
-    /// Decides commands from `start` into one batch, applying them tentatively.
+    /// Decides commands from `start` into one batch, applying them tentatively. If deciding a
+    /// command panics, the tick is undone, the command is marked poisoned (it will be recorded
+    /// `internal_error`), and `Err(Poisoned)` asks the caller to build the tick again.
     fn build_tick(
         &mut self,
         commands: &[Command],
         start: usize,
         outcomes: &mut [Option<Outcome>],
-    ) -> (Tick, usize) {
+    ) -> Result<(Tick, usize), Poisoned> {
         let mut tick = Tick::default();
         let mut in_tick = HashSet::new();
         let mut index = start;
@@ -425,10 +512,14 @@ impl<L: EventLog> Processor<L> {
                 index += 1;
                 continue;
             }
-            let decision = self
-                .roles
-                .check(command)
-                .and_then(|()| decide(&self.state, command));
+            let decided = match self.poisoned.get(&command.command_id) {
+                Some(what) => Ok(internal_error(what)),
+                None => catch_unwind(AssertUnwindSafe(|| self.decide_one(command))),
+            };
+            let decision = match decided {
+                Ok(decision) => decision,
+                Err(panic) => return Err(self.poison(&mut tick, command, panic.as_ref())),
+            };
             let events = decision.as_ref().map_or(0, Vec::len);
             if tick.drafts.len() + events + 1 > BATCH_EVENTS_MAX {
                 if tick.drafts.is_empty() {
@@ -444,11 +535,54 @@ impl<L: EventLog> Processor<L> {
                 }
                 break;
             }
-            self.add_to_tick(&mut tick, index, command, body_sha256, decision);
+            let added = catch_unwind(AssertUnwindSafe(|| {
+                self.add_to_tick(&mut tick, index, command, body_sha256, decision);
+            }));
+            if let Err(panic) = added {
+                return Err(self.poison(&mut tick, command, panic.as_ref()));
+            }
             in_tick.insert(command.command_id);
             index += 1;
         }
-        (tick, index)
+        Ok((tick, index))
+    }
+
+    /// Who may send it, then the business rules.
+    fn decide_one(&self, command: &Command) -> Result<Vec<(Subject, Event)>, Rejection> {
+        if let Some(sku) = &self.fault_panic_sku
+            && command.targets().contains(&format!("sku:{sku}"))
+        {
+            panic!("injected fault: deciding a command for SKU {sku}");
+        }
+        crate::access::check_sender(command)?;
+        self.roles.check(command)?;
+        decide(&self.state, command)
+    }
+
+    /// Undoes the tick after a panic while deciding `command`, and marks the command so that it
+    /// is recorded `internal_error` instead of being decided again.
+    fn poison(
+        &mut self,
+        tick: &mut Tick,
+        command: &Command,
+        panic: &(dyn std::any::Any + Send),
+    ) -> Poisoned {
+        tick.undo(&mut self.state);
+        self.state.reindex_backorders();
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        tracing::error!(
+            command_id = %command.command_id,
+            command_type = command.body.type_name(),
+            panic = %what,
+            "deciding a command failed inside the processor; it is recorded internal_error and never decided again"
+        );
+        self.internal_errors += 1;
+        self.poisoned.insert(command.command_id, what);
+        Poisoned
     }
 
     fn add_to_tick(
@@ -468,6 +602,7 @@ impl<L: EventLog> Processor<L> {
                     command_type,
                     body_sha256,
                     event_count: count,
+                    on_behalf_of: command.on_behalf_of.clone(),
                 });
                 (events, accepted, None)
             }
@@ -478,6 +613,7 @@ impl<L: EventLog> Processor<L> {
                     code: rejection.code.to_owned(),
                     message: rejection.message.clone(),
                     targets: command.targets(),
+                    on_behalf_of: command.on_behalf_of.clone(),
                 });
                 (Vec::new(), rejected, Some(rejection))
             }
@@ -525,6 +661,15 @@ impl<L: EventLog> Processor<L> {
             rejection,
         });
     }
+}
+
+fn internal_error(what: &str) -> Result<Vec<(Subject, Event)>, Rejection> {
+    Err(Rejection {
+        code: code::INTERNAL_ERROR,
+        message: format!(
+            "deciding this command failed inside the processor ({what}); it is recorded so that it is never decided again, and nothing else was stored; report it"
+        ),
+    })
 }
 
 fn different_body(command_id: Uuid) -> Outcome {

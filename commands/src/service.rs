@@ -7,19 +7,27 @@
 //!   before that redelivers it (and the ledger's outcome record makes the retry harmless).
 //!   If the message has an `Erp-Reply-To` header, the outcome is published there.
 //!
-//! `rpc.outcome` answers "what became of command <id>?" from the recorded outcomes.
+//! `rpc.outcome` answers "what became of command <id>?" from the recorded outcomes;
+//! `rpc.status` reports the processor's state (position, foreign messages passed over,
+//! commands recorded `internal_error`).
+//!
+//! The subject says which legal entity a command is for, and, on a server with credentials,
+//! which user sent it (`rpc.cmd.<entity>.<user>`; `ledger::subject::commands`). The body must
+//! agree with the subject, and the sender's principal (`crate::access`) bounds what it may
+//! claim. Answers never go to a subject a stream captures (`ledger::guard`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
+use ledger::guard::ReplyGuard;
 use ledger::jetstream::{JetStreamLog, provision_commands};
 use ledger::subject::commands as subjects;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::command::{Command, decode};
+use crate::command::Command;
 use crate::decide::code;
 use crate::processor::{Outcome, Processor, ProcessorError};
 
@@ -42,6 +50,10 @@ pub struct ServiceConfig {
     pub roles: crate::roles::Roles,
     /// Purchase order approval limit and over-receipt tolerance.
     pub purchase_policy: crate::state::PurchasePolicy,
+    /// Who may send commands, when the server authenticates users (`erp auth`): commands
+    /// then arrive on subjects naming their user. `None`: no authentication; a command's actor
+    /// is taken as stated.
+    pub principals: Option<crate::access::Principals>,
 }
 
 impl Default for ServiceConfig {
@@ -55,6 +67,7 @@ impl Default for ServiceConfig {
             hold_expiry_interval: Duration::from_secs(1),
             roles: crate::roles::Roles::default(),
             purchase_policy: crate::state::PurchasePolicy::default(),
+            principals: None,
         }
     }
 }
@@ -75,14 +88,22 @@ fn nats(e: impl std::fmt::Display) -> ServiceError {
 
 enum Incoming {
     Rpc {
+        subject: async_nats::Subject,
         payload: Bytes,
         reply: Option<async_nats::Subject>,
     },
     Stream(jetstream::Message),
     Query {
+        kind: QueryKind,
         payload: Bytes,
         reply: Option<async_nats::Subject>,
     },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum QueryKind {
+    Outcome,
+    Status,
 }
 
 enum ReplyTo {
@@ -98,6 +119,7 @@ pub struct Service {
     config: ServiceConfig,
     rx: mpsc::Receiver<Incoming>,
     intake: Vec<tokio::task::JoinHandle<()>>,
+    guard: ReplyGuard,
 }
 
 impl std::fmt::Debug for Service {
@@ -125,14 +147,25 @@ impl Service {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "processor recovered its state from the ledger"
         );
+        match &config.principals {
+            Some(p) => tracing::info!(
+                users = p.0.len(),
+                "commands are accepted from the users of the principal table only, as themselves"
+            ),
+            None => tracing::warn!(
+                "no principal table: commands act as whatever actor they state (a development setup; see `erp auth init`)"
+            ),
+        }
         let (tx, rx) = mpsc::channel::<Incoming>(config.queue_capacity);
         let intake = spawn_intake(&client, processor.log().jetstream(), &config, tx).await?;
+        let guard = ReplyGuard::load(processor.log().jetstream()).await;
         Ok(Service {
             client,
             processor,
             config,
             rx,
             intake,
+            guard,
         })
     }
 
@@ -149,6 +182,7 @@ impl Service {
                 _ = &mut shutdown => break,
                 _ = clock.tick() => {
                     self.expire_holds().await;
+                    self.guard.refresh_if_stale(self.processor.log().jetstream()).await;
                     continue;
                 }
                 incoming = self.rx.recv() => match incoming {
@@ -163,7 +197,11 @@ impl Service {
                     Err(_) => break,
                 }
             }
-            handle(&self.client, &mut self.processor, batch).await;
+            let answers = Answers {
+                client: &self.client,
+                guard: &self.guard,
+            };
+            handle(answers, &mut self.processor, &self.config, batch).await;
         }
         for task in &self.intake {
             task.abort();
@@ -210,8 +248,13 @@ async fn spawn_intake(
         .queue_subscribe(subjects::RPC_ALL, "processor".into())
         .await
         .map_err(nats)?;
-    let mut queries = client
+    let queries = client
         .queue_subscribe(subjects::OUTCOME_QUERY, "processor".into())
+        .await
+        .map_err(nats)?;
+    // Every processor answers for itself: no queue group.
+    let status = client
+        .subscribe(subjects::STATUS_QUERY)
         .await
         .map_err(nats)?;
     let stream = provision_commands(
@@ -237,10 +280,27 @@ async fn spawn_intake(
     let mut messages = consumer.messages().await.map_err(nats)?;
     let rpc_tx = tx.clone();
     let query_tx = tx.clone();
+    let status_tx = tx.clone();
+    let forward_queries =
+        |mut sub: async_nats::Subscriber, kind: QueryKind, tx: mpsc::Sender<Incoming>| {
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let incoming = Incoming::Query {
+                        kind,
+                        payload: msg.payload,
+                        reply: msg.reply,
+                    };
+                    if tx.send(incoming).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
     Ok(vec![
         tokio::spawn(async move {
             while let Some(msg) = rpc.next().await {
                 let incoming = Incoming::Rpc {
+                    subject: msg.subject,
                     payload: msg.payload,
                     reply: msg.reply,
                 };
@@ -249,17 +309,8 @@ async fn spawn_intake(
                 }
             }
         }),
-        tokio::spawn(async move {
-            while let Some(msg) = queries.next().await {
-                let incoming = Incoming::Query {
-                    payload: msg.payload,
-                    reply: msg.reply,
-                };
-                if query_tx.send(incoming).await.is_err() {
-                    break;
-                }
-            }
-        }),
+        forward_queries(queries, QueryKind::Outcome, query_tx),
+        forward_queries(status, QueryKind::Status, status_tx),
         tokio::spawn(async move {
             while let Some(msg) = messages.next().await {
                 match msg {
@@ -275,40 +326,70 @@ async fn spawn_intake(
     ])
 }
 
+/// Where answers go out, and what decides whether they may.
+#[derive(Clone, Copy)]
+struct Answers<'a> {
+    client: &'a async_nats::Client,
+    guard: &'a ReplyGuard,
+}
+
+impl Answers<'_> {
+    /// Publishes `body` to `reply` unless the guard refuses the subject.
+    async fn send(&self, reply: &str, body: Bytes) {
+        if let Err(why) = self.guard.check(reply) {
+            tracing::warn!(reply, %why, "not answering onto this subject");
+            return;
+        }
+        if let Err(e) = self.client.publish(reply.to_owned(), body).await {
+            tracing::warn!(error = %e, "replying");
+        }
+    }
+}
+
 /// Decodes, decides and answers one batch of incoming messages.
 async fn handle<L: ledger::EventLog>(
-    client: &async_nats::Client,
+    answers: Answers<'_>,
     processor: &mut Processor<L>,
+    config: &ServiceConfig,
     batch: Vec<Incoming>,
 ) {
     let mut commands: Vec<Command> = Vec::with_capacity(batch.len());
     let mut replies: Vec<ReplyTo> = Vec::with_capacity(batch.len());
     for incoming in batch {
-        let (payload, reply) = match incoming {
-            Incoming::Rpc { payload, reply } => (payload, ReplyTo::Rpc(reply)),
-            Incoming::Stream(msg) => (msg.payload.clone(), ReplyTo::Stream(Box::new(msg))),
-            Incoming::Query { payload, reply } => {
-                let answer = query(processor, &payload);
+        let (subject, payload, reply) = match incoming {
+            Incoming::Rpc {
+                subject,
+                payload,
+                reply,
+            } => (subject.to_string(), payload, ReplyTo::Rpc(reply)),
+            Incoming::Stream(msg) => (
+                msg.subject.to_string(),
+                msg.payload.clone(),
+                ReplyTo::Stream(Box::new(msg)),
+            ),
+            Incoming::Query {
+                kind,
+                payload,
+                reply,
+            } => {
+                let answer = match kind {
+                    QueryKind::Outcome => query(processor, &payload),
+                    QueryKind::Status => {
+                        serde_json::to_vec(&processor.status()).expect("status serialises")
+                    }
+                };
                 if let Some(reply) = reply {
-                    let _ = client.publish(reply, answer.into()).await;
+                    answers.send(&reply, answer.into()).await;
                 }
                 continue;
             }
         };
-        match decode(&payload) {
+        match read_command(&subject, &payload, config.principals.as_ref()) {
             Ok(command) => {
                 commands.push(command);
                 replies.push(reply);
             }
-            Err(invalid) => {
-                let outcome = Outcome::Invalid {
-                    command_id: command_id_hint(&payload),
-                    code: code::INVALID_COMMAND.into(),
-                    field: invalid.field,
-                    message: invalid.message,
-                };
-                answer(client, reply, &outcome).await;
-            }
+            Err(outcome) => answer(answers, reply, &outcome).await,
         }
     }
     if commands.is_empty() {
@@ -316,8 +397,69 @@ async fn handle<L: ledger::EventLog>(
     }
     let outcomes = processor.process(&commands).await;
     for (reply, outcome) in replies.into_iter().zip(&outcomes) {
-        answer(client, reply, outcome).await;
+        answer(answers, reply, outcome).await;
     }
+}
+
+/// Reads a command from the subject it arrived on and its body: who sent it (with
+/// credentials), and a body that agrees with the subject. `Err` is the `invalid` answer.
+fn read_command(
+    subject: &str,
+    payload: &[u8],
+    principals: Option<&crate::access::Principals>,
+) -> Result<Command, Outcome> {
+    let invalid = |code: &str, field: &str, message: String| Outcome::Invalid {
+        command_id: command_id_hint(payload),
+        code: code.into(),
+        field: field.into(),
+        message,
+    };
+    let addressed = subjects::parse(subject)
+        .map_err(|e| invalid(code::INVALID_COMMAND, "subject", e.to_string()))?;
+    let sender = match (principals, &addressed.user) {
+        (None, None) => None,
+        (None, Some(user)) => {
+            return Err(invalid(
+                code::INVALID_COMMAND,
+                "subject",
+                format!(
+                    "`{subject}` names a user (`{user}`), but this processor runs without credentials; send to `{}`",
+                    subjects::rpc(&addressed.entity, None)
+                ),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                code::INVALID_COMMAND,
+                "subject",
+                format!(
+                    "`{subject}` names no user; with credentials commands go to `<prefix>.<entity>.<your user>`"
+                ),
+            ));
+        }
+        (Some(p), Some(user)) => Some(p.sender(user).ok_or_else(|| {
+            invalid(
+                code::FORBIDDEN,
+                "subject",
+                format!(
+                    "user `{user}` is not in this processor's principal table; add it with `erp auth add-user` and restart the processor"
+                ),
+            )
+        })?),
+    };
+    let command = crate::command::decode_from(payload, sender.as_ref())
+        .map_err(|e| invalid(code::INVALID_COMMAND, &e.field, e.message))?;
+    if command.legal_entity != addressed.entity {
+        return Err(invalid(
+            code::INVALID_COMMAND,
+            "legal_entity",
+            format!(
+                "the command is for `{}`, but it was sent on `{subject}`, the subject of `{}`; send it on the subject of its own legal entity",
+                command.legal_entity, addressed.entity
+            ),
+        ));
+    }
+    Ok(command)
 }
 
 fn query<L: ledger::EventLog>(processor: &Processor<L>, payload: &[u8]) -> Vec<u8> {
@@ -341,16 +483,12 @@ fn command_id_hint(payload: &[u8]) -> Option<Uuid> {
     Uuid::try_parse(value.get("command_id")?.as_str()?).ok()
 }
 
-async fn answer(client: &async_nats::Client, reply: ReplyTo, outcome: &Outcome) {
+async fn answer(answers: Answers<'_>, reply: ReplyTo, outcome: &Outcome) {
     let body: Bytes = serde_json::to_vec(outcome)
         .expect("outcomes serialise")
         .into();
     match reply {
-        ReplyTo::Rpc(Some(subject)) => {
-            if let Err(e) = client.publish(subject, body).await {
-                tracing::warn!(error = %e, "replying to a command");
-            }
-        }
+        ReplyTo::Rpc(Some(subject)) => answers.send(&subject, body).await,
         ReplyTo::Rpc(None) => {}
         ReplyTo::Stream(msg) => {
             if let Some(to) = msg
@@ -358,7 +496,7 @@ async fn answer(client: &async_nats::Client, reply: ReplyTo, outcome: &Outcome) 
                 .as_ref()
                 .and_then(|h| h.get(subjects::REPLY_TO_HEADER))
             {
-                let _ = client.publish(to.to_string(), body).await;
+                answers.send(to.as_str(), body).await;
             }
             // Nothing stored: let the stream deliver it again later. Anything else is final.
             let ack = match outcome {

@@ -8,8 +8,8 @@ use ledger::events::{
     SupplierDefined,
 };
 use ledger::values::{
-    ChannelId, HoldId, LocationId, OrderId, PackageId, PurchaseOrderId, ReturnId, Sku, SupplierId,
-    Timestamp, TransferId,
+    ChannelId, HoldId, LocationId, OrderId, PackageId, PurchaseOrderId, QTY_MAX, ReturnId, Sku,
+    SupplierId, Timestamp, TransferId,
 };
 use ledger::{Envelope, Head, Subject};
 use uuid::Uuid;
@@ -310,6 +310,10 @@ pub struct State {
     pub purchase_orders: HashMap<PurchaseOrderId, PurchaseOrderState>,
     /// Heads of subjects the model keeps nothing else about (legal entities).
     pub other_heads: HashMap<Subject, Head>,
+    /// The last foreign message stored on a subject (see `ledger::walk`), where it came after
+    /// the subject's last event: never applied, but JetStream counts it as the subject's last
+    /// sequence, so the next append to the subject must expect it.
+    pub foreign_seqs: HashMap<Subject, u64>,
     /// Configuration, not state: see `PurchasePolicy`.
     pub purchase_policy: PurchasePolicy,
 }
@@ -337,6 +341,21 @@ impl State {
             other => self.other_heads.get(other).copied(),
         };
         head.unwrap_or(Head::EMPTY)
+    }
+
+    /// What the next append to `subject` must expect: the chain continues from the subject's
+    /// last event, and the stored sequence is that of its last message, foreign or not.
+    pub fn expected_head(&self, subject: &Subject) -> Head {
+        let head = self.head(subject);
+        match self.foreign_seqs.get(subject) {
+            Some(&seq) if seq > head.seq => Head { seq, ..head },
+            _ => head,
+        }
+    }
+
+    /// Notes a foreign message stored on `subject` at `seq` (it is not applied).
+    pub fn note_foreign(&mut self, subject: &Subject, seq: u64) {
+        self.foreign_seqs.insert(subject.clone(), seq);
     }
 
     fn set_head(&mut self, subject: &Subject, head: Head) {
@@ -518,6 +537,15 @@ impl State {
         let negative_allowed = self.items.get(sku).is_some_and(|d| d.value.allow_negative);
         for (location, b) in &stock.balances {
             let parts = [b.allocated, b.reserved, b.quality_hold, b.in_transit];
+            if parts
+                .iter()
+                .chain(std::iter::once(&b.on_hand))
+                .any(|q| q.unsigned_abs() > QTY_MAX as u64)
+            {
+                return Some(format!(
+                    "{sku} at {location}: a figure beyond the largest quantity ({QTY_MAX}) in {b:?}"
+                ));
+            }
             if parts.iter().any(|q| *q < 0) {
                 return Some(format!(
                     "{sku} at {location}: a negative component in {b:?}"
@@ -532,6 +560,15 @@ impl State {
             }
         }
         None
+    }
+
+    /// Rebuilds the backorder index from the orders (after an interrupted change).
+    pub fn reindex_backorders(&mut self) {
+        self.backorders.clear();
+        let ids: Vec<OrderId> = self.orders.keys().cloned().collect();
+        for id in ids {
+            self.index_backorders(&id, true);
+        }
     }
 
     /// Adds (`present`) or removes the order's backordered lines from the index. Called around

@@ -543,6 +543,9 @@ payload! {
         /// SHA-256 of the command's canonical body: a retry with another body is refused.
         pub body_sha256: [u8; 32],
         pub event_count: u32,
+        /// The end user an integration acted for (its customer or staff member), as the
+        /// command named it. The envelope's actor is the authenticated sender.
+        pub on_behalf_of: Option<ActorId>,
     }
 
     /// A command was refused. Nothing else is written for it.
@@ -554,6 +557,8 @@ payload! {
         /// What the command addressed, as entity keys (`sku:85123A`, `order:536365`), so the
         /// audit trail of an entity shows the attempts refused against it.
         pub targets: Vec<String>,
+        /// The end user an integration acted for, as the command named it.
+        pub on_behalf_of: Option<ActorId>,
     }
 }
 
@@ -668,6 +673,6 @@ catalogue! {
     LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
 
-    CommandAccepted(CommandAccepted) = "command.accepted" v 1;
-    CommandRejected(CommandRejected) = "command.rejected" v 2;
+    CommandAccepted(CommandAccepted) = "command.accepted" v 2;
+    CommandRejected(CommandRejected) = "command.rejected" v 3;
 }

@@ -15,7 +15,9 @@ use crate::codec::{self, decode_envelope, encode_envelope, encode_parts};
 use crate::envelope::{Envelope, EventHash};
 use crate::events::*;
 use crate::subject::Subject;
-use crate::upcast::{CommandRejectedV1, ItemDefinedV1, OLD_VERSIONS};
+use crate::upcast::{
+    CommandAcceptedV1, CommandRejectedV1, CommandRejectedV2, ItemDefinedV1, OLD_VERSIONS,
+};
 use crate::values::*;
 
 fn sku() -> Sku {
@@ -84,6 +86,23 @@ fn rejected_v1() -> CommandRejectedV1 {
         body_sha256: [9; 32],
         code: "insufficient_available".into(),
         message: "85123A at WH-LONDON: 6 requested, 2 available".into(),
+    }
+}
+
+/// The v2 sample of `command.rejected`.
+fn rejected_v2() -> CommandRejectedV2 {
+    CommandRejectedV2 {
+        targets: vec!["order:536365".into(), "sku:85123A".into()],
+        ..rejected_v1().into()
+    }
+}
+
+/// The v1 sample of `command.accepted`.
+fn accepted_v1() -> CommandAcceptedV1 {
+    CommandAcceptedV1 {
+        command_type: "order.place".into(),
+        body_sha256: [7; 32],
+        event_count: 4,
     }
 }
 
@@ -416,16 +435,12 @@ fn sample(t: EventType) -> Event {
             reason: "fully received".into(),
         }),
         EventType::CommandAccepted => Event::CommandAccepted(CommandAccepted {
-            command_type: "order.place".into(),
-            body_sha256: [7; 32],
-            event_count: 4,
+            on_behalf_of: Some(actor("customer-4711")),
+            ..accepted_v1().into()
         }),
         EventType::CommandRejected => Event::CommandRejected(CommandRejected {
-            command_type: "order.place".into(),
-            body_sha256: [9; 32],
-            code: "insufficient_available".into(),
-            message: "85123A at WH-LONDON: 6 requested, 2 available".into(),
-            targets: vec!["order:536365".into(), "sku:85123A".into()],
+            on_behalf_of: Some(actor("customer-4711")),
+            ..rejected_v2().into()
         }),
     }
 }
@@ -508,6 +523,14 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::CommandRejected, 1) => (
                 codec::to_bytes(&rejected_v1()).unwrap(),
                 Event::CommandRejected(rejected_v1().into()),
+            ),
+            (EventType::CommandRejected, 2) => (
+                codec::to_bytes(&rejected_v2()).unwrap(),
+                Event::CommandRejected(rejected_v2().into()),
+            ),
+            (EventType::CommandAccepted, 1) => (
+                codec::to_bytes(&accepted_v1()).unwrap(),
+                Event::CommandAccepted(accepted_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -27,8 +27,8 @@ use uuid::Uuid;
 use crate::codec::{self, WriterMarker};
 use crate::envelope::{EventHash, RecordedEvent};
 use crate::log::{
-    AppendBatch, AppendError, Appended, AppendedEvent, EventLog, Head, LogCursor, LogRecord,
-    ReadError, ReadFrom, ReadUntil, SealedEvent, seal_batch,
+    AppendBatch, AppendError, Appended, AppendedEvent, EventLog, ForeignReason, ForeignRecord,
+    Head, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil, SealedEvent, seal_batch,
 };
 use crate::server::Version;
 use crate::subject::{Subject, SubjectSpace};
@@ -517,44 +517,67 @@ impl JetStreamLog {
     /// Reads and decodes the message at `seq`.
     pub async fn get(&self, seq: u64) -> Result<Option<LogRecord>, ReadError> {
         match self.stream.direct_get(seq).await {
-            Ok(msg) => {
-                let published = msg.time;
-                Ok(Some(to_record(
-                    &self.config.subjects,
-                    seq,
-                    &msg.subject,
-                    &msg.payload,
-                    published,
-                )?))
-            }
+            Ok(msg) => Ok(Some(to_record(
+                &self.config.subjects,
+                seq,
+                &msg.subject,
+                &msg.payload,
+                msg.time,
+            ))),
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(ReadError::Unavailable(e.to_string())),
         }
     }
 }
 
-/// Turns one stored message into a log record: a writer marker or a decoded event.
+/// Turns one stored message into a log record: a writer marker, a decoded event, or, when it
+/// is neither, a foreign record (never an error: one stray message must not stop a reader).
 fn to_record(
     space: &SubjectSpace,
     seq: u64,
     subject: &str,
     payload: &[u8],
     published: time::OffsetDateTime,
-) -> Result<LogRecord, ReadError> {
+) -> LogRecord {
+    let recorded_at = recorded_time(published);
+    let hash = EventHash::of(payload);
+    let foreign = |reason| {
+        LogRecord::Foreign(ForeignRecord {
+            seq,
+            stored_subject: subject.to_owned(),
+            subject: space
+                .relative(subject)
+                .and_then(|r| Subject::parse_relative(r).ok()),
+            recorded_at,
+            hash,
+            reason,
+        })
+    };
     if space.is_writer_marker(subject) {
-        let marker = codec::decode_marker(payload).map_err(|error| ReadError::Decode {
-            seq,
-            subject: subject.into(),
-            error,
-        })?;
-        return Ok(LogRecord::Marker {
-            seq,
-            recorded_at: recorded_time(published),
-            hash: EventHash::of(payload),
-            events: marker.events,
-        });
+        return match codec::decode_marker(payload) {
+            Ok(marker) => LogRecord::Marker {
+                seq,
+                recorded_at,
+                hash,
+                events: marker.events,
+            },
+            Err(error) => foreign(ForeignReason::Undecodable {
+                error: error.to_string(),
+            }),
+        };
     }
-    decode_record(space, seq, subject, payload, published).map(LogRecord::Event)
+    match decode_record(space, seq, subject, payload, published) {
+        Ok(event) => LogRecord::Event(event),
+        Err(ReadError::SubjectMismatch { claimed, .. }) => {
+            foreign(ForeignReason::SubjectMismatch { claimed })
+        }
+        Err(error) => foreign(ForeignReason::Undecodable {
+            error: match error {
+                ReadError::Decode { error, .. } => error.to_string(),
+                other => other.to_string(),
+            },
+        }),
+    }
 }
 
 /// The server's storage time as a ledger timestamp (microseconds).
@@ -708,14 +731,17 @@ impl EventLog for JetStreamLog {
                 .info()
                 .map_err(|e| ReadError::Unavailable(e.to_string()))?;
             let seq = info.stream_sequence;
-            let event = decode_record(
+            // A message that is not a readable event is foreign: never part of a subject's
+            // history (readers that frame batches also drop readable ones no marker commits).
+            if let Ok(event) = decode_record(
                 &self.config.subjects,
                 seq,
                 &msg.subject,
                 &msg.payload,
                 info.published,
-            )?;
-            events.push(event);
+            ) {
+                events.push(event);
+            }
             if seq >= head.seq {
                 break;
             }
@@ -826,12 +852,12 @@ impl LogCursor for JetStreamCursor {
                 return None;
             }
         }
-        Some(to_record(
+        Some(Ok(to_record(
             &self.space,
             seq,
             &msg.subject,
             &msg.payload,
             published,
-        ))
+        )))
     }
 }

@@ -12,12 +12,14 @@ pub mod effects;
 pub mod entities;
 pub mod envelope;
 pub mod events;
+pub mod guard;
 pub mod jetstream;
 pub mod log;
 pub mod server;
 pub mod subject;
 pub mod upcast;
 pub mod values;
+pub mod walk;
 
 #[cfg(test)]
 mod golden;
@@ -25,7 +27,8 @@ mod golden;
 pub use envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
 pub use events::{Event, EventType};
 pub use log::{
-    AppendBatch, AppendError, Appended, EventLog, Expectation, Head, LogCursor, LogRecord,
-    ReadError, ReadFrom, ReadUntil,
+    AppendBatch, AppendError, Appended, EventLog, Expectation, ForeignReason, ForeignRecord, Head,
+    LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil,
 };
 pub use subject::Subject;
+pub use walk::{Batch, BatchMarker, WalkError, WalkUntil, Walked, Walker};

@@ -147,6 +147,55 @@ pub enum ReadUntil {
     Follow,
 }
 
+/// Why a stored message is not one of the writer's: it is never applied by anyone, only
+/// reported.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ForeignReason {
+    /// The bytes are not an envelope (or a marker) this build reads.
+    Undecodable { error: String },
+    /// It decodes, but is stored on another subject than its envelope names.
+    SubjectMismatch { claimed: String },
+    /// It decodes, but no writer's batch marker commits it.
+    OutsideBatch,
+    /// A batch marker whose batch is not whole: it claims `claimed` events, but the records
+    /// before it are not that many readable events.
+    BrokenBatch { claimed: u32 },
+}
+
+impl std::fmt::Display for ForeignReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForeignReason::Undecodable { error } => write!(f, "does not decode ({error})"),
+            ForeignReason::SubjectMismatch { claimed } => {
+                write!(f, "its envelope names another subject, `{claimed}`")
+            }
+            ForeignReason::OutsideBatch => f.write_str("no writer's batch commits it"),
+            ForeignReason::BrokenBatch { claimed } => write!(
+                f,
+                "a batch marker for {claimed} events that are not all there and readable"
+            ),
+        }
+    }
+}
+
+/// A stored message the ledger's writer did not write (or no longer readable as what it
+/// wrote): skipped by every reader, reported with its sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRecord {
+    pub seq: u64,
+    /// The subject it is stored on: as stored, or, for a readable event, its relative subject
+    /// (empty for a marker).
+    pub stored_subject: String,
+    /// That subject as a ledger subject, when it is one: the writer must still expect it as
+    /// the subject's last sequence (JetStream counts it), though nobody applies it.
+    pub subject: Option<Subject>,
+    pub recorded_at: Timestamp,
+    /// SHA-256 of the stored bytes (for digests over the whole log).
+    pub hash: EventHash,
+    pub reason: ForeignReason,
+}
+
 /// One stored message, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogRecord {
@@ -162,6 +211,9 @@ pub enum LogRecord {
         /// Events the writer committed with this marker (the records just before it).
         events: u32,
     },
+    /// A message that is not an event or a marker of this ledger (see `ForeignRecord`). Readers
+    /// get it as a record, not as an error, so that one stray message never stops them.
+    Foreign(ForeignRecord),
 }
 
 impl LogRecord {
@@ -170,6 +222,7 @@ impl LogRecord {
         match self {
             LogRecord::Event(e) => e.recorded_at,
             LogRecord::Marker { recorded_at, .. } => *recorded_at,
+            LogRecord::Foreign(f) => f.recorded_at,
         }
     }
 
@@ -178,6 +231,7 @@ impl LogRecord {
         match self {
             LogRecord::Event(e) => e.hash,
             LogRecord::Marker { hash, .. } => *hash,
+            LogRecord::Foreign(f) => f.hash,
         }
     }
 
@@ -185,6 +239,7 @@ impl LogRecord {
         match self {
             LogRecord::Event(e) => e.seq,
             LogRecord::Marker { seq, .. } => *seq,
+            LogRecord::Foreign(f) => f.seq,
         }
     }
 }
@@ -212,7 +267,8 @@ pub trait EventLog: Send + Sync {
         subject: &Subject,
     ) -> impl Future<Output = Result<Option<Head>, ReadError>> + Send;
 
-    /// Every event of one subject, in order.
+    /// Every readable event of one subject, in order (unreadable messages are skipped; a
+    /// reader that must know which events a batch committed walks the whole log instead).
     fn read_subject(
         &self,
         subject: &Subject,

@@ -249,10 +249,13 @@ impl SubjectSpace {
 
 /// Subjects of the command intake. Upstream systems publish commands to
 /// `cmd.<legal entity token>` (durably, through the `COMMANDS` stream) or send a request to
-/// `rpc.cmd.<legal entity token>` and get the outcome as the reply. `rpc.outcome` answers
-/// "what became of command <id>?".
+/// `rpc.cmd.<legal entity token>` and get the outcome as the reply. On a server with
+/// credentials (`erp auth`) the user's name follows as one more token
+/// (`rpc.cmd.UK01.shop-a`): the server lets each user publish only on its own, so the processor
+/// knows who sent what. `rpc.outcome` answers "what became of command <id>?", `rpc.status`
+/// reports the processor's state.
 pub mod commands {
-    use super::escape_token;
+    use super::{SubjectError, escape_token, unescape_token};
     use crate::values::EntityId;
 
     /// What the `COMMANDS` stream binds.
@@ -261,17 +264,85 @@ pub mod commands {
     pub const RPC_ALL: &str = "rpc.cmd.>";
     /// Request with a command id (text) as the body; the reply is its outcome.
     pub const OUTCOME_QUERY: &str = "rpc.outcome";
+    /// Request with an empty body; the reply is the processor's state (JSON).
+    pub const STATUS_QUERY: &str = "rpc.status";
     /// Header naming a subject where the outcome of a command sent through the stream is
     /// published.
     pub const REPLY_TO_HEADER: &str = "Erp-Reply-To";
 
-    pub fn intake(entity: &EntityId) -> String {
-        format!("cmd.{}", escape_token(entity.as_str()))
+    fn with_user(base: String, user: Option<&str>) -> String {
+        match user {
+            Some(user) => format!("{base}.{user}"),
+            None => base,
+        }
     }
 
-    pub fn rpc(entity: &EntityId) -> String {
-        format!("rpc.cmd.{}", escape_token(entity.as_str()))
+    /// The durable intake subject for `entity`, as `user` (with credentials) or anonymous.
+    pub fn intake(entity: &EntityId, user: Option<&str>) -> String {
+        with_user(format!("cmd.{}", escape_token(entity.as_str())), user)
     }
+
+    /// The request/reply subject for `entity`, as `user` or anonymous.
+    pub fn rpc(entity: &EntityId, user: Option<&str>) -> String {
+        with_user(format!("rpc.cmd.{}", escape_token(entity.as_str())), user)
+    }
+
+    /// What a command subject says: its legal entity and, with credentials, its user.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Addressed {
+        pub entity: EntityId,
+        pub user: Option<String>,
+    }
+
+    /// Reads `rpc.cmd.<entity>[.<user>]` or `cmd.<entity>[.<user>]`; anything else (missing or
+    /// extra tokens, an entity token that is not a canonical escape) is refused.
+    pub fn parse(subject: &str) -> Result<Addressed, SubjectError> {
+        let bad = |problem| SubjectError::Subject {
+            subject: subject.to_owned(),
+            problem,
+        };
+        let rest = subject
+            .strip_prefix("rpc.cmd.")
+            .or_else(|| subject.strip_prefix("cmd."))
+            .ok_or_else(|| {
+                bad("is not a command subject (`rpc.cmd.<entity>` or `cmd.<entity>`)")
+            })?;
+        let mut tokens = rest.split('.');
+        let entity = tokens.next().unwrap_or_default();
+        let user = tokens.next();
+        if tokens.next().is_some() {
+            return Err(bad(
+                "has extra tokens: expected `<entity>` or `<entity>.<user>` after the prefix",
+            ));
+        }
+        let entity =
+            EntityId::new(unescape_token(entity)?).map_err(|source| SubjectError::Value {
+                subject: subject.to_owned(),
+                source,
+            })?;
+        if user.is_some_and(str::is_empty) {
+            return Err(bad("has an empty user token"));
+        }
+        Ok(Addressed {
+            entity,
+            user: user.map(str::to_owned),
+        })
+    }
+}
+
+/// Whether `subject` (no wildcards) is matched by the NATS filter `filter` (`*` one token, `>`
+/// the rest).
+pub fn filter_matches(filter: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
 }
 
 #[cfg(test)]
@@ -330,6 +401,42 @@ mod tests {
             "lower-case hex is not canonical"
         );
         assert!(unescape_token("").is_err());
+    }
+
+    #[test]
+    fn command_subjects_name_one_entity_and_at_most_one_user() {
+        use commands::{Addressed, parse};
+        let uk = EntityId::new("UK 01").unwrap();
+        assert_eq!(commands::rpc(&uk, None), "rpc.cmd.UK=2001");
+        assert_eq!(commands::intake(&uk, Some("shop-a")), "cmd.UK=2001.shop-a");
+        assert_eq!(
+            parse("rpc.cmd.UK=2001.shop-a").unwrap(),
+            Addressed {
+                entity: uk.clone(),
+                user: Some("shop-a".into())
+            }
+        );
+        assert_eq!(parse("cmd.UK=2001").unwrap().user, None);
+        for bad in [
+            "rpc.cmd.UK01.a.b",
+            "rpc.cmd",
+            "cmd.",
+            "cmd.UK01.",
+            "rpc.cmd.U=4B",
+            "led.x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_match_as_nats_does() {
+        assert!(filter_matches("led.>", "led.sku.X"));
+        assert!(!filter_matches("led.>", "led"));
+        assert!(filter_matches("a.*.c", "a.b.c"));
+        assert!(!filter_matches("a.*.c", "a.b.c.d"));
+        assert!(filter_matches("a.b", "a.b"));
+        assert!(!filter_matches("a.b", "a.bc"));
     }
 
     #[test]

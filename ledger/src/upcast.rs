@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
-    CommandRejected, CostMethod, Event, EventType, ItemDefined, PackSize, Tracking,
+    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ItemDefined, PackSize, Tracking,
 };
 use crate::values::{Qty, Sku, SupplierId, UnitName};
 
@@ -59,10 +59,10 @@ pub struct CommandRejectedV1 {
     pub message: String,
 }
 
-impl From<CommandRejectedV1> for CommandRejected {
+impl From<CommandRejectedV1> for CommandRejectedV2 {
     /// The targets of a v1 rejection are unknown.
-    fn from(v1: CommandRejectedV1) -> CommandRejected {
-        CommandRejected {
+    fn from(v1: CommandRejectedV1) -> CommandRejectedV2 {
+        CommandRejectedV2 {
             command_type: v1.command_type,
             body_sha256: v1.body_sha256,
             code: v1.code,
@@ -72,11 +72,65 @@ impl From<CommandRejectedV1> for CommandRejected {
     }
 }
 
+/// `command.rejected` version 2: before outcomes recorded the end user an integration acted
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRejectedV2 {
+    pub command_type: String,
+    pub body_sha256: [u8; 32],
+    pub code: String,
+    pub message: String,
+    pub targets: Vec<String>,
+}
+
+impl From<CommandRejectedV2> for CommandRejected {
+    /// No end user was recorded before v3.
+    fn from(v2: CommandRejectedV2) -> CommandRejected {
+        CommandRejected {
+            command_type: v2.command_type,
+            body_sha256: v2.body_sha256,
+            code: v2.code,
+            message: v2.message,
+            targets: v2.targets,
+            on_behalf_of: None,
+        }
+    }
+}
+
+impl From<CommandRejectedV1> for CommandRejected {
+    fn from(v1: CommandRejectedV1) -> CommandRejected {
+        CommandRejectedV2::from(v1).into()
+    }
+}
+
+/// `command.accepted` version 1: before outcomes recorded the end user an integration acted
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandAcceptedV1 {
+    pub command_type: String,
+    pub body_sha256: [u8; 32],
+    pub event_count: u32,
+}
+
+impl From<CommandAcceptedV1> for CommandAccepted {
+    /// No end user was recorded before v2.
+    fn from(v1: CommandAcceptedV1) -> CommandAccepted {
+        CommandAccepted {
+            command_type: v1.command_type,
+            body_sha256: v1.body_sha256,
+            event_count: v1.event_count,
+            on_behalf_of: None,
+        }
+    }
+}
+
 /// Every (type, version) older than current that can still be read.
 pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::ItemDefined, 1),
     (EventType::ItemChanged, 1),
     (EventType::CommandRejected, 1),
+    (EventType::CommandRejected, 2),
+    (EventType::CommandAccepted, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -94,6 +148,12 @@ pub(crate) fn decode_old(
         )),
         (EventType::CommandRejected, 1) => Ok(Event::CommandRejected(
             from_bytes::<CommandRejectedV1>(bytes)?.into(),
+        )),
+        (EventType::CommandRejected, 2) => Ok(Event::CommandRejected(
+            from_bytes::<CommandRejectedV2>(bytes)?.into(),
+        )),
+        (EventType::CommandAccepted, 1) => Ok(Event::CommandAccepted(
+            from_bytes::<CommandAcceptedV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use ledger::chain::{ChainBreak, ChainSnapshot, ChainVerifier};
+use ledger::chain::{ChainSnapshot, ChainVerifier};
+use ledger::guard::ReplyGuard;
 use ledger::jetstream::{
     ATOMIC_BATCH_MAX, BatchMessage, JetStreamLog, allow_atomic_publish, publish_atomic,
 };
-use ledger::{EventLog, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil};
+use ledger::walk::{WalkError, WalkUntil, Walked, Walker, walk};
+use ledger::{EventLog, LogRecord, ReadError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -79,10 +81,8 @@ pub enum Mode {
 pub enum ProjectorError {
     #[error("reading the ledger: {0}")]
     Read(#[from] ReadError),
-    #[error("sequence gap: expected {expected}, the ledger delivered {found}; refusing to skip")]
-    Gap { expected: u64, found: u64 },
-    #[error("{0}; refusing to apply an event whose history does not verify")]
-    Chain(#[from] ChainBreak),
+    #[error("{0}; refusing to apply what does not verify")]
+    Walk(#[from] WalkError),
     #[error("NATS: {0}")]
     Nats(String),
     #[error(
@@ -118,6 +118,9 @@ struct Snapshot<V> {
     view: V,
     checkpoint: u64,
     chain: ChainSnapshot,
+    /// Sequences of the foreign messages passed over so far (never part of the view).
+    #[serde(default)]
+    foreign: Vec<u64>,
     version: u32,
     written_by: String,
 }
@@ -204,12 +207,15 @@ pub struct Projector<V: View> {
     view: V,
     checkpoint: u64,
     chain: ChainVerifier,
+    /// Foreign messages passed over (`ledger::walk`): never applied, never explained.
+    foreign: BTreeSet<u64>,
     pending: BTreeSet<String>,
     since_flush: u64,
     since_snapshot: u64,
     last_flush: Instant,
     last_snapshot: Instant,
     parked: Vec<Parked>,
+    guard: ReplyGuard,
     progress: Option<Box<dyn FnMut(Progress) + Send + Sync>>,
     health: Health,
 }
@@ -320,12 +326,14 @@ impl<V: View> Projector<V> {
             view: V::default(),
             checkpoint: 0,
             chain: ChainVerifier::new(),
+            foreign: BTreeSet::new(),
             pending: BTreeSet::new(),
             since_flush: 0,
             since_snapshot: 0,
             last_flush: Instant::now(),
             last_snapshot: Instant::now(),
             parked: Vec::new(),
+            guard: ReplyGuard::load(&js).await,
             progress: None,
             health: Health::default(),
         };
@@ -380,15 +388,22 @@ impl<V: View> Projector<V> {
         self.view = snapshot.view;
         self.checkpoint = snapshot.checkpoint;
         self.chain = chain;
+        self.foreign = snapshot.foreign.into_iter().collect();
         Ok(())
     }
 
-    /// Saves the view and its checkpoint as one object.
-    async fn save_snapshot(&mut self) -> Result<(), ProjectorError> {
+    /// Saves the view and its checkpoint as one object, with the chain heads of `walking` (a
+    /// walk in progress holds them) or the projector's own.
+    async fn save_snapshot(
+        &mut self,
+        walking: Option<&ChainVerifier>,
+    ) -> Result<(), ProjectorError> {
+        let chain = walking.unwrap_or(&self.chain).snapshot();
         let snapshot = Snapshot {
             view: &self.view,
             checkpoint: self.checkpoint,
-            chain: self.chain.snapshot(),
+            chain,
+            foreign: self.foreign.iter().copied().collect(),
             version: V::VERSION,
             written_by: concat!("erp ", env!("CARGO_PKG_VERSION")).into(),
         };
@@ -446,22 +461,39 @@ impl<V: View> Projector<V> {
         Ok(())
     }
 
-    fn ingest(&mut self, record: LogRecord) -> Result<(), ProjectorError> {
-        let seq = record.seq();
-        if seq != self.checkpoint + 1 {
-            return Err(ProjectorError::Gap {
-                expected: self.checkpoint + 1,
-                found: seq,
-            });
+    /// Applies one committed batch, or passes over (and remembers) a foreign message. The
+    /// walk has checked sequences and hash chains.
+    fn ingest(&mut self, item: Walked) {
+        let last = item.last_seq();
+        let records = last - self.checkpoint;
+        match item {
+            Walked::Batch(batch) => {
+                for event in &batch.events {
+                    self.view.apply(event, &mut self.pending);
+                }
+            }
+            Walked::Foreign(f) => {
+                tracing::warn!(view = V::NAME, seq = f.seq, subject = %f.stored_subject, reason = %f.reason, "a message the ledger's writer did not write: passed over");
+                self.foreign.insert(f.seq);
+            }
         }
-        if let LogRecord::Event(event) = &record {
-            self.chain.check(event)?;
-            self.view.apply(event, &mut self.pending);
-        }
-        self.checkpoint = seq;
-        self.since_flush += 1;
-        self.since_snapshot += 1;
-        Ok(())
+        self.checkpoint = last;
+        self.since_flush += records;
+        self.since_snapshot += records;
+    }
+
+    /// A walk of the ledger from the checkpoint, verifying chains from the saved heads.
+    async fn walk(
+        &mut self,
+        until: WalkUntil,
+    ) -> Result<Walker<ledger::jetstream::JetStreamCursor>, ProjectorError> {
+        let chain = std::mem::take(&mut self.chain);
+        Ok(walk(&self.log, self.checkpoint + 1, until, Some(chain)).await?)
+    }
+
+    /// Takes the chain heads back from a finished walk.
+    fn end_walk(&mut self, walker: Walker<ledger::jetstream::JetStreamCursor>) {
+        self.chain = walker.into_chain().unwrap_or_default();
     }
 
     /// Reads the ledger up to its current end without serving: the catch-up of a rebuild.
@@ -470,15 +502,9 @@ impl<V: View> Projector<V> {
         let started = Instant::now();
         let from = self.checkpoint;
         let mut last_report = Instant::now();
-        let mut cursor = self
-            .log
-            .read(
-                ReadFrom::Sequence(self.checkpoint + 1),
-                ReadUntil::Sequence(target),
-            )
-            .await?;
-        while let Some(record) = cursor.next().await {
-            self.ingest(record?)?;
+        let mut walker = self.walk(WalkUntil::Sequence(target)).await?;
+        while let Some(item) = walker.next().await {
+            self.ingest(item?);
             // A generation that is not served yet has no readers: its keys are written once,
             // at the end, rather than at every flush.
             if !self.swap_when_caught_up && self.since_flush >= self.config.flush_events {
@@ -489,9 +515,10 @@ impl<V: View> Projector<V> {
                 self.report(from, target, started);
             }
         }
+        self.end_walk(walker);
         self.flush().await?;
         self.report(from, target, started);
-        self.save_snapshot().await?;
+        self.save_snapshot(None).await?;
         Ok(self.checkpoint - from)
     }
 
@@ -529,23 +556,20 @@ impl<V: View> Projector<V> {
             .await
             .map_err(nats)?;
         let mut registry = self.registry.watch(V::NAME).await.map_err(nats)?;
-        let mut cursor = self
-            .log
-            .read(ReadFrom::Sequence(self.checkpoint + 1), ReadUntil::Follow)
-            .await?;
+        let mut walker = self.walk(WalkUntil::Follow).await?;
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         let end = loop {
             tokio::select! {
                 _ = &mut shutdown => break RunEnd::Shutdown,
-                record = cursor.next() => {
-                    let Some(record) = record else { break RunEnd::Shutdown };
-                    self.ingest(record?)?;
+                item = walker.next() => {
+                    let Some(item) = item else { break RunEnd::Shutdown };
+                    self.ingest(item?);
                     // Take what is already buffered without yielding, up to a batch.
                     for _ in 1..self.config.read_batch {
-                        match cursor.next().now_or_never() {
-                            Some(Some(record)) => self.ingest(record?)?,
+                        match walker.next().now_or_never() {
+                            Some(Some(item)) => self.ingest(item?),
                             _ => break,
                         }
                     }
@@ -574,15 +598,17 @@ impl<V: View> Projector<V> {
                     if self.since_snapshot >= self.config.snapshot_events
                         || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.config.snapshot_interval)
                     {
-                        self.save_snapshot().await?;
+                        self.save_snapshot(walker.chain()).await?;
                     }
                     self.answer_parked(&client, true).await;
                     self.sample_health().await;
+                    self.guard.refresh_if_stale(self.log.jetstream()).await;
                 }
             }
         };
+        self.end_walk(walker);
         self.flush().await?;
-        self.save_snapshot().await?;
+        self.save_snapshot(None).await?;
         Ok(end)
     }
 
@@ -641,7 +667,7 @@ impl<V: View> Projector<V> {
                 Ok(body) => body,
                 Err(e) => {
                     let error = QueryError::bad_query(format!("the body is not JSON: {e}"));
-                    publish(client, reply, self.answer_error(&error)).await;
+                    publish(client, &self.guard, reply, self.answer_error(&error)).await;
                     return;
                 }
             }
@@ -663,7 +689,7 @@ impl<V: View> Projector<V> {
             return;
         }
         let answer = self.answer(&op, &body).await;
-        publish(client, reply, answer).await;
+        publish(client, &self.guard, reply, answer).await;
     }
 
     fn answer_error(&self, error: &QueryError) -> serde_json::Value {
@@ -680,6 +706,7 @@ impl<V: View> Projector<V> {
                 "ledger_last_seq": self.health.ledger_last_seq,
                 "lag": self.health.lag,
                 "events_per_second": self.health.events_per_second,
+                "foreign": {"count": self.foreign.len(), "recent": self.foreign.iter().rev().take(20).collect::<Vec<_>>()},
             })),
             "dump" => Ok(serde_json::to_value(&self.view).expect("views serialise")),
             "explain" => match self.view.explain(body) {
@@ -742,7 +769,7 @@ impl<V: View> Projector<V> {
             })?;
         let rows: Vec<serde_json::Value> = events
             .iter()
-            .filter(|e| e.seq <= self.checkpoint)
+            .filter(|e| e.seq <= self.checkpoint && !self.foreign.contains(&e.seq))
             .filter_map(|e| {
                 let delta = ledger::effects::stock_deltas(&e.envelope.event)
                     .into_iter()
@@ -776,7 +803,7 @@ impl<V: View> Projector<V> {
         for p in std::mem::take(&mut self.parked) {
             if p.min_seq <= self.checkpoint {
                 let answer = self.answer(&p.op, &p.body).await;
-                publish(client, p.reply, answer).await;
+                publish(client, &self.guard, p.reply, answer).await;
             } else if check_deadlines && now >= p.deadline {
                 let error = QueryError {
                     code: "timeout",
@@ -785,7 +812,7 @@ impl<V: View> Projector<V> {
                         self.checkpoint, p.min_seq
                     ),
                 };
-                publish(client, p.reply, self.answer_error(&error)).await;
+                publish(client, &self.guard, p.reply, self.answer_error(&error)).await;
             } else {
                 still.push(p);
             }
@@ -821,11 +848,17 @@ fn d_or_none(n: i64) -> serde_json::Value {
     }
 }
 
+/// Answers a query, unless the reply subject is one answers never go to (`ReplyGuard`).
 async fn publish(
     client: &async_nats::Client,
+    guard: &ReplyGuard,
     reply: async_nats::Subject,
     answer: serde_json::Value,
 ) {
+    if let Err(why) = guard.check(&reply) {
+        tracing::warn!(reply = %reply, %why, "not answering a view query onto this subject");
+        return;
+    }
     let mut bytes = serde_json::to_vec(&answer).expect("json");
     let limit = client.server_info().max_payload.saturating_sub(1024);
     if bytes.len() > limit {

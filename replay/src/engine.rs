@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ledger::chain::{ChainBreak, ChainVerifier};
-use ledger::{EventLog, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil};
+use ledger::chain::ChainVerifier;
+use ledger::walk::{WalkError, WalkUntil, Walked, walk};
+use ledger::{EventLog, ReadError, RecordedEvent};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -22,12 +23,8 @@ pub enum ReplayError {
         "recorded times are not monotonic at sequence {seq} ({detail}): the point in time is ambiguous; use --as-of-seq"
     )]
     ClockNotMonotonic { seq: u64, detail: String },
-    #[error("sequence {expected} is missing: the next stored message is {found}")]
-    Gap { expected: u64, found: u64 },
     #[error("{0}")]
-    Chain(#[from] ChainBreak),
-    #[error("the log ended at sequence {found}, before sequence {expected}")]
-    Truncated { expected: u64, found: u64 },
+    Walk(#[from] WalkError),
 }
 
 /// A model built to a point.
@@ -49,14 +46,17 @@ pub struct Replayed<M> {
     /// With two points: for each row key, the events counted at one point and not the other
     /// that changed it (the explanation of a diff).
     pub explained_by: BTreeMap<String, Vec<u64>>,
-    /// Records read (events and batch markers).
+    /// Records read (events, batch markers and foreign messages).
     pub records: u64,
+    /// Foreign messages passed over (never applied; `ledger::walk`).
+    pub foreign: Vec<ledger::ForeignRecord>,
     pub elapsed: Duration,
 }
 
 /// Replays the log from sequence 1 up to the furthest point, building a fresh model for each
 /// point. Every sequence must follow the previous one and every event must continue its
-/// subject's hash chain, or the replay stops naming the place.
+/// subject's hash chain, or the replay stops naming the place. Foreign messages are passed
+/// over (and listed), exactly as the projectors pass over them.
 pub async fn replay<L: EventLog, M: Model>(
     log: &L,
     points: &[Resolved],
@@ -74,73 +74,67 @@ pub async fn replay<L: EventLog, M: Model>(
         })
         .collect();
     let mut explained_by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut chain = ChainVerifier::new();
-    let mut next = 1;
     let mut changed = BTreeSet::new();
+    let mut foreign = Vec::new();
     let mut last_report = Instant::now();
     if end > 0 {
-        let mut cursor = log
-            .read(ReadFrom::Sequence(1), ReadUntil::Sequence(end))
-            .await?;
-
-        while let Some(record) = cursor.next().await {
-            let record = record?;
-            let seq = record.seq();
-            if seq != next {
-                return Err(ReplayError::Gap {
-                    expected: next,
-                    found: seq,
-                });
-            }
-            next += 1;
-            if let LogRecord::Event(event) = &record {
-                chain.check(event)?;
-                let mut included = [false; 2];
-                for (i, b) in built.iter_mut().enumerate() {
-                    if !b.point.includes(seq, event.envelope.effective_at) {
-                        continue;
-                    }
-                    changed.clear();
-                    b.model.apply(event, &mut changed);
-                    b.applied += 1;
-                    for key in &changed {
-                        if !b.keys.contains(key) {
-                            b.keys.insert(key.clone());
-                        }
-                    }
-                    if let Some(flag) = included.get_mut(i) {
-                        *flag = true;
+        let mut walker = walk(log, 1, WalkUntil::Sequence(end), Some(ChainVerifier::new())).await?;
+        while let Some(item) = walker.next().await {
+            match item? {
+                Walked::Batch(batch) => {
+                    for event in batch.events.iter().filter(|e| e.seq <= end) {
+                        apply_at_points(event, &mut built, &mut changed, &mut explained_by);
                     }
                 }
-                // An event in exactly one of two points explains the rows it changed there.
-                if built.len() == 2 && included[0] != included[1] {
-                    for key in &changed {
-                        explained_by.entry(key.clone()).or_default().push(seq);
-                    }
-                }
+                Walked::Foreign(f) if f.seq <= end => foreign.push(f),
+                Walked::Foreign(_) => {}
             }
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
-                progress(Progress::at(seq, end, started));
-            }
-            if seq >= end {
-                break;
+                progress(Progress::at(walker.next_seq() - 1, end, started));
             }
         }
-    }
-    if next <= end {
-        return Err(ReplayError::Truncated {
-            expected: end,
-            found: next - 1,
-        });
     }
     progress(Progress::at(end, end, started));
     Ok(Replayed {
         built,
         explained_by,
         records: end,
+        foreign,
         elapsed: started.elapsed(),
     })
+}
+
+/// Applies one event to the model of every point that includes it; with two points, an event
+/// in exactly one of them explains the rows it changed there.
+fn apply_at_points<M: Model>(
+    event: &RecordedEvent,
+    built: &mut [Built<M>],
+    changed: &mut BTreeSet<String>,
+    explained_by: &mut BTreeMap<String, Vec<u64>>,
+) {
+    let mut included = [false; 2];
+    for (i, b) in built.iter_mut().enumerate() {
+        if !b.point.includes(event.seq, event.envelope.effective_at) {
+            continue;
+        }
+        changed.clear();
+        b.model.apply(event, changed);
+        b.applied += 1;
+        for key in changed.iter() {
+            if !b.keys.contains(key) {
+                b.keys.insert(key.clone());
+            }
+        }
+        if let Some(flag) = included.get_mut(i) {
+            *flag = true;
+        }
+    }
+    if built.len() == 2 && included[0] != included[1] {
+        for key in changed.iter() {
+            explained_by.entry(key.clone()).or_default().push(event.seq);
+        }
+    }
 }
 
 /// One row that differs between two points.

@@ -5,7 +5,9 @@
 //! - it decodes, and sits on the subject its envelope names;
 //! - its envelope names the hash of the previous event on its subject (nothing altered,
 //!   removed or reordered within a subject);
-//! - batch markers: each writer's commit marker counts the events just before it;
+//! - batch markers: each writer's commit marker counts the events just before it; anything
+//!   else is foreign (not written by the writer), listed with its sequence, and the walk goes
+//!   on;
 //! - every accepted command's events sit just before its outcome record and carry its id;
 //! - the write model, rebuilt by the processor's own `apply`, keeps the stock invariants after
 //!   every stock event (nothing negative, nothing committed beyond on hand).
@@ -23,10 +25,9 @@ use std::time::{Duration, Instant};
 use commands::state::State;
 use ledger::chain::ChainVerifier;
 use ledger::events::Event;
-use ledger::{EventHash, EventLog, Head, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil};
-use ledger::{RecordedEvent, Subject};
+use ledger::walk::{Batch, WalkError, WalkUntil, Walked, walk};
+use ledger::{EventHash, EventLog, ForeignRecord, Head, RecordedEvent, Subject};
 use sha2::{Digest as _, Sha256};
-use uuid::Uuid;
 
 use crate::Progress;
 
@@ -75,6 +76,8 @@ pub struct VerifyReport {
     pub last_seq: u64,
     pub events: u64,
     pub markers: u64,
+    /// Messages no writer's batch commits (they were not applied; `ledger::walk`), in order.
+    pub foreign: Vec<ForeignRecord>,
     /// The digest at `last_seq`.
     pub digest: Digest,
     /// Digests at the checkpoints asked for (`digest_every`) and at each expected one.
@@ -123,70 +126,90 @@ pub struct VerifyFailure {
 }
 
 struct Walk {
-    chain: ChainVerifier,
     state: State,
     digest: Digest,
-    /// The records since the last marker: (sequence, command id) of each event.
-    batch: Vec<(u64, Uuid)>,
-    /// The last records seen, for the outcome check: (sequence, command id; `None` = marker).
-    recent: VecDeque<(u64, Option<Uuid>)>,
     events: u64,
     markers: u64,
+    foreign: Vec<ForeignRecord>,
+    digest_every: Option<u64>,
+    /// Recorded digests still to check, by sequence.
+    expect: VecDeque<(u64, Digest)>,
+    checkpoints: Vec<(u64, Digest)>,
+    last_matched: Option<u64>,
 }
 
-const RECENT: usize = ledger::log::BATCH_EVENTS_MAX + 1;
+type Failed = (u64, Option<String>, Divergence);
 
 impl Walk {
-    fn record(&mut self, record: &LogRecord) -> Result<(), (Option<String>, Divergence)> {
-        self.digest = self.digest.next(record.seq(), &record.hash());
-        match record {
-            LogRecord::Marker { seq, events, .. } => {
-                self.markers += 1;
-                let found = self.batch.len();
-                if found != *events as usize {
-                    return Err((
-                        None,
-                        Divergence::Batch(format!(
-                            "the marker at {seq} commits {events} events, but {found} events precede it since the previous marker"
-                        )),
-                    ));
-                }
-                self.batch.clear();
-                self.remember(*seq, None);
+    /// Folds one stored record into the digest; takes the checkpoints asked for at `seq` and
+    /// checks a digest recorded for it.
+    fn digest(&mut self, seq: u64, stored: &EventHash) -> Result<(), Failed> {
+        self.digest = self.digest.next(seq, stored);
+        if self.digest_every.is_some_and(|k| k > 0 && seq % k == 0) {
+            self.checkpoints.push((seq, self.digest));
+        }
+        while let Some(&(at, expected)) = self.expect.front() {
+            if at != seq {
+                break;
             }
-            LogRecord::Event(event) => self.event(event)?,
+            self.expect.pop_front();
+            if expected != self.digest {
+                return Err((
+                    seq,
+                    None,
+                    Divergence::Digest {
+                        seq,
+                        expected,
+                        actual: self.digest,
+                        since: self.last_matched,
+                    },
+                ));
+            }
+            self.last_matched = Some(seq);
+            if !self.checkpoints.iter().any(|(s, _)| *s == seq) {
+                self.checkpoints.push((seq, self.digest));
+            }
         }
         Ok(())
     }
 
-    fn remember(&mut self, seq: u64, command: Option<Uuid>) {
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
+    /// One committed batch, up to `end`: its events (already chain-checked by the walk), the
+    /// outcome records' places, the invariants, then its marker.
+    fn batch(&mut self, batch: &Batch, end: u64) -> Result<(), Failed> {
+        for (i, event) in batch.events.iter().enumerate() {
+            if event.seq > end {
+                return Ok(());
+            }
+            self.digest(event.seq, &event.hash)?;
+            self.event(event, &batch.events[..i])?;
         }
-        self.recent.push_back((seq, command));
+        if batch.marker.seq <= end {
+            self.digest(batch.marker.seq, &batch.marker.hash)?;
+            self.markers += 1;
+        }
+        Ok(())
     }
 
-    fn event(&mut self, event: &RecordedEvent) -> Result<(), (Option<String>, Divergence)> {
+    fn event(&mut self, event: &RecordedEvent, before: &[RecordedEvent]) -> Result<(), Failed> {
         let subject = &event.envelope.subject;
-        let at = |d: Divergence| (Some(subject.relative()), d);
-        self.chain
-            .check(event)
-            .map_err(|e| at(Divergence::Chain(e.to_string())))?;
+        let at = |d: Divergence| (event.seq, Some(subject.relative()), d);
         self.events += 1;
         if let Event::CommandAccepted(accepted) = &event.envelope.event {
+            // A command's events and its outcome are appended together, in one batch.
             let command = event.envelope.command_id;
             let count = accepted.event_count as usize;
-            let before: Vec<_> = self.recent.iter().rev().take(count).collect();
             let wrong = before
                 .iter()
-                .find(|(_, c)| *c != Some(command))
-                .map(|(s, _)| *s);
+                .rev()
+                .take(count)
+                .find(|e| e.envelope.command_id != command)
+                .map(|e| e.seq);
             if before.len() < count || wrong.is_some() {
                 return Err(at(Divergence::Outcome(format!(
                     "command {command} was accepted with {count} events, but {} before its outcome is not one of them",
                     match wrong {
                         Some(s) => format!("sequence {s}"),
-                        None => "the start of the log".into(),
+                        None => "the start of its batch".into(),
                     }
                 ))));
             }
@@ -203,153 +226,117 @@ impl Walk {
         {
             return Err(at(Divergence::Invariant(violation)));
         }
-        self.batch.push((event.seq, event.envelope.command_id));
-        self.remember(event.seq, Some(event.envelope.command_id));
         Ok(())
     }
 }
 
 /// Walks the log from sequence 1 and checks everything above; the first divergence stops the
-/// walk. Digests asked for are reported as they are passed.
+/// walk. Foreign messages (`ledger::walk`) do not stop it: they are listed in the report (and
+/// folded into the digest, which fixes every stored byte), and the caller says what they mean.
+/// Digests asked for are reported as they are passed.
 pub async fn verify<L: EventLog>(
     log: &L,
     options: &VerifyOptions,
     mut progress: impl FnMut(Progress),
 ) -> Result<VerifyReport, VerifyFailure> {
     let started = Instant::now();
-    let unreadable = |seq: u64, e: ReadError| VerifyFailure {
+    let fail = |seq: u64, subject: Option<String>, divergence: Divergence| VerifyFailure {
         seq,
-        subject: None,
-        divergence: Divergence::Unreadable(e.to_string()),
+        subject,
+        divergence,
         verified_before: seq.saturating_sub(1),
     };
-    let last = log.last_sequence().await.map_err(|e| unreadable(0, e))?;
+    let last = log
+        .last_sequence()
+        .await
+        .map_err(|e| fail(0, None, Divergence::Unreadable(e.to_string())))?;
     let end = options.until.unwrap_or(last);
     let mut expect = options.expect.clone();
     expect.sort_by_key(|(seq, _)| *seq);
     if let Some(&(seq, _)) = expect.iter().find(|(s, _)| *s > end) {
         return Err(VerifyFailure {
-            seq,
-            subject: None,
-            divergence: Divergence::Truncated {
-                expected: seq,
-                found: last,
-            },
             verified_before: 0,
+            ..fail(
+                seq,
+                None,
+                Divergence::Truncated {
+                    expected: seq,
+                    found: last,
+                },
+            )
         });
     }
-    let mut walk = Walk {
-        chain: ChainVerifier::new(),
+    let mut w = Walk {
         state: State::default(),
         digest: Digest::default(),
-        batch: Vec::new(),
-        recent: VecDeque::with_capacity(RECENT),
         events: 0,
         markers: 0,
+        foreign: Vec::new(),
+        digest_every: options.digest_every,
+        expect: expect.into(),
+        checkpoints: Vec::new(),
+        last_matched: None,
     };
-    let mut checkpoints = Vec::new();
-    let mut last_matched = None;
-    let mut next = 1;
     let mut last_report = Instant::now();
     if end > 0 {
-        let mut cursor = log
-            .read(ReadFrom::Sequence(1), ReadUntil::Sequence(end))
+        let mut walker = walk(log, 1, WalkUntil::Sequence(end), Some(ChainVerifier::new()))
             .await
-            .map_err(|e| unreadable(1, e))?;
-        while let Some(record) = cursor.next().await {
-            let record = record.map_err(|e| {
-                let seq = match &e {
-                    ReadError::Decode { seq, .. } | ReadError::SubjectMismatch { seq, .. } => *seq,
-                    ReadError::Unavailable(_) => next,
-                };
-                unreadable(seq, e)
+            .map_err(|e| fail(1, None, Divergence::Unreadable(e.to_string())))?;
+        while let Some(item) = walker.next().await {
+            let item = item.map_err(walk_failure)?;
+            let folded = match &item {
+                Walked::Batch(batch) => w.batch(batch, end),
+                Walked::Foreign(f) if f.seq <= end => {
+                    w.foreign.push(f.clone());
+                    w.digest(f.seq, &f.hash)
+                }
+                Walked::Foreign(_) => Ok(()),
+            };
+            folded.map_err(|(seq, subject, divergence)| match divergence {
+                Divergence::Digest { since, .. } => VerifyFailure {
+                    verified_before: since.unwrap_or(0),
+                    ..fail(seq, subject, divergence)
+                },
+                _ => fail(seq, subject, divergence),
             })?;
-            let seq = record.seq();
-            if seq != next {
-                return Err(VerifyFailure {
-                    seq: next,
-                    subject: None,
-                    divergence: Divergence::Missing {
-                        expected: next,
-                        found: seq,
-                    },
-                    verified_before: next - 1,
-                });
-            }
-            next += 1;
-            walk.record(&record)
-                .map_err(|(subject, divergence)| VerifyFailure {
-                    seq,
-                    subject,
-                    divergence,
-                    verified_before: seq - 1,
-                })?;
-            if options.digest_every.is_some_and(|k| k > 0 && seq % k == 0) {
-                checkpoints.push((seq, walk.digest));
-            }
-            while let Some(&(at, expected)) = expect.first() {
-                if at != seq {
-                    break;
-                }
-                expect.remove(0);
-                if expected != walk.digest {
-                    return Err(VerifyFailure {
-                        seq,
-                        subject: None,
-                        divergence: Divergence::Digest {
-                            seq,
-                            expected,
-                            actual: walk.digest,
-                            since: last_matched,
-                        },
-                        verified_before: last_matched.unwrap_or(0),
-                    });
-                }
-                last_matched = Some(seq);
-                if !checkpoints.iter().any(|(s, _)| *s == seq) {
-                    checkpoints.push((seq, walk.digest));
-                }
-            }
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
-                progress(Progress::at(seq, end, started));
-            }
-            if seq >= end {
-                break;
+                progress(Progress::at(item.last_seq().min(end), end, started));
             }
         }
-    }
-    if next <= end {
-        return Err(VerifyFailure {
-            seq: next,
-            subject: None,
-            divergence: Divergence::Truncated {
-                expected: end,
-                found: next - 1,
-            },
-            verified_before: next - 1,
-        });
-    }
-    // A marker-less tail: events appended outside any batch. Not an error of the log itself,
-    // but every product writer commits with a marker, so it is reported.
-    if let Some(&(seq, _)) = walk.batch.first() {
-        return Err(VerifyFailure {
-            seq,
-            subject: None,
-            divergence: Divergence::Batch(format!(
-                "{} events from sequence {seq} on are not committed by any writer's marker",
-                walk.batch.len()
-            )),
-            verified_before: seq - 1,
-        });
     }
     progress(Progress::at(end, end, started));
     Ok(VerifyReport {
         last_seq: end,
-        events: walk.events,
-        markers: walk.markers,
-        digest: walk.digest,
-        checkpoints,
+        events: w.events,
+        markers: w.markers,
+        foreign: w.foreign,
+        digest: w.digest,
+        checkpoints: w.checkpoints,
         elapsed: started.elapsed(),
     })
+}
+
+/// A walk that could not go on, as a verification failure.
+fn walk_failure(e: WalkError) -> VerifyFailure {
+    let (seq, subject, divergence) = match e {
+        WalkError::Gap { expected, found } => {
+            (expected, None, Divergence::Missing { expected, found })
+        }
+        WalkError::Truncated { expected, found } => {
+            (found + 1, None, Divergence::Truncated { expected, found })
+        }
+        WalkError::Chain(b) => (
+            b.seq,
+            Some(b.subject.relative()),
+            Divergence::Chain(b.to_string()),
+        ),
+        WalkError::Read(e) => (0, None, Divergence::Unreadable(e.to_string())),
+    };
+    VerifyFailure {
+        seq,
+        subject,
+        divergence,
+        verified_before: seq.saturating_sub(1),
+    }
 }

@@ -89,7 +89,7 @@ fn events(records: &[LogRecord]) -> Vec<&RecordedEvent> {
         .iter()
         .filter_map(|r| match r {
             LogRecord::Event(e) => Some(e),
-            LogRecord::Marker { .. } => None,
+            LogRecord::Marker { .. } | LogRecord::Foreign(_) => None,
         })
         .collect()
 }

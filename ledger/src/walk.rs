@@ -1,0 +1,421 @@
+//! The one way to read the ledger in order: every reader (the processor's recovery, the
+//! projectors, replay, verify, the journal) walks it with `Walker`.
+//!
+//! A walk checks that sequences follow each other (nothing removed), decodes every message,
+//! groups events into the batches the writer committed, and optionally verifies every
+//! subject's hash chain. It yields two things:
+//! - `Walked::Batch`: the events of one writer batch, in order, with the marker that commits
+//!   them; these are the ledger's facts;
+//! - `Walked::Foreign`: a stored message the writer did not write (it does not decode, sits on
+//!   the wrong subject, or no marker commits it). It is never applied; readers report it and
+//!   go on. One stray message therefore never halts a reader.
+//!
+//! Why framing by markers works: the writer appends each batch atomically, its events followed
+//! by its marker (`<prefix>.w.<instance>`, counting them), so a batch is always stored whole
+//! and contiguous. Whatever lies between one marker and the events the next marker counts was
+//! written by someone else. At the end of a bounded read every batch is whole, so records
+//! after the last marker are foreign too.
+
+use std::collections::VecDeque;
+
+use crate::chain::{ChainBreak, ChainVerifier};
+use crate::envelope::{EventHash, RecordedEvent};
+use crate::log::{
+    EventLog, ForeignReason, ForeignRecord, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil,
+};
+use crate::values::Timestamp;
+
+/// A writer's batch commit marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMarker {
+    pub seq: u64,
+    pub recorded_at: Timestamp,
+    pub hash: EventHash,
+}
+
+/// The events of one committed batch and the marker that commits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// In stream order; may be empty (a marker committing no events).
+    pub events: Vec<RecordedEvent>,
+    pub marker: BatchMarker,
+}
+
+/// What a walk yields, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Walked {
+    Batch(Batch),
+    Foreign(ForeignRecord),
+}
+
+impl Walked {
+    /// The last sequence this item covers (a batch's marker).
+    pub fn last_seq(&self) -> u64 {
+        match self {
+            Walked::Batch(b) => b.marker.seq,
+            Walked::Foreign(f) => f.seq,
+        }
+    }
+}
+
+/// Why a walk stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalkError {
+    #[error("reading the ledger: {0}")]
+    Read(#[from] ReadError),
+    #[error("sequence {expected} is missing: the next stored message is {found}")]
+    Gap { expected: u64, found: u64 },
+    #[error("the log ended at sequence {found}, before sequence {expected}")]
+    Truncated { expected: u64, found: u64 },
+    #[error("{0}")]
+    Chain(#[from] ChainBreak),
+}
+
+/// Groups records into batches, synchronously: feed records in stream order with `push`, take
+/// what is complete with `pop`, and call `end_of_log` when no record can follow (the end of a
+/// bounded read), so that an uncommitted tail is reported as foreign.
+#[derive(Debug, Default)]
+pub struct Framer {
+    /// Records since the last marker: events (maybe a batch) and foreign records.
+    pending: Vec<LogRecord>,
+    ready: VecDeque<Walked>,
+    chain: Option<ChainVerifier>,
+}
+
+impl Framer {
+    /// A framer that also verifies every subject's hash chain with `chain`.
+    pub fn with_chain(chain: ChainVerifier) -> Framer {
+        Framer {
+            chain: Some(chain),
+            ..Framer::default()
+        }
+    }
+
+    pub fn chain(&self) -> Option<&ChainVerifier> {
+        self.chain.as_ref()
+    }
+
+    /// Takes the next one record. A marker completes a batch (or shows that what precedes it
+    /// is foreign); events wait for their marker.
+    pub fn push(&mut self, record: LogRecord) -> Result<(), ChainBreak> {
+        match record {
+            LogRecord::Event(_) | LogRecord::Foreign(_) => {
+                self.pending.push(record);
+                Ok(())
+            }
+            LogRecord::Marker {
+                seq,
+                recorded_at,
+                hash,
+                events,
+            } => {
+                let marker = BatchMarker {
+                    seq,
+                    recorded_at,
+                    hash,
+                };
+                self.commit(marker, events)
+            }
+        }
+    }
+
+    fn commit(&mut self, marker: BatchMarker, count: u32) -> Result<(), ChainBreak> {
+        let count = count as usize;
+        let whole = count <= self.pending.len()
+            && self.pending[self.pending.len() - count..]
+                .iter()
+                .all(|r| matches!(r, LogRecord::Event(_)));
+        if !whole {
+            // Not a batch this writer committed: everything since the last marker, and the
+            // marker itself, is foreign.
+            self.flush_foreign(ForeignReason::OutsideBatch);
+            self.ready.push_back(Walked::Foreign(ForeignRecord {
+                seq: marker.seq,
+                stored_subject: String::new(),
+                subject: None,
+                recorded_at: marker.recorded_at,
+                hash: marker.hash,
+                reason: ForeignReason::BrokenBatch {
+                    claimed: count as u32,
+                },
+            }));
+            return Ok(());
+        }
+        let batch: Vec<LogRecord> = self.pending.split_off(self.pending.len() - count);
+        self.flush_foreign(ForeignReason::OutsideBatch);
+        let mut events = Vec::with_capacity(batch.len());
+        for record in batch {
+            let LogRecord::Event(event) = record else {
+                unreachable!("checked above: the batch holds events only");
+            };
+            if let Some(chain) = self.chain.as_mut() {
+                chain.check(&event)?;
+            }
+            events.push(event);
+        }
+        self.ready
+            .push_back(Walked::Batch(Batch { events, marker }));
+        Ok(())
+    }
+
+    /// Everything pending becomes foreign (events for `reason`; foreign records keep theirs).
+    fn flush_foreign(&mut self, reason: ForeignReason) {
+        for record in self.pending.drain(..) {
+            let foreign = match record {
+                LogRecord::Foreign(f) => f,
+                LogRecord::Event(e) => ForeignRecord {
+                    seq: e.seq,
+                    stored_subject: e.envelope.subject.relative(),
+                    subject: Some(e.envelope.subject.clone()),
+                    recorded_at: e.recorded_at,
+                    hash: e.hash,
+                    reason: reason.clone(),
+                },
+                LogRecord::Marker { .. } => unreachable!("markers are never pending"),
+            };
+            self.ready.push_back(Walked::Foreign(foreign));
+        }
+    }
+
+    /// No record follows: an uncommitted tail is foreign (a batch is stored whole, marker
+    /// included, so a real one cannot be cut off at the end of what was stored).
+    pub fn end_of_log(&mut self) {
+        self.flush_foreign(ForeignReason::OutsideBatch);
+    }
+
+    /// The next complete item, if any.
+    pub fn pop(&mut self) -> Option<Walked> {
+        self.ready.pop_front()
+    }
+
+    /// Records read but not yet framed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Where a walk ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkUntil {
+    /// At the stream's end as of the start of the walk.
+    CaughtUp,
+    /// Once sequence `n` has been framed: the batch holding `n` is read to its marker, so an
+    /// item may reach past `n` (callers that stop at `n` look at sequences). The log must
+    /// reach `n`.
+    Sequence(u64),
+    /// Never: keep yielding as the log grows.
+    Follow,
+}
+
+/// An ordered, checked read of the log.
+#[derive(Debug)]
+pub struct Walker<C> {
+    cursor: Option<C>,
+    framer: Framer,
+    next_seq: u64,
+    until: WalkUntil,
+}
+
+impl<C: LogCursor> Walker<C> {
+    /// Walks `cursor`, which must deliver the log from `from` on. `chain`: verify hash chains,
+    /// continuing from that verifier's heads.
+    pub fn new(cursor: C, from: u64, until: WalkUntil, chain: Option<ChainVerifier>) -> Walker<C> {
+        Walker {
+            cursor: Some(cursor),
+            framer: Framer {
+                chain,
+                ..Framer::default()
+            },
+            next_seq: from.max(1),
+            until,
+        }
+    }
+
+    /// The chain verifier, with every batch yielded so far checked in.
+    pub fn chain(&self) -> Option<&ChainVerifier> {
+        self.framer.chain()
+    }
+
+    pub fn into_chain(self) -> Option<ChainVerifier> {
+        self.framer.chain
+    }
+
+    /// The sequence the walk reads next.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The next batch or foreign record; `None` at the end of a bounded walk. Cancel-safe: it
+    /// waits only for the cursor, and a record taken from it is framed before anything else
+    /// can happen.
+    pub async fn next(&mut self) -> Option<Result<Walked, WalkError>> {
+        loop {
+            if let Some(item) = self.framer.pop() {
+                return Some(Ok(item));
+            }
+            if let WalkUntil::Sequence(n) = self.until
+                && self.next_seq > n
+                && self.framer.pending() == 0
+            {
+                self.cursor = None;
+            }
+            let cursor = self.cursor.as_mut()?;
+            match cursor.next().await {
+                None => {
+                    self.cursor = None;
+                    self.framer.end_of_log();
+                    if let WalkUntil::Sequence(n) = self.until
+                        && self.next_seq <= n
+                    {
+                        return Some(Err(WalkError::Truncated {
+                            expected: n,
+                            found: self.next_seq - 1,
+                        }));
+                    }
+                    return self.framer.pop().map(Ok);
+                }
+                Some(Err(e)) => return Some(Err(e.into())),
+                Some(Ok(record)) => {
+                    let seq = record.seq();
+                    if seq != self.next_seq {
+                        return Some(Err(WalkError::Gap {
+                            expected: self.next_seq,
+                            found: seq,
+                        }));
+                    }
+                    self.next_seq += 1;
+                    if let Err(e) = self.framer.push(record) {
+                        return Some(Err(e.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a walk of `log` from sequence `from`.
+pub async fn walk<L: EventLog>(
+    log: &L,
+    from: u64,
+    until: WalkUntil,
+    chain: Option<ChainVerifier>,
+) -> Result<Walker<L::Cursor>, ReadError> {
+    let read_until = match until {
+        // Read on to the stream's end: the batch holding `n` may end after it.
+        WalkUntil::CaughtUp | WalkUntil::Sequence(_) => ReadUntil::CaughtUp,
+        WalkUntil::Follow => ReadUntil::Follow,
+    };
+    let cursor = log
+        .read(ReadFrom::Sequence(from.max(1)), read_until)
+        .await?;
+    Ok(Walker::new(cursor, from, until, chain))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the framer reports exactly the records no marker commits as foreign, keeps every
+    //! committed batch, and never loses or reorders a sequence.
+    use super::*;
+    use crate::envelope::{Envelope, EventDraft};
+    use crate::events::{Event, LocationDefined, LocationKind};
+    use crate::subject::Subject;
+    use crate::values::{Actor, ActorId, EntityId, LocationId, Role};
+
+    fn event(seq: u64) -> LogRecord {
+        let location = LocationId::new(format!("L{seq}")).unwrap();
+        let draft = EventDraft {
+            event_id: uuid::Uuid::from_u128(seq as u128),
+            subject: Subject::Location(location.clone()),
+            command_id: uuid::Uuid::nil(),
+            correlation_id: uuid::Uuid::nil(),
+            actor: Actor {
+                id: ActorId::new("t").unwrap(),
+                role: Role::new("admin").unwrap(),
+            },
+            legal_entity: EntityId::new("UK01").unwrap(),
+            effective_at: Timestamp::from_micros(0).unwrap(),
+            event: Event::LocationDefined(LocationDefined {
+                location,
+                name: String::new(),
+                kind: LocationKind::Warehouse,
+                region: "UK".into(),
+                capacity: None,
+                routing_priority: 1,
+            }),
+        };
+        let envelope = Envelope::from_draft(draft, EventHash::GENESIS);
+        let bytes = crate::codec::encode_envelope(&envelope).unwrap();
+        LogRecord::Event(RecordedEvent {
+            seq,
+            recorded_at: Timestamp::from_micros(seq as i64).unwrap(),
+            hash: EventHash::of(&bytes),
+            stored_version: 1,
+            envelope,
+        })
+    }
+
+    fn marker(seq: u64, events: u32) -> LogRecord {
+        LogRecord::Marker {
+            seq,
+            recorded_at: Timestamp::from_micros(seq as i64).unwrap(),
+            hash: EventHash::of(&seq.to_be_bytes()),
+            events,
+        }
+    }
+
+    fn garbage(seq: u64) -> LogRecord {
+        LogRecord::Foreign(ForeignRecord {
+            seq,
+            stored_subject: "led.sku.X".into(),
+            subject: None,
+            recorded_at: Timestamp::from_micros(seq as i64).unwrap(),
+            hash: EventHash::of(b"x"),
+            reason: ForeignReason::Undecodable {
+                error: "test".into(),
+            },
+        })
+    }
+
+    /// (batches as their event sequences, foreign sequences) after framing `records`.
+    fn frame(records: Vec<LogRecord>) -> (Vec<Vec<u64>>, Vec<u64>) {
+        let mut framer = Framer::with_chain(ChainVerifier::new());
+        let mut seen = Vec::new();
+        for r in records {
+            framer.push(r).unwrap();
+        }
+        framer.end_of_log();
+        let (mut batches, mut foreign) = (Vec::new(), Vec::new());
+        while let Some(item) = framer.pop() {
+            seen.push(item.last_seq());
+            match item {
+                Walked::Batch(b) => batches.push(b.events.iter().map(|e| e.seq).collect()),
+                Walked::Foreign(f) => foreign.push(f.seq),
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+        (batches, foreign)
+    }
+
+    #[test]
+    fn stray_messages_between_batches_are_foreign_and_batches_are_kept() {
+        let (batches, foreign) = frame(vec![
+            event(1),
+            event(2),
+            marker(3, 2),
+            garbage(4),
+            event(5), // decodes, but no marker counts it
+            event(6),
+            marker(7, 1),
+            event(8), // an uncommitted tail
+        ]);
+        assert_eq!(batches, vec![vec![1, 2], vec![6]]);
+        assert_eq!(foreign, vec![4, 5, 8]);
+    }
+
+    #[test]
+    fn a_marker_claiming_more_than_is_there_is_foreign_with_what_precedes_it() {
+        let (batches, foreign) = frame(vec![garbage(1), event(2), marker(3, 2), marker(4, 0)]);
+        assert_eq!(batches, vec![Vec::<u64>::new()]);
+        assert_eq!(foreign, vec![1, 2, 3]);
+    }
+}
