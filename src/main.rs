@@ -38,14 +38,112 @@ struct NatsArgs {
     /// three-node cluster). Must match the stream if it exists.
     #[arg(long, env = "ERP_LEDGER_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// The directory `erp auth init` wrote: connect with its credentials, as the user the
+    /// command needs (`processor`, `projector`, `auditor`) or, to send commands and ask
+    /// views, as --user.
+    #[arg(long, env = "ERP_AUTH", value_name = "DIR")]
+    auth: Option<PathBuf>,
+    /// With --auth: the user that sends commands and asks views (default `upstream`; `buyer`
+    /// for `replenish --accept`).
+    #[arg(long, env = "ERP_USER")]
+    user: Option<String>,
 }
 
 impl NatsArgs {
+    /// The ledger itself (the processor's view of it).
     fn ledger(&self) -> LogConfig {
         LogConfig {
             replicas: self.replicas,
             ..LogConfig::ledger()
         }
+    }
+
+    /// The ledger as a reader in `feed`'s account sees it: the mirror there, with credentials;
+    /// the ledger itself without.
+    fn reader(&self, feed: ledger::auth::MirrorFeed) -> LogConfig {
+        match self.auth {
+            Some(_) => LogConfig {
+                replicas: self.replicas,
+                ..LogConfig::mirror(feed)
+            },
+            None => self.ledger(),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.nats
+            .clone()
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+    }
+
+    fn auth_dir(&self) -> anyhow::Result<Option<commands::access::AuthDir>> {
+        self.auth
+            .as_deref()
+            .map(|dir| {
+                commands::access::AuthDir::load(dir)
+                    .with_context(|| format!("reading the credentials in {}", dir.display()))
+            })
+            .transpose()
+    }
+
+    /// The URL to connect to as `user` (with credentials), or as nobody.
+    fn url_as(
+        &self,
+        auth: Option<&commands::access::AuthDir>,
+        user: &str,
+    ) -> anyhow::Result<String> {
+        let url = self.url();
+        match auth {
+            None => Ok(url),
+            Some(a) if a.credentials.users.contains_key(user) => {
+                Ok(a.credentials.url_for(user, &url))
+            }
+            Some(_) => bail!(
+                "no user `{user}` in {}; `erp auth add-user` adds one",
+                self.auth
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"))
+                    .display()
+            ),
+        }
+    }
+
+    /// Who sends commands and asks views: --user, or `default` (with credentials).
+    fn sender(&self, default: &str) -> anyhow::Result<Sender> {
+        let auth = self.auth_dir()?;
+        let user = auth
+            .as_ref()
+            .map(|_| self.user.clone().unwrap_or_else(|| default.to_owned()));
+        let url = match &user {
+            Some(user) => self.url_as(auth.as_ref(), user)?,
+            None => self.url(),
+        };
+        Ok(Sender { url, user })
+    }
+}
+
+/// A connection that sends commands: as the user named in its credentials, or anonymously.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    url: String,
+    user: Option<String>,
+}
+
+impl Sender {
+    pub fn authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<async_nats_client::Client> {
+        connect(&self.url).await
+    }
+
+    /// A command client on a new connection.
+    pub async fn client(&self) -> anyhow::Result<CommandClient> {
+        Ok(
+            CommandClient::new(self.connect().await?, Duration::from_secs(30))
+                .as_user(self.user.clone()),
+        )
     }
 }
 
@@ -195,10 +293,6 @@ struct UpArgs {
     /// With --demo: only the first N trading days (the whole year takes a few minutes).
     #[arg(long)]
     demo_days: Option<usize>,
-    /// Run the local server with the users of `erp auth init --dir DIR`; the processor,
-    /// projectors and demo connect as their roles.
-    #[arg(long, value_name = "DIR")]
-    auth: Option<PathBuf>,
     /// Role table (JSON, role -> command patterns); the built-in one by default.
     #[arg(long)]
     roles: Option<PathBuf>,
@@ -238,10 +332,33 @@ fn parse_decimal(text: &str) -> Result<rust_decimal::Decimal, String> {
 
 #[derive(Debug, Subcommand)]
 enum AuthAction {
-    /// Write `users.json` (secret) and `nats-auth.conf` into DIR.
+    /// Write `users.json` (secret), `principals.json` and `nats-auth.conf` into DIR: the
+    /// processor, projector and auditor, and one user per role that sends commands
+    /// (`upstream`, `clerk`, `buyer`, `warehouse`, `admin`).
     Init {
         #[arg(long, default_value = "auth")]
         dir: PathBuf,
+    },
+    /// Add a user that sends commands, and rewrite `nats-auth.conf`. The server must reload
+    /// its configuration (`nats-server --signal reload`, or restart `erp up`) and the
+    /// processor restart to know it.
+    AddUser {
+        #[arg(long, default_value = "auth")]
+        dir: PathBuf,
+        /// The NATS user name (letters, digits, `-`, `_`).
+        name: String,
+        /// A role it may act in (repeatable; the first is its default).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The actor id its commands are recorded under (default: the user name).
+        #[arg(long)]
+        actor: Option<String>,
+        /// A legal entity it may act for (repeatable; default: every entity).
+        #[arg(long = "entity")]
+        entities: Vec<String>,
+        /// It is an integration that acts for its own end users (`on_behalf_of`).
+        #[arg(long)]
+        end_users: bool,
     },
 }
 
@@ -344,37 +461,20 @@ async fn run() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up { nats, args } => up(nats, args).await,
-        Command::Auth {
-            action: AuthAction::Init { dir },
-        } => {
-            let credentials = ledger::auth::Credentials::generate(&dir)?;
-            println!(
-                "wrote {} (secret: one user per role) and {}",
-                ledger::auth::Credentials::users_path(&dir).display(),
-                ledger::auth::Credentials::config_path(&dir).display()
-            );
-            println!(
-                "start with `erp up --auth {}`; connect as a role with:",
-                dir.display()
-            );
-            for role in ledger::auth::ROLES {
-                println!(
-                    "  {role:9}  --nats {}",
-                    credentials.url_for(role, "nats://127.0.0.1:4222")
-                );
-            }
-            Ok(())
-        }
+        Command::Auth { action } => auth(action),
         Command::Processor {
             nats,
             roles,
             purchasing,
         } => {
-            let log = open(&nats).await?;
-            let client = log.client().clone();
+            let auth = nats.auth_dir()?;
+            warn_if_open_and_remote(&nats, auth.is_some());
+            let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROCESSOR)?).await?;
+            let log = JetStreamLog::open(client.clone(), nats.ledger()).await?;
             let config = ServiceConfig {
                 roles: load_roles(roles.as_deref())?,
                 purchase_policy: purchasing.policy(),
+                principals: auth.map(|a| a.principals),
                 ..ServiceConfig::default()
             };
             commands::service::run(client, log, config, async {
@@ -391,7 +491,9 @@ async fn run() -> anyhow::Result<()> {
             snapshot_events,
             snapshot_seconds,
         } => {
-            let log = open(&nats).await?;
+            let auth = nats.auth_dir()?;
+            let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROJECTOR)?).await?;
+            let log = JetStreamLog::open(client, nats.reader(ledger::auth::VIEWS_MIRROR)).await?;
             let mode = if rebuild { Mode::Rebuild } else { Mode::Live };
             let shutdown = async {
                 let _ = shutdown_signal().await;
@@ -414,7 +516,8 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let body: serde_json::Value =
                 serde_json::from_str(&body).context("the query body must be JSON")?;
-            let client = projections::client::ViewClient::new(connect(&nats_url(&nats)).await?);
+            let client =
+                projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
             let answer = client
                 .ask(view.as_str(), &op, body, min_seq, Duration::from_secs(10))
                 .await?;
@@ -428,9 +531,16 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Demo { nats, demo } if demo.print => {
             // Printing needs no server.
-            run_demo(&connect_lazily(&nats_url(&nats)).await?, &demo).await
+            let sender = Sender {
+                url: nats.url(),
+                user: None,
+            };
+            run_demo(&connect_lazily(&sender.url).await?, None, &demo).await
         }
-        Command::Demo { nats, demo } => run_demo(&connect(&nats_url(&nats)).await?, &demo).await,
+        Command::Demo { nats, demo } => {
+            let sender = nats.sender("upstream")?;
+            run_demo(&sender.connect().await?, sender.user.clone(), &demo).await
+        }
         Command::Nats {
             action: NatsAction::Install { tools_dir },
         } => {
@@ -439,14 +549,25 @@ async fn run() -> anyhow::Result<()> {
             println!("{} (nats-server {version})", path.display());
             Ok(())
         }
-        Command::Status { nats } => status(&open(&nats).await?).await,
-        Command::Verify { nats, args } => replay_cli::verify(&open(&nats).await?, &args).await,
-        Command::Replay { nats, args } => replay_cli::replay(&open(&nats).await?, &args).await,
+        Command::Status { nats } => {
+            let log = open_for_audit(&nats).await?;
+            status(&log).await?;
+            processor_status(log.client()).await
+        }
+        Command::Verify { nats, args } => {
+            replay_cli::verify(&open_for_audit(&nats).await?, &args).await
+        }
+        Command::Replay { nats, args } => {
+            replay_cli::replay(&open_for_audit(&nats).await?, &args).await
+        }
         Command::Replenish { nats, args } => {
-            replay_cli::replenish(&open(&nats).await?, &args).await
+            let sender = nats.sender("buyer")?;
+            replay_cli::replenish(&open_for_audit(&nats).await?, &sender, &args).await
         }
         Command::BacktestReplenishment { args } => replay_cli::backtest(&args),
-        Command::Journal { nats, args } => replay_cli::journal(&open(&nats).await?, &args).await,
+        Command::Journal { nats, args } => {
+            replay_cli::journal(&open_for_audit(&nats).await?, &args).await
+        }
     }
 }
 
@@ -476,15 +597,130 @@ mod async_nats_client {
 
 use bytes::Bytes;
 
-fn nats_url(args: &NatsArgs) -> String {
-    args.nats
-        .clone()
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+/// The ledger for reading as an auditor: with credentials, the auditors' mirror, once it has
+/// copied everything the ledger held (progress on stderr); without, the ledger itself.
+async fn open_for_audit(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
+    let auth = args.auth_dir()?;
+    let client = connect(&args.url_as(auth.as_ref(), ledger::auth::AUDITOR)?).await?;
+    let log = JetStreamLog::open(client, args.reader(ledger::auth::AUDIT_MIRROR)).await?;
+    let mut last_line = std::time::Instant::now();
+    log.wait_for_mirror(Duration::from_secs(600), |copied, lag| {
+        if last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = std::time::Instant::now();
+            eprintln!("copying the ledger for auditing: {copied} messages, {lag} to go");
+        }
+    })
+    .await?;
+    Ok(log)
 }
 
-async fn open(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
-    let client = connect(&nats_url(args)).await?;
-    Ok(JetStreamLog::open(client, args.ledger()).await?)
+/// Authentication matters most where the server is not this machine's: say so plainly.
+fn warn_if_open_and_remote(args: &NatsArgs, authenticated: bool) {
+    let remote = args.nats.as_deref().is_some_and(|url| {
+        url.split(',').any(|u| {
+            let (plain, _) = ledger::auth::split_credentials(u.trim());
+            let host = plain
+                .split_once("://")
+                .map_or(plain.as_str(), |(_, rest)| rest)
+                .rsplit_once(':')
+                .map_or(plain.as_str(), |(host, _)| host)
+                .to_owned();
+            !matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1")
+        })
+    });
+    if remote && !authenticated {
+        tracing::warn!(
+            "connecting to a server that is not on this machine without --auth: anyone who can reach it can publish into the ledger's account and act as any actor; see docs/RELIABILITY.md, production hardening"
+        );
+    }
+}
+
+/// `erp auth init` and `erp auth add-user`.
+fn auth(action: AuthAction) -> anyhow::Result<()> {
+    use commands::access::{AuthDir, Principal};
+    let (dir, auth) = match action {
+        AuthAction::Init { dir } => {
+            let auth = AuthDir::init(&dir)?;
+            println!(
+                "wrote {} (secret), {} and {}",
+                ledger::auth::Credentials::users_path(&dir).display(),
+                AuthDir::principals_path(&dir).display(),
+                ledger::auth::Credentials::config_path(&dir).display()
+            );
+            println!("start with `erp up --auth {}`", dir.display());
+            (dir, auth)
+        }
+        AuthAction::AddUser {
+            dir,
+            name,
+            roles,
+            actor,
+            entities,
+            end_users,
+        } => {
+            let principal = Principal {
+                actor: ledger::values::ActorId::new(actor.as_deref().unwrap_or(&name))
+                    .context("--actor")?,
+                roles: roles
+                    .iter()
+                    .map(|r| ledger::values::Role::new(r.as_str()))
+                    .collect::<Result<_, _>>()
+                    .context("--role")?,
+                entities: entities
+                    .iter()
+                    .map(|e| ledger::values::EntityId::new(e.as_str()))
+                    .collect::<Result<_, _>>()
+                    .context("--entity")?,
+                end_users,
+            };
+            let unknown: Vec<&String> = roles
+                .iter()
+                .filter(|r| !commands::roles::Roles::default().has_role(r))
+                .collect();
+            if !unknown.is_empty() {
+                eprintln!(
+                    "note: {unknown:?} not in the built-in role table; give the processor a --roles table that has them"
+                );
+            }
+            let auth = AuthDir::add_user(&dir, &name, principal)?;
+            println!(
+                "added `{name}`; reload the server's configuration (`nats-server --signal reload`, or restart `erp up`) and restart the processor"
+            );
+            (dir, auth)
+        }
+    };
+    println!("users (connect with --auth {} --user NAME):", dir.display());
+    for (user, principal) in &auth.principals.0 {
+        println!(
+            "  {user:12} acts as `{}` in {}{}{}",
+            principal.actor,
+            principal
+                .roles
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if principal.entities.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " for {}",
+                    principal
+                        .entities
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            if principal.end_users {
+                ", for its end users"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 fn load_roles(path: Option<&std::path::Path>) -> anyhow::Result<commands::roles::Roles> {
@@ -507,7 +743,6 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         tools_dir,
         demo,
         demo_days,
-        auth,
         roles,
         purchasing,
     } = args;
@@ -519,19 +754,13 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         print: false,
     });
     let roles = load_roles(roles.as_deref())?;
-    let credentials = auth
-        .as_deref()
-        .map(ledger::auth::Credentials::load)
-        .transpose()?;
-    // The authorization block, inlined: nats-server resolves includes relative to its config.
-    let extra_config = match &credentials {
-        Some(c) => c.server_config(),
-        None => String::new(),
-    };
-    let ledger_config = nats.ledger();
+    let auth = nats.auth_dir()?;
+    warn_if_open_and_remote(&nats, auth.is_some());
+    // The accounts block, inlined: nats-server resolves includes relative to its config.
+    let extra_config = auth.as_ref().map(|a| a.server_config()).unwrap_or_default();
     let mut local = None;
-    let url = match nats.nats {
-        Some(url) => url,
+    let url = match &nats.nats {
+        Some(url) => url.clone(),
         None => {
             let binary = server::find_or_install(&tools_dir, SERVER_VERSION_MIN)?;
             let server = LocalServer::start(ServerOptions {
@@ -543,26 +772,28 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
                 extra_config,
             })
             .context("starting the local nats-server (is the port taken? try --port)")?;
-            tracing::info!(url = %server.url(), store = %data_dir.join("nats").display(), fsync, auth = credentials.is_some(), "local nats-server started");
+            tracing::info!(url = %server.url(), store = %data_dir.join("nats").display(), fsync, auth = auth.is_some(), "local nats-server started");
             let url = server.url();
             local = Some(server);
             url
         }
     };
-    let as_role = |role: &str| match &credentials {
-        Some(c) => c.url_for(role, &url),
-        None => url.clone(),
+    let nats = NatsArgs {
+        nats: Some(url.clone()),
+        ..nats
     };
-    let client = connect(&as_role("processor")).await?;
-    let log = JetStreamLog::open(client.clone(), ledger_config.clone()).await?;
+    let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROCESSOR)?).await?;
+    let log = JetStreamLog::open(client.clone(), nats.ledger()).await?;
     status(&log).await?;
     let config = ServiceConfig {
         roles,
         purchase_policy: purchasing.policy(),
+        principals: auth.as_ref().map(|a| a.principals.clone()),
         ..ServiceConfig::default()
     };
     let service = commands::service::Service::start(client.clone(), log, config).await?;
-    let projector_client = connect(&as_role("projector")).await?;
+    let projector_client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROJECTOR)?).await?;
+    let views_config = nats.reader(ledger::auth::VIEWS_MIRROR);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let processor = tokio::spawn(service.serve(async {
         let _ = stopped.await;
@@ -570,7 +801,7 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
     let mut projectors = Vec::new();
     for view in ViewName::ALL {
-        let log = JetStreamLog::open(projector_client.clone(), ledger_config.clone()).await?;
+        let log = JetStreamLog::open(projector_client.clone(), views_config.clone()).await?;
         let mut stopped = views_stopped.clone();
         let shutdown = async move {
             let _ = stopped.changed().await;
@@ -589,7 +820,8 @@ async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment) running; Ctrl-C stops it"
     );
     if let Some(demo) = demo {
-        run_demo(&connect(&as_role("upstream")).await?, &demo).await?;
+        let sender = nats.sender("upstream")?;
+        run_demo(&sender.connect().await?, sender.user.clone(), &demo).await?;
     }
     shutdown_signal().await?;
     let _ = stop.send(());
@@ -619,7 +851,9 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
         .into_iter()
         .filter(|l| !l.trim().is_empty())
         .collect();
-    let client = CommandClient::new(connect(&nats_url(nats)).await?, Duration::from_secs(30));
+    let sender = nats.sender("upstream")?;
+    let client = CommandClient::new(sender.connect().await?, Duration::from_secs(30))
+        .as_user(sender.user.clone());
     let mut failures = 0;
     client
         .submit_all(
@@ -640,7 +874,13 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
     Ok(())
 }
 
-async fn run_demo(client: &commands::service::NatsClient, demo: &DemoArgs) -> anyhow::Result<()> {
+/// Drives the UCI year through the processor; `user`: the sender's NATS user, with
+/// credentials (its commands then act as that user's actor).
+async fn run_demo(
+    client: &commands::service::NatsClient,
+    user: Option<String>,
+    demo: &DemoArgs,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (commands, stats) = commands::demo::uci_commands(&demo.dataset, demo.days)?;
     eprintln!(
@@ -661,11 +901,19 @@ async fn run_demo(client: &commands::service::NatsClient, demo: &DemoArgs) -> an
         return Ok(());
     }
     let total = commands.len();
+    let authenticated = user.is_some();
     let bodies: Vec<Bytes> = commands
         .iter()
-        .map(|c| serde_json::to_vec(c).expect("json").into())
+        .map(|c| {
+            let mut json = serde_json::to_value(c).expect("json");
+            if authenticated {
+                // With credentials the sender's own actor acts.
+                json.as_object_mut().expect("object").remove("actor");
+            }
+            serde_json::to_vec(&json).expect("json").into()
+        })
         .collect();
-    let sender = CommandClient::new(client.clone(), Duration::from_secs(60));
+    let sender = CommandClient::new(client.clone(), Duration::from_secs(60)).as_user(user);
     let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let mut events = 0u64;
     let submitted = std::time::Instant::now();
@@ -728,6 +976,49 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,
         _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+/// The processor's own report (`rpc.status`): where it is, foreign messages it passed over,
+/// commands recorded `internal_error`.
+async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<()> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(ledger::subject::commands::STATUS_QUERY, Bytes::new()),
+    )
+    .await;
+    let status: serde_json::Value = match answer {
+        Ok(Ok(msg)) => {
+            serde_json::from_slice(&msg.payload).context("the processor's status is not JSON")?
+        }
+        Ok(Err(e)) => {
+            println!("processor: not answering ({e})");
+            return Ok(());
+        }
+        Err(_) => {
+            println!("processor: no answer within 5 s");
+            return Ok(());
+        }
+    };
+    println!(
+        "processor: applied up to {}, {} commands recorded, {} recorded internal_error since it started",
+        status["applied_seq"], status["commands_recorded"], status["internal_errors"]
+    );
+    let foreign = &status["foreign"];
+    if foreign["count"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "foreign messages in the ledger (never applied): {}; latest:",
+            foreign["count"]
+        );
+        for f in foreign["recent"].as_array().into_iter().flatten() {
+            println!(
+                "  sequence {} on `{}`: {}",
+                f[0],
+                f[1].as_str().unwrap_or(""),
+                f[2].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(())
 }

@@ -434,7 +434,8 @@ pub struct ReplenishArgs {
     /// supplier, at each SKU's last received unit cost.
     #[arg(long, value_name = "SUPPLIER")]
     accept: Option<String>,
-    /// The actor the purchase orders are created as (role `buyer`).
+    /// The actor the purchase orders are created as (role `buyer`), on a server without
+    /// credentials; with --auth they are created as the sending user (--user, default `buyer`).
     #[arg(long, default_value = "replenishment")]
     actor: String,
     #[arg(long, default_value = "UK01")]
@@ -448,7 +449,11 @@ pub struct ReplenishArgs {
 
 /// `erp replenish`: replays the replenishment view to the log's end and lists what to buy;
 /// with --accept, sends the purchase orders.
-pub async fn replenish(log: &JetStreamLog, args: &ReplenishArgs) -> anyhow::Result<()> {
+pub async fn replenish(
+    log: &JetStreamLog,
+    sender: &crate::Sender,
+    args: &ReplenishArgs,
+) -> anyhow::Result<()> {
     let last = ledger::EventLog::last_sequence(log).await?;
     let mut replayed = replay::replay::<_, ViewModel<Replenishment>>(
         log,
@@ -515,22 +520,22 @@ pub async fn replenish(log: &JetStreamLog, args: &ReplenishArgs) -> anyhow::Resu
         Some(d) => d.clone(),
         None => (today + chrono::Duration::days(i64::from(lead))).to_string(),
     };
-    let client = commands::client::CommandClient::new(
-        log.client().clone(),
-        std::time::Duration::from_secs(30),
-    );
+    let client = sender.client().await?;
     for (location, lines) in by_location {
         let currency = lines[0]["unit_cost"]["currency"].clone();
         let po = format!("REP-{today}-{location}");
-        let command = serde_json::json!({
+        let mut command = serde_json::json!({
             "command_id": uuid::Uuid::now_v7(),
-            "actor": {"id": args.actor, "role": "buyer"},
             "legal_entity": args.legal_entity,
             "effective_at": format!("{today}T12:00:00Z"),
             "type": "purchase.create_order",
             "data": {"purchase_order": po, "supplier": supplier, "currency": currency,
                      "lines": lines, "expected_on": expected},
         });
+        if !sender.authenticated() {
+            // With credentials the actor is the sender's own.
+            command["actor"] = serde_json::json!({"id": args.actor, "role": "buyer"});
+        }
         let outcome = client
             .submit_json(bytes::Bytes::from(command.to_string()))
             .await?;

@@ -13,7 +13,9 @@
 //! actor is taken as stated, and `erp up` says so when it starts.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use ledger::auth::{AuthError, Credentials, EntityGrant};
 use ledger::values::{Actor, ActorId, EntityId, Role};
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +55,7 @@ impl Principals {
             )
         })?;
         for (user, principal) in &table.0 {
-            if !valid_user_name(user) {
+            if !ledger::auth::valid_user_name(user) {
                 return Err(format!(
                     "principal table: user `{user}`: expected 1 to 64 letters, digits, `-` or `_`"
                 ));
@@ -76,12 +78,114 @@ impl Principals {
     }
 }
 
-/// A NATS user name as `erp auth` makes them: also a subject token as it is.
-pub fn valid_user_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// The files `erp auth` writes into one directory: the users' secrets and the server's
+/// block (`ledger::auth::Credentials`), and the principal table (`principals.json`).
+#[derive(Debug, Clone)]
+pub struct AuthDir {
+    pub credentials: Credentials,
+    pub principals: Principals,
+}
+
+impl AuthDir {
+    pub fn principals_path(dir: &Path) -> PathBuf {
+        dir.join("principals.json")
+    }
+
+    /// The principals `erp auth init` creates: one integration that acts for its end users
+    /// (`upstream`) and one person per role.
+    pub fn default_principals() -> Principals {
+        let principal = |role: &str, end_users| Principal {
+            actor: ActorId::new(role).expect("valid id"),
+            roles: vec![Role::new(role).expect("valid role")],
+            entities: Vec::new(),
+            end_users,
+        };
+        Principals(
+            [
+                ("upstream", principal("upstream", true)),
+                ("clerk", principal("clerk", false)),
+                ("buyer", principal("buyer", false)),
+                ("warehouse", principal("warehouse", false)),
+                ("admin", principal("admin", false)),
+            ]
+            .into_iter()
+            .map(|(user, p)| (user.to_owned(), p))
+            .collect(),
+        )
+    }
+
+    /// New credentials, the default principals, and the server's block. Refuses to overwrite.
+    pub fn init(dir: &Path) -> Result<AuthDir, AuthError> {
+        let principals = AuthDir::default_principals();
+        let senders: Vec<&str> = principals.0.keys().map(String::as_str).collect();
+        let credentials = Credentials::generate(dir, &senders)?;
+        let auth = AuthDir {
+            credentials,
+            principals,
+        };
+        auth.save(dir)?;
+        Ok(auth)
+    }
+
+    pub fn load(dir: &Path) -> Result<AuthDir, AuthError> {
+        let credentials = Credentials::load(dir)?;
+        let path = AuthDir::principals_path(dir);
+        let text = std::fs::read_to_string(&path).map_err(|error| AuthError::Io {
+            path: path.clone(),
+            error,
+        })?;
+        let principals =
+            Principals::from_json(&text).map_err(|detail| AuthError::Invalid { path, detail })?;
+        Ok(AuthDir {
+            credentials,
+            principals,
+        })
+    }
+
+    /// Adds a user that sends commands: a password, its principal, and the server's block
+    /// rewritten. The server must reload its configuration, and processors restart, to know it.
+    pub fn add_user(dir: &Path, user: &str, principal: Principal) -> Result<AuthDir, AuthError> {
+        let mut auth = AuthDir::load(dir)?;
+        if principal.roles.is_empty() {
+            return Err(AuthError::Invalid {
+                path: AuthDir::principals_path(dir),
+                detail: format!("user `{user}` needs at least one role"),
+            });
+        }
+        auth.credentials = Credentials::add_user(dir, user)?;
+        auth.principals.0.insert(user.to_owned(), principal);
+        auth.save(dir)?;
+        Ok(auth)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), AuthError> {
+        let path = AuthDir::principals_path(dir);
+        let json = serde_json::to_string_pretty(&self.principals).expect("json");
+        std::fs::write(&path, json).map_err(|error| AuthError::Io { path, error })?;
+        self.credentials.write_server_config(dir, &self.grants())
+    }
+
+    /// What each sender may publish on: its entities' command subjects.
+    fn grants(&self) -> BTreeMap<String, EntityGrant> {
+        self.principals
+            .0
+            .iter()
+            .map(|(user, p)| {
+                let grant = (!p.entities.is_empty()).then(|| {
+                    p.entities
+                        .iter()
+                        .map(|e| ledger::subject::escape_token(e.as_str()))
+                        .collect()
+                });
+                (user.clone(), grant)
+            })
+            .collect()
+    }
+
+    /// The server's block for these users.
+    pub fn server_config(&self) -> String {
+        self.credentials.server_config(&self.grants())
+    }
 }
 
 /// The authenticated sender of a command.
@@ -149,6 +253,20 @@ pub fn check_sender(command: &Command) -> Result<(), Rejection> {
         ));
     }
     Ok(())
+}
+
+/// The actor a command's records name: the one it claims when its sender may claim it, or
+/// else the sender's own (a refused claim is recorded against who made it, not whom it named).
+pub fn recorded_actor(command: &Command) -> Actor {
+    match &command.sender {
+        Some(s)
+            if s.principal.actor != command.actor.id
+                || !s.principal.roles.contains(&command.actor.role) =>
+        {
+            s.default_actor()
+        }
+        _ => command.actor.clone(),
+    }
 }
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {

@@ -272,6 +272,12 @@ impl<L: EventLog> Processor<L> {
         Ok(processor)
     }
 
+    /// Makes deciding any command that names `sku` panic, as a decider bug would (tests).
+    #[cfg(test)]
+    pub(crate) fn inject_decider_panic(&mut self, sku: &str) {
+        self.fault_panic_sku = Some(sku.to_owned());
+    }
+
     /// What the processor reports about itself.
     pub fn status(&self) -> ProcessorStatus {
         ProcessorStatus {
@@ -634,9 +640,11 @@ impl<L: EventLog> Processor<L> {
             Subject::Command(command.command_id),
             outcome,
         )));
+        let actor = crate::access::recorded_actor(command);
         for (subject, event) in all {
             tick.touch(&self.state, &subject);
-            let draft = draft(command, subject, event);
+            let mut draft = draft(command, subject, event);
+            draft.actor = actor.clone();
             self.state.apply(
                 &Envelope::from_draft(draft.clone(), EventHash::GENESIS),
                 None,

@@ -110,6 +110,11 @@ impl Roles {
         Ok(roles)
     }
 
+    /// Whether the table names `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.0.contains_key(role)
+    }
+
     pub fn allows(&self, role: &str, command_type: &str) -> bool {
         self.0.get(role).is_some_and(|patterns| {
             patterns.iter().any(|p| {

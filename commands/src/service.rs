@@ -108,7 +108,12 @@ enum QueryKind {
 
 enum ReplyTo {
     Rpc(Option<async_nats::Subject>),
-    Stream(Box<jetstream::Message>),
+    /// A durable command; `user`: its sender with credentials (answers then go only to that
+    /// user's answer subjects).
+    Stream {
+        msg: Box<jetstream::Message>,
+        user: Option<String>,
+    },
 }
 
 /// A processor that has recovered its state and subscribed to its intake: from here on,
@@ -362,11 +367,20 @@ async fn handle<L: ledger::EventLog>(
                 payload,
                 reply,
             } => (subject.to_string(), payload, ReplyTo::Rpc(reply)),
-            Incoming::Stream(msg) => (
-                msg.subject.to_string(),
-                msg.payload.clone(),
-                ReplyTo::Stream(Box::new(msg)),
-            ),
+            Incoming::Stream(msg) => {
+                let user = config
+                    .principals
+                    .as_ref()
+                    .and_then(|_| subjects::parse(&msg.subject).ok()?.user);
+                (
+                    msg.subject.to_string(),
+                    msg.payload.clone(),
+                    ReplyTo::Stream {
+                        msg: Box::new(msg),
+                        user,
+                    },
+                )
+            }
             Incoming::Query {
                 kind,
                 payload,
@@ -490,13 +504,22 @@ async fn answer(answers: Answers<'_>, reply: ReplyTo, outcome: &Outcome) {
     match reply {
         ReplyTo::Rpc(Some(subject)) => answers.send(&subject, body).await,
         ReplyTo::Rpc(None) => {}
-        ReplyTo::Stream(msg) => {
+        ReplyTo::Stream { msg, user } => {
             if let Some(to) = msg
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(subjects::REPLY_TO_HEADER))
             {
-                answers.send(to.as_str(), body).await;
+                match &user {
+                    Some(user) if !to.as_str().starts_with(&subjects::answers_of(user)) => {
+                        tracing::warn!(
+                            reply = to.as_str(),
+                            user,
+                            "not answering: with credentials a durable command's answer goes to the sender's own answer subjects"
+                        );
+                    }
+                    _ => answers.send(to.as_str(), body).await,
+                }
             }
             // Nothing stored: let the stream deliver it again later. Anything else is final.
             let ack = match outcome {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use ledger::chain::ChainVerifier;
 use ledger::events::Event;
 use ledger::log::AppendedEvent;
+use ledger::walk::{Framer, Walked};
 use ledger::{
     AppendBatch, AppendError, Appended, EventLog, Head, LogCursor, LogRecord, ReadError, ReadFrom,
     ReadUntil, RecordedEvent, Subject,
@@ -90,6 +91,8 @@ struct Stats {
     /// Commands sent again (retries and redeliveries).
     resent: u64,
     commands: u64,
+    /// Messages stored by someone other than the writers.
+    foreign: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -101,6 +104,7 @@ impl std::ops::AddAssign for Stats {
         self.crashes += o.crashes;
         self.resent += o.resent;
         self.commands += o.commands;
+        self.foreign += o.foreign;
     }
 }
 
@@ -109,6 +113,45 @@ impl std::ops::AddAssign for Stats {
 struct SimLog(Arc<Mutex<Inner>>);
 
 impl SimLog {
+    /// Stores a message no writer committed, as a stray reply or a rogue client would: on a
+    /// subject the writers use, either unreadable bytes or a readable event outside any batch.
+    /// JetStream counts it as its subject's last sequence.
+    fn inject_foreign(&self, rng: &mut Rng) {
+        let mut inner = self.0.lock().expect("lock");
+        let seq = inner.records.len() as u64 + 1;
+        let sku = ledger::values::Sku::new(SKUS[rng.below(SKUS.len() as u64) as usize])
+            .expect("valid sku");
+        let subject = Subject::Stock(sku);
+        let copy = inner.records.iter().rev().find_map(|r| match r {
+            LogRecord::Event(e) => Some(e.clone()),
+            _ => None,
+        });
+        let record = match copy {
+            Some(mut event) if rng.chance(500) => {
+                event.seq = seq;
+                event.envelope.subject = subject.clone();
+                LogRecord::Event(event)
+            }
+            _ => LogRecord::Foreign(ledger::ForeignRecord {
+                seq,
+                stored_subject: format!("led.{subject}"),
+                subject: Some(subject.clone()),
+                recorded_at: ledger::values::Timestamp::from_micros(seq as i64).expect("time"),
+                hash: ledger::EventHash::of(b"{\"stream\":\"COMMANDS\",\"seq\":2}"),
+                reason: ledger::ForeignReason::Undecodable {
+                    error: "simulated: not an envelope".into(),
+                },
+            }),
+        };
+        let hash = inner
+            .heads
+            .get(&subject)
+            .map_or(ledger::EventHash::GENESIS, |h| h.hash);
+        inner.heads.insert(subject, Head { seq, hash });
+        inner.records.push(record);
+        inner.stats.foreign += 1;
+    }
+
     fn new(seed: u64, faults: Faults, ignore_expectations: bool) -> SimLog {
         SimLog(Arc::new(Mutex::new(Inner {
             records: Vec::new(),
@@ -287,7 +330,12 @@ fn master_data(rng: &mut Rng) -> Vec<Command> {
 fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
     let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
     let location = LOCATIONS[rng.below(LOCATIONS.len() as u64) as usize];
-    let qty = 1 + rng.below(9);
+    // Now and then a quantity near the largest the ledger holds, so that sums pass it.
+    let qty = if rng.chance(30) {
+        ledger::values::QTY_MAX as u64 - rng.below(5)
+    } else {
+        1 + rng.below(9)
+    };
     let existing = format!("O{}", rng.below(*orders + 1));
     match rng.below(8) {
         0 | 1 => command(
@@ -320,16 +368,28 @@ fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
     }
 }
 
-/// The checker: the log replayed incrementally, and every fact the client learnt.
-#[derive(Default)]
+/// The checker: the log replayed incrementally (framed into the writers' batches, foreign
+/// messages passed over as every reader does), and every fact the client learnt.
 struct Checker {
-    chain: ChainVerifier,
+    framer: Framer,
     state: State,
     seen: u64,
     /// Outcome records per command.
     outcomes: HashMap<Uuid, u64>,
     /// The first definitive answer per command.
     answers: HashMap<Uuid, Outcome>,
+}
+
+impl Default for Checker {
+    fn default() -> Checker {
+        Checker {
+            framer: Framer::with_chain(ChainVerifier::new()),
+            state: State::default(),
+            seen: 0,
+            outcomes: HashMap::new(),
+            answers: HashMap::new(),
+        }
+    }
 }
 
 fn definitive(outcome: &Outcome) -> bool {
@@ -345,10 +405,40 @@ impl Checker {
                 return Err(format!("sequence {seq} follows {}", self.seen));
             }
             self.seen = seq;
-            let LogRecord::Event(event) = record else {
-                continue;
-            };
-            self.chain.check(event).map_err(|e| e.to_string())?;
+            self.framer
+                .push(record.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        // Every append is whole when the checker looks: an uncommitted tail is foreign.
+        self.framer.end_of_log();
+        while let Some(item) = self.framer.pop() {
+            match item {
+                Walked::Batch(batch) => {
+                    for event in &batch.events {
+                        self.event(event)?;
+                    }
+                }
+                Walked::Foreign(f) => {
+                    if let Some(subject) = &f.subject {
+                        self.state.note_foreign(subject, f.seq);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &RecordedEvent) -> Result<(), String> {
+        let seq = event.seq;
+        {
+            if let Event::CommandRejected(r) = &event.envelope.event
+                && r.code == crate::decide::code::INTERNAL_ERROR
+            {
+                return Err(format!(
+                    "command {} was recorded internal_error at {seq}: {}",
+                    event.envelope.command_id, r.message
+                ));
+            }
             if let Event::CommandAccepted(_) | Event::CommandRejected(_) = &event.envelope.event {
                 let count = self.outcomes.entry(event.envelope.command_id).or_insert(0);
                 *count += 1;
@@ -383,6 +473,11 @@ impl Checker {
         records: &[LogRecord],
     ) -> Result<(), String> {
         let id = command.command_id;
+        if let Outcome::Rejected { code, message, .. } = outcome
+            && code == crate::decide::code::INTERNAL_ERROR
+        {
+            return Err(format!("{id} answered internal_error: {message}"));
+        }
         if let Outcome::Accepted {
             first_seq,
             event_count,
@@ -423,7 +518,10 @@ impl Checker {
 }
 
 fn same_model(a: &State, b: &State) -> bool {
-    a.stock == b.stock && a.orders == b.orders && a.commands.len() == b.commands.len()
+    a.stock == b.stock
+        && a.orders == b.orders
+        && a.commands.len() == b.commands.len()
+        && a.foreign_seqs == b.foreign_seqs
 }
 
 /// One simulated run. `Err` describes the first broken invariant.
@@ -433,6 +531,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
         lose_ack: rng.below(150),
         refuse: rng.below(100),
     };
+    let foreign_per_mille = rng.below(100);
     let log = SimLog::new(seed, faults, ignore_expectations);
     let mut processors = [
         Processor::recover(log.clone())
@@ -450,6 +549,9 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     let mut sent: Vec<(Command, bool)> = Vec::new();
     let mut queue: Vec<Command> = master_data(&mut rng);
     for step in 0..steps {
+        if rng.chance(foreign_per_mille) {
+            log.inject_foreign(&mut rng);
+        }
         // The next group: new commands, retries of unanswered ones, redeliveries.
         let mut group = Vec::new();
         for _ in 0..1 + rng.below(4) {
@@ -529,6 +631,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     stats.conflicts = log_stats.conflicts;
     stats.lost_acks = log_stats.lost_acks;
     stats.refused = log_stats.refused;
+    stats.foreign = log_stats.foreign;
     stats.commands = sent.len() as u64;
     Ok(stats)
 }
@@ -576,7 +679,13 @@ fn ten_thousand_seeded_runs_keep_every_invariant() {
     }
     eprintln!("{seeds} seeds: {total:?}");
     // The faults were exercised, not just configured.
-    assert!(total.conflicts > 0 && total.lost_acks > 0 && total.refused > 0 && total.crashes > 0);
+    assert!(
+        total.conflicts > 0
+            && total.lost_acks > 0
+            && total.refused > 0
+            && total.crashes > 0
+            && total.foreign > 0
+    );
 }
 
 #[test]
@@ -640,5 +749,75 @@ fn a_command_the_actors_role_may_not_send_is_refused_forbidden_and_recorded() {
             matches!(&outcome, Outcome::Rejected { code, message, .. } if code == "forbidden" && message.contains("not in the role table")),
             "{outcome:?}"
         );
+    });
+}
+
+#[test]
+fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on() {
+    // Goal: a decider bug on one command neither crashes the processor nor takes the other
+    // commands of its tick with it; the command is recorded `internal_error` (so a redelivery
+    // is answered from the record instead of being decided again) and the next one is served.
+    let runtime = runtime();
+    runtime.block_on(async {
+        let log = SimLog::new(
+            1,
+            Faults {
+                lose_ack: 0,
+                refuse: 0,
+            },
+            false,
+        );
+        let mut processor = Processor::recover(log.clone()).await.unwrap();
+        let mut rng = Rng(7);
+        processor.process(&master_data(&mut rng)).await;
+        processor.inject_decider_panic("B");
+        let receive = |rng: &mut Rng, sku: &str| {
+            command(
+                rng,
+                "stock.receive",
+                json!({"sku": sku, "location": "WH1", "qty": 5,
+                       "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+            )
+        };
+        let group = [
+            receive(&mut rng, "A"),
+            receive(&mut rng, "B"),
+            receive(&mut rng, "C"),
+        ];
+        let outcomes = processor.process(&group).await;
+        assert!(outcomes[0].is_accepted(), "{:?}", outcomes[0]);
+        assert!(outcomes[2].is_accepted(), "{:?}", outcomes[2]);
+        let Outcome::Rejected {
+            code,
+            message,
+            outcome_seq,
+            ..
+        } = &outcomes[1]
+        else {
+            panic!("{:?}", outcomes[1])
+        };
+        assert_eq!(code, "internal_error");
+        assert!(message.contains("injected fault"), "{message}");
+        assert!(outcome_seq.is_some(), "the failure is recorded");
+        assert_eq!(processor.status().internal_errors, 1);
+        // Sent again, to this processor or to a fresh one: the recorded answer, no new event.
+        let before = log.records().len();
+        let again = processor.process(&group[1..2]).await.remove(0);
+        assert_eq!(&again, &outcomes[1]);
+        let mut fresh = Processor::recover(log.clone()).await.unwrap();
+        assert_eq!(&fresh.process(&group[1..2]).await.remove(0), &outcomes[1]);
+        assert_eq!(log.records().len(), before);
+        // The balances of A and C moved; B's did not.
+        let on_hand = |sku: &str| {
+            fresh
+                .state()
+                .stock
+                .get(&ledger::values::Sku::new(sku).unwrap())
+                .map_or(0, |s| {
+                    s.balance(&ledger::values::LocationId::new("WH1").unwrap())
+                        .on_hand
+                })
+        };
+        assert_eq!((on_hand("A"), on_hand("B"), on_hand("C")), (5, 0, 5));
     });
 }

@@ -57,6 +57,9 @@ pub struct LogConfig {
     pub duplicate_window: Duration,
     /// How long to wait for a batch's acknowledgement before its outcome is unknown.
     pub ack_timeout: Duration,
+    /// Read a mirror of the ledger kept in this account (readers outside the ledger's account;
+    /// `crate::auth`) instead of the ledger itself. Appends are refused.
+    pub mirror: Option<crate::auth::MirrorFeed>,
 }
 
 impl LogConfig {
@@ -69,8 +72,86 @@ impl LogConfig {
             protected: true,
             duplicate_window: Duration::from_secs(120),
             ack_timeout: Duration::from_secs(10),
+            mirror: None,
         }
     }
+
+    /// The ledger as readers in another account see it: through the mirror `feed` of it.
+    pub fn mirror(feed: crate::auth::MirrorFeed) -> LogConfig {
+        LogConfig {
+            mirror: Some(feed),
+            ..LogConfig::ledger()
+        }
+    }
+}
+
+fn mirror_stream_config(config: &LogConfig, feed: &crate::auth::MirrorFeed) -> stream::Config {
+    stream::Config {
+        name: config.stream.clone(),
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        max_messages: -1,
+        max_bytes: -1,
+        max_messages_per_subject: -1,
+        max_age: Duration::ZERO,
+        allow_direct: true,
+        deny_delete: true,
+        deny_purge: true,
+        mirror: Some(stream::Source {
+            name: config.stream.clone(),
+            external: Some(stream::External {
+                api_prefix: feed.api_prefix.into(),
+                delivery_prefix: Some(feed.deliver_prefix.into()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A mirror must copy the ledger through the expected feed, keep everything, and take no
+/// publishes (no subjects of its own).
+fn verify_mirror_stream(
+    config: &LogConfig,
+    feed: &crate::auth::MirrorFeed,
+    echoed: &stream::Config,
+) -> Result<(), OpenError> {
+    let bad = |setting, expected: String, found: String| {
+        Err(OpenError::Misconfigured {
+            stream: config.stream.clone(),
+            setting,
+            expected,
+            found,
+        })
+    };
+    let source = echoed.mirror.as_ref();
+    let api = source
+        .and_then(|m| m.external.as_ref())
+        .map(|e| e.api_prefix.clone());
+    if source.map(|m| m.name.as_str()) != Some(config.stream.as_str())
+        || api.as_deref() != Some(feed.api_prefix)
+    {
+        return bad(
+            "mirror",
+            format!("a mirror of {} through {}", config.stream, feed.api_prefix),
+            format!("{:?} through {api:?}", source.map(|m| &m.name)),
+        );
+    }
+    if !echoed.subjects.is_empty() {
+        return bad("subjects", "none".into(), echoed.subjects.join(","));
+    }
+    if !echoed.allow_direct || echoed.storage != stream::StorageType::File {
+        return bad(
+            "allow_direct/storage",
+            "true/file".into(),
+            format!("{}/{:?}", echoed.allow_direct, echoed.storage),
+        );
+    }
+    if !echoed.max_age.is_zero() || echoed.max_messages > 0 || echoed.max_bytes > 0 {
+        return bad("limits", "none".into(), "limits set".into());
+    }
+    Ok(())
 }
 
 /// Why the log could not be opened.
@@ -355,8 +436,12 @@ impl JetStreamLog {
             stream: config.stream.clone(),
             detail: e.to_string(),
         };
+        let wanted = match &config.mirror {
+            Some(feed) => mirror_stream_config(&config, feed),
+            None => ledger_stream_config(&config),
+        };
         let mut stream = js
-            .get_or_create_stream(ledger_stream_config(&config))
+            .get_or_create_stream(wanted)
             .await
             .map_err(|e| provision(&e))?;
         let echoed = stream
@@ -365,7 +450,10 @@ impl JetStreamLog {
             .map_err(|e| provision(&e))?
             .config
             .clone();
-        verify_ledger_stream(&config, &echoed)?;
+        match &config.mirror {
+            Some(feed) => verify_mirror_stream(&config, feed, &echoed)?,
+            None => verify_ledger_stream(&config, &echoed)?,
+        }
         let instance = Uuid::now_v7();
         let writer = Writer {
             instance,
@@ -387,6 +475,48 @@ impl JetStreamLog {
 
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// For a mirror: how many messages it is behind the ledger (0 for the ledger itself).
+    pub async fn mirror_lag(&self) -> Result<u64, ReadError> {
+        if self.config.mirror.is_none() {
+            return Ok(0);
+        }
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        Ok(info.mirror.map_or(0, |m| m.lag))
+    }
+
+    /// For a mirror: waits until it has copied everything the ledger held when asked (lag 0,
+    /// and active), reporting `(copied, lag)` as it goes. The ledger itself is always caught up.
+    pub async fn wait_for_mirror(
+        &self,
+        timeout: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, ReadError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let info = self
+                .stream
+                .get_info()
+                .await
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            let last = info.state.last_sequence;
+            match info.mirror {
+                None => return Ok(last),
+                Some(m) if m.lag == 0 && m.active.is_some() => return Ok(last),
+                Some(m) => progress(last, m.lag),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(ReadError::Unavailable(format!(
+                    "the copy of the ledger in this account has not caught up within {timeout:?} (at {last})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -633,6 +763,12 @@ impl EventLog for JetStreamLog {
     type Cursor = JetStreamCursor;
 
     async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+        if self.config.mirror.is_some() {
+            return Err(AppendError::Invalid(format!(
+                "{} here is a read-only copy of the ledger; only the processor appends, to the ledger itself",
+                self.config.stream
+            )));
+        }
         let expected_last_seq = batch.expected_last_seq;
         let sealed = seal_batch(batch)?;
         self.check_sizes(&sealed)?;

@@ -269,6 +269,15 @@ pub mod commands {
     /// Header naming a subject where the outcome of a command sent through the stream is
     /// published.
     pub const REPLY_TO_HEADER: &str = "Erp-Reply-To";
+    /// With credentials, outcomes of durable commands go to the sender's own answer subjects
+    /// only (`erp.answer.<user>.<anything>`): the server delivers them to the sender's account
+    /// and lets only that user subscribe.
+    pub const ANSWERS_PREFIX: &str = "erp.answer";
+
+    /// The prefix of `user`'s answer subjects (`erp.answer.<user>.`).
+    pub fn answers_of(user: &str) -> String {
+        format!("{ANSWERS_PREFIX}.{user}.")
+    }
 
     fn with_user(base: String, user: Option<&str>) -> String {
         match user {

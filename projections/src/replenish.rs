@@ -242,7 +242,9 @@ pub struct Replenishment {
     items: BTreeMap<String, ItemParams>,
     /// `sku.location` tokens -> date -> units shipped.
     demand: BTreeMap<String, BTreeMap<NaiveDate, i64>>,
-    /// Order lines waiting for stock: (order, line) -> (SKU, units).
+    /// Order lines waiting for stock: (order, line) -> (SKU, units). A JSON object cannot have
+    /// a pair as its key, so it is kept as a list of entries in a snapshot.
+    #[serde(with = "entries")]
     backorders: BTreeMap<(String, u32), (String, i64)>,
     /// SKU -> units backordered.
     backordered: BTreeMap<String, i64>,
@@ -670,6 +672,33 @@ mod tests {
     }
 
     #[test]
+    fn a_view_with_a_backordered_line_snapshots_to_json_and_back() {
+        // Regression: the view's backorders are keyed by (order, line), which JSON cannot
+        // hold as an object key; the first backorder of the demo made every snapshot panic
+        // ("key must be a string") and stopped the projector.
+        use crate::books_tests::{item, order, recorded_on};
+        let mut view = Replenishment::default();
+        view.apply(
+            &recorded_on(1, "2011-01-01T08:00:00Z", item("Fifo")),
+            &mut BTreeSet::new(),
+        );
+        view.apply(
+            &recorded_on(2, "2011-01-01T09:00:00Z", order("O/1.*", 6)),
+            &mut BTreeSet::new(),
+        );
+        let backordered = serde_json::json!({"type": "order.line_backordered",
+            "data": {"order": "O/1.*", "line": 1, "qty": 6}});
+        view.apply(
+            &recorded_on(3, "2011-01-01T09:00:00Z", backordered),
+            &mut BTreeSet::new(),
+        );
+        let json = serde_json::to_vec(&view).expect("the view serialises");
+        let back: Replenishment = serde_json::from_slice(&json).unwrap();
+        assert_eq!(serde_json::to_vec(&back).unwrap(), json);
+        assert_eq!(back.backordered.get("LAMP"), Some(&6));
+    }
+
+    #[test]
     fn simulation_counts_lost_sales_and_arrivals() {
         // 10 a day for 10 days, 25 to start, lead time 2, order 30 when at or below 15.
         struct Fixed;
@@ -682,5 +711,31 @@ mod tests {
         assert_eq!(out.demanded, 100);
         assert!(out.served < 100 && out.served >= 70, "{out:?}");
         assert!(out.orders >= 2);
+    }
+}
+
+/// A map whose keys JSON cannot hold (pairs), serialised as a list of `[key, value]` entries in
+/// key order.
+mod entries {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
     }
 }
