@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use commands::Outcome;
+use ledger::EventLog;
 use ledger::events::Event;
 use ledger::jetstream::JetStreamLog;
-use ledger::{EventLog, LogCursor, LogRecord, ReadFrom, ReadUntil};
+use ledger::walk::{WalkUntil, Walked, walk};
 use projections::ats::Ats;
 use projections::client::ViewClient;
 use replay::{Resolved, ViewModel};
@@ -184,16 +185,26 @@ pub(crate) async fn check_ledger_after_recovery(
         .await
         .unwrap_or_else(|e| panic!("the ledger does not verify: {e}"));
     assert!(report.events > 0);
+    if !report.foreign.is_empty() {
+        // Seen only when the stream's limit is lowered under a running writer: nats-server
+        // 2.15.1 then stored part of an atomic batch without its commit marker. No reader
+        // applies such records (`ledger::walk`); the writer was told the batch failed.
+        eprintln!(
+            "{} records in the ledger no batch commits (from sequence {}); passed over",
+            report.foreign.len(),
+            report.foreign[0].seq
+        );
+    }
 
-    // Events and outcome records per command, from the log itself.
+    // Events and outcome records per command, from the committed batches.
     let mut events_of: HashMap<Uuid, Vec<u64>> = HashMap::new();
     let mut outcome_records: HashMap<Uuid, u32> = HashMap::new();
-    let mut cursor = log
-        .read(ReadFrom::Start, ReadUntil::CaughtUp)
-        .await
-        .unwrap();
-    while let Some(record) = cursor.next().await {
-        if let LogRecord::Event(e) = record.unwrap() {
+    let mut walker = walk(log, 1, WalkUntil::CaughtUp, None).await.unwrap();
+    while let Some(item) = walker.next().await {
+        let Walked::Batch(batch) = item.unwrap() else {
+            continue;
+        };
+        for e in batch.events {
             match e.envelope.event {
                 Event::CommandAccepted(_) | Event::CommandRejected(_) => {
                     *outcome_records.entry(e.envelope.command_id).or_default() += 1;
@@ -385,11 +396,16 @@ async fn a_full_ledger_refuses_whole_batches_and_recovers_when_space_returns() {
     config.max_messages = full_at as i64;
     config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
     js.update_stream(config.clone()).await.unwrap();
+    // A batch of up to 1,000 messages may land between reading the count and the limit taking
+    // effect; from then on nothing may be added beyond the limit (or beyond what was already
+    // there, if that batch passed it).
+    let at_update = stream.info().await.unwrap().state.messages;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let held = stream.info().await.unwrap().state.messages;
+    let limit = full_at.max(at_update);
     assert!(
-        held <= full_at,
-        "{held} messages stored past the limit of {full_at}"
+        held <= limit,
+        "{held} messages stored past the limit of {full_at} ({at_update} when it was set)"
     );
     config.max_messages = -1;
     config.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
