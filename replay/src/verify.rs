@@ -145,7 +145,10 @@ impl Walk {
     /// checks a digest recorded for it.
     fn digest(&mut self, seq: u64, stored: &EventHash) -> Result<(), Failed> {
         self.digest = self.digest.next(seq, stored);
-        if self.digest_every.is_some_and(|k| k > 0 && seq % k == 0) {
+        if self
+            .digest_every
+            .is_some_and(|k| k > 0 && seq.is_multiple_of(k))
+        {
             self.checkpoints.push((seq, self.digest));
         }
         while let Some(&(at, expected)) = self.expect.front() {
