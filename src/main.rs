@@ -604,8 +604,8 @@ async fn open_for_audit(args: &NatsArgs) -> anyhow::Result<JetStreamLog> {
     let client = connect(&args.url_as(auth.as_ref(), ledger::auth::AUDITOR)?).await?;
     let log = JetStreamLog::open(client, args.reader(ledger::auth::AUDIT_MIRROR)).await?;
     let mut last_line = std::time::Instant::now();
-    log.wait_for_mirror(Duration::from_secs(600), |copied, lag| {
-        if last_line.elapsed() >= Duration::from_secs(2) {
+    log.wait_for_mirror(Duration::from_secs(30), |copied, lag| {
+        if last_line.elapsed() >= Duration::from_secs(5) {
             last_line = std::time::Instant::now();
             eprintln!("copying the ledger for auditing: {copied} messages, {lag} to go");
         }

@@ -8,8 +8,8 @@
 //! | account | users | holds | may reach |
 //! |---|---|---|---|
 //! | `LEDGER` | `processor` | the `LEDGER` and `COMMANDS` streams | everything in it |
-//! | `VIEWS` | `projector` | a read-only mirror of `LEDGER`, the view buckets, registry and snapshots | the mirror's feed |
-//! | `AUDIT` | `auditor` | a read-only mirror of `LEDGER` | the mirror's feed; view queries; processor status |
+//! | `VIEWS` | `projector` | `LEDGER_MIRROR`, a read-only mirror of `LEDGER`; the view buckets, registry and snapshots | the mirror's feed |
+//! | `AUDIT` | `auditor` | `LEDGER_MIRROR`, a read-only mirror of `LEDGER` | the mirror's feed; view queries; processor status |
 //! | `CLIENTS` | every user that sends commands | nothing | its own command subjects and answer subjects (`erp.answer.<user>.>`), outcome and status queries, view queries |
 //!
 //! A mirror is a stream without subjects: no publish can add to it, and it keeps the
@@ -43,6 +43,12 @@ pub const INFRASTRUCTURE: [&str; 3] = [PROCESSOR, PROJECTOR, AUDITOR];
 pub struct MirrorFeed {
     /// The account the mirror lives in.
     pub account: &'static str,
+    /// The mirror's stream name there. Not `LEDGER`: the account imports the ledger account's
+    /// flow-control subjects (`$JS.FC.LEDGER.>`) for the mirror's feed, and its own consumers
+    /// on the mirror must keep theirs.
+    pub stream: &'static str,
+    /// The stream it copies, in the ledger's account.
+    pub origin: &'static str,
     /// The prefix under which that account reaches the ledger account's consumer API.
     pub api_prefix: &'static str,
     /// The subject prefix the ledger account delivers the mirror's messages on.
@@ -52,6 +58,8 @@ pub struct MirrorFeed {
 /// The projectors' copy of the ledger.
 pub const VIEWS_MIRROR: MirrorFeed = MirrorFeed {
     account: "VIEWS",
+    stream: "LEDGER_MIRROR",
+    origin: "LEDGER",
     api_prefix: "$JS.ledger.API",
     deliver_prefix: "erp.mirror.views",
 };
@@ -59,6 +67,8 @@ pub const VIEWS_MIRROR: MirrorFeed = MirrorFeed {
 /// The auditors' copy of the ledger.
 pub const AUDIT_MIRROR: MirrorFeed = MirrorFeed {
     account: "AUDIT",
+    stream: "LEDGER_MIRROR",
+    origin: "LEDGER",
     api_prefix: "$JS.ledger.API",
     deliver_prefix: "erp.mirror.audit",
 };
@@ -268,33 +278,40 @@ impl Credentials {
         };
         let mirror_imports = |feed: &MirrorFeed| {
             format!(
-                "      {{ service: {{ account: LEDGER, subject: \"$JS.API.CONSUMER.CREATE.LEDGER\" }}, to: \"{api}.CONSUMER.CREATE.LEDGER\" }}\n      {{ service: {{ account: LEDGER, subject: \"$JS.API.CONSUMER.CREATE.LEDGER.>\" }}, to: \"{api}.CONSUMER.CREATE.LEDGER.>\" }}\n      {{ stream: {{ account: LEDGER, subject: \"{deliver}.>\" }} }}",
+                "      {{ service: {{ account: LEDGER, subject: \"$JS.API.CONSUMER.CREATE.{origin}\" }}, to: \"{api}.CONSUMER.CREATE.{origin}\" }}\n      {{ service: {{ account: LEDGER, subject: \"$JS.API.CONSUMER.CREATE.{origin}.>\" }}, to: \"{api}.CONSUMER.CREATE.{origin}.>\" }}\n      {{ service: {{ account: LEDGER, subject: \"$JS.FC.{origin}.>\" }} }}\n      {{ stream: {{ account: LEDGER, subject: \"{deliver}.>\" }} }}",
                 api = feed.api_prefix,
+                origin = feed.origin,
                 deliver = feed.deliver_prefix
             )
         };
-        // What no reader may do to its copy of the ledger, nor through the imported API.
-        let mirror_denials = strings(&[
-            "$JS.API.STREAM.DELETE.LEDGER",
-            "$JS.API.STREAM.PURGE.LEDGER",
-            "$JS.API.STREAM.UPDATE.LEDGER",
-            "$JS.API.STREAM.MSG.DELETE.LEDGER",
-            "$JS.ledger.API.>",
-            "erp.mirror.>",
-        ]);
-        let read_mirror = strings(&[
-            "$JS.API.INFO",
-            "$JS.API.STREAM.INFO.LEDGER",
-            "$JS.API.STREAM.CREATE.LEDGER",
-            "$JS.API.CONSUMER.CREATE.LEDGER",
-            "$JS.API.CONSUMER.CREATE.LEDGER.>",
-            "$JS.API.CONSUMER.INFO.LEDGER.>",
-            "$JS.API.CONSUMER.DELETE.LEDGER.>",
-            "$JS.API.DIRECT.GET.LEDGER",
-            "$JS.API.DIRECT.GET.LEDGER.>",
-            "$JS.API.STREAM.MSG.GET.LEDGER",
-            "$JS.FC.LEDGER.>",
-        ]);
+        let copy = VIEWS_MIRROR.stream;
+        // What no reader may do to its copy of the ledger, nor through the imported APIs (the
+        // server feeds the mirror itself).
+        let mirror_denials: Vec<String> = [
+            format!("$JS.API.STREAM.DELETE.{copy}"),
+            format!("$JS.API.STREAM.PURGE.{copy}"),
+            format!("$JS.API.STREAM.UPDATE.{copy}"),
+            format!("$JS.API.STREAM.MSG.DELETE.{copy}"),
+            "$JS.API.STREAM.UPDATE.LEDGER".into(),
+            "$JS.FC.LEDGER.>".into(),
+            format!("{}.>", VIEWS_MIRROR.api_prefix),
+            "erp.mirror.>".into(),
+        ]
+        .into();
+        let read_mirror: Vec<String> = [
+            "$JS.API.INFO".to_owned(),
+            format!("$JS.API.STREAM.INFO.{copy}"),
+            format!("$JS.API.STREAM.CREATE.{copy}"),
+            format!("$JS.API.CONSUMER.CREATE.{copy}"),
+            format!("$JS.API.CONSUMER.CREATE.{copy}.>"),
+            format!("$JS.API.CONSUMER.INFO.{copy}.>"),
+            format!("$JS.API.CONSUMER.DELETE.{copy}.>"),
+            format!("$JS.API.DIRECT.GET.{copy}"),
+            format!("$JS.API.DIRECT.GET.{copy}.>"),
+            format!("$JS.API.STREAM.MSG.GET.{copy}"),
+            format!("$JS.FC.{copy}.>"),
+        ]
+        .into();
         let processor = user(PROCESSOR, &strings(&[">"]), &[], &strings(&[">"]), true);
         let projector = user(
             PROJECTOR,
@@ -352,6 +369,7 @@ accounts {{
       {{ service: "rpc.status", accounts: [CLIENTS, AUDIT] }}
       {{ service: "$JS.API.CONSUMER.CREATE.LEDGER", accounts: [VIEWS, AUDIT] }}
       {{ service: "$JS.API.CONSUMER.CREATE.LEDGER.>", accounts: [VIEWS, AUDIT] }}
+      {{ service: "$JS.FC.LEDGER.>", accounts: [VIEWS, AUDIT] }}
       {{ stream: "erp.answer.>", accounts: [CLIENTS] }}
       {{ stream: "{views_deliver}.>", accounts: [VIEWS] }}
       {{ stream: "{audit_deliver}.>", accounts: [AUDIT] }}
@@ -492,7 +510,16 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
         }
         None => async_nats::ConnectOptions::new(),
     };
-    options.connect(servers).await
+    options
+        // A publish the server refuses (a permissions violation) is otherwise silent: the
+        // sender would only see a request time out.
+        .event_callback(|event| async move {
+            if let async_nats::Event::ServerError(error) = event {
+                tracing::error!(%error, "the NATS server refused an operation of this connection");
+            }
+        })
+        .connect(servers)
+        .await
 }
 
 #[cfg(test)]

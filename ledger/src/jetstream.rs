@@ -79,6 +79,7 @@ impl LogConfig {
     /// The ledger as readers in another account see it: through the mirror `feed` of it.
     pub fn mirror(feed: crate::auth::MirrorFeed) -> LogConfig {
         LogConfig {
+            stream: feed.stream.into(),
             mirror: Some(feed),
             ..LogConfig::ledger()
         }
@@ -99,7 +100,7 @@ fn mirror_stream_config(config: &LogConfig, feed: &crate::auth::MirrorFeed) -> s
         deny_delete: true,
         deny_purge: true,
         mirror: Some(stream::Source {
-            name: config.stream.clone(),
+            name: feed.origin.into(),
             external: Some(stream::External {
                 api_prefix: feed.api_prefix.into(),
                 delivery_prefix: Some(feed.deliver_prefix.into()),
@@ -129,12 +130,12 @@ fn verify_mirror_stream(
     let api = source
         .and_then(|m| m.external.as_ref())
         .map(|e| e.api_prefix.clone());
-    if source.map(|m| m.name.as_str()) != Some(config.stream.as_str())
+    if source.map(|m| m.name.as_str()) != Some(feed.origin)
         || api.as_deref() != Some(feed.api_prefix)
     {
         return bad(
             "mirror",
-            format!("a mirror of {} through {}", config.stream, feed.api_prefix),
+            format!("a mirror of {} through {}", feed.origin, feed.api_prefix),
             format!("{:?} through {api:?}", source.map(|m| &m.name)),
         );
     }
@@ -491,13 +492,15 @@ impl JetStreamLog {
     }
 
     /// For a mirror: waits until it has copied everything the ledger held when asked (lag 0,
-    /// and active), reporting `(copied, lag)` as it goes. The ledger itself is always caught up.
+    /// and active), reporting `(copied, lag)` as it goes; gives up when the copy makes no
+    /// progress for `stall`. The ledger itself is always caught up.
     pub async fn wait_for_mirror(
         &self,
-        timeout: Duration,
+        stall: Duration,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ReadError> {
-        let deadline = std::time::Instant::now() + timeout;
+        let mut moved_at = std::time::Instant::now();
+        let mut seen = None;
         loop {
             let info = self
                 .stream
@@ -510,9 +513,13 @@ impl JetStreamLog {
                 Some(m) if m.lag == 0 && m.active.is_some() => return Ok(last),
                 Some(m) => progress(last, m.lag),
             }
-            if std::time::Instant::now() >= deadline {
+            if seen != Some(last) {
+                seen = Some(last);
+                moved_at = std::time::Instant::now();
+            } else if moved_at.elapsed() >= stall {
                 return Err(ReadError::Unavailable(format!(
-                    "the copy of the ledger in this account has not caught up within {timeout:?} (at {last})"
+                    "the copy of the ledger in this account ({}) has not moved for {stall:?}, at sequence {last}; is the processor's server reachable, and the account's mirror feed configured (`erp auth`)?",
+                    self.config.stream
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -242,8 +242,13 @@ async fn nothing_but_the_processor_puts_a_message_into_the_ledger_whatever_route
     ];
     for user in users {
         let (client, errors) = connect_as(&s.auth, &s.nats, user).await;
-        // Direct publishes to the ledger's and the intake's subjects.
-        for subject in ["led.sku.A", "led.w.forged", "led.cmd.x", "cmd.UK01"] {
+        // Direct publishes to the ledger's and the intake's subjects, and (but for the
+        // projector, whose they are) to the view registry and the snapshot store.
+        let mut subjects = vec!["led.sku.A", "led.w.forged", "led.cmd.x", "cmd.UK01"];
+        if user != PROJECTOR {
+            subjects.extend(["$KV.erp_views.ats", "$O.erp_snapshots.C.x"]);
+        }
+        for subject in subjects {
             client
                 .publish(subject, Bytes::from_static(b"forged"))
                 .await
@@ -375,6 +380,28 @@ async fn every_documented_operation_works_for_the_roles_that_need_it_and_no_othe
     let status: Value = serde_json::from_slice(&status.payload).unwrap();
     assert_eq!(status["foreign"]["count"], 0);
 
+    // Two UCI days as `upstream` (acting as itself), so the copies of the ledger must carry
+    // thousands of messages (their feeds' flow control included).
+    let uci: Vec<Bytes> = crate::projections::uci_bodies(2)
+        .into_iter()
+        .map(|b| {
+            let mut c: Value = serde_json::from_slice(&b).unwrap();
+            c.as_object_mut().unwrap().remove("actor");
+            bytes(&c)
+        })
+        .collect();
+    let mut refused = 0;
+    s.client("upstream")
+        .await
+        .submit_all(uci, 256, |_, o| match o.expect("an answer") {
+            Outcome::Accepted { .. } => {}
+            Outcome::Rejected { code, .. } if code != "forbidden" => refused += 1,
+            other => panic!("{other:?}"),
+        })
+        .await;
+    let last = s.ledger().await.last_sequence().await.unwrap();
+    assert!(last > 10_000, "{last}");
+
     // The projector, on its copy of the ledger, answers a sender's and the auditor's queries.
     let (projector_client, _) = connect_as(&s.auth, &s.nats, PROJECTOR).await;
     let copy = JetStreamLog::open(projector_client, LogConfig::mirror(VIEWS_MIRROR))
@@ -388,10 +415,6 @@ async fn every_documented_operation_works_for_the_roles_that_need_it_and_no_othe
     let views = tokio::spawn(projector.run(async {
         let _ = views_stopped.await;
     }));
-    let seq = match &outcome {
-        Outcome::Accepted { outcome_seq, .. } => *outcome_seq,
-        other => panic!("{other:?}"),
-    };
     for user in ["upstream", AUDITOR] {
         let (client, _) = connect_as(&s.auth, &s.nats, user).await;
         let answer = projections::client::ViewClient::new(client)
@@ -399,12 +422,13 @@ async fn every_documented_operation_works_for_the_roles_that_need_it_and_no_othe
                 "ats",
                 "get",
                 json!({"sku": "A", "location": "WH1"}),
-                Some(seq),
-                Duration::from_secs(10),
+                Some(last),
+                Duration::from_secs(30),
             )
             .await
             .unwrap_or_else(|e| panic!("{user} asks the ATS view: {e}"));
         assert_eq!(answer.result["on_hand"], 10, "{user}: {:?}", answer.result);
+        assert!(answer.seq >= last);
     }
 
     // The auditor verifies and replays its copy, through the library and the command line.
