@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use commands::client::CommandClient;
 use commands::service::ServiceConfig;
 use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};
-use ledger::server::{self, LocalServer, ServerOptions};
+use ledger::server;
 use projections::allocation::Allocation;
 use projections::ats::Ats;
 use projections::audit::Audit;
@@ -17,6 +17,7 @@ use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
 mod replay_cli;
+mod up;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -460,7 +461,7 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up { nats, args } => up(nats, args).await,
+        Command::Up { nats, args } => up::up(nats, args).await,
         Command::Auth { action } => auth(action),
         Command::Processor {
             nats,
@@ -552,7 +553,10 @@ async fn run() -> anyhow::Result<()> {
         Command::Status { nats } => {
             let log = open_for_audit(&nats).await?;
             status(&log).await?;
-            processor_status(log.client()).await
+            processor_status(log.client()).await?;
+            supervisor_status(log.client()).await;
+            views_status(log.client()).await;
+            Ok(())
         }
         Command::Verify { nats, args } => {
             replay_cli::verify(&open_for_audit(&nats).await?, &args).await
@@ -733,108 +737,6 @@ fn load_roles(path: Option<&std::path::Path>) -> anyhow::Result<commands::roles:
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         }
     }
-}
-
-async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
-    let UpArgs {
-        data_dir,
-        port,
-        no_fsync,
-        tools_dir,
-        demo,
-        demo_days,
-        roles,
-        purchasing,
-    } = args;
-    let fsync = !no_fsync;
-    let demo = demo.then_some(DemoArgs {
-        days: demo_days,
-        window: 512,
-        dataset: commands::demo::DATASET.into(),
-        print: false,
-    });
-    let roles = load_roles(roles.as_deref())?;
-    let auth = nats.auth_dir()?;
-    warn_if_open_and_remote(&nats, auth.is_some());
-    // The accounts block, inlined: nats-server resolves includes relative to its config.
-    let extra_config = auth.as_ref().map(|a| a.server_config()).unwrap_or_default();
-    let mut local = None;
-    let url = match &nats.nats {
-        Some(url) => url.clone(),
-        None => {
-            let binary = server::find_or_install(&tools_dir, SERVER_VERSION_MIN)?;
-            let server = LocalServer::start(ServerOptions {
-                binary,
-                port,
-                data_dir: data_dir.join("nats"),
-                sync_always: fsync,
-                die_with_parent: true,
-                extra_config,
-            })
-            .context("starting the local nats-server (is the port taken? try --port)")?;
-            tracing::info!(url = %server.url(), store = %data_dir.join("nats").display(), fsync, auth = auth.is_some(), "local nats-server started");
-            let url = server.url();
-            local = Some(server);
-            url
-        }
-    };
-    let nats = NatsArgs {
-        nats: Some(url.clone()),
-        ..nats
-    };
-    let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROCESSOR)?).await?;
-    let log = JetStreamLog::open(client.clone(), nats.ledger()).await?;
-    status(&log).await?;
-    let config = ServiceConfig {
-        roles,
-        purchase_policy: purchasing.policy(),
-        principals: auth.as_ref().map(|a| a.principals.clone()),
-        ..ServiceConfig::default()
-    };
-    let service = commands::service::Service::start(client.clone(), log, config).await?;
-    let projector_client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROJECTOR)?).await?;
-    let views_config = nats.reader(ledger::auth::VIEWS_MIRROR);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let processor = tokio::spawn(service.serve(async {
-        let _ = stopped.await;
-    }));
-    let (stop_views, views_stopped) = tokio::sync::watch::channel(false);
-    let mut projectors = Vec::new();
-    for view in ViewName::ALL {
-        let log = JetStreamLog::open(projector_client.clone(), views_config.clone()).await?;
-        let mut stopped = views_stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.changed().await;
-        };
-        projectors.push(tokio::spawn(async move {
-            let ended = view
-                .project(log, Mode::Live, ProjectorConfig::default(), shutdown)
-                .await;
-            if let Err(e) = &ended {
-                tracing::error!(view = view.as_str(), error = %e, "projector stopped");
-            }
-            ended
-        }));
-    }
-    println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment) running; Ctrl-C stops it"
-    );
-    if let Some(demo) = demo {
-        let sender = nats.sender("upstream")?;
-        run_demo(&sender.connect().await?, sender.user.clone(), &demo).await?;
-    }
-    shutdown_signal().await?;
-    let _ = stop.send(());
-    processor.await??;
-    let _ = stop_views.send(true);
-    for projector in projectors {
-        projector.await??;
-    }
-    if let Some(mut server) = local {
-        tracing::info!("stopping the local nats-server");
-        server.stop(Duration::from_secs(10));
-    }
-    Ok(())
 }
 
 async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyhow::Result<()> {
@@ -1021,6 +923,63 @@ async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// What `erp up`'s supervisor says of its components, if an `erp up` is running.
+async fn supervisor_status(client: &async_nats_client::Client) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(up::SUPERVISOR_STATUS, Bytes::new()),
+    )
+    .await;
+    let Ok(Ok(msg)) = answer else {
+        println!("erp up: not running (or not reachable); components are managed elsewhere");
+        return;
+    };
+    let Ok(board) = serde_json::from_slice::<std::collections::BTreeMap<String, serde_json::Value>>(
+        &msg.payload,
+    ) else {
+        return;
+    };
+    println!("erp up components:");
+    for (name, c) in board {
+        println!(
+            "  {name:26} {:10} up {:>6} s, {} restarts{}",
+            c["state"].as_str().unwrap_or("?"),
+            c["up_seconds"],
+            c["restarts"],
+            c["last_failure"]
+                .as_str()
+                .map(|f| format!(", last failure: {f}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Each view's checkpoint and lag, as its projector answers.
+async fn views_status(client: &async_nats_client::Client) {
+    let views = projections::client::ViewClient::new(client.clone());
+    for view in ViewName::ALL {
+        match views
+            .ask(
+                view.as_str(),
+                "status",
+                serde_json::json!({}),
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+        {
+            Ok(answer) => println!(
+                "view {:13} at {}, {} behind the ledger, {} foreign messages passed over",
+                view.as_str(),
+                answer.result["checkpoint"],
+                answer.result["lag"],
+                answer.result["foreign"]["count"]
+            ),
+            Err(e) => println!("view {:13} not answering ({e})", view.as_str()),
+        }
+    }
 }
 
 async fn status(log: &JetStreamLog) -> anyhow::Result<()> {

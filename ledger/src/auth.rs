@@ -328,7 +328,12 @@ impl Credentials {
             true,
         );
         let mut auditor_publish = read_mirror.clone();
-        auditor_publish.extend(strings(&["view.>", "rpc.outcome", "rpc.status"]));
+        auditor_publish.extend(strings(&[
+            "view.>",
+            "rpc.outcome",
+            "rpc.status",
+            "erp.up.status",
+        ]));
         let auditor = user(
             AUDITOR,
             &auditor_publish,
@@ -349,7 +354,12 @@ impl Credentials {
                     publish.push(format!("rpc.cmd.{entity}.{name}"));
                     publish.push(format!("cmd.{entity}.{name}"));
                 }
-                publish.extend(strings(&["rpc.outcome", "rpc.status", "view.>"]));
+                publish.extend(strings(&[
+                    "rpc.outcome",
+                    "rpc.status",
+                    "erp.up.status",
+                    "view.>",
+                ]));
                 let subscribe = vec!["_INBOX.>".to_owned(), format!("erp.answer.{name}.>")];
                 user(name, &publish, &[], &subscribe, false)
             })
@@ -367,6 +377,7 @@ accounts {{
       {{ service: "cmd.>", accounts: [CLIENTS] }}
       {{ service: "rpc.outcome", accounts: [CLIENTS, AUDIT] }}
       {{ service: "rpc.status", accounts: [CLIENTS, AUDIT] }}
+      {{ service: "erp.up.status", accounts: [CLIENTS, AUDIT] }}
       {{ service: "$JS.API.CONSUMER.CREATE.LEDGER", accounts: [VIEWS, AUDIT] }}
       {{ service: "$JS.API.CONSUMER.CREATE.LEDGER.>", accounts: [VIEWS, AUDIT] }}
       {{ service: "$JS.FC.LEDGER.>", accounts: [VIEWS, AUDIT] }}
@@ -396,6 +407,7 @@ accounts {{
 {audit_mirror}
       {{ service: {{ account: LEDGER, subject: "rpc.outcome" }} }}
       {{ service: {{ account: LEDGER, subject: "rpc.status" }} }}
+      {{ service: {{ account: LEDGER, subject: "erp.up.status" }} }}
       {{ service: {{ account: VIEWS, subject: "view.>" }} }}
     ]
   }}
@@ -408,6 +420,7 @@ accounts {{
       {{ service: {{ account: LEDGER, subject: "cmd.>" }} }}
       {{ service: {{ account: LEDGER, subject: "rpc.outcome" }} }}
       {{ service: {{ account: LEDGER, subject: "rpc.status" }} }}
+      {{ service: {{ account: LEDGER, subject: "erp.up.status" }} }}
       {{ service: {{ account: VIEWS, subject: "view.>" }} }}
       {{ stream: {{ account: LEDGER, subject: "erp.answer.>" }} }}
     ]

@@ -258,6 +258,9 @@ impl LocalServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Its own process group: a Ctrl-C in the terminal reaches `erp`, which stops its
+        // components first and the server last, instead of reaching the server too.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         if self.options.die_with_parent {
             die_with_parent(&mut command);
         }
