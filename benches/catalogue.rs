@@ -26,7 +26,7 @@ use ledger::jetstream::{JetStreamLog, LogConfig};
 use ledger::log::Head;
 use ledger::values::Timestamp;
 use ledger::{EventLog, Subject};
-use projections::View;
+use projections::Model;
 use projections::ats::Ats;
 use serde_json::json;
 

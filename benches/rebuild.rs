@@ -111,7 +111,7 @@ async fn run() {
     let last = log.last_sequence().await.expect("last");
     let raw = (common::raw_read(&log, last).await + common::raw_read(&log, last).await) / 2.0;
     let decoded = decoded_read(&log).await;
-    let replay_ats = replayed::<replay::ViewModel<Ats>>(&log, last).await;
+    let replay_ats = replayed::<Ats>(&log, last).await;
     let replay_state = replayed::<replay::WriteModel>(&log, last).await;
     let verify = verified(&log).await;
     let raw_after = common::raw_read(&log, last).await;

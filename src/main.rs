@@ -206,7 +206,9 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
         view: ViewName,
-        /// get, sku, channel, explain, order, open, backordered, entity, status, dump
+        /// The operation: the view's own (schemas/views/<view>.schema.json, docs/VIEWS.md),
+        /// `status`, `rows` (every row, paged), or `watch` (print every change as a JSON line,
+        /// following rebuilds, until Ctrl-C).
         op: String,
         /// The query as JSON.
         #[arg(default_value = "{}")]
@@ -214,6 +216,9 @@ enum Command {
         /// Wait until the view has applied the ledger up to this sequence.
         #[arg(long)]
         min_seq: Option<u64>,
+        /// Follow the answer's pages (`next_after` / `next_after_seq`) to the end, printing each.
+        #[arg(long)]
+        all: bool,
     },
     /// Drive the UCI Online Retail year through the processor as upstream systems would.
     Demo {
@@ -514,21 +519,16 @@ async fn run() -> anyhow::Result<()> {
             op,
             body,
             min_seq,
+            all,
         } => {
             let body: serde_json::Value =
                 serde_json::from_str(&body).context("the query body must be JSON")?;
+            if op == "watch" {
+                return watch_view(&nats, view).await;
+            }
             let client =
                 projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
-            let answer = client
-                .ask(view.as_str(), &op, body, min_seq, Duration::from_secs(10))
-                .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"seq": answer.seq, "result": answer.result})
-                )?
-            );
-            Ok(())
+            ask_view(&client, view, &op, body, min_seq, all).await
         }
         Command::Demo { nats, demo } if demo.print => {
             // Printing needs no server.
@@ -923,6 +923,83 @@ async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// Asks a view and prints the answer; with `all`, every page of it.
+async fn ask_view(
+    client: &projections::client::ViewClient,
+    view: ViewName,
+    op: &str,
+    mut body: serde_json::Value,
+    min_seq: Option<u64>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut pages = 0;
+    loop {
+        let answer = client
+            .ask(
+                view.as_str(),
+                op,
+                body.clone(),
+                min_seq,
+                Duration::from_secs(10),
+            )
+            .await?;
+        pages += 1;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"seq": answer.seq, "result": answer.result})
+            )?
+        );
+        let next = [("next_after_seq", "after_seq"), ("next_after", "after")]
+            .into_iter()
+            .find_map(|(field, param)| {
+                let value = answer.result.get(field)?;
+                (!value.is_null()).then(|| (param, value.clone()))
+            });
+        match next {
+            Some((param, value)) if all => body[param] = value,
+            Some(_) => {
+                eprintln!("(more: --all follows every page)");
+                return Ok(());
+            }
+            None => {
+                if all {
+                    eprintln!("{pages} pages");
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `erp view <view> watch`: every change of the view as a JSON line, following rebuilds.
+async fn watch_view(nats: &NatsArgs, view: ViewName) -> anyhow::Result<()> {
+    // The view's buckets live with the projectors (with --auth, the VIEWS account).
+    let auth = nats.auth_dir()?;
+    let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROJECTOR)?).await?;
+    let js = ledger::jetstream::nats::jetstream::new(client);
+    let mut watch = projections::client::ViewWatch::start(js, view.as_str()).await?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            change = watch.next() => match change {
+                Some(change) => {
+                    use std::io::Write;
+                    let c = change?;
+                    let line = serde_json::json!({"key": c.key, "value": c.value, "generation": c.generation, "initial": c.initial});
+                    match writeln!(std::io::stdout().lock(), "{line}") {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        other => other?,
+                    }
+                }
+                None => return Ok(()),
+            },
+        }
+    }
 }
 
 /// What `erp up`'s supervisor says of its components, if an `erp up` is running.

@@ -13,7 +13,7 @@ use projections::replenish::Replenishment;
 use replay::output::{self, Filter, Format};
 use replay::point::{self, Knowledge, Point, Resolved};
 use replay::verify::{Digest, VerifyOptions};
-use replay::{Model, Progress, ViewModel, WriteModel};
+use replay::{Model, Progress, WriteModel};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ReplayView {
@@ -174,23 +174,15 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
     let filter =
         Filter::new(args.key_prefix.clone(), &args.conditions).map_err(anyhow::Error::msg)?;
     let text = match args.view {
-        ReplayView::Ats => {
-            build::<ViewModel<Ats>>(log, &points, format, &filter, args.quiet).await?
-        }
+        ReplayView::Ats => build::<Ats>(log, &points, format, &filter, args.quiet).await?,
         ReplayView::Allocation => {
-            build::<ViewModel<Allocation>>(log, &points, format, &filter, args.quiet).await?
+            build::<Allocation>(log, &points, format, &filter, args.quiet).await?
         }
-        ReplayView::Audit => {
-            build::<ViewModel<Audit>>(log, &points, format, &filter, args.quiet).await?
-        }
-        ReplayView::Margin => {
-            build::<ViewModel<Margin>>(log, &points, format, &filter, args.quiet).await?
-        }
-        ReplayView::Finance => {
-            build::<ViewModel<Finance>>(log, &points, format, &filter, args.quiet).await?
-        }
+        ReplayView::Audit => build::<Audit>(log, &points, format, &filter, args.quiet).await?,
+        ReplayView::Margin => build::<Margin>(log, &points, format, &filter, args.quiet).await?,
+        ReplayView::Finance => build::<Finance>(log, &points, format, &filter, args.quiet).await?,
         ReplayView::Replenishment => {
-            build::<ViewModel<Replenishment>>(log, &points, format, &filter, args.quiet).await?
+            build::<Replenishment>(log, &points, format, &filter, args.quiet).await?
         }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };
@@ -455,7 +447,7 @@ pub async fn replenish(
     args: &ReplenishArgs,
 ) -> anyhow::Result<()> {
     let last = ledger::EventLog::last_sequence(log).await?;
-    let mut replayed = replay::replay::<_, ViewModel<Replenishment>>(
+    let mut replayed = replay::replay::<_, Replenishment>(
         log,
         &[Resolved::at_seq(last)],
         progress_printer("replenish", args.quiet),
@@ -487,7 +479,7 @@ pub async fn replenish(
     let Some(supplier) = &args.accept else {
         return Ok(());
     };
-    let view = &built.model.0;
+    let view = &built.model;
     let mut by_location: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();
     let mut when = None;

@@ -194,12 +194,11 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
 
     let board: Board = Arc::default();
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(answer_status(
+    let status_task = tokio::spawn(answer_status(
         client.clone(),
         board.clone(),
         stop_rx.clone(),
-    )));
+    ));
     let service_config = ServiceConfig {
         roles,
         purchase_policy: purchasing.policy(),
@@ -278,9 +277,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     for projector in projectors {
         let _ = tokio::time::timeout(deadline, projector).await;
     }
-    for task in tasks {
-        task.abort();
-    }
+    status_task.abort();
     if let Some(mut server) = local {
         server.stop(Duration::from_secs(5));
     }

@@ -651,6 +651,39 @@ impl JetStreamLog {
         }
     }
 
+    /// The readable events of one subject after `after_seq` and up to `until_seq`, in order,
+    /// read as they are asked for (a page of an explanation reads no further than it needs).
+    pub async fn subject_events(
+        &self,
+        subject: &Subject,
+        after_seq: u64,
+        until_seq: u64,
+    ) -> Result<SubjectEvents, ReadError> {
+        let unavailable = |e: &dyn std::fmt::Display| ReadError::Unavailable(e.to_string());
+        let full = self.config.subjects.full(subject);
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: full,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after_seq + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let messages = if consumer.cached_info().num_pending == 0 || after_seq >= until_seq {
+            None
+        } else {
+            Some(consumer.messages().await.map_err(|e| unavailable(&e))?)
+        };
+        Ok(SubjectEvents {
+            messages,
+            until_seq,
+            space: self.config.subjects.clone(),
+        })
+    }
+
     /// Reads and decodes the message at `seq`.
     pub async fn get(&self, seq: u64) -> Result<Option<LogRecord>, ReadError> {
         match self.stream.direct_get(seq).await {
@@ -948,6 +981,56 @@ impl EventLog for JetStreamLog {
             .await
             .map_err(|e| ReadError::Unavailable(e.to_string()))?;
         Ok(info.state.last_sequence)
+    }
+}
+
+/// The events of one subject, read on demand (`JetStreamLog::subject_events`).
+pub struct SubjectEvents {
+    messages: Option<consumer::pull::Ordered>,
+    until_seq: u64,
+    space: SubjectSpace,
+}
+
+impl std::fmt::Debug for SubjectEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectEvents")
+            .field("open", &self.messages.is_some())
+            .field("until_seq", &self.until_seq)
+            .finish()
+    }
+}
+
+impl SubjectEvents {
+    /// The next readable event, `None` after `until_seq` or at the subject's end.
+    pub async fn next(&mut self) -> Result<Option<RecordedEvent>, ReadError> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                return Ok(None);
+            };
+            let Some(msg) = messages.next().await else {
+                self.messages = None;
+                return Ok(None);
+            };
+            let msg = msg.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            let info = msg
+                .info()
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            let (seq, pending, published) = (info.stream_sequence, info.pending, info.published);
+            if seq > self.until_seq {
+                self.messages = None;
+                return Ok(None);
+            }
+            if pending == 0 || seq == self.until_seq {
+                self.messages = None;
+            }
+            // A message that is not a readable event is foreign: never part of a subject's
+            // history.
+            if let Ok(event) =
+                decode_record(&self.space, seq, &msg.subject, &msg.payload, published)
+            {
+                return Ok(Some(event));
+            }
+        }
     }
 }
 

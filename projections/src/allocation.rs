@@ -4,14 +4,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ledger::events::Event;
-use ledger::subject::escape_token;
 use ledger::{RecordedEvent, Subject};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::view::{QueryError, View, field};
+use crate::key::{self, KeyShape};
+use crate::view::{Answer, Model, QueryError, View, page, page_limit};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Route {
     pub location: String,
     pub reason: String,
@@ -19,7 +20,7 @@ pub struct Route {
 }
 
 /// `open` while any unit is neither shipped nor cancelled, then `closed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     #[default]
@@ -28,7 +29,7 @@ pub enum OrderStatus {
 }
 
 /// Where a line stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LineState {
     #[default]
@@ -42,7 +43,7 @@ pub enum LineState {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LineView {
     pub sku: String,
     pub qty: i64,
@@ -86,7 +87,7 @@ impl LineView {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderView {
     pub order: String,
     pub channel: String,
@@ -201,15 +202,12 @@ fn apply_order_event(o: &mut OrderView, event: &Event, seq: u64) {
     }
 }
 
-impl View for Allocation {
-    const NAME: &'static str = "allocation";
-    const VERSION: u32 = 1;
-
+impl Model for Allocation {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         let Subject::Order(order) = &event.envelope.subject else {
             return;
         };
-        let key = format!("ord.{}", escape_token(order.as_str()));
+        let key = key::key("ord", &[order.as_str()]);
         let view = match &event.envelope.event {
             Event::OrderPlaced(p) => {
                 let lines = p
@@ -270,29 +268,66 @@ impl View for Allocation {
             .get(key)
             .map(|o| serde_json::to_value(o).expect("orders serialise"))
     }
+}
 
-    fn query(&self, op: &str, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
-        let limit = body.get("limit").and_then(|l| l.as_u64()).unwrap_or(1000) as usize;
-        let list = |set: &BTreeSet<String>| -> serde_json::Value {
-            let orders: Vec<&str> = set
-                .iter()
-                .take(limit)
-                .filter_map(|k| self.orders.get(k))
-                .map(|o| o.order.as_str())
-                .collect();
-            json!({"count": set.len(), "orders": orders})
+/// Queries of `view.allocation.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AllocationQuery {
+    /// One order, its lines, where each is allocated and why.
+    Order { order: String },
+    /// Orders with units neither shipped nor cancelled, in key order, a page at a time.
+    Open {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Orders with a backordered line, a page at a time.
+    Backordered {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+impl View for Allocation {
+    const NAME: &'static str = "allocation";
+    const VERSION: u32 = 1;
+    const KEYS: &'static [KeyShape] = &[KeyShape {
+        kind: "ord",
+        parts: &["order"],
+        row: "OrderView: an order's lines, their state, allocations and routing reasons",
+    }];
+    type Row = OrderView;
+    type Query = AllocationQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        Box::new(self.orders.keys().cloned())
+    }
+
+    fn answer(&self, query: &AllocationQuery) -> Result<Answer, QueryError> {
+        let list = |set: &BTreeSet<String>, after: &Option<String>, limit: Option<u32>| {
+            let (orders, next_after) = page(
+                set.iter()
+                    .filter_map(|k| self.orders.get(k).map(|o| (k.clone(), o.order.as_str()))),
+                after.as_deref(),
+                page_limit(limit)?,
+            );
+            Ok(Answer::Value(
+                json!({"count": set.len(), "orders": orders, "next_after": next_after}),
+            ))
         };
-        match op {
-            "order" => {
-                let key = format!("ord.{}", escape_token(field(body, "order")?));
+        match query {
+            AllocationQuery::Order { order } => {
+                let key = key::key("ord", &[order]);
                 self.value(&key)
-                    .ok_or_else(|| QueryError::not_found(format!("no order {key}")))
+                    .map(Answer::Value)
+                    .ok_or_else(|| QueryError::not_found(format!("no order {order}")))
             }
-            "open" => Ok(list(&self.open)),
-            "backordered" => Ok(list(&self.backordered)),
-            other => Err(QueryError::bad_query(format!(
-                "unknown query `{other}`; expected order, open or backordered"
-            ))),
+            AllocationQuery::Open { after, limit } => list(&self.open, after, *limit),
+            AllocationQuery::Backordered { after, limit } => list(&self.backordered, after, *limit),
         }
     }
 }

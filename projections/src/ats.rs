@@ -11,13 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use ledger::events::{ChannelAllocationRule, Event};
 use ledger::subject::escape_token;
 use ledger::{RecordedEvent, Subject};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::view::{Explain, QueryError, View, field};
+use crate::key::{self, KeyShape};
+use crate::view::{Answer, Model, QueryError, Read, ReadSource, TimeRange, View, page, page_limit};
 
 /// The figures of one SKU at one location.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AtsRow {
     pub sku: String,
     pub location: String,
@@ -78,8 +80,54 @@ impl OpenPurchase {
     }
 }
 
+/// The row key of a SKU at a location (both tokens already escaped).
 fn loc_key(sku: &str, location: &str) -> String {
     format!("loc.{sku}.{location}")
+}
+
+/// What a SKU may be sold as on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ChannelRow {
+    pub sku: String,
+    pub channel: String,
+    pub available_to_sell: i64,
+    /// The channel's allocation rule for the SKU, if it has one.
+    pub rule: Option<ChannelAllocationRule>,
+}
+
+/// A row of the ATS view: figures at a location, or available to sell on a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AtsViewRow {
+    Location(AtsRow),
+    Channel(ChannelRow),
+}
+
+/// Queries of `view.ats.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AtsQuery {
+    /// The figures of a SKU at a location.
+    Get { sku: String, location: String },
+    /// A SKU's figures at its locations (paged by location key) and on every channel.
+    Sku {
+        sku: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// What a SKU may be sold as on a channel.
+    Channel { sku: String, channel: String },
+    /// The events behind a SKU's figures at a location, oldest first, a page at a time.
+    Explain {
+        sku: String,
+        location: String,
+        #[serde(default)]
+        after_seq: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 impl Ats {
@@ -250,11 +298,7 @@ impl Ats {
     }
 }
 
-impl View for Ats {
-    const NAME: &'static str = "ats";
-    /// 2: inbound from purchase orders.
-    const VERSION: u32 = 2;
-
+impl Model for Ats {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         match (&event.envelope.subject, &event.envelope.event) {
             (_, Event::ItemDefined(item) | Event::ItemChanged(item)) => {
@@ -271,7 +315,10 @@ impl View for Ats {
                     row.seq = event.seq;
                     changed.insert(key);
                 }
-                self.touch_channels(&token, changed);
+                // A SKU without stock figures has no channel rows yet.
+                if self.skus.contains_key(&token) {
+                    self.touch_channels(&token, changed);
+                }
             }
             (_, Event::ChannelDefined(c)) => {
                 let token = escape_token(c.channel.as_str());
@@ -330,8 +377,16 @@ impl View for Ats {
     }
 
     fn value(&self, key: &str) -> Option<serde_json::Value> {
+        self.view_row(key)
+            .map(|row| serde_json::to_value(row).expect("rows serialise"))
+    }
+}
+
+impl Ats {
+    /// The row of any key, location or channel.
+    fn view_row(&self, key: &str) -> Option<AtsViewRow> {
         if let Some(row) = self.rows.get(key) {
-            return Some(serde_json::to_value(row).expect("rows serialise"));
+            return Some(AtsViewRow::Location(row.clone()));
         }
         let rest = key.strip_prefix("chan.")?;
         let (sku_token, channel_token) = rest.split_once('.')?;
@@ -342,47 +397,132 @@ impl View for Ats {
             .map(|(c, _)| c)?;
         let sku = self.skus.get(sku_token)?;
         let (available, rule) = self.channel_available(sku_token, channel);
-        Some(json!({"sku": sku, "channel": channel, "available_to_sell": available, "rule": rule}))
+        Some(AtsViewRow::Channel(ChannelRow {
+            sku: sku.clone(),
+            channel: channel.clone(),
+            available_to_sell: available,
+            rule: rule.cloned(),
+        }))
     }
 
-    fn query(&self, op: &str, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
-        let sku = escape_token(field(body, "sku")?);
-        match op {
-            "get" => {
-                let location = escape_token(field(body, "location")?);
-                self.value(&loc_key(&sku, &location)).ok_or_else(|| {
-                    QueryError::not_found(format!("no stock figures for {sku} at {location}"))
-                })
+    fn channel_keys(&self) -> Vec<String> {
+        let mut channel_tokens: Vec<&String> = self.channels.values().collect();
+        channel_tokens.sort();
+        self.skus
+            .keys()
+            .flat_map(|sku| {
+                channel_tokens
+                    .iter()
+                    .map(move |channel| format!("chan.{sku}.{channel}"))
+            })
+            .collect()
+    }
+}
+
+impl View for Ats {
+    const NAME: &'static str = "ats";
+    /// 2: inbound from purchase orders.
+    const VERSION: u32 = 2;
+    const KEYS: &'static [KeyShape] = &[
+        KeyShape {
+            kind: "loc",
+            parts: &["sku", "location"],
+            row: "AtsRow: the figures of a SKU at a location",
+        },
+        KeyShape {
+            kind: "chan",
+            parts: &["sku", "channel"],
+            row: "ChannelRow: what a SKU may be sold as on a channel",
+        },
+    ];
+    type Row = AtsViewRow;
+    type Query = AtsQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        // `chan.` sorts before `loc.`.
+        Box::new(
+            self.channel_keys()
+                .into_iter()
+                .chain(self.rows.keys().cloned()),
+        )
+    }
+
+    fn answer(&self, query: &AtsQuery) -> Result<Answer, QueryError> {
+        let value = |row: AtsViewRow| serde_json::to_value(row).expect("rows serialise");
+        match query {
+            AtsQuery::Get { sku, location } => {
+                let key = key::key("loc", &[sku, location]);
+                self.view_row(&key)
+                    .map(|r| Answer::Value(value(r)))
+                    .ok_or_else(|| {
+                        QueryError::not_found(format!("no stock figures for {sku} at {location}"))
+                    })
             }
-            "sku" => {
-                let locations: Vec<&AtsRow> = self.rows_of(&sku).collect();
+            AtsQuery::Sku { sku, after, limit } => {
+                let token = escape_token(sku);
+                let (locations, next_after) = page(
+                    self.rows_of(&token)
+                        .map(|r| (loc_key(&token, &escape_token(&r.location)), r)),
+                    after.as_deref(),
+                    page_limit(*limit)?,
+                );
                 let channels: Vec<serde_json::Value> = self
-                    .channels
-                    .values()
-                    .filter_map(|c| self.value(&format!("chan.{sku}.{c}")))
+                    .channel_keys()
+                    .into_iter()
+                    .filter(|k| k.starts_with(&format!("chan.{token}.")))
+                    .filter_map(|k| self.view_row(&k).map(value))
                     .collect();
-                Ok(json!({"locations": locations, "channels": channels}))
+                Ok(Answer::Value(
+                    json!({"locations": locations, "channels": channels, "next_after": next_after}),
+                ))
             }
-            "channel" => {
-                let channel = escape_token(field(body, "channel")?);
-                self.value(&format!("chan.{sku}.{channel}")).ok_or_else(|| {
-                    QueryError::not_found(format!("no channel figure for {sku} on {channel}"))
-                })
+            AtsQuery::Channel { sku, channel } => {
+                let key = key::key("chan", &[sku, channel]);
+                self.view_row(&key)
+                    .map(|r| Answer::Value(value(r)))
+                    .ok_or_else(|| {
+                        QueryError::not_found(format!("no channel figure for {sku} on {channel}"))
+                    })
             }
-            other => Err(QueryError::bad_query(format!(
-                "unknown query `{other}`; expected get, sku, channel or explain"
-            ))),
+            AtsQuery::Explain {
+                sku,
+                after_seq,
+                limit,
+                ..
+            } => {
+                let sku = ledger::values::Sku::new(sku.as_str())
+                    .map_err(|e| QueryError::bad_query(e.to_string()))?;
+                Ok(Answer::Read(Read {
+                    from: ReadSource::Subject(Subject::Stock(sku)),
+                    after_seq: after_seq.unwrap_or(0),
+                    limit: page_limit(*limit)?,
+                    range: TimeRange::default(),
+                }))
+            }
         }
     }
 
-    fn explain(&self, body: &serde_json::Value) -> Result<Explain, QueryError> {
-        let sku = ledger::values::Sku::new(field(body, "sku")?)
-            .map_err(|e| QueryError::bad_query(e.to_string()))?;
-        let location = ledger::values::LocationId::new(field(body, "location")?)
-            .map_err(|e| QueryError::bad_query(e.to_string()))?;
-        Ok(Explain {
-            subject: Subject::Stock(sku),
-            location,
-        })
+    /// An explanation line: what the event did to the figures at the location asked about.
+    fn render(&self, query: &AtsQuery, event: &RecordedEvent) -> Option<serde_json::Value> {
+        let AtsQuery::Explain { location, .. } = query else {
+            return None;
+        };
+        let delta = ledger::effects::stock_deltas(&event.envelope.event)
+            .into_iter()
+            .find(|d| d.location.as_str() == location)?;
+        let figure = |n: i64| (n != 0).then_some(n);
+        Some(json!({
+            "seq": event.seq,
+            "type": event.envelope.event.event_type().name(),
+            "effective_at": event.envelope.effective_at.to_string(),
+            "recorded_at": event.recorded_at.to_string(),
+            "command_id": event.envelope.command_id,
+            "actor": event.envelope.actor.id.to_string(),
+            "on_hand": figure(delta.on_hand),
+            "allocated": figure(delta.allocated),
+            "reserved": figure(delta.reserved),
+            "quality_hold": figure(delta.quality_hold),
+            "in_transit": figure(delta.in_transit),
+        }))
     }
 }

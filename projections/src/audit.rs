@@ -11,11 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ledger::RecordedEvent;
 use ledger::events::Event;
-use ledger::subject::escape_token;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::json;
 
-use crate::view::{EventsQuery, QueryError, TimeRange, View, field};
+use crate::key::{self, KeyShape};
+use crate::view::{
+    Answer, Model, QueryError, Read, ReadSource, TimeBasis, TimeRange, View, page, page_limit,
+};
 
 /// Ascending sequences, stored as gaps so a year of history stays small.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,7 +63,44 @@ pub struct Audit {
 /// `sku:85123A` -> `ent.sku.85123A` (KV keys cannot hold `:`; ids are escaped).
 fn kv_key(entity: &str) -> String {
     let (kind, id) = entity.split_once(':').unwrap_or(("other", entity));
-    format!("ent.{kind}.{}", escape_token(id))
+    key::key("ent", &[kind, id])
+}
+
+/// An entity's row: how many events concern it, and the last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct EntityRow {
+    /// `kind:id`, e.g. `sku:85123A`, `actor:clerk-7`.
+    pub entity: String,
+    pub events: usize,
+    pub last_seq: Option<u64>,
+}
+
+/// Queries of `view.audit.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuditQuery {
+    /// The events and refused commands that concern an entity (`kind:id`), read back from the
+    /// ledger, oldest first, a page at a time, optionally within a time window.
+    Entity {
+        entity: String,
+        #[serde(default)]
+        after_seq: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        time: TimeBasis,
+        #[serde(default)]
+        from: Option<ledger::values::Timestamp>,
+        #[serde(default)]
+        to: Option<ledger::values::Timestamp>,
+    },
+    /// The entities the trail knows, with their counts, a page at a time.
+    Entities {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 fn entities_of(event: &RecordedEvent) -> BTreeSet<String> {
@@ -78,10 +118,7 @@ fn entities_of(event: &RecordedEvent) -> BTreeSet<String> {
     keys
 }
 
-impl View for Audit {
-    const NAME: &'static str = "audit";
-    const VERSION: u32 = 1;
-
+impl Model for Audit {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         for entity in entities_of(event) {
             changed.insert(kv_key(&entity));
@@ -90,52 +127,87 @@ impl View for Audit {
     }
 
     fn value(&self, key: &str) -> Option<serde_json::Value> {
-        let (kind, token) = key.strip_prefix("ent.")?.split_once('.')?;
-        let entity = format!("{kind}:{}", ledger::subject::unescape_token(token).ok()?);
-        let seqs = self.entities.get(&entity)?;
-        Some(json!({"entity": entity, "events": seqs.0.len(), "last_seq": seqs.0.last()}))
+        let [kind, id]: [String; 2] = key::parts(key, "ent", 2)?.try_into().ok()?;
+        let row = self.row(&format!("{kind}:{id}"))?;
+        Some(serde_json::to_value(row).expect("rows serialise"))
+    }
+}
+
+impl View for Audit {
+    const NAME: &'static str = "audit";
+    const VERSION: u32 = 1;
+    const KEYS: &'static [KeyShape] = &[KeyShape {
+        kind: "ent",
+        parts: &["kind", "id"],
+        row: "EntityRow: how many events concern an entity, and the last",
+    }];
+    type Row = EntityRow;
+    type Query = AuditQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        let mut keys: Vec<String> = self.entities.keys().map(|e| kv_key(e)).collect();
+        keys.sort();
+        Box::new(keys.into_iter())
     }
 
-    fn query(&self, op: &str, _body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
-        match op {
-            "entities" => Ok(json!({"count": self.entities.len()})),
-            other => Err(QueryError::bad_query(format!(
-                "unknown query `{other}`; expected entity or entities"
-            ))),
-        }
-    }
-
-    fn events(
-        &self,
-        op: &str,
-        body: &serde_json::Value,
-    ) -> Option<Result<EventsQuery, QueryError>> {
-        if op != "entity" {
-            return None;
-        }
-        Some((|| {
-            let entity = field(body, "entity")?;
-            if !entity.contains(':') {
-                return Err(QueryError::bad_query(
-                    "entity: expected kind:id, e.g. sku:85123A or actor:clerk-7",
-                ));
+    fn answer(&self, query: &AuditQuery) -> Result<Answer, QueryError> {
+        match query {
+            AuditQuery::Entity {
+                entity,
+                after_seq,
+                limit,
+                time,
+                from,
+                to,
+            } => {
+                if !entity.contains(':') {
+                    return Err(QueryError::bad_query(
+                        "entity: expected kind:id, e.g. sku:85123A or actor:clerk-7",
+                    ));
+                }
+                Ok(Answer::Read(Read {
+                    from: ReadSource::Seqs(self.sequences(entity).to_vec()),
+                    after_seq: after_seq.unwrap_or(0),
+                    limit: page_limit(*limit)?,
+                    range: TimeRange {
+                        time: *time,
+                        from: *from,
+                        to: *to,
+                    },
+                }))
             }
-            let after = body.get("after_seq").and_then(|v| v.as_u64()).unwrap_or(0);
-            let seqs = self
-                .entities
-                .get(entity)
-                .map(|s| s.0.iter().copied().filter(|&s| s > after).collect())
-                .unwrap_or_default();
-            Ok(EventsQuery {
-                seqs,
-                range: TimeRange::from_body(body)?,
-                limit: body
-                    .get("limit")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(100)
-                    .min(1000) as usize,
-            })
-        })())
+            AuditQuery::Entities { after, limit } => {
+                let (rows, next_after) = page(
+                    self.entities
+                        .keys()
+                        .filter_map(|e| Some((e.clone(), self.row(e)?))),
+                    after.as_deref(),
+                    page_limit(*limit)?,
+                );
+                Ok(Answer::Value(json!({
+                    "count": self.entities.len(), "entities": rows, "next_after": next_after
+                })))
+            }
+        }
+    }
+
+    /// One event as the audit trail shows it: who, when (both times), under which command,
+    /// and the event's data (approvals included, where the event has them).
+    fn render(&self, _query: &AuditQuery, event: &RecordedEvent) -> Option<serde_json::Value> {
+        let e = &event.envelope;
+        let data = serde_json::to_value(&e.event).expect("events serialise");
+        Some(json!({
+            "seq": event.seq,
+            "type": e.event.event_type().name(),
+            "subject": e.subject.relative(),
+            "effective_at": e.effective_at.to_string(),
+            "recorded_at": event.recorded_at.to_string(),
+            "actor": {"id": e.actor.id.to_string(), "role": e.actor.role.to_string()},
+            "command_id": e.command_id,
+            "correlation_id": e.correlation_id,
+            "legal_entity": e.legal_entity.to_string(),
+            "data": data["data"],
+        }))
     }
 }
 
@@ -143,5 +215,14 @@ impl Audit {
     /// Sequences recorded for an entity (tests and exports).
     pub fn sequences(&self, entity: &str) -> &[u64] {
         self.entities.get(entity).map_or(&[], |s| &s.0)
+    }
+
+    fn row(&self, entity: &str) -> Option<EntityRow> {
+        let seqs = self.entities.get(entity)?;
+        Some(EntityRow {
+            entity: entity.to_owned(),
+            events: seqs.0.len(),
+            last_seq: seqs.0.last().copied(),
+        })
     }
 }

@@ -261,15 +261,18 @@ pub struct Books {
     returns: BTreeMap<String, (String, String)>,
 }
 
+/// The key of a valuation: `value.<entity>.<sku>.<location>`, each part escaped (so `A/B` at
+/// `C` and `A` at `B/C` are different SKU x location pairs); also the margin view's row key.
 fn vkey(entity: &str, sku: &str, location: &str) -> String {
-    format!("{entity}/{sku}/{location}")
+    crate::key::key("value", &[entity, sku, location])
 }
 
 /// What one event posted, with its context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Posted {
     pub lines: Vec<Posting>,
-    /// The valuation keys (`entity/sku/location`) whose value changed.
+    /// The valuation keys (`value.<entity>.<sku>.<location>`, `crate::key`) whose value
+    /// changed.
     pub valuations: Vec<String>,
 }
 
@@ -320,7 +323,7 @@ impl Books {
         self.valuations.get(&vkey(entity, sku, location))
     }
 
-    /// Every valuation, by `entity/sku/location`.
+    /// Every valuation, by `value.<entity>.<sku>.<location>`.
     pub fn valuations(&self) -> impl Iterator<Item = (&String, &Valuation)> {
         self.valuations.iter()
     }

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::books::{Account, Books, balanced};
 use crate::finance::Finance;
 use crate::margin::Margin;
-use crate::view::View;
+use crate::view::Model;
 
 fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
     recorded_on(seq, "2011-01-10T09:00:00Z", event)
@@ -167,7 +167,7 @@ fn fifo_receipts_sale_late_freight_return_and_second_sale() {
     let value = c.margin.value("value.UK01.LAMP.WH1").unwrap();
     assert_eq!(value["value"], "51.67");
     assert_eq!(value["qty"], 5);
-    let sku = c.margin.value("sku.LAMP").unwrap();
+    let sku = c.margin.value("sku.LAMP.GBP").unwrap();
     assert_eq!(sku["cogs"], "1698.33");
     let check = c.finance.value("check").unwrap();
     assert_eq!(check["balanced"], true, "{check}");
@@ -223,7 +223,7 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     // Revenue 80.00, discount 8.00, fees 2.00 + 5% of 72.00 = 5.60, freight charged 4.95,
     // paid 3.50, COGS 32.00, refund 10.00: contribution 80.00 - 8.00 - 5.60 + 4.95 - 3.50
     // - 32.00 - 10.00 = 25.85.
-    let order = c.margin.value("order.O1").unwrap();
+    let order = c.margin.value("order.O1.GBP").unwrap();
     assert_eq!(order["revenue"], "80.00");
     assert_eq!(order["discounts"], "8.00");
     assert_eq!(order["fees"], "5.60");
@@ -233,11 +233,11 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     assert_eq!(order["refunds"], "10.00");
     assert_eq!(order["contribution"], "25.85");
     assert_eq!(
-        c.margin.value("channel.web").unwrap()["contribution"],
+        c.margin.value("channel.web.GBP").unwrap()["contribution"],
         "25.85"
     );
     assert_eq!(
-        c.margin.value("day.2011-01-10").unwrap()["contribution"],
+        c.margin.value("day.2011-01-10.GBP").unwrap()["contribution"],
         "25.85"
     );
     // One unit comes back and is scrapped: its 8.00 leaves COGS on receipt and is charged to
@@ -247,7 +247,7 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
         json!({"type": "stock.return_dispositioned", "data": {"sku": "LAMP",
         "return_id": "R1", "location": "WH1", "qty": 1, "disposition": "Scrap"}}),
     );
-    let order = c.margin.value("order.O1").unwrap();
+    let order = c.margin.value("order.O1.GBP").unwrap();
     assert_eq!(order["cogs"], "24.00");
     assert_eq!(order["return_costs"], "8.00");
     assert_eq!(order["contribution"], "25.85");

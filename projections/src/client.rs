@@ -85,3 +85,166 @@ impl ViewClient {
         })
     }
 }
+
+/// A change to one row of a view, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: String,
+    /// `None`: the row was deleted.
+    pub value: Option<Value>,
+    /// The generation (KV bucket) the change came from.
+    pub generation: String,
+    /// Part of the current state delivered when a watch starts or follows a rebuild to a new
+    /// generation (every row is delivered then, changed or not).
+    pub initial: bool,
+}
+
+/// A watch of one view that survives rebuilds: it follows the registry to whichever
+/// generation is served and, when a rebuild swaps in a new one, delivers that generation's
+/// whole state (and deletes rows the old one had and the new one has not), then its changes.
+/// So a watcher misses no change; after a swap it may see values again that did not change.
+/// (`erp view <name> watch`.)
+#[derive(Debug)]
+pub struct ViewWatch {
+    rx: tokio::sync::mpsc::Receiver<Result<Change, ViewError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ViewWatch {
+    pub async fn start(
+        js: async_nats::jetstream::Context,
+        view: &str,
+    ) -> Result<ViewWatch, ViewError> {
+        let unavailable = |detail: String| ViewError::Unavailable {
+            view: view.to_owned(),
+            detail,
+        };
+        let registry = js
+            .get_key_value(crate::runtime::REGISTRY_BUCKET)
+            .await
+            .map_err(|e| unavailable(format!("the view registry: {e}")))?;
+        let generations = registry
+            .watch_with_history(view)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let task = tokio::spawn(follow(js, view.to_owned(), generations, tx));
+        Ok(ViewWatch { rx, task })
+    }
+
+    /// The next change; `None` if the watch ended.
+    pub async fn next(&mut self) -> Option<Result<Change, ViewError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for ViewWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn follow(
+    js: async_nats::jetstream::Context,
+    view: String,
+    mut generations: async_nats::jetstream::kv::Watch,
+    tx: tokio::sync::mpsc::Sender<Result<Change, ViewError>>,
+) {
+    use futures::StreamExt;
+    let fail = |detail: String| {
+        Err(ViewError::Unavailable {
+            view: view.clone(),
+            detail,
+        })
+    };
+    // The served generation's rows, and whether its initial state has all been delivered.
+    let mut rows: Option<(String, async_nats::jetstream::kv::Watch)> = None;
+    let mut caught_up = false;
+    // Keys with a value in the current generation, and those of the one before a switch (any
+    // the new generation does not re-deliver are then deleted for the watcher).
+    let mut known: std::collections::BTreeSet<String> = Default::default();
+    let mut previous: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        tokio::select! {
+            generation = generations.next() => {
+                let entry = match generation {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => { let _ = tx.send(fail(e.to_string())).await; return; }
+                    None => return,
+                };
+                let Some(bucket) = serde_json::from_slice::<Value>(&entry.value)
+                    .ok()
+                    .and_then(|g| g["bucket"].as_str().map(str::to_owned))
+                else {
+                    continue;
+                };
+                if rows.as_ref().is_some_and(|(b, _)| *b == bucket) {
+                    continue;
+                }
+                let watch = match js.get_key_value(&bucket).await {
+                    Ok(store) => store.watch_with_history(">").await,
+                    Err(e) => { let _ = tx.send(fail(e.to_string())).await; return; }
+                };
+                match watch {
+                    Ok(watch) => {
+                        rows = Some((bucket, watch));
+                        caught_up = false;
+                        previous.extend(std::mem::take(&mut known));
+                    }
+                    Err(e) => { let _ = tx.send(fail(e.to_string())).await; return; }
+                }
+            }
+            entry = async {
+                match rows.as_mut() {
+                    Some((_, watch)) => watch.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let entry = match entry {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => { let _ = tx.send(fail(e.to_string())).await; return; }
+                    None => { rows = None; continue; }
+                };
+                let initial = !caught_up;
+                let value = match entry.operation {
+                    async_nats::jetstream::kv::Operation::Put => {
+                        serde_json::from_slice(&entry.value).ok()
+                    }
+                    _ => None,
+                };
+                let mut changes = Vec::new();
+                if entry.key != "_status" {
+                    if value.is_some() {
+                        known.insert(entry.key.clone());
+                    } else {
+                        known.remove(&entry.key);
+                    }
+                    changes.push(Change {
+                        key: entry.key,
+                        value,
+                        generation: entry.bucket.clone(),
+                        initial,
+                    });
+                }
+                if entry.delta == 0 && !caught_up {
+                    caught_up = true;
+                    for key in std::mem::take(&mut previous) {
+                        if !known.contains(&key) {
+                            changes.push(Change {
+                                key,
+                                value: None,
+                                generation: entry.bucket.clone(),
+                                initial: true,
+                            });
+                        }
+                    }
+                }
+                for change in changes {
+                    if tx.send(Ok(change)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

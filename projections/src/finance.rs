@@ -9,13 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ledger::RecordedEvent;
-use ledger::subject::escape_token;
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::books::{Books, balanced};
-use crate::view::{QueryError, View};
+use crate::key::{self, KeyShape};
+use crate::view::{Answer, Model, QueryError, View, page, page_limit};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountTotal {
@@ -53,10 +54,81 @@ impl Finance {
     }
 }
 
-impl View for Finance {
-    const NAME: &'static str = "finance";
-    const VERSION: u32 = 1;
+/// An account's totals as the view shows them (amounts as text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct AccountRow {
+    pub entity: String,
+    pub currency: String,
+    pub account: String,
+    pub debit: String,
+    pub credit: String,
+    pub balance: String,
+}
 
+/// The running check that the books balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct CheckRow {
+    pub events_posted: u64,
+    pub lines: u64,
+    pub debits: String,
+    pub credits: String,
+    pub balanced: bool,
+    /// Sequences of events whose lines did not balance (there should be none).
+    pub unbalanced_events: Vec<u64>,
+}
+
+/// A row of the finance view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FinanceRow {
+    Account(AccountRow),
+    Check(CheckRow),
+}
+
+/// Queries of `view.finance.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FinanceQuery {
+    /// Account totals in key order (entity, currency, account), a page at a time, with the
+    /// check.
+    TrialBalance {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Whether the books balance.
+    Check {},
+}
+
+impl Finance {
+    fn row(&self, key: &str) -> Option<FinanceRow> {
+        let amount = |d: Decimal| d.round_dp(2).to_string();
+        if key == "check" {
+            let c = &self.check;
+            return Some(FinanceRow::Check(CheckRow {
+                events_posted: c.events_posted,
+                lines: c.lines,
+                debits: amount(c.debits),
+                credits: amount(c.credits),
+                balanced: c.debits == c.credits && c.unbalanced.is_empty(),
+                unbalanced_events: c.unbalanced.clone(),
+            }));
+        }
+        self.accounts.get(key).map(|t| {
+            FinanceRow::Account(AccountRow {
+                entity: t.entity.clone(),
+                currency: t.currency.clone(),
+                account: t.account.clone(),
+                debit: amount(t.debit),
+                credit: amount(t.credit),
+                balance: amount(t.debit - t.credit),
+            })
+        })
+    }
+}
+
+impl Model for Finance {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         let posted = self.books.post(event);
         if posted.lines.is_empty() {
@@ -67,11 +139,13 @@ impl View for Finance {
         }
         self.check.events_posted += 1;
         for line in &posted.lines {
-            let key = format!(
-                "acct.{}.{}.{}",
-                escape_token(&line.entity),
-                escape_token(&line.currency),
-                line.account.name()
+            let key = key::key(
+                "acct",
+                &[
+                    line.entity.as_str(),
+                    line.currency.as_str(),
+                    line.account.name(),
+                ],
             );
             let total = self
                 .accounts
@@ -93,37 +167,53 @@ impl View for Finance {
     }
 
     fn value(&self, key: &str) -> Option<serde_json::Value> {
-        if key == "check" {
-            let c = &self.check;
-            return Some(json!({
-                "events_posted": c.events_posted,
-                "lines": c.lines,
-                "debits": c.debits.round_dp(2).to_string(),
-                "credits": c.credits.round_dp(2).to_string(),
-                "balanced": c.debits == c.credits && c.unbalanced.is_empty(),
-                "unbalanced_events": c.unbalanced,
-            }));
-        }
-        self.accounts.get(key).map(|t| {
-            json!({
-                "entity": t.entity, "currency": t.currency, "account": t.account,
-                "debit": t.debit.round_dp(2).to_string(),
-                "credit": t.credit.round_dp(2).to_string(),
-                "balance": (t.debit - t.credit).round_dp(2).to_string(),
-            })
-        })
+        self.row(key)
+            .map(|r| serde_json::to_value(r).expect("rows serialise"))
+    }
+}
+
+impl View for Finance {
+    const NAME: &'static str = "finance";
+    const VERSION: u32 = 1;
+    const KEYS: &'static [KeyShape] = &[
+        KeyShape {
+            kind: "acct",
+            parts: &["entity", "currency", "account"],
+            row: "AccountRow: an account's totals in one entity and currency",
+        },
+        KeyShape {
+            kind: "check",
+            parts: &[],
+            row: "CheckRow: whether the books balance",
+        },
+    ];
+    type Row = FinanceRow;
+    type Query = FinanceQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        Box::new(
+            self.accounts
+                .keys()
+                .cloned()
+                .chain(std::iter::once("check".to_owned())),
+        )
     }
 
-    fn query(&self, op: &str, _body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
-        match op {
-            "trial_balance" => Ok(json!({
-                "accounts": self.accounts.keys().filter_map(|k| self.value(k)).collect::<Vec<_>>(),
-                "check": self.value("check"),
-            })),
-            "check" => Ok(self.value("check").unwrap_or_default()),
-            other => Err(QueryError::bad_query(format!(
-                "unknown query `{other}`; expected trial_balance or check"
-            ))),
+    fn answer(&self, query: &FinanceQuery) -> Result<Answer, QueryError> {
+        match query {
+            FinanceQuery::TrialBalance { after, limit } => {
+                let (accounts, next_after) = page(
+                    self.accounts
+                        .keys()
+                        .filter_map(|k| Some((k.clone(), self.value(k)?))),
+                    after.as_deref(),
+                    page_limit(*limit)?,
+                );
+                Ok(Answer::Value(json!({
+                    "accounts": accounts, "next_after": next_after, "check": self.value("check"),
+                })))
+            }
+            FinanceQuery::Check {} => Ok(Answer::Value(self.value("check").unwrap_or_default())),
         }
     }
 }

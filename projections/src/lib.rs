@@ -17,13 +17,14 @@ pub mod audit;
 pub mod books;
 pub mod client;
 pub mod finance;
+pub mod key;
 pub mod margin;
 pub mod replenish;
 pub mod runtime;
 pub mod view;
 
 pub use runtime::{Mode, Projector, ProjectorConfig, RunEnd};
-pub use view::View;
+pub use view::{Model, View};
 
 #[cfg(test)]
 mod books_tests;

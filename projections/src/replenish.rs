@@ -23,11 +23,13 @@ use chrono::NaiveDate;
 use ledger::RecordedEvent;
 use ledger::events::Event;
 use ledger::subject::escape_token;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::ats::Ats;
-use crate::view::{QueryError, View, field};
+use crate::key::{self, KeyShape};
+use crate::view::{Answer, Model, QueryError, View, page, page_limit};
 
 /// The policy's settings for one SKU × location.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,10 +316,61 @@ impl Replenishment {
     }
 }
 
-impl View for Replenishment {
-    const NAME: &'static str = "replenishment";
-    const VERSION: u32 = 1;
+/// A recommendation as the view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct RecommendationRow {
+    pub sku: String,
+    pub location: String,
+    /// Units to order (0: nothing yet).
+    pub qty: i64,
+    /// Order by this business date (`YYYY-MM-DD`).
+    pub order_by: String,
+    /// The inventory position is at or below the reorder point now.
+    pub due: bool,
+    pub safety_stock: i64,
+    pub reorder_point: i64,
+    pub order_up_to: i64,
+    pub inventory_position: i64,
+    pub lead_time_days: u32,
+    /// The numbers behind it, in words.
+    pub reason: String,
+}
 
+/// Queries of `view.replenishment.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReplenishmentQuery {
+    /// The recommendation for a SKU at a location.
+    Get { sku: String, location: String },
+    /// The recommendations due now, in key order, a page at a time.
+    Due {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+impl Replenishment {
+    fn row(&self, sku: &str, location: &str) -> Option<RecommendationRow> {
+        let (r, params) = self.recommendation(sku, location)?;
+        Some(RecommendationRow {
+            sku: sku.to_owned(),
+            location: location.to_owned(),
+            qty: r.qty,
+            order_by: r.order_by.to_string(),
+            due: r.due,
+            safety_stock: r.safety_stock,
+            reorder_point: r.reorder_point,
+            order_up_to: r.order_up_to,
+            inventory_position: r.inventory_position,
+            lead_time_days: params.lead_time_days,
+            reason: r.reason,
+        })
+    }
+}
+
+impl Model for Replenishment {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         let mut touched = BTreeSet::new();
         self.ats.apply(event, &mut touched);
@@ -398,39 +451,61 @@ impl View for Replenishment {
             _ => {}
         }
         for key in touched {
-            if let Some(rest) = key.strip_prefix("loc.") {
-                changed.insert(format!("rec.{rest}"));
+            if let Some([sku, location]) =
+                key::parts(&key, "loc", 2).and_then(|p| <[String; 2]>::try_from(p).ok())
+            {
+                changed.insert(key::key("rec", &[sku, location]));
             }
         }
     }
 
     fn value(&self, key: &str) -> Option<serde_json::Value> {
-        let rest = key.strip_prefix("rec.")?;
-        let (sku, location) = rest.split_once('.')?;
-        let sku = ledger::subject::unescape_token(sku).ok()?;
-        let location = ledger::subject::unescape_token(location).ok()?;
-        let (r, params) = self.recommendation(&sku, &location)?;
-        Some(json!({
-            "sku": sku, "location": location, "qty": r.qty, "order_by": r.order_by.to_string(),
-            "due": r.due, "safety_stock": r.safety_stock, "reorder_point": r.reorder_point,
-            "order_up_to": r.order_up_to, "inventory_position": r.inventory_position,
-            "lead_time_days": params.lead_time_days, "reason": r.reason,
-        }))
+        let [sku, location]: [String; 2] = key::parts(key, "rec", 2)?.try_into().ok()?;
+        self.row(&sku, &location)
+            .map(|r| serde_json::to_value(r).expect("rows serialise"))
+    }
+}
+
+impl View for Replenishment {
+    const NAME: &'static str = "replenishment";
+    const VERSION: u32 = 1;
+    const KEYS: &'static [KeyShape] = &[KeyShape {
+        kind: "rec",
+        parts: &["sku", "location"],
+        row: "RecommendationRow: what to buy for a SKU at a location, and why",
+    }];
+    type Row = RecommendationRow;
+    type Query = ReplenishmentQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        Box::new(
+            self.cells()
+                .into_iter()
+                .map(|(sku, location)| key::key("rec", &[sku, location])),
+        )
     }
 
-    fn query(&self, op: &str, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
-        match op {
-            "get" => {
-                let key = format!(
-                    "rec.{}",
-                    Self::key(field(body, "sku")?, field(body, "location")?)
+    fn answer(&self, query: &ReplenishmentQuery) -> Result<Answer, QueryError> {
+        match query {
+            ReplenishmentQuery::Get { sku, location } => self
+                .row(sku, location)
+                .map(|r| Answer::Value(serde_json::to_value(r).expect("rows serialise")))
+                .ok_or_else(|| {
+                    QueryError::not_found(format!("no recommendation for {sku} at {location}"))
+                }),
+            ReplenishmentQuery::Due { after, limit } => {
+                let (rows, next_after) = page(
+                    self.cells().into_iter().filter_map(|(sku, location)| {
+                        let row = self.row(&sku, &location).filter(|r| r.due)?;
+                        Some((key::key("rec", &[sku, location]), row))
+                    }),
+                    after.as_deref(),
+                    page_limit(*limit)?,
                 );
-                self.value(&key)
-                    .ok_or_else(|| QueryError::not_found(format!("no figures for `{key}`")))
+                Ok(Answer::Value(
+                    json!({"rows": rows, "next_after": next_after}),
+                ))
             }
-            other => Err(QueryError::bad_query(format!(
-                "unknown query `{other}`; expected get"
-            ))),
         }
     }
 }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-use crate::view::{QueryError, View};
+use crate::view::{Answer, QueryError, Read, ReadSource, View, page, page_limit, read_query};
 
 /// Registry bucket: which generation of each view is served.
 pub const REGISTRY_BUCKET: &str = "erp_views";
@@ -708,15 +708,17 @@ impl<V: View> Projector<V> {
                 "events_per_second": self.health.events_per_second,
                 "foreign": {"count": self.foreign.len(), "recent": self.foreign.iter().rev().take(20).collect::<Vec<_>>()},
             })),
-            "dump" => Ok(serde_json::to_value(&self.view).expect("views serialise")),
-            "explain" => match self.view.explain(body) {
-                Ok(explain) => self.explain(&explain).await,
-                Err(e) => Err(e),
-            },
-            op => match self.view.events(op, body) {
-                Some(Ok(query)) => self.read_events(&query).await,
-                Some(Err(e)) => Err(e),
-                None => self.view.query(op, body),
+            "rows" => self.rows_page(body),
+            op => match read_query::<V>(op, body) {
+                Err(e) => Err(QueryError::bad_query(format!(
+                    "{}; every view also answers status and rows",
+                    e.message
+                ))),
+                Ok(query) => match self.view.answer(&query) {
+                    Ok(Answer::Value(value)) => Ok(value),
+                    Ok(Answer::Read(read)) => self.read_page(&query, &read).await,
+                    Err(e) => Err(e),
+                },
             },
         };
         match result {
@@ -725,73 +727,98 @@ impl<V: View> Projector<V> {
         }
     }
 
-    /// Reads candidate events back from the ledger, keeps those in the time range, up to the
-    /// limit; says where to continue.
-    async fn read_events(
-        &self,
-        query: &crate::view::EventsQuery,
-    ) -> Result<serde_json::Value, QueryError> {
-        let mut rows = Vec::new();
-        let mut next = None;
-        for &seq in query.seqs.iter().filter(|&&s| s <= self.checkpoint) {
-            if rows.len() == query.limit {
-                next = rows
-                    .last()
-                    .and_then(|r: &serde_json::Value| r["seq"].as_u64());
-                break;
-            }
-            let record = self.log.get(seq).await.map_err(|e| QueryError {
-                code: "unavailable",
-                message: e.to_string(),
-            })?;
-            let Some(LogRecord::Event(event)) = record else {
-                continue;
-            };
-            if query.range.contains(&event) {
-                rows.push(audit_row(&event));
-            }
+    /// `rows`: every row in key order, a page at a time (`after`, `limit`, `prefix`).
+    fn rows_page(&self, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RowsQuery {
+            #[serde(default)]
+            after: Option<String>,
+            #[serde(default)]
+            limit: Option<u32>,
+            #[serde(default)]
+            prefix: Option<String>,
+            #[serde(default)]
+            min_seq: Option<u64>,
+            #[serde(default)]
+            timeout_ms: Option<u64>,
         }
-        Ok(json!({"events": rows, "after_seq": next}))
+        let q: RowsQuery = serde_json::from_value(body.clone())
+            .map_err(|e| QueryError::bad_query(format!("view.{}.rows: {e}", V::NAME)))?;
+        let _ = (q.min_seq, q.timeout_ms);
+        let prefix = q.prefix.unwrap_or_default();
+        let (rows, next_after) = page(
+            self.view
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .filter_map(|k| {
+                    let value = self.view.value(&k)?;
+                    Some((k.clone(), json!({"key": k, "value": value})))
+                }),
+            q.after.as_deref(),
+            page_limit(q.limit)?,
+        );
+        Ok(json!({"rows": rows, "next_after": next_after}))
     }
 
-    /// The events on a subject up to the checkpoint, with what each did at the location.
-    async fn explain(
+    /// Reads events back from the ledger, up to the checkpoint and never a foreign one, and has
+    /// the view render them, one page: `{"events": [...], "next_after_seq": N or null}`.
+    async fn read_page(
         &self,
-        explain: &crate::view::Explain,
+        query: &V::Query,
+        read: &Read,
     ) -> Result<serde_json::Value, QueryError> {
-        let events = self
-            .log
-            .read_subject(&explain.subject)
-            .await
-            .map_err(|e| QueryError {
-                code: "unavailable",
-                message: e.to_string(),
-            })?;
-        let rows: Vec<serde_json::Value> = events
-            .iter()
-            .filter(|e| e.seq <= self.checkpoint && !self.foreign.contains(&e.seq))
-            .filter_map(|e| {
-                let delta = ledger::effects::stock_deltas(&e.envelope.event)
-                    .into_iter()
-                    .find(|d| d.location == explain.location)?;
-                Some(json!({
-                    "seq": e.seq,
-                    "type": e.envelope.event.event_type().name(),
-                    "effective_at": e.envelope.effective_at.to_string(),
-                    "recorded_at": e.recorded_at.to_string(),
-                    "command_id": e.envelope.command_id,
-                    "actor": e.envelope.actor.id.to_string(),
-                    "on_hand": d_or_none(delta.on_hand),
-                    "allocated": d_or_none(delta.allocated),
-                    "reserved": d_or_none(delta.reserved),
-                    "quality_hold": d_or_none(delta.quality_hold),
-                    "in_transit": d_or_none(delta.in_transit),
-                }))
-            })
-            .collect();
-        Ok(
-            json!({"subject": explain.subject.relative(), "location": explain.location, "events": rows}),
-        )
+        let unavailable = |e: ReadError| QueryError {
+            code: "unavailable",
+            message: e.to_string(),
+        };
+        let mut rows = Vec::new();
+        let mut next = None;
+        let take = |event: &ledger::RecordedEvent, rows: &mut Vec<serde_json::Value>| {
+            if self.foreign.contains(&event.seq) || !read.range.contains(event) {
+                return;
+            }
+            if let Some(row) = self.view.render(query, event) {
+                rows.push(row);
+            }
+        };
+        match &read.from {
+            ReadSource::Seqs(seqs) => {
+                for &seq in seqs
+                    .iter()
+                    .filter(|&&s| s > read.after_seq && s <= self.checkpoint)
+                {
+                    if rows.len() == read.limit {
+                        next = rows
+                            .last()
+                            .and_then(|r: &serde_json::Value| r["seq"].as_u64());
+                        break;
+                    }
+                    if let Some(LogRecord::Event(event)) =
+                        self.log.get(seq).await.map_err(unavailable)?
+                    {
+                        take(&event, &mut rows);
+                    }
+                }
+            }
+            ReadSource::Subject(subject) => {
+                let mut events = self
+                    .log
+                    .subject_events(subject, read.after_seq, self.checkpoint)
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(event) = events.next().await.map_err(unavailable)? {
+                    if rows.len() == read.limit {
+                        next = rows
+                            .last()
+                            .and_then(|r: &serde_json::Value| r["seq"].as_u64());
+                        break;
+                    }
+                    take(&event, &mut rows);
+                }
+            }
+        }
+        Ok(json!({"events": rows, "next_after_seq": next}))
     }
 
     async fn answer_parked(&mut self, client: &async_nats::Client, check_deadlines: bool) {
@@ -818,33 +845,6 @@ impl<V: View> Projector<V> {
             }
         }
         self.parked = still;
-    }
-}
-
-/// One event as the audit trail shows it: who, when (both times), under which command, and
-/// the event's data (approvals included, where the event has them).
-fn audit_row(event: &ledger::RecordedEvent) -> serde_json::Value {
-    let e = &event.envelope;
-    let data = serde_json::to_value(&e.event).expect("events serialise");
-    json!({
-        "seq": event.seq,
-        "type": e.event.event_type().name(),
-        "subject": e.subject.relative(),
-        "effective_at": e.effective_at.to_string(),
-        "recorded_at": event.recorded_at.to_string(),
-        "actor": {"id": e.actor.id.to_string(), "role": e.actor.role.to_string()},
-        "command_id": e.command_id,
-        "correlation_id": e.correlation_id,
-        "legal_entity": e.legal_entity.to_string(),
-        "data": data["data"],
-    })
-}
-
-fn d_or_none(n: i64) -> serde_json::Value {
-    if n == 0 {
-        serde_json::Value::Null
-    } else {
-        json!(n)
     }
 }
 

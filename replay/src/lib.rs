@@ -22,9 +22,12 @@ pub mod point;
 pub mod verify;
 
 pub use engine::{Diff, ReplayError, Replayed, replay};
-pub use model::{Model, ViewModel, WriteModel};
+pub use model::{Model, WriteModel};
 pub use point::{Knowledge, Point, Resolved};
 pub use verify::{Digest, VerifyFailure, VerifyOptions, VerifyReport};
 
 /// How far a long read has got, for progress bars (the projector runtime's own type).
 pub use projections::runtime::Progress;
+
+#[cfg(test)]
+mod views_tests;

@@ -1,34 +1,13 @@
-//! What a replay builds: any projection view, or the processor's write model.
+//! What a replay builds: any projection view (every `projections::View` is a `Model`), or the
+//! processor's write model.
 
 use std::collections::BTreeSet;
 
 use commands::state::{Balance, LineState, OrderState, State};
 use ledger::subject::escape_token;
 use ledger::{Head, RecordedEvent, Subject};
-use projections::View;
+pub use projections::Model;
 use serde_json::{Value, json};
-
-/// A state built by applying events in order. Keys name the rows it shows; `apply` reports
-/// which keys an event changed (that is how a diff names the events behind each change).
-pub trait Model: Default + Send {
-    fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>);
-    /// A row's current value; `None` when the row does not exist (or no longer does).
-    fn value(&self, key: &str) -> Option<Value>;
-}
-
-/// A projection view, replayed exactly as its projector applies it.
-#[derive(Debug, Default)]
-pub struct ViewModel<V: View>(pub V);
-
-impl<V: View> Model for ViewModel<V> {
-    fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
-        self.0.apply(event, changed);
-    }
-
-    fn value(&self, key: &str) -> Option<Value> {
-        self.0.value(key)
-    }
-}
 
 /// The processor's write model (`commands::state::State`), built by the same `apply` the
 /// processor uses. Rows: `bal.<sku>.<location>` (stock balances) and `ord.<order>` (order

@@ -21,7 +21,7 @@ use ledger::jetstream::JetStreamLog;
 use ledger::walk::{WalkUntil, Walked, walk};
 use projections::ats::Ats;
 use projections::client::ViewClient;
-use replay::{Resolved, ViewModel};
+use replay::Resolved;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -296,12 +296,11 @@ async fn check_views_converge(nats: &TestNats, projector: &Supervised) {
         .unwrap()
         .unwrap();
     assert_eq!(at, end);
-    let replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(end)], |_| {})
+    let replayed = replay::replay::<_, Ats>(&log, &[Resolved::at_seq(end)], |_| {})
         .await
         .unwrap();
     assert!(
-        serde_json::to_vec(&live).unwrap()
-            == serde_json::to_vec(&replayed.built[0].model.0).unwrap(),
+        serde_json::to_vec(&live).unwrap() == serde_json::to_vec(&replayed.built[0].model).unwrap(),
         "the live ATS view differs from the replay"
     );
 }

@@ -2,7 +2,7 @@
 //! write model, KV change feeds, read-your-writes queries, refusal of a broken chain, and
 //! rebuild with swap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,6 +96,46 @@ pub(crate) fn projector_process_snapshotting(
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("erp project starts")
+}
+
+/// Every row of a view whose key starts with `prefix`, paged through `rows` once the view has
+/// reached `min_seq` (the view must not change meanwhile): (its sequence, key -> value).
+pub(crate) async fn all_rows(
+    views: &ViewClient,
+    view: &str,
+    prefix: &str,
+    min_seq: u64,
+) -> (u64, std::collections::BTreeMap<String, Value>) {
+    let mut rows = std::collections::BTreeMap::new();
+    let mut after: Option<String> = None;
+    let mut seq = None;
+    loop {
+        let answer = views
+            .ask(
+                view,
+                "rows",
+                json!({"prefix": prefix, "after": after, "limit": 1000}),
+                Some(min_seq),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(
+            seq.is_none_or(|s| s == answer.seq),
+            "the view moved while paging"
+        );
+        seq = Some(answer.seq);
+        for row in answer.result["rows"].as_array().unwrap() {
+            rows.insert(
+                row["key"].as_str().unwrap().to_owned(),
+                row["value"].clone(),
+            );
+        }
+        match answer.result["next_after"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return (answer.seq, rows),
+        }
+    }
 }
 
 async fn wait_for(views: &ViewClient, view: &str, seq: u64) {
@@ -265,18 +305,8 @@ async fn live_ats_agrees_with_the_write_model_at_every_checkpoint_sampled() {
     let mut compared = 0;
     for chunk in bodies.chunks(700) {
         let last = submit(&nats, chunk.to_vec()).await;
-        let answer = views
-            .ask(
-                "ats",
-                "dump",
-                json!({}),
-                Some(last),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        let model = write_model_at(&log, answer.seq).await;
-        let rows = answer.result["rows"].as_object().unwrap();
+        let (seq, rows) = all_rows(&views, "ats", "loc.", last).await;
+        let model = write_model_at(&log, seq).await;
         let mut model_rows = 0;
         for (sku, stock) in &model.stock {
             for (location, b) in &stock.balances {
@@ -302,8 +332,7 @@ async fn live_ats_agrees_with_the_write_model_at_every_checkpoint_sampled() {
                         Some(b.quality_hold),
                         Some(b.in_transit)
                     ),
-                    "{key} at {}",
-                    answer.seq
+                    "{key} at {seq}"
                 );
                 model_rows += 1;
             }
@@ -402,7 +431,17 @@ async fn a_kv_watcher_sees_each_change_and_queries_wait_for_the_callers_write() 
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("sku: expected a string"), "{err}");
+    assert!(err.to_string().contains("missing field `sku`"), "{err}");
+    // An unknown operation is named, with the ones there are.
+    let err = views
+        .ask("ats", "gte", json!({}), None, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown variant `gte`, expected one of `get`, `sku`, `channel`, `explain`"),
+        "{err}"
+    );
     projector.abort();
     processor.stop().await;
 }
@@ -640,7 +679,7 @@ async fn the_audit_trail_of_an_entity_lists_its_events_and_refused_commands() {
         .unwrap()
         .result;
     assert_eq!(first["events"].as_array().unwrap().len(), 2);
-    let rest = ask(json!({"entity": "sku:A", "after_seq": first["after_seq"]}))
+    let rest = ask(json!({"entity": "sku:A", "after_seq": first["next_after_seq"]}))
         .await
         .unwrap()
         .result;
@@ -648,5 +687,103 @@ async fn the_audit_trail_of_an_entity_lists_its_events_and_refused_commands() {
     let err = ask(json!({"entity": "A"})).await.unwrap_err();
     assert!(err.to_string().contains("expected kind:id"), "{err}");
     projector.abort();
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_of_a_view_misses_no_change_through_a_rebuild() {
+    // Goal: a consumer that watches the ATS view by its name (not a bucket) while a rebuild
+    // swaps in a new generation, with commands arriving before, during and after, ends holding
+    // exactly the rows the served generation holds: every change reached it, from both
+    // generations.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let bodies = uci_bodies(2);
+    let (before, rest) = bodies.split_at(bodies.len() / 3);
+    let (during, after) = rest.split_at(rest.len() / 2);
+    submit(&nats, before.to_vec()).await;
+    let live = projector::<Ats>(&nats, Mode::Live).await;
+    let old_bucket = live.bucket().to_owned();
+    let old = tokio::spawn(live.run(futures::future::pending()));
+    let js = nats.open(ledger_config()).await.jetstream().clone();
+    let mut watch = projections::client::ViewWatch::start(js.clone(), "ats")
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((BTreeMap::new(), BTreeSet::new())));
+    let sink = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(change) = watch.next().await {
+            let change = change.unwrap();
+            let mut seen = sink.lock().unwrap();
+            seen.1.insert(change.generation.clone());
+            match change.value {
+                Some(v) => seen.0.insert(change.key, v),
+                None => seen.0.remove(&change.key),
+            };
+        }
+    });
+    let load = tokio::spawn({
+        let url = nats.url();
+        let during = during.to_vec();
+        async move {
+            let client = commands::client::CommandClient::new(
+                ledger::auth::connect(&url).await.unwrap(),
+                Duration::from_secs(30),
+            );
+            client.submit_all(during, 64, |_, o| drop(o.unwrap())).await;
+        }
+    });
+    let rebuild = projector::<Ats>(&nats, Mode::Rebuild).await;
+    let new_bucket = rebuild.bucket().to_owned();
+    let new = tokio::spawn(rebuild.run(futures::future::pending()));
+    load.await.unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(60), old).await,
+        Ok(Ok(Ok(RunEnd::Superseded { .. })))
+    ));
+    let last = submit(&nats, after.to_vec()).await;
+    let views = ViewClient::new(nats.connect().await);
+    wait_for(&views, "ats", last).await;
+    // The watcher has caught up when it holds what the bucket holds (the projector flushes
+    // every 200 ms); give both time.
+    let mut served = BTreeMap::new();
+    let mut equal = false;
+    for _ in 0..100 {
+        served.clear();
+        for (key, value) in bucket_contents(&js, &new_bucket).await {
+            served.insert(key, serde_json::from_slice::<Value>(&value).unwrap());
+        }
+        if seen.lock().unwrap().0 == served {
+            equal = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let extra: Vec<&String> = seen
+        .0
+        .keys()
+        .filter(|k| !served.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<&String> = served
+        .iter()
+        .filter(|(k, v)| seen.0.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        equal,
+        "the watcher holds {} rows, the served generation {}; extra {extra:?}, differing {differ:?}",
+        seen.0.len(),
+        served.len()
+    );
+    assert!(
+        seen.1.contains(&old_bucket) && seen.1.contains(&new_bucket),
+        "{:?}",
+        seen.1
+    );
+    watcher.abort();
+    new.abort();
     processor.stop().await;
 }

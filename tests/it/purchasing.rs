@@ -10,7 +10,7 @@ use projections::ats::Ats;
 use projections::audit::Audit;
 use projections::finance::Finance;
 use projections::margin::Margin;
-use replay::{Resolved, ViewModel};
+use replay::Resolved;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -158,11 +158,10 @@ async fn approval_above_the_limit_by_the_requester_is_refused_and_both_paths_are
 
     let log = nats.open(ledger_config()).await;
     let last = log.last_sequence().await.unwrap();
-    let mut replayed =
-        replay::replay::<_, ViewModel<Audit>>(&log, &[Resolved::at_seq(last)], |_| {})
-            .await
-            .unwrap();
-    let audit = replayed.built.remove(0).model.0;
+    let mut replayed = replay::replay::<_, Audit>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let audit = replayed.built.remove(0).model;
     let small_trail = audit.sequences("purchase_order:PO-SMALL");
     assert!(
         small_trail.contains(&first_seq) && small_trail.contains(&(first_seq + 1)),
@@ -197,17 +196,16 @@ async fn approval_above_the_limit_by_the_requester_is_refused_and_both_paths_are
         commands::purchase::AUTO_APPROVER
     );
     assert_eq!(approver(approval).await, "manager-1");
-    let mut replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(last)], |_| {})
+    let mut replayed = replay::replay::<_, Ats>(&log, &[Resolved::at_seq(last)], |_| {})
         .await
         .unwrap();
     let row = replay::Model::value(&replayed.built.remove(0).model, "loc.LAMP.WH1").unwrap();
     assert_eq!(row["on_hand"], 400);
     assert_eq!(row["inbound"], 600, "{row}");
     assert_eq!(row["inbound_by_date"], json!({"2011-03-15": 600}));
-    let before_cancel =
-        replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(approval)], |_| {})
-            .await
-            .unwrap();
+    let before_cancel = replay::replay::<_, Ats>(&log, &[Resolved::at_seq(approval)], |_| {})
+        .await
+        .unwrap();
     let row = replay::Model::value(&before_cancel.built[0].model, "loc.LAMP.WH1").unwrap();
     assert_eq!(row["inbound"], 1100, "{row}");
 }
@@ -283,20 +281,18 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     let (posted, debits) = books_balance_at_every_sequence(&log).await;
     assert!(posted > 5_000, "{posted} events posted");
     let last = log.last_sequence().await.unwrap();
-    let mut replayed =
-        replay::replay::<_, ViewModel<Finance>>(&log, &[Resolved::at_seq(last)], |_| {})
-            .await
-            .unwrap();
-    let finance = replayed.built.remove(0).model.0;
+    let mut replayed = replay::replay::<_, Finance>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let finance = replayed.built.remove(0).model;
     assert!(finance.check().unbalanced.is_empty());
     assert_eq!(finance.check().debits, debits);
     // Revenue was earned and stock consumed: the margin view has COGS for shipped SKUs.
-    let mut replayed =
-        replay::replay::<_, ViewModel<Margin>>(&log, &[Resolved::at_seq(last)], |_| {})
-            .await
-            .unwrap();
-    let margin = replayed.built.remove(0).model.0;
-    let web = margin.row("channel.web").expect("web channel margin");
+    let mut replayed = replay::replay::<_, Margin>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let margin = replayed.built.remove(0).model;
+    let web = margin.row("channel.web.GBP").expect("web channel margin");
     assert!(
         web.revenue > Decimal::ZERO && web.cogs > Decimal::ZERO,
         "{web:?}"
@@ -405,7 +401,7 @@ async fn erp_replenish_lists_what_is_due_and_accepting_creates_the_purchase_orde
     processor.stop().await;
     let log = nats.open(ledger_config()).await;
     let last = log.last_sequence().await.unwrap();
-    let mut replayed = replay::replay::<_, ViewModel<Ats>>(&log, &[Resolved::at_seq(last)], |_| {})
+    let mut replayed = replay::replay::<_, Ats>(&log, &[Resolved::at_seq(last)], |_| {})
         .await
         .unwrap();
     let row = replay::Model::value(&replayed.built.remove(0).model, "loc.LAMP.WH1").unwrap();

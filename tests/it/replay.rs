@@ -13,17 +13,17 @@ use ledger::jetstream::LogConfig;
 use projections::allocation::Allocation;
 use projections::ats::Ats;
 use replay::verify::{Digest, Divergence, VerifyOptions};
-use replay::{Point, Resolved, ViewModel, WriteModel};
+use replay::{Point, Resolved, WriteModel};
 use serde_json::{Value, json};
 
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config, scratch_config};
 use crate::projections::{projector_process_snapshotting, stop, submit, uci_bodies};
 
 async fn replay_to<V: projections::View>(log: &JetStreamLog, seq: u64) -> V {
-    let mut replayed = replay::replay::<_, ViewModel<V>>(log, &[Resolved::at_seq(seq)], |_| {})
+    let mut replayed = replay::replay::<_, V>(log, &[Resolved::at_seq(seq)], |_| {})
         .await
         .unwrap();
-    replayed.built.remove(0).model.0
+    replayed.built.remove(0).model
 }
 
 /// Reads the view's served snapshot every 75 ms until a little after `finished`, keeping one
@@ -201,10 +201,9 @@ fn receipt(qty: i64, effective_at: &str) -> Value {
 
 async fn on_hand(log: &JetStreamLog, point: Point) -> (i64, Resolved) {
     let resolved = replay::point::resolve(log, point).await.unwrap();
-    let replayed =
-        replay::replay::<_, ViewModel<Ats>>(log, std::slice::from_ref(&resolved), |_| {})
-            .await
-            .unwrap();
+    let replayed = replay::replay::<_, Ats>(log, std::slice::from_ref(&resolved), |_| {})
+        .await
+        .unwrap();
     let value = replay::Model::value(&replayed.built[0].model, "loc.A.WH1");
     let qty = value.map_or(0, |v| v["on_hand"].as_i64().unwrap());
     (qty, resolved)
@@ -252,7 +251,7 @@ async fn a_back_dated_receipt_counts_as_effective_but_not_as_recorded_before_it(
             .await
             .unwrap(),
     ];
-    let replayed = replay::replay::<_, ViewModel<Ats>>(&log, &points, |_| {})
+    let replayed = replay::replay::<_, Ats>(&log, &points, |_| {})
         .await
         .unwrap();
     let diff = replayed.diff();

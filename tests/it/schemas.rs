@@ -21,6 +21,45 @@ fn check(name: &str, schema: schemars::Schema) {
     );
 }
 
+fn check_value(name: &str, value: serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let fresh = serde_json::to_string_pretty(&value).unwrap() + "\n";
+    if std::env::var_os("ERP_BLESS_SCHEMAS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &fresh).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        stored == fresh,
+        "{} is stale; run `ERP_BLESS_SCHEMAS=1 cargo test --test it schemas` and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn view_contracts_are_current() {
+    use projections::view::contract;
+    for (name, value) in [
+        ("ats", contract::<projections::ats::Ats>()),
+        (
+            "allocation",
+            contract::<projections::allocation::Allocation>(),
+        ),
+        ("audit", contract::<projections::audit::Audit>()),
+        ("margin", contract::<projections::margin::Margin>()),
+        ("finance", contract::<projections::finance::Finance>()),
+        (
+            "replenishment",
+            contract::<projections::replenish::Replenishment>(),
+        ),
+    ] {
+        check_value(&format!("views/{name}.schema.json"), value);
+    }
+}
+
 #[test]
 fn schemas_are_current() {
     check("events.schema.json", schemars::schema_for!(ledger::Event));

@@ -17,7 +17,7 @@ use ledger::walk::{WalkUntil, Walked, walk};
 use ledger::{EventLog, ForeignRecord};
 use projections::audit::Audit;
 use projections::{Mode, Projector, ProjectorConfig};
-use replay::{Resolved, ViewModel};
+use replay::Resolved;
 use serde_json::{Value, json};
 
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config};
@@ -567,11 +567,10 @@ async fn identity_comes_from_the_credential_and_refused_claims_are_audited_again
     // The auditor's replay of the audit view lists each refusal under who made it.
     let copy = s.audit_copy().await;
     let last = copy.last_sequence().await.unwrap();
-    let mut replayed =
-        replay::replay::<_, ViewModel<Audit>>(&copy, &[Resolved::at_seq(last)], |_| {})
-            .await
-            .unwrap();
-    let audit = replayed.built.remove(0).model.0;
+    let mut replayed = replay::replay::<_, Audit>(&copy, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let audit = replayed.built.remove(0).model;
     assert!(audit.sequences("actor:upstream").contains(&role_claim));
     assert!(audit.sequences("actor:clerk").contains(&actor_claim));
     assert!(audit.sequences("actor:buyer-a").contains(&disguise));
@@ -819,10 +818,10 @@ async fn replayed_view(log: &JetStreamLog, view: &str, seq: u64) -> Vec<u8> {
     use projections::margin::Margin;
     use projections::replenish::Replenishment;
     async fn at<V: projections::View>(log: &JetStreamLog, seq: u64) -> Vec<u8> {
-        let mut r = replay::replay::<_, ViewModel<V>>(log, &[Resolved::at_seq(seq)], |_| {})
+        let mut r = replay::replay::<_, V>(log, &[Resolved::at_seq(seq)], |_| {})
             .await
             .unwrap();
-        serde_json::to_vec(&r.built.remove(0).model.0).unwrap()
+        serde_json::to_vec(&r.built.remove(0).model).unwrap()
     }
     match view {
         "ats" => at::<Ats>(log, seq).await,
