@@ -699,7 +699,8 @@ async fn a_watcher_of_a_view_misses_no_change_through_a_rebuild() {
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
     let bodies = uci_bodies(2);
-    let (before, rest) = bodies.split_at(bodies.len() / 3);
+    // The first half holds the master data and the first receipts and orders (rows to watch).
+    let (before, rest) = bodies.split_at(bodies.len() / 2);
     let (during, after) = rest.split_at(rest.len() / 2);
     submit(&nats, before.to_vec()).await;
     let live = projector::<Ats>(&nats, Mode::Live).await;
@@ -722,6 +723,16 @@ async fn a_watcher_of_a_view_misses_no_change_through_a_rebuild() {
             };
         }
     });
+    // The watcher is following the old generation before the rebuild starts.
+    let mut following = false;
+    for _ in 0..100 {
+        if seen.lock().unwrap().1.contains(&old_bucket) {
+            following = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(following, "the watcher never saw the served generation");
     let load = tokio::spawn({
         let url = nats.url();
         let during = during.to_vec();
