@@ -886,41 +886,10 @@ impl EventLog for JetStreamLog {
         let Some(head) = self.head(subject).await? else {
             return Ok(Vec::new());
         };
-        let full = self.config.subjects.full(subject);
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: full.clone(),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let mut read = self.subject_events(subject, 0, head.seq).await?;
         let mut events = Vec::new();
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| ReadError::Unavailable(e.to_string()))?;
-            let info = msg
-                .info()
-                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
-            let seq = info.stream_sequence;
-            // A message that is not a readable event is foreign: never part of a subject's
-            // history (readers that frame batches also drop readable ones no marker commits).
-            if let Ok(event) = decode_record(
-                &self.config.subjects,
-                seq,
-                &msg.subject,
-                &msg.payload,
-                info.published,
-            ) {
-                events.push(event);
-            }
-            if seq >= head.seq {
-                break;
-            }
+        while let Some(event) = read.next().await? {
+            events.push(event);
         }
         Ok(events)
     }

@@ -5,27 +5,17 @@
 use std::path::Path;
 
 fn check(name: &str, schema: schemars::Schema) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(name);
-    let fresh = serde_json::to_string_pretty(&schema).unwrap() + "\n";
-    if std::env::var_os("ERP_BLESS_SCHEMAS").is_some() {
-        std::fs::write(&path, &fresh).unwrap();
-        return;
-    }
-    let stored = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        stored == fresh,
-        "{} is stale; run `ERP_BLESS_SCHEMAS=1 cargo test --test it schemas` and commit it",
-        path.display()
-    );
+    check_text(name, serde_json::to_string_pretty(&schema).unwrap() + "\n");
 }
 
 fn check_value(name: &str, value: serde_json::Value) {
+    check_text(name, serde_json::to_string_pretty(&value).unwrap() + "\n");
+}
+
+fn check_text(name: &str, fresh: String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("schemas")
         .join(name);
-    let fresh = serde_json::to_string_pretty(&value).unwrap() + "\n";
     if std::env::var_os("ERP_BLESS_SCHEMAS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &fresh).unwrap();
