@@ -17,6 +17,10 @@ use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
 mod replay_cli;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod up;
 
 #[derive(Debug, Parser)]

@@ -2,6 +2,10 @@
 //! they are compared with, and envelopes made the processor's way. Each bench uses its part.
 #![allow(dead_code)]
 
+/// The allocator the `erp` binary uses (src/main.rs), so benches measure what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 
 use ledger::jetstream::{JetStreamLog, LogConfig, SERVER_VERSION_MIN};

@@ -703,8 +703,9 @@ impl<V: View> Projector<V> {
                 "version": V::VERSION,
                 "generation": self.generation.bucket,
                 "checkpoint": self.checkpoint,
-                "ledger_last_seq": self.health.ledger_last_seq,
-                "lag": self.health.lag,
+                "ledger_last_seq": self.health.ledger_last_seq.max(self.checkpoint),
+                // The ledger's end as last sampled (every 10 s) against the checkpoint now.
+                "lag": self.health.ledger_last_seq.saturating_sub(self.checkpoint),
                 "events_per_second": self.health.events_per_second,
                 "foreign": {"count": self.foreign.len(), "recent": self.foreign.iter().rev().take(20).collect::<Vec<_>>()},
             })),
