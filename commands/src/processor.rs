@@ -190,7 +190,6 @@ fn restore(state: &mut State, saved: Saved) {
 
 /// One command's part of a tick.
 struct Pending {
-    index: usize,
     command_id: Uuid,
     /// Position of its first event in the batch, and how many (outcome record excluded).
     first: usize,
@@ -226,6 +225,65 @@ impl Tick {
     }
 }
 
+/// Identifies a queued command's outcome (`Processor::enqueue`, `Processor::settle_next`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// How many batches may be in flight, and how large they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Batches sent and not yet acknowledged, at most (1 on a replicated ledger, where
+    /// per-subject checks cannot see batches not yet applied).
+    pub in_flight_max: usize,
+    /// Commands in one batch, at most (events are bounded by the atomic batch limit anyway).
+    pub batch_commands_max: usize,
+    /// Another batch goes in flight only when at least this many commands wait.
+    pub full_batch_commands: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> PipelineConfig {
+        PipelineConfig {
+            in_flight_max: 4,
+            batch_commands_max: 1000,
+            full_batch_commands: 250,
+        }
+    }
+}
+
+/// A queued command.
+#[derive(Debug)]
+struct Member {
+    ticket: Ticket,
+    command: Command,
+    /// Batches it was decided in that did not store.
+    attempts: u32,
+    /// Its decision's place in its batch (`Tick::pending`); `None`: no events of its own.
+    decided: Option<usize>,
+    /// An answer known without its batch (a duplicate with another body, too many events).
+    answer: Option<Outcome>,
+}
+
+/// A batch sent and not yet settled: what it decided, how to undo it, and its
+/// acknowledgement (`None` when it held no events).
+struct Flight {
+    tick: Tick,
+    members: Vec<Member>,
+    pending: Option<(ledger::Appended, ledger::PendingAppend)>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("members", &self.members.len())
+            .field(
+                "events",
+                &self.pending.as_ref().map(|(a, _)| a.events.len()),
+            )
+            .finish()
+    }
+}
+
 /// A command deciding which panicked: recorded `internal_error`, never decided again.
 #[derive(Debug)]
 struct Poisoned;
@@ -247,6 +305,14 @@ pub struct Processor<L> {
     state: State,
     /// Every log record up to here is in `state` (or was foreign and passed over).
     applied_seq: u64,
+    /// The log's end once every batch in flight is stored (`applied_seq` when none is).
+    predicted_seq: u64,
+    pipeline: PipelineConfig,
+    queue: std::collections::VecDeque<Member>,
+    flights: std::collections::VecDeque<Flight>,
+    next_ticket: Ticket,
+    /// A batch could not even be sent: nothing goes until it has settled (rolled back).
+    send_failed: bool,
     roles: Roles,
     foreign: ForeignSeen,
     /// Commands whose decision panicked, with what the panic said.
@@ -258,10 +324,24 @@ pub struct Processor<L> {
 impl<L: EventLog> Processor<L> {
     /// Rebuilds the write model from the whole log.
     pub async fn recover(log: L) -> Result<Processor<L>, ProcessorError> {
+        let pipeline = PipelineConfig {
+            in_flight_max: if log.pipelines() {
+                PipelineConfig::default().in_flight_max
+            } else {
+                1
+            },
+            ..PipelineConfig::default()
+        };
         let mut processor = Processor {
             log,
             state: State::default(),
             applied_seq: 0,
+            predicted_seq: 0,
+            pipeline,
+            queue: Default::default(),
+            flights: Default::default(),
+            next_ticket: Ticket(0),
+            send_failed: false,
             roles: Roles::default(),
             foreign: ForeignSeen::default(),
             poisoned: HashMap::new(),
@@ -269,7 +349,23 @@ impl<L: EventLog> Processor<L> {
             fault_panic_sku: fault_panic_sku(),
         };
         processor.catch_up().await?;
+        processor.predicted_seq = processor.applied_seq;
         Ok(processor)
+    }
+
+    /// Sets how batches are pipelined (a replicated ledger keeps one in flight whatever this
+    /// says).
+    pub fn set_pipeline(&mut self, config: PipelineConfig) {
+        let in_flight_max = if self.log.pipelines() {
+            config.in_flight_max.max(1)
+        } else {
+            1
+        };
+        self.pipeline = PipelineConfig {
+            in_flight_max,
+            batch_commands_max: config.batch_commands_max.max(1),
+            full_batch_commands: config.full_batch_commands.max(1),
+        };
     }
 
     /// Makes deciding any command that names `sku` panic, as a decider bug would (tests).
@@ -394,10 +490,24 @@ impl<L: EventLog> Processor<L> {
 
     /// Decides and commits a group of commands; one outcome per command, in order.
     pub async fn process(&mut self, commands: &[Command]) -> Vec<Outcome> {
+        let first = self.next_ticket;
+        for command in commands {
+            self.enqueue(command.clone());
+        }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; commands.len()];
-        let mut start = 0;
-        while start < commands.len() {
-            start = self.commit_from(commands, start, &mut outcomes).await;
+        while self.busy() {
+            while self.wants_to_send() {
+                self.send_next().await;
+            }
+            for (ticket, outcome) in self.settle_next().await {
+                if let Some(slot) = ticket
+                    .0
+                    .checked_sub(first.0)
+                    .and_then(|i| outcomes.get_mut(i as usize))
+                {
+                    *slot = Some(outcome);
+                }
+            }
         }
         outcomes
             .into_iter()
@@ -411,111 +521,255 @@ impl<L: EventLog> Processor<L> {
             .collect()
     }
 
-    /// Commits as many commands from `start` as fit one append; returns where the next
-    /// append starts.
-    async fn commit_from(
-        &mut self,
-        commands: &[Command],
-        start: usize,
-        outcomes: &mut [Option<Outcome>],
-    ) -> usize {
-        let mut attempt = 0;
-        while attempt < CONFLICT_RETRIES_MAX {
-            let (mut tick, end) = match self.build_tick(commands, start, outcomes) {
-                Ok(built) => built,
-                // A decision panicked: its command is poisoned; decide the tick again without
-                // it (each command is poisoned at most once, so this ends).
+    /// Queues a command; its outcome comes back from `settle_next` with the ticket returned.
+    pub fn enqueue(&mut self, command: Command) -> Ticket {
+        let ticket = self.next_ticket;
+        self.next_ticket.0 += 1;
+        self.queue.push_back(Member {
+            ticket,
+            command,
+            attempts: 0,
+            decided: None,
+            answer: None,
+        });
+        ticket
+    }
+
+    /// Commands queued or in flight.
+    pub fn busy(&self) -> bool {
+        !self.queue.is_empty() || !self.flights.is_empty()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Whether to send a batch now: at once when nothing is in flight (a lone command costs
+    /// one stored batch), and another one in flight only when a full batch is waiting (the
+    /// server stores one batch at a time, so more in flight only adds latency otherwise).
+    pub fn wants_to_send(&self) -> bool {
+        !self.queue.is_empty()
+            && !self.send_failed
+            && self.flights.len() < self.pipeline.in_flight_max
+            && (self.flights.is_empty() || self.queue.len() >= self.pipeline.full_batch_commands)
+    }
+
+    /// Decides the next batch from the queue on top of everything in flight, and sends it
+    /// without waiting for its acknowledgement.
+    pub async fn send_next(&mut self) {
+        let (mut tick, members) = loop {
+            match self.build_tick() {
+                Ok(built) => break built,
+                // A decision panicked: its command is poisoned (recorded `internal_error`
+                // from now on); build the batch again (each command is poisoned at most once).
                 Err(Poisoned) => continue,
-            };
-            attempt += 1;
-            if tick.drafts.is_empty() {
-                return end;
             }
+        };
+        let pending = if tick.drafts.is_empty() {
+            None
+        } else {
             let batch = AppendBatch {
-                // Decided against everything up to here: anything appended since is a conflict.
-                expected_last_seq: Some(self.applied_seq),
+                // Decided against everything up to here, in-flight batches included:
+                // anything else appended since is a conflict.
+                expected_last_seq: Some(self.predicted_seq),
                 expectations: tick.expectations.clone(),
-                events: tick.drafts.clone(),
+                events: std::mem::take(&mut tick.drafts),
             };
-            match self.log.append(batch).await {
-                Ok(appended) => {
+            match self.log.send(batch).await {
+                Ok((appended, pending)) => {
+                    // The next batch chains onto these events and expects their sequences.
                     for (subject, head) in appended.heads() {
                         self.state.confirm(subject, head);
                     }
-                    self.applied_seq = appended.last_seq;
-                    for p in &tick.pending {
-                        outcomes[p.index] = Some(committed_outcome(p, &appended.events));
-                    }
-                    // Retries of a command decided earlier in the same tick get its outcome.
-                    for (i, c) in commands.iter().enumerate().take(end).skip(start) {
-                        if outcomes[i].is_none() {
-                            outcomes[i] = self.outcome_of(c.command_id);
-                        }
-                    }
-                    return end;
-                }
-                Err(AppendError::Conflict { .. } | AppendError::OutcomeUnknown(_)) => {
-                    tick.undo(&mut self.state);
-                    if let Err(e) = self.catch_up().await {
-                        tracing::warn!(error = %e, "catching up after a conflict failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    for p in &tick.pending {
-                        outcomes[p.index] = None;
-                    }
+                    self.predicted_seq = appended.last_seq;
+                    Some((appended, pending))
                 }
                 Err(e) => {
-                    tick.undo(&mut self.state);
-                    tracing::error!(error = %e, "append failed");
-                    for p in &tick.pending {
-                        outcomes[p.index] = Some(Outcome::Unavailable {
-                            command_id: p.command_id,
-                            message: e.to_string(),
-                        });
-                    }
-                    if let AppendError::FencingBreach(reason) = &e {
-                        // Another writer is active in a way the checks did not stop: this
-                        // process must not write again. A supervisor restarts it from the log.
-                        panic!("fencing breach: {reason}");
-                    }
-                    return end;
+                    // Nothing more may be sent on top of a batch that did not go: it would
+                    // count on decisions the log may never hold. Settling this one rolls back.
+                    self.send_failed = true;
+                    let nothing = ledger::Appended {
+                        events: Vec::new(),
+                        last_seq: self.predicted_seq,
+                    };
+                    Some((nothing, Box::pin(std::future::ready(Err(e))) as _))
+                }
+            }
+        };
+        self.flights.push_back(Flight {
+            tick,
+            members,
+            pending,
+        });
+    }
+
+    /// Waits for the oldest batch in flight and returns the outcomes it settles, in the order
+    /// the commands were queued. A batch that failed takes every later one with it: they are
+    /// all awaited, undone, the model catches up from the log, and their commands are decided
+    /// again (a command whose batch was stored after all is then answered from its record).
+    pub async fn settle_next(&mut self) -> Vec<(Ticket, Outcome)> {
+        let Some(mut flight) = self.flights.pop_front() else {
+            return Vec::new();
+        };
+        let result = match flight.pending.as_mut() {
+            None => Ok(None),
+            Some((_, pending)) => pending.await.map(Some),
+        };
+        match result {
+            Ok(appended) => {
+                if let Some(appended) = &appended {
+                    self.applied_seq = appended.last_seq;
+                } else if self.flights.is_empty() {
+                    self.predicted_seq = self.applied_seq;
+                }
+                let events = appended.as_ref().map_or(&[][..], |a| &a.events[..]);
+                let tick = &flight.tick;
+                flight
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let outcome = match (m.answer, m.decided) {
+                            (Some(answer), _) => answer,
+                            (None, Some(i)) => committed_outcome(&tick.pending[i], events),
+                            (None, None) => self.settled_by_record(&m.command),
+                        };
+                        (m.ticket, outcome)
+                    })
+                    .collect()
+            }
+            Err(AppendError::FencingBreach(reason)) => {
+                // Another writer is active in a way the checks did not stop: this process
+                // must not write again. A supervisor restarts it from the log.
+                panic!("fencing breach: {reason}");
+            }
+            Err(e) => self.roll_back(flight, e).await,
+        }
+    }
+
+    /// The answer of a command that needed no events in its batch: its record, now stored.
+    fn settled_by_record(&self, command: &Command) -> Outcome {
+        match self.state.commands.get(&command.command_id) {
+            Some(record) if record.body_sha256 != command.body_sha256() => {
+                different_body(command.command_id)
+            }
+            Some(record) => recorded_outcome(command.command_id, record),
+            None => Outcome::Unavailable {
+                command_id: command.command_id,
+                message: "not processed".into(),
+            },
+        }
+    }
+
+    /// After `failed` (the oldest in flight) did not store: awaits and undoes every batch in
+    /// flight, catches up from the log, and queues their commands again at the front.
+    async fn roll_back(&mut self, failed: Flight, error: AppendError) -> Vec<(Ticket, Outcome)> {
+        let mut later: Vec<Flight> = self.flights.drain(..).collect();
+        for flight in &mut later {
+            if let Some((_, pending)) = flight.pending.as_mut()
+                && let Err(AppendError::FencingBreach(reason)) = pending.await
+            {
+                panic!("fencing breach: {reason}");
+            }
+        }
+        let mut flights = vec![failed];
+        flights.extend(later);
+        for flight in flights.iter_mut().rev() {
+            flight.tick.undo(&mut self.state);
+        }
+        self.predicted_seq = self.applied_seq;
+        self.send_failed = false;
+        let refused = matches!(
+            error,
+            AppendError::Refused { .. } | AppendError::Invalid(_) | AppendError::Encode(_)
+        );
+        if refused {
+            tracing::error!(error = %error, "append refused");
+        }
+        for attempt in 0.. {
+            match self.catch_up().await {
+                Ok(_) => break,
+                Err(e) if attempt < CONFLICT_RETRIES_MAX => {
+                    tracing::warn!(error = %e, "catching up after a failed append; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot catch up with the ledger");
+                    break;
                 }
             }
         }
-        for (i, c) in commands.iter().enumerate().skip(start) {
-            outcomes[i].get_or_insert_with(|| Outcome::Unavailable {
-                command_id: c.command_id,
-                message: format!(
-                    "the ledger kept changing under {CONFLICT_RETRIES_MAX} attempts; retry"
-                ),
-            });
+        self.predicted_seq = self.applied_seq;
+        let mut settled = Vec::new();
+        let mut again = Vec::new();
+        for (i, flight) in flights.into_iter().enumerate() {
+            for mut member in flight.members {
+                member.attempts += 1;
+                member.decided = None;
+                let give_up = if refused && i == 0 {
+                    // Refused (storage full, a limit): nothing of it was stored; the sender
+                    // retries later.
+                    Some(error.to_string())
+                } else if member.attempts >= CONFLICT_RETRIES_MAX {
+                    Some(format!(
+                        "the ledger kept changing under {CONFLICT_RETRIES_MAX} attempts; retry"
+                    ))
+                } else {
+                    None
+                };
+                match give_up {
+                    // An answer already known (a duplicate, a record) does not depend on
+                    // this batch being stored.
+                    Some(_) if member.answer.is_some() => {
+                        let answer = member.answer.take().expect("checked");
+                        settled.push((member.ticket, answer));
+                    }
+                    Some(message) => settled.push((
+                        member.ticket,
+                        Outcome::Unavailable {
+                            command_id: member.command.command_id,
+                            message,
+                        },
+                    )),
+                    None => {
+                        member.answer = None;
+                        again.push(member);
+                    }
+                }
+            }
         }
-        commands.len()
+        for member in again.into_iter().rev() {
+            self.queue.push_front(member);
+        }
+        settled
     }
 
-    /// Decides commands from `start` into one batch, applying them tentatively. If deciding a
-    /// command panics, the tick is undone, the command is marked poisoned (it will be recorded
-    /// `internal_error`), and `Err(Poisoned)` asks the caller to build the tick again.
-    fn build_tick(
-        &mut self,
-        commands: &[Command],
-        start: usize,
-        outcomes: &mut [Option<Outcome>],
-    ) -> Result<(Tick, usize), Poisoned> {
+    /// Takes commands from the queue into one batch, deciding each against the state that
+    /// includes every earlier decision (in flight or in this batch) and applying it
+    /// tentatively. If deciding one panics, the batch is undone, the command marked poisoned,
+    /// its members put back, and `Err(Poisoned)` asks for the batch to be built again.
+    fn build_tick(&mut self) -> Result<(Tick, Vec<Member>), Poisoned> {
         let mut tick = Tick::default();
+        let mut members: Vec<Member> = Vec::new();
         let mut in_tick = HashSet::new();
-        let mut index = start;
-        while index < commands.len() {
-            let command = &commands[index];
+        while let Some(mut member) = self.queue.pop_front() {
+            if members.len() == self.pipeline.batch_commands_max {
+                self.queue.push_front(member);
+                break;
+            }
+            let command = &member.command;
             let body_sha256 = command.body_sha256();
             if let Some(record) = self.state.commands.get(&command.command_id) {
-                // Answered from the record once the tick commits (it may be in this tick).
+                // Answered from the record once this batch settles (it may be in flight).
                 if record.body_sha256 != body_sha256 {
-                    outcomes[index] = Some(different_body(command.command_id));
-                } else if !in_tick.contains(&command.command_id) {
-                    outcomes[index] = Some(recorded_outcome(command.command_id, record));
+                    member.answer = Some(different_body(command.command_id));
+                } else if !in_tick.contains(&command.command_id) && record.head.is_some() {
+                    member.answer = Some(recorded_outcome(command.command_id, record));
                 }
-                index += 1;
+                members.push(member);
                 continue;
             }
             let decided = match self.poisoned.get(&command.command_id) {
@@ -524,33 +778,48 @@ impl<L: EventLog> Processor<L> {
             };
             let decision = match decided {
                 Ok(decision) => decision,
-                Err(panic) => return Err(self.poison(&mut tick, command, panic.as_ref())),
+                Err(panic) => {
+                    let poisoned = self.poison(&mut tick, &member.command, panic.as_ref());
+                    self.queue.push_front(member);
+                    for m in members.into_iter().rev() {
+                        self.queue.push_front(m);
+                    }
+                    return Err(poisoned);
+                }
             };
             let events = decision.as_ref().map_or(0, Vec::len);
             if tick.drafts.len() + events + 1 > BATCH_EVENTS_MAX {
                 if tick.drafts.is_empty() {
-                    outcomes[index] = Some(Outcome::Unavailable {
+                    member.answer = Some(Outcome::Unavailable {
                         command_id: command.command_id,
                         message: format!(
                             "the command produces {events} events; at most {} fit one atomic append",
                             BATCH_EVENTS_MAX - 1
                         ),
                     });
-                    index += 1;
+                    members.push(member);
                     continue;
                 }
+                self.queue.push_front(member);
                 break;
             }
+            let index = tick.pending.len();
             let added = catch_unwind(AssertUnwindSafe(|| {
-                self.add_to_tick(&mut tick, index, command, body_sha256, decision);
+                self.add_to_tick(&mut tick, &member.command, body_sha256, decision);
             }));
             if let Err(panic) = added {
-                return Err(self.poison(&mut tick, command, panic.as_ref()));
+                let poisoned = self.poison(&mut tick, &member.command, panic.as_ref());
+                self.queue.push_front(member);
+                for m in members.into_iter().rev() {
+                    self.queue.push_front(m);
+                }
+                return Err(poisoned);
             }
-            in_tick.insert(command.command_id);
-            index += 1;
+            in_tick.insert(member.command.command_id);
+            member.decided = Some(index);
+            members.push(member);
         }
-        Ok((tick, index))
+        Ok((tick, members))
     }
 
     /// Who may send it, then the business rules.
@@ -594,7 +863,6 @@ impl<L: EventLog> Processor<L> {
     fn add_to_tick(
         &mut self,
         tick: &mut Tick,
-        index: usize,
         command: &Command,
         body_sha256: [u8; 32],
         decision: Result<Vec<(Subject, Event)>, Rejection>,
@@ -662,7 +930,6 @@ impl<L: EventLog> Processor<L> {
             }
         }
         tick.pending.push(Pending {
-            index,
             command_id: command.command_id,
             first,
             events: count,

@@ -77,6 +77,17 @@ struct Inner {
     /// batch headers does.
     ignore_expectations: bool,
     stats: Stats,
+    /// Each writer's last chain marker (the per-writer fence of the JetStream log).
+    markers: HashMap<u64, u64>,
+    writers: u64,
+}
+
+/// One writer's view of its chain marker, as `JetStreamLog` keeps it: moved on when a batch
+/// is sent, forgotten (read again) when an acknowledgement says a batch failed.
+#[derive(Debug)]
+struct SimWriter {
+    id: u64,
+    prev_marker: Option<u64>,
 }
 
 /// What happened to appends over a run (to show the faults are exercised).
@@ -93,6 +104,9 @@ struct Stats {
     commands: u64,
     /// Messages stored by someone other than the writers.
     foreign: u64,
+    /// Most batches in flight at once, and batches sent while another was in flight.
+    in_flight_max: usize,
+    pipelined: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -105,12 +119,14 @@ impl std::ops::AddAssign for Stats {
         self.resent += o.resent;
         self.commands += o.commands;
         self.foreign += o.foreign;
+        self.in_flight_max = self.in_flight_max.max(o.in_flight_max);
+        self.pipelined += o.pipelined;
     }
 }
 
 /// The in-memory log shared by the simulated processors.
 #[derive(Debug, Clone)]
-struct SimLog(Arc<Mutex<Inner>>);
+struct SimLog(Arc<Mutex<Inner>>, Arc<Mutex<SimWriter>>);
 
 impl SimLog {
     /// Stores a message no writer committed, as a stray reply or a rogue client would: on a
@@ -152,15 +168,40 @@ impl SimLog {
         inner.stats.foreign += 1;
     }
 
+    /// Another handle on the same log for another writer (a processor and its log, as one
+    /// `JetStreamLog` per process).
+    fn writer(&self) -> SimLog {
+        let id = {
+            let mut inner = self.0.lock().expect("lock");
+            inner.writers += 1;
+            inner.writers
+        };
+        SimLog(
+            self.0.clone(),
+            Arc::new(Mutex::new(SimWriter {
+                id,
+                prev_marker: None,
+            })),
+        )
+    }
+
     fn new(seed: u64, faults: Faults, ignore_expectations: bool) -> SimLog {
-        SimLog(Arc::new(Mutex::new(Inner {
-            records: Vec::new(),
-            heads: HashMap::new(),
-            rng: Rng(seed ^ 0x5EED),
-            faults,
-            ignore_expectations,
-            stats: Stats::default(),
-        })))
+        SimLog(
+            Arc::new(Mutex::new(Inner {
+                records: Vec::new(),
+                heads: HashMap::new(),
+                rng: Rng(seed ^ 0x5EED),
+                faults,
+                ignore_expectations,
+                stats: Stats::default(),
+                markers: HashMap::new(),
+                writers: 0,
+            })),
+            Arc::new(Mutex::new(SimWriter {
+                id: 0,
+                prev_marker: None,
+            })),
+        )
     }
 
     fn records(&self) -> Vec<LogRecord> {
@@ -177,10 +218,14 @@ impl LogCursor for SimCursor {
     }
 }
 
-impl EventLog for SimLog {
-    type Cursor = SimCursor;
-
-    async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+impl SimLog {
+    /// Stores a batch as the JetStream log would, with the seeded faults.
+    fn store(
+        &self,
+        batch: AppendBatch,
+        writer: u64,
+        expected_marker: u64,
+    ) -> Result<Appended, AppendError> {
         let mut inner = self.0.lock().expect("lock");
         let faults = inner.faults;
         inner.stats.appends += 1;
@@ -200,6 +245,14 @@ impl EventLog for SimLog {
                 return Err(AppendError::Conflict {
                     code: 10071,
                     detail: format!("wrong last sequence: {last}"),
+                });
+            }
+            let marker = inner.markers.get(&writer).copied().unwrap_or(0);
+            if marker != expected_marker {
+                inner.stats.conflicts += 1;
+                return Err(AppendError::Conflict {
+                    code: 10071,
+                    detail: format!("wrong last sequence on the writer's marker: {marker}"),
                 });
             }
             for e in &batch.expectations {
@@ -235,6 +288,7 @@ impl EventLog for SimLog {
             });
         }
         let marker_seq = inner.records.len() as u64 + 1;
+        inner.markers.insert(writer, marker_seq);
         inner.records.push(LogRecord::Marker {
             seq: marker_seq,
             recorded_at: ledger::values::Timestamp::from_micros(marker_seq as i64).expect("time"),
@@ -249,6 +303,67 @@ impl EventLog for SimLog {
             events,
             last_seq: marker_seq,
         })
+    }
+}
+
+impl EventLog for SimLog {
+    type Cursor = SimCursor;
+
+    async fn send(
+        &self,
+        batch: AppendBatch,
+    ) -> Result<(Appended, ledger::PendingAppend), AppendError> {
+        // Where the batch lands if it is stored: after the position its sender expects.
+        let base = match batch.expected_last_seq {
+            Some(seq) => seq,
+            None => self.0.lock().expect("lock").records.len() as u64,
+        };
+        let sealed = ledger::log::seal_batch(batch.clone())?;
+        let predicted = Appended {
+            events: sealed
+                .iter()
+                .zip(base + 1..)
+                .map(|(s, seq)| AppendedEvent {
+                    seq,
+                    hash: s.hash,
+                    subject: s.subject.clone(),
+                })
+                .collect(),
+            last_seq: base + sealed.len() as u64 + 1,
+        };
+        // The writer's fence: its previous marker where it believes it is (read from the log
+        // when it does not know), moved on to this batch's before the acknowledgement.
+        let (writer_id, expected_marker) = {
+            let mut w = self.1.lock().expect("lock");
+            let expected = match w.prev_marker {
+                Some(seq) => seq,
+                None => self
+                    .0
+                    .lock()
+                    .expect("lock")
+                    .markers
+                    .get(&w.id)
+                    .copied()
+                    .unwrap_or(0),
+            };
+            w.prev_marker = Some(predicted.last_seq);
+            (w.id, expected)
+        };
+        // The server takes batches in the order sent, each checked against those before it.
+        let result = self.store(batch, writer_id, expected_marker);
+        let writer = self.1.clone();
+        let pending = async move {
+            if result.is_err() {
+                writer.lock().expect("lock").prev_marker = None;
+            }
+            result
+        };
+        Ok((predicted, Box::pin(pending)))
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+        let (_, pending) = self.send(batch).await?;
+        pending.await
     }
 
     async fn head(&self, subject: &Subject) -> Result<Option<Head>, ReadError> {
@@ -524,6 +639,75 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.foreign_seqs == b.foreign_seqs
 }
 
+/// Pipelines of 2 to 4 batches of 1 or 2 commands each, so that every group of commands runs
+/// with several batches in flight.
+fn configure(processor: &mut Processor<SimLog>, rng: &mut Rng) {
+    processor.set_pipeline(crate::processor::PipelineConfig {
+        in_flight_max: 2 + rng.below(3) as usize,
+        batch_commands_max: 1 + rng.below(2) as usize,
+        full_batch_commands: 1,
+    });
+}
+
+/// What a pipelined group did.
+#[derive(Debug, Default)]
+struct Stepped {
+    in_flight_max: usize,
+    /// Batches sent while another was in flight.
+    pipelined: u64,
+}
+
+/// Runs `group` through processor `which` batch by batch: between two sends the log may
+/// take a foreign message, or the other processor may append (a conflict in the middle of
+/// the pipeline); with `crash`, the processor stops with its batches in flight (their
+/// commands get no answer: `None`).
+async fn pipeline(
+    processors: &mut [Processor<SimLog>; 2],
+    which: usize,
+    group: &[Command],
+    log: &SimLog,
+    rng: &mut Rng,
+    foreign_per_mille: u64,
+    crash: bool,
+) -> (Vec<Option<Outcome>>, Stepped) {
+    let (first, second) = processors.split_at_mut(1);
+    let (this, other) = if which == 0 {
+        (&mut first[0], &mut second[0])
+    } else {
+        (&mut second[0], &mut first[0])
+    };
+    let tickets: Vec<_> = group.iter().map(|c| this.enqueue(c.clone())).collect();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; group.len()];
+    let mut stepped = Stepped::default();
+    while this.busy() {
+        while this.wants_to_send() {
+            if this.in_flight() > 0 {
+                stepped.pipelined += 1;
+            }
+            this.send_next().await;
+            stepped.in_flight_max = stepped.in_flight_max.max(this.in_flight());
+            if rng.chance(foreign_per_mille) {
+                log.inject_foreign(rng);
+            }
+            if rng.chance(40) {
+                // The other processor appends in between (its own retry of a command, say).
+                if let Some(c) = group.get(rng.below(group.len() as u64) as usize) {
+                    other.process(std::slice::from_ref(c)).await;
+                }
+            }
+        }
+        if crash && this.in_flight() > 0 {
+            return (vec![None; group.len()], stepped);
+        }
+        for (ticket, outcome) in this.settle_next().await {
+            if let Some(i) = tickets.iter().position(|t| *t == ticket) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+    }
+    (outcomes, stepped)
+}
+
 /// One simulated run. `Err` describes the first broken invariant.
 async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<Stats, String> {
     let mut rng = Rng(seed);
@@ -534,13 +718,16 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     let foreign_per_mille = rng.below(100);
     let log = SimLog::new(seed, faults, ignore_expectations);
     let mut processors = [
-        Processor::recover(log.clone())
+        Processor::recover(log.writer())
             .await
             .map_err(|e| e.to_string())?,
-        Processor::recover(log.clone())
+        Processor::recover(log.writer())
             .await
             .map_err(|e| e.to_string())?,
     ];
+    for p in &mut processors {
+        configure(p, &mut rng);
+    }
     let mut checker = Checker::default();
     let mut shadows = [Checker::default(), Checker::default()];
     let mut stats = Stats::default();
@@ -572,15 +759,28 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             }
         }
         let which = rng.below(2) as usize;
-        let outcomes = processors[which].process(&group).await;
-        let crashed = rng.chance(60);
+        let crash_in_flight = rng.chance(30);
+        let (outcomes, stepped) = pipeline(
+            &mut processors,
+            which,
+            &group,
+            &log,
+            &mut rng,
+            foreign_per_mille,
+            crash_in_flight,
+        )
+        .await;
+        stats.in_flight_max = stats.in_flight_max.max(stepped.in_flight_max);
+        stats.pipelined += stepped.pipelined;
+        let crashed = crash_in_flight || rng.chance(60);
         if crashed {
             stats.crashes += 1;
-            // Crash between append and reply: the client hears nothing, and the processor
-            // comes back from the log.
-            processors[which] = Processor::recover(log.clone())
+            // Crash between append and reply, or with batches in flight: the client hears
+            // nothing, and the processor comes back from the log.
+            processors[which] = Processor::recover(log.writer())
                 .await
                 .map_err(|e| format!("step {step}: recovery: {e}"))?;
+            configure(&mut processors[which], &mut rng);
         }
         let inner = log.0.lock().expect("lock");
         let records = &inner.records;
@@ -591,9 +791,9 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             if !sent.iter().any(|(c, _)| c.command_id == command.command_id) {
                 sent.push((command.clone(), false));
             }
-            if crashed {
+            let Some(outcome) = outcome.as_ref().filter(|_| !crashed) else {
                 continue;
-            }
+            };
             checker
                 .check_answer(command, outcome, records)
                 .map_err(|e| format!("step {step}: {e}"))?;
@@ -617,7 +817,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
         }
     }
     // In the end every command the client sent gets a definitive answer on retry.
-    let mut calm = Processor::recover(log.clone())
+    let mut calm = Processor::recover(log.writer())
         .await
         .map_err(|e| e.to_string())?;
     for (command, _) in &sent {
@@ -685,6 +885,8 @@ fn ten_thousand_seeded_runs_keep_every_invariant() {
             && total.refused > 0
             && total.crashes > 0
             && total.foreign > 0
+            && total.in_flight_max >= 3
+            && total.pipelined > 0
     );
 }
 
@@ -705,7 +907,7 @@ fn a_command_the_actors_role_may_not_send_is_refused_forbidden_and_recorded() {
     let runtime = runtime();
     runtime.block_on(async {
         let log = SimLog::new(1, Faults { lose_ack: 0, refuse: 0 }, false);
-        let mut processor = Processor::recover(log.clone()).await.unwrap();
+        let mut processor = Processor::recover(log.writer()).await.unwrap();
         let mut rng = Rng(1);
         let mut as_role = |role: &str, kind: &str, data: serde_json::Value| {
             let mut c = command(&mut rng, kind, data);
@@ -767,7 +969,7 @@ fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on
             },
             false,
         );
-        let mut processor = Processor::recover(log.clone()).await.unwrap();
+        let mut processor = Processor::recover(log.writer()).await.unwrap();
         let mut rng = Rng(7);
         processor.process(&master_data(&mut rng)).await;
         processor.inject_decider_panic("B");
@@ -804,7 +1006,7 @@ fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on
         let before = log.records().len();
         let again = processor.process(&group[1..2]).await.remove(0);
         assert_eq!(&again, &outcomes[1]);
-        let mut fresh = Processor::recover(log.clone()).await.unwrap();
+        let mut fresh = Processor::recover(log.writer()).await.unwrap();
         assert_eq!(&fresh.process(&group[1..2]).await.remove(0), &outcomes[1]);
         assert_eq!(log.records().len(), before);
         // The balances of A and C moved; B's did not.

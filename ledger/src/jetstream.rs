@@ -28,7 +28,8 @@ use crate::codec::{self, WriterMarker};
 use crate::envelope::{EventHash, RecordedEvent};
 use crate::log::{
     AppendBatch, AppendError, Appended, AppendedEvent, EventLog, ForeignReason, ForeignRecord,
-    Head, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil, SealedEvent, seal_batch,
+    Head, LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil, SealedEvent,
+    seal_batch,
 };
 use crate::server::Version;
 use crate::subject::{Subject, SubjectSpace};
@@ -410,7 +411,7 @@ pub struct JetStreamLog {
     stream: stream::Stream,
     config: LogConfig,
     max_payload: usize,
-    writer: Mutex<Writer>,
+    writer: std::sync::Arc<Mutex<Writer>>,
 }
 
 impl JetStreamLog {
@@ -470,7 +471,7 @@ impl JetStreamLog {
             js,
             stream,
             config,
-            writer: Mutex::new(writer),
+            writer: std::sync::Arc::new(Mutex::new(writer)),
         })
     }
 
@@ -572,7 +573,7 @@ impl JetStreamLog {
         predicted_last: u64,
         sealed: &[SealedEvent],
         batch_id: &str,
-    ) -> Result<jetstream::publish::PublishAck, async_nats::Error> {
+    ) -> Result<jetstream::context::PublishAckFuture, async_nats::Error> {
         for (i, event) in sealed.iter().enumerate() {
             let mut headers = HeaderMap::new();
             headers.insert(NATS_BATCH_ID, batch_id);
@@ -610,11 +611,10 @@ impl JetStreamLog {
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             w.prev_marker.to_string().as_str(),
         );
-        let ack = self
+        Ok(self
             .js
             .publish_with_headers(w.chain_subject.clone(), headers, Bytes::from(marker))
-            .await?;
-        Ok(ack.await?)
+            .await?)
     }
 
     /// The first sequence the server stored strictly after recorded time `after`, found with
@@ -802,7 +802,7 @@ fn jetstream_error_code(error: &(dyn std::error::Error + 'static)) -> Option<u64
 impl EventLog for JetStreamLog {
     type Cursor = JetStreamCursor;
 
-    async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+    async fn send(&self, batch: AppendBatch) -> Result<(Appended, PendingAppend), AppendError> {
         if self.config.mirror.is_some() {
             return Err(AppendError::Invalid(format!(
                 "{} here is a read-only copy of the ledger; only the processor appends, to the ledger itself",
@@ -824,50 +824,75 @@ impl EventLog for JetStreamLog {
             .expect("resynchronised above");
         let batch_id = Uuid::now_v7().simple().to_string();
         let messages = sealed.len() as u64 + 1;
-        let sent = self
+        let predicted_end = predicted_last + messages;
+        let ack = match self
             .send_batch(&w, predicted_last, &sealed, &batch_id)
-            .await;
-        let ack = match sent {
+            .await
+        {
             Ok(ack) => ack,
             Err(error) => {
-                // Any failure may mean another writer moved the stream; re-read before the next append.
+                // Part of the batch may be on its way; it cannot commit without its marker.
                 w.predicted_last = None;
-                let detail = error.to_string();
-                return Err(match jetstream_error_code(error.as_ref()) {
-                    Some(code) if CONFLICT_CODES.contains(&code) => {
-                        AppendError::Conflict { code, detail }
-                    }
-                    Some(code) => AppendError::Refused { code, detail },
-                    None => AppendError::OutcomeUnknown(detail),
-                });
+                return Err(AppendError::OutcomeUnknown(error.to_string()));
             }
         };
-        let predicted_end = predicted_last + messages;
-        if ack.sequence != predicted_end || ack.batch_size != Some(messages) {
-            let reason = format!(
-                "batch {batch_id} acknowledged at sequence {} with size {:?}; predicted {predicted_end} and {messages}",
-                ack.sequence, ack.batch_size
-            );
-            tracing::error!(%reason, "fencing breach: another writer is appending to the ledger");
-            w.stopped = Some(reason.clone());
-            return Err(AppendError::FencingBreach(reason));
-        }
+        // The next batch is sent on top of this one, before its acknowledgement.
         w.predicted_last = Some(predicted_end);
         w.prev_marker = predicted_end;
         w.batches += 1;
-        let events = sealed
-            .into_iter()
-            .zip(predicted_last + 1..)
-            .map(|(s, seq)| AppendedEvent {
-                seq,
-                hash: s.hash,
-                subject: s.subject,
-            })
-            .collect();
-        Ok(Appended {
-            events,
+        drop(w);
+        let appended = Appended {
+            events: sealed
+                .into_iter()
+                .zip(predicted_last + 1..)
+                .map(|(s, seq)| AppendedEvent {
+                    seq,
+                    hash: s.hash,
+                    subject: s.subject,
+                })
+                .collect(),
             last_seq: predicted_end,
-        })
+        };
+        let writer = self.writer.clone();
+        let confirmed = appended.clone();
+        let pending = async move {
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                Err(error) => {
+                    // Any failure may mean another writer moved the stream; re-read before the
+                    // next append.
+                    writer.lock().await.predicted_last = None;
+                    let detail = error.to_string();
+                    return Err(match jetstream_error_code(&error) {
+                        Some(code) if CONFLICT_CODES.contains(&code) => {
+                            AppendError::Conflict { code, detail }
+                        }
+                        Some(code) => AppendError::Refused { code, detail },
+                        None => AppendError::OutcomeUnknown(detail),
+                    });
+                }
+            };
+            if ack.sequence != predicted_end || ack.batch_size != Some(messages) {
+                let reason = format!(
+                    "batch {batch_id} acknowledged at sequence {} with size {:?}; predicted {predicted_end} and {messages}",
+                    ack.sequence, ack.batch_size
+                );
+                tracing::error!(%reason, "fencing breach: another writer is appending to the ledger");
+                writer.lock().await.stopped = Some(reason.clone());
+                return Err(AppendError::FencingBreach(reason));
+            }
+            Ok(confirmed)
+        };
+        Ok((appended, Box::pin(pending)))
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<Appended, AppendError> {
+        let (_, pending) = self.send(batch).await?;
+        pending.await
+    }
+
+    fn pipelines(&self) -> bool {
+        self.config.replicas <= 1
     }
 
     async fn head(&self, subject: &Subject) -> Result<Option<Head>, ReadError> {

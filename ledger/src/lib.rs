@@ -28,7 +28,7 @@ pub use envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
 pub use events::{Event, EventType};
 pub use log::{
     AppendBatch, AppendError, Appended, EventLog, Expectation, ForeignReason, ForeignRecord, Head,
-    LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil,
+    LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil,
 };
 pub use subject::Subject;
 pub use walk::{Batch, BatchMarker, WalkError, WalkUntil, Walked, Walker};

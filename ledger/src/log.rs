@@ -250,9 +250,25 @@ pub trait LogCursor: Send {
     fn next(&mut self) -> impl Future<Output = Option<Result<LogRecord, ReadError>>> + Send;
 }
 
+/// An append that was sent and is waiting for its acknowledgement.
+pub type PendingAppend =
+    std::pin::Pin<Box<dyn Future<Output = Result<Appended, AppendError>> + Send>>;
+
 /// An append-only, hash-chained log of events.
 pub trait EventLog: Send + Sync {
     type Cursor: LogCursor;
+
+    /// Sends the batch and returns, without waiting for its acknowledgement, where its events
+    /// will land if it is stored (sequences from `expected_last_seq`, which the caller must
+    /// give, and hashes) and the acknowledgement to await. Several sent batches may be in
+    /// flight; they are stored in the order sent, and each one's checks see the ones before.
+    /// If one fails, the ones sent after it fail too (their expected sequences no longer
+    /// hold), unless it was in fact stored (an unknown outcome): await every one before
+    /// sending again after a failure.
+    fn send(
+        &self,
+        batch: AppendBatch,
+    ) -> impl Future<Output = Result<(Appended, PendingAppend), AppendError>> + Send;
 
     /// Appends the batch atomically, checking every expectation. Returns the sequences and
     /// hashes assigned, in order.
@@ -260,6 +276,12 @@ pub trait EventLog: Send + Sync {
         &self,
         batch: AppendBatch,
     ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+
+    /// Whether several batches may be in flight with per-subject checks (not on a replicated
+    /// stream, where a subject written by a batch not yet applied cannot be checked).
+    fn pipelines(&self) -> bool {
+        true
+    }
 
     /// The last event of a subject, `None` if it has none.
     fn head(
