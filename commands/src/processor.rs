@@ -270,6 +270,8 @@ struct Flight {
     tick: Tick,
     members: Vec<Member>,
     pending: Option<(ledger::Appended, ledger::PendingAppend)>,
+    /// Its acknowledgement, once it came (`Ok(None)`: it held no events).
+    result: Option<Result<Option<ledger::Appended>, AppendError>>,
 }
 
 impl std::fmt::Debug for Flight {
@@ -535,6 +537,14 @@ impl<L: EventLog> Processor<L> {
         ticket
     }
 
+    /// Takes every command not yet sent out of the queue (a stopping service answers them).
+    pub fn drain_queue(&mut self) -> Vec<(Ticket, Uuid)> {
+        self.queue
+            .drain(..)
+            .map(|m| (m.ticket, m.command.command_id))
+            .collect()
+    }
+
     /// Commands queued or in flight.
     pub fn busy(&self) -> bool {
         !self.queue.is_empty() || !self.flights.is_empty()
@@ -604,6 +614,7 @@ impl<L: EventLog> Processor<L> {
             tick,
             members,
             pending,
+            result: None,
         });
     }
 
@@ -612,13 +623,11 @@ impl<L: EventLog> Processor<L> {
     /// all awaited, undone, the model catches up from the log, and their commands are decided
     /// again (a command whose batch was stored after all is then answered from its record).
     pub async fn settle_next(&mut self) -> Vec<(Ticket, Outcome)> {
+        self.wait_for_oldest().await;
         let Some(mut flight) = self.flights.pop_front() else {
             return Vec::new();
         };
-        let result = match flight.pending.as_mut() {
-            None => Ok(None),
-            Some((_, pending)) => pending.await.map(Some),
-        };
+        let result = flight.result.take().expect("waited for above");
         match result {
             Ok(appended) => {
                 if let Some(appended) = &appended {
@@ -650,6 +659,21 @@ impl<L: EventLog> Processor<L> {
         }
     }
 
+    /// Waits until the oldest batch in flight is acknowledged (or failed), changing nothing
+    /// else: cancel-safe, so it can race other work (`settle_next` then settles it).
+    pub async fn wait_for_oldest(&mut self) {
+        let Some(flight) = self.flights.front_mut() else {
+            return;
+        };
+        if flight.result.is_none() {
+            let result = match flight.pending.as_mut() {
+                None => Ok(None),
+                Some((_, pending)) => pending.await.map(Some),
+            };
+            flight.result = Some(result);
+        }
+    }
+
     /// The answer of a command that needed no events in its batch: its record, now stored.
     fn settled_by_record(&self, command: &Command) -> Outcome {
         match self.state.commands.get(&command.command_id) {
@@ -669,9 +693,12 @@ impl<L: EventLog> Processor<L> {
     async fn roll_back(&mut self, failed: Flight, error: AppendError) -> Vec<(Ticket, Outcome)> {
         let mut later: Vec<Flight> = self.flights.drain(..).collect();
         for flight in &mut later {
-            if let Some((_, pending)) = flight.pending.as_mut()
-                && let Err(AppendError::FencingBreach(reason)) = pending.await
-            {
+            let result = match (flight.result.take(), flight.pending.as_mut()) {
+                (Some(result), _) => result,
+                (None, Some((_, pending))) => pending.await.map(Some),
+                (None, None) => Ok(None),
+            };
+            if let Err(AppendError::FencingBreach(reason)) = result {
                 panic!("fencing breach: {reason}");
             }
         }

@@ -29,7 +29,8 @@ use uuid::Uuid;
 
 use crate::command::Command;
 use crate::decide::code;
-use crate::processor::{Outcome, Processor, ProcessorError};
+use crate::processor::{Outcome, Processor, ProcessorError, Ticket};
+use std::collections::HashMap;
 
 /// The NATS client type the service runs on.
 pub type NatsClient = async_nats::Client;
@@ -54,6 +55,8 @@ pub struct ServiceConfig {
     /// then arrive on subjects naming their user. `None`: no authentication; a command's actor
     /// is taken as stated.
     pub principals: Option<crate::access::Principals>,
+    /// Batches in flight and their sizes.
+    pub pipeline: crate::processor::PipelineConfig,
 }
 
 impl Default for ServiceConfig {
@@ -68,6 +71,7 @@ impl Default for ServiceConfig {
             roles: crate::roles::Roles::default(),
             purchase_policy: crate::state::PurchasePolicy::default(),
             principals: None,
+            pipeline: crate::processor::PipelineConfig::default(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Service {
         let mut processor = Processor::recover(log).await?;
         processor.set_roles(config.roles.clone());
         processor.set_purchase_policy(config.purchase_policy.clone());
+        processor.set_pipeline(config.pipeline.clone());
         tracing::info!(
             applied_seq = processor.applied_seq(),
             commands = processor.state().commands.len(),
@@ -162,8 +167,15 @@ impl Service {
             ),
         }
         let (tx, rx) = mpsc::channel::<Incoming>(config.queue_capacity);
-        let intake = spawn_intake(&client, processor.log().jetstream(), &config, tx).await?;
         let guard = ReplyGuard::load(processor.log().jetstream()).await;
+        let intake = spawn_intake(
+            &client,
+            processor.log().jetstream(),
+            &config,
+            tx,
+            guard.clone(),
+        )
+        .await?;
         Ok(Service {
             client,
             processor,
@@ -174,7 +186,10 @@ impl Service {
         })
     }
 
-    /// Decides commands until `shutdown` resolves.
+    /// Decides commands until `shutdown` resolves: batches go out as soon as the previous
+    /// ones allow (`Processor::wants_to_send`), answers leave as their batches settle, in the
+    /// order the commands arrived. On shutdown, what is in flight settles and is answered;
+    /// what was not yet sent is answered `unavailable` (a durable command is delivered again).
     pub async fn serve(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -182,51 +197,128 @@ impl Service {
         tokio::pin!(shutdown);
         let mut clock = tokio::time::interval(self.config.hold_expiry_interval);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waiting = Waiting::default();
         loop {
-            let first = tokio::select! {
+            while self.processor.wants_to_send() {
+                self.processor.send_next().await;
+            }
+            let room = self.processor.queued() < self.config.queue_capacity;
+            tokio::select! {
                 _ = &mut shutdown => break,
-                _ = clock.tick() => {
-                    self.expire_holds().await;
-                    self.guard.refresh_if_stale(self.processor.log().jetstream()).await;
-                    continue;
+                // Only the wait is raced (it is cancel-safe); settling runs to its end.
+                () = self.processor.wait_for_oldest(), if self.processor.in_flight() > 0 => {
+                    let settled = self.processor.settle_next().await;
+                    let answers = Answers { client: &self.client, guard: &self.guard };
+                    for (ticket, outcome) in settled {
+                        waiting.settle(answers, ticket, &outcome).await;
+                    }
                 }
-                incoming = self.rx.recv() => match incoming {
-                    Some(incoming) => incoming,
-                    None => break,
-                },
-            };
-            let mut batch = vec![first];
-            while batch.len() < self.config.tick_commands_max {
-                match self.rx.try_recv() {
-                    Ok(incoming) => batch.push(incoming),
-                    Err(_) => break,
+                incoming = self.rx.recv(), if room => {
+                    let Some(incoming) = incoming else { break };
+                    let answers = Answers { client: &self.client, guard: &self.guard };
+                    take(answers, &mut self.processor, &self.config, &mut waiting, incoming).await;
+                    // Whatever else already waits joins the same batch.
+                    for _ in 0..self.config.tick_commands_max {
+                        if self.processor.queued() >= self.config.queue_capacity {
+                            break;
+                        }
+                        match self.rx.try_recv() {
+                            Ok(incoming) => {
+                                take(answers, &mut self.processor, &self.config, &mut waiting, incoming)
+                                    .await;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = clock.tick() => {
+                    self.expire_holds(&mut waiting);
+                    self.guard.refresh_if_stale(self.processor.log().jetstream()).await;
                 }
             }
-            let answers = Answers {
-                client: &self.client,
-                guard: &self.guard,
-            };
-            handle(answers, &mut self.processor, &self.config, batch).await;
         }
         for task in &self.intake {
             task.abort();
+        }
+        // Settle what is in flight; what never went out is not stored.
+        let answers = Answers {
+            client: &self.client,
+            guard: &self.guard,
+        };
+        while self.processor.in_flight() > 0 {
+            for (ticket, outcome) in self.processor.settle_next().await {
+                waiting.settle(answers, ticket, &outcome).await;
+            }
+        }
+        for (ticket, command_id) in self.processor.drain_queue() {
+            let outcome = Outcome::Unavailable {
+                command_id,
+                message: "the processor is stopping; send it again".into(),
+            };
+            waiting.settle(answers, ticket, &outcome).await;
         }
         Ok(())
     }
 }
 
-impl Service {
-    /// Ends holds whose time has passed: the clock enters here, as the effective time of the
-    /// expiry commands, never inside a decider.
-    async fn expire_holds(&mut self) {
-        let now = ledger::values::Timestamp::new(chrono::Utc::now());
-        let expired = self.processor.expiry_commands(now);
-        if expired.is_empty() {
-            return;
+/// Where each queued command's answer goes, and answers held back so that answers leave in
+/// the order their commands arrived.
+#[derive(Default)]
+struct Waiting {
+    replies: HashMap<Ticket, ReplyTo>,
+    /// The latest ticket handed out, while its command is not settled.
+    last: Option<Ticket>,
+    /// Answers known at once (an invalid command) that wait for the ticket before them.
+    held: std::collections::BTreeMap<Ticket, Vec<(ReplyTo, Outcome)>>,
+    /// Hold-expiry commands queued and not yet settled (by command id).
+    expiring: std::collections::HashSet<Uuid>,
+    expiring_tickets: HashMap<Ticket, Uuid>,
+}
+
+impl Waiting {
+    fn queued(&mut self, ticket: Ticket, reply: ReplyTo) {
+        self.replies.insert(ticket, reply);
+        self.last = Some(ticket);
+    }
+
+    /// An answer known now, sent after every command that arrived before it.
+    async fn answer_now(&mut self, answers: Answers<'_>, reply: ReplyTo, outcome: Outcome) {
+        match self.last {
+            Some(ticket) => self.held.entry(ticket).or_default().push((reply, outcome)),
+            None => answer(answers, reply, &outcome).await,
         }
-        let outcomes = self.processor.process(&expired).await;
-        let done = outcomes.iter().filter(|o| o.is_accepted()).count();
-        tracing::info!(expired = done, of = expired.len(), "holds expired");
+    }
+
+    async fn settle(&mut self, answers: Answers<'_>, ticket: Ticket, outcome: &Outcome) {
+        if let Some(id) = self.expiring_tickets.remove(&ticket) {
+            self.expiring.remove(&id);
+        }
+        if let Some(reply) = self.replies.remove(&ticket) {
+            answer(answers, reply, outcome).await;
+        }
+        if self.last == Some(ticket) {
+            self.last = None;
+        }
+        if let Some(held) = self.held.remove(&ticket) {
+            for (reply, outcome) in held {
+                answer(answers, reply, &outcome).await;
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Queues the expiry of holds whose time has passed: the clock enters here, as the
+    /// effective time of the expiry commands, never inside a decider.
+    fn expire_holds(&mut self, waiting: &mut Waiting) {
+        let now = ledger::values::Timestamp::new(chrono::Utc::now());
+        for command in self.processor.expiry_commands(now) {
+            if waiting.expiring.insert(command.command_id) {
+                let id = command.command_id;
+                let ticket = self.processor.enqueue(command);
+                waiting.expiring_tickets.insert(ticket, id);
+            }
+        }
     }
 }
 
@@ -248,6 +340,7 @@ async fn spawn_intake(
     js: &jetstream::Context,
     config: &ServiceConfig,
     tx: mpsc::Sender<Incoming>,
+    guard: ReplyGuard,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServiceError> {
     let mut rpc = client
         .queue_subscribe(subjects::RPC_ALL, "processor".into())
@@ -284,6 +377,8 @@ async fn spawn_intake(
         .map_err(nats)?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     let rpc_tx = tx.clone();
+    let rpc_client = client.clone();
+    let capacity = config.queue_capacity;
     let query_tx = tx.clone();
     let status_tx = tx.clone();
     let forward_queries =
@@ -309,8 +404,29 @@ async fn spawn_intake(
                     payload: msg.payload,
                     reply: msg.reply,
                 };
-                if rpc_tx.send(incoming).await.is_err() {
-                    break;
+                match rpc_tx.try_send(incoming) {
+                    Ok(()) => {}
+                    // Bounded intake: a request that finds the queue full is answered at once
+                    // (nothing stored; sending it again is safe) instead of waiting unseen.
+                    Err(mpsc::error::TrySendError::Full(Incoming::Rpc {
+                        payload,
+                        reply: Some(reply),
+                        ..
+                    })) => {
+                        let busy = Outcome::Unavailable {
+                            command_id: command_id_hint(&payload).unwrap_or_default(),
+                            message: format!(
+                                "the processor is busy ({capacity} commands queued); nothing was stored, send it again in a moment"
+                            ),
+                        };
+                        let answers = Answers {
+                            client: &rpc_client,
+                            guard: &guard,
+                        };
+                        answer(answers, ReplyTo::Rpc(Some(reply)), &busy).await;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
         }),
@@ -351,67 +467,58 @@ impl Answers<'_> {
     }
 }
 
-/// Decodes, decides and answers one batch of incoming messages.
-async fn handle<L: ledger::EventLog>(
+/// Takes one incoming message: a query is answered, a command queued (or, when it is not
+/// valid, answered in its turn).
+async fn take<L: ledger::EventLog>(
     answers: Answers<'_>,
     processor: &mut Processor<L>,
     config: &ServiceConfig,
-    batch: Vec<Incoming>,
+    waiting: &mut Waiting,
+    incoming: Incoming,
 ) {
-    let mut commands: Vec<Command> = Vec::with_capacity(batch.len());
-    let mut replies: Vec<ReplyTo> = Vec::with_capacity(batch.len());
-    for incoming in batch {
-        let (subject, payload, reply) = match incoming {
-            Incoming::Rpc {
-                subject,
-                payload,
-                reply,
-            } => (subject.to_string(), payload, ReplyTo::Rpc(reply)),
-            Incoming::Stream(msg) => {
-                let user = config
-                    .principals
-                    .as_ref()
-                    .and_then(|_| subjects::parse(&msg.subject).ok()?.user);
-                (
-                    msg.subject.to_string(),
-                    msg.payload.clone(),
-                    ReplyTo::Stream {
-                        msg: Box::new(msg),
-                        user,
-                    },
-                )
-            }
-            Incoming::Query {
-                kind,
-                payload,
-                reply,
-            } => {
-                let answer = match kind {
-                    QueryKind::Outcome => query(processor, &payload),
-                    QueryKind::Status => {
-                        serde_json::to_vec(&processor.status()).expect("status serialises")
-                    }
-                };
-                if let Some(reply) = reply {
-                    answers.send(&reply, answer.into()).await;
-                }
-                continue;
-            }
-        };
-        match read_command(&subject, &payload, config.principals.as_ref()) {
-            Ok(command) => {
-                commands.push(command);
-                replies.push(reply);
-            }
-            Err(outcome) => answer(answers, reply, &outcome).await,
+    let (subject, payload, reply) = match incoming {
+        Incoming::Rpc {
+            subject,
+            payload,
+            reply,
+        } => (subject.to_string(), payload, ReplyTo::Rpc(reply)),
+        Incoming::Stream(msg) => {
+            let user = config
+                .principals
+                .as_ref()
+                .and_then(|_| subjects::parse(&msg.subject).ok()?.user);
+            (
+                msg.subject.to_string(),
+                msg.payload.clone(),
+                ReplyTo::Stream {
+                    msg: Box::new(msg),
+                    user,
+                },
+            )
         }
-    }
-    if commands.is_empty() {
-        return;
-    }
-    let outcomes = processor.process(&commands).await;
-    for (reply, outcome) in replies.into_iter().zip(&outcomes) {
-        answer(answers, reply, outcome).await;
+        Incoming::Query {
+            kind,
+            payload,
+            reply,
+        } => {
+            let answer = match kind {
+                QueryKind::Outcome => query(processor, &payload),
+                QueryKind::Status => {
+                    serde_json::to_vec(&processor.status()).expect("status serialises")
+                }
+            };
+            if let Some(reply) = reply {
+                answers.send(&reply, answer.into()).await;
+            }
+            return;
+        }
+    };
+    match read_command(&subject, &payload, config.principals.as_ref()) {
+        Ok(command) => {
+            let ticket = processor.enqueue(command);
+            waiting.queued(ticket, reply);
+        }
+        Err(outcome) => waiting.answer_now(answers, reply, outcome).await,
     }
 }
 
