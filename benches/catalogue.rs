@@ -189,7 +189,6 @@ fn child(with_ats: bool) {
     let catalogue_events = p.events;
     let after_catalogue = rss();
     p.state.commands.clear();
-    p.state.commands.shrink_to_fit();
     let without_records = rss();
     let started = Instant::now();
     p.run(&order_commands);

@@ -1,25 +1,42 @@
-//! Flash sale: 50,000 one-unit orders from 200 concurrent clients on 10 SKUs holding 20,000
-//! units in total, through the processor, on a server that fsyncs every write. In the same
-//! run, on the same server, raw JetStream: atomic batches of 1,000 envelope-sized messages
-//! (the ledger's own append shape), the durable ceiling the command path is compared with.
+//! Flash sale: the command path against the log's own ceiling, measured in one run on one
+//! server that fsyncs every write (`sync_interval: always`), with the processor as its own
+//! process (`erp processor`, as deployed) and the clients in this one.
 //!
-//! Prints: commands/s, events/s, command-to-reply latency (p50, p99, p999, max), the ratio of
-//! events/s to the raw durable rate, and checks that exactly 20,000 units were allocated.
+//! In order:
+//! 1. raw durable atomic batches of 1,000 envelope-sized messages, one in flight and several
+//!    (the ceiling), and one small atomic batch at a time (the idle path's floor);
+//! 2. a lone client sending one order at a time (the idle path);
+//! 3. the flash sale: one-unit orders from many concurrent clients on 10 SKUs holding
+//!    20,000 units (1-line orders);
+//! 4. the same kind of orders paced at half the rate step 3 reached (latency without a queue);
+//! 5. 3-line orders on 10 hot SKUs, lines in random order, ship-complete (the workload where
+//!    row locks deadlock): every order allocated whole or not at all;
+//! 6. the ledger replayed: exactly the stock there was is allocated, nothing oversold.
 //!
-//! Run: `cargo bench --bench flash_sale` (`ERP_FLASH_ORDERS`, `ERP_FLASH_CLIENTS` to vary).
+//! CPU time of the processor, nats-server and the clients is read from /proc around steps 3
+//! and 5, per 1,000 orders.
+//!
+//! Run: `cargo bench --bench flash_sale`. `ERP_FLASH_ORDERS` (50,000), `ERP_FLASH_CLIENTS`
+//! (200) vary the load; `ERP_FLASH_PROCESSOR_ARGS` passes flags to `erp processor` (say
+//! `--in-flight 1`).
 
 mod common;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use bytes::Bytes;
 use commands::Outcome;
 use ledger::EventLog;
-use ledger::jetstream::{BatchMessage, JetStreamLog, LogConfig, publish_atomic};
+use ledger::jetstream::{JetStreamLog, LogConfig};
 use serde_json::json;
 
 const SKUS: usize = 10;
-const UNITS: u64 = 20_000;
+const UNITS_PER_SKU: i64 = 2_000;
+/// Stock of the SKUs whose orders must all be served (lone and paced steps).
+const AMPLE: i64 = 10_000_000;
+const LONE_ORDERS: usize = 1_000;
 
 fn main() {
     common::block_on(run());
@@ -43,13 +60,147 @@ fn command(kind: &str, data: serde_json::Value) -> Bytes {
     )
 }
 
-/// Raw durable appends: atomic batches of 1,000 messages of `size` bytes into a scratch
-/// stream, one batch in flight (as the processor does). Messages per second.
-async fn raw_atomic(client: &async_nats::Client, size: usize, batches: usize) -> f64 {
+/// An order for one unit of each of `skus`, lines in the given order.
+fn order(id: String, skus: &[String], complete: bool) -> Bytes {
+    let lines: Vec<serde_json::Value> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, sku)| {
+            json!({"line": i + 1, "sku": sku, "qty": 1,
+                   "unit_price": {"amount": "9.99", "currency": "GBP"}})
+        })
+        .collect();
+    let policy = if complete { "ShipComplete" } else { "Partial" };
+    command(
+        "order.place",
+        json!({"order": id, "channel": "web", "ship_to_region": "UK", "policy": policy,
+               "lines": lines}),
+    )
+}
+
+/// A small deterministic generator (xorshift64*): the same orders on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+/// `erp processor` as a child process: killed when dropped (or when this process dies).
+struct ProcessorProcess(std::process::Child);
+
+impl ProcessorProcess {
+    async fn start(url: &str, client: &async_nats::Client, extra: &[String]) -> ProcessorProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
+        command
+            .args(["processor", "--nats", url])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        ledger::server::die_with_parent(&mut command);
+        let child = command.spawn().expect("erp processor starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client
+            .request(ledger::subject::commands::STATUS_QUERY, Bytes::new())
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the processor did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ProcessorProcess(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ProcessorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU used by the processor, the server and this process (the clients) over one step.
+struct CpuMeter {
+    pids: [String; 3],
+    start: [f64; 3],
+}
+
+impl CpuMeter {
+    fn start(processor: u32, server: u32) -> CpuMeter {
+        let pids = [
+            processor.to_string(),
+            server.to_string(),
+            "self".to_string(),
+        ];
+        let start = pids.clone().map(|p| cpu_seconds(&p));
+        CpuMeter { pids, start }
+    }
+
+    /// Milliseconds of CPU per 1,000 orders for each, and the cores busy in all.
+    fn per_thousand(&self, orders: usize, wall: f64) -> String {
+        let used: Vec<f64> = self
+            .pids
+            .iter()
+            .zip(self.start)
+            .map(|(p, s)| cpu_seconds(p) - s)
+            .collect();
+        let per = |s: f64| s * 1e3 / orders as f64 * 1e3;
+        format!(
+            "processor {:.0} ms, nats-server {:.0} ms, clients {:.0} ms (cores busy {:.2})",
+            per(used[0]),
+            per(used[1]),
+            per(used[2]),
+            used.iter().sum::<f64>() / wall
+        )
+    }
+}
+
+/// Raw durable appends: `batches` atomic batches of `batch` messages of `size` bytes into a
+/// scratch stream, up to `in_flight` commits awaiting their acks. Messages per second.
+async fn raw_atomic(
+    client: &async_nats::Client,
+    name: &str,
+    size: usize,
+    batch: usize,
+    batches: usize,
+    in_flight: usize,
+) -> f64 {
     let js = async_nats::jetstream::new(client.clone());
     js.create_stream(async_nats::jetstream::stream::Config {
-        name: "RAW".into(),
-        subjects: vec!["raw.>".into()],
+        name: name.into(),
+        subjects: vec![format!("{name}.>")],
         allow_atomic_publish: true,
         ..Default::default()
     })
@@ -57,19 +208,74 @@ async fn raw_atomic(client: &async_nats::Client, size: usize, batches: usize) ->
     .expect("raw stream");
     let payload = Bytes::from(vec![7u8; size]);
     let started = Instant::now();
+    let mut acks = VecDeque::new();
     for b in 0..batches {
-        let messages = (0..1000)
-            .map(|i| BatchMessage {
-                subject: format!("raw.s{}", (b * 1000 + i) % 5000),
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        for i in 0..batch {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(NATS_BATCH_ID, id.as_str());
+            headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            let subject = format!("{name}.s{}", (b * batch + i) % 5000);
+            if i + 1 < batch {
+                client
+                    .publish_with_headers(subject, headers, payload.clone())
+                    .await
+                    .expect("publish");
+            } else {
+                headers.insert(NATS_BATCH_COMMIT, "1");
+                acks.push_back(
+                    js.publish_with_headers(subject, headers, payload.clone())
+                        .await
+                        .expect("commit"),
+                );
+            }
+        }
+        if acks.len() >= in_flight {
+            let ack = acks.pop_front().expect("ack").await.expect("stored");
+            assert_eq!(ack.batch_size, Some(batch as u64), "a whole batch");
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    (batches * batch) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// One small atomic batch at a time (as many messages as a one-line order stores): the
+/// latency of each, sorted.
+async fn raw_lone(
+    client: &async_nats::Client,
+    size: usize,
+    batch: usize,
+    count: usize,
+) -> Vec<Duration> {
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "LONE".into(),
+        subjects: vec!["lone.>".into()],
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .expect("lone stream");
+    let payload = Bytes::from(vec![7u8; size]);
+    let mut latencies = Vec::with_capacity(count);
+    for b in 0..count {
+        let messages = (0..batch)
+            .map(|i| ledger::jetstream::BatchMessage {
+                subject: format!("lone.s{}", (b * batch + i) % 5000),
                 headers: async_nats::HeaderMap::new(),
                 payload: payload.clone(),
             })
             .collect();
-        publish_atomic(client, &js, messages)
+        let sent = Instant::now();
+        ledger::jetstream::publish_atomic(client, &js, messages)
             .await
             .expect("atomic batch");
+        latencies.push(sent.elapsed());
     }
-    (batches * 1000) as f64 / started.elapsed().as_secs_f64()
+    latencies.sort();
+    latencies
 }
 
 /// Raw plain publishes, pipelined (up to 4,096 acks awaited at once), to a stream on a
@@ -89,7 +295,7 @@ async fn raw_plain(size: usize, messages: usize) -> f64 {
     .expect("plain stream");
     let payload = Bytes::from(vec![7u8; size]);
     let started = Instant::now();
-    let mut acks = std::collections::VecDeque::new();
+    let mut acks = VecDeque::new();
     for i in 0..messages {
         let ack = js
             .publish(format!("plain.s{}", i % 5000), payload.clone())
@@ -106,18 +312,56 @@ async fn raw_plain(size: usize, messages: usize) -> f64 {
     messages as f64 / started.elapsed().as_secs_f64()
 }
 
-/// `clients` concurrent clients each placing `per_client` one-unit orders one after another,
-/// or one every `pace`. Returns every command-to-reply latency and the events stored.
+/// What a step produced: every command-to-reply latency (sorted), events stored, seconds.
+struct Step {
+    latencies: Vec<Duration>,
+    events: u64,
+    secs: f64,
+}
+
+impl Step {
+    fn orders(&self) -> usize {
+        self.latencies.len()
+    }
+
+    fn rate(&self) -> f64 {
+        self.orders() as f64 / self.secs
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p)
+    }
+
+    fn latency(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms, max {:.1} ms",
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.percentile(0.999),
+            self.percentile(1.0)
+        )
+    }
+}
+
+/// Milliseconds at quantile `p` of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+/// `clients` concurrent clients each sending `per_client` orders (`make(client, n)`) one
+/// after another, or one every `pace`; every order must be accepted.
 async fn sale(
     connections: &[async_nats::Client],
-    prefix: &'static str,
     clients: usize,
     per_client: usize,
     pace: Option<Duration>,
-) -> (Vec<Duration>, u64) {
+    make: impl Fn(usize, usize) -> Bytes + Send + Sync + Clone + 'static,
+) -> Step {
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let nats = connections[c % connections.len()].clone();
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let client = commands::client::CommandClient::new(nats, Duration::from_secs(60));
             let mut latencies = Vec::with_capacity(per_client);
@@ -130,17 +374,11 @@ async fn sale(
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
-            for o in 0..per_client {
+            for n in 0..per_client {
                 if let Some(tick) = tick.as_mut() {
                     tick.tick().await;
                 }
-                let sku = format!("HOT{}", (c * 7 + o) % SKUS);
-                let body = command(
-                    "order.place",
-                    json!({"order": format!("{prefix}{c}-{o}"), "channel": "web", "ship_to_region": "UK",
-                           "lines": [{"line": 1, "sku": sku, "qty": 1,
-                                      "unit_price": {"amount": "9.99", "currency": "GBP"}}]}),
-                );
+                let body = make(c, n);
                 let sent = Instant::now();
                 let outcome = client.submit_json(body).await.expect("an answer");
                 latencies.push(sent.elapsed());
@@ -159,23 +397,19 @@ async fn sale(
         latencies.extend(l);
         events += e;
     }
-    (latencies, events)
+    latencies.sort();
+    Step {
+        latencies,
+        events,
+        secs: started.elapsed().as_secs_f64(),
+    }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+fn skus(prefix: &str) -> Vec<String> {
+    (0..SKUS).map(|s| format!("{prefix}{s}")).collect()
 }
 
-async fn run() {
-    let orders = env("ERP_FLASH_ORDERS", 50_000);
-    let clients = env("ERP_FLASH_CLIENTS", 200);
-    let bench = common::start_server();
-    let version = bench.version.clone();
-    let url = bench.server.url();
-    let client = async_nats::connect(&url).await.expect("connect");
-    let processor = common::start_processor(&client).await;
-
-    // Stock: 10 SKUs, 2,000 units each.
+async fn stock_up(client: &async_nats::Client) {
     let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));
     let mut bodies = vec![
         command(
@@ -184,11 +418,19 @@ async fn run() {
         ),
         command("channel.define", json!({"channel": "web"})),
     ];
-    for s in 0..SKUS {
-        bodies.push(command("item.define", json!({"sku": format!("HOT{s}")})));
+    let mut stock = vec![("SOLO".to_string(), AMPLE)];
+    for (prefix, units) in [
+        ("HOT", UNITS_PER_SKU),
+        ("TRI", UNITS_PER_SKU),
+        ("HALF", AMPLE),
+    ] {
+        stock.extend(skus(prefix).into_iter().map(|s| (s, units)));
+    }
+    for (sku, units) in stock {
+        bodies.push(command("item.define", json!({"sku": sku})));
         bodies.push(command(
             "stock.receive",
-            json!({"sku": format!("HOT{s}"), "location": "WH1", "qty": UNITS / SKUS as u64,
+            json!({"sku": sku, "location": "WH1", "qty": units,
                    "unit_cost": {"amount": "5.00", "currency": "GBP"}}),
         ));
     }
@@ -197,34 +439,17 @@ async fn run() {
             assert!(o.expect("an answer").is_accepted(), "setup refused");
         })
         .await;
+}
 
-    // The sale: each client places its share of orders one after another.
-    let connections: Vec<async_nats::Client> = {
-        let mut v = Vec::new();
-        for _ in 0..8 {
-            v.push(async_nats::connect(&url).await.expect("connect"));
-        }
-        v
-    };
-    let per_client = orders / clients;
-    let started = Instant::now();
-    let (mut latencies, events) = sale(&connections, "F", clients, per_client, None).await;
-    let secs = started.elapsed().as_secs_f64();
-    latencies.sort();
-    // The same kind of orders at half the rate just reached, paced: latency without a queue.
-    let half_rate = latencies.len() as f64 / secs / 2.0;
-    let (mut paced, _) = sale(
-        &connections,
-        "H",
-        clients,
-        (half_rate * 3.0) as usize / clients,
-        Some(Duration::from_secs_f64(clients as f64 / half_rate)),
-    )
-    .await;
-    paced.sort();
-    processor.abort();
+/// What the ledger says was allocated: per SKU, and per order the number of lines
+/// allocated in full.
+struct Allocated {
+    by_sku: BTreeMap<String, i64>,
+    /// Lines with anything allocated, lines allocated in full, lines.
+    by_order: BTreeMap<String, (usize, usize, usize)>,
+}
 
-    // Exactly the stock there was is allocated: the write model rebuilt from the ledger.
+async fn allocated(client: &async_nats::Client) -> Allocated {
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
         .await
         .expect("log");
@@ -233,57 +458,253 @@ async fn run() {
         replay::replay::<_, replay::WriteModel>(&log, &[replay::Resolved::at_seq(last)], |_| {})
             .await
             .expect("replay");
-    let allocated: i64 = replayed.built[0]
-        .model
-        .0
+    let state = &replayed.built[0].model.0;
+    let by_sku = state
         .stock
-        .values()
-        .flat_map(|s| s.balances.values())
-        .map(|b| b.allocated)
-        .sum();
+        .iter()
+        .map(|(sku, s)| {
+            (
+                sku.as_str().to_string(),
+                s.balances.values().map(|b| b.allocated).sum(),
+            )
+        })
+        .collect();
+    let by_order = state
+        .orders
+        .iter()
+        .map(|(id, o)| {
+            let whole = o
+                .lines
+                .values()
+                .filter(|l| l.allocated_total() == l.qty)
+                .count();
+            let some = o.lines.values().filter(|l| l.allocated_total() > 0).count();
+            (id.as_str().to_string(), (some, whole, o.lines.len()))
+        })
+        .collect();
+    Allocated { by_sku, by_order }
+}
 
-    let raw = raw_atomic(&client, 300, 60).await;
+async fn run() {
+    let orders = env("ERP_FLASH_ORDERS", 50_000);
+    let clients = env("ERP_FLASH_CLIENTS", 200);
+    let processor_args: Vec<String> = std::env::var("ERP_FLASH_PROCESSOR_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let bench = common::start_server();
+    let version = bench.version.clone();
+    let url = bench.server.url();
+    let server_pid = bench.server.pid().expect("server pid");
+    let client = async_nats::connect(&url).await.expect("connect");
+
+    // 1. The ceiling, before anything else loads the server.
+    let raw_one = raw_atomic(&client, "RAW1", 300, 1000, 60, 1).await;
+    let raw_four = raw_atomic(&client, "RAW4", 300, 1000, 60, 4).await;
+    let raw_eight = raw_atomic(&client, "RAW8", 300, 1000, 60, 8).await;
+    let raw_several = raw_four.max(raw_eight);
+    let lone_raw = raw_lone(&client, 300, 4, LONE_ORDERS).await;
+
+    let processor = ProcessorProcess::start(&url, &client, &processor_args).await;
+    stock_up(&client).await;
+    let connections: Vec<async_nats::Client> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(async_nats::connect(&url).await.expect("connect"));
+        }
+        v
+    };
+
+    // 2. The idle path: one client, one order at a time.
+    let lone = sale(&connections, 1, LONE_ORDERS, None, |_, n| {
+        order(format!("L{n}"), &["SOLO".to_string()], false)
+    })
+    .await;
+
+    // 3. The flash sale, 1-line orders.
+    let per_client = orders / clients;
+    let hot = skus("HOT");
+    let meter = CpuMeter::start(processor.pid(), server_pid);
+    let one_line = sale(&connections, clients, per_client, None, move |c, n| {
+        order(
+            format!("F{c}-{n}"),
+            &[hot[(c * 7 + n) % SKUS].clone()],
+            false,
+        )
+    })
+    .await;
+    let one_line_cpu = meter.per_thousand(one_line.orders(), one_line.secs);
+
+    // 4. Half that rate, paced, on SKUs that never run out.
+    let half_rate = one_line.rate() / 2.0;
+    let half = skus("HALF");
+    let paced = sale(
+        &connections,
+        clients,
+        ((half_rate * 3.0) as usize / clients).max(1),
+        Some(Duration::from_secs_f64(clients as f64 / half_rate)),
+        move |c, n| {
+            order(
+                format!("H{c}-{n}"),
+                &[half[(c * 7 + n) % SKUS].clone()],
+                false,
+            )
+        },
+    )
+    .await;
+
+    // 5. 3-line orders on the hot SKUs, lines in random order, ship-complete.
+    let tri = skus("TRI");
+    let meter = CpuMeter::start(processor.pid(), server_pid);
+    let three_line = sale(&connections, clients, per_client, None, move |c, n| {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64) << 32 | n as u64));
+        let mut picked: Vec<String> = Vec::with_capacity(3);
+        while picked.len() < 3 {
+            let sku = &tri[rng.below(SKUS)];
+            if !picked.contains(sku) {
+                picked.push(sku.clone());
+            }
+        }
+        order(format!("T{c}-{n}"), &picked, true)
+    })
+    .await;
+    let three_line_cpu = meter.per_thousand(three_line.orders(), three_line.secs);
+    drop(processor);
+
+    // 6. What the ledger says.
+    let allocated = allocated(&client).await;
+    let sum = |prefix: &str| -> i64 {
+        allocated
+            .by_sku
+            .iter()
+            .filter(|(s, _)| s.starts_with(prefix) && s[prefix.len()..].parse::<u32>().is_ok())
+            .map(|(_, a)| a)
+            .sum()
+    };
+    let hot_expected = (one_line.orders() as i64).min(UNITS_PER_SKU * SKUS as i64);
+    let hot_allocated = sum("HOT");
+    let half_allocated = sum("HALF");
+    let solo_allocated = allocated.by_sku.get("SOLO").copied().unwrap_or(0);
+    let mut whole = 0usize;
+    let mut none = 0usize;
+    let mut partial = Vec::new();
+    for (id, &(some, full, lines)) in allocated
+        .by_order
+        .iter()
+        .filter(|(id, _)| id.starts_with('T'))
+    {
+        if some == 0 {
+            none += 1;
+        } else if full == lines {
+            whole += 1;
+        } else {
+            partial.push(id.clone());
+        }
+    }
+    let tri_over: Vec<(&String, &i64)> = allocated
+        .by_sku
+        .iter()
+        .filter(|(s, a)| s.starts_with("TRI") && **a > UNITS_PER_SKU)
+        .collect();
+    let tri_allocated = sum("TRI");
     drop(bench);
     let plain = raw_plain(300, 300_000).await;
-    let done = latencies.len();
+
     println!(
-        "nats-server {version}, sync_interval always, R1 file storage; {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "nats-server {version}, sync_interval always, R1 file storage; {} cores; erp processor {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if processor_args.is_empty() {
+            "(defaults)".to_string()
+        } else {
+            processor_args.join(" ")
+        }
     );
     println!(
-        "flash sale: {done} one-unit orders, {clients} clients ({per_client} each, one at a time), {SKUS} SKUs, {UNITS} units"
+        "{clients} clients ({per_client} orders each, one at a time), {SKUS} hot SKUs x {UNITS_PER_SKU} units"
     );
     println!();
     println!("| measure | value |");
     println!("|---|---|");
+    println!("| raw durable atomic batches of 1,000 x 300 B, 1 in flight | {raw_one:.0} msgs/s |");
     println!(
-        "| orders through the processor | {:.0} commands/s, {:.0} events/s |",
-        done as f64 / secs,
-        events as f64 / secs
+        "| raw durable atomic batches of 1,000 x 300 B, 4 / 8 in flight | {raw_four:.0} / {raw_eight:.0} msgs/s |"
     );
     println!(
-        "| command-to-reply latency | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms, max {:.1} ms |",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.999).as_secs_f64() * 1e3,
-        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        "| raw atomic batch of 4 x 300 B, one at a time | p50 {:.2} ms, p99 {:.2} ms |",
+        percentile(&lone_raw, 0.5),
+        percentile(&lone_raw, 0.99)
     );
     println!(
-        "| latency at half that rate ({:.0} orders/s, paced, {} orders) | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms |",
-        half_rate,
-        paced.len(),
-        percentile(&paced, 0.5).as_secs_f64() * 1e3,
-        percentile(&paced, 0.99).as_secs_f64() * 1e3,
-        percentile(&paced, 0.999).as_secs_f64() * 1e3,
+        "| lone client, one 1-line order at a time ({} orders) | p50 {:.2} ms, p99 {:.2} ms ({:.2}x the raw batch p50) |",
+        lone.orders(),
+        lone.percentile(0.5),
+        lone.percentile(0.99),
+        lone.percentile(0.5) / percentile(&lone_raw, 0.5)
     );
-    println!("| raw durable atomic batches of 1,000 x 300 B | {raw:.0} msgs/s |");
+    for (name, step, cpu) in [
+        ("1-line orders", &one_line, &one_line_cpu),
+        (
+            "3-line hot orders, random line order",
+            &three_line,
+            &three_line_cpu,
+        ),
+    ] {
+        println!(
+            "| {name}: {} orders | {:.0} orders/s, {:.0} events/s = {:.2} of raw with several in flight; {:.1}x the SQL baseline's best ({} orders/s) |",
+            step.orders(),
+            step.rate(),
+            step.events as f64 / step.secs,
+            step.events as f64 / step.secs / raw_several,
+            step.rate()
+                / if name.starts_with('1') {
+                    4292.0
+                } else {
+                    2172.0
+                },
+            if name.starts_with('1') { 4292 } else { 2172 },
+        );
+        println!("| {name}: command-to-reply latency | {} |", step.latency());
+        println!("| {name}: CPU per 1,000 orders | {cpu} |");
+    }
+    println!(
+        "| 1-line orders paced at half that rate ({half_rate:.0}/s, {} orders) | {} |",
+        paced.orders(),
+        paced.latency()
+    );
+    println!(
+        "| 3-line orders/s over 1-line orders/s | {:.2} |",
+        three_line.rate() / one_line.rate()
+    );
     println!("| raw plain pipelined publish x 300 B, no fsync (reference) | {plain:.0} msgs/s |");
+    println!("| 1-line hot units allocated (must be {hot_expected}) | {hot_allocated} |");
     println!(
-        "| ratio of processor events/s to raw durable msgs/s | {:.2} |",
-        events as f64 / secs / raw
+        "| 3-line orders allocated whole / not at all / partly (must be 0) | {whole} / {none} / {} |",
+        partial.len()
     );
-    // Every order wants one unit: all are served until the stock runs out, the rest wait.
-    let expected = ((done + paced.len()) as u64).min(UNITS) as i64;
-    println!("| units allocated (must be {expected}) | {allocated} |");
-    assert_eq!(allocated, expected, "oversold or undersold");
+    println!(
+        "| 3-line hot units allocated (must be 3 x {whole}, at most {UNITS_PER_SKU} per SKU) | {tri_allocated} |"
+    );
+    assert_eq!(hot_allocated, hot_expected, "1-line: oversold or undersold");
+    assert_eq!(
+        half_allocated,
+        paced.orders() as i64,
+        "paced orders not all served"
+    );
+    assert_eq!(
+        solo_allocated,
+        lone.orders() as i64,
+        "lone orders not all served"
+    );
+    assert!(
+        partial.is_empty(),
+        "ship-complete orders allocated in part: {partial:?}"
+    );
+    assert!(tri_over.is_empty(), "oversold: {tri_over:?}");
+    assert_eq!(
+        tri_allocated,
+        3 * whole as i64,
+        "3-line units and orders disagree"
+    );
+    assert_eq!(whole + none, three_line.orders(), "3-line orders missing");
 }

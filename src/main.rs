@@ -172,6 +172,20 @@ enum Command {
         roles: Option<PathBuf>,
         #[command(flatten)]
         purchasing: PurchasingArgs,
+        /// Atomic batches sent and not yet acknowledged, at most (1 to 64; a replicated
+        /// ledger always runs with 1).
+        #[arg(long, default_value_t = commands::processor::PipelineConfig::default().in_flight_max as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        in_flight: u16,
+        /// Commands in one batch, at most (1 to 1000).
+        #[arg(long, default_value_t = commands::processor::PipelineConfig::default().batch_commands_max as u16,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch_max: u16,
+        /// While a batch is in flight, another goes out only once this many commands wait
+        /// (1 to 1000): small batches behind a busy one cost latency and buy nothing.
+        #[arg(long, default_value_t = commands::processor::PipelineConfig::default().full_batch_commands as u16,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        next_batch_at: u16,
     },
     /// Generate NATS users per role (processor, projector, upstream, auditor) with subject
     /// permissions, for `erp up --auth DIR` or your own server.
@@ -476,6 +490,9 @@ async fn run() -> anyhow::Result<()> {
             nats,
             roles,
             purchasing,
+            in_flight,
+            batch_max,
+            next_batch_at,
         } => {
             let auth = nats.auth_dir()?;
             warn_if_open_and_remote(&nats, auth.is_some());
@@ -485,6 +502,11 @@ async fn run() -> anyhow::Result<()> {
                 roles: load_roles(roles.as_deref())?,
                 purchase_policy: purchasing.policy(),
                 principals: auth.map(|a| a.principals),
+                pipeline: commands::processor::PipelineConfig {
+                    in_flight_max: usize::from(in_flight),
+                    batch_commands_max: usize::from(batch_max),
+                    full_batch_commands: usize::from(next_batch_at),
+                },
                 ..ServiceConfig::default()
             };
             commands::service::run(client, log, config, async {

@@ -165,24 +165,26 @@ fn put<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: Optio
     };
 }
 
+fn put_ordered<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
+}
+
 fn restore(state: &mut State, saved: Saved) {
     match saved {
         Saved::Item(k, v) => put(&mut state.items, k, v),
-        Saved::Location(k, v) => {
-            match v {
-                Some(v) => state.locations.insert(k, v),
-                None => state.locations.remove(&k),
-            };
-        }
+        Saved::Location(k, v) => put_ordered(&mut state.locations, k, v),
         Saved::Channel(k, v) => put(&mut state.channels, k, v),
         Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
         Saved::Stock(k, v) => put(&mut state.stock, k, v),
         Saved::Order(k, v) => {
             state.index_backorders(&k, false);
-            put(&mut state.orders, k.clone(), v);
+            put_ordered(&mut state.orders, k.clone(), v);
             state.index_backorders(&k, true);
         }
-        Saved::Command(k, v) => put(&mut state.commands, k, v),
+        Saved::Command(k, v) => put_ordered(&mut state.commands, k, v),
         Saved::PurchaseOrder(k, v) => put(&mut state.purchase_orders, k, v),
         Saved::Other(k, v) => put(&mut state.other_heads, k, v),
     }

@@ -302,8 +302,11 @@ pub struct State {
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
     pub stock: HashMap<Sku, StockState>,
-    pub orders: HashMap<OrderId, OrderState>,
-    pub commands: HashMap<Uuid, CommandRecord>,
+    /// Ordered maps for the two tables that grow without bound: a hash table doubles all at
+    /// once (a copy of every entry, tens of milliseconds at a few hundred thousand orders,
+    /// stalling every command behind it); a B-tree grows a node at a time.
+    pub orders: BTreeMap<OrderId, OrderState>,
+    pub commands: BTreeMap<Uuid, CommandRecord>,
     /// Backordered quantity per order line, by SKU, in the order receipts serve them. Derived
     /// from the orders (an index, not a fact): `index_backorders` keeps it in step.
     pub backorders: HashMap<Sku, BTreeMap<BackorderKey, i64>>,

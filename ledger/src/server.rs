@@ -391,7 +391,9 @@ fn send_signal(pid: u32, signal: Signal) {
 }
 
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+/// Asks the kernel to SIGTERM the child `command` starts when the spawning thread exits, so a
+/// killed parent leaves nothing running behind it.
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent;
     // it only asks the kernel to SIGTERM the child when the spawning thread exits.

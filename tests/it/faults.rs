@@ -36,7 +36,7 @@ pub(crate) struct Supervised {
 }
 
 fn erp_process(args: &[String]) -> Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
+    crate::harness::erp_command()
         .args(args)
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())

@@ -20,6 +20,14 @@ pub fn nats_binary() -> PathBuf {
         .clone()
 }
 
+/// An `erp` command for a test to spawn; the child is killed when the test's thread exits,
+/// so an interrupted test run leaves no processor or projector behind.
+pub fn erp_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
+    server::die_with_parent(&mut command);
+    command
+}
+
 /// A running test server and its store.
 #[derive(Debug)]
 pub struct TestNats {

@@ -80,7 +80,7 @@ pub(crate) fn projector_process_snapshotting(
     view: &str,
     every: u64,
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
+    crate::harness::erp_command()
         .args([
             "project",
             view,

@@ -286,7 +286,7 @@ async fn a_back_dated_receipt_counts_as_effective_but_not_as_recorded_before_it(
 }
 
 pub(crate) fn erp(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
+    crate::harness::erp_command()
         .args(args)
         .env("ERP_NATS_URL", url)
         .env("RUST_LOG", "warn")

@@ -842,7 +842,7 @@ async fn a_command_that_panics_the_decider_is_recorded_internal_error_and_the_ne
     // command sent again gets the recorded answer and nothing new is appended.
     let nats = TestNats::start();
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_erp"))
+        crate::harness::erp_command()
             .args(["processor", "--nats", &nats.url()])
             .env("ERP_FAULT_PANIC_ON_SKU", "BOOM")
             .env("RUST_LOG", "error")
