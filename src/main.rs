@@ -186,6 +186,13 @@ enum Command {
         #[arg(long, default_value_t = commands::processor::PipelineConfig::default().full_batch_commands as u16,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         next_batch_at: u16,
+        /// Write a snapshot of the write model every this many ledger records, and when
+        /// stopping; a restart loads the latest and replays only what follows (0: never).
+        #[arg(long, default_value_t = ServiceConfig::default().snapshot_every)]
+        snapshot_every: u64,
+        /// Ignore the stored snapshot and rebuild the write model from the whole ledger.
+        #[arg(long)]
+        from_scratch: bool,
     },
     /// Generate NATS users per role (processor, projector, upstream, auditor) with subject
     /// permissions, for `erp up --auth DIR` or your own server.
@@ -493,6 +500,8 @@ async fn run() -> anyhow::Result<()> {
             in_flight,
             batch_max,
             next_batch_at,
+            snapshot_every,
+            from_scratch,
         } => {
             let auth = nats.auth_dir()?;
             warn_if_open_and_remote(&nats, auth.is_some());
@@ -507,6 +516,8 @@ async fn run() -> anyhow::Result<()> {
                     batch_commands_max: usize::from(batch_max),
                     full_batch_commands: usize::from(next_batch_at),
                 },
+                snapshot_every,
+                from_scratch,
                 ..ServiceConfig::default()
             };
             commands::service::run(client, log, config, async {

@@ -13,6 +13,7 @@ pub mod processor;
 pub mod purchase;
 pub mod roles;
 pub mod service;
+pub mod snapshot;
 pub mod state;
 
 pub use command::{Command, CommandBody, InvalidCommand, decode};

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::command::Command;
 use crate::decide::{Rejection, code, decide};
 use crate::roles::Roles;
+use crate::snapshot;
 use crate::state::{
     CommandRecord, Defined, OrderState, PurchaseOrderState, RecordedOutcome, State, StockState,
 };
@@ -82,11 +83,23 @@ pub enum ProcessorError {
     Append(AppendError),
 }
 
+/// Where a recovery started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// No snapshot: the whole log was replayed.
+    FromScratch,
+    /// The snapshot taken at this sequence, then the records after it.
+    FromSnapshot { seq: u64 },
+    /// The snapshot was not used (damaged, another format, another ledger): the whole log
+    /// was replayed.
+    SnapshotRefused { reason: snapshot::SnapshotError },
+}
+
 /// How many foreign messages the processor remembers in detail (it counts all of them).
 const FOREIGN_RECENT_MAX: usize = 20;
 
 /// Foreign messages the processor has passed over in the ledger (see `ledger::walk`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForeignSeen {
     pub count: u64,
     /// The latest ones: sequence, subject as stored, and why each is foreign.
@@ -328,6 +341,46 @@ pub struct Processor<L> {
 impl<L: EventLog> Processor<L> {
     /// Rebuilds the write model from the whole log.
     pub async fn recover(log: L) -> Result<Processor<L>, ProcessorError> {
+        let mut processor = Processor::blank(log);
+        processor.catch_up().await?;
+        processor.predicted_seq = processor.applied_seq;
+        Ok(processor)
+    }
+
+    /// Rebuilds the write model from `snapshot` (the bytes of `snapshot::encode`) and the
+    /// records after it, if the snapshot decodes, is of this format and matches the log;
+    /// otherwise from the whole log. Says which.
+    pub async fn recover_from(
+        log: L,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(Processor<L>, Recovered), ProcessorError> {
+        let Some(bytes) = snapshot else {
+            return Ok((Processor::recover(log).await?, Recovered::FromScratch));
+        };
+        let body = match snapshot::decode(bytes) {
+            Ok(body) => match snapshot::verify(&log, &body).await {
+                Ok(()) => body,
+                Err(reason) => {
+                    let processor = Processor::recover(log).await?;
+                    return Ok((processor, Recovered::SnapshotRefused { reason }));
+                }
+            },
+            Err(reason) => {
+                let processor = Processor::recover(log).await?;
+                return Ok((processor, Recovered::SnapshotRefused { reason }));
+            }
+        };
+        let mut processor = Processor::blank(log);
+        let seq = body.applied_seq;
+        processor.state = body.state;
+        processor.foreign = body.foreign;
+        processor.applied_seq = seq;
+        processor.catch_up().await?;
+        processor.predicted_seq = processor.applied_seq;
+        Ok((processor, Recovered::FromSnapshot { seq }))
+    }
+
+    fn blank(log: L) -> Processor<L> {
         let pipeline = PipelineConfig {
             in_flight_max: if log.pipelines() {
                 PipelineConfig::default().in_flight_max
@@ -336,7 +389,7 @@ impl<L: EventLog> Processor<L> {
             },
             ..PipelineConfig::default()
         };
-        let mut processor = Processor {
+        Processor {
             log,
             state: State::default(),
             applied_seq: 0,
@@ -351,10 +404,23 @@ impl<L: EventLog> Processor<L> {
             poisoned: HashMap::new(),
             internal_errors: 0,
             fault_panic_sku: fault_panic_sku(),
-        };
-        processor.catch_up().await?;
-        processor.predicted_seq = processor.applied_seq;
-        Ok(processor)
+        }
+    }
+
+    /// What a snapshot holds, when nothing is in flight (`None` otherwise: the model then
+    /// holds decisions the log may never store). A copy: the caller encodes and stores it
+    /// while commands go on.
+    pub fn snapshot_contents(&self) -> Option<snapshot::Contents> {
+        if !self.flights.is_empty() {
+            return None;
+        }
+        let mut state = self.state.clone();
+        state.purchase_policy = Default::default();
+        Some(snapshot::Contents {
+            applied_seq: self.applied_seq,
+            state,
+            foreign: self.foreign.clone(),
+        })
     }
 
     /// Sets how batches are pipelined (a replicated ledger keeps one in flight whatever this

@@ -29,7 +29,8 @@ use uuid::Uuid;
 
 use crate::command::Command;
 use crate::decide::code;
-use crate::processor::{Outcome, Processor, ProcessorError, Ticket};
+use crate::processor::{Outcome, Processor, ProcessorError, Recovered, Ticket};
+use crate::snapshot;
 use std::collections::HashMap;
 
 /// The NATS client type the service runs on.
@@ -57,6 +58,11 @@ pub struct ServiceConfig {
     pub principals: Option<crate::access::Principals>,
     /// Batches in flight and their sizes.
     pub pipeline: crate::processor::PipelineConfig,
+    /// Write a snapshot of the write model after this many ledger records (0: never), and
+    /// when stopping; a restart loads the latest and replays only what follows.
+    pub snapshot_every: u64,
+    /// Ignore the stored snapshot at start and replay the whole ledger.
+    pub from_scratch: bool,
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +78,8 @@ impl Default for ServiceConfig {
             purchase_policy: crate::state::PurchasePolicy::default(),
             principals: None,
             pipeline: crate::processor::PipelineConfig::default(),
+            snapshot_every: 500_000,
+            from_scratch: false,
         }
     }
 }
@@ -129,6 +137,20 @@ pub struct Service {
     rx: mpsc::Receiver<Incoming>,
     intake: Vec<tokio::task::JoinHandle<()>>,
     guard: ReplyGuard,
+    snapshots: Snapshots,
+}
+
+/// Where the processor's snapshots go, and the one being written.
+struct Snapshots {
+    store: async_nats::jetstream::object_store::ObjectStore,
+    /// The sequence of the latest snapshot written (or loaded).
+    seq: u64,
+    writing: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The object store holding the processor's snapshot of the ledger `config` describes.
+pub fn snapshot_bucket(config: &ledger::jetstream::LogConfig) -> String {
+    format!("{}_snapshots", config.stream)
 }
 
 impl std::fmt::Debug for Service {
@@ -147,16 +169,56 @@ impl Service {
         config: ServiceConfig,
     ) -> Result<Service, ServiceError> {
         let started = std::time::Instant::now();
-        let mut processor = Processor::recover(log).await?;
+        let snapshots = ledger::objects::bucket(
+            log.jetstream(),
+            &snapshot_bucket(log.config()),
+            log.config().replicas,
+        )
+        .await
+        .map_err(|e| ServiceError::Nats(e.to_string()))?;
+        let stored = if config.from_scratch {
+            tracing::info!("not loading the snapshot (--from-scratch): replaying the whole ledger");
+            None
+        } else {
+            match ledger::objects::read(&snapshots, snapshot::OBJECT_NAME).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the processor snapshot could not be read: replaying the whole ledger");
+                    None
+                }
+            }
+        };
+        let (mut processor, recovered) = Processor::recover_from(log, stored.as_deref()).await?;
+        drop(stored);
         processor.set_roles(config.roles.clone());
         processor.set_purchase_policy(config.purchase_policy.clone());
         processor.set_pipeline(config.pipeline.clone());
-        tracing::info!(
-            applied_seq = processor.applied_seq(),
-            commands = processor.state().commands.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "processor recovered its state from the ledger"
-        );
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let applied_seq = processor.applied_seq();
+        let commands = processor.state().commands.len();
+        match &recovered {
+            Recovered::FromScratch => tracing::info!(
+                applied_seq,
+                commands,
+                elapsed_ms,
+                "processor recovered its state from the whole ledger (no snapshot)"
+            ),
+            Recovered::FromSnapshot { seq } => tracing::info!(
+                applied_seq,
+                commands,
+                elapsed_ms,
+                snapshot_seq = seq,
+                "processor recovered its state from its snapshot and the ledger after it"
+            ),
+            Recovered::SnapshotRefused { reason } => tracing::warn!(
+                applied_seq, commands, elapsed_ms, %reason,
+                "the processor snapshot was not used; recovered from the whole ledger instead"
+            ),
+        }
+        let snapshot_seq = match recovered {
+            Recovered::FromSnapshot { seq } => seq,
+            _ => 0,
+        };
         match &config.principals {
             Some(p) => tracing::info!(
                 users = p.0.len(),
@@ -183,6 +245,11 @@ impl Service {
             rx,
             intake,
             guard,
+            snapshots: Snapshots {
+                store: snapshots,
+                seq: snapshot_seq,
+                writing: None,
+            },
         })
     }
 
@@ -199,7 +266,11 @@ impl Service {
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut waiting = Waiting::default();
         loop {
-            while self.processor.wants_to_send() {
+            if self.snapshot_due() && self.processor.in_flight() == 0 {
+                self.start_snapshot().await;
+            }
+            // A snapshot due waits for what is in flight to settle; nothing more goes first.
+            while !self.snapshot_due() && self.processor.wants_to_send() {
                 self.processor.send_next().await;
             }
             let room = self.processor.queued() < self.config.queue_capacity;
@@ -257,6 +328,19 @@ impl Service {
             };
             waiting.settle(answers, ticket, &outcome).await;
         }
+        if let Some(writing) = self.snapshots.writing.take() {
+            let _ = writing.await;
+        }
+        if self.config.snapshot_every > 0 && self.processor.applied_seq() > self.snapshots.seq {
+            tracing::info!(
+                applied_seq = self.processor.applied_seq(),
+                "writing a snapshot before stopping"
+            );
+            self.start_snapshot().await;
+            if let Some(writing) = self.snapshots.writing.take() {
+                let _ = writing.await;
+            }
+        }
         Ok(())
     }
 }
@@ -310,6 +394,62 @@ impl Waiting {
 impl Service {
     /// Queues the expiry of holds whose time has passed: the clock enters here, as the
     /// effective time of the expiry commands, never inside a decider.
+    /// Whether a snapshot should be taken now: enough records since the last one, and none
+    /// being written.
+    fn snapshot_due(&self) -> bool {
+        self.config.snapshot_every > 0
+            && self
+                .snapshots
+                .writing
+                .as_ref()
+                .is_none_or(|w| w.is_finished())
+            && self.processor.applied_seq() >= self.snapshots.seq + self.config.snapshot_every
+    }
+
+    /// Copies the write model and reads the hash of the record it ends at (the command path
+    /// pauses for these), then encodes and stores it on another task.
+    async fn start_snapshot(&mut self) {
+        let copying = std::time::Instant::now();
+        let Some(contents) = self.processor.snapshot_contents() else {
+            return;
+        };
+        let seq = contents.applied_seq;
+        self.snapshots.seq = seq;
+        let record_hash = match snapshot::record_hash(self.processor.log(), seq).await {
+            Ok(hash) => hash,
+            Err(error) => {
+                tracing::warn!(seq, %error, "no processor snapshot taken");
+                return;
+            }
+        };
+        let copy_ms = copying.elapsed().as_millis() as u64;
+        let store = self.snapshots.store.clone();
+        self.snapshots.writing = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let written = match contents.seal(record_hash).await {
+                Ok(bytes) => ledger::objects::write(&store, snapshot::OBJECT_NAME, &bytes)
+                    .await
+                    .map(|()| bytes.len())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match written {
+                Ok(bytes) => tracing::info!(
+                    seq,
+                    bytes,
+                    copy_ms,
+                    write_ms = started.elapsed().as_millis() as u64,
+                    "processor snapshot written"
+                ),
+                Err(error) => tracing::warn!(
+                    seq,
+                    %error,
+                    "the processor snapshot could not be written; the previous one stays"
+                ),
+            }
+        }));
+    }
+
     fn expire_holds(&mut self, waiting: &mut Waiting) {
         let now = ledger::values::Timestamp::new(chrono::Utc::now());
         for command in self.processor.expiry_commands(now) {

@@ -107,6 +107,10 @@ struct Stats {
     /// Most batches in flight at once, and batches sent while another was in flight.
     in_flight_max: usize,
     pipelined: u64,
+    /// Snapshots taken, processors restarted from one, and damaged ones refused.
+    snapshots: u64,
+    from_snapshot: u64,
+    snapshots_refused: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -121,6 +125,9 @@ impl std::ops::AddAssign for Stats {
         self.foreign += o.foreign;
         self.in_flight_max = self.in_flight_max.max(o.in_flight_max);
         self.pipelined += o.pipelined;
+        self.snapshots += o.snapshots;
+        self.from_snapshot += o.from_snapshot;
+        self.snapshots_refused += o.snapshots_refused;
     }
 }
 
@@ -639,6 +646,71 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.foreign_seqs == b.foreign_seqs
 }
 
+/// A crashed processor comes back: from the whole log, or from one of the snapshots taken so
+/// far (sometimes damaged on purpose). Loaded from a snapshot, it must equal a processor
+/// rebuilt from the whole log; a damaged one must be refused.
+async fn restart(
+    log: &SimLog,
+    snapshots: &[Vec<u8>],
+    rng: &mut Rng,
+    stats: &mut Stats,
+) -> Result<Processor<SimLog>, String> {
+    if snapshots.is_empty() || !rng.chance(500) {
+        return Processor::recover(log.writer())
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let mut bytes = snapshots[rng.below(snapshots.len() as u64) as usize].clone();
+    let damaged = rng.chance(100);
+    if damaged {
+        let at = rng.below(bytes.len() as u64) as usize;
+        bytes[at] ^= 1 << rng.below(8);
+    }
+    let (restored, recovered) = Processor::recover_from(log.writer(), Some(&bytes))
+        .await
+        .map_err(|e| e.to_string())?;
+    match (&recovered, damaged) {
+        (crate::processor::Recovered::FromSnapshot { .. }, false) => stats.from_snapshot += 1,
+        (crate::processor::Recovered::SnapshotRefused { .. }, true) => stats.snapshots_refused += 1,
+        (other, damaged) => {
+            return Err(format!(
+                "a {} snapshot: {other:?}",
+                if damaged { "damaged" } else { "sound" }
+            ));
+        }
+    }
+    let scratch = Processor::recover(log.writer())
+        .await
+        .map_err(|e| e.to_string())?;
+    if restored.applied_seq() != scratch.applied_seq() || restored.state() != scratch.state() {
+        let (a, b) = (restored.state(), scratch.state());
+        let fields = [
+            ("items", a.items == b.items),
+            ("locations", a.locations == b.locations),
+            ("channels", a.channels == b.channels),
+            ("suppliers", a.suppliers == b.suppliers),
+            ("stock", a.stock == b.stock),
+            ("orders", a.orders == b.orders),
+            ("commands", a.commands == b.commands),
+            ("backorders", a.backorders == b.backorders),
+            ("purchase_orders", a.purchase_orders == b.purchase_orders),
+            ("other_heads", a.other_heads == b.other_heads),
+            ("foreign_seqs", a.foreign_seqs == b.foreign_seqs),
+        ];
+        let differ: Vec<&str> = fields.iter().filter(|f| !f.1).map(|f| f.0).collect();
+        return Err(format!(
+            "restored from a snapshot (at {}, applied {}), the model differs from the log replayed to {} in {differ:?}",
+            match recovered {
+                crate::processor::Recovered::FromSnapshot { seq } => seq,
+                _ => 0,
+            },
+            restored.applied_seq(),
+            scratch.applied_seq()
+        ));
+    }
+    Ok(restored)
+}
+
 /// Pipelines of 2 to 4 batches of 1 or 2 commands each, so that every group of commands runs
 /// with several batches in flight.
 fn configure(processor: &mut Processor<SimLog>, rng: &mut Rng) {
@@ -735,6 +807,8 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     // Commands the client has sent, and whether it holds a definitive answer.
     let mut sent: Vec<(Command, bool)> = Vec::new();
     let mut queue: Vec<Command> = master_data(&mut rng);
+    // Snapshots taken so far (a restart may load any of them, the oldest included).
+    let mut snapshots: Vec<Vec<u8>> = Vec::new();
     for step in 0..steps {
         if rng.chance(foreign_per_mille) {
             log.inject_foreign(&mut rng);
@@ -777,10 +851,22 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             stats.crashes += 1;
             // Crash between append and reply, or with batches in flight: the client hears
             // nothing, and the processor comes back from the log.
-            processors[which] = Processor::recover(log.writer())
+            processors[which] = restart(&log, &snapshots, &mut rng, &mut stats)
                 .await
                 .map_err(|e| format!("step {step}: recovery: {e}"))?;
             configure(&mut processors[which], &mut rng);
+        } else if rng.chance(150)
+            && let Some(contents) = processors[which].snapshot_contents()
+        {
+            let hash = crate::snapshot::record_hash(&log, contents.applied_seq)
+                .await
+                .map_err(|e| format!("step {step}: snapshot: {e}"))?;
+            let bytes = contents
+                .seal(hash)
+                .await
+                .map_err(|e| format!("step {step}: snapshot: {e}"))?;
+            snapshots.push(bytes);
+            stats.snapshots += 1;
         }
         let inner = log.0.lock().expect("lock");
         let records = &inner.records;
@@ -887,6 +973,8 @@ fn ten_thousand_seeded_runs_keep_every_invariant() {
             && total.foreign > 0
             && total.in_flight_max >= 3
             && total.pipelined > 0
+            && total.from_snapshot > 0
+            && total.snapshots_refused > 0
     );
 }
 

@@ -12,10 +12,11 @@ use ledger::values::{
     SupplierId, Timestamp, TransferId,
 };
 use ledger::{Envelope, Head, Subject};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Quantities of one SKU at one location, in base units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
     pub on_hand: i64,
     pub allocated: i64,
@@ -32,7 +33,7 @@ impl Balance {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     /// The legal entity whose command placed it (its expiry is booked under the same).
     pub legal_entity: ledger::values::EntityId,
@@ -42,7 +43,7 @@ pub struct Hold {
     pub expires_at: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
     pub from: LocationId,
     pub to: LocationId,
@@ -50,7 +51,7 @@ pub struct Transfer {
     pub received: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnStock {
     pub location: Option<LocationId>,
     pub received: i64,
@@ -62,7 +63,7 @@ pub type BackorderKey = (u32, Timestamp, OrderId, u32);
 
 /// A SKU's balances by location, sorted by location. A short vector: most SKUs sit at a few
 /// locations, and a map's node would cost several times the figures it holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balances(Vec<(LocationId, Balance)>);
 
 impl Balances {
@@ -113,7 +114,7 @@ impl<'a> IntoIterator for &'a Balances {
 
 /// What a SKU's stock holds besides its balances: open holds, transfers and returns, and
 /// channel rules. Most SKUs have none, so they live behind one pointer, allocated on first use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockExtras {
     pub holds: HashMap<HoldId, Hold>,
     pub transfers: HashMap<TransferId, Transfer>,
@@ -124,7 +125,7 @@ pub struct StockExtras {
 static NO_EXTRAS: std::sync::LazyLock<StockExtras> = std::sync::LazyLock::new(StockExtras::default);
 
 /// Everything about one SKU's stock (subject `sku.<sku>`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockState {
     pub head: Option<Head>,
     pub balances: Balances,
@@ -150,7 +151,7 @@ impl StockState {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineState {
     pub sku: Option<Sku>,
     pub qty: i64,
@@ -176,14 +177,14 @@ impl LineState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderReturn {
     pub lines: BTreeMap<u32, i64>,
     pub refunded: bool,
 }
 
 /// Everything about one order (subject `ord.<order>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {
     pub head: Option<Head>,
     pub channel: ChannelId,
@@ -201,21 +202,21 @@ pub struct OrderState {
     pub returns: HashMap<ReturnId, OrderReturn>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Defined<T> {
     pub head: Option<Head>,
     pub value: T,
 }
 
 /// The recorded outcome of a command (subject `cmd.<id>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRecord {
     pub head: Option<Head>,
     pub body_sha256: [u8; 32],
     pub outcome: RecordedOutcome,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordedOutcome {
     /// The command's events are the `event_count` sequences before the outcome's own.
     Accepted { event_count: u32 },
@@ -223,14 +224,14 @@ pub enum RecordedOutcome {
     Rejected(Box<RecordedRejection>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedRejection {
     pub code: String,
     pub message: String,
 }
 
 /// Where a purchase order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PoStatus {
     /// Above the approval limit: waits for someone other than its requester.
     PendingApproval,
@@ -252,7 +253,7 @@ impl PoStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoLineState {
     pub sku: Sku,
     pub location: LocationId,
@@ -262,7 +263,7 @@ pub struct PoLineState {
 }
 
 /// Everything about one purchase order (subject `po.<id>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseOrderState {
     pub head: Option<Head>,
     pub supplier: SupplierId,
@@ -294,7 +295,7 @@ impl Default for PurchasePolicy {
 }
 
 /// The whole write model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Boxed: a definition is large and the table holds one slot per SKU.
     pub items: HashMap<Sku, Defined<Box<ItemDefined>>>,
@@ -317,7 +318,8 @@ pub struct State {
     /// the subject's last event: never applied, but JetStream counts it as the subject's last
     /// sequence, so the next append to the subject must expect it.
     pub foreign_seqs: HashMap<Subject, u64>,
-    /// Configuration, not state: see `PurchasePolicy`.
+    /// Configuration, not state: see `PurchasePolicy` (not in snapshots either).
+    #[serde(skip)]
     pub purchase_policy: PurchasePolicy,
 }
 
@@ -585,11 +587,16 @@ impl State {
                 continue;
             };
             let key = (order.priority, order.placed_at, order_id.clone(), line);
-            let index = self.backorders.entry(sku.clone()).or_default();
             if present {
+                let index = self.backorders.entry(sku.clone()).or_default();
                 index.insert(key, l.backordered);
-            } else {
+            } else if let Some(index) = self.backorders.get_mut(sku) {
                 index.remove(&key);
+                // No empty entries: the index is the same however it was reached (a replay,
+                // a snapshot, an undone batch).
+                if index.is_empty() {
+                    self.backorders.remove(sku);
+                }
             }
         }
     }

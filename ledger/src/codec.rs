@@ -80,6 +80,26 @@ pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
     Ok(value)
 }
 
+/// Encodes a snapshot body: the same encoding as events, without the one-message size limit
+/// (a write model can be hundreds of megabytes).
+pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes what `encode_snapshot` wrote; every byte must be used.
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            what: "snapshot",
+            count: bytes.len() - used,
+        });
+    }
+    Ok(value)
+}
+
 /// The envelope header as stored (format 1). Field order is the wire order: never reorder.
 #[derive(Serialize, Deserialize)]
 struct HeaderV1<'a> {

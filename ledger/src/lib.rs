@@ -15,6 +15,7 @@ pub mod events;
 pub mod guard;
 pub mod jetstream;
 pub mod log;
+pub mod objects;
 pub mod server;
 pub mod subject;
 pub mod upcast;

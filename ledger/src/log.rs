@@ -13,7 +13,7 @@ use crate::values::Timestamp;
 pub const BATCH_EVENTS_MAX: usize = 999;
 
 /// The last event of a subject: its stream sequence and hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Head {
     pub seq: u64,
     pub hash: EventHash,

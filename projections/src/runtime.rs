@@ -29,14 +29,11 @@ use ledger::walk::{WalkError, WalkUntil, Walked, Walker, walk};
 use ledger::{EventLog, LogRecord, ReadError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
 use crate::view::{Answer, QueryError, Read, ReadSource, View, page, page_limit, read_query};
 
 /// Registry bucket: which generation of each view is served.
 pub const REGISTRY_BUCKET: &str = "erp_views";
-/// How long a snapshot read may make no progress before it is given up as replaced.
-const SNAPSHOT_READ_STALL: Duration = Duration::from_secs(5);
 
 /// Object store holding view snapshots.
 pub const SNAPSHOT_BUCKET: &str = "erp_snapshots";
@@ -149,16 +146,13 @@ async fn fetch_snapshot<V: View>(
         name: name.into(),
         detail,
     };
-    let mut object = match store.get(name).await {
-        Ok(object) => object,
-        Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+    let bytes = match ledger::objects::read(store, name).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(ledger::objects::ObjectError::Replaced { .. }) => {
+            return Err(ProjectorError::SnapshotReplaced { name: name.into() });
+        }
         Err(e) => return Err(failed(e.to_string())),
-    };
-    let mut bytes = Vec::new();
-    // An object replaced while it is read loses its chunks, and the read then waits forever.
-    match tokio::time::timeout(SNAPSHOT_READ_STALL, object.read_to_end(&mut bytes)).await {
-        Ok(read) => read.map_err(|e| failed(e.to_string()))?,
-        Err(_) => return Err(ProjectorError::SnapshotReplaced { name: name.into() }),
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -259,16 +253,9 @@ async fn key_value(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, P
 async fn object_bucket(
     js: &jetstream::Context,
 ) -> Result<object_store::ObjectStore, ProjectorError> {
-    if let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_object_store(object_store::Config {
-        bucket: SNAPSHOT_BUCKET.into(),
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats)
+    ledger::objects::bucket(js, SNAPSHOT_BUCKET, 1)
+        .await
+        .map_err(nats)
 }
 
 /// The bucket of the generation currently served for `name`, if any.
@@ -409,8 +396,7 @@ impl<V: View> Projector<V> {
         };
         let bytes = serde_json::to_vec(&snapshot).expect("views serialise");
         let name = self.generation.bucket.clone();
-        self.snapshots
-            .put(name.as_str(), &mut bytes.as_slice())
+        ledger::objects::write(&self.snapshots, &name, &bytes)
             .await
             .map_err(|e| ProjectorError::Snapshot {
                 name,
