@@ -407,19 +407,30 @@ impl<L: EventLog> Processor<L> {
         }
     }
 
-    /// What a snapshot holds, when nothing is in flight (`None` otherwise: the model then
-    /// holds decisions the log may never store). A copy: the caller encodes and stores it
-    /// while commands go on.
-    pub fn snapshot_contents(&self) -> Option<snapshot::Contents> {
-        if !self.flights.is_empty() {
-            return None;
-        }
-        let mut state = self.state.clone();
-        state.purchase_policy = Default::default();
-        Some(snapshot::Contents {
-            applied_seq: self.applied_seq,
-            state,
-            foreign: self.foreign.clone(),
+    /// Whether a snapshot can be taken now: nothing in flight (the model otherwise holds
+    /// decisions the log may never store).
+    pub fn snapshot_ready(&self) -> bool {
+        self.flights.is_empty()
+    }
+
+    /// The model encoded as a snapshot body (`snapshot::frame` makes it a snapshot), tied to
+    /// the record at `applied_seq` by `record_hash`; `None` while batches are in flight.
+    /// Encodes in place: the command path pauses for the encoding, and memory grows by the
+    /// encoded bytes only.
+    /// `capacity`: bytes to reserve for it (the previous snapshot's size).
+    pub fn encode_snapshot(
+        &self,
+        record_hash: EventHash,
+        capacity: usize,
+    ) -> Option<Result<Vec<u8>, snapshot::SnapshotError>> {
+        self.snapshot_ready().then(|| {
+            snapshot::encode_body(
+                self.applied_seq,
+                record_hash,
+                &self.state,
+                &self.foreign,
+                capacity,
+            )
         })
     }
 

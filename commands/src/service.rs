@@ -145,7 +145,60 @@ struct Snapshots {
     store: async_nats::jetstream::object_store::ObjectStore,
     /// The sequence of the latest snapshot written (or loaded).
     seq: u64,
+    /// Snapshots this process has started writing.
+    written: u64,
+    /// Size of the latest snapshot's body (loaded or written).
+    bytes: usize,
     writing: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Test hook: in debug builds, `ERP_FAULT_ABORT_SNAPSHOT=<n>` aborts the process (as a
+/// kill -9 would) halfway through storing the n-th snapshot it writes (release builds
+/// ignore it).
+fn fault_abort_snapshot() -> Option<u64> {
+    if cfg!(debug_assertions) {
+        std::env::var("ERP_FAULT_ABORT_SNAPSHOT")
+            .ok()
+            .and_then(|n| n.parse().ok())
+    } else {
+        None
+    }
+}
+
+/// Stores a snapshot's bytes; with `abort` (the test hook), the process dies once half of
+/// them has been handed to the store.
+async fn write_snapshot(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    bytes: &[u8],
+    abort: bool,
+) -> Result<(), ledger::objects::ObjectError> {
+    if !abort {
+        return ledger::objects::write(store, snapshot::OBJECT_NAME, bytes).await;
+    }
+    struct AbortHalfway<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+    impl tokio::io::AsyncRead for AbortHalfway<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let half = self.bytes.len() / 2;
+            if self.at >= half {
+                tracing::error!("test hook: aborting halfway through writing a snapshot");
+                std::process::abort();
+            }
+            let n = buf.remaining().min(half - self.at);
+            let at = self.at;
+            buf.put_slice(&self.bytes[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let mut reader = AbortHalfway { bytes, at: 0 };
+    ledger::objects::write_from(store, snapshot::OBJECT_NAME, &mut reader).await
 }
 
 /// The object store holding the processor's snapshot of the ledger `config` describes.
@@ -188,6 +241,7 @@ impl Service {
                 }
             }
         };
+        let snapshot_bytes = stored.as_ref().map_or(0, Vec::len);
         let (mut processor, recovered) = Processor::recover_from(log, stored.as_deref()).await?;
         drop(stored);
         processor.set_roles(config.roles.clone());
@@ -248,6 +302,8 @@ impl Service {
             snapshots: Snapshots {
                 store: snapshots,
                 seq: snapshot_seq,
+                written: 0,
+                bytes: snapshot_bytes,
                 writing: None,
             },
         })
@@ -406,15 +462,15 @@ impl Service {
             && self.processor.applied_seq() >= self.snapshots.seq + self.config.snapshot_every
     }
 
-    /// Copies the write model and reads the hash of the record it ends at (the command path
-    /// pauses for these), then encodes and stores it on another task.
+    /// Reads the hash of the record the model ends at and encodes the model (the command
+    /// path pauses for these), then checksums and stores it on another task.
     async fn start_snapshot(&mut self) {
-        let copying = std::time::Instant::now();
-        let Some(contents) = self.processor.snapshot_contents() else {
+        if !self.processor.snapshot_ready() {
             return;
-        };
-        let seq = contents.applied_seq;
+        }
+        let seq = self.processor.applied_seq();
         self.snapshots.seq = seq;
+        let reading = std::time::Instant::now();
         let record_hash = match snapshot::record_hash(self.processor.log(), seq).await {
             Ok(hash) => hash,
             Err(error) => {
@@ -422,12 +478,27 @@ impl Service {
                 return;
             }
         };
-        let copy_ms = copying.elapsed().as_millis() as u64;
+        let read_ms = reading.elapsed().as_millis() as u64;
+        let encoding = std::time::Instant::now();
+        // A tenth more than last time: the model only grows between two snapshots.
+        let capacity = self.snapshots.bytes + self.snapshots.bytes / 10;
+        let body = match self.processor.encode_snapshot(record_hash, capacity) {
+            Some(Ok(body)) => body,
+            Some(Err(error)) => {
+                tracing::warn!(seq, %error, "no processor snapshot taken");
+                return;
+            }
+            None => return,
+        };
+        let encode_ms = encoding.elapsed().as_millis() as u64;
+        self.snapshots.bytes = body.len();
         let store = self.snapshots.store.clone();
+        self.snapshots.written += 1;
+        let abort = fault_abort_snapshot() == Some(self.snapshots.written);
         self.snapshots.writing = Some(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let written = match contents.seal(record_hash).await {
-                Ok(bytes) => ledger::objects::write(&store, snapshot::OBJECT_NAME, &bytes)
+            let written = match tokio::task::spawn_blocking(move || snapshot::frame(&body)).await {
+                Ok(bytes) => write_snapshot(&store, &bytes, abort)
                     .await
                     .map(|()| bytes.len())
                     .map_err(|e| e.to_string()),
@@ -437,7 +508,8 @@ impl Service {
                 Ok(bytes) => tracing::info!(
                     seq,
                     bytes,
-                    copy_ms,
+                    read_ms,
+                    encode_ms,
                     write_ms = started.elapsed().as_millis() as u64,
                     "processor snapshot written"
                 ),

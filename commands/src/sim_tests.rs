@@ -855,17 +855,16 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
                 .await
                 .map_err(|e| format!("step {step}: recovery: {e}"))?;
             configure(&mut processors[which], &mut rng);
-        } else if rng.chance(150)
-            && let Some(contents) = processors[which].snapshot_contents()
-        {
-            let hash = crate::snapshot::record_hash(&log, contents.applied_seq)
+        } else if rng.chance(150) && processors[which].snapshot_ready() {
+            let p = &processors[which];
+            let hash = crate::snapshot::record_hash(&log, p.applied_seq())
                 .await
                 .map_err(|e| format!("step {step}: snapshot: {e}"))?;
-            let bytes = contents
-                .seal(hash)
-                .await
+            let body = p
+                .encode_snapshot(hash, 0)
+                .expect("nothing in flight")
                 .map_err(|e| format!("step {step}: snapshot: {e}"))?;
-            snapshots.push(bytes);
+            snapshots.push(crate::snapshot::frame(&body));
             stats.snapshots += 1;
         }
         let inner = log.0.lock().expect("lock");

@@ -40,29 +40,46 @@ pub struct Body {
     pub written_by: String,
 }
 
-/// A copy of the write model taken with nothing in flight (`Processor::snapshot_contents`).
-#[derive(Debug, Clone)]
-pub struct Contents {
-    pub applied_seq: u64,
-    pub state: State,
-    pub foreign: ForeignSeen,
+/// `Body` as written, borrowing the model (same fields, same order, same bytes).
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    applied_seq: u64,
+    record_hash: EventHash,
+    state: &'a State,
+    foreign: &'a ForeignSeen,
+    written_by: &'a str,
 }
 
-impl Contents {
-    /// The snapshot's bytes, tied to the record at their sequence (`record_hash`), encoded on
-    /// a blocking thread (a large model takes a while).
-    pub async fn seal(self, record_hash: EventHash) -> Result<Vec<u8>, SnapshotError> {
-        let body = Body {
-            applied_seq: self.applied_seq,
+/// Encodes the model where it stands, without copying it: a snapshot body for `frame`.
+/// `capacity`: bytes to reserve at the start (the previous snapshot's size).
+pub fn encode_body(
+    applied_seq: u64,
+    record_hash: EventHash,
+    state: &State,
+    foreign: &ForeignSeen,
+    capacity: usize,
+) -> Result<Vec<u8>, SnapshotError> {
+    ledger::codec::encode_snapshot_sized(
+        &BodyRef {
+            applied_seq,
             record_hash,
-            state: self.state,
-            foreign: self.foreign,
-            written_by: concat!("erp ", env!("CARGO_PKG_VERSION")).into(),
-        };
-        tokio::task::spawn_blocking(move || encode(&body))
-            .await
-            .map_err(|e| SnapshotError::Encode(e.to_string()))?
-    }
+            state,
+            foreign,
+            written_by: concat!("erp ", env!("CARGO_PKG_VERSION")),
+        },
+        capacity,
+    )
+    .map_err(|e| SnapshotError::Encode(e.to_string()))
+}
+
+/// A snapshot's bytes around an encoded body: mark, format, checksum.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+    bytes.extend_from_slice(&MARK);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&Sha256::digest(body));
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// Why a snapshot was not used.
@@ -88,12 +105,7 @@ pub enum SnapshotError {
 pub fn encode(body: &Body) -> Result<Vec<u8>, SnapshotError> {
     let encoded =
         ledger::codec::encode_snapshot(body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + encoded.len());
-    bytes.extend_from_slice(&MARK);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&Sha256::digest(&encoded));
-    bytes.extend_from_slice(&encoded);
-    Ok(bytes)
+    Ok(frame(&encoded))
 }
 
 /// Reads a snapshot's bytes back, checking mark, format and checksum.
@@ -245,6 +257,18 @@ mod tests {
         assert_eq!(back.applied_seq, 8);
         assert_eq!(back.record_hash, EventHash([1; 32]));
         assert_eq!(back.state.other_heads, body().state.other_heads);
+    }
+
+    #[test]
+    fn the_model_encoded_in_place_reads_back_as_a_body() {
+        let b = body();
+        let framed =
+            frame(&encode_body(b.applied_seq, b.record_hash, &b.state, &b.foreign, 16).unwrap());
+        let back = decode(&framed).unwrap();
+        assert_eq!(back.applied_seq, b.applied_seq);
+        assert_eq!(back.record_hash, b.record_hash);
+        assert!(back.state == b.state);
+        assert_eq!(back.written_by, concat!("erp ", env!("CARGO_PKG_VERSION")));
     }
 
     #[test]

@@ -151,13 +151,77 @@ impl StockState {
     }
 }
 
+/// Units of an order line by location, sorted by location, no zeros. A short vector: a line
+/// sits at one location or two, and a map's node (room for eleven) cost more than the line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationQty(Vec<(LocationId, i64)>);
+
+impl LocationQty {
+    pub fn get(&self, location: &LocationId) -> Option<&i64> {
+        self.0
+            .binary_search_by(|(l, _)| l.cmp(location))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Adds `qty` (negative: takes) at `location`; a location left at zero is dropped.
+    pub fn add(&mut self, location: &LocationId, qty: i64) {
+        match self.0.binary_search_by(|(l, _)| l.cmp(location)) {
+            Ok(i) => {
+                self.0[i].1 += qty;
+                if self.0[i].1 == 0 {
+                    self.0.remove(i);
+                }
+            }
+            Err(i) if qty != 0 => {
+                self.0.insert(i, (location.clone(), qty));
+                self.0.shrink_to_fit();
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &i64)> {
+        self.0.iter().map(|(l, q)| (l, q))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &i64> {
+        self.0.iter().map(|(_, q)| q)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a LocationQty {
+    type Item = (&'a LocationId, &'a i64);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (LocationId, i64)>,
+        fn(&'a (LocationId, i64)) -> (&'a LocationId, &'a i64),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(l, q)| (l, q))
+    }
+}
+
+impl IntoIterator for LocationQty {
+    type Item = (LocationId, i64);
+    type IntoIter = std::vec::IntoIter<(LocationId, i64)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineState {
     pub sku: Option<Sku>,
     pub qty: i64,
-    pub allocated: BTreeMap<LocationId, i64>,
+    pub allocated: LocationQty,
     pub backordered: i64,
-    pub picked: BTreeMap<LocationId, i64>,
+    pub picked: LocationQty,
     pub packed: i64,
     pub shipped: i64,
     pub cancelled: i64,
@@ -323,12 +387,8 @@ pub struct State {
     pub purchase_policy: PurchasePolicy,
 }
 
-fn add(map: &mut BTreeMap<LocationId, i64>, location: &LocationId, qty: i64) {
-    let entry = map.entry(location.clone()).or_insert(0);
-    *entry += qty;
-    if *entry == 0 {
-        map.remove(location);
-    }
+fn add(map: &mut LocationQty, location: &LocationId, qty: i64) {
+    map.add(location, qty);
 }
 
 impl State {

@@ -83,8 +83,19 @@ pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
 /// Encodes a snapshot body: the same encoding as events, without the one-message size limit
 /// (a write model can be hundreds of megabytes).
 pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    encode_snapshot_sized(value, 0)
+}
+
+/// `encode_snapshot` into a buffer of `capacity` bytes to start with (the last snapshot's
+/// size, say: growing a buffer of tens of megabytes step by step costs more than encoding).
+pub fn encode_snapshot_sized<T: Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut bytes = Vec::with_capacity(capacity);
+    bincode::serde::encode_into_std_write(value, &mut bytes, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(bytes)
 }
 
 /// Decodes what `encode_snapshot` wrote; every byte must be used.

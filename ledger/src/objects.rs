@@ -72,9 +72,17 @@ pub async fn write(
     name: &str,
     bytes: &[u8],
 ) -> Result<(), ObjectError> {
-    let mut reader = bytes;
+    write_from(store, name, &mut &*bytes).await
+}
+
+/// Stores what `reader` yields as object `name` (see `write`).
+pub async fn write_from(
+    store: &object_store::ObjectStore,
+    name: &str,
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<(), ObjectError> {
     store
-        .put(name, &mut reader)
+        .put(name, reader)
         .await
         .map(|_| ())
         .map_err(|e| ObjectError::Object {

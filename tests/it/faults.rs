@@ -35,9 +35,10 @@ pub(crate) struct Supervised {
     watcher: tokio::task::JoinHandle<()>,
 }
 
-fn erp_process(args: &[String]) -> Child {
+fn erp_process(args: &[String], env: &[(String, String)]) -> Child {
     crate::harness::erp_command()
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -68,7 +69,12 @@ impl Supervised {
     }
 
     pub(crate) fn run(args: Vec<String>) -> Supervised {
-        let child = Arc::new(Mutex::new(Some(erp_process(&args))));
+        Supervised::run_with_env(args, Vec::new())
+    }
+
+    /// `run`, with these environment variables set for every start of the process.
+    pub(crate) fn run_with_env(args: Vec<String>, env: Vec<(String, String)>) -> Supervised {
+        let child = Arc::new(Mutex::new(Some(erp_process(&args, &env))));
         let watched = child.clone();
         let watcher = tokio::spawn(async move {
             loop {
@@ -78,7 +84,7 @@ impl Supervised {
                     .as_mut()
                     .is_some_and(|c| c.try_wait().ok().flatten().is_some());
                 if exited {
-                    *slot = Some(erp_process(&args));
+                    *slot = Some(erp_process(&args, &env));
                 }
             }
         });
@@ -86,7 +92,7 @@ impl Supervised {
     }
 
     /// Stops supervising and SIGTERMs the process, so it finishes cleanly.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.watcher.abort();
         if let Some(child) = self.child.lock().unwrap().as_mut() {
             stop(child);

@@ -12,3 +12,4 @@ mod purchasing;
 mod replay;
 mod schemas;
 mod security;
+mod snapshots;
