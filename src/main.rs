@@ -520,10 +520,8 @@ async fn run() -> anyhow::Result<()> {
                 from_scratch,
                 ..ServiceConfig::default()
             };
-            commands::service::run(client, log, config, async {
-                let _ = shutdown_signal().await;
-            })
-            .await?;
+            commands::service::run(client, log, config, stop_within("processor", STOP_GRACE))
+                .await?;
             Ok(())
         }
         Command::Submit { nats, file, window } => submit(&nats, &file, window).await,
@@ -538,9 +536,7 @@ async fn run() -> anyhow::Result<()> {
             let client = connect(&nats.url_as(auth.as_ref(), ledger::auth::PROJECTOR)?).await?;
             let log = JetStreamLog::open(client, nats.reader(ledger::auth::VIEWS_MIRROR)).await?;
             let mode = if rebuild { Mode::Rebuild } else { Mode::Live };
-            let shutdown = async {
-                let _ = shutdown_signal().await;
-            };
+            let shutdown = stop_within("projector", STOP_GRACE);
             let config = ProjectorConfig {
                 snapshot_events,
                 snapshot_interval: Duration::from_secs(snapshot_seconds),
@@ -910,6 +906,28 @@ async fn project<V: projections::View>(
 }
 
 /// Ctrl-C or SIGTERM.
+/// How long a service may take to stop cleanly after Ctrl-C or SIGTERM (settling what is in
+/// flight, writing its snapshot) before it exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves on the first Ctrl-C or SIGTERM and from then on makes sure the process ends: a
+/// second signal, or `grace` without a clean stop (a server that is gone), exits at once.
+/// Safe: nothing acknowledged depends on a clean stop; a batch not yet acknowledged is stored
+/// whole or not at all, and its commands' senders retry.
+async fn stop_within(what: &'static str, grace: Duration) {
+    let _ = shutdown_signal().await;
+    tracing::info!("{what}: stopping (again, or {grace:?}, to exit at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown_signal() => eprintln!("{what}: second signal: exiting now"),
+            () = tokio::time::sleep(grace) => eprintln!(
+                "{what}: not stopped cleanly within {grace:?} (is the NATS server reachable?): exiting now; nothing acknowledged is lost, a restart resumes from the last snapshot"
+            ),
+        }
+        std::process::exit(1);
+    });
+}
+
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -222,6 +222,7 @@ impl Service {
         config: ServiceConfig,
     ) -> Result<Service, ServiceError> {
         let started = std::time::Instant::now();
+        log.check_replicas()?;
         let snapshots = ledger::objects::bucket(
             log.jetstream(),
             &snapshot_bucket(log.config()),
@@ -287,6 +288,7 @@ impl Service {
         let intake = spawn_intake(
             &client,
             processor.log().jetstream(),
+            processor.log().config().replicas,
             &config,
             tx,
             guard.clone(),
@@ -550,6 +552,7 @@ pub async fn run(
 async fn spawn_intake(
     client: &async_nats::Client,
     js: &jetstream::Context,
+    replicas: usize,
     config: &ServiceConfig,
     tx: mpsc::Sender<Incoming>,
     guard: ReplyGuard,
@@ -572,6 +575,7 @@ async fn spawn_intake(
         &config.commands_stream,
         subjects::INTAKE_ALL,
         config.commands_max_age,
+        replicas,
     )
     .await?;
     let consumer = stream

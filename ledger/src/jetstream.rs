@@ -168,6 +168,14 @@ pub enum OpenError {
     #[error("could not provision stream {stream}: {detail}")]
     Provision { stream: String, detail: String },
     #[error(
+        "stream {stream} is kept on {found} node(s), but this system runs with --replicas {expected}: every stream it uses must have as many copies as the ledger. Start with --replicas {found}, or raise the stream's replicas to {expected} (nats stream edit {stream} --replicas {expected})"
+    )]
+    Replicas {
+        stream: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
         "stream {stream} is misconfigured: {setting} is {found}, expected {expected}; fix the stream or use another name"
     )]
     Misconfigured {
@@ -188,6 +196,24 @@ pub fn check_server_version(reported: &str) -> Result<Version, OpenError> {
         });
     }
     Ok(version)
+}
+
+/// The replica count a stream must have: every asset of the system is kept on as many nodes
+/// as the ledger (`--replicas`), or losing one node loses what only it held.
+pub fn check_replicas(
+    stream: &str,
+    echoed: &stream::Config,
+    expected: usize,
+) -> Result<(), OpenError> {
+    let found = echoed.num_replicas.max(1);
+    if found != expected.max(1) {
+        return Err(OpenError::Replicas {
+            stream: stream.into(),
+            expected: expected.max(1),
+            found,
+        });
+    }
+    Ok(())
 }
 
 fn ledger_stream_config(config: &LogConfig) -> stream::Config {
@@ -270,28 +296,41 @@ fn verify_ledger_stream(config: &LogConfig, echoed: &stream::Config) -> Result<(
 
 /// Provisions the `COMMANDS` intake stream: durable, deduplicated by command id within the
 /// window, and kept for `max_age` (the outcome of every command is kept forever in the ledger).
+/// Kept on `replicas` nodes, as the ledger: unprocessed commands survive the loss of a node.
 pub async fn provision_commands(
     js: &jetstream::Context,
     name: &str,
     subjects: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<stream::Stream, OpenError> {
     let config = stream::Config {
         name: name.into(),
         subjects: vec![subjects.into()],
         storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
         retention: stream::RetentionPolicy::Limits,
         max_age,
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
         ..Default::default()
     };
-    js.get_or_create_stream(config)
+    let provision = |e: &dyn std::fmt::Display| OpenError::Provision {
+        stream: name.into(),
+        detail: e.to_string(),
+    };
+    let mut stream = js
+        .get_or_create_stream(config)
         .await
-        .map_err(|e| OpenError::Provision {
-            stream: name.into(),
-            detail: e.to_string(),
-        })
+        .map_err(|e| provision(&e))?;
+    let echoed = stream
+        .info()
+        .await
+        .map_err(|e| provision(&e))?
+        .config
+        .clone();
+    check_replicas(name, &echoed, replicas)?;
+    Ok(stream)
 }
 
 /// One message of an atomic batch published with `publish_atomic`.
@@ -410,6 +449,8 @@ pub struct JetStreamLog {
     js: jetstream::Context,
     stream: stream::Stream,
     config: LogConfig,
+    /// Copies the stream is kept in, as the server reports it (whatever `config` asked).
+    stream_replicas: usize,
     max_payload: usize,
     writer: std::sync::Arc<Mutex<Writer>>,
 }
@@ -470,6 +511,7 @@ impl JetStreamLog {
             client,
             js,
             stream,
+            stream_replicas: echoed.num_replicas.max(1),
             config,
             writer: std::sync::Arc::new(Mutex::new(writer)),
         })
@@ -477,6 +519,21 @@ impl JetStreamLog {
 
     pub fn config(&self) -> &LogConfig {
         &self.config
+    }
+
+    /// For the components that create streams and buckets beside the ledger (the processor,
+    /// the projectors): the ledger must be kept on as many nodes as they were told
+    /// (`--replicas`), since everything they create gets that many copies. Readers need not
+    /// know.
+    pub fn check_replicas(&self) -> Result<(), OpenError> {
+        if self.stream_replicas != self.config.replicas.max(1) {
+            return Err(OpenError::Replicas {
+                stream: self.config.stream.clone(),
+                expected: self.config.replicas.max(1),
+                found: self.stream_replicas,
+            });
+        }
+        Ok(())
     }
 
     /// For a mirror: how many messages it is behind the ledger (0 for the ledger itself).
@@ -892,7 +949,8 @@ impl EventLog for JetStreamLog {
     }
 
     fn pipelines(&self) -> bool {
-        self.config.replicas <= 1
+        // What the stream is, not what the caller said it would be.
+        self.stream_replicas <= 1
     }
 
     async fn head(&self, subject: &Subject) -> Result<Option<Head>, ReadError> {

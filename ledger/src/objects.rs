@@ -28,20 +28,36 @@ pub async fn bucket(
     bucket: &str,
     replicas: usize,
 ) -> Result<object_store::ObjectStore, ObjectError> {
-    if let Ok(store) = js.get_object_store(bucket).await {
-        return Ok(store);
-    }
-    js.create_object_store(object_store::Config {
+    let failed = |detail: String| ObjectError::Store {
         bucket: bucket.into(),
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas.max(1),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ObjectError::Store {
-        bucket: bucket.into(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let store = match js.get_object_store(bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.into(),
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?,
+    };
+    let stream = format!("OBJ_{bucket}");
+    let mut info = js
+        .get_stream(&stream)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let echoed = info
+        .info()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .config
+        .clone();
+    crate::jetstream::check_replicas(&stream, &echoed, replicas)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(store)
 }
 
 /// The bytes of object `name`, `None` if there is none.

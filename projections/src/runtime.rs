@@ -128,7 +128,10 @@ pub async fn read_snapshot<V: View>(
     js: &jetstream::Context,
     bucket: &str,
 ) -> Result<Option<(V, u64)>, ProjectorError> {
-    let store = object_bucket(js).await?;
+    // A reader: it looks, it creates nothing.
+    let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await else {
+        return Ok(None);
+    };
     let mut attempts = 0;
     loop {
         match fetch_snapshot::<V>(&store, bucket).await {
@@ -236,24 +239,37 @@ impl<V: View> std::fmt::Debug for Projector<V> {
     }
 }
 
-async fn key_value(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, ProjectorError> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: bucket.into(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats)
+/// The KV bucket, created if missing, kept on `replicas` nodes as the ledger is.
+async fn key_value(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<kv::Store, ProjectorError> {
+    let store = match js.get_key_value(bucket).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?,
+    };
+    let stream = format!("KV_{bucket}");
+    let mut info = js.get_stream(&stream).await.map_err(nats)?;
+    let echoed = info.info().await.map_err(nats)?.config.clone();
+    ledger::jetstream::check_replicas(&stream, &echoed, replicas).map_err(nats)?;
+    Ok(store)
 }
 
 async fn object_bucket(
     js: &jetstream::Context,
+    replicas: usize,
 ) -> Result<object_store::ObjectStore, ProjectorError> {
-    ledger::objects::bucket(js, SNAPSHOT_BUCKET, 1)
+    ledger::objects::bucket(js, SNAPSHOT_BUCKET, replicas)
         .await
         .map_err(nats)
 }
@@ -263,7 +279,9 @@ pub async fn served_bucket(
     js: &jetstream::Context,
     name: &str,
 ) -> Result<Option<String>, ProjectorError> {
-    let registry = key_value(js, REGISTRY_BUCKET).await?;
+    let Ok(registry) = js.get_key_value(REGISTRY_BUCKET).await else {
+        return Ok(None);
+    };
     let entry = registry.get(name).await.map_err(nats)?;
     Ok(entry
         .and_then(|b| serde_json::from_slice::<Generation>(&b).ok())
@@ -277,8 +295,11 @@ impl<V: View> Projector<V> {
         config: ProjectorConfig,
     ) -> Result<Projector<V>, ProjectorError> {
         let js = log.jetstream().clone();
-        let registry = key_value(&js, REGISTRY_BUCKET).await?;
-        let snapshots = object_bucket(&js).await?;
+        // Every bucket is kept on as many nodes as the ledger.
+        let replicas = log.config().replicas;
+        log.check_replicas().map_err(nats)?;
+        let registry = key_value(&js, REGISTRY_BUCKET, replicas).await?;
+        let snapshots = object_bucket(&js, replicas).await?;
         let served: Option<Generation> = registry
             .get(V::NAME)
             .await
@@ -299,7 +320,7 @@ impl<V: View> Projector<V> {
             version: V::VERSION,
         });
         // Created here; written through atomic batches to `$KV.<bucket>.<key>`.
-        key_value(&js, &generation.bucket).await?;
+        key_value(&js, &generation.bucket, replicas).await?;
         allow_atomic_publish(&js, &format!("KV_{}", generation.bucket))
             .await
             .map_err(nats)?;

@@ -63,3 +63,72 @@ async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
 async fn log_on(cluster: &TestCluster, node: usize) -> ledger::jetstream::JetStreamLog {
     cluster.open(node).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_the_system_uses_is_kept_on_as_many_nodes_as_the_ledger() {
+    // Goal: with --replicas 3, the processor and a projector create every stream and bucket
+    // they use (the ledger, the command intake, both snapshot stores, the view registry and
+    // the view's bucket) with three copies, so losing a node loses none of them; a component
+    // started without --replicas on that ledger refuses to run, naming the stream and the fix.
+    let cluster = TestCluster::start(3);
+    let urls = cluster.urls();
+    let processor = Supervised::run(
+        ["processor", "--nats", &urls, "--replicas", "3"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let projector = Supervised::run(
+        ["project", "ats", "--nats", &urls, "--replicas", "3"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let bodies = Arc::new(uci_bodies(1));
+    load_until_answered(urls.clone(), bodies).await;
+    processor.stop();
+    projector.stop();
+
+    let log = cluster.open(0).await;
+    let js = log.jetstream();
+    let mut names = js.stream_names();
+    let mut replicas = std::collections::BTreeMap::new();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        let name = name.unwrap();
+        let mut stream = js.get_stream(&name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        replicas.insert(name, info.config.num_replicas);
+    }
+    for expected in [
+        "LEDGER",
+        "COMMANDS",
+        "OBJ_LEDGER_snapshots",
+        "KV_erp_views",
+        "OBJ_erp_snapshots",
+    ] {
+        assert!(
+            replicas.contains_key(expected),
+            "{expected} missing: {replicas:?}"
+        );
+    }
+    assert!(
+        replicas.keys().any(|n| n.starts_with("KV_view_ats_")),
+        "no view bucket: {replicas:?}"
+    );
+    assert!(
+        replicas.values().all(|&r| r == 3),
+        "a stream with fewer than three copies: {replicas:?}"
+    );
+
+    // Started without --replicas: refuses, and says what to do.
+    let refused = crate::harness::erp_command()
+        .args(["processor", "--nats", &urls])
+        .env("RUST_LOG", "error")
+        .env_remove("ERP_LEDGER_REPLICAS")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("stream LEDGER is kept on 3 node(s), but this system runs with --replicas 1"),
+        "{said}"
+    );
+}

@@ -418,3 +418,54 @@ async fn a_full_ledger_refuses_whole_batches_and_recovers_when_space_returns() {
     scenario.processor.kill();
     scenario.finish(&nats).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_and_a_projector_whose_server_is_gone_still_stop_on_sigterm() {
+    // Goal: SIGTERM stops `erp processor` and `erp project` within seconds even when their
+    // server has died (nothing in flight can settle, no snapshot can be stored): they exit
+    // non-zero saying why, instead of waiting for a server that does not come back.
+    let mut nats = TestNats::start();
+    let url = nats.url();
+    let mut processor = erp_process(&["processor", "--nats", &url].map(String::from), &[]);
+    let mut projector = erp_process(&["project", "ats", "--nats", &url].map(String::from), &[]);
+    // Both are up once the processor answers and the view has a bucket.
+    let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(2));
+    let probe = Bytes::from(
+        json!({"command_id": Uuid::now_v7(), "actor": {"id": "t", "role": "admin"},
+               "legal_entity": "UK01", "effective_at": "2011-12-01T00:00:00Z",
+               "type": "channel.define", "data": {"channel": "web"}})
+        .to_string(),
+    );
+    let mut answered = false;
+    for _ in 0..100 {
+        if client.submit_json(probe.clone()).await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the processor never answered");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for child in [&mut processor, &mut projector] {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    // A generous bound: it must end at all, not wait on the server forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (name, child) in [("processor", &mut processor), ("projector", &mut projector)] {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {name} did not stop after SIGTERM with its server gone"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
