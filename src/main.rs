@@ -146,7 +146,8 @@ impl Sender {
     /// A command client on a new connection.
     pub async fn client(&self) -> anyhow::Result<CommandClient> {
         Ok(
-            CommandClient::new(self.connect().await?, Duration::from_secs(30))
+            CommandClient::new(self.connect().await?, Duration::from_secs(10))
+                .retrying(Duration::from_secs(60))
                 .as_user(self.user.clone()),
         )
     }
@@ -787,7 +788,10 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
         .filter(|l| !l.trim().is_empty())
         .collect();
     let sender = nats.sender("upstream")?;
-    let client = CommandClient::new(sender.connect().await?, Duration::from_secs(30))
+    // A short wait per answer and a minute of resending (same ids: safe) rides through a
+    // processor restart or a failover instead of stalling on each command.
+    let client = CommandClient::new(sender.connect().await?, Duration::from_secs(5))
+        .retrying(Duration::from_secs(60))
         .as_user(sender.user.clone());
     let mut failures = 0;
     client
@@ -848,7 +852,9 @@ async fn run_demo(
             serde_json::to_vec(&json).expect("json").into()
         })
         .collect();
-    let sender = CommandClient::new(client.clone(), Duration::from_secs(60)).as_user(user);
+    let sender = CommandClient::new(client.clone(), Duration::from_secs(10))
+        .retrying(Duration::from_secs(120))
+        .as_user(user);
     let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let mut events = 0u64;
     let submitted = std::time::Instant::now();

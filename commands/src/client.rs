@@ -13,14 +13,53 @@ use crate::processor::Outcome;
 pub enum ClientError {
     #[error("no answer from the processor: {0}")]
     Request(String),
+    #[error(
+        "no processor is answering on {subject} (none running, or it is restarting); nothing was decided, sending it again is safe"
+    )]
+    NoProcessor { subject: String },
     #[error("the processor's answer is not an outcome: {0}")]
     Answer(String),
+}
+
+impl ClientError {
+    /// Whether the command may simply not have reached a processor (sending it again with
+    /// the same id is safe either way).
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Request(_) | ClientError::NoProcessor { .. }
+        )
+    }
+}
+
+/// Whether an answer is worth sending the command again for: no answer, no processor, or
+/// `unavailable` (nothing stored).
+fn retryable(answer: &Result<Outcome, ClientError>) -> bool {
+    match answer {
+        Ok(outcome) => matches!(outcome, Outcome::Unavailable { .. }),
+        Err(e) => e.retryable(),
+    }
+}
+
+/// Reads a reply: an outcome, or the server's "no responders" status.
+fn read_reply(subject: &str, msg: &async_nats::Message) -> Result<Outcome, ClientError> {
+    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS)
+        || (msg.payload.is_empty() && msg.status.is_some())
+    {
+        return Err(ClientError::NoProcessor {
+            subject: subject.to_owned(),
+        });
+    }
+    serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Answer(e.to_string()))
 }
 
 #[derive(Debug, Clone)]
 pub struct CommandClient {
     nats: async_nats::Client,
     timeout: Duration,
+    /// How long `submit_all` keeps sending again the commands that got no answer, no
+    /// processor, or `unavailable` (zero: once only).
+    retry_for: Duration,
     /// The NATS user the connection authenticated as, if it did: its commands go to the
     /// subjects that end in its name (the only ones the server lets it publish on).
     user: Option<String>,
@@ -31,8 +70,18 @@ impl CommandClient {
         CommandClient {
             nats,
             timeout,
+            retry_for: Duration::ZERO,
             user: None,
         }
+    }
+
+    /// Makes `submit_all` send again, with the same ids (safe: a command has one outcome),
+    /// every command that got no answer in time, no processor, or `unavailable`, with growing
+    /// pauses (0.1 s doubling to 2 s), for up to `retry_for`; what still has none then is
+    /// handed over as it stands.
+    pub fn retrying(mut self, retry_for: Duration) -> CommandClient {
+        self.retry_for = retry_for;
+        self
     }
 
     /// Sends as `user` (the NATS user the connection authenticated as).
@@ -72,20 +121,66 @@ impl CommandClient {
     /// Sends commands strictly in order on this connection, with up to `window` waiting for
     /// their answers at once (so the processor can group-commit them), and hands each answer
     /// to `on_outcome` in order. Publishing is sequential, so a command never overtakes one
-    /// sent before it (an order's pick never arrives before its placement).
+    /// sent before it (an order's pick never arrives before its placement). With `retrying`,
+    /// commands without a definitive answer are sent again (in their order) until they get
+    /// one or the time is up.
     pub async fn submit_all(
         &self,
         commands: impl IntoIterator<Item = Bytes>,
         window: usize,
         mut on_outcome: impl FnMut(usize, Result<Outcome, ClientError>),
     ) {
-        use futures::StreamExt;
         let commands: Vec<Bytes> = commands.into_iter().collect();
+        let deadline = std::time::Instant::now() + self.retry_for;
+        let mut answers: Vec<Option<Result<Outcome, ClientError>>> =
+            (0..commands.len()).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..commands.len()).collect();
+        let mut delivered = 0;
+        let mut pause = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let last_round = std::time::Instant::now() >= deadline;
+            let mut again = Vec::new();
+            self.send_round(&commands, &pending, window, |i, answer| {
+                if !last_round && retryable(&answer) {
+                    again.push(i);
+                } else {
+                    answers[i] = Some(answer);
+                }
+                while let Some(answer) = answers.get_mut(delivered).and_then(Option::take) {
+                    on_outcome(delivered, answer);
+                    delivered += 1;
+                }
+            })
+            .await;
+            pending = again;
+            if !pending.is_empty() {
+                tracing::debug!(
+                    commands = pending.len(),
+                    "no definitive answer yet; sending them again"
+                );
+                tokio::time::sleep(
+                    pause.min(deadline.saturating_duration_since(std::time::Instant::now())),
+                )
+                .await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// One pass of `submit_all` over `indices` (of `commands`), answers handed over in order.
+    async fn send_round(
+        &self,
+        commands: &[Bytes],
+        indices: &[usize],
+        window: usize,
+        mut on_outcome: impl FnMut(usize, Result<Outcome, ClientError>),
+    ) {
+        use futures::StreamExt;
         let prefix = self.nats.new_inbox();
         let mut replies = match self.nats.subscribe(format!("{prefix}.*")).await {
             Ok(sub) => sub,
             Err(e) => {
-                for i in 0..commands.len() {
+                for &i in indices {
                     on_outcome(i, Err(ClientError::Request(e.to_string())));
                 }
                 return;
@@ -99,15 +194,23 @@ impl CommandClient {
             Received(Result<Outcome, ClientError>),
             Delivered,
         }
-        let mut slots: Vec<Slot> = (0..commands.len()).map(|_| Slot::Unsent).collect();
+        let total = indices.len();
+        let mut slots: Vec<Slot> = (0..total).map(|_| Slot::Unsent).collect();
+        let subjects: Vec<String> = indices
+            .iter()
+            .map(|&i| self.rpc_subject_for(&commands[i]))
+            .collect();
         let (mut sent, mut delivered, mut waiting) = (0, 0, 0usize);
-        while delivered < commands.len() {
-            while sent < commands.len() && waiting < window.max(1) {
-                let subject = self.rpc_subject_for(&commands[sent]);
+        while delivered < total {
+            while sent < total && waiting < window.max(1) {
                 let reply = format!("{prefix}.{sent}");
                 slots[sent] = match self
                     .nats
-                    .publish_with_reply(subject, reply, commands[sent].clone())
+                    .publish_with_reply(
+                        subjects[sent].clone(),
+                        reply,
+                        commands[indices[sent]].clone(),
+                    )
                     .await
                 {
                     Err(e) => Slot::Received(Err(ClientError::Request(e.to_string()))),
@@ -122,11 +225,11 @@ impl CommandClient {
                 if let Slot::Received(answer) =
                     std::mem::replace(&mut slots[delivered], Slot::Delivered)
                 {
-                    on_outcome(delivered, answer);
+                    on_outcome(indices[delivered], answer);
                 }
                 delivered += 1;
             }
-            if delivered == commands.len() || waiting == 0 {
+            if delivered == total || waiting == 0 {
                 continue;
             }
             match tokio::time::timeout(self.timeout, replies.next()).await {
@@ -136,14 +239,9 @@ impl CommandClient {
                         .rsplit('.')
                         .next()
                         .and_then(|i| i.parse::<usize>().ok());
-                    if let Some(slot) = index
-                        .and_then(|i| slots.get_mut(i))
-                        .filter(|s| matches!(s, Slot::Awaited))
+                    if let Some(k) = index.filter(|&k| matches!(slots.get(k), Some(Slot::Awaited)))
                     {
-                        *slot = Slot::Received(
-                            serde_json::from_slice(&msg.payload)
-                                .map_err(|e| ClientError::Answer(e.to_string())),
-                        );
+                        slots[k] = Slot::Received(read_reply(&subjects[k], &msg));
                         waiting -= 1;
                     }
                 }
@@ -185,9 +283,12 @@ impl CommandClient {
     }
 
     async fn raw_request(&self, subject: String, body: Bytes) -> Result<Bytes, ClientError> {
-        let request = self.nats.request(subject, body);
+        let request = self.nats.request(subject.clone(), body);
         match tokio::time::timeout(self.timeout, request).await {
             Ok(Ok(msg)) => Ok(msg.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(ClientError::NoProcessor { subject })
+            }
             Ok(Err(e)) => Err(ClientError::Request(e.to_string())),
             Err(_) => Err(ClientError::Request(format!(
                 "no answer within {:?}",

@@ -469,3 +469,59 @@ async fn a_processor_and_a_projector_whose_server_is_gone_still_stop_on_sigterm(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_client_rides_through_a_processor_restart_in_one_pass() {
+    // Goal: `CommandClient::retrying` (as `erp submit` and `erp demo` use it) sends three days
+    // of UCI commands with 200 in flight while the processor is killed (-9) and is gone for two
+    // seconds (no responders, lost answers), and comes back: one pass ends with a definitive
+    // answer for every command, and those answers are the ones the ledger keeps.
+    let nats = TestNats::start();
+    let log = nats.open(ledger_config()).await;
+    let url = nats.url();
+    let args = ["processor", "--nats", &url].map(String::from);
+    let processor = Arc::new(Mutex::new(erp_process(&args, &[])));
+    let bodies = Arc::new(uci_bodies(3));
+    let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(2))
+        .retrying(Duration::from_secs(60));
+    let sending = {
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut answers = HashMap::new();
+            client
+                .submit_all(bodies.iter().cloned(), 200, |i, o| {
+                    answers.insert(i, o);
+                })
+                .await;
+            answers
+        })
+    };
+    // Kill it once the load is under way, leave it gone for two seconds, start it again.
+    let mut waited = 0;
+    while log.last_sequence().await.unwrap() < 3_000 && waited < 3_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert!(!sending.is_finished(), "the load ended before the kill");
+    {
+        let mut child = processor.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *processor.lock().unwrap() = erp_process(&args, &[]);
+    let answers = sending.await.unwrap();
+    assert_eq!(answers.len(), bodies.len());
+    let mut definitive_answers = HashMap::new();
+    for (i, answer) in answers {
+        match answer {
+            Ok(o) if definitive(&o) => {
+                definitive_answers.insert(i, o);
+            }
+            other => panic!("command {i} has no definitive answer after one pass: {other:?}"),
+        }
+    }
+    check_ledger_after_recovery(&log, &url, &bodies, &definitive_answers).await;
+    let mut child = processor.lock().unwrap();
+    stop(&mut child);
+}
