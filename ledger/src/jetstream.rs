@@ -56,8 +56,13 @@ pub struct LogConfig {
     pub protected: bool,
     /// JetStream's own dedup window. Idempotency of commands does not depend on it.
     pub duplicate_window: Duration,
-    /// How long to wait for a batch's acknowledgement before its outcome is unknown.
+    /// How long to wait for a batch's acknowledgement before its outcome is unknown (the
+    /// writer then catches up from the log and decides again). Short: a batch is acknowledged
+    /// in milliseconds, and after a stream leader is lost this is about what the first command
+    /// waits beyond the election.
     pub ack_timeout: Duration,
+    /// How long JetStream API calls (stream info, consumers, reads) may take.
+    pub api_timeout: Duration,
     /// Read a mirror of the ledger kept in this account (readers outside the ledger's account;
     /// `crate::auth`) instead of the ledger itself. Appends are refused.
     pub mirror: Option<crate::auth::MirrorFeed>,
@@ -72,7 +77,8 @@ impl LogConfig {
             replicas: 1,
             protected: true,
             duplicate_window: Duration::from_secs(120),
-            ack_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(2),
+            api_timeout: Duration::from_secs(3),
             mirror: None,
         }
     }
@@ -470,7 +476,7 @@ impl JetStreamLog {
         }
         check_server_version(&info.version)?;
         let js = jetstream::ContextBuilder::new()
-            .timeout(config.ack_timeout)
+            .timeout(config.api_timeout)
             // Acks are awaited one batch at a time; keep the client's window well below the
             // level where its backpressure can block a publisher (shared notes §4.5).
             .max_ack_inflight(1024)
@@ -912,8 +918,15 @@ impl EventLog for JetStreamLog {
         };
         let writer = self.writer.clone();
         let confirmed = appended.clone();
+        let ack_timeout = self.config.ack_timeout;
         let pending = async move {
-            let ack = match ack.await {
+            let Ok(acked) = tokio::time::timeout(ack_timeout, ack).await else {
+                writer.lock().await.predicted_last = None;
+                return Err(AppendError::OutcomeUnknown(format!(
+                    "no acknowledgement within {ack_timeout:?} (the stream's leader may be gone)"
+                )));
+            };
+            let ack = match acked {
                 Ok(ack) => ack,
                 Err(error) => {
                     // Any failure may mean another writer moved the stream; re-read before the

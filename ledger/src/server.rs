@@ -390,6 +390,19 @@ fn send_signal(pid: u32, signal: Signal) {
     }
 }
 
+/// The `cluster` block of one node of a loopback cluster named `name`: it listens for routes
+/// on `route_port` and connects to every port of `route_ports` (its own included).
+pub fn cluster_block(name: &str, route_port: u16, route_ports: &[u16]) -> String {
+    let routes = route_ports
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n"
+    )
+}
+
 #[allow(unsafe_code)]
 /// Asks the kernel to SIGTERM the child `command` starts when the spawning thread exits, so a
 /// killed parent leaves nothing running behind it.

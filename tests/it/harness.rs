@@ -186,27 +186,18 @@ impl TestCluster {
         let route_ports: Vec<u16> = (0..size)
             .map(|_| server::free_port().expect("free port"))
             .collect();
-        let routes = route_ports
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for (port, route_port) in client_ports.iter().zip(&route_ports) {
             let dir = tempfile::tempdir().expect("temp dir");
-            nodes.push(
-                LocalServer::start(ServerOptions {
-                    binary: nats_binary(),
-                    port: *port,
-                    data_dir: dir.path().to_path_buf(),
-                    sync_always: true,
-                    die_with_parent: true,
-                    extra_config: format!(
-                        "cluster {{\n  name: erp_test\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n"
-                    ),
-                })?,
-            );
+            nodes.push(LocalServer::start(ServerOptions {
+                binary: nats_binary(),
+                port: *port,
+                data_dir: dir.path().to_path_buf(),
+                sync_always: true,
+                die_with_parent: true,
+                extra_config: server::cluster_block("erp_test", *route_port, &route_ports),
+            })?);
             dirs.push(dir);
         }
         Ok(TestCluster { nodes, _dirs: dirs })
