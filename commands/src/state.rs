@@ -61,25 +61,36 @@ pub struct ReturnStock {
 /// Order lines waiting for this SKU, in the order they are served.
 pub type BackorderKey = (u32, Timestamp, OrderId, u32);
 
-/// A SKU's balances by location, sorted by location. A short vector: most SKUs sit at a few
-/// locations, and a map's node would cost several times the figures it holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Balances(Vec<(LocationId, Balance)>);
+/// Figures by location, sorted by location: a short vector of exact size. Most SKUs sit at a
+/// few locations and an order line at one or two; a map's node (room for eleven) would cost
+/// several times the figures it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByLocation<T>(Vec<(LocationId, T)>);
 
-impl Balances {
-    pub fn get(&self, location: &LocationId) -> Option<&Balance> {
+impl<T> Default for ByLocation<T> {
+    fn default() -> ByLocation<T> {
+        ByLocation(Vec::new())
+    }
+}
+
+impl<T> ByLocation<T> {
+    pub fn get(&self, location: &LocationId) -> Option<&T> {
         self.0
             .binary_search_by(|(l, _)| l.cmp(location))
             .ok()
             .map(|i| &self.0[i].1)
     }
 
-    fn at(&mut self, location: &LocationId) -> &mut Balance {
+    /// The figure at `location`, added (as `T::default()`) if missing.
+    fn at(&mut self, location: &LocationId) -> &mut T
+    where
+        T: Default,
+    {
         let i = match self.0.binary_search_by(|(l, _)| l.cmp(location)) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (location.clone(), Balance::default()));
-                // Locations are added rarely; spare capacity would be paid on every SKU.
+                self.0.insert(i, (location.clone(), T::default()));
+                // Locations are added rarely; spare capacity would be paid on every entry.
                 self.0.shrink_to_fit();
                 i
             }
@@ -87,7 +98,7 @@ impl Balances {
         &mut self.0[i].1
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &Balance)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &T)> {
         self.0.iter().map(|(l, b)| (l, b))
     }
 
@@ -95,22 +106,56 @@ impl Balances {
         self.0.iter().map(|(l, _)| l)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &Balance> {
+    pub fn values(&self) -> impl Iterator<Item = &T> {
         self.0.iter().map(|(_, b)| b)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
-impl<'a> IntoIterator for &'a Balances {
-    type Item = (&'a LocationId, &'a Balance);
+impl ByLocation<i64> {
+    /// Adds `qty` (negative: takes) at `location`; a location left at zero is dropped.
+    pub fn add(&mut self, location: &LocationId, qty: i64) {
+        if qty == 0 {
+            return;
+        }
+        *self.at(location) += qty;
+        if let Ok(i) = self.0.binary_search_by(|(l, _)| l.cmp(location))
+            && self.0[i].1 == 0
+        {
+            self.0.remove(i);
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a ByLocation<T> {
+    type Item = (&'a LocationId, &'a T);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (LocationId, Balance)>,
-        fn(&'a (LocationId, Balance)) -> (&'a LocationId, &'a Balance),
+        std::slice::Iter<'a, (LocationId, T)>,
+        fn(&'a (LocationId, T)) -> (&'a LocationId, &'a T),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(l, b)| (l, b))
     }
 }
+
+impl<T> IntoIterator for ByLocation<T> {
+    type Item = (LocationId, T);
+    type IntoIter = std::vec::IntoIter<(LocationId, T)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// A SKU's balances by location.
+pub type Balances = ByLocation<Balance>;
+
+/// Units of an order line by location, no zeros.
+pub type LocationQty = ByLocation<i64>;
 
 /// What a SKU's stock holds besides its balances: open holds, transfers and returns, and
 /// channel rules. Most SKUs have none, so they live behind one pointer, allocated on first use.
@@ -148,70 +193,6 @@ impl StockState {
 
     fn extras_mut(&mut self) -> &mut StockExtras {
         self.extras.get_or_insert_with(Default::default)
-    }
-}
-
-/// Units of an order line by location, sorted by location, no zeros. A short vector: a line
-/// sits at one location or two, and a map's node (room for eleven) cost more than the line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LocationQty(Vec<(LocationId, i64)>);
-
-impl LocationQty {
-    pub fn get(&self, location: &LocationId) -> Option<&i64> {
-        self.0
-            .binary_search_by(|(l, _)| l.cmp(location))
-            .ok()
-            .map(|i| &self.0[i].1)
-    }
-
-    /// Adds `qty` (negative: takes) at `location`; a location left at zero is dropped.
-    pub fn add(&mut self, location: &LocationId, qty: i64) {
-        match self.0.binary_search_by(|(l, _)| l.cmp(location)) {
-            Ok(i) => {
-                self.0[i].1 += qty;
-                if self.0[i].1 == 0 {
-                    self.0.remove(i);
-                }
-            }
-            Err(i) if qty != 0 => {
-                self.0.insert(i, (location.clone(), qty));
-                self.0.shrink_to_fit();
-            }
-            Err(_) => {}
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &i64)> {
-        self.0.iter().map(|(l, q)| (l, q))
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &i64> {
-        self.0.iter().map(|(_, q)| q)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl<'a> IntoIterator for &'a LocationQty {
-    type Item = (&'a LocationId, &'a i64);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (LocationId, i64)>,
-        fn(&'a (LocationId, i64)) -> (&'a LocationId, &'a i64),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(l, q)| (l, q))
-    }
-}
-
-impl IntoIterator for LocationQty {
-    type Item = (LocationId, i64);
-    type IntoIter = std::vec::IntoIter<(LocationId, i64)>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
     }
 }
 

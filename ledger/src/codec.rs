@@ -69,11 +69,20 @@ pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+    decode_whole(bytes, config(), "payload")
+}
+
+/// Decodes `bytes` with `config`; every byte must be used.
+fn decode_whole<T: DeserializeOwned>(
+    bytes: &[u8],
+    config: impl bincode::config::Config,
+    what: &'static str,
+) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::TrailingBytes {
-            what: "payload",
+            what,
             count: bytes.len() - used,
         });
     }
@@ -100,15 +109,7 @@ pub fn encode_snapshot_sized<T: Serialize>(
 
 /// Decodes what `encode_snapshot` wrote; every byte must be used.
 pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::TrailingBytes {
-            what: "snapshot",
-            count: bytes.len() - used,
-        });
-    }
-    Ok(value)
+    decode_whole(bytes, bincode::config::standard(), "snapshot")
 }
 
 /// The envelope header as stored (format 1). Field order is the wire order: never reorder.
