@@ -8,7 +8,6 @@
 //! record at `applied_seq`, and the heads of a sample of subjects). Anything else is a full
 //! replay.
 
-use ledger::log::{LogCursor, ReadFrom, ReadUntil};
 use ledger::{EventHash, EventLog, Head, Subject};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -129,21 +128,12 @@ pub async fn record_hash<L: EventLog>(log: &L, seq: u64) -> Result<EventHash, Sn
     if seq == 0 {
         return Ok(EventHash::GENESIS);
     }
-    let read = |e: ledger::ReadError| SnapshotError::Read(e.to_string());
-    let mut cursor = log
-        .read(ReadFrom::Sequence(seq), ReadUntil::CaughtUp)
-        .await
-        .map_err(read)?;
-    match cursor.next().await {
-        Some(Ok(record)) if record.seq() == seq => Ok(record.hash()),
-        Some(Ok(record)) => Err(SnapshotError::Mismatch(format!(
-            "the ledger has no record at sequence {seq} (the next one is {})",
-            record.seq()
+    match log.record(seq).await {
+        Ok(Some(record)) => Ok(record.hash()),
+        Ok(None) => Err(SnapshotError::Mismatch(format!(
+            "the ledger has no record at sequence {seq}"
         ))),
-        Some(Err(e)) => Err(read(e)),
-        None => Err(SnapshotError::Mismatch(format!(
-            "the ledger ends before sequence {seq}"
-        ))),
+        Err(e) => Err(SnapshotError::Read(e.to_string())),
     }
 }
 

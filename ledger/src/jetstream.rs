@@ -961,6 +961,10 @@ impl EventLog for JetStreamLog {
         pending.await
     }
 
+    async fn record(&self, seq: u64) -> Result<Option<LogRecord>, ReadError> {
+        self.get(seq).await
+    }
+
     fn pipelines(&self) -> bool {
         // What the stream is, not what the caller said it would be.
         self.stream_replicas <= 1

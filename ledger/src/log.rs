@@ -305,6 +305,24 @@ pub trait EventLog: Send + Sync {
 
     /// The stream's last sequence (0 when empty).
     fn last_sequence(&self) -> impl Future<Output = Result<u64, ReadError>> + Send;
+
+    /// The record stored at `seq`, `None` if there is none (by default through a read from
+    /// there; a log that can fetch one message directly does).
+    fn record(
+        &self,
+        seq: u64,
+    ) -> impl Future<Output = Result<Option<LogRecord>, ReadError>> + Send {
+        async move {
+            let mut cursor = self
+                .read(ReadFrom::Sequence(seq), ReadUntil::CaughtUp)
+                .await?;
+            match cursor.next().await {
+                Some(Ok(record)) if record.seq() == seq => Ok(Some(record)),
+                Some(Ok(_)) | None => Ok(None),
+                Some(Err(e)) => Err(e),
+            }
+        }
+    }
 }
 
 /// An event ready to store: its final envelope bytes and hash.
