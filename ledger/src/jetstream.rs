@@ -57,9 +57,10 @@ pub struct LogConfig {
     /// JetStream's own dedup window. Idempotency of commands does not depend on it.
     pub duplicate_window: Duration,
     /// How long to wait for a batch's acknowledgement before its outcome is unknown (the
-    /// writer then catches up from the log and decides again). Short: a batch is acknowledged
-    /// in milliseconds, and after a stream leader is lost this is about what the first command
-    /// waits beyond the election.
+    /// writer then catches up from the log and decides again). After a stream leader is lost
+    /// this is about what the first command waits. 10 s: at 2 s, a server paused for 2.5 s
+    /// under load led to a broken hash chain (see docs/PERFORMANCE.md, "Failover"), not yet
+    /// explained; shorten it only once that is.
     pub ack_timeout: Duration,
     /// How long JetStream API calls (stream info, consumers, reads) may take.
     pub api_timeout: Duration,
@@ -77,8 +78,8 @@ impl LogConfig {
             replicas: 1,
             protected: true,
             duplicate_window: Duration::from_secs(120),
-            ack_timeout: Duration::from_secs(2),
-            api_timeout: Duration::from_secs(3),
+            ack_timeout: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(10),
             mirror: None,
         }
     }
