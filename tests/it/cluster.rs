@@ -56,6 +56,27 @@ async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
     cluster.nodes[leader].kill();
     let answers = load.await.unwrap();
     let new_leader = log_on(&cluster, survivor).await;
+    // Reads need the stream's new leader: on a busy machine the election can outlast the load.
+    let mut elected = false;
+    for _ in 0..300 {
+        let info = new_leader
+            .jetstream()
+            .get_stream("LEDGER")
+            .await
+            .ok()
+            .map(|s| s.cached_info().clone());
+        if info
+            .as_ref()
+            .and_then(|i| i.cluster.as_ref())
+            .is_some_and(|c| c.leader.is_some())
+            && new_leader.last_sequence().await.is_ok()
+        {
+            elected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(elected, "the ledger never got a new leader");
     check_ledger_after_recovery(&new_leader, &urls, &bodies, &answers).await;
     drop(processor);
 }
