@@ -322,8 +322,20 @@ pub async fn provision_commands(
         allow_direct: true,
         ..Default::default()
     };
+    let (stream, echoed) = provision_stream(js, config).await?;
+    check_replicas(name, &echoed, replicas)?;
+    Ok(stream)
+}
+
+/// Creates the stream if it is missing and returns it with its configuration as the server
+/// echoes it (a server or an earlier operator may have made it differently).
+async fn provision_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(stream::Stream, stream::Config), OpenError> {
+    let name = config.name.clone();
     let provision = |e: &dyn std::fmt::Display| OpenError::Provision {
-        stream: name.into(),
+        stream: name.clone(),
         detail: e.to_string(),
     };
     let mut stream = js
@@ -336,8 +348,7 @@ pub async fn provision_commands(
         .map_err(|e| provision(&e))?
         .config
         .clone();
-    check_replicas(name, &echoed, replicas)?;
-    Ok(stream)
+    Ok((stream, echoed))
 }
 
 /// One message of an atomic batch published with `publish_atomic`.
@@ -482,24 +493,11 @@ impl JetStreamLog {
             // level where its backpressure can block a publisher (shared notes §4.5).
             .max_ack_inflight(1024)
             .build(client.clone());
-        let provision = |e: &dyn ToString| OpenError::Provision {
-            stream: config.stream.clone(),
-            detail: e.to_string(),
-        };
         let wanted = match &config.mirror {
             Some(feed) => mirror_stream_config(&config, feed),
             None => ledger_stream_config(&config),
         };
-        let mut stream = js
-            .get_or_create_stream(wanted)
-            .await
-            .map_err(|e| provision(&e))?;
-        let echoed = stream
-            .info()
-            .await
-            .map_err(|e| provision(&e))?
-            .config
-            .clone();
+        let (stream, echoed) = provision_stream(&js, wanted).await?;
         match &config.mirror {
             Some(feed) => verify_mirror_stream(&config, feed, &echoed)?,
             None => verify_ledger_stream(&config, &echoed)?,

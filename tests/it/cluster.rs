@@ -110,25 +110,7 @@ async fn every_stream_the_system_uses_is_kept_on_as_many_nodes_as_the_ledger() {
     let log = cluster.open(0).await;
     let end = log.last_sequence().await.unwrap();
     let views = projections::client::ViewClient::new(ledger::auth::connect(&urls).await.unwrap());
-    let mut caught_up = false;
-    for _ in 0..300 {
-        if views
-            .ask(
-                "ats",
-                "status",
-                serde_json::json!({}),
-                Some(end),
-                Duration::from_secs(2),
-            )
-            .await
-            .is_ok()
-        {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(caught_up, "the ATS projector never reached {end}");
+    crate::faults::wait_for_ats(&views, end, 300).await;
     processor.stop();
     projector.stop();
 
