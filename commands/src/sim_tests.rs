@@ -27,8 +27,8 @@ use ledger::events::Event;
 use ledger::log::AppendedEvent;
 use ledger::walk::{Framer, Walked};
 use ledger::{
-    AppendBatch, AppendError, Appended, EventLog, Head, LogCursor, LogRecord, ReadError, ReadFrom,
-    ReadUntil, RecordedEvent, Subject,
+    AppendBatch, AppendError, Appended, EventLog, Extended, Head, LogCursor, LogRecord, ReadError,
+    ReadFrom, ReadUntil, RecordedEvent, Subject,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -65,6 +65,10 @@ struct Faults {
     lose_ack: u64,
     /// Refused, nothing stored (storage or network trouble).
     refuse: u64,
+    /// A read to the log's end ends inside the last batch, as a JetStream read bounded by the
+    /// stream's last sequence does when taken while a batch is being stored; the rest shows
+    /// when the reader looks again.
+    torn_read: u64,
 }
 
 #[derive(Debug)]
@@ -111,6 +115,8 @@ struct Stats {
     snapshots: u64,
     from_snapshot: u64,
     snapshots_refused: u64,
+    /// Reads that ended inside a batch.
+    torn_reads: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -128,6 +134,7 @@ impl std::ops::AddAssign for Stats {
         self.snapshots += o.snapshots;
         self.from_snapshot += o.from_snapshot;
         self.snapshots_refused += o.snapshots_refused;
+        self.torn_reads += o.torn_reads;
     }
 }
 
@@ -216,12 +223,24 @@ impl SimLog {
     }
 }
 
+/// A read of the sim log: what it shows now, and the rest of a batch a torn read cut off.
 #[derive(Debug)]
-struct SimCursor(std::vec::IntoIter<LogRecord>);
+struct SimCursor {
+    shown: std::vec::IntoIter<LogRecord>,
+    rest: Vec<LogRecord>,
+}
 
 impl LogCursor for SimCursor {
     async fn next(&mut self) -> Option<Result<LogRecord, ReadError>> {
-        self.0.next().map(Ok)
+        self.shown.next().map(Ok)
+    }
+
+    async fn extend(&mut self) -> Result<Extended, ReadError> {
+        if self.rest.is_empty() {
+            return Ok(Extended::Never);
+        }
+        self.shown = std::mem::take(&mut self.rest).into_iter();
+        Ok(Extended::Grown)
     }
 }
 
@@ -389,7 +408,8 @@ impl EventLog for SimLog {
     }
 
     async fn read(&self, from: ReadFrom, until: ReadUntil) -> Result<SimCursor, ReadError> {
-        let inner = self.0.lock().expect("lock");
+        let mut inner = self.0.lock().expect("lock");
+        let inner = &mut *inner;
         let records = &inner.records;
         let start = match from {
             ReadFrom::Start => 1,
@@ -403,12 +423,30 @@ impl EventLog for SimLog {
             ReadUntil::Sequence(s) => s.min(records.len() as u64),
             _ => records.len() as u64,
         };
-        let slice = if start > end {
+        let mut shown = if start > end {
             Vec::new()
         } else {
             records[(start - 1) as usize..end as usize].to_vec()
         };
-        Ok(SimCursor(slice.into_iter()))
+        // A torn read: the log's end was taken while the last batch was being stored, after
+        // some of its events and before its marker.
+        let mut rest = Vec::new();
+        let torn = until == ReadUntil::CaughtUp && inner.rng.chance(inner.faults.torn_read);
+        if torn && let Some(last) = shown.iter().rposition(is_marker) {
+            let first = shown[..last]
+                .iter()
+                .rposition(is_marker)
+                .map_or(0, |i| i + 1);
+            if first < last {
+                let cut = first + 1 + inner.rng.below((last - first) as u64) as usize;
+                rest = shown.split_off(cut);
+                inner.stats.torn_reads += 1;
+            }
+        }
+        Ok(SimCursor {
+            shown: shown.into_iter(),
+            rest,
+        })
     }
 
     async fn last_sequence(&self) -> Result<u64, ReadError> {
@@ -648,8 +686,29 @@ fn same_model(a: &State, b: &State) -> bool {
 
 /// A crashed processor comes back: from the whole log, or from one of the snapshots taken so
 /// far (sometimes damaged on purpose). Loaded from a snapshot, it must equal a processor
-/// rebuilt from the whole log; a damaged one must be refused.
+/// rebuilt from the whole log; a damaged one must be refused. A torn read can end a recovery
+/// short of the log's end, where the processor was before; the checks compare at the log's
+/// end, so the restarted processor reads on to it (as it would before its next append).
 async fn restart(
+    log: &SimLog,
+    snapshots: &[Vec<u8>],
+    rng: &mut Rng,
+    stats: &mut Stats,
+) -> Result<Processor<SimLog>, String> {
+    let mut processor = recover(log, snapshots, rng, stats).await?;
+    catch_up_to_end(log, &mut processor).await?;
+    Ok(processor)
+}
+
+async fn catch_up_to_end(log: &SimLog, processor: &mut Processor<SimLog>) -> Result<(), String> {
+    let end = log.last_sequence().await.map_err(|e| e.to_string())?;
+    while processor.applied_seq() < end {
+        processor.catch_up().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn recover(
     log: &SimLog,
     snapshots: &[Vec<u8>],
     rng: &mut Rng,
@@ -679,9 +738,14 @@ async fn restart(
             ));
         }
     }
-    let scratch = Processor::recover(log.writer())
+    let mut scratch = Processor::recover(log.writer())
         .await
         .map_err(|e| e.to_string())?;
+    // A torn read may have ended either recovery short of the log's end (a later catch-up,
+    // as before the next append, reads the rest): compare the two at the log's end.
+    let mut restored = restored;
+    catch_up_to_end(log, &mut restored).await?;
+    catch_up_to_end(log, &mut scratch).await?;
     if restored.applied_seq() != scratch.applied_seq() || restored.state() != scratch.state() {
         let (a, b) = (restored.state(), scratch.state());
         let fields = [
@@ -786,6 +850,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     let faults = Faults {
         lose_ack: rng.below(150),
         refuse: rng.below(100),
+        torn_read: rng.below(500),
     };
     let foreign_per_mille = rng.below(100);
     let log = SimLog::new(seed, faults, ignore_expectations);
@@ -917,6 +982,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     stats.lost_acks = log_stats.lost_acks;
     stats.refused = log_stats.refused;
     stats.foreign = log_stats.foreign;
+    stats.torn_reads = log_stats.torn_reads;
     stats.commands = sent.len() as u64;
     Ok(stats)
 }
@@ -993,7 +1059,11 @@ fn a_command_the_actors_role_may_not_send_is_refused_forbidden_and_recorded() {
     // naming the actor, so the audit trail shows the attempt; an allowed role succeeds.
     let runtime = runtime();
     runtime.block_on(async {
-        let log = SimLog::new(1, Faults { lose_ack: 0, refuse: 0 }, false);
+        let log = SimLog::new(1, Faults {
+                lose_ack: 0,
+                refuse: 0,
+                torn_read: 0,
+            }, false);
         let mut processor = Processor::recover(log.writer()).await.unwrap();
         let mut rng = Rng(1);
         let mut as_role = |role: &str, kind: &str, data: serde_json::Value| {
@@ -1053,6 +1123,7 @@ fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on
             Faults {
                 lose_ack: 0,
                 refuse: 0,
+                torn_read: 0,
             },
             false,
         );
@@ -1109,4 +1180,8 @@ fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on
         };
         assert_eq!((on_hand("A"), on_hand("B"), on_hand("C")), (5, 0, 5));
     });
+}
+
+fn is_marker(record: &LogRecord) -> bool {
+    matches!(record, LogRecord::Marker { .. })
 }

@@ -27,9 +27,9 @@ use uuid::Uuid;
 use crate::codec::{self, WriterMarker};
 use crate::envelope::{EventHash, RecordedEvent};
 use crate::log::{
-    AppendBatch, AppendError, Appended, AppendedEvent, EventLog, ForeignReason, ForeignRecord,
-    Head, LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil, SealedEvent,
-    seal_batch,
+    AppendBatch, AppendError, Appended, AppendedEvent, EventLog, Extended, ForeignReason,
+    ForeignRecord, Head, LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil,
+    SealedEvent, seal_batch,
 };
 use crate::server::Version;
 use crate::subject::{Subject, SubjectSpace};
@@ -1038,6 +1038,9 @@ impl EventLog for JetStreamLog {
         Ok(JetStreamCursor {
             messages: Some(messages),
             target,
+            at_target: false,
+            held: None,
+            stream: target.map(|_| self.stream.clone()),
             space: self.config.subjects.clone(),
         })
     }
@@ -1105,7 +1108,14 @@ impl SubjectEvents {
 /// A read over an ordered push consumer: the fastest way to stream a JetStream log in order.
 pub struct JetStreamCursor {
     messages: Option<consumer::push::Ordered>,
+    /// The last sequence a bounded read yields (`None`: follow).
     target: Option<u64>,
+    /// The bound was reached: `next` yields nothing until `extend` moves it.
+    at_target: bool,
+    /// A message past the bound, kept for when the bound moves.
+    held: Option<LogRecord>,
+    /// To look up the stream's end when the bound moves.
+    stream: Option<jetstream::stream::Stream>,
     space: SubjectSpace,
 }
 
@@ -1123,6 +1133,9 @@ impl JetStreamCursor {
         JetStreamCursor {
             messages: None,
             target: None,
+            at_target: true,
+            held: None,
+            stream: None,
             space,
         }
     }
@@ -1130,6 +1143,16 @@ impl JetStreamCursor {
 
 impl LogCursor for JetStreamCursor {
     async fn next(&mut self) -> Option<Result<LogRecord, ReadError>> {
+        if self.at_target {
+            return None;
+        }
+        if let Some(record) = self
+            .held
+            .take_if(|r| self.target.is_none_or(|t| r.seq() <= t))
+        {
+            self.at_target = self.target == Some(record.seq());
+            return Some(Ok(record));
+        }
         let messages = self.messages.as_mut()?;
         let msg = match messages.next().await? {
             Ok(msg) => msg,
@@ -1140,18 +1163,39 @@ impl LogCursor for JetStreamCursor {
             Err(e) => return Some(Err(ReadError::Unavailable(e.to_string()))),
         };
         let (seq, published) = info;
-        if self.target.is_some_and(|t| seq >= t) {
-            self.messages = None;
-            if self.target.is_some_and(|t| seq > t) {
-                return None;
+        let record = to_record(&self.space, seq, &msg.subject, &msg.payload, published);
+        match self.target {
+            Some(t) if seq > t => {
+                self.at_target = true;
+                self.held = Some(record);
+                None
             }
+            Some(t) => {
+                self.at_target = seq == t;
+                Some(Ok(record))
+            }
+            None => Some(Ok(record)),
         }
-        Some(Ok(to_record(
-            &self.space,
-            seq,
-            &msg.subject,
-            &msg.payload,
-            published,
-        )))
+    }
+
+    async fn extend(&mut self) -> Result<Extended, ReadError> {
+        let (Some(stream), Some(target)) = (self.stream.as_mut(), self.target) else {
+            return Ok(Extended::Never);
+        };
+        if self.messages.is_none() {
+            return Ok(Extended::Never);
+        }
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| ReadError::Unavailable(e.to_string()))?
+            .state
+            .last_sequence;
+        if last <= target {
+            return Ok(Extended::Unchanged);
+        }
+        self.target = Some(last);
+        self.at_target = false;
+        Ok(Extended::Grown)
     }
 }

@@ -28,8 +28,8 @@ mod golden;
 pub use envelope::{Envelope, EventDraft, EventHash, RecordedEvent};
 pub use events::{Event, EventType};
 pub use log::{
-    AppendBatch, AppendError, Appended, EventLog, Expectation, ForeignReason, ForeignRecord, Head,
-    LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil,
+    AppendBatch, AppendError, Appended, EventLog, Expectation, Extended, ForeignReason,
+    ForeignRecord, Head, LogCursor, LogRecord, PendingAppend, ReadError, ReadFrom, ReadUntil,
 };
 pub use subject::Subject;
 pub use walk::{Batch, BatchMarker, WalkError, WalkUntil, Walked, Walker};

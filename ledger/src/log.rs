@@ -248,6 +248,26 @@ impl LogRecord {
 pub trait LogCursor: Send {
     /// The next record, `None` at the end of a bounded read.
     fn next(&mut self) -> impl Future<Output = Option<Result<LogRecord, ReadError>>> + Send;
+
+    /// After `next` returned `None`: moves the bound of the read to the log's end as it is now,
+    /// so that `next` yields what was stored since the read began. A log whose appends become
+    /// visible at once, whole, never needs this (`Extended::Never`, the default); JetStream
+    /// stores an atomic batch message by message, so a read bounded by the stream's last
+    /// sequence can end inside a batch being stored.
+    fn extend(&mut self) -> impl Future<Output = Result<Extended, ReadError>> + Send {
+        async { Ok(Extended::Never) }
+    }
+}
+
+/// What `LogCursor::extend` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extended {
+    /// The log grew: `next` yields more.
+    Grown,
+    /// The log has not grown since the read began; it may later.
+    Unchanged,
+    /// This read cannot grow: what it ended with is the whole of what was stored.
+    Never,
 }
 
 /// An append that was sent and is waiting for its acknowledgement.

@@ -13,15 +13,23 @@
 //! Why framing by markers works: the writer appends each batch atomically, its events followed
 //! by its marker (`<prefix>.w.<instance>`, counting them), so a batch is always stored whole
 //! and contiguous. Whatever lies between one marker and the events the next marker counts was
-//! written by someone else. At the end of a bounded read every batch is whole, so records
-//! after the last marker are foreign too.
+//! written by someone else.
+//!
+//! The end of a bounded read needs care: JetStream makes a stored batch visible message by
+//! message, so a read bounded by the stream's last sequence, taken while a batch is being
+//! stored, can end between its events and its marker. A walk that ends with events after the
+//! last marker therefore reads on (`LogCursor::extend`) while the log grows, and calls that
+//! tail foreign only once the log has stood still for a while (`TAIL_SETTLE`): a batch being
+//! stored is finished within milliseconds; a tail that stays unterminated was written by
+//! someone else.
 
 use std::collections::VecDeque;
 
 use crate::chain::{ChainBreak, ChainVerifier};
 use crate::envelope::{EventHash, RecordedEvent};
 use crate::log::{
-    EventLog, ForeignReason, ForeignRecord, LogCursor, LogRecord, ReadError, ReadFrom, ReadUntil,
+    EventLog, Extended, ForeignReason, ForeignRecord, LogCursor, LogRecord, ReadError, ReadFrom,
+    ReadUntil,
 };
 use crate::values::Timestamp;
 
@@ -192,7 +200,29 @@ impl Framer {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
+
+    /// Whether events wait for a marker (the tail may be a batch still being stored).
+    pub fn awaits_marker(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|r| matches!(r, LogRecord::Event(_)))
+    }
 }
+
+/// How long, in all, a walk that ends with unterminated events waits for the log to grow
+/// before it calls them foreign: the pauses between looks at the log's end.
+pub const TAIL_SETTLE: [std::time::Duration; 7] = {
+    use std::time::Duration;
+    [
+        Duration::from_millis(0),
+        Duration::from_millis(10),
+        Duration::from_millis(20),
+        Duration::from_millis(50),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+        Duration::from_millis(1000),
+    ]
+};
 
 /// Where a walk ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +292,13 @@ impl<C: LogCursor> Walker<C> {
             let cursor = self.cursor.as_mut()?;
             match cursor.next().await {
                 None => {
+                    if self.framer.awaits_marker() && self.until != WalkUntil::Follow {
+                        match self.settle().await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return Some(Err(e.into())),
+                        }
+                    }
                     self.cursor = None;
                     self.framer.end_of_log();
                     if let WalkUntil::Sequence(n) = self.until
@@ -293,6 +330,28 @@ impl<C: LogCursor> Walker<C> {
     }
 }
 
+impl<C: LogCursor> Walker<C> {
+    /// At the end of a bounded read with events after the last marker: true once the log has
+    /// grown (read on), false if it stood still through every pause of `TAIL_SETTLE`.
+    /// Cancel-safe: the cursor's bound only moves forward, and a later call looks again.
+    async fn settle(&mut self) -> Result<bool, ReadError> {
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Ok(false);
+        };
+        for pause in TAIL_SETTLE {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            match cursor.extend().await? {
+                Extended::Grown => return Ok(true),
+                Extended::Unchanged => {}
+                Extended::Never => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// Opens a walk of `log` from sequence `from`.
 pub async fn walk<L: EventLog>(
     log: &L,
@@ -321,7 +380,7 @@ mod tests {
     use crate::subject::Subject;
     use crate::values::{Actor, ActorId, EntityId, LocationId, Role};
 
-    fn event(seq: u64) -> LogRecord {
+    pub(super) fn event(seq: u64) -> LogRecord {
         let location = LocationId::new(format!("L{seq}")).unwrap();
         let draft = EventDraft {
             event_id: uuid::Uuid::from_u128(seq as u128),
@@ -354,7 +413,7 @@ mod tests {
         })
     }
 
-    fn marker(seq: u64, events: u32) -> LogRecord {
+    pub(super) fn marker(seq: u64, events: u32) -> LogRecord {
         LogRecord::Marker {
             seq,
             recorded_at: Timestamp::from_micros(seq as i64).unwrap(),
@@ -417,5 +476,107 @@ mod tests {
         let (batches, foreign) = frame(vec![garbage(1), event(2), marker(3, 2), marker(4, 0)]);
         assert_eq!(batches, vec![Vec::<u64>::new()]);
         assert_eq!(foreign, vec![1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    //! Goal: a bounded walk that ends inside a batch still being stored reads on and yields
+    //! the batch whole; a tail that never gets its marker is foreign, after the settle pauses.
+    use super::*;
+
+    /// A read that shows `shown`, then `rest` once extended; `growth` says what `extend`
+    /// answers when there is no rest.
+    struct TornCursor {
+        shown: std::vec::IntoIter<LogRecord>,
+        rest: Vec<LogRecord>,
+        growth: Extended,
+        extends: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl LogCursor for TornCursor {
+        async fn next(&mut self) -> Option<Result<LogRecord, ReadError>> {
+            self.shown.next().map(Ok)
+        }
+
+        async fn extend(&mut self) -> Result<Extended, ReadError> {
+            self.extends
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.rest.is_empty() {
+                return Ok(self.growth);
+            }
+            self.shown = std::mem::take(&mut self.rest).into_iter();
+            Ok(Extended::Grown)
+        }
+    }
+
+    async fn walk_torn(
+        shown: Vec<LogRecord>,
+        rest: Vec<LogRecord>,
+        growth: Extended,
+    ) -> (Vec<Vec<u64>>, Vec<u64>, usize) {
+        let extends = std::sync::Arc::default();
+        let cursor = TornCursor {
+            shown: shown.into_iter(),
+            rest,
+            growth,
+            extends: std::sync::Arc::clone(&extends),
+        };
+        let mut walker = Walker::new(cursor, 1, WalkUntil::CaughtUp, None);
+        let (mut batches, mut foreign) = (Vec::new(), Vec::new());
+        while let Some(item) = walker.next().await {
+            match item.unwrap() {
+                Walked::Batch(b) => batches.push(b.events.iter().map(|e| e.seq).collect()),
+                Walked::Foreign(f) => foreign.push(f.seq),
+            }
+        }
+        (
+            batches,
+            foreign,
+            extends.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn event(seq: u64) -> LogRecord {
+        super::tests::event(seq)
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_off_by_the_end_of_the_read_is_read_to_its_marker() {
+        let (batches, foreign, _) = walk_torn(
+            vec![event(1), super::tests::marker(2, 1), event(3), event(4)],
+            vec![event(5), super::tests::marker(6, 3)],
+            Extended::Unchanged,
+        )
+        .await;
+        assert_eq!(batches, vec![vec![1], vec![3, 4, 5]]);
+        assert!(foreign.is_empty(), "{foreign:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tail_that_never_gets_its_marker_is_foreign_once_the_log_stood_still() {
+        let (batches, foreign, extends) = walk_torn(
+            vec![event(1), super::tests::marker(2, 1), event(3), event(4)],
+            Vec::new(),
+            Extended::Unchanged,
+        )
+        .await;
+        assert_eq!(batches, vec![vec![1]]);
+        assert_eq!(foreign, vec![3, 4]);
+        // It looked at the log's end once per settle pause (the test clock is paused, so the
+        // pauses take no time).
+        assert_eq!(extends, TAIL_SETTLE.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_cannot_grow_calls_its_tail_foreign_at_once() {
+        let (_, foreign, extends) = walk_torn(
+            vec![event(1), super::tests::marker(2, 1), event(3)],
+            Vec::new(),
+            Extended::Never,
+        )
+        .await;
+        assert_eq!(foreign, vec![3]);
+        assert_eq!(extends, 1);
     }
 }

@@ -12,8 +12,8 @@ use ledger::values::{
     Actor, ActorId, EntityId, LocationId, QtyDelta, ReasonCode, Role, Sku, Timestamp,
 };
 use ledger::{
-    AppendBatch, AppendError, EventDraft, EventLog, Expectation, Head, LogCursor, LogRecord,
-    ReadFrom, ReadUntil, RecordedEvent, Subject,
+    AppendBatch, AppendError, EventDraft, EventLog, Expectation, Extended, Head, LogCursor,
+    LogRecord, ReadFrom, ReadUntil, RecordedEvent, Subject,
 };
 use uuid::Uuid;
 
@@ -310,6 +310,39 @@ async fn reading_back_yields_the_same_envelopes() {
         count += 1;
     }
     assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn a_read_to_the_end_reads_on_when_asked_and_the_log_has_grown() {
+    // Goal: a read bounded by the stream's end can move its bound (`extend`), so a walk that
+    // ended inside a batch being stored reads the rest of it; it says when nothing was added.
+    let nats = TestNats::start();
+    let log = nats.open(ledger_config()).await;
+    let a = stock("A");
+    append_one(&log, &a, 1).await.unwrap();
+    let mut cursor = log
+        .read(ReadFrom::Start, ReadUntil::CaughtUp)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(record) = cursor.next().await {
+        seen.push(record.unwrap().seq());
+    }
+    assert_eq!(seen, vec![1, 2]);
+    assert_eq!(cursor.extend().await.unwrap(), Extended::Unchanged);
+    assert!(cursor.next().await.is_none());
+
+    append_one(&log, &a, 2).await.unwrap();
+    assert_eq!(cursor.extend().await.unwrap(), Extended::Grown);
+    while let Some(record) = cursor.next().await {
+        seen.push(record.unwrap().seq());
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4]);
+    assert_eq!(cursor.extend().await.unwrap(), Extended::Unchanged);
+
+    // A read that follows the log has no bound to move.
+    let mut follow = log.read(ReadFrom::Start, ReadUntil::Follow).await.unwrap();
+    assert_eq!(follow.extend().await.unwrap(), Extended::Never);
 }
 
 #[tokio::test]
