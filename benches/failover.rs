@@ -108,7 +108,7 @@ async fn run() {
     let mut processor = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
     processor
         .args(["processor", "--nats", &all, "--replicas", "3"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,commands::processor=info,ledger=info")
         .stdout(std::process::Stdio::null());
     server::die_with_parent(&mut processor);
     let mut processor = processor.spawn().expect("erp processor");

@@ -37,6 +37,12 @@ use crate::state::{
 /// `unavailable` (the client retries; nothing was stored).
 pub const CONFLICT_RETRIES_MAX: u32 = 16;
 
+/// How long one catch-up read after a failed append may go without finishing before it is
+/// started again from where it got to (it keeps what it applied). Longer than a walk waits
+/// for an unterminated tail to grow (`ledger::walk::TAIL_SETTLE`, 1.48 s in all), so that a
+/// foreign tail is still classified.
+const CATCH_UP_SLICE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What became of a command. Serialised as the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -767,6 +773,49 @@ impl<L: EventLog> Processor<L> {
         }
     }
 
+    /// Catches up after a failed append, which may have lost the log's leader: each read is
+    /// given `CATCH_UP_SLICE` to make progress (a read sent to a lost leader would otherwise
+    /// wait out the whole API timeout) and is cut short when a new leader is elected; a read
+    /// that fails or makes no progress counts against `CONFLICT_RETRIES_MAX`.
+    async fn catch_up_after_failure(&mut self) {
+        enum Attempt {
+            Done(Result<u64, WalkError>),
+            Elected,
+            Slow,
+        }
+        let mut elected = Box::pin(self.log.leader_elected());
+        let mut failures = 0;
+        loop {
+            let before = self.applied_seq;
+            let attempt = tokio::select! {
+                done = self.catch_up() => Attempt::Done(done),
+                () = &mut elected => Attempt::Elected,
+                () = tokio::time::sleep(CATCH_UP_SLICE) => Attempt::Slow,
+            };
+            let error = match attempt {
+                Attempt::Done(Ok(_)) => return,
+                Attempt::Elected => {
+                    tracing::info!("the ledger has a new leader: catching up from it at once");
+                    elected = Box::pin(self.log.leader_elected());
+                    continue;
+                }
+                Attempt::Slow if self.applied_seq > before => continue,
+                Attempt::Slow => format!("no progress within {CATCH_UP_SLICE:?}"),
+                Attempt::Done(Err(e)) => e.to_string(),
+            };
+            failures += 1;
+            if failures >= CONFLICT_RETRIES_MAX {
+                tracing::error!(%error, "cannot catch up with the ledger");
+                return;
+            }
+            tracing::warn!(%error, "catching up after a failed append; retrying");
+            let pause = tokio::time::sleep(std::time::Duration::from_millis(50));
+            if tokio::select! { () = pause => false, () = &mut elected => true } {
+                elected = Box::pin(self.log.leader_elected());
+            }
+        }
+    }
+
     /// After `failed` (the oldest in flight) did not store: awaits and undoes every batch in
     /// flight, catches up from the log, and queues their commands again at the front.
     async fn roll_back(&mut self, failed: Flight, error: AppendError) -> Vec<(Ticket, Outcome)> {
@@ -795,19 +844,7 @@ impl<L: EventLog> Processor<L> {
         if refused {
             tracing::error!(error = %error, "append refused");
         }
-        for attempt in 0.. {
-            match self.catch_up().await {
-                Ok(_) => break,
-                Err(e) if attempt < CONFLICT_RETRIES_MAX => {
-                    tracing::warn!(error = %e, "catching up after a failed append; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot catch up with the ledger");
-                    break;
-                }
-            }
-        }
+        self.catch_up_after_failure().await;
         self.predicted_seq = self.applied_seq;
         let mut settled = Vec::new();
         let mut again = Vec::new();

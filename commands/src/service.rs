@@ -218,11 +218,12 @@ impl Service {
     /// Rebuilds the write model from the ledger and subscribes to the intake.
     pub async fn start(
         client: async_nats::Client,
-        log: JetStreamLog,
+        mut log: JetStreamLog,
         config: ServiceConfig,
     ) -> Result<Service, ServiceError> {
         let started = std::time::Instant::now();
         log.check_replicas()?;
+        log.watch_leader_elections().await?;
         let snapshots = ledger::objects::bucket(
             log.jetstream(),
             &snapshot_bucket(log.config()),
@@ -362,7 +363,7 @@ impl Service {
                 }
                 _ = clock.tick() => {
                     self.expire_holds(&mut waiting);
-                    self.guard.refresh_if_stale(self.processor.log().jetstream()).await;
+                    self.guard.refresh_if_stale(self.processor.log().jetstream());
                 }
             }
         }

@@ -297,6 +297,13 @@ pub trait EventLog: Send + Sync {
         batch: AppendBatch,
     ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
 
+    /// Resolves when the log's storage gets a new leader after the call (a replicated
+    /// JetStream stream's election; never for a log without leaders). A writer catching up
+    /// after a lost leader tries again at once instead of waiting out a timeout.
+    fn leader_elected(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
     /// Whether several batches may be in flight with per-subject checks (not on a replicated
     /// stream, where a subject written by a batch not yet applied cannot be checked).
     fn pipelines(&self) -> bool {

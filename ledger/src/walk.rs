@@ -343,7 +343,13 @@ impl<C: LogCursor> Walker<C> {
                 tokio::time::sleep(pause).await;
             }
             match cursor.extend().await? {
-                Extended::Grown => return Ok(true),
+                Extended::Grown => {
+                    tracing::debug!(
+                        next_seq = self.next_seq,
+                        "the read ended inside a batch being stored: reading on to its marker"
+                    );
+                    return Ok(true);
+                }
                 Extended::Unchanged => {}
                 Extended::Never => return Ok(false),
             }

@@ -609,7 +609,7 @@ impl<V: View> Projector<V> {
                     }
                     self.answer_parked(&client, true).await;
                     self.sample_health().await;
-                    self.guard.refresh_if_stale(self.log.jetstream()).await;
+                    self.guard.refresh_if_stale(self.log.jetstream());
                 }
             }
         };
