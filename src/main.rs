@@ -490,6 +490,12 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal (and never with NO_COLOR): logs sent to a file or a log
+        // collector stay plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match Cli::parse().command {
         Command::Up { nats, args } => up::up(nats, args).await,
