@@ -400,6 +400,33 @@ impl<V: View> Projector<V> {
         Ok(())
     }
 
+    /// `flush`, or, if the bucket cannot take it now (its leader is being elected), keep the
+    /// keys for the next flush: the view is whole in memory and answers from there.
+    async fn flush_or_defer(&mut self) {
+        if let Err(error) = self.flush().await {
+            tracing::warn!(view = V::NAME, %error, keys = self.pending.len(), "the view's bucket did not take the update; trying again");
+        }
+    }
+
+    /// A new walk from the checkpoint after a lost read, tried for up to a minute.
+    async fn walk_again(
+        &mut self,
+    ) -> Result<Walker<ledger::jetstream::JetStreamCursor>, ProjectorError> {
+        let mut pause = Duration::from_millis(100);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.walk(WalkUntil::Follow).await {
+                Ok(walker) => return Ok(walker),
+                Err(error) if Instant::now() < deadline => {
+                    tracing::warn!(view = V::NAME, %error, "reading the ledger again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Saves the view and its checkpoint as one object, with the chain heads of `walking` (a
     /// walk in progress holds them) or the projector's own.
     async fn save_snapshot(
@@ -432,6 +459,9 @@ impl<V: View> Projector<V> {
     /// of up to 1,000 (fsynced as a group).
     async fn flush(&mut self) -> Result<(), ProjectorError> {
         let keys = std::mem::take(&mut self.pending);
+        // Kept to be published again if this flush fails: publishing a key's current value
+        // twice is harmless.
+        let unpublished = keys.clone();
         let status = json!({"checkpoint": self.checkpoint, "version": V::VERSION, "updated_at": chrono::Utc::now().to_rfc3339()});
         let mut messages: Vec<BatchMessage> = keys
             .into_iter()
@@ -460,7 +490,10 @@ impl<V: View> Projector<V> {
         let js = self.log.jetstream().clone();
         while !messages.is_empty() {
             let rest = messages.split_off(messages.len().min(ATOMIC_BATCH_MAX));
-            publish_atomic(&client, &js, messages).await.map_err(nats)?;
+            if let Err(e) = publish_atomic(&client, &js, messages).await {
+                self.pending.extend(unpublished);
+                return Err(nats(e));
+            }
             messages = rest;
         }
         self.since_flush = 0;
@@ -572,16 +605,32 @@ impl<V: View> Projector<V> {
                 _ = &mut shutdown => break RunEnd::Shutdown,
                 item = walker.next() => {
                     let Some(item) = item else { break RunEnd::Shutdown };
-                    self.ingest(item?);
+                    let mut failed = None;
+                    match item {
+                        Ok(item) => self.ingest(item),
+                        Err(e) => failed = Some(e),
+                    }
                     // Take what is already buffered without yielding, up to a batch.
                     for _ in 1..self.config.read_batch {
+                        if failed.is_some() {
+                            break;
+                        }
                         match walker.next().now_or_never() {
-                            Some(Some(item)) => self.ingest(item?),
+                            Some(Some(Ok(item))) => self.ingest(item),
+                            Some(Some(Err(e))) => failed = Some(e),
                             _ => break,
                         }
                     }
+                    if let Some(error) = failed {
+                        // The read was lost (its node died, the stream is electing a leader):
+                        // read on from the checkpoint. A broken chain or a gap is no such thing.
+                        let WalkError::Read(_) = error else { return Err(error.into()) };
+                        tracing::warn!(view = V::NAME, %error, checkpoint = self.checkpoint, "the ledger read was lost; reading on from the checkpoint");
+                        self.end_walk(walker);
+                        walker = self.walk_again().await?;
+                    }
                     if self.since_flush >= self.config.flush_events {
-                        self.flush().await?;
+                        self.flush_or_defer().await;
                     }
                     self.answer_parked(&client, false).await;
                 }
@@ -600,12 +649,16 @@ impl<V: View> Projector<V> {
                 }
                 _ = tick.tick() => {
                     if !self.pending.is_empty() || self.last_flush.elapsed() >= Duration::from_secs(5) {
-                        self.flush().await?;
+                        self.flush_or_defer().await;
                     }
                     if self.since_snapshot >= self.config.snapshot_events
                         || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.config.snapshot_interval)
                     {
-                        self.save_snapshot(walker.chain()).await?;
+                        // A snapshot that cannot be stored now is tried again at the next tick:
+                        // the view is whole in memory meanwhile.
+                        if let Err(error) = self.save_snapshot(walker.chain()).await {
+                            tracing::warn!(view = V::NAME, %error, "the view's snapshot could not be stored; trying again");
+                        }
                     }
                     self.answer_parked(&client, true).await;
                     self.sample_health().await;

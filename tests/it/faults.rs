@@ -35,15 +35,24 @@ pub(crate) struct Supervised {
     watcher: tokio::task::JoinHandle<()>,
 }
 
-fn erp_process(args: &[String], env: &[(String, String)]) -> Child {
-    crate::harness::erp_command()
+/// Starts `erp`; with `log`, at info level with its log appended to that file.
+fn erp_process(args: &[String], env: &[(String, String)], log: Option<&std::path::Path>) -> Child {
+    let mut command = crate::harness::erp_command();
+    command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("erp starts")
+        .stderr(std::process::Stdio::null());
+    if let Some(path) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file opens");
+        command.env("RUST_LOG", "info,async_nats=warn").stderr(file);
+    }
+    command.spawn().expect("erp starts")
 }
 
 impl Supervised {
@@ -74,7 +83,20 @@ impl Supervised {
 
     /// `run`, with these environment variables set for every start of the process.
     pub(crate) fn run_with_env(args: Vec<String>, env: Vec<(String, String)>) -> Supervised {
-        let child = Arc::new(Mutex::new(Some(erp_process(&args, &env))));
+        Supervised::run_inner(args, env, None)
+    }
+
+    /// `run`, logging at info level, every start appended to `log`.
+    pub(crate) fn run_logged(args: Vec<String>, log: std::path::PathBuf) -> Supervised {
+        Supervised::run_inner(args, Vec::new(), Some(log))
+    }
+
+    fn run_inner(
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: Option<std::path::PathBuf>,
+    ) -> Supervised {
+        let child = Arc::new(Mutex::new(Some(erp_process(&args, &env, log.as_deref()))));
         let watched = child.clone();
         let watcher = tokio::spawn(async move {
             loop {
@@ -84,7 +106,7 @@ impl Supervised {
                     .as_mut()
                     .is_some_and(|c| c.try_wait().ok().flatten().is_some());
                 if exited {
-                    *slot = Some(erp_process(&args, &env));
+                    *slot = Some(erp_process(&args, &env, log.as_deref()));
                 }
             }
         });
@@ -429,8 +451,12 @@ async fn a_processor_and_a_projector_whose_server_is_gone_still_stop_on_sigterm(
     // non-zero saying why, instead of waiting for a server that does not come back.
     let mut nats = TestNats::start();
     let url = nats.url();
-    let mut processor = erp_process(&["processor", "--nats", &url].map(String::from), &[]);
-    let mut projector = erp_process(&["project", "ats", "--nats", &url].map(String::from), &[]);
+    let mut processor = erp_process(&["processor", "--nats", &url].map(String::from), &[], None);
+    let mut projector = erp_process(
+        &["project", "ats", "--nats", &url].map(String::from),
+        &[],
+        None,
+    );
     // Both are up once the processor answers and the view has a bucket.
     let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(2));
     let probe = Bytes::from(
@@ -481,7 +507,7 @@ async fn a_retrying_client_rides_through_a_processor_restart_in_one_pass() {
     let log = nats.open(ledger_config()).await;
     let url = nats.url();
     let args = ["processor", "--nats", &url].map(String::from);
-    let processor = Arc::new(Mutex::new(erp_process(&args, &[])));
+    let processor = Arc::new(Mutex::new(erp_process(&args, &[], None)));
     let bodies = Arc::new(uci_bodies(3));
     let client = commands::client::CommandClient::new(connect(&url).await, Duration::from_secs(2))
         .retrying(Duration::from_secs(60));
@@ -510,7 +536,7 @@ async fn a_retrying_client_rides_through_a_processor_restart_in_one_pass() {
         child.wait().unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    *processor.lock().unwrap() = erp_process(&args, &[]);
+    *processor.lock().unwrap() = erp_process(&args, &[], None);
     let answers = sending.await.unwrap();
     assert_eq!(answers.len(), bodies.len());
     let mut definitive_answers = HashMap::new();
