@@ -203,6 +203,7 @@ async fn run() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     sending.abort();
+    let pauses = client_pauses(&mut nodes, &urls).await;
     let _ = processor.kill();
     let _ = processor.wait();
     for v in [&mut elections, &mut first_accepts, &mut beyond] {
@@ -211,6 +212,25 @@ async fn run() {
     println!(
         "nats-server {version}, 3 nodes on loopback, sync_interval always, R3; {kills} leader kills"
     );
+    println!();
+    println!(
+        "Client with {IN_FLIGHT} commands in flight, connected to the node that is killed (-9) mid-load:"
+    );
+    println!();
+    println!(
+        "| kill | commands | longest pause between answers | kill to next answer | without an answer at the end |"
+    );
+    println!("|---|---|---|---|---|");
+    for (i, p) in pauses.iter().enumerate() {
+        println!(
+            "| {} | {} | {:.2} s | {:.2} s | {} |",
+            i + 1,
+            p.commands,
+            p.longest_pause.as_secs_f64(),
+            p.kill_to_answer.as_secs_f64(),
+            p.unanswered
+        );
+    }
     println!();
     println!("| measure | p50 | max |");
     println!("|---|---|---|");
@@ -225,4 +245,110 @@ async fn run() {
             v[v.len() - 1]
         );
     }
+}
+
+/// Commands a client keeps in flight while its node is killed.
+const IN_FLIGHT: usize = 200;
+
+struct ClientPause {
+    commands: usize,
+    longest_pause: Duration,
+    kill_to_answer: Duration,
+    unanswered: usize,
+}
+
+/// A client with `IN_FLIGHT` commands in flight, connected first to one node (kept first in
+/// its server list), sends a stream of commands; that node is killed (-9) a few seconds in and
+/// restarted after the load. Measures the longest gap between two answers the client is
+/// handed, and what has no answer at the end.
+async fn client_pauses(nodes: &mut [LocalServer], urls: &[String]) -> Vec<ClientPause> {
+    let rounds: usize = std::env::var("ERP_FAILOVER_CLIENT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let victim = round % nodes.len();
+        let mut order = vec![urls[victim].clone()];
+        order.extend(urls.iter().filter(|u| **u != urls[victim]).cloned());
+        let client = async_nats::ConnectOptions::new()
+            .retain_servers_order()
+            .connect(
+                order
+                    .iter()
+                    .map(|u| u.parse::<async_nats::ServerAddr>().expect("a server URL"))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .expect("client connects");
+        let sender = commands::client::CommandClient::new(client, Duration::from_secs(1))
+            .retrying(Duration::from_secs(120));
+        let count = 40_000;
+        let bodies: Vec<Bytes> = (0..count)
+            .map(|i| {
+                Bytes::from(
+                    json!({"command_id": uuid::Uuid::now_v7(), "actor": {"id": "bench", "role": "admin"},
+                           "legal_entity": "UK01", "effective_at": "2011-12-01T00:00:00Z",
+                           "type": "channel.define", "data": {"channel": format!("p{round}-{i}")}})
+                    .to_string(),
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let answered_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count)));
+        let load = {
+            let answered_at = answered_at.clone();
+            tokio::spawn(async move {
+                let mut unanswered = 0;
+                sender
+                    .submit_all(bodies, IN_FLIGHT, |_, o| {
+                        if !matches!(
+                            o,
+                            Ok(commands::processor::Outcome::Accepted { .. }
+                                | commands::processor::Outcome::Rejected { .. })
+                        ) {
+                            unanswered += 1;
+                        }
+                        answered_at.lock().unwrap().push(started.elapsed());
+                    })
+                    .await;
+                unanswered
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let killed = started.elapsed();
+        nodes[victim].kill();
+        let unanswered = load.await.expect("load runs");
+        let times = answered_at.lock().unwrap().clone();
+        let longest_pause = times
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]))
+            .max()
+            .unwrap_or_default();
+        let kill_to_answer = times
+            .iter()
+            .find(|t| **t > killed)
+            .map_or(Duration::ZERO, |t| *t - killed);
+        eprintln!(
+            "client kill {}: longest pause {:.2} s, next answer {:.2} s after the kill, {unanswered} without an answer",
+            round + 1,
+            longest_pause.as_secs_f64(),
+            kill_to_answer.as_secs_f64()
+        );
+        results.push(ClientPause {
+            commands: count,
+            longest_pause,
+            kill_to_answer,
+            unanswered,
+        });
+        nodes[victim].restart().expect("node restarts");
+        let back = Instant::now();
+        while !replicas_current(&urls[(victim + 1) % nodes.len()]).await
+            && back.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    results
 }

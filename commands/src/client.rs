@@ -53,6 +53,9 @@ fn read_reply(subject: &str, msg: &async_nats::Message) -> Result<Outcome, Clien
     serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Answer(e.to_string()))
 }
 
+/// How many windows of commands `submit_all` sends before it retries what got no answer.
+const RETRY_STRETCH: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct CommandClient {
     nats: async_nats::Client,
@@ -131,24 +134,52 @@ impl CommandClient {
         mut on_outcome: impl FnMut(usize, Result<Outcome, ClientError>),
     ) {
         let commands: Vec<Bytes> = commands.into_iter().collect();
-        let deadline = std::time::Instant::now() + self.retry_for;
         let mut answers: Vec<Option<Result<Outcome, ClientError>>> =
             (0..commands.len()).map(|_| None).collect();
-        let mut pending: Vec<usize> = (0..commands.len()).collect();
         let mut delivered = 0;
+        // Commands go in stretches of `RETRY_STRETCH` windows, each retried to the end before
+        // the next: a command that got no answer is sent again within seconds, not after
+        // every other command of a long file, and answers keep coming in order.
+        let stretch = window.max(1) * RETRY_STRETCH;
+        for start in (0..commands.len()).step_by(stretch) {
+            let end = (start + stretch).min(commands.len());
+            self.submit_stretch(
+                &commands,
+                (start..end).collect(),
+                window,
+                &mut answers,
+                &mut delivered,
+                &mut on_outcome,
+            )
+            .await;
+        }
+    }
+
+    /// `submit_all` over `pending` (of `commands`), retried until each has an answer or
+    /// `retry_for` has passed; answers handed over in order from `delivered` on.
+    async fn submit_stretch(
+        &self,
+        commands: &[Bytes],
+        mut pending: Vec<usize>,
+        window: usize,
+        answers: &mut [Option<Result<Outcome, ClientError>>],
+        delivered: &mut usize,
+        on_outcome: &mut impl FnMut(usize, Result<Outcome, ClientError>),
+    ) {
+        let deadline = std::time::Instant::now() + self.retry_for;
         let mut pause = Duration::from_millis(100);
         while !pending.is_empty() {
             let last_round = std::time::Instant::now() >= deadline;
             let mut again = Vec::new();
-            self.send_round(&commands, &pending, window, |i, answer| {
+            self.send_round(commands, &pending, window, |i, answer| {
                 if !last_round && retryable(&answer) {
                     again.push(i);
                 } else {
                     answers[i] = Some(answer);
                 }
-                while let Some(answer) = answers.get_mut(delivered).and_then(Option::take) {
-                    on_outcome(delivered, answer);
-                    delivered += 1;
+                while let Some(answer) = answers.get_mut(*delivered).and_then(Option::take) {
+                    on_outcome(*delivered, answer);
+                    *delivered += 1;
                 }
             })
             .await;
