@@ -294,7 +294,14 @@ impl<C: LogCursor> Walker<C> {
                 None => {
                     if self.framer.awaits_marker() && self.until != WalkUntil::Follow {
                         match self.settle().await {
-                            Ok(true) => continue,
+                            Ok(true) => {
+                                // Read on only to the end of the batch the read ended in: a
+                                // walk to the end must end even while the log keeps growing.
+                                if self.until == WalkUntil::CaughtUp {
+                                    self.until = WalkUntil::Sequence(self.next_seq - 1);
+                                }
+                                continue;
+                            }
                             Ok(false) => {}
                             Err(e) => return Some(Err(e.into())),
                         }
@@ -556,6 +563,25 @@ mod tail_tests {
         )
         .await;
         assert_eq!(batches, vec![vec![1], vec![3, 4, 5]]);
+        assert!(foreign.is_empty(), "{foreign:?}");
+    }
+
+    #[tokio::test]
+    async fn reading_on_stops_at_the_marker_of_the_batch_the_read_ended_in() {
+        // The log grew by two batches since the read began: the walk reads the first (the one
+        // it ended in) and stops, as a walk to the end must while the log keeps growing.
+        let (batches, foreign, _) = walk_torn(
+            vec![event(1), super::tests::marker(2, 1), event(3)],
+            vec![
+                event(4),
+                super::tests::marker(5, 2),
+                event(6),
+                super::tests::marker(7, 1),
+            ],
+            Extended::Unchanged,
+        )
+        .await;
+        assert_eq!(batches, vec![vec![1], vec![3, 4]]);
         assert!(foreign.is_empty(), "{foreign:?}");
     }
 
