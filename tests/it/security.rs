@@ -432,7 +432,19 @@ async fn every_documented_operation_works_for_the_roles_that_need_it_and_no_othe
     }
 
     // The auditor verifies and replays its copy, through the library and the command line.
+    // The mirror's reported lag is sampled, so "no lag" can come a moment before the copy
+    // holds the ledger's last message: wait for that message (the ledger is idle now).
     let copy = s.audit_copy().await;
+    let ledger_end = s.ledger().await.last_sequence().await.unwrap();
+    let mut copied = 0;
+    for _ in 0..150 {
+        copied = copy.last_sequence().await.unwrap();
+        if copied >= ledger_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(copied, ledger_end, "the auditor's copy never caught up");
     let report = replay::verify::verify(&copy, &replay::VerifyOptions::default(), |_| {})
         .await
         .expect("the auditor verifies its copy");
