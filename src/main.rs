@@ -917,7 +917,6 @@ async fn project<V: projections::View>(
     Ok(projector.run(shutdown).await?)
 }
 
-/// Ctrl-C or SIGTERM.
 /// How long a service may take to stop cleanly after Ctrl-C or SIGTERM (settling what is in
 /// flight, writing its snapshot) before it exits anyway.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -940,6 +939,7 @@ async fn stop_within(what: &'static str, grace: Duration) {
     });
 }
 
+/// Ctrl-C or SIGTERM.
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

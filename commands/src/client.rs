@@ -80,8 +80,8 @@ impl CommandClient {
 
     /// Makes `submit_all` send again, with the same ids (safe: a command has one outcome),
     /// every command that got no answer in time, no processor, or `unavailable`, with growing
-    /// pauses (0.1 s doubling to 1 s: a failover lasts seconds, so a longer pause only adds to it), for up to `retry_for`; what still has none then is
-    /// handed over as it stands.
+    /// pauses (0.1 s doubling to 1 s: a failover lasts seconds, so a longer pause only adds to
+    /// it), for up to `retry_for`; what still has none then is handed over as it stands.
     pub fn retrying(mut self, retry_for: Duration) -> CommandClient {
         self.retry_for = retry_for;
         self

@@ -216,11 +216,30 @@ pub fn check_replicas(
     echoed: &stream::Config,
     expected: usize,
 ) -> Result<(), OpenError> {
-    let found = echoed.num_replicas.max(1);
-    if found != expected.max(1) {
+    replicas_match(stream, echoed.num_replicas, expected)
+}
+
+/// `check_replicas` for a stream that exists (a bucket's, created or opened by its own API).
+pub async fn check_stream_replicas(
+    js: &jetstream::Context,
+    stream: &str,
+    expected: usize,
+) -> Result<(), OpenError> {
+    let provision = |e: &dyn std::fmt::Display| OpenError::Provision {
+        stream: stream.into(),
+        detail: e.to_string(),
+    };
+    let mut handle = js.get_stream(stream).await.map_err(|e| provision(&e))?;
+    let info = handle.info().await.map_err(|e| provision(&e))?;
+    check_replicas(stream, &info.config, expected)
+}
+
+fn replicas_match(stream: &str, found: usize, expected: usize) -> Result<(), OpenError> {
+    let (found, expected) = (found.max(1), expected.max(1));
+    if found != expected {
         return Err(OpenError::Replicas {
             stream: stream.into(),
-            expected: expected.max(1),
+            expected,
             found,
         });
     }
@@ -574,14 +593,11 @@ impl JetStreamLog {
     /// (`--replicas`), since everything they create gets that many copies. Readers need not
     /// know.
     pub fn check_replicas(&self) -> Result<(), OpenError> {
-        if self.stream_replicas != self.config.replicas.max(1) {
-            return Err(OpenError::Replicas {
-                stream: self.config.stream.clone(),
-                expected: self.config.replicas.max(1),
-                found: self.stream_replicas,
-            });
-        }
-        Ok(())
+        replicas_match(
+            &self.config.stream,
+            self.stream_replicas,
+            self.config.replicas,
+        )
     }
 
     /// For a mirror: how many messages it is behind the ledger (0 for the ledger itself).

@@ -44,18 +44,8 @@ pub async fn bucket(
             .await
             .map_err(|e| failed(e.to_string()))?,
     };
-    let stream = format!("OBJ_{bucket}");
-    let mut info = js
-        .get_stream(&stream)
+    crate::jetstream::check_stream_replicas(js, &format!("OBJ_{bucket}"), replicas)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let echoed = info
-        .info()
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .config
-        .clone();
-    crate::jetstream::check_replicas(&stream, &echoed, replicas)
         .map_err(|e| failed(e.to_string()))?;
     Ok(store)
 }

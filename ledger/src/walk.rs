@@ -335,9 +335,7 @@ impl<C: LogCursor> Walker<C> {
             }
         }
     }
-}
 
-impl<C: LogCursor> Walker<C> {
     /// At the end of a bounded read with events after the last marker: true once the log has
     /// grown (read on), false if it stood still through every pause of `TAIL_SETTLE`.
     /// Cancel-safe: the cursor's bound only moves forward, and a later call looks again.
@@ -496,6 +494,7 @@ mod tests {
 mod tail_tests {
     //! Goal: a bounded walk that ends inside a batch still being stored reads on and yields
     //! the batch whole; a tail that never gets its marker is foreign, after the settle pauses.
+    use super::tests::{event, marker};
     use super::*;
 
     /// A read that shows `shown`, then `rest` once extended; `growth` says what `extend`
@@ -550,15 +549,11 @@ mod tail_tests {
         )
     }
 
-    fn event(seq: u64) -> LogRecord {
-        super::tests::event(seq)
-    }
-
     #[tokio::test]
     async fn a_batch_cut_off_by_the_end_of_the_read_is_read_to_its_marker() {
         let (batches, foreign, _) = walk_torn(
-            vec![event(1), super::tests::marker(2, 1), event(3), event(4)],
-            vec![event(5), super::tests::marker(6, 3)],
+            vec![event(1), marker(2, 1), event(3), event(4)],
+            vec![event(5), marker(6, 3)],
             Extended::Unchanged,
         )
         .await;
@@ -571,13 +566,8 @@ mod tail_tests {
         // The log grew by two batches since the read began: the walk reads the first (the one
         // it ended in) and stops, as a walk to the end must while the log keeps growing.
         let (batches, foreign, _) = walk_torn(
-            vec![event(1), super::tests::marker(2, 1), event(3)],
-            vec![
-                event(4),
-                super::tests::marker(5, 2),
-                event(6),
-                super::tests::marker(7, 1),
-            ],
+            vec![event(1), marker(2, 1), event(3)],
+            vec![event(4), marker(5, 2), event(6), marker(7, 1)],
             Extended::Unchanged,
         )
         .await;
@@ -588,7 +578,7 @@ mod tail_tests {
     #[tokio::test(start_paused = true)]
     async fn a_tail_that_never_gets_its_marker_is_foreign_once_the_log_stood_still() {
         let (batches, foreign, extends) = walk_torn(
-            vec![event(1), super::tests::marker(2, 1), event(3), event(4)],
+            vec![event(1), marker(2, 1), event(3), event(4)],
             Vec::new(),
             Extended::Unchanged,
         )
@@ -603,7 +593,7 @@ mod tail_tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_that_cannot_grow_calls_its_tail_foreign_at_once() {
         let (_, foreign, extends) = walk_torn(
-            vec![event(1), super::tests::marker(2, 1), event(3)],
+            vec![event(1), marker(2, 1), event(3)],
             Vec::new(),
             Extended::Never,
         )

@@ -258,10 +258,9 @@ async fn key_value(
             .await
             .map_err(nats)?,
     };
-    let stream = format!("KV_{bucket}");
-    let mut info = js.get_stream(&stream).await.map_err(nats)?;
-    let echoed = info.info().await.map_err(nats)?.config.clone();
-    ledger::jetstream::check_replicas(&stream, &echoed, replicas).map_err(nats)?;
+    ledger::jetstream::check_stream_replicas(js, &format!("KV_{bucket}"), replicas)
+        .await
+        .map_err(nats)?;
     Ok(store)
 }
 
@@ -458,16 +457,15 @@ impl<V: View> Projector<V> {
     /// Publishes every changed key's current value, and the status key, in atomic batches
     /// of up to 1,000 (fsynced as a group).
     async fn flush(&mut self) -> Result<(), ProjectorError> {
+        // Kept until published, to be published again if this flush fails (publishing a key's
+        // current value twice is harmless).
         let keys = std::mem::take(&mut self.pending);
-        // Kept to be published again if this flush fails: publishing a key's current value
-        // twice is harmless.
-        let unpublished = keys.clone();
         let status = json!({"checkpoint": self.checkpoint, "version": V::VERSION, "updated_at": chrono::Utc::now().to_rfc3339()});
         let mut messages: Vec<BatchMessage> = keys
-            .into_iter()
+            .iter()
             .map(|key| {
                 let mut headers = async_nats::HeaderMap::new();
-                let payload = match self.view.value(&key) {
+                let payload = match self.view.value(key) {
                     Some(value) => Bytes::from(serde_json::to_vec(&value).expect("json")),
                     None => {
                         headers.insert("KV-Operation", "DEL");
@@ -491,7 +489,7 @@ impl<V: View> Projector<V> {
         while !messages.is_empty() {
             let rest = messages.split_off(messages.len().min(ATOMIC_BATCH_MAX));
             if let Err(e) = publish_atomic(&client, &js, messages).await {
-                self.pending.extend(unpublished);
+                self.pending.extend(keys);
                 return Err(nats(e));
             }
             messages = rest;
