@@ -534,6 +534,26 @@ impl Command {
             .collect()
     }
 
+    /// The order the command names, if it names one (it needs that order in memory).
+    pub fn order(&self) -> Option<&OrderId> {
+        use CommandBody as B;
+        match &self.body {
+            B::ReceiveReturn(ReceiveReturn { order, .. })
+            | B::PlaceOrder(PlaceOrder { order, .. })
+            | B::HoldOrder(HoldOrder { order, .. })
+            | B::ReleaseOrder(ReleaseOrder { order, .. })
+            | B::AllocateOrder(AllocateOrder { order, .. })
+            | B::ReleaseToPick(ReleaseToPick { order, .. })
+            | B::Pick(Pick { order, .. })
+            | B::Pack(Pack { order, .. })
+            | B::Ship(Ship { order, .. })
+            | B::CancelOrder(CancelOrder { order, .. })
+            | B::AuthoriseReturn(AuthoriseReturn { order, .. })
+            | B::Refund(Refund { order, .. }) => Some(order),
+            _ => None,
+        }
+    }
+
     pub fn body_sha256(&self) -> [u8; 32] {
         let canonical = serde_json::to_vec(self).expect("commands serialise");
         Sha256::digest(canonical).into()

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod demo;
 pub mod processor;
 pub mod purchase;
+pub mod recall;
 pub mod roles;
 pub mod service;
 pub mod snapshot;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::command::Command;
 use crate::decide::{Rejection, code, decide};
+use crate::recall::RecallError;
 use crate::roles::Roles;
 use crate::snapshot;
 use crate::state::{
@@ -105,6 +106,9 @@ pub enum Recovered {
     SnapshotRefused { reason: snapshot::SnapshotError },
 }
 
+/// How many archived command records are read back from the log at once.
+const RECALL_READS_IN_FLIGHT: usize = 64;
+
 /// How many foreign messages the processor remembers in detail (it counts all of them).
 const FOREIGN_RECENT_MAX: usize = 20;
 
@@ -135,6 +139,12 @@ pub struct ProcessorStatus {
     pub foreign: ForeignSeen,
     /// Commands recorded `internal_error` since this process started (a decider failed).
     pub internal_errors: u64,
+    /// Orders held in memory (open, or finished and named by a command in flight).
+    pub orders_in_memory: usize,
+    /// Finished orders archived: out of memory, read back from the ledger when named.
+    pub orders_archived: usize,
+    /// Orders and command records read back from the ledger since this process started.
+    pub recalled: u64,
 }
 
 /// One of `command`'s events as the processor writes it: a new event id, the command's ids,
@@ -346,6 +356,10 @@ pub struct Processor<L> {
     poisoned: HashMap<Uuid, String>,
     internal_errors: u64,
     fault_panic_sku: Option<String>,
+    /// Orders and command records brought back from the archive since the last settle: they
+    /// leave memory again when it settles (`retire`), unless a batch in flight wrote them.
+    recalled: Vec<Subject>,
+    recalled_total: u64,
 }
 
 impl<L: EventLog> Processor<L> {
@@ -414,6 +428,8 @@ impl<L: EventLog> Processor<L> {
             poisoned: HashMap::new(),
             internal_errors: 0,
             fault_panic_sku: fault_panic_sku(),
+            recalled: Vec::new(),
+            recalled_total: 0,
         }
     }
 
@@ -469,9 +485,12 @@ impl<L: EventLog> Processor<L> {
     pub fn status(&self) -> ProcessorStatus {
         ProcessorStatus {
             applied_seq: self.applied_seq,
-            commands_recorded: self.state.commands.len(),
+            commands_recorded: self.state.commands_recorded(),
             foreign: self.foreign.clone(),
             internal_errors: self.internal_errors,
+            orders_in_memory: self.state.orders.len(),
+            orders_archived: self.state.archive.orders(),
+            recalled: self.recalled_total,
         }
     }
 
@@ -507,6 +526,15 @@ impl<L: EventLog> Processor<L> {
             match item? {
                 Walked::Batch(batch) => {
                     for e in &batch.events {
+                        if let Subject::Order(id) = &e.envelope.subject {
+                            // A finished order that changes again (a return) comes back first.
+                            if crate::recall::restore_order(&self.log, &mut self.state, id)
+                                .await
+                                .map_err(recall_failed)?
+                            {
+                                self.recalled_total += 1;
+                            }
+                        }
                         self.state.apply(
                             &e.envelope,
                             Some(Head {
@@ -517,6 +545,8 @@ impl<L: EventLog> Processor<L> {
                         applied += 1;
                     }
                     self.applied_seq = batch.marker.seq;
+                    let written = batch.events.iter().map(|e| &e.envelope.subject);
+                    retire(&mut self.state, &self.flights, self.applied_seq, written);
                 }
                 Walked::Foreign(f) => {
                     tracing::warn!(
@@ -569,14 +599,6 @@ impl<L: EventLog> Processor<L> {
             }
         }
         expired
-    }
-
-    /// The recorded outcome of a command, if it has one.
-    pub fn outcome_of(&self, command_id: Uuid) -> Option<Outcome> {
-        self.state
-            .commands
-            .get(&command_id)
-            .map(|r| recorded_outcome(command_id, r))
     }
 
     /// Decides and commits a group of commands; one outcome per command, in order.
@@ -660,6 +682,7 @@ impl<L: EventLog> Processor<L> {
     /// Decides the next batch from the queue on top of everything in flight, and sends it
     /// without waiting for its acknowledgement.
     pub async fn send_next(&mut self) {
+        self.recall_for_next_batch().await;
         let (mut tick, members) = loop {
             match self.build_tick() {
                 Ok(built) => break built,
@@ -726,7 +749,7 @@ impl<L: EventLog> Processor<L> {
                 }
                 let events = appended.as_ref().map_or(&[][..], |a| &a.events[..]);
                 let tick = &flight.tick;
-                flight
+                let settled = flight
                     .members
                     .into_iter()
                     .map(|m| {
@@ -737,7 +760,11 @@ impl<L: EventLog> Processor<L> {
                         };
                         (m.ticket, outcome)
                     })
-                    .collect()
+                    .collect();
+                let recalled = std::mem::take(&mut self.recalled);
+                let written = tick.touched.iter().chain(&recalled);
+                retire(&mut self.state, &self.flights, self.applied_seq, written);
+                settled
             }
             Err(AppendError::FencingBreach(reason)) => {
                 // Another writer is active in a way the checks did not stop: this process
@@ -854,6 +881,12 @@ impl<L: EventLog> Processor<L> {
         }
         self.catch_up_after_failure().await;
         self.predicted_seq = self.applied_seq;
+        let recalled = std::mem::take(&mut self.recalled);
+        let undone = flights
+            .iter()
+            .flat_map(|f| &f.tick.touched)
+            .chain(&recalled);
+        retire(&mut self.state, &self.flights, self.applied_seq, undone);
         let mut settled = Vec::new();
         let mut again = Vec::new();
         for (i, flight) in flights.into_iter().enumerate() {
@@ -898,6 +931,75 @@ impl<L: EventLog> Processor<L> {
         settled
     }
 
+    /// Brings back into memory the archived command records and orders that the commands of
+    /// the next batch name, so that they are decided as if nothing had left memory. A command
+    /// whose record or order cannot be read back is answered unavailable (the sender retries)
+    /// instead of being decided without it.
+    async fn recall_for_next_batch(&mut self) {
+        use futures::StreamExt;
+        let next = self.pipeline.batch_commands_max;
+        // Records first: a repeat is answered from its record and needs nothing else.
+        let records: Vec<(usize, Uuid, Vec<u64>)> = self
+            .queue
+            .iter()
+            .take(next)
+            .enumerate()
+            .filter(|(_, m)| m.answer.is_none())
+            .filter(|(_, m)| !self.state.commands.contains_key(&m.command.command_id))
+            .filter_map(|(i, m)| {
+                let id = m.command.command_id;
+                let seqs = self.state.archive.command_seqs(&id);
+                (!seqs.is_empty()).then_some((i, id, seqs))
+            })
+            .collect();
+        if !records.is_empty() {
+            let log = &self.log;
+            let read: Vec<_> = futures::stream::iter(records)
+                .map(|(i, id, seqs)| async move {
+                    (i, id, crate::recall::command(log, id, &seqs).await)
+                })
+                .buffered(RECALL_READS_IN_FLIGHT)
+                .collect()
+                .await;
+            for (i, id, result) in read {
+                match result {
+                    Ok(Some(record)) => {
+                        if !self.state.commands.contains_key(&id) {
+                            self.state.restore_command(id, record);
+                            self.recalled.push(Subject::Command(id));
+                            self.recalled_total += 1;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.queue[i].answer = Some(recall_unavailable(id, "record", &e)),
+                }
+            }
+        }
+        let orders: Vec<(usize, OrderId)> = self
+            .queue
+            .iter()
+            .take(next)
+            .enumerate()
+            .filter(|(_, m)| m.answer.is_none())
+            .filter(|(_, m)| !self.state.commands.contains_key(&m.command.command_id))
+            .filter_map(|(i, m)| Some((i, m.command.order()?.clone())))
+            .filter(|(_, o)| !self.state.orders.contains_key(o))
+            .collect();
+        for (i, order) in orders {
+            match crate::recall::restore_order(&self.log, &mut self.state, &order).await {
+                Ok(true) => {
+                    self.recalled.push(Subject::Order(order));
+                    self.recalled_total += 1;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let id = self.queue[i].command.command_id;
+                    self.queue[i].answer = Some(recall_unavailable(id, "order", &e));
+                }
+            }
+        }
+    }
+
     /// Takes commands from the queue into one batch, deciding each against the state that
     /// includes every earlier decision (in flight or in this batch) and applying it
     /// tentatively. If deciding one panics, the batch is undone, the command marked poisoned,
@@ -910,6 +1012,11 @@ impl<L: EventLog> Processor<L> {
             if members.len() == self.pipeline.batch_commands_max {
                 self.queue.push_front(member);
                 break;
+            }
+            if member.answer.is_some() {
+                // Answered before deciding (an archived order or record could not be read).
+                members.push(member);
+                continue;
             }
             let command = &member.command;
             let body_sha256 = command.body_sha256();
@@ -1143,4 +1250,58 @@ fn committed_outcome(p: &Pending, appended: &[ledger::log::AppendedEvent]) -> Ou
             outcome_seq: Some(outcome_seq),
         },
     }
+}
+
+/// Retires (`State::retire`) each order and command record among `subjects` that no batch in
+/// `flights` wrote: its last record is stored at or before `stored_seq`.
+fn retire<'a>(
+    state: &mut State,
+    flights: &VecDeque<Flight>,
+    stored_seq: u64,
+    subjects: impl IntoIterator<Item = &'a Subject>,
+) {
+    for subject in subjects {
+        if matches!(subject, Subject::Order(_) | Subject::Command(_))
+            && !flights.iter().any(|f| f.tick.touched.contains(subject))
+        {
+            state.retire(subject, stored_seq);
+        }
+    }
+}
+
+fn recall_unavailable(command_id: Uuid, what: &str, e: &RecallError) -> Outcome {
+    if matches!(e, RecallError::Broken(_)) {
+        tracing::error!(%command_id, error = %e, "an archived {what} does not read back from the ledger");
+    }
+    Outcome::Unavailable {
+        command_id,
+        message: format!(
+            "the command's {what} left memory and could not be read back from the ledger ({e}); nothing was stored, send it again"
+        ),
+    }
+}
+
+fn recall_failed(e: RecallError) -> WalkError {
+    WalkError::Read(ledger::ReadError::Unavailable(format!(
+        "reading an archived order back: {e}"
+    )))
+}
+
+/// The recorded outcome of a command in `state`, if it has one, read back from `log` if its
+/// record left memory. (A function of the parts, not a method: a future holding the whole
+/// processor could not move between threads, its appends in flight are not `Sync`.)
+pub async fn outcome_of<L: EventLog>(
+    log: &L,
+    state: &State,
+    command_id: Uuid,
+) -> Result<Option<Outcome>, RecallError> {
+    if let Some(record) = state.commands.get(&command_id) {
+        return Ok(Some(recorded_outcome(command_id, record)));
+    }
+    let seqs = state.archive.command_seqs(&command_id);
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let record = crate::recall::command(log, command_id, &seqs).await?;
+    Ok(record.map(|r| recorded_outcome(command_id, &r)))
 }

@@ -31,6 +31,7 @@ use crate::command::Command;
 use crate::decide::code;
 use crate::processor::{Outcome, Processor, ProcessorError, Recovered, Ticket};
 use crate::snapshot;
+use crate::state::State;
 use std::collections::HashMap;
 
 /// The NATS client type the service runs on.
@@ -251,7 +252,7 @@ impl Service {
         processor.set_pipeline(config.pipeline.clone());
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let applied_seq = processor.applied_seq();
-        let commands = processor.state().commands.len();
+        let commands = processor.state().commands_recorded();
         match &recovered {
             Recovered::FromScratch => tracing::info!(
                 applied_seq,
@@ -719,7 +720,7 @@ async fn take<L: ledger::EventLog>(
             reply,
         } => {
             let answer = match kind {
-                QueryKind::Outcome => query(processor, &payload),
+                QueryKind::Outcome => query(processor.log(), processor.state(), &payload).await,
                 QueryKind::Status => {
                     serde_json::to_vec(&processor.status()).expect("status serialises")
                 }
@@ -800,12 +801,19 @@ fn read_command(
     Ok(command)
 }
 
-fn query<L: ledger::EventLog>(processor: &Processor<L>, payload: &[u8]) -> Vec<u8> {
+async fn query<L: ledger::EventLog>(log: &L, state: &State, payload: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(payload);
     let value = match Uuid::try_parse(text.trim()) {
-        Ok(id) => match processor.outcome_of(id) {
-            Some(outcome) => serde_json::to_value(outcome).expect("outcomes serialise"),
-            None => serde_json::json!({"status": "unknown", "command_id": id}),
+        Ok(id) => match crate::processor::outcome_of(log, state, id).await {
+            Ok(Some(outcome)) => serde_json::to_value(outcome).expect("outcomes serialise"),
+            Ok(None) => serde_json::json!({"status": "unknown", "command_id": id}),
+            Err(e) => {
+                let outcome = Outcome::Unavailable {
+                    command_id: id,
+                    message: format!("its record could not be read back from the ledger: {e}"),
+                };
+                serde_json::to_value(outcome).expect("outcomes serialise")
+            }
         },
         Err(_) => {
             serde_json::json!({"status": "invalid", "code": code::INVALID_COMMAND, "field": "command_id", "message": "expected a UUID"})

@@ -117,6 +117,13 @@ struct Stats {
     snapshots_refused: u64,
     /// Reads that ended inside a batch.
     torn_reads: u64,
+    /// Finished orders and command records read back from the log after leaving memory.
+    recalled: u64,
+    /// Finished orders out of memory at the end of a run.
+    orders_archived: u64,
+    /// Packages shipped and returns refunded (the paths that finish an order).
+    shipped: u64,
+    refunded: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -135,6 +142,10 @@ impl std::ops::AddAssign for Stats {
         self.from_snapshot += o.from_snapshot;
         self.snapshots_refused += o.snapshots_refused;
         self.torn_reads += o.torn_reads;
+        self.recalled += o.recalled;
+        self.orders_archived += o.orders_archived;
+        self.shipped += o.shipped;
+        self.refunded += o.refunded;
     }
 }
 
@@ -487,7 +498,10 @@ fn master_data(rng: &mut Rng) -> Vec<Command> {
 }
 
 /// A random business command; orders refer to ones placed earlier (or to unknown ones).
-fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
+/// `orders` holds, for each order placed so far (`O1` first), its quantity and the next
+/// fulfilment step to send for it (release, pick, pack, ship, return, refund), so that orders
+/// run to the end, finished orders leave memory, and later commands bring them back.
+fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) -> Command {
     let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
     let location = LOCATIONS[rng.below(LOCATIONS.len() as u64) as usize];
     // Now and then a quantity near the largest the ledger holds, so that sums pass it.
@@ -496,8 +510,8 @@ fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
     } else {
         1 + rng.below(9)
     };
-    let existing = format!("O{}", rng.below(*orders + 1));
-    match rng.below(8) {
+    let existing = format!("O{}", rng.below(orders.len() as u64 + 1));
+    match rng.below(12) {
         0 | 1 => command(
             rng,
             "stock.receive",
@@ -505,11 +519,11 @@ fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
                    "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
         ),
         2..=4 => {
-            *orders += 1;
+            orders.push((qty, 0, sku));
             command(
                 rng,
                 "order.place",
-                json!({"order": format!("O{orders}"), "channel": "web", "ship_to_region": "UK",
+                json!({"order": format!("O{}", orders.len()), "channel": "web", "ship_to_region": "UK",
                        "lines": [{"line": 1, "sku": sku, "qty": qty,
                                   "unit_price": {"amount": "2.00", "currency": "GBP"}}]}),
             )
@@ -524,7 +538,74 @@ fn business_command(rng: &mut Rng, orders: &mut u64) -> Command {
             "stock.adjust",
             json!({"sku": sku, "location": location, "delta": -(qty as i64), "reason": "Damage"}),
         ),
+        7..=9 if !orders.is_empty() => {
+            // Half the time the oldest order still on its way, so that many reach the end.
+            let i = match orders.iter().position(|(_, step, _)| *step < 9) {
+                Some(i) if rng.chance(500) => i,
+                _ => rng.below(orders.len() as u64) as usize,
+            };
+            let (ordered, step, sku) = orders[i];
+            orders[i].1 += 1;
+            fulfilment_step(rng, &format!("O{}", i + 1), (sku, ordered), step)
+        }
         _ => command(rng, "order.allocate", json!({"order": existing})),
+    }
+}
+
+/// Step `step` of an order's way to the customer and back (its line: SKU and quantity); past
+/// the last, a cancellation (refused: nothing is left open) that names a finished order.
+fn fulfilment_step(rng: &mut Rng, order: &str, (sku, ordered): (&str, u64), step: u8) -> Command {
+    let package = format!("{order}-P");
+    let return_id = format!("{order}-R");
+    match step {
+        0 => command(
+            rng,
+            "order.release_to_pick",
+            json!({"order": order, "wave": "W1"}),
+        ),
+        1 => command(
+            rng,
+            "order.pick",
+            json!({"order": order, "lines": [{"line": 1, "qty": ordered}]}),
+        ),
+        2 => command(
+            rng,
+            "order.pack",
+            json!({"order": order, "package": package, "lines": [{"line": 1, "qty": ordered}]}),
+        ),
+        3 => command(
+            rng,
+            "order.ship",
+            json!({"order": order, "package": package, "carrier": "sim", "tracking": "T",
+                   "freight_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        4 => command(
+            rng,
+            "order.authorise_return",
+            json!({"order": order, "return_id": return_id, "lines": [{"line": 1, "qty": 1}]}),
+        ),
+        5 => command(
+            rng,
+            "stock.receive_return",
+            json!({"sku": sku, "return_id": return_id, "order": order, "line": 1,
+                   "location": LOCATIONS[0], "qty": 1}),
+        ),
+        6 => command(
+            rng,
+            "stock.disposition_return",
+            json!({"sku": sku, "return_id": return_id, "qty": 1, "disposition": "Restock"}),
+        ),
+        7 => command(
+            rng,
+            "order.refund",
+            json!({"order": order, "return_id": return_id,
+                   "amount": {"amount": "2.00", "currency": "GBP"}}),
+        ),
+        _ => command(
+            rng,
+            "order.cancel",
+            json!({"order": order, "reason": "sim"}),
+        ),
     }
 }
 
@@ -677,11 +758,45 @@ impl Checker {
     }
 }
 
+/// Whether the processor's model `a` holds what the replay `b` (which never lets anything
+/// leave memory) holds: every order in memory equal, every other one finished and archived at
+/// its last event, as many commands recorded.
 fn same_model(a: &State, b: &State) -> bool {
+    let orders = b.orders.iter().all(|(id, order)| match a.orders.get(id) {
+        Some(held) => held == order,
+        None => {
+            order.finished()
+                && order
+                    .head
+                    .is_some_and(|h| a.archive.order_seqs(id).contains(&h.seq))
+        }
+    });
     a.stock == b.stock
-        && a.orders == b.orders
-        && a.commands.len() == b.commands.len()
+        && orders
+        && a.orders.len() + a.archive.orders() == b.orders.len()
+        && a.commands_recorded() == b.commands.len()
         && a.foreign_seqs == b.foreign_seqs
+}
+
+/// An archived order of the processor's model `a`, read back from the log, equals the replay
+/// `b`'s (one picked at random: read back, it must be what a model that never let it go holds).
+async fn check_recall(log: &SimLog, a: &State, b: &State, rng: &mut Rng) -> Result<(), String> {
+    let archived: Vec<_> = b
+        .orders
+        .iter()
+        .filter(|(id, _)| !a.orders.contains_key(*id))
+        .collect();
+    if archived.is_empty() {
+        return Ok(());
+    }
+    let (id, expected) = archived[rng.below(archived.len() as u64) as usize];
+    let seqs = a.archive.order_seqs(id);
+    match crate::recall::order(log, id, &seqs).await {
+        Ok(Some(order)) if &order == expected => Ok(()),
+        other => Err(format!(
+            "order {id} read back from the archive as {other:?}, the replay holds {expected:?}"
+        )),
+    }
 }
 
 /// A crashed processor comes back: from the whole log, or from one of the snapshots taken so
@@ -868,7 +983,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
     let mut checker = Checker::default();
     let mut shadows = [Checker::default(), Checker::default()];
     let mut stats = Stats::default();
-    let mut orders = 0;
+    let mut orders = Vec::new();
     // Commands the client has sent, and whether it holds a definitive answer.
     let mut sent: Vec<(Command, bool)> = Vec::new();
     let mut queue: Vec<Command> = master_data(&mut rng);
@@ -914,6 +1029,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
         let crashed = crash_in_flight || rng.chance(60);
         if crashed {
             stats.crashes += 1;
+            stats.recalled += processors[which].status().recalled;
             // Crash between append and reply, or with batches in flight: the client hears
             // nothing, and the processor comes back from the log.
             processors[which] = restart(&log, &snapshots, &mut rng, &mut stats)
@@ -965,6 +1081,12 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
                 ));
             }
         }
+        drop(inner);
+        for (i, (p, shadow)) in processors.iter().zip(&shadows).enumerate() {
+            check_recall(&log, p.state(), &shadow.state, &mut rng)
+                .await
+                .map_err(|e| format!("step {step}: processor {i}: {e}"))?;
+        }
     }
     // In the end every command the client sent gets a definitive answer on retry.
     let mut calm = Processor::recover(log.writer())
@@ -975,6 +1097,21 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
         let inner = log.0.lock().expect("lock");
         checker.check_log(&inner.records)?;
         checker.check_answer(command, &outcome, &inner.records)?;
+    }
+    stats.recalled += processors
+        .iter()
+        .chain([&calm])
+        .map(|p| p.status().recalled)
+        .sum::<u64>();
+    stats.orders_archived = calm.state().archive.orders() as u64;
+    for record in log.records() {
+        if let LogRecord::Event(e) = record {
+            match e.envelope.event {
+                Event::OrderShipped(_) => stats.shipped += 1,
+                Event::OrderRefunded(_) => stats.refunded += 1,
+                _ => {}
+            }
+        }
     }
     let log_stats = log.0.lock().expect("lock").stats;
     stats.appends = log_stats.appends;
@@ -1040,7 +1177,128 @@ fn ten_thousand_seeded_runs_keep_every_invariant() {
             && total.pipelined > 0
             && total.from_snapshot > 0
             && total.snapshots_refused > 0
+            && total.refunded > 0
+            && total.orders_archived > 0
+            && total.recalled > 0
     );
+}
+
+#[test]
+fn every_command_naming_a_finished_order_is_decided_as_if_it_had_never_left_memory() {
+    // Goal: a shipped order leaves memory; then every command type that names an order (and
+    // the repeat of an old command) is decided by the processor exactly as a model replayed
+    // from the whole log decides it, so none of them can miss bringing the order back.
+    let runtime = runtime();
+    runtime.block_on(async {
+        let faults = Faults {
+            lose_ack: 0,
+            refuse: 0,
+            torn_read: 0,
+        };
+        let log = SimLog::new(7, faults, false);
+        let mut processor = Processor::recover(log.writer()).await.unwrap();
+        let mut rng = Rng(7);
+        let mut setup = master_data(&mut rng);
+        let receive = json!({"sku": "A", "location": "WH1", "qty": 5,
+                             "unit_cost": {"amount": "1.00", "currency": "GBP"}});
+        setup.push(command(&mut rng, "stock.receive", receive));
+        let place = command(
+            &mut rng,
+            "order.place",
+            json!({"order": "O1", "channel": "web", "ship_to_region": "UK",
+                   "lines": [{"line": 1, "sku": "A", "qty": 2,
+                              "unit_price": {"amount": "2.00", "currency": "GBP"}}]}),
+        );
+        setup.push(place.clone());
+        for step in 0..4 {
+            setup.push(fulfilment_step(&mut rng, "O1", ("A", 2), step));
+        }
+        for outcome in processor.process(&setup).await {
+            assert!(outcome.is_accepted(), "{outcome:?}");
+        }
+        let status = processor.status();
+        assert_eq!((status.orders_in_memory, status.orders_archived), (0, 1));
+        let o1 = json!("O1");
+        let mut named = vec![
+            place,
+            command(
+                &mut rng,
+                "order.place",
+                json!({"order": "O1", "channel": "web",
+                "ship_to_region": "UK", "lines": [{"line": 1, "sku": "A", "qty": 1,
+                "unit_price": {"amount": "2.00", "currency": "GBP"}}]}),
+            ),
+            command(
+                &mut rng,
+                "order.hold",
+                json!({"order": o1, "reason": "Fraud"}),
+            ),
+            command(&mut rng, "order.release", json!({"order": o1})),
+            command(&mut rng, "order.allocate", json!({"order": o1})),
+            fulfilment_step(&mut rng, "O1", ("A", 2), 0),
+            fulfilment_step(&mut rng, "O1", ("A", 2), 1),
+            fulfilment_step(&mut rng, "O1", ("A", 2), 2),
+            fulfilment_step(&mut rng, "O1", ("A", 2), 3),
+            command(
+                &mut rng,
+                "order.cancel",
+                json!({"order": o1, "reason": "sim"}),
+            ),
+        ];
+        for step in 4..8 {
+            named.push(fulfilment_step(&mut rng, "O1", ("A", 2), step));
+        }
+        named.push(fulfilment_step(&mut rng, "O1", ("A", 2), 7));
+        let mut checker = Checker::default();
+        let mut kinds = std::collections::BTreeSet::new();
+        for c in &named {
+            checker.check_log(&log.records()).unwrap();
+            let expected = match checker.state.commands.get(&c.command_id) {
+                Some(_) => "the first outcome".to_owned(),
+                None => match crate::decide::decide(&checker.state, c) {
+                    Ok(_) => "accepted".to_owned(),
+                    Err(r) => r.code.to_owned(),
+                },
+            };
+            let outcome = processor.process(std::slice::from_ref(c)).await.remove(0);
+            let got = match &outcome {
+                _ if checker.state.commands.contains_key(&c.command_id) => {
+                    let first = crate::processor::outcome_of(&log, &checker.state, c.command_id);
+                    assert_eq!(first.await.unwrap().as_ref(), Some(&outcome));
+                    "the first outcome".to_owned()
+                }
+                Outcome::Accepted { .. } => "accepted".to_owned(),
+                Outcome::Rejected { code, .. } => code.clone(),
+                other => panic!("{}: {other:?}", c.body.type_name()),
+            };
+            assert_eq!(got, expected, "{}", c.body.type_name());
+            kinds.insert((c.body.type_name(), c.order().is_some()));
+        }
+        // Every command type that names an order was sent.
+        let naming_orders = [
+            "order.place",
+            "order.hold",
+            "order.release",
+            "order.allocate",
+            "order.release_to_pick",
+            "order.pick",
+            "order.pack",
+            "order.ship",
+            "order.cancel",
+            "order.authorise_return",
+            "stock.receive_return",
+            "order.refund",
+        ];
+        for kind in naming_orders {
+            assert!(
+                kinds.contains(&(kind, true)),
+                "{kind} not sent, or not seen naming O1"
+            );
+        }
+        let status = processor.status();
+        assert!(status.recalled > 0);
+        assert_eq!((status.orders_in_memory, status.orders_archived), (0, 1));
+    });
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::state::State;
 
 /// The snapshot format this build writes and reads. Bump it whenever `State` (or anything it
 /// holds) changes shape: an older snapshot is then replaced by a full replay, never misread.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The processor's object in the snapshot store (`ledger::objects`).
 pub const OBJECT_NAME: &str = "processor";
 const MARK: [u8; 8] = *b"ERPSNAP\0";
@@ -281,10 +281,11 @@ mod tests {
             SnapshotError::NotASnapshot
         );
         let mut other = bytes.clone();
-        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let older = FORMAT_VERSION - 1;
+        other[8..12].copy_from_slice(&older.to_le_bytes());
         assert_eq!(
             decode(&other).unwrap_err(),
-            SnapshotError::Version { found: 2 }
+            SnapshotError::Version { found: older }
         );
         // A body that hashes right but is not a snapshot body.
         let mut forged = bytes[..12].to_vec();

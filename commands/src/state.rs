@@ -1,7 +1,7 @@
 //! The write model: what the deciders need to know, built by `apply` from events alone.
 //! `apply` is pure and total: it accepts any event the log holds (it never refuses history).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ledger::events::{
     ChannelAllocationRule, ChannelDefined, Event, FulfilmentPolicy, ItemDefined, LocationDefined,
@@ -247,6 +247,94 @@ pub struct OrderState {
     pub returns: HashMap<ReturnId, OrderReturn>,
 }
 
+impl OrderState {
+    /// Whether nothing is left to do on the order: every unit shipped or cancelled, nothing
+    /// allocated, picked, packed or backordered, every return refunded. Such an order leaves
+    /// memory (`State::retire`); a later command naming it (a return, a repeat) brings it
+    /// back from its subject in the log.
+    pub fn finished(&self) -> bool {
+        self.packages.is_empty()
+            && self.returns.values().all(|r| r.refunded)
+            && self.lines.values().all(|l| {
+                l.open() == 0
+                    && l.backordered == 0
+                    && l.packed == 0
+                    && l.allocated.is_empty()
+                    && l.picked.is_empty()
+            })
+    }
+
+    /// The order as its events leave it, in the order the log holds them (the events of one
+    /// subject, chained): what `State::apply` builds, for one order alone.
+    pub fn from_history<'a>(
+        events: impl IntoIterator<Item = (&'a Envelope, Head)>,
+    ) -> Option<OrderState> {
+        let mut order: Option<OrderState> = None;
+        for (envelope, head) in events {
+            if let Event::OrderPlaced(e) = &envelope.event {
+                order = Some(placed(e, envelope.effective_at));
+            } else if let Some(o) = order.as_mut() {
+                evolve_order(o, &envelope.event);
+            }
+            if let Some(o) = order.as_mut() {
+                o.head = Some(head);
+            }
+        }
+        order
+    }
+}
+
+/// Finished orders and recorded commands that left memory: for each, a 64-bit key of its id
+/// and the sequence of its last record in the log. Two ids may share a key; every entry with
+/// the key is read back and the one on the right subject kept, so a shared key costs a read,
+/// never a wrong answer. About 16 bytes per entry (against about 2.5 KB per order and 220
+/// bytes per command record held whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Archive {
+    orders: BTreeSet<(u64, u64)>,
+    commands: BTreeSet<(u64, u64)>,
+}
+
+impl Archive {
+    pub fn orders(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn commands(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Where the last record of each archived order with `id`'s key sits.
+    pub fn order_seqs(&self, id: &OrderId) -> Vec<u64> {
+        entries(&self.orders, order_key(id))
+    }
+
+    /// Where the outcome record of each archived command with `id`'s key sits.
+    pub fn command_seqs(&self, id: &Uuid) -> Vec<u64> {
+        entries(&self.commands, command_key(id))
+    }
+}
+
+fn entries(set: &BTreeSet<(u64, u64)>, key: u64) -> Vec<u64> {
+    set.range((key, 0)..=(key, u64::MAX))
+        .map(|&(_, seq)| seq)
+        .collect()
+}
+
+/// FNV-1a of the id's text: stable across builds and machines, as snapshots need.
+fn order_key(id: &OrderId) -> u64 {
+    id.as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+fn command_key(id: &Uuid) -> u64 {
+    let bits = id.as_u128();
+    (bits >> 64) as u64 ^ bits as u64
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Defined<T> {
     pub head: Option<Head>,
@@ -259,6 +347,33 @@ pub struct CommandRecord {
     pub head: Option<Head>,
     pub body_sha256: [u8; 32],
     pub outcome: RecordedOutcome,
+}
+
+impl CommandRecord {
+    /// The record an outcome event makes (`None` for any other event).
+    pub fn of(event: &Event, head: Option<Head>) -> Option<CommandRecord> {
+        let (body_sha256, outcome) = match event {
+            Event::CommandAccepted(e) => (
+                e.body_sha256,
+                RecordedOutcome::Accepted {
+                    event_count: e.event_count,
+                },
+            ),
+            Event::CommandRejected(e) => (
+                e.body_sha256,
+                RecordedOutcome::Rejected(Box::new(RecordedRejection {
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                })),
+            ),
+            _ => return None,
+        };
+        Some(CommandRecord {
+            head,
+            body_sha256,
+            outcome,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +468,8 @@ pub struct State {
     /// stalling every command behind it); a B-tree grows a node at a time.
     pub orders: BTreeMap<OrderId, OrderState>,
     pub commands: BTreeMap<Uuid, CommandRecord>,
+    /// Finished orders and command records that left `orders` and `commands` (see `retire`).
+    pub archive: Archive,
     /// Backordered quantity per order line, by SKU, in the order receipts serve them. Derived
     /// from the orders (an index, not a fact): `index_backorders` keeps it in step.
     pub backorders: HashMap<Sku, BTreeMap<BackorderKey, i64>>,
@@ -492,21 +609,14 @@ impl State {
                 );
             }
             E::LegalEntityDefined(_) => {}
-            E::CommandAccepted(e) => self.record_command(
-                envelope,
-                e.body_sha256,
-                RecordedOutcome::Accepted {
-                    event_count: e.event_count,
-                },
-            ),
-            E::CommandRejected(e) => self.record_command(
-                envelope,
-                e.body_sha256,
-                RecordedOutcome::Rejected(Box::new(RecordedRejection {
-                    code: e.code.clone(),
-                    message: e.message.clone(),
-                })),
-            ),
+            E::CommandAccepted(_) | E::CommandRejected(_) => {
+                if let Subject::Command(id) = envelope.subject {
+                    let head = self.commands.get(&id).and_then(|c| c.head);
+                    if let Some(record) = CommandRecord::of(&envelope.event, head) {
+                        self.commands.insert(id, record);
+                    }
+                }
+            }
             event => {
                 if let Subject::Stock(sku) = &envelope.subject {
                     let sku = sku.clone();
@@ -608,6 +718,75 @@ impl State {
         None
     }
 
+    /// Moves a finished order or a recorded command out of memory into the archive, if the
+    /// log holds all of it: it is one, its last record is stored at or before `stored_seq`,
+    /// and nothing newer is pending on it (the caller's promise: no batch in flight wrote it).
+    /// Returns whether it left.
+    pub fn retire(&mut self, subject: &Subject, stored_seq: u64) -> bool {
+        match subject {
+            Subject::Order(id) => {
+                let Some(order) = self.orders.get(id) else {
+                    return false;
+                };
+                let Some(head) = order.head.filter(|h| h.seq <= stored_seq) else {
+                    return false;
+                };
+                if !order.finished() {
+                    return false;
+                }
+                self.orders.remove(id);
+                self.archive.orders.insert((order_key(id), head.seq));
+                true
+            }
+            Subject::Command(id) => {
+                let Some(head) = self
+                    .commands
+                    .get(id)
+                    .and_then(|c| c.head)
+                    .filter(|h| h.seq <= stored_seq)
+                else {
+                    return false;
+                };
+                self.commands.remove(id);
+                self.archive.commands.insert((command_key(id), head.seq));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Brings an archived order back into memory, as read back from its subject.
+    pub fn restore_order(&mut self, id: OrderId, order: OrderState) {
+        let seq = order
+            .head
+            .expect("an order read back from the log has a head")
+            .seq;
+        assert!(
+            self.archive.orders.remove(&(order_key(&id), seq)),
+            "order {id} was not archived at sequence {seq}"
+        );
+        assert!(order.finished(), "order {id} came back unfinished");
+        self.orders.insert(id, order);
+    }
+
+    /// Brings an archived command record back into memory, as read back from the log.
+    pub fn restore_command(&mut self, id: Uuid, record: CommandRecord) {
+        let seq = record
+            .head
+            .expect("a record read back from the log has a head")
+            .seq;
+        assert!(
+            self.archive.commands.remove(&(command_key(&id), seq)),
+            "command {id} was not archived at sequence {seq}"
+        );
+        self.commands.insert(id, record);
+    }
+
+    /// Commands recorded, in memory or archived.
+    pub fn commands_recorded(&self) -> usize {
+        self.commands.len() + self.archive.commands()
+    }
+
     /// Rebuilds the backorder index from the orders (after an interrupted change).
     pub fn reindex_backorders(&mut self) {
         self.backorders.clear();
@@ -639,25 +818,6 @@ impl State {
                     self.backorders.remove(sku);
                 }
             }
-        }
-    }
-
-    fn record_command(
-        &mut self,
-        envelope: &Envelope,
-        body_sha256: [u8; 32],
-        outcome: RecordedOutcome,
-    ) {
-        if let Subject::Command(id) = envelope.subject {
-            let head = self.commands.get(&id).and_then(|c| c.head);
-            self.commands.insert(
-                id,
-                CommandRecord {
-                    head,
-                    body_sha256,
-                    outcome,
-                },
-            );
         }
     }
 }
