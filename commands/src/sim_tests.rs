@@ -1048,40 +1048,42 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             snapshots.push(crate::snapshot::frame(&body));
             stats.snapshots += 1;
         }
-        let inner = log.0.lock().expect("lock");
-        let records = &inner.records;
-        checker
-            .check_log(records)
-            .map_err(|e| format!("step {step}: {e}"))?;
-        for (command, outcome) in group.iter().zip(&outcomes) {
-            if !sent.iter().any(|(c, _)| c.command_id == command.command_id) {
-                sent.push((command.clone(), false));
-            }
-            let Some(outcome) = outcome.as_ref().filter(|_| !crashed) else {
-                continue;
-            };
+        {
+            // The lock is held for the checks only: reading an order back takes it again.
+            let inner = log.0.lock().expect("lock");
+            let records = &inner.records;
             checker
-                .check_answer(command, outcome, records)
+                .check_log(records)
                 .map_err(|e| format!("step {step}: {e}"))?;
-            if definitive(outcome)
-                && let Some(entry) = sent
-                    .iter_mut()
-                    .find(|(c, _)| c.command_id == command.command_id)
-            {
-                entry.1 = true;
+            for (command, outcome) in group.iter().zip(&outcomes) {
+                if !sent.iter().any(|(c, _)| c.command_id == command.command_id) {
+                    sent.push((command.clone(), false));
+                }
+                let Some(outcome) = outcome.as_ref().filter(|_| !crashed) else {
+                    continue;
+                };
+                checker
+                    .check_answer(command, outcome, records)
+                    .map_err(|e| format!("step {step}: {e}"))?;
+                if definitive(outcome)
+                    && let Some(entry) = sent
+                        .iter_mut()
+                        .find(|(c, _)| c.command_id == command.command_id)
+                {
+                    entry.1 = true;
+                }
+            }
+            for (i, (p, shadow)) in processors.iter().zip(&mut shadows).enumerate() {
+                // Replays the log (incrementally) to the sequence the processor has applied.
+                shadow.check_log(&records[..p.applied_seq() as usize])?;
+                if !same_model(p.state(), &shadow.state) {
+                    return Err(format!(
+                        "step {step}: processor {i}'s model differs from the log replayed to {}",
+                        p.applied_seq()
+                    ));
+                }
             }
         }
-        for (i, (p, shadow)) in processors.iter().zip(&mut shadows).enumerate() {
-            // Replays the log (incrementally) to the sequence the processor has applied.
-            shadow.check_log(&records[..p.applied_seq() as usize])?;
-            if !same_model(p.state(), &shadow.state) {
-                return Err(format!(
-                    "step {step}: processor {i}'s model differs from the log replayed to {}",
-                    p.applied_seq()
-                ));
-            }
-        }
-        drop(inner);
         for (i, (p, shadow)) in processors.iter().zip(&shadows).enumerate() {
             check_recall(&log, p.state(), &shadow.state, &mut rng)
                 .await
