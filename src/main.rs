@@ -214,6 +214,14 @@ enum Command {
         #[command(subcommand)]
         action: AuthAction,
     },
+    /// Serve commands, views, the ledger's events, health and metrics over HTTP and JSON
+    /// (docs/HTTP.md). With --auth, every request needs a bearer token (`erp auth token`).
+    Gateway {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
     /// Send commands (one JSON object per line) and print each outcome as a JSON line.
     Submit {
         #[command(flatten)]
@@ -317,6 +325,43 @@ enum Command {
     },
 }
 
+/// The HTTP gateway's settings.
+#[derive(Debug, Clone, clap::Args)]
+struct HttpArgs {
+    /// Address the HTTP gateway listens on. Without --auth anyone who reaches it may act:
+    /// keep it on loopback then.
+    #[arg(long = "http", env = "ERP_HTTP", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// `/readyz` says ready while the processor and every view are at most this many ledger
+    /// records behind.
+    #[arg(long, default_value_t = gateway::GatewayConfig::default().ready_lag)]
+    ready_lag: u64,
+}
+
+impl HttpArgs {
+    fn config(&self, nats: &NatsArgs) -> gateway::GatewayConfig {
+        gateway::GatewayConfig {
+            nats_url: nats.url(),
+            auth: nats.auth.clone(),
+            replicas: nats.replicas,
+            ready_lag: self.ready_lag,
+            ..gateway::GatewayConfig::default()
+        }
+    }
+
+    /// Binds the listener now, so that a taken port is a clear error at start.
+    async fn bind(&self) -> anyhow::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "the HTTP gateway cannot listen on {} (taken? choose another with --http ADDR)",
+                    self.listen
+                )
+            })
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct UpArgs {
     /// Where the local server keeps its store, config and log.
@@ -343,6 +388,11 @@ struct UpArgs {
     roles: Option<PathBuf>,
     #[command(flatten)]
     purchasing: PurchasingArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    /// Do not start the HTTP gateway.
+    #[arg(long)]
+    no_http: bool,
 }
 
 /// Purchasing rules the processor decides with.
@@ -404,6 +454,14 @@ enum AuthAction {
         /// It is an integration that acts for its own end users (`on_behalf_of`).
         #[arg(long)]
         end_users: bool,
+    },
+    /// Issue a bearer token for the HTTP gateway, acting as USER (a user that sends commands,
+    /// or `auditor` to read the event feed). Prints the token once; only its hash is kept
+    /// (`tokens.json`). Restart the gateway to know it.
+    Token {
+        #[arg(long, default_value = "auth")]
+        dir: PathBuf,
+        user: String,
     },
 }
 
@@ -549,6 +607,22 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Submit { nats, file, window } => submit(&nats, &file, window).await,
+        Command::Gateway { nats, http } => {
+            let listener = http.bind().await?;
+            let gw = gateway::Gateway::open(http.config(&nats)).await?;
+            eprintln!(
+                "gateway: serving http://{} ({})",
+                listener.local_addr()?,
+                if nats.auth.is_some() {
+                    "bearer tokens required"
+                } else {
+                    "no credentials: anyone who reaches it may act"
+                }
+            );
+            let shutdown = stop_within("gateway", STOP_GRACE);
+            gw.serve(listener, shutdown).await?;
+            Ok(())
+        }
         Command::Project {
             nats,
             view,
@@ -700,6 +774,25 @@ fn warn_if_open_and_remote(args: &NatsArgs, authenticated: bool) {
 fn auth(action: AuthAction) -> anyhow::Result<()> {
     use commands::access::{AuthDir, Principal};
     let (dir, auth) = match action {
+        AuthAction::Token { dir, user } => {
+            let auth = AuthDir::load(&dir)
+                .with_context(|| format!("reading the credentials in {}", dir.display()))?;
+            // Users that act through the gateway: those that send commands, and the auditor.
+            let users: Vec<&str> = auth
+                .principals
+                .0
+                .keys()
+                .map(String::as_str)
+                .chain([ledger::auth::AUDITOR])
+                .collect();
+            let token = gateway::tokens::Tokens::issue(&dir, &user, &users)?;
+            eprintln!(
+                "token for `{user}` (shown once; its hash is in {}; restart the gateway to know it):",
+                gateway::tokens::Tokens::path(&dir).display()
+            );
+            println!("{token}");
+            return Ok(());
+        }
         AuthAction::Init { dir } => {
             let auth = AuthDir::init(&dir)?;
             println!(

@@ -150,7 +150,14 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         demo_days,
         roles,
         purchasing,
+        http,
+        no_http,
     } = args;
+    // The gateway's port is taken now, so a clash is a clear error before anything starts.
+    let listener = match no_http {
+        true => None,
+        false => Some(http.bind().await?),
+    };
     let fsync = !no_fsync;
     let demo = demo.then_some(DemoArgs {
         days: demo_days,
@@ -251,8 +258,37 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
             },
         )));
     }
+    let gateway_task = listener.map(|listener| {
+        let config = http.config(&nats);
+        let address = listener.local_addr().ok();
+        let listener = Arc::new(Mutex::new(Some(listener)));
+        let task = tokio::spawn(supervise(
+            "gateway".into(),
+            board.clone(),
+            stop_rx.clone(),
+            move |stop| {
+                let (config, listener) = (config.clone(), listener.clone());
+                async move {
+                    // The listener bound at start serves the first run; a restart binds again.
+                    let taken = listener.lock().expect("listener").take();
+                    let listener = match taken {
+                        Some(listener) => listener,
+                        None => tokio::net::TcpListener::bind(address.expect("bound")).await?,
+                    };
+                    let gw = gateway::Gateway::open(config).await?;
+                    gw.serve(listener, stopped(stop)).await?;
+                    Ok(())
+                }
+            },
+        ));
+        (task, address)
+    });
+    let http_line = match &gateway_task {
+        Some((_, Some(address))) => format!(", HTTP gateway on http://{address}"),
+        _ => String::new(),
+    };
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment) running; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment) running{http_line}; Ctrl-C stops it"
     );
     let demo_run = async {
         match demo {
@@ -276,6 +312,9 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(deadline, processor).await;
     for projector in projectors {
         let _ = tokio::time::timeout(deadline, projector).await;
+    }
+    if let Some((task, _)) = gateway_task {
+        let _ = tokio::time::timeout(deadline, task).await;
     }
     status_task.abort();
     if let Some(mut server) = local {

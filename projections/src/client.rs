@@ -97,6 +97,26 @@ pub struct Change {
     /// Part of the current state delivered when a watch starts or follows a rebuild to a new
     /// generation (every row is delivered then, changed or not).
     pub initial: bool,
+    /// The change's revision in its generation's bucket (for a deletion a switch of
+    /// generation implies, the revision of the change it came with): a watch resumes after
+    /// (`generation`, `revision`).
+    pub revision: u64,
+}
+
+/// Where a resumed watch starts: after this change of this generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeAfter {
+    pub generation: String,
+    pub revision: u64,
+}
+
+/// What a watch delivers: a change, or, when a resumed watch finds that a rebuild has
+/// replaced the generation it was following, `Reset`: forget every row, the new generation's
+/// whole state follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Watched {
+    Change(Change),
+    Reset { generation: String },
 }
 
 /// A watch of one view that survives rebuilds: it follows the registry to whichever
@@ -106,7 +126,7 @@ pub struct Change {
 /// (`erp view <name> watch`.)
 #[derive(Debug)]
 pub struct ViewWatch {
-    rx: tokio::sync::mpsc::Receiver<Result<Change, ViewError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Watched, ViewError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,6 +134,17 @@ impl ViewWatch {
     pub async fn start(
         js: async_nats::jetstream::Context,
         view: &str,
+    ) -> Result<ViewWatch, ViewError> {
+        ViewWatch::resume(js, view, None).await
+    }
+
+    /// A watch that, with `after`, carries on after that change: if its generation is still
+    /// the one served, only the rows changed since (each at its latest value); if a rebuild
+    /// replaced it, `Watched::Reset` and then the new generation's whole state.
+    pub async fn resume(
+        js: async_nats::jetstream::Context,
+        view: &str,
+        after: Option<ResumeAfter>,
     ) -> Result<ViewWatch, ViewError> {
         let unavailable = |detail: String| ViewError::Unavailable {
             view: view.to_owned(),
@@ -128,12 +159,23 @@ impl ViewWatch {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let task = tokio::spawn(follow(js, view.to_owned(), generations, tx));
+        let task = tokio::spawn(follow(js, view.to_owned(), generations, after, tx));
         Ok(ViewWatch { rx, task })
     }
 
     /// The next change; `None` if the watch ended.
     pub async fn next(&mut self) -> Option<Result<Change, ViewError>> {
+        loop {
+            match self.rx.recv().await? {
+                Ok(Watched::Change(change)) => return Some(Ok(change)),
+                Ok(Watched::Reset { .. }) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next change or reset; `None` if the watch ended.
+    pub async fn next_watched(&mut self) -> Option<Result<Watched, ViewError>> {
         self.rx.recv().await
     }
 }
@@ -148,7 +190,8 @@ async fn follow(
     js: async_nats::jetstream::Context,
     view: String,
     mut generations: async_nats::jetstream::kv::Watch,
-    tx: tokio::sync::mpsc::Sender<Result<Change, ViewError>>,
+    mut resume: Option<ResumeAfter>,
+    tx: tokio::sync::mpsc::Sender<Result<Watched, ViewError>>,
 ) {
     use futures::StreamExt;
     let fail = |detail: String| {
@@ -181,14 +224,30 @@ async fn follow(
                 if rows.as_ref().is_some_and(|(b, _)| *b == bucket) {
                     continue;
                 }
+                // A resumed watch goes on in its generation from the change after the last one
+                // delivered; in another generation it starts over, and says so.
+                let from = match resume.take() {
+                    Some(after) if after.generation == bucket => Some(after.revision + 1),
+                    Some(_) => {
+                        let reset = Watched::Reset { generation: bucket.clone() };
+                        if tx.send(Ok(reset)).await.is_err() {
+                            return;
+                        }
+                        None
+                    }
+                    None => None,
+                };
                 let watch = match js.get_key_value(&bucket).await {
-                    Ok(store) => store.watch_with_history(">").await,
+                    Ok(store) => match from {
+                        Some(revision) => store.watch_from_revision(">", revision).await,
+                        None => store.watch_with_history(">").await,
+                    },
                     Err(e) => { let _ = tx.send(fail(e.to_string())).await; return; }
                 };
                 match watch {
                     Ok(watch) => {
                         rows = Some((bucket, watch));
-                        caught_up = false;
+                        caught_up = from.is_some();
                         previous.extend(std::mem::take(&mut known));
                     }
                     Err(e) => { let _ = tx.send(fail(e.to_string())).await; return; }
@@ -224,6 +283,7 @@ async fn follow(
                         value,
                         generation: entry.bucket.clone(),
                         initial,
+                        revision: entry.revision,
                     });
                 }
                 if entry.delta == 0 && !caught_up {
@@ -235,12 +295,13 @@ async fn follow(
                                 value: None,
                                 generation: entry.bucket.clone(),
                                 initial: true,
+                                revision: entry.revision,
                             });
                         }
                     }
                 }
                 for change in changes {
-                    if tx.send(Ok(change)).await.is_err() {
+                    if tx.send(Ok(Watched::Change(change))).await.is_err() {
                         return;
                     }
                 }

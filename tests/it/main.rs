@@ -4,6 +4,7 @@
 mod cluster;
 mod dataset;
 mod faults;
+mod gateway;
 mod harness;
 mod log;
 mod processor;

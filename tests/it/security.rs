@@ -98,16 +98,16 @@ async fn foreign_in(log: &JetStreamLog) -> Vec<ForeignRecord> {
 
 /// A server configured by `erp auth init` (plus two buyers and a user for UK01 only) with a
 /// processor that knows the principals.
-struct Secured {
-    dir: tempfile::TempDir,
+pub(crate) struct Secured {
+    pub(crate) dir: tempfile::TempDir,
     auth: AuthDir,
-    nats: TestNats,
+    pub(crate) nats: TestNats,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     processor: Option<tokio::task::JoinHandle<Result<(), commands::service::ServiceError>>>,
 }
 
 impl Secured {
-    async fn start() -> Secured {
+    pub(crate) async fn start() -> Secured {
         let dir = tempfile::tempdir().unwrap();
         AuthDir::init(dir.path()).unwrap();
         let buyer = |actor: &str| Principal {
@@ -194,7 +194,7 @@ impl Secured {
         erp(&self.nats.url(), &all)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.processor.take().unwrap().await.unwrap().unwrap();
     }
