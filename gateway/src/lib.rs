@@ -4,6 +4,7 @@
 //! the ledger is served as a JSON event feed in CloudEvents form; health, readiness and
 //! Prometheus metrics for operators. Routes and their contracts: docs/HTTP.md.
 
+pub mod contracts;
 pub mod events;
 pub mod metrics;
 pub mod tokens;
@@ -167,6 +168,7 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics::scrape))
+            .route("/v1/openapi.json", get(openapi))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -527,6 +529,13 @@ async fn command_outcome(
             .into_response(),
         Err(e) => unavailable(&e.to_string()).into_response(),
     }
+}
+
+/// `GET /v1/openapi.json`.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(contracts::openapi);
+    (StatusCode::OK, axum::Json(document.clone())).into_response()
 }
 
 /// `GET /healthz`: the gateway process answers.

@@ -214,6 +214,18 @@ async fn every_outcome_has_its_status_code_and_the_body_nats_answers() {
         );
     }
 
+    // The contract it serves is the one committed under schemas/.
+    let (status, served) = get(&http, &gw.url("/v1/openapi.json")).await;
+    assert_eq!(status, 200);
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, committed);
+
     // No processor: 503 with a retry hint, and nothing stored.
     processor.stop().await;
     let response = http

@@ -62,3 +62,9 @@ fn schemas_are_current() {
         schemars::schema_for!(commands::Outcome),
     );
 }
+
+#[test]
+fn the_http_and_nats_contracts_are_current() {
+    check_value("openapi.json", gateway::contracts::openapi());
+    check_value("asyncapi.json", gateway::contracts::asyncapi());
+}
