@@ -143,14 +143,17 @@ fn inline_refs(value: &mut Value, defs: &Value) {
     }
 }
 
-/// Every operation of every view: (view, op, description, parameters' schemas, required).
-fn view_operations() -> Vec<(
-    &'static str,
-    String,
-    String,
-    Map<String, Value>,
-    Vec<String>,
-)> {
+/// One operation of a view, as the OpenAPI document describes it.
+struct ViewOperation {
+    view: &'static str,
+    op: String,
+    description: String,
+    params: Map<String, Value>,
+    required: Vec<String>,
+}
+
+/// Every operation of every view.
+fn view_operations() -> Vec<ViewOperation> {
     let mut operations = Vec::new();
     for (view, contract) in VIEWS {
         let contract: Value = serde_json::from_str(contract).expect("view contracts are JSON");
@@ -173,15 +176,21 @@ fn view_operations() -> Vec<(
                 .map(str::to_owned)
                 .collect();
             let description = query["description"].as_str().unwrap_or_default().to_owned();
-            operations.push((view, op, description, params, required));
+            operations.push(ViewOperation {
+                view,
+                op,
+                description,
+                params,
+                required,
+            });
         }
-        operations.push((
+        operations.push(ViewOperation {
             view,
-            "status".into(),
-            "The view's checkpoint, lag behind the ledger and health.".into(),
-            Map::new(),
-            Vec::new(),
-        ));
+            op: "status".into(),
+            description: "The view's checkpoint, lag behind the ledger and health.".into(),
+            params: Map::new(),
+            required: Vec::new(),
+        });
         let mut rows = Map::new();
         rows.insert(
             "prefix".into(),
@@ -192,13 +201,13 @@ fn view_operations() -> Vec<(
             json!({"type": "string", "description": "The `next_after` of the previous page."}),
         );
         rows.insert("limit".into(), json!({"type": "integer", "minimum": 1}));
-        operations.push((
+        operations.push(ViewOperation {
             view,
-            "rows".into(),
-            "Every row in key order, a page at a time.".into(),
-            rows,
-            Vec::new(),
-        ));
+            op: "rows".into(),
+            description: "Every row in key order, a page at a time.".into(),
+            params: rows,
+            required: Vec::new(),
+        });
     }
     operations
 }
@@ -257,7 +266,14 @@ pub fn openapi() -> Value {
         "summary": "The views and their query contracts.",
         "responses": {"200": {"description": "Views.", "content": {"application/json": {"schema": {"type": "object"}}}}}
     }}));
-    for (view, op, description, params, required) in view_operations() {
+    for ViewOperation {
+        view,
+        op,
+        description,
+        params,
+        required,
+    } in view_operations()
+    {
         let mut parameters: Vec<Value> = params
             .iter()
             .map(|(name, schema)| {
