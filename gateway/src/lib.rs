@@ -157,6 +157,7 @@ impl Gateway {
     /// The routes.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/", get(console))
             .route("/v1/commands", post(submit_command))
             .route("/v1/commands/batch", post(submit_batch))
             .route("/v1/commands/{id}", get(command_outcome))
@@ -529,6 +530,12 @@ async fn command_outcome(
             .into_response(),
         Err(e) => unavailable(&e.to_string()).into_response(),
     }
+}
+
+/// `GET /`: the web console, one page that asks the gateway's own routes (the token it
+/// needs is typed into the page and kept in the browser's local storage).
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }
 
 /// `GET /v1/openapi.json`.

@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config};
 
 /// A gateway serving in the test, stopped when dropped.
-struct TestGateway {
+pub(crate) struct TestGateway {
     base: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TestGateway {
-    async fn start(nats_url: String, auth: Option<std::path::PathBuf>) -> TestGateway {
+    pub(crate) async fn start(nats_url: String, auth: Option<std::path::PathBuf>) -> TestGateway {
         let gw = gateway::Gateway::open(gateway::GatewayConfig {
             nats_url,
             auth,
@@ -39,7 +39,7 @@ impl TestGateway {
         TestGateway { base, task }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 }

@@ -2,6 +2,7 @@
 //! loopback ports with temporary storage.
 
 mod cluster;
+mod console;
 mod dataset;
 mod faults;
 mod gateway;
