@@ -38,7 +38,7 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut args = vec![
+        let args = [
             "--headless=new",
             "--no-sandbox",
             "--disable-gpu",
@@ -46,7 +46,7 @@ impl Browser {
             "--window-size=1280,860",
         ];
         let chromium = which("chromium");
-        let mut options = json!({"args": args.drain(..).collect::<Vec<_>>()});
+        let mut options = json!({ "args": args });
         if let Some(chromium) = chromium {
             options["binary"] = json!(chromium);
         }
