@@ -25,7 +25,6 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use async_nats::header::{NATS_BATCH_COMMIT, NATS_BATCH_ID, NATS_BATCH_SEQUENCE};
 use bytes::Bytes;
 use commands::Outcome;
 use ledger::EventLog;
@@ -186,60 +185,6 @@ impl CpuMeter {
             used.iter().sum::<f64>() / wall
         )
     }
-}
-
-/// Raw durable appends: `batches` atomic batches of `batch` messages of `size` bytes into a
-/// scratch stream, up to `in_flight` commits awaiting their acks. Messages per second.
-async fn raw_atomic(
-    client: &async_nats::Client,
-    name: &str,
-    size: usize,
-    batch: usize,
-    batches: usize,
-    in_flight: usize,
-) -> f64 {
-    let js = async_nats::jetstream::new(client.clone());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: name.into(),
-        subjects: vec![format!("{name}.>")],
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await
-    .expect("raw stream");
-    let payload = Bytes::from(vec![7u8; size]);
-    let started = Instant::now();
-    let mut acks = VecDeque::new();
-    for b in 0..batches {
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        for i in 0..batch {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(NATS_BATCH_ID, id.as_str());
-            headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            let subject = format!("{name}.s{}", (b * batch + i) % 5000);
-            if i + 1 < batch {
-                client
-                    .publish_with_headers(subject, headers, payload.clone())
-                    .await
-                    .expect("publish");
-            } else {
-                headers.insert(NATS_BATCH_COMMIT, "1");
-                acks.push_back(
-                    js.publish_with_headers(subject, headers, payload.clone())
-                        .await
-                        .expect("commit"),
-                );
-            }
-        }
-        if acks.len() >= in_flight {
-            let ack = acks.pop_front().expect("ack").await.expect("stored");
-            assert_eq!(ack.batch_size, Some(batch as u64), "a whole batch");
-        }
-    }
-    for ack in acks {
-        ack.await.expect("stored");
-    }
-    (batches * batch) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// One small atomic batch at a time (as many messages as a one-line order stores): the
@@ -501,9 +446,9 @@ async fn run() {
     let client = async_nats::connect(&url).await.expect("connect");
 
     // 1. The ceiling, before anything else loads the server.
-    let raw_one = raw_atomic(&client, "RAW1", 300, 1000, 60, 1).await;
-    let raw_four = raw_atomic(&client, "RAW4", 300, 1000, 60, 4).await;
-    let raw_eight = raw_atomic(&client, "RAW8", 300, 1000, 60, 8).await;
+    let raw_one = common::raw_atomic(&client, "RAW1", 300, 1000, 60, 1).await;
+    let raw_four = common::raw_atomic(&client, "RAW4", 300, 1000, 60, 4).await;
+    let raw_eight = common::raw_atomic(&client, "RAW8", 300, 1000, 60, 8).await;
     let raw_several = raw_four.max(raw_eight);
     let lone_raw = raw_lone(&client, 300, 4, LONE_ORDERS).await;
 

@@ -111,6 +111,63 @@ pub fn envelope(
     )
 }
 
+/// Raw durable appends: `batches` atomic batches of `batch` messages of `size` bytes into a
+/// scratch stream, up to `in_flight` commits awaiting their acks. Messages per second.
+pub async fn raw_atomic(
+    client: &async_nats::Client,
+    name: &str,
+    size: usize,
+    batch: usize,
+    batches: usize,
+    in_flight: usize,
+) -> f64 {
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{name}.>")],
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .expect("raw stream");
+    let payload = bytes::Bytes::from(vec![7u8; size]);
+    let started = std::time::Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    for b in 0..batches {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        for i in 0..batch {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+            headers.insert(
+                async_nats::header::NATS_BATCH_SEQUENCE,
+                (i + 1).to_string().as_str(),
+            );
+            let subject = format!("{name}.s{}", (b * batch + i) % 5000);
+            if i + 1 < batch {
+                client
+                    .publish_with_headers(subject, headers, payload.clone())
+                    .await
+                    .expect("publish");
+            } else {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+                acks.push_back(
+                    js.publish_with_headers(subject, headers, payload.clone())
+                        .await
+                        .expect("commit"),
+                );
+            }
+        }
+        if acks.len() >= in_flight {
+            let ack = acks.pop_front().expect("ack").await.expect("stored");
+            assert_eq!(ack.batch_size, Some(batch as u64), "a whole batch");
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    (batches * batch) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Runs a bench's async body on a multi-threaded runtime.
 pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

@@ -490,11 +490,12 @@ async fn submit_batch(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes
     let metrics = gw.metrics();
     client
         .submit_all(bodies.iter().cloned(), 256, |i, answer| {
-            metrics.command_answered(outcome_label(&answer), started.elapsed());
+            metrics.batch_command_answered(outcome_label(&answer));
             let (status, json) = outcome_json(&answer, &bodies[i]);
             outcomes.push(json!({"http_status": status.as_u16(), "outcome": json}));
         })
         .await;
+    metrics.batch_answered(started.elapsed());
     (StatusCode::OK, axum::Json(json!({"outcomes": outcomes}))).into_response()
 }
 

@@ -19,8 +19,9 @@ use serde_json::Value;
 use crate::Gateway;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+pub const LATENCY_BUCKETS: [f64; 21] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
+    0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];
 
 /// A histogram of durations.
@@ -64,6 +65,8 @@ pub struct Metrics {
     /// outcome -> commands.
     commands: Mutex<BTreeMap<&'static str, u64>>,
     command_latency: Histogram,
+    /// Whole batch requests, from the first command sent to the last answer.
+    batch_latency: Histogram,
     /// (view, answered) -> queries.
     view_queries: Mutex<BTreeMap<(String, bool), u64>>,
 }
@@ -77,6 +80,20 @@ impl Metrics {
             .entry(outcome)
             .or_default() += 1;
         self.command_latency.observe(elapsed);
+    }
+
+    /// A command of a batch request: counted by outcome; its latency is the batch's.
+    pub fn batch_command_answered(&self, outcome: &'static str) {
+        *self
+            .commands
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    pub fn batch_answered(&self, elapsed: Duration) {
+        self.batch_latency.observe(elapsed);
     }
 
     pub fn view_answered(&self, view: &str, answered: bool) {
@@ -207,11 +224,20 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
         &mut out,
         "erp_gateway_command_seconds",
         "histogram",
-        "From sending a command to the processor to its answer.",
+        "From sending a command (POST /v1/commands) to the processor to its answer.",
     );
     metrics
         .command_latency
         .write(&mut out, "erp_gateway_command_seconds");
+    family(
+        &mut out,
+        "erp_gateway_batch_seconds",
+        "histogram",
+        "From sending a batch request's first command to its last answer.",
+    );
+    metrics
+        .batch_latency
+        .write(&mut out, "erp_gateway_batch_seconds");
     family(
         &mut out,
         "erp_gateway_view_queries_total",
