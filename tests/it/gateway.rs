@@ -205,7 +205,8 @@ async fn every_outcome_has_its_status_code_and_the_body_nats_answers() {
         "erp_gateway_commands_total{outcome=\"accepted\"} 4",
         "erp_gateway_commands_total{outcome=\"invalid\"} 3",
         "erp_gateway_commands_total{outcome=\"rejected\"} 2",
-        "erp_gateway_command_seconds_count 9",
+        "erp_gateway_command_seconds_count 6",
+        "erp_gateway_batch_seconds_count 1",
         "erp_processor_up 1",
     ] {
         assert!(
