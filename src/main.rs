@@ -45,6 +45,15 @@ fn small_pages_only() {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text for people or as JSON objects, one a line, for log collectors.
+    #[arg(long, global = true, env = "ERP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -559,20 +568,25 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colour only on a terminal (and never with NO_COLOR): logs sent to a file or a log
         // collector stay plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
-    match Cli::parse().command {
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
+    }
+    match cli.command {
         Command::Up { nats, args } => up::up(nats, args).await,
         Command::Auth { action } => auth(action),
         Command::Processor {
@@ -974,6 +988,7 @@ async fn run_demo(
     let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let mut events = 0u64;
     let submitted = std::time::Instant::now();
+    let mut progress = replay_cli::progress_printer("demo", false);
     sender
         .submit_all(bodies, demo.window, |i, outcome| {
             let key = match outcome {
@@ -987,9 +1002,8 @@ async fn run_demo(
                 Err(_) => "no answer".to_owned(),
             };
             *tally.entry(key).or_default() += 1;
-            if (i + 1) % 20_000 == 0 {
-                let rate = (i + 1) as f64 / submitted.elapsed().as_secs_f64();
-                eprintln!("demo: {}/{total} commands ({rate:.0}/s)", i + 1);
+            if (i + 1) % 1_000 == 0 || i + 1 == total {
+                progress(replay::Progress::at((i + 1) as u64, total as u64, submitted));
             }
         })
         .await;
@@ -1014,16 +1028,7 @@ async fn project<V: projections::View>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<projections::RunEnd> {
     let mut projector = Projector::<V>::open(log, mode, config).await?;
-    projector.on_progress(|p| {
-        eprintln!(
-            "{}: {}/{} events, {:.0} events/s, ETA {:.0} s",
-            V::NAME,
-            p.done,
-            p.total,
-            p.events_per_second,
-            p.eta_seconds
-        );
-    });
+    projector.on_progress(replay_cli::progress_printer(V::NAME, false));
     Ok(projector.run(shutdown).await?)
 }
 

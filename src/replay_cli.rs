@@ -104,7 +104,7 @@ fn time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<ledger::valu
 }
 
 /// Progress on stderr: one updating line on a terminal, a line every few seconds otherwise.
-fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Progress) {
+pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Progress) {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
     move |p: Progress| {
@@ -117,7 +117,7 @@ fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Progress) {
             p.done as f64 * 100.0 / p.total as f64
         };
         let text = format!(
-            "{what}: {}/{} ({percent:.0}%), {:.0} records/s, {:.0} s left",
+            "{what}: {}/{} ({percent:.0}%), {:.0}/s, {:.0} s left",
             p.done, p.total, p.events_per_second, p.eta_seconds
         );
         let mut err = std::io::stderr();
