@@ -1003,7 +1003,11 @@ async fn run_demo(
             };
             *tally.entry(key).or_default() += 1;
             if (i + 1) % 1_000 == 0 || i + 1 == total {
-                progress(replay::Progress::at((i + 1) as u64, total as u64, submitted));
+                progress(replay::Progress::at(
+                    (i + 1) as u64,
+                    total as u64,
+                    submitted,
+                ));
             }
         })
         .await;

@@ -18,6 +18,15 @@ fn type_schemas() -> Map<String, Value> {
     generator.subschema_for::<commands::Outcome>();
     generator.subschema_for::<ledger::Event>();
     let mut schemas = generator.take_definitions(true);
+    for (name, tag) in [
+        ("Command", "type"),
+        ("Outcome", "status"),
+        ("Event", "type"),
+    ] {
+        if let Some(schema) = schemas.get_mut(name) {
+            title_variants(schema, tag, name);
+        }
+    }
     schemas.insert("CloudEvent".into(), cloud_event_schema());
     schemas.insert(
         "Error".into(),
@@ -88,6 +97,32 @@ fn type_schemas() -> Map<String, Value> {
         }),
     );
     schemas
+}
+
+/// Names each variant of a tagged enum by its tag (`order.place` -> `OrderPlaceCommand`), so
+/// that code generators name their types after what they are instead of `Command_type_17`.
+fn title_variants(schema: &mut Value, tag: &str, suffix: &str) {
+    for variant in schema
+        .get_mut("oneOf")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(value) = variant["properties"][tag]["const"].as_str() else {
+            continue;
+        };
+        let title: String = value
+            .split(['.', '_'])
+            .map(|word| {
+                let mut chars = word.chars();
+                chars
+                    .next()
+                    .map(|first| first.to_uppercase().chain(chars).collect::<String>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        variant["title"] = json!(format!("{title}{suffix}"));
+    }
 }
 
 fn cloud_event_schema() -> Value {

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real nats-server processes started by `harness` on free
 //! loopback ports with temporary storage.
 
+mod client;
 mod cluster;
 mod console;
 mod dataset;
