@@ -1093,6 +1093,16 @@ async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<
         "processor: applied up to {}, {} commands recorded, {} recorded internal_error since it started",
         status["applied_seq"], status["commands_recorded"], status["internal_errors"]
     );
+    let batches = &status["batches"];
+    if let Some(committed) = batches["committed"].as_u64() {
+        println!(
+            "processor batches: {committed} committed ({:.1} commands each), {} in flight, {} rollbacks taking {} batches",
+            batches["commands"].as_u64().unwrap_or(0) as f64 / committed.max(1) as f64,
+            status["in_flight"],
+            batches["rollbacks"],
+            batches["rolled_back_batches"]
+        );
+    }
     let foreign = &status["foreign"];
     if foreign["count"].as_u64().unwrap_or(0) > 0 {
         println!(

@@ -145,6 +145,43 @@ pub struct ProcessorStatus {
     pub orders_archived: usize,
     /// Orders and command records read back from the ledger since this process started.
     pub recalled: u64,
+    /// Batches stored since this process started, and what they held.
+    pub batches: BatchCounts,
+    /// Batches sent and not yet acknowledged, now.
+    pub in_flight: usize,
+}
+
+/// Upper bounds of the commands-per-batch histogram's buckets.
+pub const BATCH_SIZE_BUCKETS: [usize; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+
+/// What the processor's batches held, counted since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BatchCounts {
+    /// Batches acknowledged by the log.
+    pub committed: u64,
+    /// Commands and events in them.
+    pub commands: u64,
+    pub events: u64,
+    /// Committed batches by commands held: `commands_per_batch[i]` counts those of at most
+    /// `BATCH_SIZE_BUCKETS[i]` commands (and more than the bound before).
+    pub commands_per_batch: [u64; BATCH_SIZE_BUCKETS.len()],
+    /// Failures that rolled batches back (a conflict with another writer, a refusal, a lost
+    /// or unknown acknowledgement), and how many batches they took with them.
+    pub rollbacks: u64,
+    pub rolled_back_batches: u64,
+}
+
+impl BatchCounts {
+    fn committed(&mut self, commands: usize, events: usize) {
+        self.committed += 1;
+        self.commands += commands as u64;
+        self.events += events as u64;
+        let bucket = BATCH_SIZE_BUCKETS
+            .iter()
+            .position(|b| commands <= *b)
+            .unwrap_or(BATCH_SIZE_BUCKETS.len() - 1);
+        self.commands_per_batch[bucket] += 1;
+    }
 }
 
 /// One of `command`'s events as the processor writes it: a new event id, the command's ids,
@@ -360,6 +397,7 @@ pub struct Processor<L> {
     /// leave memory again when it settles (`retire`), unless a batch in flight wrote them.
     recalled: Vec<Subject>,
     recalled_total: u64,
+    batches: BatchCounts,
 }
 
 impl<L: EventLog> Processor<L> {
@@ -430,6 +468,7 @@ impl<L: EventLog> Processor<L> {
             fault_panic_sku: fault_panic_sku(),
             recalled: Vec::new(),
             recalled_total: 0,
+            batches: BatchCounts::default(),
         }
     }
 
@@ -491,6 +530,8 @@ impl<L: EventLog> Processor<L> {
             orders_in_memory: self.state.orders.len(),
             orders_archived: self.state.archive.orders(),
             recalled: self.recalled_total,
+            batches: self.batches.clone(),
+            in_flight: self.flights.len(),
         }
     }
 
@@ -748,6 +789,9 @@ impl<L: EventLog> Processor<L> {
                     self.predicted_seq = self.applied_seq;
                 }
                 let events = appended.as_ref().map_or(&[][..], |a| &a.events[..]);
+                if appended.is_some() {
+                    self.batches.committed(flight.members.len(), events.len());
+                }
                 let tick = &flight.tick;
                 let settled = flight
                     .members
@@ -867,6 +911,8 @@ impl<L: EventLog> Processor<L> {
         }
         let mut flights = vec![failed];
         flights.extend(later);
+        self.batches.rollbacks += 1;
+        self.batches.rolled_back_batches += flights.len() as u64;
         for flight in flights.iter_mut().rev() {
             flight.tick.undo(&mut self.state);
         }

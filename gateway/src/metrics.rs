@@ -186,6 +186,66 @@ pub async fn system_report(gw: &Gateway) -> SystemReport {
     }
 }
 
+/// The processor's batches: counters, the batches in flight, and commands per batch as a
+/// histogram (its buckets are the processor's `BATCH_SIZE_BUCKETS`).
+fn write_batches(out: &mut String, raw: &Value, family: &dyn Fn(&mut String, &str, &str, &str)) {
+    let batches = &raw["batches"];
+    let counters = [
+        (
+            "committed",
+            "erp_processor_batches_committed_total",
+            "Batches the ledger acknowledged since the processor started.",
+        ),
+        (
+            "commands",
+            "erp_processor_batched_commands_total",
+            "Commands in those batches.",
+        ),
+        (
+            "events",
+            "erp_processor_batched_events_total",
+            "Events in those batches.",
+        ),
+        (
+            "rollbacks",
+            "erp_processor_rollbacks_total",
+            "Failures that rolled batches back (conflict, refusal, lost acknowledgement).",
+        ),
+        (
+            "rolled_back_batches",
+            "erp_processor_rolled_back_batches_total",
+            "Batches those failures took with them (decided again).",
+        ),
+    ];
+    for (field, name, help) in counters {
+        if let Some(value) = batches[field].as_u64() {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+    if let Some(value) = raw["in_flight"].as_u64() {
+        let name = "erp_processor_batches_in_flight";
+        family(out, name, "gauge", "Batches sent and not yet acknowledged.");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(counts) = batches["commands_per_batch"].as_array() {
+        let name = "erp_processor_batch_commands";
+        family(out, name, "histogram", "Commands per committed batch.");
+        let mut cumulative = 0;
+        for (bound, count) in commands::processor::BATCH_SIZE_BUCKETS.iter().zip(counts) {
+            cumulative += count.as_u64().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            batches["commands"].as_u64().unwrap_or(0)
+        );
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
 /// `GET /metrics`.
 pub async fn scrape(State(gw): State<Gateway>) -> Response {
     let started = Instant::now();
@@ -325,6 +385,7 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
                 let _ = writeln!(out, "{name} {value}");
             }
         }
+        write_batches(&mut out, &p.raw, &family);
     }
     family(
         &mut out,

@@ -208,12 +208,22 @@ async fn every_outcome_has_its_status_code_and_the_body_nats_answers() {
         "erp_gateway_command_seconds_count 6",
         "erp_gateway_batch_seconds_count 1",
         "erp_processor_up 1",
+        "erp_processor_rollbacks_total 0",
+        "erp_processor_batches_in_flight 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "no `{line}` in\n{metrics}"
         );
     }
+
+    // The processor's batches: every command the processor stored is in one.
+    let committed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("erp_processor_batch_commands_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("the batch histogram");
+    assert!(committed >= 1, "{metrics}");
 
     // The contract it serves is the one committed under schemas/.
     let (status, served) = get(&http, &gw.url("/v1/openapi.json")).await;
