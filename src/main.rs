@@ -345,6 +345,12 @@ struct HttpArgs {
     /// records behind.
     #[arg(long, default_value_t = gateway::GatewayConfig::default().ready_lag)]
     ready_lag: u64,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, env = "ERP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ERP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl HttpArgs {
@@ -355,6 +361,28 @@ impl HttpArgs {
             replicas: nats.replicas,
             ready_lag: self.ready_lag,
             ..gateway::GatewayConfig::default()
+        }
+    }
+
+    /// The TLS configuration, read now so that a bad certificate or key is a clear error at
+    /// start.
+    fn tls(&self) -> anyhow::Result<Option<tokio_rustls_acceptor::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(gateway::tls::acceptor(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Says plainly what a gateway reachable from elsewhere lacks.
+    fn warn_if_exposed(&self, authenticated: bool) {
+        if self.listen.ip().is_loopback() {
+            return;
+        }
+        if !authenticated {
+            tracing::warn!(listen = %self.listen, "the HTTP gateway listens beyond this machine without --auth: anyone who reaches it can act as any actor");
+        }
+        if self.tls_cert.is_none() {
+            tracing::warn!(listen = %self.listen, "the HTTP gateway listens beyond this machine without TLS (--tls-cert, --tls-key): tokens and data cross the network in clear");
         }
     }
 
@@ -622,10 +650,13 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Submit { nats, file, window } => submit(&nats, &file, window).await,
         Command::Gateway { nats, http } => {
+            let tls = http.tls()?;
+            http.warn_if_exposed(nats.auth.is_some());
             let listener = http.bind().await?;
             let gw = gateway::Gateway::open(http.config(&nats)).await?;
             eprintln!(
-                "gateway: serving http://{} ({})",
+                "gateway: serving {}://{} ({})",
+                if tls.is_some() { "https" } else { "http" },
                 listener.local_addr()?,
                 if nats.auth.is_some() {
                     "bearer tokens required"
@@ -634,7 +665,7 @@ async fn run() -> anyhow::Result<()> {
                 }
             );
             let shutdown = stop_within("gateway", STOP_GRACE);
-            gw.serve(listener, shutdown).await?;
+            gw.serve(listener, tls, shutdown).await?;
             Ok(())
         }
         Command::Project {
@@ -737,6 +768,11 @@ async fn connect_lazily(url: &str) -> anyhow::Result<async_nats_client::Client> 
         .retry_on_initial_connect()
         .connect(url)
         .await?)
+}
+
+/// The TLS acceptor type, as the gateway names it.
+mod tokio_rustls_acceptor {
+    pub use gateway::tls::TlsAcceptor;
 }
 
 /// Re-exported client types, so the binary does not name the NATS crate in two places.

@@ -153,11 +153,17 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         http,
         no_http,
     } = args;
-    // The gateway's port is taken now, so a clash is a clear error before anything starts.
-    let listener = match no_http {
-        true => None,
-        false => Some(http.bind().await?),
+    // The gateway's port is taken and its certificate read now, so a clash or a bad file is
+    // a clear error before anything starts.
+    let (listener, tls) = match no_http {
+        true => (None, None),
+        false => {
+            let tls = http.tls()?;
+            http.warn_if_exposed(nats.auth.is_some());
+            (Some(http.bind().await?), tls)
+        }
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let fsync = !no_fsync;
     let demo = demo.then_some(DemoArgs {
         days: demo_days,
@@ -267,7 +273,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
             board.clone(),
             stop_rx.clone(),
             move |stop| {
-                let (config, listener) = (config.clone(), listener.clone());
+                let (config, listener, tls) = (config.clone(), listener.clone(), tls.clone());
                 async move {
                     // The listener bound at start serves the first run; a restart binds again.
                     let taken = listener.lock().expect("listener").take();
@@ -276,7 +282,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
                         None => tokio::net::TcpListener::bind(address.expect("bound")).await?,
                     };
                     let gw = gateway::Gateway::open(config).await?;
-                    gw.serve(listener, stopped(stop)).await?;
+                    gw.serve(listener, tls, stopped(stop)).await?;
                     Ok(())
                 }
             },
@@ -284,7 +290,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         (task, address)
     });
     let http_line = match &gateway_task {
-        Some((_, Some(address))) => format!(", HTTP gateway on http://{address}"),
+        Some((_, Some(address))) => format!(", HTTP gateway on {scheme}://{address}"),
         _ => String::new(),
     };
     println!(

@@ -7,6 +7,7 @@
 pub mod contracts;
 pub mod events;
 pub mod metrics;
+pub mod tls;
 pub mod tokens;
 pub mod views;
 
@@ -178,16 +179,27 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until `shutdown`; open streams end then.
+    /// Serves on `listener` until `shutdown`; open streams end then. With `tls`, HTTPS.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(GatewayError::Serve)
+        match tls {
+            None => axum::serve(listener, self.router())
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(GatewayError::Serve),
+            Some(acceptor) => {
+                let listener =
+                    tls::TlsListener::new(listener, acceptor).map_err(GatewayError::Serve)?;
+                axum::serve(listener, self.router())
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(GatewayError::Serve)
+            }
+        }
     }
 
     fn config(&self) -> &GatewayConfig {

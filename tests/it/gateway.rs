@@ -20,6 +20,15 @@ pub(crate) struct TestGateway {
 
 impl TestGateway {
     pub(crate) async fn start(nats_url: String, auth: Option<std::path::PathBuf>) -> TestGateway {
+        TestGateway::start_tls(nats_url, auth, None).await
+    }
+
+    /// With `tls`, serving HTTPS.
+    async fn start_tls(
+        nats_url: String,
+        auth: Option<std::path::PathBuf>,
+        tls: Option<gateway::tls::TlsAcceptor>,
+    ) -> TestGateway {
         let gw = gateway::Gateway::open(gateway::GatewayConfig {
             nats_url,
             auth,
@@ -30,9 +39,10 @@ impl TestGateway {
         .await
         .expect("the gateway opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
-            gw.serve(listener, futures::future::pending())
+            gw.serve(listener, tls, futures::future::pending())
                 .await
                 .unwrap();
         });
@@ -710,4 +720,88 @@ async fn with_credentials_a_token_acts_as_its_user_and_nothing_else_gets_in() {
         assert_eq!(event["actorid"], "admin", "{event}");
     }
     secured.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_gateway_speaks_only_https() {
+    // Goal: configured with a certificate and key, the gateway serves HTTPS that a client
+    // trusting that certificate can use, and refuses plain HTTP; a certificate file that is
+    // not one is a clear error naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes a test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let acceptor = gateway::tls::acceptor(&cert, &key).unwrap();
+    let gw = TestGateway::start_tls(nats.url(), None, Some(acceptor)).await;
+    assert!(gw.base.starts_with("https://"));
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (status, outcome) = post(
+        &trusting,
+        &gw.url("/v1/commands"),
+        &command("channel.define", json!({"channel": "web"})),
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["status"].as_str()),
+        (200, Some("accepted")),
+        "{outcome}"
+    );
+    // Plain HTTP on the same port gets no answer.
+    let plain = gw.base.replace("https://", "http://");
+    let refused = http().get(format!("{plain}/healthz")).send().await;
+    assert!(refused.is_err() || !refused.unwrap().status().is_success());
+    // A client that does not trust the certificate does not connect.
+    let untrusting = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    assert!(untrusting.get(gw.url("/healthz")).send().await.is_err());
+    // A file that is no certificate.
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+    let Err(error) = gateway::tls::acceptor(&dir.path().join("bad.pem"), &key) else {
+        panic!("a file without a certificate was taken as one");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("bad.pem") && error.contains("no PEM certificate"),
+        "{error}"
+    );
+    processor.stop().await;
 }
