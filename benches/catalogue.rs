@@ -32,13 +32,6 @@ use serde_json::json;
 
 const LOCATIONS: [&str; 3] = ["DC-NORTH", "DC-SOUTH", "STORE-1"];
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Deterministic pseudo-random numbers (xorshift), so every run sends the same orders.
 struct Rng(u64);
 
@@ -172,8 +165,8 @@ impl InProcess {
 
 /// Part 1 in a child process: prints `name=value` lines.
 fn child(with_ats: bool) {
-    let skus = env("ERP_CAT_SKUS", 1_000_000) as u64;
-    let orders = env("ERP_CAT_ORDERS", skus as usize) as u64;
+    let skus = common::env("ERP_CAT_SKUS", 1_000_000) as u64;
+    let orders = common::env("ERP_CAT_ORDERS", skus as usize) as u64;
     let (catalogue, order_commands) = workload(skus, orders);
     let base = rss();
     let mut p = InProcess {
@@ -223,8 +216,8 @@ fn run_child(mode: &str) -> std::collections::HashMap<String, f64> {
 }
 
 fn in_process() {
-    let skus = env("ERP_CAT_SKUS", 1_000_000);
-    let orders = env("ERP_CAT_ORDERS", skus);
+    let skus = common::env("ERP_CAT_SKUS", 1_000_000);
+    let orders = common::env("ERP_CAT_ORDERS", skus);
     let state = run_child("state");
     let with_ats = run_child("ats");
     let cells = (skus * LOCATIONS.len()) as f64;

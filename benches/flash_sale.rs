@@ -41,24 +41,6 @@ fn main() {
     common::block_on(run());
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn command(kind: &str, data: serde_json::Value) -> Bytes {
-    Bytes::from(
-        json!({
-            "command_id": uuid::Uuid::now_v7(), "actor": {"id": "bench", "role": "upstream"},
-            "legal_entity": "UK01", "effective_at": "2011-11-25T09:00:00Z",
-            "type": kind, "data": data,
-        })
-        .to_string(),
-    )
-}
-
 /// An order for one unit of each of `skus`, lines in the given order.
 fn order(id: String, skus: &[String], complete: bool) -> Bytes {
     let lines: Vec<serde_json::Value> = skus
@@ -70,7 +52,7 @@ fn order(id: String, skus: &[String], complete: bool) -> Bytes {
         })
         .collect();
     let policy = if complete { "ShipComplete" } else { "Partial" };
-    command(
+    common::command(
         "order.place",
         json!({"order": id, "channel": "web", "ship_to_region": "UK", "policy": policy,
                "lines": lines}),
@@ -102,16 +84,7 @@ impl ProcessorProcess {
             .stdout(std::process::Stdio::null());
         ledger::server::die_with_parent(&mut command);
         let child = command.spawn().expect("erp processor starts");
-        let mut asked = 0;
-        while client
-            .request(ledger::subject::commands::STATUS_QUERY, Bytes::new())
-            .await
-            .is_err()
-        {
-            asked += 1;
-            assert!(asked < 1200, "the processor did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::wait_for_processor(client).await;
         ProcessorProcess(child)
     }
 
@@ -358,11 +331,11 @@ fn skus(prefix: &str) -> Vec<String> {
 async fn stock_up(client: &async_nats::Client) {
     let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));
     let mut bodies = vec![
-        command(
+        common::command(
             "location.define",
             json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
         ),
-        command("channel.define", json!({"channel": "web"})),
+        common::command("channel.define", json!({"channel": "web"})),
     ];
     let mut stock = vec![("SOLO".to_string(), AMPLE)];
     for (prefix, units) in [
@@ -373,8 +346,8 @@ async fn stock_up(client: &async_nats::Client) {
         stock.extend(skus(prefix).into_iter().map(|s| (s, units)));
     }
     for (sku, units) in stock {
-        bodies.push(command("item.define", json!({"sku": sku})));
-        bodies.push(command(
+        bodies.push(common::command("item.define", json!({"sku": sku})));
+        bodies.push(common::command(
             "stock.receive",
             json!({"sku": sku, "location": "WH1", "qty": units,
                    "unit_cost": {"amount": "5.00", "currency": "GBP"}}),
@@ -432,8 +405,8 @@ async fn allocated(client: &async_nats::Client) -> Allocated {
 }
 
 async fn run() {
-    let orders = env("ERP_FLASH_ORDERS", 50_000);
-    let clients = env("ERP_FLASH_CLIENTS", 200);
+    let orders = common::env("ERP_FLASH_ORDERS", 50_000);
+    let clients = common::env("ERP_FLASH_CLIENTS", 200);
     let processor_args: Vec<String> = std::env::var("ERP_FLASH_PROCESSOR_ARGS")
         .unwrap_or_default()
         .split_whitespace()

@@ -26,26 +26,8 @@ fn main() {
     common::block_on(run());
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn command(kind: &str, data: serde_json::Value) -> Bytes {
-    Bytes::from(
-        json!({
-            "command_id": uuid::Uuid::now_v7(), "actor": {"id": "bench", "role": "upstream"},
-            "legal_entity": "UK01", "effective_at": "2011-11-25T09:00:00Z",
-            "type": kind, "data": data,
-        })
-        .to_string(),
-    )
-}
-
 fn order(n: usize) -> Bytes {
-    command(
+    common::command(
         "order.place",
         json!({"order": format!("G{n}-{}", uuid::Uuid::now_v7().simple()), "channel": "web",
                "ship_to_region": "UK",
@@ -147,6 +129,24 @@ where
     }
 }
 
+/// Sends one command through the gateway; true if it was accepted.
+fn http_sender(
+    http: &reqwest::Client,
+    base: &str,
+) -> impl Fn(Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Clone
++ Send
++ 'static {
+    let (http, url) = (http.clone(), format!("{base}/v1/commands"));
+    move |body| {
+        let request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        Box::pin(async move { request.send().await.is_ok_and(|r| r.status() == 200) })
+    }
+}
+
 /// The histogram's quantile `p` in ms: the upper bound of the bucket it falls in.
 fn histogram_quantile(metrics: &str, name: &str, p: f64) -> Option<f64> {
     let buckets: Vec<(f64, f64)> = metrics
@@ -165,8 +165,8 @@ fn histogram_quantile(metrics: &str, name: &str, p: f64) -> Option<f64> {
 }
 
 async fn run() {
-    let orders = env("ERP_GATEWAY_ORDERS", 20_000);
-    let clients = env("ERP_GATEWAY_CLIENTS", 200);
+    let orders = common::env("ERP_GATEWAY_ORDERS", 20_000);
+    let clients = common::env("ERP_GATEWAY_CLIENTS", 200);
     let bench = common::start_server();
     let url = bench.server.url();
     let client = async_nats::connect(&url).await.expect("connect");
@@ -177,16 +177,7 @@ async fn run() {
 
     let raw = common::raw_atomic(&client, "RAW4", 300, 1000, 60, 4).await;
     let _processor = Child::start(&["processor", "--nats", &url]);
-    let mut asked = 0;
-    while client
-        .request(ledger::subject::commands::STATUS_QUERY, Bytes::new())
-        .await
-        .is_err()
-    {
-        asked += 1;
-        assert!(asked < 1200, "the processor did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_processor(&client).await;
     let port = ledger::server::free_port().expect("port");
     let address = format!("127.0.0.1:{port}");
     let _gateway = Child::start(&["gateway", "--nats", &url, "--http", &address]);
@@ -203,15 +194,18 @@ async fn run() {
     // Stock enough for every order of every step.
     let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));
     let mut bodies = vec![
-        command(
+        common::command(
             "location.define",
             json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
         ),
-        command("channel.define", json!({"channel": "web"})),
+        common::command("channel.define", json!({"channel": "web"})),
     ];
     for s in 0..SKUS {
-        bodies.push(command("item.define", json!({"sku": format!("S{s}")})));
-        bodies.push(command(
+        bodies.push(common::command(
+            "item.define",
+            json!({"sku": format!("S{s}")}),
+        ));
+        bodies.push(common::command(
             "stock.receive",
             json!({"sku": format!("S{s}"), "location": "WH1", "qty": 10_000_000,
                    "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
@@ -243,14 +237,12 @@ async fn run() {
         }
     })
     .await;
-    let (h, b) = (http.clone(), base.clone());
-    let single = concurrent("HTTP POST /v1/commands", clients, per_client, move |body| {
-        let request = h
-            .post(format!("{b}/v1/commands"))
-            .header("content-type", "application/json")
-            .body(body);
-        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
-    })
+    let single = concurrent(
+        "HTTP POST /v1/commands",
+        clients,
+        per_client,
+        http_sender(&http, &base),
+    )
     .await;
 
     // Batches of 1,000, two requests at a time.
@@ -299,15 +291,7 @@ async fn run() {
         async move { c.submit_json(body).await.is_ok_and(|o| o.is_accepted()) }
     })
     .await;
-    let (h, b) = (http.clone(), base.clone());
-    let lone_http = concurrent("one at a time, HTTP", 1, LONE, move |body| {
-        let request = h
-            .post(format!("{b}/v1/commands"))
-            .header("content-type", "application/json")
-            .body(body);
-        async move { request.send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    let lone_http = concurrent("one at a time, HTTP", 1, LONE, http_sender(&http, &base)).await;
 
     let metrics = http
         .get(format!("{base}/metrics"))

@@ -168,6 +168,40 @@ pub async fn raw_atomic(
     (batches * batch) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Waits until a processor answers its status query on `client` (a minute at most).
+pub async fn wait_for_processor(client: &async_nats::Client) {
+    let mut asked = 0;
+    while client
+        .request(ledger::subject::commands::STATUS_QUERY, bytes::Bytes::new())
+        .await
+        .is_err()
+    {
+        asked += 1;
+        assert!(asked < 1200, "the processor did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A size from the environment, or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A command's JSON as the benches' upstream system sends it.
+pub fn command(kind: &str, data: serde_json::Value) -> bytes::Bytes {
+    bytes::Bytes::from(
+        serde_json::json!({
+            "command_id": uuid::Uuid::now_v7(), "actor": {"id": "bench", "role": "upstream"},
+            "legal_entity": "UK01", "effective_at": "2011-11-25T09:00:00Z",
+            "type": kind, "data": data,
+        })
+        .to_string(),
+    )
+}
+
 /// Runs a bench's async body on a multi-threaded runtime.
 pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

@@ -85,12 +85,8 @@ pub async fn page(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let caller = match gw.caller(&headers) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if !gw.may_read_ledger(&caller) {
-        return forbidden_feed(&caller).into_response();
+    if let Err(refusal) = ledger_reader(&gw, &headers) {
+        return refusal.into_response();
     }
     let after = match parse_u64("after", q.after.as_deref()) {
         Ok(after) => after.unwrap_or(0),
@@ -152,15 +148,20 @@ pub async fn page(
     response
 }
 
-fn forbidden_feed(caller: &Option<String>) -> Refusal {
-    error(
+/// Who asks for the feed, if they may read the ledger.
+fn ledger_reader(gw: &Gateway, headers: &HeaderMap) -> Result<(), Refusal> {
+    let caller = gw.caller(headers)?;
+    if gw.may_read_ledger(&caller) {
+        return Ok(());
+    }
+    Err(error(
         StatusCode::FORBIDDEN,
         "forbidden",
         &format!(
             "user `{}` may not read the ledger's events; the auditor and users with the admin or auditor role may",
             caller.as_deref().unwrap_or("?")
         ),
-    )
+    ))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -176,12 +177,8 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Response {
-    let caller = match gw.caller(&headers) {
-        Ok(caller) => caller,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if !gw.may_read_ledger(&caller) {
-        return forbidden_feed(&caller).into_response();
+    if let Err(refusal) = ledger_reader(&gw, &headers) {
+        return refusal.into_response();
     }
     let last_event_id = headers
         .get("last-event-id")

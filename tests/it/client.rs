@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::gateway::TestGateway;
-use crate::harness::{TestNats, TestProcessor, ledger_config};
+use crate::gateway::{TestGateway, live_projector};
+use crate::harness::{TestNats, TestProcessor};
 
 /// The generator's release the test pins.
 const GENERATOR: &str = "openapi-python-client==0.29.1";
@@ -106,16 +106,7 @@ async fn a_client_generated_from_the_openapi_document_runs_the_readme_example() 
 
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
-    let ats = projections::Projector::<projections::ats::Ats>::open(
-        nats.open(ledger_config()).await,
-        projections::Mode::Live,
-        projections::ProjectorConfig::default(),
-    )
-    .await
-    .unwrap();
-    let projector = tokio::spawn(async move {
-        let _ = ats.run(futures::future::pending()).await;
-    });
+    let projector = live_projector::<projections::ats::Ats>(&nats).await;
     let gw = TestGateway::start(nats.url(), None).await;
     let script = out.path().join("example.py");
     std::fs::write(&script, EXAMPLE).unwrap();

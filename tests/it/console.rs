@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::gateway::TestGateway;
-use crate::harness::{TestNats, TestProcessor, ledger_config};
+use crate::gateway::{TestGateway, live_projector};
+use crate::harness::{TestNats, TestProcessor};
 
 /// A chromedriver process and one browser session, both ended when dropped.
 struct Browser {
@@ -174,37 +174,10 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
     // the figures then include it; the status and ledger pages show the system's state.
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
-    let mut projectors = Vec::new();
-    for view in ["ats", "margin"] {
-        let log = nats.open(ledger_config()).await;
-        let config = projections::ProjectorConfig::default();
-        projectors.push(match view {
-            "ats" => {
-                let p = projections::Projector::<projections::ats::Ats>::open(
-                    log,
-                    projections::Mode::Live,
-                    config,
-                )
-                .await
-                .unwrap();
-                tokio::spawn(async move {
-                    let _ = p.run(futures::future::pending()).await;
-                })
-            }
-            _ => {
-                let p = projections::Projector::<projections::margin::Margin>::open(
-                    log,
-                    projections::Mode::Live,
-                    config,
-                )
-                .await
-                .unwrap();
-                tokio::spawn(async move {
-                    let _ = p.run(futures::future::pending()).await;
-                })
-            }
-        });
-    }
+    let projectors = [
+        live_projector::<projections::ats::Ats>(&nats).await,
+        live_projector::<projections::margin::Margin>(&nats).await,
+    ];
     let last = crate::projections::submit(&nats, crate::projections::uci_bodies(1)).await;
     let gw = TestGateway::start(nats.url(), None).await;
     let http = reqwest::Client::new();

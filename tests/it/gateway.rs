@@ -86,9 +86,11 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
-/// An ATS projector running in the test.
-async fn ats_projector(nats: &TestNats) -> tokio::task::JoinHandle<()> {
-    let ats = Projector::<Ats>::open(
+/// A projector of view `V` running in the test.
+pub(crate) async fn live_projector<V: projections::View>(
+    nats: &TestNats,
+) -> tokio::task::JoinHandle<()> {
+    let projector = Projector::<V>::open(
         nats.open(ledger_config()).await,
         Mode::Live,
         ProjectorConfig::default(),
@@ -96,8 +98,16 @@ async fn ats_projector(nats: &TestNats) -> tokio::task::JoinHandle<()> {
     .await
     .unwrap();
     tokio::spawn(async move {
-        let _ = ats.run(futures::future::pending()).await;
+        let _ = projector.run(futures::future::pending()).await;
     })
+}
+
+/// A processor, an ATS projector and a gateway, all running in the test.
+async fn system(nats: &TestNats) -> (TestProcessor, tokio::task::JoinHandle<()>, TestGateway) {
+    let processor = TestProcessor::start(nats).await;
+    let projector = live_projector::<Ats>(nats).await;
+    let gw = TestGateway::start(nats.url(), None).await;
+    (processor, projector, gw)
 }
 
 #[tokio::test]
@@ -277,9 +287,7 @@ async fn a_view_read_with_min_seq_sees_the_write_and_etags_follow_the_ledger() {
     // reflects the command; the ETag is the sequence the answer reflects, and asking again
     // with it answers 304 until the view moves.
     let nats = TestNats::start();
-    let processor = TestProcessor::start(&nats).await;
-    let projector = ats_projector(&nats).await;
-    let gw = TestGateway::start(nats.url(), None).await;
+    let (processor, projector, gw) = system(&nats).await;
     let http = http();
     crate::processor::setup(&command_client(&nats).await, &["A"]).await;
     let mut seen = 0;
@@ -506,9 +514,7 @@ async fn a_view_change_stream_resumes_after_a_disconnect_without_losing_a_change
     // Goal: a client that follows a view over SSE, drops, and reconnects with Last-Event-ID
     // ends with exactly the view's rows, and never sees a revision twice.
     let nats = TestNats::start();
-    let processor = TestProcessor::start(&nats).await;
-    let projector = ats_projector(&nats).await;
-    let gw = TestGateway::start(nats.url(), None).await;
+    let (processor, projector, gw) = system(&nats).await;
     let http = http();
     let client = command_client(&nats).await;
     crate::processor::setup(&client, &["A", "B", "C"]).await;
@@ -518,17 +524,18 @@ async fn a_view_change_stream_resumes_after_a_disconnect_without_losing_a_change
             json!({"sku": sku, "location": "WH1", "qty": qty, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
         )
     };
-    let mut last_seq = 0;
-    for (sku, qty) in [("A", 1), ("B", 2)] {
-        let (_, o) = post(&http, &gw.url("/v1/commands"), &receive(sku, qty)).await;
-        last_seq = o["outcome_seq"].as_u64().unwrap();
-    }
-    let (status, _) = get(
-        &http,
-        &gw.url(&format!("/v1/views/ats/status?min_seq={last_seq}")),
-    )
-    .await;
-    assert_eq!(status, 200);
+    // Receipts through the gateway, then a wait until the view has applied the last one.
+    let receive_all = async |receipts: &[(&str, i64)]| {
+        let mut last_seq = 0;
+        for (sku, qty) in receipts {
+            let (_, o) = post(&http, &gw.url("/v1/commands"), &receive(sku, *qty)).await;
+            last_seq = o["outcome_seq"].as_u64().unwrap();
+        }
+        let url = gw.url(&format!("/v1/views/ats/status?min_seq={last_seq}"));
+        assert_eq!(get(&http, &url).await.0, 200);
+        last_seq
+    };
+    receive_all(&[("A", 1), ("B", 2)]).await;
 
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     let mut revisions = std::collections::BTreeSet::new();
@@ -559,16 +566,7 @@ async fn a_view_change_stream_resumes_after_a_disconnect_without_losing_a_change
     apply(&first, &mut rows, &mut revisions);
     let last_id = first.last().unwrap().0.clone();
     // Changes while the client is away, one of them to a row it has already seen.
-    for (sku, qty) in [("C", 3), ("A", 4)] {
-        let (_, o) = post(&http, &gw.url("/v1/commands"), &receive(sku, qty)).await;
-        last_seq = o["outcome_seq"].as_u64().unwrap();
-    }
-    let (status, _) = get(
-        &http,
-        &gw.url(&format!("/v1/views/ats/status?min_seq={last_seq}")),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let last_seq = receive_all(&[("C", 3), ("A", 4)]).await;
     let response = http
         .get(gw.url("/v1/views/ats/changes"))
         .header("last-event-id", &last_id)
