@@ -45,6 +45,10 @@ pub struct GatewayConfig {
     /// How long a command waits for its outcome before the answer is 503 (sending it again
     /// with the same id is safe).
     pub command_timeout: Duration,
+    /// How long a command that got no answer, no processor or `unavailable` is sent again
+    /// (same id, growing pauses) before the answer is 503: a processor restart or a failover
+    /// is ridden through instead of handed to every client.
+    pub retry_for: Duration,
     /// How long a view query may wait (with `min_seq`, for the view to reach it).
     pub view_timeout: Duration,
     /// `/readyz` says ready while the processor and every view are at most this many records
@@ -59,6 +63,7 @@ impl Default for GatewayConfig {
             auth: None,
             replicas: 1,
             command_timeout: Duration::from_secs(10),
+            retry_for: Duration::from_secs(5),
             view_timeout: Duration::from_secs(10),
             ready_lag: 10_000,
         }
@@ -285,7 +290,9 @@ impl Gateway {
             ));
         }
         let nats = self.connection(caller.as_deref()).await?;
-        Ok(CommandClient::new(nats, self.config().command_timeout).as_user(caller.clone()))
+        Ok(CommandClient::new(nats, self.config().command_timeout)
+            .retrying(self.config().retry_for)
+            .as_user(caller.clone()))
     }
 
     /// The connection that reaches the view buckets: the projector's with credentials (they
@@ -441,7 +448,12 @@ async fn submit_command(State(gw): State<Gateway>, headers: HeaderMap, body: Byt
         Err(refusal) => return refusal.into_response(),
     };
     let started = Instant::now();
-    let answer = client.submit_json(body.clone()).await;
+    // Through the same path as a batch of one, so that it is sent again when no answer came.
+    let mut answer = None;
+    client
+        .submit_all([body.clone()], 1, |_, a| answer = Some(a))
+        .await;
+    let answer = answer.expect("submit_all answers every command");
     gw.metrics()
         .command_answered(outcome_label(&answer), started.elapsed());
     let (status, json) = outcome_json(&answer, &body);

@@ -279,6 +279,22 @@ async fn every_outcome_has_its_status_code_and_the_body_nats_answers() {
             .any(|r| r == "the processor is not answering"),
         "{ready}"
     );
+    // A processor that comes back while a command waits: the gateway sends it again, and the
+    // client sees a pause, not an error.
+    let late = command("channel.define", json!({"channel": "late"}));
+    let sent = tokio::spawn({
+        let (http, url) = (http.clone(), gw.url("/v1/commands"));
+        async move { post(&http, &url, &late).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let processor = TestProcessor::start(&nats).await;
+    let (status, outcome) = sent.await.unwrap();
+    assert_eq!(
+        (status, outcome["status"].as_str()),
+        (200, Some("accepted")),
+        "{outcome}"
+    );
+    processor.stop().await;
 }
 
 #[tokio::test]
