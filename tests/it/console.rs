@@ -177,6 +177,8 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
     let projectors = [
         live_projector::<projections::ats::Ats>(&nats).await,
         live_projector::<projections::margin::Margin>(&nats).await,
+        live_projector::<projections::allocation::Allocation>(&nats).await,
+        live_projector::<projections::audit::Audit>(&nats).await,
     ];
     let last = crate::projections::submit(&nats, crate::projections::uci_bodies(1)).await;
     let gw = TestGateway::start(nats.url(), None).await;
@@ -235,6 +237,7 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         location["quality_hold"].to_string(),
         location["in_transit"].to_string(),
         location["inbound"].to_string(),
+        "explain",
     ]]);
     browser.wait_for(cells, |v| *v == expected).await;
     browser.screenshot("stock").await;
@@ -272,6 +275,65 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
     browser
         .wait_for(cells, |v| v[0][1] == json!(on_hand.to_string()))
         .await;
+
+    // "Explain this number": the events behind the location's figures, as the view lists them.
+    let api = |path: String| {
+        let (http, url) = (http.clone(), gw.url(&path));
+        async move {
+            let answer: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            answer["result"].clone()
+        }
+    };
+    let explained = api(format!(
+        "/v1/views/ats/explain?sku={sku}&location=UK-DC&limit=100"
+    ))
+    .await;
+    browser
+        .script("document.querySelector('#sku-locations button.explain').click(); return true")
+        .await;
+    let rows = "return document.querySelectorAll('#explain-table tr').length";
+    let expected_rows = explained["events"].as_array().unwrap().len() as u64 + 1;
+    browser
+        .wait_for(rows, |v| v.as_u64() == Some(expected_rows))
+        .await;
+    browser.screenshot("explain").await;
+
+    // Open orders: the count the allocation view gives.
+    let open = api("/v1/views/allocation/open?limit=100".into()).await;
+    browser.go(&gw.url("/#orders")).await;
+    let count = format!("{} open orders", open["count"]);
+    browser
+        .wait_for(
+            "return document.getElementById('orders-count').textContent",
+            |v| *v == json!(count),
+        )
+        .await;
+    browser.screenshot("orders").await;
+
+    // Margin by day: one bar a day the margin view has.
+    let days = api("/v1/views/margin/rows?prefix=day.&limit=1000".into()).await;
+    let days = days["rows"].as_array().unwrap().len() as u64;
+    assert!(days >= 1);
+    browser.go(&gw.url("/#margin")).await;
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#margin-chart rect').length",
+            |v| v.as_u64() == Some(days),
+        )
+        .await;
+    browser.screenshot("margin").await;
+
+    // The SKU's timeline: the audit view's events for it.
+    let timeline = api(format!("/v1/views/audit/entity?entity=sku:{sku}&limit=100")).await;
+    let expected_rows = timeline["events"].as_array().unwrap().len() as u64 + 1;
+    browser.go(&gw.url(&format!("/#timeline/sku:{sku}"))).await;
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#timeline-table tr').length",
+            |v| v.as_u64() == Some(expected_rows),
+        )
+        .await;
+    browser.screenshot("timeline").await;
 
     // The ledger page follows the log: the receipt is the newest event shown.
     browser.go(&gw.url("/#events")).await;
