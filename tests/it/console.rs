@@ -179,6 +179,8 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         live_projector::<projections::margin::Margin>(&nats).await,
         live_projector::<projections::allocation::Allocation>(&nats).await,
         live_projector::<projections::audit::Audit>(&nats).await,
+        live_projector::<projections::finance::Finance>(&nats).await,
+        live_projector::<projections::replenish::Replenishment>(&nats).await,
     ];
     let last = crate::projections::submit(&nats, crate::projections::uci_bodies(1)).await;
     let gw = TestGateway::start(nats.url(), None).await;
@@ -217,10 +219,17 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
 
     let browser = Browser::start().await;
     browser.go(&gw.url("/#status")).await;
+    // Every part caught up, and the live rates measured (after a second sample).
     browser
         .wait_for(
             "return document.getElementById('status-ready').textContent",
-            |v| v.as_str().is_some_and(|t| !t.is_empty()),
+            |v| *v == json!("Every part is caught up."),
+        )
+        .await;
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#status-cards .v')[3].textContent",
+            |v| v.as_str().is_some_and(|t| t.parse::<f64>().is_ok()),
         )
         .await;
     browser.screenshot("status").await;
