@@ -448,12 +448,17 @@ async fn submit_command(State(gw): State<Gateway>, headers: HeaderMap, body: Byt
         Err(refusal) => return refusal.into_response(),
     };
     let started = Instant::now();
-    // Through the same path as a batch of one, so that it is sent again when no answer came.
-    let mut answer = None;
-    client
-        .submit_all([body.clone()], 1, |_, a| answer = Some(a))
-        .await;
-    let answer = answer.expect("submit_all answers every command");
+    let mut answer = client.submit_json(body.clone()).await;
+    if matches!(
+        answer,
+        Ok(Outcome::Unavailable { .. })
+            | Err(ClientError::Request(_) | ClientError::NoProcessor { .. })
+    ) {
+        // Nothing was decided: send it again (same id) with pauses, as a batch of one.
+        client
+            .submit_all([body.clone()], 1, |_, again| answer = again)
+            .await;
+    }
     gw.metrics()
         .command_answered(outcome_label(&answer), started.elapsed());
     let (status, json) = outcome_json(&answer, &body);
