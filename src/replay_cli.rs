@@ -103,32 +103,47 @@ fn time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<ledger::valu
         .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
 }
 
-/// Progress on stderr: one updating line on a terminal, a line every few seconds otherwise.
+/// Progress on stderr: a progress bar on a terminal, a plain line every few seconds otherwise
+/// (logs and pipes get no control characters).
 pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Progress) {
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
+    let mut bar: Option<indicatif::ProgressBar> = None;
     move |p: Progress| {
         if quiet {
             return;
         }
-        let percent = if p.total == 0 {
-            100.0
-        } else {
-            p.done as f64 * 100.0 / p.total as f64
-        };
-        let text = format!(
-            "{what}: {}/{} ({percent:.0}%), {:.0}/s, {:.0} s left",
-            p.done, p.total, p.events_per_second, p.eta_seconds
-        );
-        let mut err = std::io::stderr();
         if tty {
-            let _ = write!(err, "\r{text}\x1b[K");
+            let bar = bar.get_or_insert_with(|| {
+                let bar = indicatif::ProgressBar::new(p.total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix}: [{bar:40}] {pos}/{len} ({percent}%), {per_sec}, {eta} left",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(what);
+                bar
+            });
+            bar.set_length(p.total);
+            bar.set_position(p.done);
             if p.done >= p.total {
-                let _ = writeln!(err);
+                bar.finish();
             }
-        } else if p.done >= p.total || last_line.elapsed().as_secs() >= 5 {
+            return;
+        }
+        if p.done >= p.total || last_line.elapsed().as_secs() >= 5 {
             last_line = std::time::Instant::now();
-            let _ = writeln!(err, "{text}");
+            let percent = if p.total == 0 {
+                100.0
+            } else {
+                p.done as f64 * 100.0 / p.total as f64
+            };
+            eprintln!(
+                "{what}: {}/{} ({percent:.0}%), {:.0}/s, {:.0} s left",
+                p.done, p.total, p.events_per_second, p.eta_seconds
+            );
         }
     }
 }
