@@ -407,14 +407,16 @@ impl<V: View> Projector<V> {
         }
     }
 
-    /// A new walk from the checkpoint after a lost read, tried for up to a minute.
+    /// A new walk from the checkpoint (after a lost read, or to start), tried for up to a
+    /// minute.
     async fn walk_again(
         &mut self,
+        until: WalkUntil,
     ) -> Result<Walker<ledger::jetstream::JetStreamCursor>, ProjectorError> {
         let mut pause = Duration::from_millis(100);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.walk(WalkUntil::Follow).await {
+            match self.walk(until).await {
                 Ok(walker) => return Ok(walker),
                 Err(error) if Instant::now() < deadline => {
                     tracing::warn!(view = V::NAME, %error, "reading the ledger again");
@@ -540,9 +542,20 @@ impl<V: View> Projector<V> {
         let started = Instant::now();
         let from = self.checkpoint;
         let mut last_report = Instant::now();
-        let mut walker = self.walk(WalkUntil::Sequence(target)).await?;
+        let mut walker = self.walk_again(WalkUntil::Sequence(target)).await?;
         while let Some(item) = walker.next().await {
-            self.ingest(item?);
+            match item {
+                Ok(item) => self.ingest(item),
+                // A read lost to a node's death or an election: read on from the checkpoint,
+                // as a serving projector does. A broken chain or a gap stops the catch-up.
+                Err(WalkError::Read(error)) => {
+                    tracing::warn!(view = V::NAME, %error, checkpoint = self.checkpoint, "the ledger read was lost while catching up; reading on from the checkpoint");
+                    self.end_walk(walker);
+                    walker = self.walk_again(WalkUntil::Sequence(target)).await?;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
             // A generation that is not served yet has no readers: its keys are written once,
             // at the end, rather than at every flush.
             if !self.swap_when_caught_up && self.since_flush >= self.config.flush_events {
@@ -594,7 +607,7 @@ impl<V: View> Projector<V> {
             .await
             .map_err(nats)?;
         let mut registry = self.registry.watch(V::NAME).await.map_err(nats)?;
-        let mut walker = self.walk(WalkUntil::Follow).await?;
+        let mut walker = self.walk_again(WalkUntil::Follow).await?;
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -625,7 +638,7 @@ impl<V: View> Projector<V> {
                         let WalkError::Read(_) = error else { return Err(error.into()) };
                         tracing::warn!(view = V::NAME, %error, checkpoint = self.checkpoint, "the ledger read was lost; reading on from the checkpoint");
                         self.end_walk(walker);
-                        walker = self.walk_again().await?;
+                        walker = self.walk_again(WalkUntil::Follow).await?;
                     }
                     if self.since_flush >= self.config.flush_events {
                         self.flush_or_defer().await;
