@@ -209,9 +209,23 @@ pub(crate) async fn check_ledger_after_recovery(
     bodies: &[Bytes],
     answers: &HashMap<usize, Outcome>,
 ) {
-    let report = replay::verify::verify(log, &replay::VerifyOptions::default(), |_| {})
-        .await
-        .unwrap_or_else(|e| panic!("the ledger does not verify: {e}"));
+    // Right after a failover a read can time out on the newly elected leader (docs/
+    // RELIABILITY.md): an auditor runs the verification again. A divergence is never retried.
+    let mut attempts = 0;
+    let report = loop {
+        attempts += 1;
+        match replay::verify::verify(log, &replay::VerifyOptions::default(), |_| {}).await {
+            Ok(report) => break report,
+            Err(e)
+                if matches!(e.divergence, replay::verify::Divergence::Unreadable(_))
+                    && attempts < 5 =>
+            {
+                eprintln!("verification could not read the ledger ({e}); again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("the ledger does not verify: {e}"),
+        }
+    };
     assert!(report.events > 0);
     if !report.foreign.is_empty() {
         // Seen only when the stream's limit is lowered under a running writer: nats-server
