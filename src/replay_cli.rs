@@ -118,7 +118,7 @@ pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Pr
                 let bar = indicatif::ProgressBar::new(p.total);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
-                        "{prefix}: [{bar:40}] {pos}/{len} ({percent}%), {per_sec}, {eta} left",
+                        "{prefix}: [{bar:40}] {pos}/{len} ({percent}%), {msg}",
                     )
                     .expect("a valid template")
                     .progress_chars("=> "),
@@ -128,6 +128,12 @@ pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Pr
             });
             bar.set_length(p.total);
             bar.set_position(p.done);
+            // The rate and time left as measured by the work itself: updates can come seconds
+            // apart, which the bar's own estimate does not know.
+            bar.set_message(format!(
+                "{:.0}/s, {:.0} s left",
+                p.events_per_second, p.eta_seconds
+            ));
             if p.done >= p.total {
                 bar.finish();
             }
