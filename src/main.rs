@@ -366,7 +366,7 @@ impl HttpArgs {
 
     /// The TLS configuration, read now so that a bad certificate or key is a clear error at
     /// start.
-    fn tls(&self) -> anyhow::Result<Option<tokio_rustls_acceptor::TlsAcceptor>> {
+    fn tls(&self) -> anyhow::Result<Option<gateway::tls::TlsAcceptor>> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(gateway::tls::acceptor(cert, key)?)),
             _ => Ok(None),
@@ -768,11 +768,6 @@ async fn connect_lazily(url: &str) -> anyhow::Result<async_nats_client::Client> 
         .retry_on_initial_connect()
         .connect(url)
         .await?)
-}
-
-/// The TLS acceptor type, as the gateway names it.
-mod tokio_rustls_acceptor {
-    pub use gateway::tls::TlsAcceptor;
 }
 
 /// Re-exported client types, so the binary does not name the NATS crate in two places.

@@ -99,8 +99,9 @@ pub struct Gateway {
 struct Inner {
     config: GatewayConfig,
     access: Option<Access>,
-    /// Connections per NATS user (`None`: the anonymous one), opened when first needed.
-    connections: tokio::sync::Mutex<HashMap<Option<String>, async_nats::Client>>,
+    /// Connections per NATS user (senders, and the projector's for the view buckets), opened
+    /// when first needed.
+    connections: tokio::sync::Mutex<HashMap<String, async_nats::Client>>,
     /// The connection that reads: the auditor's with credentials (its account holds the
     /// auditors' mirror, and may ask views and the processor's status).
     reader: async_nats::Client,
@@ -192,19 +193,28 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         match tls {
-            None => axum::serve(listener, self.router())
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(GatewayError::Serve),
+            None => self.serve_on(listener, shutdown).await,
             Some(acceptor) => {
                 let listener =
                     tls::TlsListener::new(listener, acceptor).map_err(GatewayError::Serve)?;
-                axum::serve(listener, self.router())
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .map_err(GatewayError::Serve)
+                self.serve_on(listener, shutdown).await
             }
         }
+    }
+
+    async fn serve_on<L>(
+        &self,
+        listener: L,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(GatewayError::Serve)
     }
 
     fn config(&self) -> &GatewayConfig {
@@ -264,17 +274,25 @@ impl Gateway {
             })
     }
 
-    /// The connection `user` acts on (opened on first use).
+    /// The connection `user` acts on (opened on first use). The reader's connection serves
+    /// the auditor, and everyone on a gateway without credentials.
     async fn connection(&self, user: Option<&str>) -> Result<async_nats::Client, Refusal> {
-        let key = user.map(str::to_owned);
+        let user = match user {
+            None | Some(ledger::auth::AUDITOR) => return Ok(self.inner.reader.clone()),
+            Some(user) => user,
+        };
         let mut connections = self.inner.connections.lock().await;
-        if let Some(client) = connections.get(&key) {
+        if let Some(client) = connections.get(user) {
             return Ok(client.clone());
         }
-        let client = connect(&self.config().nats_url, self.inner.access.as_ref(), user)
-            .await
-            .map_err(|e| unavailable(&e.to_string()))?;
-        connections.insert(key, client.clone());
+        let client = connect(
+            &self.config().nats_url,
+            self.inner.access.as_ref(),
+            Some(user),
+        )
+        .await
+        .map_err(|e| unavailable(&e.to_string()))?;
+        connections.insert(user.to_owned(), client.clone());
         Ok(client)
     }
 
@@ -298,19 +316,8 @@ impl Gateway {
     /// The connection that reaches the view buckets: the projector's with credentials (they
     /// live in its account).
     async fn projector_connection(&self) -> Result<async_nats::Client, Refusal> {
-        match &self.inner.access {
-            Some(_) => self.connection(Some(ledger::auth::PROJECTOR)).await,
-            None => self.connection(None).await,
-        }
-    }
-
-    /// The connection views are asked on for `caller`.
-    async fn view_connection(&self, caller: &Caller) -> Result<async_nats::Client, Refusal> {
-        match caller.as_deref() {
-            // The auditor's connection is the reader's.
-            Some(ledger::auth::AUDITOR) => Ok(self.inner.reader.clone()),
-            user => self.connection(user).await,
-        }
+        let user = self.inner.access.as_ref().map(|_| ledger::auth::PROJECTOR);
+        self.connection(user).await
     }
 }
 
@@ -546,7 +553,7 @@ async fn command_outcome(
         )
         .into_response();
     };
-    let nats = match gw.view_connection(&caller).await {
+    let nats = match gw.connection(caller.as_deref()).await {
         Ok(nats) => nats,
         Err(refusal) => return refusal.into_response(),
     };

@@ -43,18 +43,62 @@ impl Histogram {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn write(&self, out: &mut String, name: &str) {
+    /// Its buckets (not cumulative), sum in seconds and count.
+    fn read(&self) -> (Vec<(String, u64)>, f64, u64) {
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .map(|(bound, count)| (bound.to_string(), count.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, self.count.load(Ordering::Relaxed))
+    }
+}
+
+/// Prometheus' text exposition format, a metric family at a time.
+#[derive(Debug, Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A family and its samples: (labels, value), labels as `{k="v",...}` or empty.
+    fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (String, V)>,
+    ) {
+        let out = &mut self.0;
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    }
+
+    /// A histogram from its buckets (upper bound, count in it; not cumulative), sum and count.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        (buckets, sum, count): (Vec<(String, u64)>, impl std::fmt::Display, u64),
+    ) {
+        self.family::<u64>(name, "histogram", help, []);
+        let out = &mut self.0;
         let mut cumulative = 0;
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
+        for (bound, n) in buckets {
+            cumulative += n;
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
     }
+}
+
+/// A sample without labels.
+fn one<V>(value: V) -> [(String, V); 1] {
+    [(String::new(), value)]
 }
 
 /// What the gateway counts.
@@ -73,12 +117,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn command_answered(&self, outcome: &'static str, elapsed: Duration) {
-        *self
-            .commands
-            .lock()
-            .expect("metrics lock")
-            .entry(outcome)
-            .or_default() += 1;
+        self.batch_command_answered(outcome);
         self.command_latency.observe(elapsed);
     }
 
@@ -186,258 +225,202 @@ pub async fn system_report(gw: &Gateway) -> SystemReport {
     }
 }
 
-/// The processor's batches: counters, the batches in flight, and commands per batch as a
-/// histogram (its buckets are the processor's `BATCH_SIZE_BUCKETS`).
-fn write_batches(out: &mut String, raw: &Value, family: &dyn Fn(&mut String, &str, &str, &str)) {
-    let batches = &raw["batches"];
-    let counters = [
-        (
-            "committed",
-            "erp_processor_batches_committed_total",
-            "Batches the ledger acknowledged since the processor started.",
-        ),
-        (
-            "commands",
-            "erp_processor_batched_commands_total",
-            "Commands in those batches.",
-        ),
-        (
-            "events",
-            "erp_processor_batched_events_total",
-            "Events in those batches.",
-        ),
-        (
-            "rollbacks",
-            "erp_processor_rollbacks_total",
-            "Failures that rolled batches back (conflict, refusal, lost acknowledgement).",
-        ),
-        (
-            "rolled_back_batches",
-            "erp_processor_rolled_back_batches_total",
-            "Batches those failures took with them (decided again).",
-        ),
-    ];
-    for (field, name, help) in counters {
-        if let Some(value) = batches[field].as_u64() {
-            family(out, name, "counter", help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-    }
-    if let Some(value) = raw["in_flight"].as_u64() {
-        let name = "erp_processor_batches_in_flight";
-        family(out, name, "gauge", "Batches sent and not yet acknowledged.");
-        let _ = writeln!(out, "{name} {value}");
-    }
-    if let Some(counts) = batches["commands_per_batch"].as_array() {
-        let name = "erp_processor_batch_commands";
-        family(out, name, "histogram", "Commands per committed batch.");
-        let mut cumulative = 0;
-        for (bound, count) in commands::processor::BATCH_SIZE_BUCKETS.iter().zip(counts) {
-            cumulative += count.as_u64().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            batches["commands"].as_u64().unwrap_or(0)
-        );
-        let _ = writeln!(out, "{name}_count {cumulative}");
-    }
-}
+/// The processor's figures from its status: (JSON pointer, name, kind, help).
+const PROCESSOR_FIGURES: [(&str, &str, &str, &str); 13] = [
+    (
+        "/applied_seq",
+        "erp_processor_applied_sequence",
+        "gauge",
+        "The last ledger sequence the processor has applied.",
+    ),
+    (
+        "/commands_recorded",
+        "erp_processor_commands_recorded",
+        "gauge",
+        "Command outcomes recorded in the ledger.",
+    ),
+    (
+        "/internal_errors",
+        "erp_processor_internal_errors_total",
+        "counter",
+        "Commands recorded internal_error since the processor started.",
+    ),
+    (
+        "/orders_in_memory",
+        "erp_processor_orders_in_memory",
+        "gauge",
+        "Orders the processor holds in memory.",
+    ),
+    (
+        "/orders_archived",
+        "erp_processor_orders_archived",
+        "gauge",
+        "Finished orders out of memory, read back when named.",
+    ),
+    (
+        "/recalled",
+        "erp_processor_recalled_total",
+        "counter",
+        "Orders and command records read back from the ledger since the processor started.",
+    ),
+    (
+        "/foreign/count",
+        "erp_processor_foreign_messages_total",
+        "counter",
+        "Foreign messages the processor passed over in the ledger.",
+    ),
+    (
+        "/batches/committed",
+        "erp_processor_batches_committed_total",
+        "counter",
+        "Batches the ledger acknowledged since the processor started.",
+    ),
+    (
+        "/batches/commands",
+        "erp_processor_batched_commands_total",
+        "counter",
+        "Commands in those batches.",
+    ),
+    (
+        "/batches/events",
+        "erp_processor_batched_events_total",
+        "counter",
+        "Events in those batches.",
+    ),
+    (
+        "/batches/rollbacks",
+        "erp_processor_rollbacks_total",
+        "counter",
+        "Failures that rolled batches back (conflict, refusal, lost acknowledgement).",
+    ),
+    (
+        "/batches/rolled_back_batches",
+        "erp_processor_rolled_back_batches_total",
+        "counter",
+        "Batches those failures took with them (decided again).",
+    ),
+    (
+        "/in_flight",
+        "erp_processor_batches_in_flight",
+        "gauge",
+        "Batches sent and not yet acknowledged.",
+    ),
+];
 
 /// `GET /metrics`.
 pub async fn scrape(State(gw): State<Gateway>) -> Response {
     let started = Instant::now();
     let report = system_report(&gw).await;
     let metrics = gw.metrics();
-    let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-    };
-    family(
-        &mut out,
+    let mut out = Exposition::default();
+    let requests = metrics.requests.lock().expect("metrics lock").clone();
+    out.family(
         "erp_gateway_requests_total",
         "counter",
         "HTTP requests by route and status.",
+        requests
+            .into_iter()
+            .map(|((route, status), n)| (format!("{{route=\"{route}\",status=\"{status}\"}}"), n)),
     );
-    for ((route, status), n) in metrics.requests.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "erp_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
+    let commands = metrics.commands.lock().expect("metrics lock").clone();
+    out.family(
         "erp_gateway_commands_total",
         "counter",
         "Commands answered through the gateway, by outcome (no_answer: none came in time).",
+        commands
+            .into_iter()
+            .map(|(outcome, n)| (format!("{{outcome=\"{outcome}\"}}"), n)),
     );
-    for (outcome, n) in metrics.commands.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "erp_gateway_commands_total{{outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
+    out.histogram(
         "erp_gateway_command_seconds",
-        "histogram",
         "From sending a command (POST /v1/commands) to the processor to its answer.",
+        metrics.command_latency.read(),
     );
-    metrics
-        .command_latency
-        .write(&mut out, "erp_gateway_command_seconds");
-    family(
-        &mut out,
+    out.histogram(
         "erp_gateway_batch_seconds",
-        "histogram",
         "From sending a batch request's first command to its last answer.",
+        metrics.batch_latency.read(),
     );
-    metrics
-        .batch_latency
-        .write(&mut out, "erp_gateway_batch_seconds");
-    family(
-        &mut out,
+    let queries = metrics.view_queries.lock().expect("metrics lock").clone();
+    out.family(
         "erp_gateway_view_queries_total",
         "counter",
         "View queries by view and whether the view answered (a refusal is an answer).",
+        queries.into_iter().map(|((view, answered), n)| {
+            (format!("{{view=\"{view}\",answered=\"{answered}\"}}"), n)
+        }),
     );
-    for ((view, answered), n) in metrics.view_queries.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "erp_gateway_view_queries_total{{view=\"{view}\",answered=\"{answered}\"}} {n}"
-        );
-    }
     if let Some(last) = report.ledger_last_seq {
-        family(
-            &mut out,
+        out.family(
             "erp_ledger_last_sequence",
             "gauge",
             "The ledger's last stored sequence.",
+            one(last),
         );
-        let _ = writeln!(out, "erp_ledger_last_sequence {last}");
     }
-    family(
-        &mut out,
+    out.family(
         "erp_processor_up",
         "gauge",
         "1 if the processor answered its status query within a second.",
-    );
-    let _ = writeln!(
-        out,
-        "erp_processor_up {}",
-        u8::from(report.processor.is_some())
+        one(u8::from(report.processor.is_some())),
     );
     if let Some(p) = &report.processor {
-        let gauges: [(&str, &str, &str, &str); 7] = [
-            (
-                "applied_seq",
-                "erp_processor_applied_sequence",
-                "gauge",
-                "The last ledger sequence the processor has applied.",
-            ),
-            (
-                "commands_recorded",
-                "erp_processor_commands_recorded",
-                "gauge",
-                "Command outcomes recorded in the ledger.",
-            ),
-            (
-                "internal_errors",
-                "erp_processor_internal_errors_total",
-                "counter",
-                "Commands recorded internal_error since the processor started.",
-            ),
-            (
-                "orders_in_memory",
-                "erp_processor_orders_in_memory",
-                "gauge",
-                "Orders the processor holds in memory.",
-            ),
-            (
-                "orders_archived",
-                "erp_processor_orders_archived",
-                "gauge",
-                "Finished orders out of memory, read back when named.",
-            ),
-            (
-                "recalled",
-                "erp_processor_recalled_total",
-                "counter",
-                "Orders and command records read back from the ledger since the processor started.",
-            ),
-            (
-                "foreign",
-                "erp_processor_foreign_messages_total",
-                "counter",
-                "Foreign messages the processor passed over in the ledger.",
-            ),
-        ];
-        for (field, name, kind, help) in gauges {
-            let value = match field {
-                "foreign" => p.raw["foreign"]["count"].as_u64(),
-                _ => p.raw[field].as_u64(),
-            };
-            if let Some(value) = value {
-                family(&mut out, name, kind, help);
-                let _ = writeln!(out, "{name} {value}");
+        for (pointer, name, kind, help) in PROCESSOR_FIGURES {
+            if let Some(value) = p.raw.pointer(pointer).and_then(Value::as_u64) {
+                out.family(name, kind, help, one(value));
             }
         }
-        write_batches(&mut out, &p.raw, &family);
-    }
-    family(
-        &mut out,
-        "erp_view_up",
-        "gauge",
-        "1 if the view's projector answered its status query within a second.",
-    );
-    for (view, r) in &report.views {
-        let _ = writeln!(
-            out,
-            "erp_view_up{{view=\"{view}\"}} {}",
-            u8::from(r.is_some())
-        );
-    }
-    family(
-        &mut out,
-        "erp_view_checkpoint",
-        "gauge",
-        "The last ledger sequence the view has applied.",
-    );
-    for (view, r) in &report.views {
-        if let Some(r) = r {
-            let _ = writeln!(
-                out,
-                "erp_view_checkpoint{{view=\"{view}\"}} {}",
-                r.checkpoint
+        let batches = &p.raw["batches"];
+        if let Some(counts) = batches["commands_per_batch"].as_array() {
+            let buckets = commands::processor::BATCH_SIZE_BUCKETS
+                .iter()
+                .zip(counts)
+                .map(|(bound, n)| (bound.to_string(), n.as_u64().unwrap_or(0)))
+                .collect();
+            out.histogram(
+                "erp_processor_batch_commands",
+                "Commands per committed batch.",
+                (
+                    buckets,
+                    batches["commands"].as_u64().unwrap_or(0),
+                    batches["committed"].as_u64().unwrap_or(0),
+                ),
             );
         }
     }
-    family(
-        &mut out,
+    let per_view = |figure: fn(&ViewReport) -> u64| {
+        report.views.iter().filter_map(move |(view, r)| {
+            Some((format!("{{view=\"{view}\"}}"), figure(r.as_ref()?)))
+        })
+    };
+    out.family(
+        "erp_view_up",
+        "gauge",
+        "1 if the view's projector answered its status query within a second.",
+        report
+            .views
+            .iter()
+            .map(|(view, r)| (format!("{{view=\"{view}\"}}"), u8::from(r.is_some()))),
+    );
+    out.family(
+        "erp_view_checkpoint",
+        "gauge",
+        "The last ledger sequence the view has applied.",
+        per_view(|r| r.checkpoint),
+    );
+    out.family(
         "erp_view_lag_records",
         "gauge",
         "Ledger records the view has yet to apply.",
+        per_view(|r| r.lag),
     );
-    for (view, r) in &report.views {
-        if let Some(r) = r {
-            let _ = writeln!(out, "erp_view_lag_records{{view=\"{view}\"}} {}", r.lag);
-        }
-    }
-    family(
-        &mut out,
+    out.family(
         "erp_gateway_scrape_seconds",
         "gauge",
         "How long this scrape took to ask the system.",
+        one(started.elapsed().as_secs_f64()),
     );
-    let _ = writeln!(
-        out,
-        "erp_gateway_scrape_seconds {}",
-        started.elapsed().as_secs_f64()
-    );
-    let mut response = (StatusCode::OK, out).into_response();
+    let mut response = (StatusCode::OK, out.0).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

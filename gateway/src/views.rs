@@ -182,7 +182,7 @@ pub async fn query(
         .as_object_mut()
         .and_then(|b| b.remove("min_seq"))
         .and_then(|v| v.as_u64());
-    let nats = match gw.view_connection(&caller).await {
+    let nats = match gw.connection(caller.as_deref()).await {
         Ok(nats) => nats,
         Err(refusal) => return refusal.into_response(),
     };
