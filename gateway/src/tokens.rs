@@ -19,7 +19,9 @@ pub enum TokenError {
     },
     #[error("{path} is not a token file: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("no user `{0}` in the auth directory; `erp auth add-user` adds one")]
+    #[error(
+        "`{0}` cannot have a token: tokens are for users that send commands and for the auditor; `erp auth add-user` adds a sender"
+    )]
     UnknownUser(String),
 }
 
