@@ -87,6 +87,7 @@ print(json.dumps({k: [int(v[0]), v[1]] for k, v in results.items()}))
 
 #[tokio::test]
 async fn a_client_generated_from_the_openapi_document_runs_the_readme_example() {
+    let _heavy = crate::harness::heavy().await;
     // Goal: the committed contract is enough for a code generator: a Python client generated
     // from it alone sends commands and reads views, with typed requests and answers.
     let venv = generator_venv();

@@ -23,6 +23,7 @@ async fn conflicting_appends_through_different_nodes_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_during_a_load_loses_nothing_acknowledged() {
+    let _heavy = crate::harness::heavy().await;
     let mut cluster = TestCluster::start(3);
     let log = cluster.open(0).await;
     let leader = log
@@ -205,6 +206,7 @@ async fn wait_until_all_current(js: &async_nats::jetstream::Context, attempts: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_of_each_asset_in_turn_keeps_views_answering_and_loses_nothing() {
+    let _heavy = crate::harness::heavy().await;
     // Goal: the node leading the ledger, the command intake, the ATS view's bucket and the
     // views' snapshot store is killed in turn, each during a load: the ATS view answers from
     // the survivors throughout, the projector never starts over from sequence 0, and every

@@ -169,6 +169,7 @@ mod base64_png {
 
 #[tokio::test]
 async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_form_changes_it() {
+    let _heavy = crate::harness::heavy().await;
     // Goal: in a real browser, the console's stock page shows for a SKU exactly the figures
     // the ATS view answers after a demo load; a command sent through its form is accepted and
     // the figures then include it; the status and ledger pages show the system's state.

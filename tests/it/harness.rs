@@ -240,3 +240,11 @@ impl TestCluster {
         panic!("the cluster never accepted the ledger: {last_error}")
     }
 }
+
+/// Held by the tests that load the machine most (a three-node cluster under kills, a browser,
+/// a code generator) so that they do not run at the same time: on two cores, a leader-kill
+/// test beside a browser missed its deadlines.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
