@@ -71,32 +71,32 @@ impl Rng {
     }
 }
 
-/// `erp processor` as a child process: killed when dropped (or when this process dies).
-struct ProcessorProcess(std::process::Child);
+/// What two scrapes of `/metrics` say happened between them.
+struct Scraped {
+    latency: commands::latency::LatencyCounts,
+    batches: f64,
+    batched_commands: f64,
+}
 
-impl ProcessorProcess {
-    async fn start(url: &str, client: &async_nats::Client, extra: &[String]) -> ProcessorProcess {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
-        command
-            .args(["processor", "--nats", url])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
-        ledger::server::die_with_parent(&mut command);
-        let child = command.spawn().expect("erp processor starts");
-        common::wait_for_processor(client).await;
-        ProcessorProcess(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
+impl Scraped {
+    fn between(before: &str, after: &str) -> Scraped {
+        let histogram = "erp_processor_command_seconds";
+        let delta =
+            |name: &str| common::scraped_value(after, name) - common::scraped_value(before, name);
+        Scraped {
+            latency: common::scraped_histogram(after, histogram)
+                .since(&common::scraped_histogram(before, histogram)),
+            batches: delta("erp_processor_batches_committed_total"),
+            batched_commands: delta("erp_processor_batched_commands_total"),
+        }
     }
 }
 
-impl Drop for ProcessorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// A histogram bucket in milliseconds, as `(lower, upper]`.
+fn bucket(bounds: Option<(f64, f64)>) -> String {
+    match bounds {
+        Some((lower, upper)) => format!("({}, {}] ms", lower * 1e3, upper * 1e3),
+        None => "(nothing counted)".to_string(),
     }
 }
 
@@ -425,7 +425,19 @@ async fn run() {
     let raw_several = raw_four.max(raw_eight);
     let lone_raw = raw_lone(&client, 300, 4, LONE_ORDERS).await;
 
-    let processor = ProcessorProcess::start(&url, &client, &processor_args).await;
+    let processor = common::ErpProcess::start(
+        &[
+            &["processor", "--nats", &url][..],
+            &processor_args
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
+    common::wait_for_processor(&client).await;
+    // A gateway, for `/metrics` scraped around the flash sale.
+    let (_gateway, gateway) = common::start_gateway(&url).await;
     stock_up(&client).await;
     let connections: Vec<async_nats::Client> = {
         let mut v = Vec::new();
@@ -445,6 +457,7 @@ async fn run() {
     let per_client = orders / clients;
     let hot = skus("HOT");
     let meter = CpuMeter::start(processor.pid(), server_pid);
+    let scraped_before = common::scrape(&gateway).await;
     let one_line = sale(&connections, clients, per_client, None, move |c, n| {
         order(
             format!("F{c}-{n}"),
@@ -454,6 +467,7 @@ async fn run() {
     })
     .await;
     let one_line_cpu = meter.per_thousand(one_line.orders(), one_line.secs);
+    let scraped = Scraped::between(&scraped_before, &common::scrape(&gateway).await);
 
     // 4. Half that rate, paced, on SKUs that never run out.
     let half_rate = one_line.rate() / 2.0;
@@ -594,6 +608,24 @@ async fn run() {
     println!(
         "| 3-line orders/s over 1-line orders/s | {:.2} |",
         three_line.rate() / one_line.rate()
+    );
+    println!(
+        "| `/metrics` scraped around the 1-line sale: `erp_processor_command_seconds` | {} commands answered = {:.0}/s; p50 in {}, p99 in {}; mean {:.1} ms (bench: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, mean {:.1} ms) |",
+        scraped.latency.count,
+        scraped.latency.count as f64 / one_line.secs,
+        bucket(scraped.latency.quantile_bucket(0.5)),
+        bucket(scraped.latency.quantile_bucket(0.99)),
+        scraped.latency.sum_micros as f64 / scraped.latency.count.max(1) as f64 / 1e3,
+        one_line.rate(),
+        one_line.percentile(0.5),
+        one_line.percentile(0.99),
+        one_line.latencies.iter().sum::<Duration>().as_secs_f64() * 1e3 / one_line.orders() as f64,
+    );
+    println!(
+        "| `/metrics` scraped around the 1-line sale: batches | {:.0} batches committed, {:.0} commands in them ({:.1} a batch) |",
+        scraped.batches,
+        scraped.batched_commands,
+        scraped.batched_commands / scraped.batches.max(1.0)
     );
     println!("| raw plain pipelined publish x 300 B, no fsync (reference) | {plain:.0} msgs/s |");
     println!("| 1-line hot units allocated (must be {hot_expected}) | {hot_allocated} |");

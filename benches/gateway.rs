@@ -36,29 +36,6 @@ fn order(n: usize) -> Bytes {
     )
 }
 
-/// An `erp` child process, killed when dropped.
-struct Child(std::process::Child);
-
-impl Child {
-    fn start(args: &[&str]) -> Child {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
-        command
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        ledger::server::die_with_parent(&mut command);
-        Child(command.spawn().expect("erp starts"))
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
@@ -176,20 +153,14 @@ async fn run() {
     );
 
     let raw = common::raw_atomic(&client, "RAW4", 300, 1000, 60, 4).await;
-    let _processor = Child::start(&["processor", "--nats", &url]);
+    let _processor = common::ErpProcess::start(&["processor", "--nats", &url]);
     common::wait_for_processor(&client).await;
-    let port = ledger::server::free_port().expect("port");
-    let address = format!("127.0.0.1:{port}");
-    let _gateway = Child::start(&["gateway", "--nats", &url, "--http", &address]);
-    let base = format!("http://{address}");
+    let (_gateway, base) = common::start_gateway(&url).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(60))
         .build()
         .expect("http client");
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Stock enough for every order of every step.
     let setup = commands::client::CommandClient::new(client.clone(), Duration::from_secs(30));

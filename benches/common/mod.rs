@@ -202,6 +202,103 @@ pub fn command(kind: &str, data: serde_json::Value) -> bytes::Bytes {
     )
 }
 
+/// An `erp` child process (`erp processor`, `erp gateway`), killed when dropped or when this
+/// process dies. Its warnings go to this process's stderr.
+pub struct ErpProcess(std::process::Child);
+
+impl ErpProcess {
+    pub fn start(args: &[&str]) -> ErpProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_erp"));
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        server::die_with_parent(&mut command);
+        ErpProcess(command.spawn().expect("erp starts"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ErpProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `erp gateway` on a free loopback port, once it answers `/healthz`: the process and its
+/// base URL.
+pub async fn start_gateway(nats_url: &str) -> (ErpProcess, String) {
+    let address = format!("127.0.0.1:{}", server::free_port().expect("port"));
+    let gateway = ErpProcess::start(&["gateway", "--nats", nats_url, "--http", &address]);
+    let base = format!("http://{address}");
+    let mut asked = 0;
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        asked += 1;
+        assert!(asked < 1200, "the gateway did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (gateway, base)
+}
+
+/// `GET /metrics` from a gateway.
+pub async fn scrape(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics body")
+}
+
+/// A latency histogram read back from a scrape (Prometheus' cumulative buckets undone).
+pub fn scraped_histogram(text: &str, name: &str) -> commands::latency::LatencyCounts {
+    let sample = |line: &str, prefix: &str| -> Option<f64> {
+        line.strip_prefix(prefix)?.trim().parse().ok()
+    };
+    let mut cumulative = Vec::new();
+    let mut counts = commands::latency::LatencyCounts::default();
+    for line in text.lines() {
+        for bound in commands::latency::LATENCY_BUCKETS {
+            if let Some(v) = sample(line, &format!("{name}_bucket{{le=\"{bound}\"}}")) {
+                cumulative.push(v as u64);
+            }
+        }
+        if let Some(v) = sample(line, &format!("{name}_count ")) {
+            counts.count = v as u64;
+        }
+        if let Some(v) = sample(line, &format!("{name}_sum ")) {
+            counts.sum_micros = (v * 1e6).round() as u64;
+        }
+    }
+    assert_eq!(
+        cumulative.len(),
+        commands::latency::LATENCY_BUCKETS.len(),
+        "{name} is not in the scrape"
+    );
+    let mut before = 0;
+    counts.buckets = cumulative
+        .into_iter()
+        .map(|c| {
+            let n = c - before;
+            before = c;
+            n
+        })
+        .collect();
+    counts
+}
+
+/// A counter or gauge without labels from a scrape.
+pub fn scraped_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in the scrape"))
+}
+
 /// Runs a bench's async body on a multi-threaded runtime.
 pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

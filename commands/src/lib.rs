@@ -9,6 +9,7 @@ pub mod client;
 pub mod command;
 pub mod decide;
 pub mod demo;
+pub mod latency;
 pub mod processor;
 pub mod purchase;
 pub mod recall;

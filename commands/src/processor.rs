@@ -149,6 +149,9 @@ pub struct ProcessorStatus {
     pub batches: BatchCounts,
     /// Batches sent and not yet acknowledged, now.
     pub in_flight: usize,
+    /// From a command's arrival at the processor to its answer being sent, since this
+    /// process started (filled in by the service, which sees both ends).
+    pub answer_latency: crate::latency::LatencyCounts,
 }
 
 /// Upper bounds of the commands-per-batch histogram's buckets.
@@ -532,6 +535,7 @@ impl<L: EventLog> Processor<L> {
             recalled: self.recalled_total,
             batches: self.batches.clone(),
             in_flight: self.flights.len(),
+            answer_latency: crate::latency::LatencyCounts::default(),
         }
     }
 

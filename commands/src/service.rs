@@ -16,7 +16,7 @@
 //! agree with the subject, and the sender's principal (`crate::access`) bounds what it may
 //! claim. Answers never go to a subject a stream captures (`ledger::guard`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::command::Command;
 use crate::decide::code;
+use crate::latency::Histogram;
 use crate::processor::{Outcome, Processor, ProcessorError, Recovered, Ticket};
 use crate::snapshot;
 use crate::state::State;
@@ -104,8 +105,9 @@ enum Incoming {
         subject: async_nats::Subject,
         payload: Bytes,
         reply: Option<async_nats::Subject>,
+        received: Instant,
     },
-    Stream(jetstream::Message),
+    Stream(jetstream::Message, Instant),
     Query {
         kind: QueryKind,
         payload: Bytes,
@@ -120,13 +122,26 @@ enum QueryKind {
 }
 
 enum ReplyTo {
-    Rpc(Option<async_nats::Subject>),
+    Rpc {
+        subject: Option<async_nats::Subject>,
+        received: Instant,
+    },
     /// A durable command; `user`: its sender with credentials (answers then go only to that
     /// user's answer subjects).
     Stream {
         msg: Box<jetstream::Message>,
         user: Option<String>,
+        received: Instant,
     },
+}
+
+impl ReplyTo {
+    /// When the command arrived.
+    fn received(&self) -> Instant {
+        match self {
+            ReplyTo::Rpc { received, .. } | ReplyTo::Stream { received, .. } => *received,
+        }
+    }
 }
 
 /// A processor that has recovered its state and subscribed to its intake: from here on,
@@ -139,6 +154,8 @@ pub struct Service {
     intake: Vec<tokio::task::JoinHandle<()>>,
     guard: ReplyGuard,
     snapshots: Snapshots,
+    /// Commands' time from arrival to answer, since this process started.
+    latency: std::sync::Arc<Histogram>,
 }
 
 /// Where the processor's snapshots go, and the one being written.
@@ -287,13 +304,14 @@ impl Service {
         }
         let (tx, rx) = mpsc::channel::<Incoming>(config.queue_capacity);
         let guard = ReplyGuard::load(processor.log().jetstream()).await;
+        let latency = std::sync::Arc::new(Histogram::default());
         let intake = spawn_intake(
             &client,
             processor.log().jetstream(),
             processor.log().config().replicas,
             &config,
             tx,
-            guard.clone(),
+            (guard.clone(), latency.clone()),
         )
         .await?;
         Ok(Service {
@@ -303,6 +321,7 @@ impl Service {
             rx,
             intake,
             guard,
+            latency,
             snapshots: Snapshots {
                 store: snapshots,
                 seq: snapshot_seq,
@@ -339,14 +358,14 @@ impl Service {
                 // Only the wait is raced (it is cancel-safe); settling runs to its end.
                 () = self.processor.wait_for_oldest(), if self.processor.in_flight() > 0 => {
                     let settled = self.processor.settle_next().await;
-                    let answers = Answers { client: &self.client, guard: &self.guard };
+                    let answers = Answers { client: &self.client, guard: &self.guard, latency: &self.latency };
                     for (ticket, outcome) in settled {
                         waiting.settle(answers, ticket, &outcome).await;
                     }
                 }
                 incoming = self.rx.recv(), if room => {
                     let Some(incoming) = incoming else { break };
-                    let answers = Answers { client: &self.client, guard: &self.guard };
+                    let answers = Answers { client: &self.client, guard: &self.guard, latency: &self.latency };
                     take(answers, &mut self.processor, &self.config, &mut waiting, incoming).await;
                     // Whatever else already waits joins the same batch.
                     for _ in 0..self.config.tick_commands_max {
@@ -375,6 +394,7 @@ impl Service {
         let answers = Answers {
             client: &self.client,
             guard: &self.guard,
+            latency: &self.latency,
         };
         while self.processor.in_flight() > 0 {
             for (ticket, outcome) in self.processor.settle_next().await {
@@ -557,7 +577,7 @@ async fn spawn_intake(
     replicas: usize,
     config: &ServiceConfig,
     tx: mpsc::Sender<Incoming>,
-    guard: ReplyGuard,
+    (guard, latency): (ReplyGuard, std::sync::Arc<Histogram>),
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServiceError> {
     let mut rpc = client
         .queue_subscribe(subjects::RPC_ALL, "processor".into())
@@ -621,6 +641,7 @@ async fn spawn_intake(
                     subject: msg.subject,
                     payload: msg.payload,
                     reply: msg.reply,
+                    received: Instant::now(),
                 };
                 match rpc_tx.try_send(incoming) {
                     Ok(()) => {}
@@ -629,6 +650,7 @@ async fn spawn_intake(
                     Err(mpsc::error::TrySendError::Full(Incoming::Rpc {
                         payload,
                         reply: Some(reply),
+                        received,
                         ..
                     })) => {
                         let busy = Outcome::Unavailable {
@@ -640,8 +662,13 @@ async fn spawn_intake(
                         let answers = Answers {
                             client: &rpc_client,
                             guard: &guard,
+                            latency: &latency,
                         };
-                        answer(answers, ReplyTo::Rpc(Some(reply)), &busy).await;
+                        let reply = ReplyTo::Rpc {
+                            subject: Some(reply),
+                            received,
+                        };
+                        answer(answers, reply, &busy).await;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
@@ -654,7 +681,11 @@ async fn spawn_intake(
             while let Some(msg) = messages.next().await {
                 match msg {
                     Ok(msg) => {
-                        if tx.send(Incoming::Stream(msg)).await.is_err() {
+                        if tx
+                            .send(Incoming::Stream(msg, Instant::now()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -670,6 +701,8 @@ async fn spawn_intake(
 struct Answers<'a> {
     client: &'a async_nats::Client,
     guard: &'a ReplyGuard,
+    /// Commands' time from arrival to answer.
+    latency: &'a Histogram,
 }
 
 impl Answers<'_> {
@@ -699,8 +732,16 @@ async fn take<L: ledger::EventLog>(
             subject,
             payload,
             reply,
-        } => (subject.to_string(), payload, ReplyTo::Rpc(reply)),
-        Incoming::Stream(msg) => {
+            received,
+        } => (
+            subject.to_string(),
+            payload,
+            ReplyTo::Rpc {
+                subject: reply,
+                received,
+            },
+        ),
+        Incoming::Stream(msg, received) => {
             let user = config
                 .principals
                 .as_ref()
@@ -711,6 +752,7 @@ async fn take<L: ledger::EventLog>(
                 ReplyTo::Stream {
                     msg: Box::new(msg),
                     user,
+                    received,
                 },
             )
         }
@@ -722,7 +764,9 @@ async fn take<L: ledger::EventLog>(
             let answer = match kind {
                 QueryKind::Outcome => query(processor.log(), processor.state(), &payload).await,
                 QueryKind::Status => {
-                    serde_json::to_vec(&processor.status()).expect("status serialises")
+                    let mut status = processor.status();
+                    status.answer_latency = answers.latency.read();
+                    serde_json::to_vec(&status).expect("status serialises")
                 }
             };
             if let Some(reply) = reply {
@@ -833,10 +877,14 @@ async fn answer(answers: Answers<'_>, reply: ReplyTo, outcome: &Outcome) {
     let body: Bytes = serde_json::to_vec(outcome)
         .expect("outcomes serialise")
         .into();
+    let received = reply.received();
     match reply {
-        ReplyTo::Rpc(Some(subject)) => answers.send(&subject, body).await,
-        ReplyTo::Rpc(None) => {}
-        ReplyTo::Stream { msg, user } => {
+        ReplyTo::Rpc {
+            subject: Some(subject),
+            ..
+        } => answers.send(&subject, body).await,
+        ReplyTo::Rpc { subject: None, .. } => {}
+        ReplyTo::Stream { msg, user, .. } => {
             if let Some(to) = msg
                 .headers
                 .as_ref()
@@ -866,4 +914,5 @@ async fn answer(answers: Answers<'_>, reply: ReplyTo, outcome: &Outcome) {
             }
         }
     }
+    answers.latency.observe(received.elapsed());
 }

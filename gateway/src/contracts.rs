@@ -7,6 +7,19 @@ use serde_json::{Map, Value, json};
 
 use crate::views::VIEWS;
 
+/// The schemas of the types that cross the edge, and those only HTTP uses.
+fn http_schemas() -> Map<String, Value> {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<crate::replays::ReplayRequest>();
+    generator.subschema_for::<crate::replays::ReplayJob>();
+    let mut schemas = type_schemas();
+    schemas.extend(generator.take_definitions(true));
+    schemas
+}
+
 /// Reusable schemas of the Rust types that cross the edge, with references rewritten to
 /// `prefix` (`#/components/schemas/` in both documents).
 fn type_schemas() -> Map<String, Value> {
@@ -366,6 +379,29 @@ pub fn openapi() -> Value {
         ],
         "responses": {"200": {"description": "An event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, "403": error("The user may not read the ledger.")}
     }}));
+    let replays = "With credentials: the auditor and users with the admin or auditor role (a replay reads the whole ledger).";
+    paths.insert("/v1/replays".into(), json!({
+        "post": {
+            "operationId": "startReplay",
+            "summary": format!("Replays a view as of a point of either timeline (as `erp replay` does): the point is resolved now, the ledger is read from sequence 1 in the background. 202 with the job; poll its Location. {replays}"),
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReplayRequest"}}}},
+            "responses": {"202": response("The replay, running.", "ReplayJob"), "400": error("A bad field (named in the message)."), "401": error("No valid bearer token."), "403": error("The user may not read the ledger."), "422": error("The point is ambiguous (the server's clock stepped back around it)."), "429": error(&format!("{} replays are running already.", crate::replays::RUNNING_MAX)), "503": error("The ledger could not be read.")}
+        },
+        "get": {
+            "operationId": "listReplays",
+            "summary": format!("The recent replays (the last {}), newest first, without rows; and the views a replay builds. {replays}", crate::replays::KEPT),
+            "responses": {"200": {"description": "Replays and views.", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "replays": {"type": "array", "items": {"$ref": "#/components/schemas/ReplayJob"}},
+                "views": {"type": "array", "items": {"type": "object", "properties": {"view": {"type": "string"}, "holds": {"type": "string"}}}}}}}}},
+                "401": error("No valid bearer token."), "403": error("The user may not read the ledger.")}
+        }
+    }));
+    paths.insert("/v1/replays/{id}".into(), json!({"get": {
+        "operationId": "getReplay",
+        "summary": format!("A replay: progress while running; its rows once done; why, once failed. {replays}"),
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+        "responses": {"200": response("The replay.", "ReplayJob"), "400": error("Not a UUID."), "401": error("No valid bearer token."), "403": error("The user may not read the ledger."), "404": error("No such replay (kept until the gateway restarts, the last few only).")}
+    }}));
     let open = json!([]);
     paths.insert("/healthz".into(), json!({"get": {"operationId": "health", "security": open, "summary": "The gateway answers.", "responses": {"200": {"description": "Up."}}}}));
     paths.insert("/readyz".into(), json!({"get": {"operationId": "ready", "security": open, "summary": "Ready: the processor answers and it and every view are within --ready-lag records of the ledger's end.", "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready, with what is not."}}}}));
@@ -383,7 +419,7 @@ pub fn openapi() -> Value {
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": type_schemas(),
+            "schemas": http_schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token from `erp auth token USER`: requests act as that user. A gateway without --auth needs none."}}
         }
     })

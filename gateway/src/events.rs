@@ -149,7 +149,7 @@ pub async fn page(
 }
 
 /// Who asks for the feed, if they may read the ledger.
-fn ledger_reader(gw: &Gateway, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(crate) fn ledger_reader(gw: &Gateway, headers: &HeaderMap) -> Result<(), Refusal> {
     let caller = gw.caller(headers)?;
     if gw.may_read_ledger(&caller) {
         return Ok(());

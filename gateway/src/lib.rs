@@ -7,6 +7,7 @@
 pub mod contracts;
 pub mod events;
 pub mod metrics;
+pub mod replays;
 pub mod tls;
 pub mod tokens;
 pub mod views;
@@ -108,6 +109,7 @@ struct Inner {
     /// The ledger as the event feed reads it.
     log: JetStreamLog,
     metrics: metrics::Metrics,
+    replays: replays::Replays,
 }
 
 /// The user a request acts as: `None` on a gateway without credentials.
@@ -157,6 +159,7 @@ impl Gateway {
                 reader,
                 log,
                 metrics: metrics::Metrics::default(),
+                replays: replays::Replays::default(),
             }),
         })
     }
@@ -173,6 +176,8 @@ impl Gateway {
             .route("/v1/views/{view}/{op}", get(views::query))
             .route("/v1/events", get(events::page))
             .route("/v1/events/stream", get(events::stream))
+            .route("/v1/replays", get(replays::list).post(replays::start))
+            .route("/v1/replays/{id}", get(replays::get))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics::scrape))

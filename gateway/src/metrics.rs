@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -14,54 +13,30 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use commands::latency::{Histogram, LATENCY_BUCKETS, LatencyCounts};
+use projections::runtime::RebuildProgress;
 use serde_json::Value;
 
 use crate::Gateway;
 
-/// Upper bounds of the latency histogram's buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 21] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
-    0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-];
-
-/// A histogram of durations.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Its buckets (not cumulative), sum in seconds and count.
-    fn read(&self) -> (Vec<(String, u64)>, f64, u64) {
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.counts)
-            .map(|(bound, count)| (bound.to_string(), count.load(Ordering::Relaxed)))
-            .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, sum, self.count.load(Ordering::Relaxed))
-    }
+/// A latency histogram's counts as the exposition takes them: buckets (upper bound, count in
+/// it; not cumulative), sum in seconds and count.
+fn latency(counts: &LatencyCounts) -> (Vec<(String, u64)>, f64, u64) {
+    let buckets = LATENCY_BUCKETS
+        .iter()
+        .zip(&counts.buckets)
+        .map(|(bound, n)| (bound.to_string(), *n))
+        .collect();
+    (buckets, counts.sum_micros as f64 / 1e6, counts.count)
 }
 
 /// Prometheus' text exposition format, a metric family at a time.
 #[derive(Debug, Default)]
-struct Exposition(String);
+pub(crate) struct Exposition(String);
 
 impl Exposition {
     /// A family and its samples: (labels, value), labels as `{k="v",...}` or empty.
-    fn family<V: std::fmt::Display>(
+    pub(crate) fn family<V: std::fmt::Display>(
         &mut self,
         name: &str,
         kind: &str,
@@ -186,6 +161,8 @@ pub struct SystemReport {
     pub ledger_last_seq: Option<u64>,
     pub processor: Option<ProcessorReport>,
     pub views: Vec<(&'static str, Option<ViewReport>)>,
+    /// Rebuilds under way: each answers how far it is.
+    pub rebuilds: Vec<(&'static str, RebuildProgress)>,
 }
 
 pub async fn system_report(gw: &Gateway) -> SystemReport {
@@ -207,7 +184,19 @@ pub async fn system_report(gw: &Gateway) -> SystemReport {
         });
         (*view, report)
     }));
-    let (ledger, processor, views) = tokio::join!(ledger, processor, views);
+    let rebuilds = futures::future::join_all(crate::views::VIEWS.iter().map(|(view, _)| async {
+        let asked = tokio::time::timeout(
+            Duration::from_millis(500),
+            reader.request(projections::runtime::rebuild_subject(view), Bytes::new()),
+        )
+        .await;
+        let progress = asked
+            .ok()?
+            .ok()
+            .and_then(|msg| serde_json::from_slice::<RebuildProgress>(&msg.payload).ok())?;
+        Some((*view, progress))
+    }));
+    let (ledger, processor, views, rebuilds) = tokio::join!(ledger, processor, views, rebuilds);
     let processor = processor
         .ok()
         .and_then(|r| r.ok())
@@ -222,6 +211,7 @@ pub async fn system_report(gw: &Gateway) -> SystemReport {
         ledger_last_seq: ledger.ok().and_then(|r| r.ok()),
         processor,
         views,
+        rebuilds: rebuilds.into_iter().flatten().collect(),
     }
 }
 
@@ -334,12 +324,12 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
     out.histogram(
         "erp_gateway_command_seconds",
         "From sending a command (POST /v1/commands) to the processor to its answer.",
-        metrics.command_latency.read(),
+        latency(&metrics.command_latency.read()),
     );
     out.histogram(
         "erp_gateway_batch_seconds",
         "From sending a batch request's first command to its last answer.",
-        metrics.batch_latency.read(),
+        latency(&metrics.batch_latency.read()),
     );
     let queries = metrics.view_queries.lock().expect("metrics lock").clone();
     out.family(
@@ -369,6 +359,14 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
             if let Some(value) = p.raw.pointer(pointer).and_then(Value::as_u64) {
                 out.family(name, kind, help, one(value));
             }
+        }
+        if let Ok(counts) = serde_json::from_value::<LatencyCounts>(p.raw["answer_latency"].clone())
+        {
+            out.histogram(
+                "erp_processor_command_seconds",
+                "From a command's arrival at the processor to its answer (every command, from every sender).",
+                latency(&counts),
+            );
         }
         let batches = &p.raw["batches"];
         if let Some(counts) = batches["commands_per_batch"].as_array() {
@@ -414,6 +412,33 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
         "Ledger records the view has yet to apply.",
         per_view(|r| r.lag),
     );
+    let rebuild = |figure: fn(&RebuildProgress) -> f64| {
+        report.rebuilds.iter().map(move |(view, p)| {
+            (
+                format!("{{view=\"{view}\",generation=\"{}\"}}", p.generation),
+                figure(p),
+            )
+        })
+    };
+    out.family(
+        "erp_view_rebuild_records_done",
+        "gauge",
+        "A rebuild under way: ledger records read into the new generation.",
+        rebuild(|p| p.done as f64),
+    );
+    out.family(
+        "erp_view_rebuild_records_total",
+        "gauge",
+        "A rebuild under way: records it must read before the new generation is swapped in.",
+        rebuild(|p| p.total as f64),
+    );
+    out.family(
+        "erp_view_rebuild_seconds_left",
+        "gauge",
+        "A rebuild under way: the time left at its rate so far.",
+        rebuild(|p| p.eta_seconds),
+    );
+    crate::replays::expose(&gw, &mut out);
     out.family(
         "erp_gateway_scrape_seconds",
         "gauge",

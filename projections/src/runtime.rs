@@ -162,6 +162,54 @@ async fn fetch_snapshot<V: View>(
         .map_err(|e| failed(e.to_string()))
 }
 
+/// Where a rebuild in progress answers how far it is (`RebuildProgress`). Outside
+/// `view.<name>.>`, which the generation being served answers; within `view.>`, which every
+/// user that may ask views may ask.
+pub fn rebuild_subject(view: &str) -> String {
+    format!("view._rebuild.{view}")
+}
+
+/// How far a rebuild is: records of the ledger read into the new generation of the total it
+/// must read before it is swapped in.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RebuildProgress {
+    pub generation: String,
+    pub done: u64,
+    pub total: u64,
+    pub events_per_second: f64,
+    pub eta_seconds: f64,
+}
+
+/// Answers requests on `rebuild_subject(view)` with `progress` until dropped.
+async fn answer_rebuild_progress(
+    client: &async_nats::Client,
+    view: &str,
+    progress: std::sync::Arc<std::sync::Mutex<RebuildProgress>>,
+) -> Result<AbortOnDrop, ProjectorError> {
+    let mut requests = client
+        .subscribe(rebuild_subject(view))
+        .await
+        .map_err(nats)?;
+    let client = client.clone();
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let Some(reply) = request.reply else { continue };
+            let body = serde_json::to_vec(&*progress.lock().expect("progress lock"))
+                .expect("progress serialises");
+            let _ = client.publish(reply, body.into()).await;
+        }
+    })))
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Progress of a catch-up, for `erp project --rebuild` and the logs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -537,11 +585,25 @@ impl<V: View> Projector<V> {
     }
 
     /// Reads the ledger up to its current end without serving: the catch-up of a rebuild.
+    /// A rebuild answers how far it is on `rebuild_subject` meanwhile.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectorError> {
         let target = self.log.last_sequence().await?;
         let started = Instant::now();
         let from = self.checkpoint;
         let mut last_report = Instant::now();
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(RebuildProgress {
+            generation: self.generation.bucket.clone(),
+            done: 0,
+            total: target.saturating_sub(from),
+            events_per_second: 0.0,
+            eta_seconds: 0.0,
+        }));
+        let _answering = match self.swap_when_caught_up {
+            true => {
+                Some(answer_rebuild_progress(self.log.client(), V::NAME, shared.clone()).await?)
+            }
+            false => None,
+        };
         let mut walker = self.walk_again(WalkUntil::Sequence(target)).await?;
         while let Some(item) = walker.next().await {
             match item {
@@ -561,22 +623,36 @@ impl<V: View> Projector<V> {
             if !self.swap_when_caught_up && self.since_flush >= self.config.flush_events {
                 self.flush().await?;
             }
-            if last_report.elapsed() >= Duration::from_secs(2) {
+            if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
-                self.report(from, target, started);
+                self.report(from, target, started, &shared);
             }
         }
         self.end_walk(walker);
         self.flush().await?;
-        self.report(from, target, started);
+        self.report(from, target, started, &shared);
         self.save_snapshot(None).await?;
         Ok(self.checkpoint - from)
     }
 
-    fn report(&mut self, from: u64, target: u64, started: Instant) {
+    /// Logs how far a catch-up is, tells whoever asks on the rebuild subject (`shared`), then
+    /// the caller's progress report.
+    fn report(
+        &mut self,
+        from: u64,
+        target: u64,
+        started: Instant,
+        shared: &std::sync::Mutex<RebuildProgress>,
+    ) {
         let done = self.checkpoint - from;
         let total = target.saturating_sub(from);
         let progress = Progress::at(done, total, started);
+        {
+            let mut shared = shared.lock().expect("progress lock");
+            shared.done = progress.done;
+            shared.events_per_second = progress.events_per_second;
+            shared.eta_seconds = progress.eta_seconds;
+        }
         let rate = progress.events_per_second;
         tracing::info!(
             view = V::NAME,

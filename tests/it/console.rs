@@ -286,6 +286,26 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         .wait_for(cells, |v| v[0][1] == json!(on_hand.to_string()))
         .await;
 
+    // As of a date: a replay of the ATS view counting only events effective by 2025 shows the
+    // figure from before the receipt (the form sends it effective now).
+    browser.go(&gw.url("/#asof")).await;
+    browser
+        .wait_for(
+            "return document.getElementById('asof-view').options.length",
+            |v| v.as_u64() >= Some(7),
+        )
+        .await;
+    browser
+        .script(&format!(
+            "document.getElementById('asof-view').value = 'ats'; document.getElementById('asof-effective').value = '2025-01-01'; document.getElementById('asof-prefix').value = 'loc.{sku}.UK-DC'; document.getElementById('asof-go').click(); return true"
+        ))
+        .await;
+    let replayed = "const t = document.querySelector('#asof-table table'); if (!t || t.rows.length < 2) return null; const head = Array.from(t.rows[0].children).map(c => c.textContent); return t.rows[1].children[head.indexOf('on hand')].textContent";
+    browser
+        .wait_for(replayed, |v| *v == json!(location["on_hand"].to_string()))
+        .await;
+    browser.screenshot("asof").await;
+
     // "Explain this number": the events behind the location's figures, as the view lists them.
     let api = |path: String| {
         let (http, url) = (http.clone(), gw.url(&path));

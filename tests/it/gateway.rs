@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ledger::EventLog;
 use ledger::walk::{WalkUntil, Walked, walk};
 use projections::ats::Ats;
 use projections::{Mode, Projector, ProjectorConfig};
@@ -817,5 +818,169 @@ async fn with_a_certificate_the_gateway_speaks_only_https() {
         error.contains("bad.pem") && error.contains("no PEM certificate"),
         "{error}"
     );
+    processor.stop().await;
+}
+
+/// Polls a replay until it is no longer running (a minute at most).
+async fn replay_finished(http: &reqwest::Client, gw: &TestGateway, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, job) = get(http, &gw.url(&format!("/v1/replays/{id}"))).await;
+        assert_eq!(status, 200, "{job}");
+        if job["status"] != "running" {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replay {id} did not finish");
+}
+
+#[tokio::test]
+async fn a_view_replayed_as_of_a_point_shows_it_then_and_bad_requests_name_the_field() {
+    // Goal: the console's "as of a date": POST /v1/replays replays a view to a point of the
+    // ledger in the background; its rows are the view as it stood then (and at the end, the
+    // live view's rows); progress and the processor's command latency show in /metrics; a bad
+    // request changes nothing and names its field.
+    let nats = TestNats::start();
+    let (processor, projector, gw) = system(&nats).await;
+    let http = http();
+    crate::processor::setup(&command_client(&nats).await, &["A", "B"]).await;
+    let mut seqs = Vec::new();
+    for (sku, qty) in [("A", 3), ("B", 5), ("A", 4)] {
+        let (status, outcome) = post(
+            &http,
+            &gw.url("/v1/commands"),
+            &command("stock.receive", json!({"sku": sku, "location": "WH1", "qty": qty, "unit_cost": {"amount": "1.00", "currency": "GBP"}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{outcome}");
+        seqs.push(outcome["outcome_seq"].as_u64().unwrap());
+    }
+    // As of the first receipt: A has 3, B nothing yet.
+    let (status, job) = post(
+        &http,
+        &gw.url("/v1/replays"),
+        &json!({"view": "ats", "as_of_seq": seqs[0], "key_prefix": "loc."}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["status"], "running");
+    let then = replay_finished(&http, &gw, job["id"].as_str().unwrap()).await;
+    assert_eq!(then["status"], "done", "{then}");
+    assert_eq!(then["seq"], seqs[0]);
+    let rows = then["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{then}");
+    assert_eq!(rows[0]["key"], "loc.A.WH1");
+    assert_eq!(rows[0]["value"]["on_hand"], 3);
+    assert_eq!(then["done"], then["total"]);
+    // As of now, with a row limit: the live view's rows.
+    let (status, job) = post(
+        &http,
+        &gw.url("/v1/replays"),
+        &json!({"view": "ats", "key_prefix": "loc.", "limit": 1}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let now = replay_finished(&http, &gw, job["id"].as_str().unwrap()).await;
+    assert_eq!(now["rows_total"], 2, "{now}");
+    assert_eq!(now["rows"].as_array().unwrap().len(), 1);
+    let (_, live) = get(
+        &http,
+        &gw.url(&format!(
+            "/v1/views/ats/get?sku=A&location=WH1&min_seq={}",
+            seqs[2]
+        )),
+    )
+    .await;
+    assert_eq!(now["rows"][0]["value"]["on_hand"], 7);
+    assert_eq!(
+        now["rows"][0]["value"]["on_hand"],
+        live["result"]["on_hand"]
+    );
+    // The list holds both, newest first, without rows.
+    let (_, list) = get(&http, &gw.url("/v1/replays")).await;
+    let listed = list["replays"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["id"], now["id"]);
+    assert!(listed[0].get("rows").is_none());
+    assert!(list["views"].as_array().unwrap().len() >= 7);
+    // Bad requests are refused at once, naming the field.
+    let last = nats
+        .open(ledger_config())
+        .await
+        .last_sequence()
+        .await
+        .unwrap();
+    for (body, field) in [
+        (json!({"view": "nosuch"}), "`view`"),
+        (
+            json!({"view": "ats", "as_of_seq": 1, "as_recorded": "2011-01-01"}),
+            "`as_recorded`",
+        ),
+        (
+            json!({"view": "ats", "as_recorded": "yesterday"}),
+            "`as_recorded`",
+        ),
+        (
+            json!({"view": "ats", "as_effective": "2011-13-01"}),
+            "`as_effective`",
+        ),
+        (
+            json!({"view": "ats", "as_of_seq": last + 1000}),
+            "`as_of_seq`",
+        ),
+        (json!({"view": "ats", "as_of_seq": 0}), "`as_of_seq`"),
+        (json!({"view": "ats", "limit": 0}), "`limit`"),
+        (json!({"view": "ats", "where": ["on_hand"]}), "`where`"),
+        (json!({"view": "ats", "sku": "A"}), "unknown field `sku`"),
+    ] {
+        let (status, answer) = post(&http, &gw.url("/v1/replays"), &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_replay", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let (status, _) = get(&http, &gw.url("/v1/replays/not-a-uuid")).await;
+    assert_eq!(status, 400);
+    let (status, _) = get(
+        &http,
+        &gw.url(&format!("/v1/replays/{}", uuid::Uuid::now_v7())),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, list) = get(&http, &gw.url("/v1/replays")).await;
+    assert_eq!(
+        list["replays"].as_array().unwrap().len(),
+        2,
+        "a refused replay ran"
+    );
+    // /metrics: the replays, and the processor's own command latency.
+    let metrics = http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("erp_replays_finished_total{status=\"done\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("erp_replays_running 0"), "{metrics}");
+    let answered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("erp_processor_command_seconds_count "))
+        .expect("the processor's latency histogram")
+        .parse()
+        .unwrap();
+    assert!(answered >= 3 + 4, "{answered}");
+    let slowest_bucket: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("erp_processor_command_seconds_bucket{le=\"30\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(slowest_bucket, answered);
+    projector.abort();
     processor.stop().await;
 }

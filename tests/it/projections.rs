@@ -535,10 +535,11 @@ async fn a_projector_refuses_a_ledger_whose_chain_is_broken() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
     // Goal: while a live projector serves, a rebuild builds a new generation from sequence 1,
-    // reports progress, swaps the registry entry, and the old projector stops serving.
+    // reports progress (to its caller, and to anyone who asks on the rebuild subject), swaps
+    // the registry entry, and the old projector stops serving.
     let nats = TestNats::start();
     let processor = TestProcessor::start(&nats).await;
     submit(&nats, uci_bodies(1)).await;
@@ -566,7 +567,22 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
     let mut rebuild = projector::<Allocation>(&nats, Mode::Rebuild).await;
     let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = reports.clone();
-    rebuild.on_progress(move |p| sink.lock().unwrap().push(p));
+    // At each report, ask the rebuild how far it is, as the gateway's /metrics does.
+    let asker = nats.connect().await;
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = answers.clone();
+    rebuild.on_progress(move |p| {
+        sink.lock().unwrap().push(p);
+        let asked = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(asker.request(
+                projections::runtime::rebuild_subject("allocation"),
+                bytes::Bytes::new(),
+            ))
+        });
+        let answer: projections::runtime::RebuildProgress =
+            serde_json::from_slice(&asked.expect("the rebuild answers").payload).unwrap();
+        heard.lock().unwrap().push((p, answer));
+    });
     let new_bucket = rebuild.bucket().to_owned();
     assert_ne!(new_bucket, old_bucket);
     let new = tokio::spawn(rebuild.run(futures::future::pending()));
@@ -587,6 +603,13 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
         .last()
         .expect("progress was reported");
     assert_eq!(last.done, last.total);
+    let heard = answers.lock().unwrap().clone();
+    assert!(!heard.is_empty());
+    for (reported, answered) in &heard {
+        assert_eq!(answered.generation, new_bucket);
+        assert_eq!(answered.total, reported.total, "{answered:?}");
+        assert_eq!(answered.done, reported.done, "{answered:?}");
+    }
     let js = nats.open(ledger_config()).await.jetstream().clone();
     assert_eq!(
         projections::runtime::served_bucket(&js, "allocation")
