@@ -494,11 +494,25 @@ enum AuthAction {
     },
     /// Issue a bearer token for the HTTP gateway, acting as USER (a user that sends commands,
     /// or `auditor` to read the event feed). Prints the token once; only its hash is kept
-    /// (`tokens.json`). Restart the gateway to know it.
+    /// (`tokens.json`). A running gateway accepts it within a second.
     Token {
         #[arg(long, default_value = "auth")]
         dir: PathBuf,
         user: String,
+    },
+    /// List the bearer tokens issued: user, when, and the start of each one's hash.
+    Tokens {
+        #[arg(long, default_value = "auth")]
+        dir: PathBuf,
+    },
+    /// Revoke USER's bearer tokens (or only the one whose hash starts with --sha256, as
+    /// `erp auth tokens` shows it). A running gateway refuses them within a second.
+    Revoke {
+        #[arg(long, default_value = "auth")]
+        dir: PathBuf,
+        user: String,
+        #[arg(long, value_name = "HASH_PREFIX")]
+        sha256: Option<String>,
     },
 }
 
@@ -815,6 +829,19 @@ fn warn_if_open_and_remote(args: &NatsArgs, authenticated: bool) {
     }
 }
 
+/// An auth directory must hold the users file `erp auth init` writes.
+fn need_auth_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if !ledger::auth::Credentials::users_path(dir).exists() {
+        bail!(
+            "{} is not an auth directory (no {}); `erp auth init --dir {}` creates one",
+            dir.display(),
+            ledger::auth::Credentials::users_path(dir).display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// `erp auth init` and `erp auth add-user`.
 fn auth(action: AuthAction) -> anyhow::Result<()> {
     use commands::access::{AuthDir, Principal};
@@ -832,10 +859,54 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
                 .collect();
             let token = gateway::tokens::Tokens::issue(&dir, &user, &users)?;
             eprintln!(
-                "token for `{user}` (shown once; its hash is in {}; restart the gateway to know it):",
+                "token for `{user}` (shown once; its hash is in {}; a running gateway accepts it within a second):",
                 gateway::tokens::Tokens::path(&dir).display()
             );
             println!("{token}");
+            return Ok(());
+        }
+        AuthAction::Tokens { dir } => {
+            need_auth_dir(&dir)?;
+            let tokens = gateway::tokens::Tokens::load(&dir)?;
+            if tokens.tokens.is_empty() {
+                eprintln!(
+                    "no token issued in {}; `erp auth token USER` issues one",
+                    dir.display()
+                );
+            }
+            for t in &tokens.tokens {
+                println!(
+                    "{:<16} {:<28} sha256 {}",
+                    t.user,
+                    t.issued_at,
+                    &t.sha256[..12]
+                );
+            }
+            return Ok(());
+        }
+        AuthAction::Revoke { dir, user, sha256 } => {
+            need_auth_dir(&dir)?;
+            if let Some(prefix) = &sha256
+                && (prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                bail!(
+                    "--sha256 `{prefix}`: expected at least 6 hex digits of the hash `erp auth tokens` shows"
+                );
+            }
+            let revoked = gateway::tokens::Tokens::revoke(
+                &dir,
+                &user,
+                sha256.map(|p| p.to_ascii_lowercase()).as_deref(),
+            )?;
+            for t in &revoked {
+                println!(
+                    "revoked the token of `{}` issued {} (sha256 {})",
+                    t.user,
+                    t.issued_at,
+                    &t.sha256[..12]
+                );
+            }
+            eprintln!("a running gateway refuses them within a second");
             return Ok(());
         }
         AuthAction::Init { dir } => {

@@ -87,7 +87,7 @@ pub enum GatewayError {
 #[derive(Debug)]
 struct Access {
     dir: AuthDir,
-    tokens: Tokens,
+    tokens: tokens::LiveTokens,
 }
 
 /// A gateway's shared state.
@@ -126,8 +126,9 @@ impl Gateway {
                     detail,
                 };
                 let auth = AuthDir::load(dir).map_err(|e| auth_error(e.to_string()))?;
-                let tokens = Tokens::load(dir).map_err(|e| auth_error(e.to_string()))?;
-                if tokens.tokens.is_empty() {
+                let tokens =
+                    tokens::LiveTokens::open(dir).map_err(|e| auth_error(e.to_string()))?;
+                if tokens.count() == 0 {
                     tracing::warn!(
                         "no token issued in {}: every request will be refused; `erp auth token USER` issues one",
                         dir.display()
@@ -250,7 +251,13 @@ impl Gateway {
                 "send `Authorization: Bearer <token>`; `erp auth token USER` issues one",
             ));
         };
-        match access.tokens.user_of(token) {
+        let user = access.tokens.user_of(token).map_err(|e| {
+            unauthorized(
+                "token_file_unreadable",
+                &format!("the gateway cannot read its token file, so it accepts no token: {e}"),
+            )
+        })?;
+        match user.as_deref() {
             Some(user) if access.dir.credentials.users.contains_key(user) => {
                 Ok(Some(user.to_owned()))
             }

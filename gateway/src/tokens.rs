@@ -23,6 +23,8 @@ pub enum TokenError {
         "`{0}` cannot have a token: tokens are for users that send commands and for the auditor; `erp auth add-user` adds a sender"
     )]
     UnknownUser(String),
+    #[error("no token of `{user}`{matching} to revoke; `erp auth tokens` lists them")]
+    NothingToRevoke { user: String, matching: String },
 }
 
 /// One issued token: whose, when, and its hash.
@@ -86,10 +88,108 @@ impl Tokens {
             sha256: hash(&token),
             issued_at: chrono_now(),
         });
-        let path = Tokens::path(dir);
-        let text = serde_json::to_string_pretty(&tokens).expect("json");
-        write_secret(&path, text.as_bytes()).map_err(|source| TokenError::Io { path, source })?;
+        tokens.save(dir)?;
         Ok(token)
+    }
+
+    /// Revokes `user`'s tokens (only those whose hash starts with `sha256_prefix`, if given)
+    /// and returns them. A gateway stops accepting them within a second.
+    pub fn revoke(
+        dir: &Path,
+        user: &str,
+        sha256_prefix: Option<&str>,
+    ) -> Result<Vec<Issued>, TokenError> {
+        let mut tokens = Tokens::load(dir)?;
+        let (revoked, kept): (Vec<Issued>, Vec<Issued>) = tokens
+            .tokens
+            .into_iter()
+            .partition(|t| t.user == user && sha256_prefix.is_none_or(|p| t.sha256.starts_with(p)));
+        if revoked.is_empty() {
+            return Err(TokenError::NothingToRevoke {
+                user: user.to_owned(),
+                matching: sha256_prefix
+                    .map(|p| format!(" whose hash starts with `{p}`"))
+                    .unwrap_or_default(),
+            });
+        }
+        tokens.tokens = kept;
+        tokens.save(dir)?;
+        Ok(revoked)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TokenError> {
+        let path = Tokens::path(dir);
+        let text = serde_json::to_string_pretty(self).expect("json");
+        write_secret(&path, text.as_bytes()).map_err(|source| TokenError::Io { path, source })
+    }
+}
+
+/// The tokens of a directory as a gateway holds them: read again when the file changes
+/// (looked at no more than once a second), so issuing and revoking need no restart. A token
+/// file that cannot be read refuses every token until it can (and says so in the log).
+#[derive(Debug)]
+pub struct LiveTokens {
+    dir: PathBuf,
+    state: std::sync::Mutex<LiveState>,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    tokens: Result<Tokens, String>,
+    /// The file's modification time and length when read (`None`: no file).
+    stamp: Option<(std::time::SystemTime, u64)>,
+    checked: std::time::Instant,
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl LiveTokens {
+    /// Reads the directory's tokens now; an unreadable file is an error here.
+    pub fn open(dir: &Path) -> Result<LiveTokens, TokenError> {
+        let path = Tokens::path(dir);
+        let stamp = stamp(&path);
+        let tokens = Tokens::load(dir)?;
+        Ok(LiveTokens {
+            dir: dir.to_path_buf(),
+            state: std::sync::Mutex::new(LiveState {
+                tokens: Ok(tokens),
+                stamp,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// Tokens issued, as last read.
+    pub fn count(&self) -> usize {
+        let state = self.state.lock().expect("tokens lock");
+        state.tokens.as_ref().map_or(0, |t| t.tokens.len())
+    }
+
+    /// The user a presented token belongs to, after reading the file again if it changed;
+    /// `Err` when the file cannot be read.
+    pub fn user_of(&self, token: &str) -> Result<Option<String>, String> {
+        let mut state = self.state.lock().expect("tokens lock");
+        if state.checked.elapsed() >= std::time::Duration::from_secs(1) {
+            state.checked = std::time::Instant::now();
+            let now = stamp(&Tokens::path(&self.dir));
+            if now != state.stamp {
+                state.stamp = now;
+                state.tokens = Tokens::load(&self.dir).map_err(|e| e.to_string());
+                match &state.tokens {
+                    Ok(t) => tracing::info!(tokens = t.tokens.len(), "token file read again"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the token file cannot be read: every token is refused until it can")
+                    }
+                }
+            }
+        }
+        match &state.tokens {
+            Ok(tokens) => Ok(tokens.user_of(token).map(str::to_owned)),
+            Err(e) => Err(e.clone()),
+        }
     }
 }
 
@@ -146,6 +246,20 @@ mod tests {
             Tokens::issue(&dir, "nobody", &["upstream"]),
             Err(TokenError::UnknownUser(_))
         ));
+        // Revoking: by user (and hash prefix); nothing matching is an error.
+        let third = Tokens::issue(&dir, "upstream", &["upstream", "clerk"]).unwrap();
+        let third_hash = hash(&third);
+        let revoked = Tokens::revoke(&dir, "upstream", Some(&third_hash[..12])).unwrap();
+        assert_eq!(revoked.len(), 1);
+        let tokens = Tokens::load(&dir).unwrap();
+        assert_eq!(tokens.user_of(&third), None);
+        assert_eq!(tokens.user_of(&token), Some("upstream"));
+        assert!(matches!(
+            Tokens::revoke(&dir, "upstream", Some(&third_hash[..12])),
+            Err(TokenError::NothingToRevoke { .. })
+        ));
+        assert_eq!(Tokens::revoke(&dir, "clerk", None).unwrap().len(), 1);
+        assert_eq!(Tokens::load(&dir).unwrap().user_of(&second), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

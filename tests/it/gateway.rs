@@ -734,6 +734,26 @@ async fn with_credentials_a_token_acts_as_its_user_and_nothing_else_gets_in() {
         assert_eq!(event["type"], "erp.channel.defined");
         assert_eq!(event["actorid"], "admin", "{event}");
     }
+    // A token revoked while the gateway runs is refused within a second or two; one issued
+    // meanwhile is accepted, with no restart (asking for a command never sent: 404).
+    let unknown = gw.url(&format!("/v1/commands/{}", uuid::Uuid::now_v7()));
+    let status = |token: String| {
+        let request = http.get(&unknown).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(upstream.clone()).await, 404);
+    gateway::tokens::Tokens::revoke(&dir, "upstream", None).unwrap();
+    let fresh = token("clerk");
+    let mut waited = 0;
+    while status(upstream.clone()).await != 401 || status(fresh.clone()).await != 404 {
+        waited += 1;
+        assert!(
+            waited < 50,
+            "the revoked token is still accepted, or the new one not yet"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(admin.clone()).await, 404);
     secured.stop().await;
 }
 
