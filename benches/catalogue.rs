@@ -3,12 +3,15 @@
 //! 1. **Large catalogue, in process** (`ERP_CAT_SKUS`, default 1,000,000): 3 locations, then
 //!    per SKU an `item.define` and a receipt at each location, then `ERP_CAT_ORDERS` (default
 //!    the SKU count) random one-line orders. Every command is decoded from JSON, decided
-//!    against the write model and its events and outcome record applied, exactly the
-//!    processor's own code without the log. Rates, and resident memory (RSS) after each phase,
-//!    in bytes per SKU x location. Run twice in child processes: once building the write model
+//!    against the write model and its events and outcome record applied (and the record
+//!    archived), exactly the processor's own code without the log. Rates, and memory after
+//!    each phase in bytes per SKU x location: the heap (bytes allocated and live, counted by
+//!    the benches' allocator) and the resident set. Run twice in child processes: once building the write model
 //!    alone, once also feeding the ATS view, so the difference is the view's memory.
-//! 2. **Growth, end to end**: the same workload scaled to about 10k, 100k and 1M events,
-//!    each on a fresh fsyncing nats-server through the processor (window 512), then an ATS
+//! 2. **Growth, end to end**: the same workload scaled to about 10k, 100k and 1M events (or
+//!    the sizes given), each on a fresh fsyncing nats-server through `erp processor` as its own
+//!    process (window 512): its resident memory after the load, its restart from the snapshot
+//!    it writes when stopped and from scratch (time until it answers, and memory), then an ATS
 //!    rebuild and a raw ordered read of the same stream: cost per event at each size.
 //!
 //! Run: `cargo bench --bench catalogue` (`ERP_CAT_SKUS`, `ERP_CAT_ORDERS`,
@@ -158,7 +161,11 @@ impl InProcess {
                 event_count: count,
                 on_behalf_of: None,
             });
-            self.store(&command, Subject::Command(command.command_id), outcome);
+            let subject = Subject::Command(command.command_id);
+            self.store(&command, subject.clone(), outcome);
+            // Stored: the record leaves memory for the archive, as the processor's does once
+            // the log acknowledges its batch.
+            self.state.retire(&subject, self.seq);
         }
     }
 }
@@ -169,6 +176,7 @@ fn child(with_ats: bool) {
     let orders = common::env("ERP_CAT_ORDERS", skus as usize) as u64;
     let (catalogue, order_commands) = workload(skus, orders);
     let base = rss();
+    let heap_base = common::heap_bytes();
     let mut p = InProcess {
         state: State::default(),
         ats: with_ats.then(Ats::default),
@@ -181,7 +189,11 @@ fn child(with_ats: bool) {
     let catalogue_secs = started.elapsed().as_secs_f64();
     let catalogue_events = p.events;
     let after_catalogue = rss();
-    p.state.commands.clear();
+    let heap_catalogue = common::heap_bytes();
+    // The command records: those in memory, and the archive's entries of those that left.
+    drop(std::mem::take(&mut p.state.commands));
+    drop(std::mem::take(&mut p.state.archive));
+    let heap_without_records = common::heap_bytes();
     let without_records = rss();
     let started = Instant::now();
     p.run(&order_commands);
@@ -193,6 +205,9 @@ fn child(with_ats: bool) {
     println!("orders_events={}", p.events - catalogue_events);
     println!("orders_secs={orders_secs}");
     println!("base={base}");
+    println!("heap_base={heap_base}");
+    println!("heap_catalogue={heap_catalogue}");
+    println!("heap_without_records={heap_without_records}");
     println!("after_catalogue={after_catalogue}");
     println!("without_records={without_records}");
     println!("after_orders={after_orders}");
@@ -239,21 +254,27 @@ fn in_process() {
         orders as f64 / state["orders_secs"],
         state["orders_events"] / state["orders_secs"]
     );
-    let model = state["without_records"] - state["base"];
-    let records = state["after_catalogue"] - state["without_records"];
+    let heap_model = state["heap_without_records"] - state["heap_base"];
+    let heap_records = state["heap_catalogue"] - state["heap_without_records"];
     println!(
-        "| write model after the catalogue, without command records | {:.0} MiB, {:.0} bytes per SKU x location |",
+        "| write model after the catalogue, without command records: heap | {:.0} MiB, **{:.0} bytes per SKU x location** |",
+        mib(heap_model),
+        heap_model / cells
+    );
+    let model = state["without_records"] - state["base"];
+    println!(
+        "| same, resident (RSS, with what the allocator keeps after frees) | {:.0} MiB, {:.0} bytes per SKU x location |",
         mib(model),
         model / cells
     );
     println!(
-        "| command records (idempotency table) | {:.0} MiB, {:.0} bytes per command |",
-        mib(records),
-        records / state["catalogue_commands"]
+        "| command records (in memory and archived entries): heap | {:.0} MiB, {:.0} bytes per command |",
+        mib(heap_records),
+        heap_records / state["catalogue_commands"]
     );
     println!(
-        "| write model with its command records | {:.0} bytes per SKU x location |",
-        (model + records) / cells
+        "| write model with its command records: heap | {:.0} bytes per SKU x location |",
+        (heap_model + heap_records) / cells
     );
     let orders_bytes = state["after_orders"] - state["without_records"];
     println!(
@@ -261,25 +282,38 @@ fn in_process() {
         mib(orders_bytes),
         orders_bytes / orders as f64
     );
-    let ats = with_ats["without_records"] - state["without_records"];
+    let ats = with_ats["heap_without_records"] - state["heap_without_records"];
     println!(
-        "| ATS view (same run with the view fed too, difference) | {:.0} MiB, {:.0} bytes per SKU x location |",
+        "| ATS view (fed beside the model; its heap) | {:.0} MiB, {:.0} bytes per SKU x location |",
         mib(ats),
         ats / cells
     );
 }
 
-/// One size of the growth series: load, rebuild and raw read on a fresh server.
+/// `erp processor` on `url` once it answers (`extra`: its flags), and how long it took to.
+async fn processor_up(
+    url: &str,
+    client: &async_nats::Client,
+    extra: &[&str],
+) -> (common::ErpProcess, f64) {
+    let started = Instant::now();
+    let processor = common::ErpProcess::start(&[&["processor", "--nats", url][..], extra].concat());
+    common::wait_for_processor(client).await;
+    (processor, started.elapsed().as_secs_f64())
+}
+
+/// One size of the growth series on a fresh server: the load through `erp processor` (its own
+/// process, as deployed), its resident memory, restarts from its snapshot and from scratch,
+/// then an ATS rebuild and a raw read of the same stream.
 async fn growth_step(target_events: u64) -> String {
     // About 8 events per SKU (4 commands, each with an outcome record) and 4 per order.
     let skus = (target_events / 12).max(1);
     let (mut bodies, orders) = workload(skus, skus);
     bodies.extend(orders);
     let bench = common::start_server();
-    let client = async_nats::connect(bench.server.url())
-        .await
-        .expect("connect");
-    let processor = common::start_processor(&client).await;
+    let url = bench.server.url();
+    let client = async_nats::connect(&url).await.expect("connect");
+    let (processor, _) = processor_up(&url, &client, &[]).await;
     let sender = commands::client::CommandClient::new(client.clone(), Duration::from_secs(120));
     let total = bodies.len();
     let mut events = 0u64;
@@ -291,7 +325,15 @@ async fn growth_step(target_events: u64) -> String {
         })
         .await;
     let load = started.elapsed().as_secs_f64();
-    processor.abort();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let loaded_rss = processor.rss();
+    processor.interrupt();
+    let (processor, from_snapshot) = processor_up(&url, &client, &[]).await;
+    let snapshot_rss = processor.rss();
+    processor.interrupt();
+    let (processor, from_scratch) = processor_up(&url, &client, &["--from-scratch"]).await;
+    let scratch_rss = processor.rss();
+    processor.interrupt();
     let log = JetStreamLog::open(client.clone(), LogConfig::ledger())
         .await
         .expect("log");
@@ -309,10 +351,12 @@ async fn growth_step(target_events: u64) -> String {
     let rebuild = started.elapsed().as_secs_f64();
     drop(bench);
     format!(
-        "| {last} | {total} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} |",
+        "| {last} | {total} | {:.0} | {:.1} | {:.0} MiB | {from_snapshot:.2} s, {:.0} MiB | {from_scratch:.1} s, {:.0} MiB | {:.1} | {:.0} | {:.2} |",
         events as f64 / load,
         load * 1e6 / last as f64,
-        rebuilt as f64 / rebuild,
+        mib(loaded_rss),
+        mib(snapshot_rss),
+        mib(scratch_rss),
         rebuild * 1e6 / rebuilt as f64,
         raw,
         (rebuilt as f64 / rebuild) / raw,
@@ -341,13 +385,13 @@ fn main() {
     let (_, version) = common::nats_server();
     println!();
     println!(
-        "Growth, end to end (nats-server {version}, fsync always, processor in process, window 512):"
+        "Growth, end to end (nats-server {version}, fsync always, `erp processor` as its own process, window 512):"
     );
     println!();
     println!(
-        "| stream messages | commands | load events/s | load µs per message | ATS rebuild msgs/s | rebuild µs per message | raw read msgs/s | rebuild / raw |"
+        "| stream messages | commands | load events/s | load µs per message | processor RSS after the load | restart from its snapshot (to answering; RSS) | restart from scratch (RSS) | ATS rebuild µs per message | raw read msgs/s | rebuild / raw |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     common::block_on(async {
         for size in sizes {
             println!("{}", growth_step(size).await);

@@ -2,9 +2,52 @@
 //! they are compared with, and envelopes made the processor's way. Each bench uses its part.
 #![allow(dead_code)]
 
-/// The allocator the `erp` binary uses (src/main.rs), so benches measure what runs.
+/// The allocator the `erp` binary uses (src/main.rs), so benches measure what runs, counting
+/// the bytes live on the heap (`heap_bytes`): resident memory also holds pages the allocator
+/// keeps after frees, which hides what a structure itself costs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+static HEAP_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+struct Counting;
+
+// SAFETY: every call is passed to mimalloc unchanged; only a counter is kept beside it.
+// (A global allocator can only be written with `unsafe`; benches only.)
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HEAP_BYTES.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        HEAP_BYTES.fetch_add(
+            new as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // SAFETY: the caller's contract is passed on.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+}
+
+/// Bytes allocated and not yet freed, as requested (not counting the allocator's rounding).
+pub fn heap_bytes() -> u64 {
+    HEAP_BYTES.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64
+}
 
 use std::path::Path;
 
@@ -219,6 +262,30 @@ impl ErpProcess {
 
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Resident memory of the process now, in bytes.
+    pub fn rss(&self) -> u64 {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid()))
+            .expect("/proc/<pid>/statm");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("resident pages");
+        pages * 4096
+    }
+
+    /// Ctrl-C, as an operator stops it (a processor then settles and writes a snapshot), and
+    /// waits for it to exit.
+    pub fn interrupt(mut self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -INT");
+        let status = self.0.wait().expect("wait");
+        assert!(status.success(), "it stopped with {status}");
     }
 }
 

@@ -290,11 +290,11 @@ type Route = (LocationId, i64, String);
 type Promised = HashMap<(Sku, LocationId), i64>;
 
 impl<'a> Decider<'a> {
-    pub(crate) fn item(&self, sku: &Sku) -> Result<&'a ItemDefined, Rejection> {
+    pub(crate) fn item(&self, sku: &Sku) -> Result<&'a crate::state::ItemRules, Rejection> {
         self.state
             .items
             .get(sku)
-            .map(|d| &*d.value)
+            .map(|d| &d.value)
             .ok_or_else(|| reject(code::UNKNOWN_SKU, format!("no item `{sku}` is defined")))
     }
 

@@ -204,7 +204,7 @@ pub fn draft(command: &Command, subject: Subject, event: Event) -> EventDraft {
 
 /// A command's saved aggregate, to undo a tick's tentative changes.
 enum Saved {
-    Item(Sku, Option<Defined<Box<ledger::events::ItemDefined>>>),
+    Item(Sku, Option<Defined<crate::state::ItemRules>>),
     Location(LocationId, Option<Defined<ledger::events::LocationDefined>>),
     Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
     Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
@@ -245,13 +245,26 @@ fn put_ordered<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>, key: K, va
     };
 }
 
+/// Puts back an entry of a dense map. Entries added by the rolled-back batch are at the end,
+/// so removing them keeps the order a replay would build, at the cost of a short shift.
+fn put_dense<K: std::hash::Hash + Eq, V>(
+    map: &mut crate::state::IndexMap<K, V>,
+    key: K,
+    value: Option<V>,
+) {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.shift_remove(&key),
+    };
+}
+
 fn restore(state: &mut State, saved: Saved) {
     match saved {
-        Saved::Item(k, v) => put(&mut state.items, k, v),
+        Saved::Item(k, v) => put_dense(&mut state.items, k, v),
         Saved::Location(k, v) => put_ordered(&mut state.locations, k, v),
         Saved::Channel(k, v) => put(&mut state.channels, k, v),
         Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
-        Saved::Stock(k, v) => put(&mut state.stock, k, v),
+        Saved::Stock(k, v) => put_dense(&mut state.stock, k, v),
         Saved::Order(k, v) => {
             state.index_backorders(&k, false);
             put_ordered(&mut state.orders, k.clone(), v);

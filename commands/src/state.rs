@@ -15,6 +15,9 @@ use ledger::{Envelope, Head, Subject};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A map whose entries sit in one dense vector (insertion order), with a table of indices.
+pub type IndexMap<K, V> = indexmap::IndexMap<K, V>;
+
 /// Quantities of one SKU at one location, in base units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
@@ -61,11 +64,59 @@ pub struct ReturnStock {
 /// Order lines waiting for this SKU, in the order they are served.
 pub type BackorderKey = (u32, Timestamp, OrderId, u32);
 
+/// Location ids as the write model holds them: one copy of each id for the whole process, so
+/// a figure by location costs a pointer, not a string of its own. Location ids are few (they
+/// come from `location.define`); the table only grows.
+mod interned {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, RwLock};
+
+    use ledger::values::LocationId;
+
+    static TABLE: LazyLock<RwLock<HashSet<&'static LocationId>>> =
+        LazyLock::new(|| RwLock::new(HashSet::new()));
+
+    /// The one copy of `location`.
+    pub fn location(location: &LocationId) -> &'static LocationId {
+        if let Some(found) = TABLE.read().expect("interner lock").get(location) {
+            return found;
+        }
+        let mut table = TABLE.write().expect("interner lock");
+        if let Some(found) = table.get(location) {
+            return found;
+        }
+        let leaked: &'static LocationId = Box::leak(Box::new(location.clone()));
+        table.insert(leaked);
+        leaked
+    }
+}
+
 /// Figures by location, sorted by location: a short vector of exact size. Most SKUs sit at a
 /// few locations and an order line at one or two; a map's node (room for eleven) would cost
-/// several times the figures it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ByLocation<T>(Vec<(LocationId, T)>);
+/// several times the figures it holds. Locations are held interned (`interned`); the order is
+/// the ids' own, so it never depends on which process interned what first. Serialised as
+/// `(location id, figure)` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByLocation<T>(Vec<(&'static LocationId, T)>);
+
+impl<T: Serialize> Serialize for ByLocation<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ByLocation<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut pairs: Vec<(LocationId, T)> = Vec::deserialize(deserializer)?;
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(ByLocation(
+            pairs
+                .into_iter()
+                .map(|(l, v)| (interned::location(&l), v))
+                .collect(),
+        ))
+    }
+}
 
 impl<T> Default for ByLocation<T> {
     fn default() -> ByLocation<T> {
@@ -74,11 +125,12 @@ impl<T> Default for ByLocation<T> {
 }
 
 impl<T> ByLocation<T> {
+    fn find(&self, location: &LocationId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(l, _)| (*l).cmp(location))
+    }
+
     pub fn get(&self, location: &LocationId) -> Option<&T> {
-        self.0
-            .binary_search_by(|(l, _)| l.cmp(location))
-            .ok()
-            .map(|i| &self.0[i].1)
+        self.find(location).ok().map(|i| &self.0[i].1)
     }
 
     /// The figure at `location`, added (as `T::default()`) if missing.
@@ -86,10 +138,11 @@ impl<T> ByLocation<T> {
     where
         T: Default,
     {
-        let i = match self.0.binary_search_by(|(l, _)| l.cmp(location)) {
+        let i = match self.find(location) {
             Ok(i) => i,
             Err(i) => {
-                self.0.insert(i, (location.clone(), T::default()));
+                self.0
+                    .insert(i, (interned::location(location), T::default()));
                 // Locations are added rarely; spare capacity would be paid on every entry.
                 self.0.shrink_to_fit();
                 i
@@ -99,11 +152,11 @@ impl<T> ByLocation<T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&LocationId, &T)> {
-        self.0.iter().map(|(l, b)| (l, b))
+        self.0.iter().map(|(l, b)| (*l, b))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &LocationId> {
-        self.0.iter().map(|(l, _)| l)
+        self.0.iter().map(|(l, _)| *l)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &T> {
@@ -122,7 +175,7 @@ impl ByLocation<i64> {
             return;
         }
         *self.at(location) += qty;
-        if let Ok(i) = self.0.binary_search_by(|(l, _)| l.cmp(location))
+        if let Ok(i) = self.find(location)
             && self.0[i].1 == 0
         {
             self.0.remove(i);
@@ -133,21 +186,24 @@ impl ByLocation<i64> {
 impl<'a, T> IntoIterator for &'a ByLocation<T> {
     type Item = (&'a LocationId, &'a T);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (LocationId, T)>,
-        fn(&'a (LocationId, T)) -> (&'a LocationId, &'a T),
+        std::slice::Iter<'a, (&'static LocationId, T)>,
+        fn(&'a (&'static LocationId, T)) -> (&'a LocationId, &'a T),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(l, b)| (l, b))
+        self.0.iter().map(|(l, b)| (*l, b))
     }
 }
 
 impl<T> IntoIterator for ByLocation<T> {
     type Item = (LocationId, T);
-    type IntoIter = std::vec::IntoIter<(LocationId, T)>;
+    type IntoIter = std::iter::Map<
+        std::vec::IntoIter<(&'static LocationId, T)>,
+        fn((&'static LocationId, T)) -> (LocationId, T),
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0.into_iter().map(|(l, b)| (l.clone(), b))
     }
 }
 
@@ -413,6 +469,26 @@ fn command_key(id: &Uuid) -> u64 {
     (bits >> 64) as u64 ^ bits as u64
 }
 
+/// What the deciders read of an item's definition: the rest (description, units, suppliers,
+/// reorder figures) is for the views, which keep the whole event. A million-SKU catalogue
+/// would otherwise hold every description twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRules {
+    pub tracking: ledger::events::Tracking,
+    pub safety_stock: ledger::values::Qty,
+    pub allow_negative: bool,
+}
+
+impl ItemRules {
+    pub fn of(item: &ItemDefined) -> ItemRules {
+        ItemRules {
+            tracking: item.tracking.clone(),
+            safety_stock: item.safety_stock,
+            allow_negative: item.allow_negative,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Defined<T> {
     pub head: Option<Head>,
@@ -535,12 +611,13 @@ impl Default for PurchasePolicy {
 /// The whole write model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    /// Boxed: a definition is large and the table holds one slot per SKU.
-    pub items: HashMap<Sku, Defined<Box<ItemDefined>>>,
+    /// Only what the deciders read of each definition (`ItemRules`); items and stock are dense
+    /// maps (a slot of the index table is 8 bytes, not a whole entry).
+    pub items: IndexMap<Sku, Defined<ItemRules>>,
     pub locations: BTreeMap<LocationId, Defined<LocationDefined>>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
-    pub stock: HashMap<Sku, StockState>,
+    pub stock: IndexMap<Sku, StockState>,
     /// Ordered maps for the two tables that grow without bound: a hash table doubles all at
     /// once (a copy of every entry, tens of milliseconds at a few hundred thousand orders,
     /// stalling every command behind it); a B-tree grows a node at a time.
@@ -652,7 +729,7 @@ impl State {
                     e.sku.clone(),
                     Defined {
                         head,
-                        value: Box::new(e.clone()),
+                        value: ItemRules::of(e),
                     },
                 );
             }
