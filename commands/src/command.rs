@@ -661,6 +661,7 @@ pub fn decode_from(
     })?;
     let body = CommandBody::decode(&outer.type_name, outer.data)?;
     check_limits(&body)?;
+    check_money(outer.data)?;
     let actor = match (outer.actor, sender) {
         (Some(actor), _) => actor,
         (None, Some(sender)) => sender.default_actor(),
@@ -681,6 +682,63 @@ pub fn decode_from(
         body,
         sender: sender.cloned(),
     })
+}
+
+/// Every amount of money in a command (an object with `amount` and `currency`) must be in a
+/// currency ISO 4217 lists with a minor unit, and have no more decimals than that unit: JPY
+/// `1500` and GBP `12.34` are amounts, JPY `1500.5` and GBP `12.345` are not (trailing zeros
+/// are fine: GBP `12.340`). Money is never rounded on the way in.
+fn check_money(data: &serde_json::value::RawValue) -> Result<(), InvalidCommand> {
+    let value: serde_json::Value =
+        serde_json::from_str(data.get()).map_err(|e| InvalidCommand {
+            field: "data".into(),
+            message: e.to_string(),
+        })?;
+    check_money_in(&value, "data")
+}
+
+fn check_money_in(value: &serde_json::Value, path: &str) -> Result<(), InvalidCommand> {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            if let (Some(Value::String(amount)), Some(Value::String(code))) =
+                (fields.get("amount"), fields.get("currency"))
+            {
+                let minor = Currency::new(code)
+                    .ok()
+                    .and_then(|c| c.iso_minor_units())
+                    .ok_or_else(|| InvalidCommand {
+                        field: format!("{path}.currency"),
+                        message: format!(
+                            "`{code}` is not an ISO 4217 currency with a minor unit (GBP, EUR, USD, JPY, ...)"
+                        ),
+                    })?;
+                if let Ok(decimal) = amount.parse::<rust_decimal::Decimal>() {
+                    let decimals = decimal.normalize().scale();
+                    if decimals > minor {
+                        return Err(InvalidCommand {
+                            field: format!("{path}.amount"),
+                            message: format!(
+                                "`{amount}` has {decimals} decimal{}; {code} has {minor} (ISO 4217), and amounts are never rounded",
+                                if decimals == 1 { "" } else { "s" }
+                            ),
+                        });
+                    }
+                }
+            }
+            for (name, inner) in fields {
+                check_money_in(inner, &format!("{path}.{name}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, inner) in items.iter().enumerate() {
+                check_money_in(inner, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
@@ -744,6 +802,70 @@ mod hostile_input {
             if let Err(e) = decode(&input) {
                 prop_assert!(!e.field.is_empty() && !e.message.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn money_is_in_an_iso_currency_with_no_more_decimals_than_its_minor_unit() {
+        let order = |amount: &str, currency: &str| {
+            let mut c: serde_json::Value = serde_json::from_slice(&valid()).unwrap();
+            c["data"]["lines"][0]["unit_price"] = json!({"amount": amount, "currency": currency});
+            decode(c.to_string().as_bytes())
+        };
+        // Accepted: whole yen, pence, fils (BHD has 3 decimals); trailing zeros are not
+        // decimals.
+        for (amount, currency) in [
+            ("1500", "JPY"),
+            ("1500.00", "JPY"),
+            ("2.55", "GBP"),
+            ("2.550", "GBP"),
+            ("1.234", "BHD"),
+            ("0.5", "KWD"),
+        ] {
+            assert!(
+                order(amount, currency).is_ok(),
+                "{amount} {currency}: {:?}",
+                order(amount, currency)
+            );
+        }
+        // Refused, naming the field: a fraction of a yen, a tenth of a penny, a code outside
+        // ISO 4217, a code without a minor unit (gold).
+        for (amount, currency, field, says) in [
+            ("1500.5", "JPY", "amount", "has 1 decimal; JPY has 0"),
+            ("2.555", "GBP", "amount", "has 3 decimals; GBP has 2"),
+            ("1.2345", "BHD", "amount", "has 4 decimals; BHD has 3"),
+            (
+                "2.55",
+                "ABC",
+                "currency",
+                "`ABC` is not an ISO 4217 currency",
+            ),
+            (
+                "2.55",
+                "XAU",
+                "currency",
+                "`XAU` is not an ISO 4217 currency",
+            ),
+        ] {
+            let e = order(amount, currency).unwrap_err();
+            assert_eq!(
+                e.field,
+                format!("data.lines[0].unit_price.{field}"),
+                "{e:?}"
+            );
+            assert!(e.message.contains(says), "{e:?}");
+        }
+        // Money nested in money's place (a refund's `amount`) is checked too.
+        let refund = json!({
+            "command_id": "0190c3a2-0000-7000-8000-000000000002",
+            "actor": {"id": "me", "role": "clerk"}, "legal_entity": "UK01",
+            "effective_at": "2011-06-30T09:00:00Z", "type": "order.refund",
+            "data": {"order": "O1", "return_id": "R1", "amount": {"amount": "1.001", "currency": "GBP"}},
+        });
+        if let Err(e) = decode(refund.to_string().as_bytes()) {
+            assert_eq!(e.field, "data.amount.amount", "{e:?}");
+        } else {
+            panic!("a refund of a tenth of a penny was accepted");
         }
     }
 

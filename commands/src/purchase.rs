@@ -380,7 +380,12 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
-        let shares = spread(c.amount.amount, &weights, total);
+        let shares = spread(
+            c.amount.amount,
+            &weights,
+            total,
+            c.amount.currency.minor_units(),
+        );
         Ok(vec![(
             Subject::PurchaseOrder(c.purchase_order.clone()),
             Event::LandedCostAllocated(LandedCostAllocated {
@@ -403,12 +408,13 @@ impl<'a> Decider<'a> {
     }
 }
 
-/// Splits `amount` in proportion to `weights`, to the cent, the rounding remainder on the last
-/// share: the shares always add up to the amount exactly.
-pub fn spread(amount: Decimal, weights: &[Decimal], total: Decimal) -> Vec<Decimal> {
+/// Splits `amount` in proportion to `weights`, to the currency's minor unit (`decimals`: 2 for
+/// pence and cents, 0 for yen), the rounding remainder on the last share: the shares always
+/// add up to the amount exactly.
+pub fn spread(amount: Decimal, weights: &[Decimal], total: Decimal, decimals: u32) -> Vec<Decimal> {
     let mut shares: Vec<Decimal> = weights
         .iter()
-        .map(|w| (amount * *w / total).round_dp(2))
+        .map(|w| (amount * *w / total).round_dp(decimals))
         .collect();
     let given: Decimal = shares.iter().copied().sum();
     if let Some(last) = shares.last_mut() {

@@ -98,7 +98,18 @@ pub enum ReplayStatus {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ReplayRow {
     pub key: String,
+    /// The row as the view (or the write model) holds it: its shape is the view's row type
+    /// (docs/VIEWS.md, `schemas/views/`).
+    #[schemars(schema_with = "any_row")]
     pub value: Value,
+}
+
+/// Any JSON value, described (a bare `true` schema is valid JSON Schema, but code generators
+/// refuse it).
+fn any_row(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "The row as the view holds it; its shape is the view's row type."
+    })
 }
 
 /// A replay: its request, the point it resolved to, its progress and, once done, its rows.

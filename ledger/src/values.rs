@@ -430,6 +430,23 @@ impl Currency {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("constructor admits ASCII only")
     }
+
+    /// Decimal places of the currency's minor unit per ISO 4217 (JPY 0, GBP 2, BHD 3), from
+    /// the `iso_currency` crate's copy of the standard's list. `None` for a code the list does
+    /// not hold, or one without a minor unit (XAU, XXX). Commands must use a code with one
+    /// (`commands::command`); stored events are read whatever they hold.
+    pub fn iso_minor_units(&self) -> Option<u32> {
+        iso_currency::Currency::from_code(self.as_str())?
+            .exponent()
+            .map(u32::from)
+    }
+
+    /// Decimal places figures in this currency are shown and rounded to: the ISO 4217 minor
+    /// unit, or 2 for a code outside the list (only a ledger written before commands were
+    /// checked can hold one).
+    pub fn minor_units(&self) -> u32 {
+        self.iso_minor_units().unwrap_or(2)
+    }
 }
 
 impl TryFrom<String> for Currency {

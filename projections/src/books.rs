@@ -407,7 +407,7 @@ impl Books {
                     let to_stock = if line.received > 0 {
                         (share.amount.amount * Decimal::from(remaining)
                             / Decimal::from(line.received))
-                        .round_dp_with_strategy(2, HALF_UP)
+                        .round_dp_with_strategy(minor_units(&currency), HALF_UP)
                     } else {
                         Decimal::ZERO
                     };
@@ -529,10 +529,11 @@ impl Books {
                     } else {
                         Decimal::ZERO
                     };
-                    let revenue = (line.unit_price * q).round_dp_with_strategy(2, HALF_UP);
-                    let discount = (line.discount * of_line).round_dp_with_strategy(2, HALF_UP);
+                    let dp = minor_units(&currency);
+                    let revenue = (line.unit_price * q).round_dp_with_strategy(dp, HALF_UP);
+                    let discount = (line.discount * of_line).round_dp_with_strategy(dp, HALF_UP);
                     let fees = (line.fees * of_line + fee_rate * (revenue - discount))
-                        .round_dp_with_strategy(2, HALF_UP);
+                        .round_dp_with_strategy(dp, HALF_UP);
                     let sku = line.sku.clone();
                     for (dr, cr, amount) in [
                         (Account::Receivables, Account::Revenue, revenue),
@@ -827,4 +828,10 @@ pub fn balanced(lines: &[Posting]) -> bool {
             .or_default() += l.amount;
     }
     sums.values().all(|s| s.is_zero())
+}
+
+/// Decimal places amounts in `currency` are rounded to: its ISO 4217 minor unit (JPY 0, GBP 2,
+/// BHD 3; `ledger::values::Currency::minor_units`).
+pub fn minor_units(currency: &str) -> u32 {
+    ledger::values::Currency::new(currency).map_or(2, |c| c.minor_units())
 }

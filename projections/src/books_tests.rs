@@ -256,6 +256,50 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     assert_eq!(receivables["balance"], "61.35");
 }
 
+/// A sale of `qty` at `price` in `currency` through a channel charging 1.5% fees, shipped
+/// whole: the margin row of the order.
+fn sale_in(currency: &str, price: &str, qty: i64) -> serde_json::Value {
+    let money = |amount: &str| json!({"amount": amount, "currency": currency});
+    let mut c = Case::new("Fifo");
+    c.when(
+        json!({"type": "channel.defined", "data": {"channel": "web", "name": "Web",
+        "fee_rate": "0.015", "reservation_policy": "None"}}),
+    );
+    c.when(receipt(10, "1.00", "PO1"));
+    c.when(
+        json!({"type": "order.placed", "data": {"order": "O1", "channel": "web",
+        "external_ref": "", "lines": [{"line": 1, "sku": "LAMP", "qty": qty,
+        "unit_price": money(price), "discount": money("0"), "tax": money("0"),
+        "fees": money("0")}], "shipping_charged": money("0"), "ship_to_region": "JP",
+        "promise_date": null, "priority": 1, "policy": "Partial"}}),
+    );
+    c.when(shipment("O1", qty));
+    c.when(
+        json!({"type": "order.shipped", "data": {"order": "O1", "package": "P1",
+        "carrier": "DPD", "tracking": "T", "freight_cost": money("0"),
+        "lines": [{"line": 1, "qty": qty}]}}),
+    );
+    c.margin.value(&format!("order.O1.{currency}")).unwrap()
+}
+
+#[test]
+fn amounts_are_rounded_to_the_currency_minor_unit() {
+    // JPY has no minor unit: 3 x 333 = 999 yen of revenue, fees 1.5% = 14.985, posted as 15
+    // yen (not 14.99), shown without decimals.
+    let jpy = sale_in("JPY", "333", 3);
+    assert_eq!(jpy["revenue"], "999");
+    assert_eq!(jpy["fees"], "15");
+    // BHD has three decimals: 3 x 1.333 = 3.999 dinars, fees 1.5% = 0.059985, posted as
+    // 0.060 (not 0.06 of a two-decimal currency rounded further).
+    let bhd = sale_in("BHD", "1.333", 3);
+    assert_eq!(bhd["revenue"], "3.999");
+    assert_eq!(bhd["fees"], "0.060");
+    // GBP keeps two: 3 x 3.33 = 9.99, fees 0.14985 -> 0.15.
+    let gbp = sale_in("GBP", "3.33", 3);
+    assert_eq!(gbp["revenue"], "9.99");
+    assert_eq!(gbp["fees"], "0.15");
+}
+
 fn any_event() -> impl Strategy<Value = serde_json::Value> {
     let qty = 1i64..40;
     let cost = (1u32..3000).prop_map(|c| format!("{}.{:02}", c / 100, c % 100));

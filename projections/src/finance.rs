@@ -103,8 +103,9 @@ pub enum FinanceQuery {
 
 impl Finance {
     fn row(&self, key: &str) -> Option<FinanceRow> {
-        let amount = |d: Decimal| d.round_dp(2).to_string();
         if key == "check" {
+            // Totals over every currency: only whether they are equal is meaningful.
+            let amount = |d: Decimal| d.round_dp(2).to_string();
             let c = &self.check;
             return Some(FinanceRow::Check(CheckRow {
                 events_posted: c.events_posted,
@@ -116,6 +117,8 @@ impl Finance {
             }));
         }
         self.accounts.get(key).map(|t| {
+            let dp = crate::books::minor_units(&t.currency);
+            let amount = |d: Decimal| d.round_dp(dp).to_string();
             FinanceRow::Account(AccountRow {
                 entity: t.entity.clone(),
                 currency: t.currency.clone(),
@@ -174,7 +177,8 @@ impl Model for Finance {
 
 impl View for Finance {
     const NAME: &'static str = "finance";
-    const VERSION: u32 = 1;
+    /// 2: amounts rounded to their currency's minor unit (JPY 0, BHD 3), not always 2.
+    const VERSION: u32 = 2;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "acct",

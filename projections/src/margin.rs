@@ -71,7 +71,8 @@ impl MarginRow {
     }
 
     fn figures(&self, of: &str) -> MarginFigures {
-        let amount = |d: Decimal| d.round_dp(2).to_string();
+        let dp = crate::books::minor_units(&self.currency);
+        let amount = |d: Decimal| d.round_dp(dp).to_string();
         MarginFigures {
             of: of.to_owned(),
             currency: self.currency.clone(),
@@ -204,7 +205,10 @@ impl Margin {
             return Some(MarginViewRow::Value(ValueRow {
                 currency: v.currency.clone(),
                 qty: v.qty(),
-                value: v.value().round_dp(2).to_string(),
+                value: v
+                    .value()
+                    .round_dp(crate::books::minor_units(&v.currency))
+                    .to_string(),
                 unit_cost: v.unit_cost().round_dp(4).to_string(),
                 layers: v.layers.len(),
                 entity,
@@ -254,8 +258,9 @@ impl Model for Margin {
 
 impl View for Margin {
     const NAME: &'static str = "margin";
-    /// 2: rows per currency; keys escaped by `crate::key`.
-    const VERSION: u32 = 2;
+    /// 2: rows per currency; keys escaped by `crate::key`. 3: amounts rounded to their
+    /// currency's minor unit (JPY 0, BHD 3), not always 2.
+    const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "sku",
