@@ -107,13 +107,7 @@ fn workload(skus: u64, orders: u64) -> (Vec<Bytes>, Vec<Bytes>) {
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
+    common::rss_of("self")
 }
 
 /// The write model (and the ATS view, when given) fed the processor's way.

@@ -266,14 +266,7 @@ impl ErpProcess {
 
     /// Resident memory of the process now, in bytes.
     pub fn rss(&self) -> u64 {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid()))
-            .expect("/proc/<pid>/statm");
-        let pages: u64 = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .expect("resident pages");
-        pages * 4096
+        rss_of(&self.pid().to_string())
     }
 
     /// Ctrl-C, as an operator stops it (a processor then settles and writes a snapshot), and
@@ -294,6 +287,17 @@ impl Drop for ErpProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Resident memory of process `pid` (`self` for this one) now, in bytes.
+pub fn rss_of(pid: &str) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("/proc/<pid>/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
 }
 
 /// `erp gateway` on a free loopback port, once it answers `/healthz`: the process and its

@@ -81,6 +81,12 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// `GET /metrics` as text.
+async fn scrape(http: &reqwest::Client, gw: &TestGateway) -> String {
+    let response = http.get(gw.url("/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     let response = http.get(url).send().await.unwrap();
     let status = response.status().as_u16();
@@ -214,14 +220,7 @@ async fn every_outcome_has_its_status_code_and_the_body_nats_answers() {
     assert_eq!(status, 400);
 
     // The metrics count what was answered.
-    let metrics = http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&http, &gw).await;
     for line in [
         "erp_gateway_commands_total{outcome=\"accepted\"} 4",
         "erp_gateway_commands_total{outcome=\"invalid\"} 3",
@@ -974,14 +973,7 @@ async fn a_view_replayed_as_of_a_point_shows_it_then_and_bad_requests_name_the_f
         "a refused replay ran"
     );
     // /metrics: the replays, and the processor's own command latency.
-    let metrics = http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&http, &gw).await;
     assert!(
         metrics.contains("erp_replays_finished_total{status=\"done\"} 2"),
         "{metrics}"
