@@ -257,8 +257,8 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
 }
 
 /// A sale of `qty` at `price` in `currency` through a channel charging 1.5% fees, shipped
-/// whole: the margin row of the order.
-fn sale_in(currency: &str, price: &str, qty: i64) -> serde_json::Value {
+/// whole (the stock was bought in GBP): the margin row of the order, and the finance check.
+fn sale_in(currency: &str, price: &str, qty: i64) -> (serde_json::Value, serde_json::Value) {
     let money = |amount: &str| json!({"amount": amount, "currency": currency});
     let mut c = Case::new("Fifo");
     c.when(
@@ -279,23 +279,46 @@ fn sale_in(currency: &str, price: &str, qty: i64) -> serde_json::Value {
         "carrier": "DPD", "tracking": "T", "freight_cost": money("0"),
         "lines": [{"line": 1, "qty": qty}]}}),
     );
-    c.margin.value(&format!("order.O1.{currency}")).unwrap()
+    (
+        c.margin.value(&format!("order.O1.{currency}")).unwrap(),
+        c.finance.value("check").unwrap(),
+    )
 }
 
 #[test]
 fn amounts_are_rounded_to_the_currency_minor_unit() {
     // JPY has no minor unit: 3 x 333 = 999 yen of revenue, fees 1.5% = 14.985, posted as 15
     // yen (not 14.99), shown without decimals.
-    let jpy = sale_in("JPY", "333", 3);
+    let (jpy, check) = sale_in("JPY", "333", 3);
     assert_eq!(jpy["revenue"], "999");
     assert_eq!(jpy["fees"], "15");
+    // The books balance in each currency on its own, never added together: GBP (the stock)
+    // and JPY (the sale) are two totals.
+    assert_eq!(check["balanced"], true, "{check}");
+    let totals: Vec<(&str, &str, &str)> = check["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["currency"].as_str().unwrap(),
+                t["debits"].as_str().unwrap(),
+                t["credits"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(totals.len(), 2, "{check}");
+    assert_eq!(totals[1].0, "JPY");
+    assert_eq!(totals[1].1, totals[1].2);
+    // Receivables 999 and channel fees 15 against revenue 999 and receivables 15.
+    assert_eq!(totals[1].1, "1014", "{check}");
     // BHD has three decimals: 3 x 1.333 = 3.999 dinars, fees 1.5% = 0.059985, posted as
     // 0.060 (not 0.06 of a two-decimal currency rounded further).
-    let bhd = sale_in("BHD", "1.333", 3);
+    let (bhd, _) = sale_in("BHD", "1.333", 3);
     assert_eq!(bhd["revenue"], "3.999");
     assert_eq!(bhd["fees"], "0.060");
     // GBP keeps two: 3 x 3.33 = 9.99, fees 0.14985 -> 0.15.
-    let gbp = sale_in("GBP", "3.33", 3);
+    let (gbp, _) = sale_in("GBP", "3.33", 3);
     assert_eq!(gbp["revenue"], "9.99");
     assert_eq!(gbp["fees"], "0.15");
 }

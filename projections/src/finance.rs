@@ -65,16 +65,28 @@ pub struct AccountRow {
     pub balance: String,
 }
 
-/// The running check that the books balance.
+/// The running check that the books balance: in each legal entity and currency on its own
+/// (amounts of different currencies are never added).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct CheckRow {
     pub events_posted: u64,
     pub lines: u64,
-    pub debits: String,
-    pub credits: String,
+    /// Debits and credits per legal entity and currency.
+    pub totals: Vec<CheckTotals>,
+    /// Every event's lines balanced and, in every entity and currency, debits equal credits.
     pub balanced: bool,
     /// Sequences of events whose lines did not balance (there should be none).
     pub unbalanced_events: Vec<u64>,
+}
+
+/// Debits and credits of one legal entity in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct CheckTotals {
+    pub entity: String,
+    pub currency: String,
+    pub debits: String,
+    pub credits: String,
+    pub balanced: bool,
 }
 
 /// A row of the finance view.
@@ -104,15 +116,33 @@ pub enum FinanceQuery {
 impl Finance {
     fn row(&self, key: &str) -> Option<FinanceRow> {
         if key == "check" {
-            // Totals over every currency: only whether they are equal is meaningful.
-            let amount = |d: Decimal| d.round_dp(2).to_string();
             let c = &self.check;
+            // Accounts are keyed entity, currency, account: each group is one entity's books
+            // in one currency.
+            let mut sums: BTreeMap<(&str, &str), (Decimal, Decimal)> = BTreeMap::new();
+            for t in self.accounts.values() {
+                let sum = sums.entry((&t.entity, &t.currency)).or_default();
+                sum.0 += t.debit;
+                sum.1 += t.credit;
+            }
+            let totals: Vec<CheckTotals> = sums
+                .into_iter()
+                .map(|((entity, currency), (debits, credits))| {
+                    let dp = crate::books::minor_units(currency);
+                    CheckTotals {
+                        entity: entity.to_owned(),
+                        currency: currency.to_owned(),
+                        debits: debits.round_dp(dp).to_string(),
+                        credits: credits.round_dp(dp).to_string(),
+                        balanced: debits == credits,
+                    }
+                })
+                .collect();
             return Some(FinanceRow::Check(CheckRow {
                 events_posted: c.events_posted,
                 lines: c.lines,
-                debits: amount(c.debits),
-                credits: amount(c.credits),
-                balanced: c.debits == c.credits && c.unbalanced.is_empty(),
+                balanced: c.unbalanced.is_empty() && totals.iter().all(|t| t.balanced),
+                totals,
                 unbalanced_events: c.unbalanced.clone(),
             }));
         }
