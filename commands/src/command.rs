@@ -661,7 +661,7 @@ pub fn decode_from(
     })?;
     let body = CommandBody::decode(&outer.type_name, outer.data)?;
     check_limits(&body)?;
-    check_money(outer.data)?;
+    check_money(&body)?;
     let actor = match (outer.actor, sender) {
         (Some(actor), _) => actor,
         (None, Some(sender)) => sender.default_actor(),
@@ -684,59 +684,66 @@ pub fn decode_from(
     })
 }
 
-/// Every amount of money in a command (an object with `amount` and `currency`) must be in a
-/// currency ISO 4217 lists with a minor unit, and have no more decimals than that unit: JPY
-/// `1500` and GBP `12.34` are amounts, JPY `1500.5` and GBP `12.345` are not (trailing zeros
-/// are fine: GBP `12.340`). Money is never rounded on the way in.
-fn check_money(data: &serde_json::value::RawValue) -> Result<(), InvalidCommand> {
-    let value: serde_json::Value =
-        serde_json::from_str(data.get()).map_err(|e| InvalidCommand {
-            field: "data".into(),
-            message: e.to_string(),
-        })?;
-    check_money_in(&value, "data")
-}
-
-fn check_money_in(value: &serde_json::Value, path: &str) -> Result<(), InvalidCommand> {
-    use serde_json::Value;
-    match value {
-        Value::Object(fields) => {
-            if let (Some(Value::String(amount)), Some(Value::String(code))) =
-                (fields.get("amount"), fields.get("currency"))
-            {
-                let minor = Currency::new(code)
-                    .ok()
-                    .and_then(|c| c.iso_minor_units())
-                    .ok_or_else(|| InvalidCommand {
-                        field: format!("{path}.currency"),
-                        message: format!(
-                            "`{code}` is not an ISO 4217 currency with a minor unit (GBP, EUR, USD, JPY, ...)"
-                        ),
-                    })?;
-                if let Ok(decimal) = amount.parse::<rust_decimal::Decimal>() {
-                    let decimals = decimal.normalize().scale();
-                    if decimals > minor {
-                        return Err(InvalidCommand {
-                            field: format!("{path}.amount"),
-                            message: format!(
-                                "`{amount}` has {decimals} decimal{}; {code} has {minor} (ISO 4217), and amounts are never rounded",
-                                if decimals == 1 { "" } else { "s" }
-                            ),
-                        });
+/// Every amount of money in a command must be in a currency ISO 4217 lists with a minor unit,
+/// and have no more decimals than that unit: JPY `1500` and GBP `12.34` are amounts, JPY
+/// `1500.5` and GBP `12.345` are not (trailing zeros are fine: GBP `12.340`). Money is never
+/// rounded on the way in. Checked on the decoded body (no second pass over the JSON); the
+/// error names the JSON path of the field. A command that gains a money field adds it here.
+fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
+    let check = |path: &dyn Fn() -> String, money: &Money| -> Result<(), InvalidCommand> {
+        let code = money.currency.as_str();
+        let Some(minor) = money.currency.iso_minor_units() else {
+            return Err(InvalidCommand {
+                field: format!("{}.currency", path()),
+                message: format!(
+                    "`{code}` is not an ISO 4217 currency with a minor unit (GBP, EUR, USD, JPY, ...)"
+                ),
+            });
+        };
+        let decimals = money.amount.normalize().scale();
+        if decimals > minor {
+            return Err(InvalidCommand {
+                field: format!("{}.amount", path()),
+                message: format!(
+                    "`{}` has {decimals} decimal{}; {code} has {minor} (ISO 4217), and amounts are never rounded",
+                    money.amount,
+                    if decimals == 1 { "" } else { "s" }
+                ),
+            });
+        }
+        Ok(())
+    };
+    let field = |name: &'static str| move || format!("data.{name}");
+    match body {
+        CommandBody::Receive(c) => check(&field("unit_cost"), &c.unit_cost),
+        CommandBody::PlaceOrder(c) => {
+            for (i, line) in c.lines.iter().enumerate() {
+                let at = |name: &'static str| move || format!("data.lines[{i}].{name}");
+                check(&at("unit_price"), &line.unit_price)?;
+                for (name, money) in [
+                    ("discount", &line.discount),
+                    ("tax", &line.tax),
+                    ("fees", &line.fees),
+                ] {
+                    if let Some(money) = money {
+                        check(&at(name), money)?;
                     }
                 }
             }
-            for (name, inner) in fields {
-                check_money_in(inner, &format!("{path}.{name}"))?;
+            match &c.shipping_charged {
+                Some(money) => check(&field("shipping_charged"), money),
+                None => Ok(()),
+            }
+        }
+        CommandBody::Ship(c) => check(&field("freight_cost"), &c.freight_cost),
+        CommandBody::Refund(c) => check(&field("amount"), &c.amount),
+        CommandBody::CreatePurchaseOrder(c) => {
+            for (i, line) in c.lines.iter().enumerate() {
+                check(&|| format!("data.lines[{i}].unit_cost"), &line.unit_cost)?;
             }
             Ok(())
         }
-        Value::Array(items) => {
-            for (i, inner) in items.iter().enumerate() {
-                check_money_in(inner, &format!("{path}[{i}]"))?;
-            }
-            Ok(())
-        }
+        CommandBody::AllocateLandedCost(c) => check(&field("amount"), &c.amount),
         _ => Ok(()),
     }
 }

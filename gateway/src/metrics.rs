@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use commands::latency::{Histogram, LATENCY_BUCKETS, LatencyCounts};
-use projections::runtime::RebuildProgress;
+use projections::runtime::{Progress, RebuildProgress};
 use serde_json::Value;
 
 use crate::Gateway;
@@ -71,8 +71,41 @@ impl Exposition {
     }
 }
 
+impl Exposition {
+    /// Work under way, one sample each (labels, progress): `<prefix>_records_done`,
+    /// `<prefix>_records_total` and `<prefix>_seconds_left`; `what` begins their help.
+    pub(crate) fn progress(
+        &mut self,
+        prefix: &str,
+        what: &str,
+        samples: impl IntoIterator<Item = (String, Progress)>,
+    ) {
+        let samples: Vec<(String, Progress)> = samples.into_iter().collect();
+        type Figure = fn(&Progress) -> f64;
+        let figures: [(&str, &str, Figure); 3] = [
+            ("records_done", "ledger records read", |p| p.done as f64),
+            ("records_total", "records it reads in all", |p| {
+                p.total as f64
+            }),
+            ("seconds_left", "the time left at its rate so far", |p| {
+                p.eta_seconds
+            }),
+        ];
+        for (suffix, help, figure) in figures {
+            self.family(
+                &format!("{prefix}_{suffix}"),
+                "gauge",
+                &format!("{what}: {help}."),
+                samples
+                    .iter()
+                    .map(|(labels, p)| (labels.clone(), figure(p))),
+            );
+        }
+    }
+}
+
 /// A sample without labels.
-fn one<V>(value: V) -> [(String, V); 1] {
+pub(crate) fn one<V>(value: V) -> [(String, V); 1] {
     [(String::new(), value)]
 }
 
@@ -412,31 +445,15 @@ pub async fn scrape(State(gw): State<Gateway>) -> Response {
         "Ledger records the view has yet to apply.",
         per_view(|r| r.lag),
     );
-    let rebuild = |figure: fn(&RebuildProgress) -> f64| {
-        report.rebuilds.iter().map(move |(view, p)| {
+    out.progress(
+        "erp_view_rebuild",
+        "A rebuild under way (into a new generation)",
+        report.rebuilds.iter().map(|(view, p)| {
             (
                 format!("{{view=\"{view}\",generation=\"{}\"}}", p.generation),
-                figure(p),
+                p.progress,
             )
-        })
-    };
-    out.family(
-        "erp_view_rebuild_records_done",
-        "gauge",
-        "A rebuild under way: ledger records read into the new generation.",
-        rebuild(|p| p.done as f64),
-    );
-    out.family(
-        "erp_view_rebuild_records_total",
-        "gauge",
-        "A rebuild under way: records it must read before the new generation is swapped in.",
-        rebuild(|p| p.total as f64),
-    );
-    out.family(
-        "erp_view_rebuild_seconds_left",
-        "gauge",
-        "A rebuild under way: the time left at its rate so far.",
-        rebuild(|p| p.eta_seconds),
+        }),
     );
     crate::replays::expose(&gw, &mut out);
     out.family(

@@ -140,7 +140,7 @@ pub struct ReplayJob {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip)]
-    started: Option<Instant>,
+    started: Instant,
 }
 
 /// The gateway's replays: running and recently finished.
@@ -156,9 +156,7 @@ impl Replays {
         let mut jobs = self.jobs.lock().expect("replays lock");
         if let Some(job) = jobs.iter_mut().find(|j| j.id == id) {
             change(job);
-            if let Some(started) = job.started {
-                job.elapsed_seconds = started.elapsed().as_secs_f64();
-            }
+            job.elapsed_seconds = job.started.elapsed().as_secs_f64();
         }
     }
 
@@ -325,7 +323,7 @@ async fn start_replay(
         rows_total: None,
         events_applied: None,
         error: None,
-        started: Some(Instant::now()),
+        started: Instant::now(),
     };
     replays.add(job.clone());
     tracing::info!(%id, view = request.view, point = %resolved, "replay started");
@@ -476,32 +474,21 @@ pub(crate) fn expose(gw: &Gateway, out: &mut Exposition) {
         "erp_replays_running",
         "gauge",
         "Replays under way.",
-        [(String::new(), jobs.len())],
+        crate::metrics::one(jobs.len()),
     );
-    let each = |figure: fn(&ReplayJob) -> f64| {
-        jobs.iter().map(move |j| {
+    out.progress(
+        "erp_replay",
+        "A replay under way",
+        jobs.iter().map(|j| {
             (
                 format!("{{replay=\"{}\",view=\"{}\"}}", j.id, j.request.view),
-                figure(j),
+                projections::runtime::Progress {
+                    done: j.done,
+                    total: j.total,
+                    events_per_second: j.records_per_second,
+                    eta_seconds: j.seconds_left,
+                },
             )
-        })
-    };
-    out.family(
-        "erp_replay_records_done",
-        "gauge",
-        "A replay under way: ledger records read.",
-        each(|j| j.done as f64),
-    );
-    out.family(
-        "erp_replay_records_total",
-        "gauge",
-        "A replay under way: records it reads in all.",
-        each(|j| j.total as f64),
-    );
-    out.family(
-        "erp_replay_seconds_left",
-        "gauge",
-        "A replay under way: the time left at its rate so far.",
-        each(|j| j.seconds_left),
+        }),
     );
 }

@@ -174,10 +174,8 @@ pub fn rebuild_subject(view: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RebuildProgress {
     pub generation: String,
-    pub done: u64,
-    pub total: u64,
-    pub events_per_second: f64,
-    pub eta_seconds: f64,
+    #[serde(flatten)]
+    pub progress: Progress,
 }
 
 /// Answers requests on `rebuild_subject(view)` with `progress` until dropped.
@@ -211,7 +209,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Progress of a catch-up, for `erp project --rebuild` and the logs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Progress {
     pub done: u64,
     pub total: u64,
@@ -593,10 +591,7 @@ impl<V: View> Projector<V> {
         let mut last_report = Instant::now();
         let shared = std::sync::Arc::new(std::sync::Mutex::new(RebuildProgress {
             generation: self.generation.bucket.clone(),
-            done: 0,
-            total: target.saturating_sub(from),
-            events_per_second: 0.0,
-            eta_seconds: 0.0,
+            progress: Progress::at(0, target.saturating_sub(from), started),
         }));
         let _answering = match self.swap_when_caught_up {
             true => {
@@ -647,12 +642,7 @@ impl<V: View> Projector<V> {
         let done = self.checkpoint - from;
         let total = target.saturating_sub(from);
         let progress = Progress::at(done, total, started);
-        {
-            let mut shared = shared.lock().expect("progress lock");
-            shared.done = progress.done;
-            shared.events_per_second = progress.events_per_second;
-            shared.eta_seconds = progress.eta_seconds;
-        }
+        shared.lock().expect("progress lock").progress = progress;
         let rate = progress.events_per_second;
         tracing::info!(
             view = V::NAME,

@@ -607,8 +607,8 @@ async fn a_rebuild_swaps_in_a_new_generation_and_the_old_projector_stops() {
     assert!(!heard.is_empty());
     for (reported, answered) in &heard {
         assert_eq!(answered.generation, new_bucket);
-        assert_eq!(answered.total, reported.total, "{answered:?}");
-        assert_eq!(answered.done, reported.done, "{answered:?}");
+        assert_eq!(answered.progress.total, reported.total, "{answered:?}");
+        assert_eq!(answered.progress.done, reported.done, "{answered:?}");
     }
     let js = nats.open(ledger_config()).await.jetstream().clone();
     assert_eq!(
