@@ -154,6 +154,7 @@ impl InProcess {
                 body_sha256: command.body_sha256(),
                 event_count: count,
                 on_behalf_of: None,
+                threshold: None,
             });
             let subject = Subject::Command(command.command_id);
             self.store(&command, subject.clone(), outcome);

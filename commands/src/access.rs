@@ -106,6 +106,7 @@ impl AuthDir {
                 ("clerk", principal("clerk", false)),
                 ("buyer", principal("buyer", false)),
                 ("warehouse", principal("warehouse", false)),
+                ("controller", principal("controller", false)),
                 ("admin", principal("admin", false)),
             ]
             .into_iter()

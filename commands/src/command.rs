@@ -15,12 +15,13 @@ use uuid::Uuid;
 
 use ledger::events::{
     AllocationBasis, ChannelAllocationRule, ChargeKind, CostMethod, Disposition, FulfilmentPolicy,
-    LineQty, LocationKind, PackSize, PurchaseRef, ReservationPolicy, Tracking,
+    LineQty, LocationKind, Measure, PackSize, PeriodTotal, PurchaseRef, ReservationPolicy,
+    Tracking,
 };
 use ledger::values::{
-    Actor, ActorId, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money,
-    OrderId, PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
-    SupplierId, Timestamp, TransferId, UnitName, WaveId,
+    Actor, ActorId, BinId, ChannelId, Country, Currency, Date, EntityId, HoldId, LocationId, LotId,
+    Money, OrderId, PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId,
+    SerialNo, Sku, SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
 /// Largest command accepted, in bytes of JSON.
@@ -404,6 +405,50 @@ command_data! {
         #[serde(default)]
         pub weights: Vec<LineWeight>,
     }
+
+    /// Defines the command's legal entity: its name, functional currency and country. A
+    /// second definition may rename it or change its country, never its currency.
+    pub struct DefineLegalEntity {
+        #[serde(default)]
+        pub name: String,
+        pub currency: Currency,
+        pub country: Country,
+    }
+
+    /// Sets the maker-checker threshold of one command type in the command's legal entity
+    /// (`{"Quantity": 50}` for stock movements, `{"Value": {"amount": "250", "currency":
+    /// "GBP"}}` for refunds and purchase orders); `null` removes it.
+    pub struct SetThreshold {
+        pub command_type: String,
+        pub limit: Option<Measure>,
+    }
+
+    /// Approves a command waiting for a second person: it is decided now, against the ledger
+    /// as it is, with the approver recorded.
+    pub struct ApproveRequest {
+        pub request: Uuid,
+    }
+
+    pub struct RejectRequest {
+        pub request: Uuid,
+        pub reason: String,
+    }
+
+    /// Closes a month of the legal entity's books, with the trial balance the finance view
+    /// gave for it (`erp period close` fetches it): `events` it covered, the debits and
+    /// credits per currency, and its SHA-256 (64 hex digits).
+    pub struct ClosePeriod {
+        pub period: Period,
+        pub events: u64,
+        pub totals: Vec<PeriodTotal>,
+        pub trial_balance_sha256: String,
+    }
+
+    /// Asks to reopen a closed month; it takes effect when a second person approves it.
+    pub struct ReopenPeriod {
+        pub period: Period,
+        pub reason: String,
+    }
 }
 
 fn no_tracking() -> Tracking {
@@ -495,6 +540,12 @@ commands! {
     CancelPurchaseRemaining(CancelPurchaseRemaining) = "purchase.cancel_remaining";
     ClosePurchaseOrder(ClosePurchaseOrder) = "purchase.close";
     AllocateLandedCost(AllocateLandedCost) = "purchase.allocate_landed_cost";
+    DefineLegalEntity(DefineLegalEntity) = "legal_entity.define";
+    SetThreshold(SetThreshold) = "policy.set_threshold";
+    ApproveRequest(ApproveRequest) = "approval.approve";
+    RejectRequest(RejectRequest) = "approval.reject";
+    ClosePeriod(ClosePeriod) = "period.close";
+    ReopenPeriod(ReopenPeriod) = "period.reopen";
 }
 
 /// A decoded, valid command.
@@ -744,6 +795,22 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
             Ok(())
         }
         CommandBody::AllocateLandedCost(c) => check(&field("amount"), &c.amount),
+        CommandBody::DefineLegalEntity(c) => check(&field("currency"), &Money::zero(c.currency))
+            .map_err(|mut e| {
+                e.field = "data.currency".into();
+                e
+            }),
+        CommandBody::SetThreshold(SetThreshold {
+            limit: Some(Measure::Value(money)),
+            ..
+        }) => check(&field("limit.Value"), money),
+        CommandBody::ClosePeriod(c) => {
+            for (i, total) in c.totals.iter().enumerate() {
+                check(&|| format!("data.totals[{i}].debits"), &total.debits)?;
+                check(&|| format!("data.totals[{i}].credits"), &total.credits)?;
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

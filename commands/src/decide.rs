@@ -61,6 +61,27 @@ pub mod code {
     pub const OVER_RECEIPT: &str = "over_receipt";
     /// A purchase order cannot be closed while lines are open.
     pub const LINES_OPEN: &str = "lines_open";
+    /// The command names a legal entity that is not defined (`legal_entity.define`).
+    pub const UNKNOWN_LEGAL_ENTITY: &str = "unknown_legal_entity";
+    /// The command's effective time is in a closed period of its legal entity.
+    pub const PERIOD_CLOSED: &str = "period_closed";
+    /// `period.close` sent a trial balance that does not cover every event now effective in
+    /// the period.
+    pub const PERIOD_CHANGED: &str = "period_changed";
+    /// `period.close` sent a trial balance whose debits and credits differ.
+    pub const UNBALANCED: &str = "unbalanced";
+    /// `period.close` sent a trial balance that is not well formed.
+    pub const INVALID_TRIAL_BALANCE: &str = "invalid_trial_balance";
+    /// `policy.set_threshold` names a command type thresholds do not apply to, or a limit of
+    /// the wrong kind.
+    pub const INVALID_THRESHOLD: &str = "invalid_threshold";
+    /// No command waits for approval under that request.
+    pub const UNKNOWN_APPROVAL: &str = "unknown_approval";
+    /// What the waiting command measures changed since approval was asked (a count whose
+    /// variance moved).
+    pub const STALE_APPROVAL: &str = "stale_approval";
+    /// A reason must be given.
+    pub const REASON_REQUIRED: &str = "reason_required";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
     /// Produced by the processor: the actor's role may not send this command
@@ -105,6 +126,15 @@ pub mod code {
         OVER_RECEIPT,
         LINES_OPEN,
         QUANTITY_LIMIT,
+        UNKNOWN_LEGAL_ENTITY,
+        PERIOD_CLOSED,
+        PERIOD_CHANGED,
+        UNBALANCED,
+        INVALID_TRIAL_BALANCE,
+        INVALID_THRESHOLD,
+        UNKNOWN_APPROVAL,
+        STALE_APPROVAL,
+        REASON_REQUIRED,
     ];
 }
 
@@ -143,9 +173,26 @@ pub(crate) fn non_negative_money(field: &str, m: &Money) -> Result<(), Rejection
 }
 
 /// Decides a command against the state. Never mutates it. Whatever the command, every figure
-/// of every SKU at every location stays within `QTY_MAX` (refused `quantity_limit`).
+/// of every SKU at every location stays within `QTY_MAX` (refused `quantity_limit`). Its
+/// legal entity must be defined and its period open (`governance::admit`); a decision beyond
+/// the entity's maker-checker threshold becomes a request for approval.
 pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
-    let decision = decide_rules(state, command)?;
+    crate::governance::admit(state, command)?;
+    let decision = decide_rules(state, command, None)?;
+    within_quantity_limits(state, &decision)?;
+    Ok(crate::governance::hold_above_threshold(
+        state, command, decision,
+    ))
+}
+
+/// Decides a command a second person approved: the same rules, no threshold, the approver
+/// recorded where events name one.
+pub(crate) fn decide_approved(
+    state: &State,
+    command: &Command,
+    approver: &ledger::values::ActorId,
+) -> Result<Decision, Rejection> {
+    let decision = decide_rules(state, command, Some(approver))?;
     within_quantity_limits(state, &decision)?;
     Ok(decision)
 }
@@ -204,11 +251,17 @@ fn within_quantity_limits(state: &State, decision: &Decision) -> Result<(), Reje
     Ok(())
 }
 
-fn decide_rules(state: &State, command: &Command) -> Result<Decision, Rejection> {
+fn decide_rules(
+    state: &State,
+    command: &Command,
+    approved_by: Option<&ledger::values::ActorId>,
+) -> Result<Decision, Rejection> {
     let d = Decider {
         state,
         at: command.effective_at,
         actor: &command.actor,
+        command,
+        approved_by,
     };
     match &command.body {
         CommandBody::CreatePurchaseOrder(c) => d.create_purchase_order(c),
@@ -218,6 +271,12 @@ fn decide_rules(state: &State, command: &Command) -> Result<Decision, Rejection>
         CommandBody::CancelPurchaseRemaining(c) => d.cancel_purchase_remaining(c),
         CommandBody::ClosePurchaseOrder(c) => d.close_purchase_order(c),
         CommandBody::AllocateLandedCost(c) => d.allocate_landed_cost(c),
+        CommandBody::DefineLegalEntity(c) => d.define_legal_entity(c),
+        CommandBody::SetThreshold(c) => d.set_threshold(c),
+        CommandBody::ApproveRequest(c) => d.approve(c),
+        CommandBody::RejectRequest(c) => d.reject_request(c),
+        CommandBody::ClosePeriod(c) => d.close_period(c),
+        CommandBody::ReopenPeriod(c) => d.reopen_period(c),
         CommandBody::DefineItem(c) => d.define_item(c),
         CommandBody::DefineLocation(c) => Ok(vec![(
             Subject::Location(c.location.clone()),
@@ -281,6 +340,9 @@ pub(crate) struct Decider<'a> {
     pub(crate) state: &'a State,
     pub(crate) at: Timestamp,
     pub(crate) actor: &'a ledger::values::Actor,
+    pub(crate) command: &'a Command,
+    /// The second person who approved the command, when it waited for one.
+    pub(crate) approved_by: Option<&'a ledger::values::ActorId>,
 }
 
 /// Where a line goes: the node, how much it takes there, and why.
@@ -609,7 +671,7 @@ impl<'a> Decider<'a> {
                 delta: c.delta,
                 reason: c.reason.clone(),
                 note: c.note.clone(),
-                approved_by: None,
+                approved_by: self.approved_by.cloned(),
             }),
         )])
     }
@@ -637,7 +699,7 @@ impl<'a> Decider<'a> {
                 counted: c.counted,
                 expected: qty(b.on_hand.max(0)),
                 variance: QtyDelta::new(variance).expect("bounded quantities"),
-                approved_by: None,
+                approved_by: self.approved_by.cloned(),
             }),
         )])
     }

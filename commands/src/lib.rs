@@ -9,6 +9,7 @@ pub mod client;
 pub mod command;
 pub mod decide;
 pub mod demo;
+pub mod governance;
 pub mod latency;
 pub mod processor;
 pub mod purchase;
@@ -25,6 +26,9 @@ pub use state::State;
 
 #[cfg(test)]
 mod decide_tests;
+
+#[cfg(test)]
+mod governance_tests;
 
 #[cfg(test)]
 mod model_tests;

@@ -16,7 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use ledger::events::{CommandAccepted, CommandRejected, Event};
 use ledger::log::BATCH_EVENTS_MAX;
-use ledger::values::{ChannelId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId};
+use ledger::values::{ChannelId, EntityId, LocationId, OrderId, PurchaseOrderId, Sku, SupplierId};
 use ledger::walk::{WalkError, WalkUntil, Walked, walk};
 use ledger::{
     AppendBatch, AppendError, Envelope, EventDraft, EventHash, EventLog, Expectation,
@@ -31,7 +31,8 @@ use crate::recall::RecallError;
 use crate::roles::Roles;
 use crate::snapshot;
 use crate::state::{
-    CommandRecord, Defined, OrderState, PurchaseOrderState, RecordedOutcome, State, StockState,
+    CommandRecord, Defined, EntityState, OrderState, PurchaseOrderState, RecordedOutcome, State,
+    StockState,
 };
 
 /// How many times a tick is decided again after conflicts before its commands are answered
@@ -212,7 +213,10 @@ enum Saved {
     Order(OrderId, Option<OrderState>),
     Command(Uuid, Option<CommandRecord>),
     PurchaseOrder(PurchaseOrderId, Option<PurchaseOrderState>),
-    Other(Subject, Option<Head>),
+    Entity(EntityId, Option<EntityState>),
+    /// Events per legal entity and month: every event counts, so a tick saves the table
+    /// once, before its first change (it holds a few entries per entity and month).
+    PeriodEvents(std::collections::BTreeMap<EntityId, std::collections::BTreeMap<u32, u64>>),
 }
 
 fn save(state: &State, subject: &Subject) -> Saved {
@@ -227,7 +231,7 @@ fn save(state: &State, subject: &Subject) -> Saved {
         Subject::PurchaseOrder(k) => {
             Saved::PurchaseOrder(k.clone(), state.purchase_orders.get(k).cloned())
         }
-        other => Saved::Other(other.clone(), state.other_heads.get(other).copied()),
+        Subject::LegalEntity(k) => Saved::Entity(k.clone(), state.entities.get(k).cloned()),
     }
 }
 
@@ -272,7 +276,8 @@ fn restore(state: &mut State, saved: Saved) {
         }
         Saved::Command(k, v) => put_ordered(&mut state.commands, k, v),
         Saved::PurchaseOrder(k, v) => put(&mut state.purchase_orders, k, v),
-        Saved::Other(k, v) => put(&mut state.other_heads, k, v),
+        Saved::Entity(k, v) => put_ordered(&mut state.entities, k, v),
+        Saved::PeriodEvents(table) => state.period_events = table,
     }
 }
 
@@ -297,6 +302,10 @@ struct Tick {
 
 impl Tick {
     fn touch(&mut self, state: &State, subject: &Subject) {
+        if self.saved.is_empty() {
+            self.saved
+                .push(Saved::PeriodEvents(state.period_events.clone()));
+        }
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {
                 subject: subject.clone(),
@@ -1198,6 +1207,7 @@ impl<L: EventLog> Processor<L> {
                     body_sha256,
                     event_count: count,
                     on_behalf_of: command.on_behalf_of.clone(),
+                    threshold: crate::governance::threshold_in_force(&self.state, command, &events),
                 });
                 (events, accepted, None)
             }

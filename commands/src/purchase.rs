@@ -115,7 +115,15 @@ impl<'a> Decider<'a> {
                 expected_on: c.expected_on,
             }),
         )];
-        if value <= self.state.purchase_policy.approval_limit {
+        let within = crate::governance::purchase_order_within_limit(
+            self.state,
+            self.command,
+            ledger::values::Money {
+                amount: value,
+                currency: c.currency,
+            },
+        );
+        if within {
             events.push((
                 subject,
                 Event::PurchaseOrderApproved(PurchaseOrderApproved {

@@ -19,7 +19,8 @@ impl Default for Roles {
     /// The built-in table: `admin` all; `upstream` (shop and marketplace integrations) master
     /// data, stock and orders, and `clerk` (back office) the same plus purchasing; `buyer`
     /// suppliers and purchasing; `warehouse` receiving, moves,
-    /// counts, quality, returns and pick/pack/ship; `system` hold
+    /// counts, quality, returns and pick/pack/ship; `controller` legal entities, thresholds,
+    /// approvals and period close; `system` hold
     /// expiry (the processor's own clock); `auditor` nothing.
     fn default() -> Roles {
         let table = [
@@ -66,6 +67,10 @@ impl Default for Roles {
                     "order.pack",
                     "order.ship",
                 ],
+            ),
+            (
+                "controller",
+                vec!["legal_entity.*", "policy.*", "approval.*", "period.*"],
             ),
             ("system", vec!["stock.expire_hold"]),
             ("auditor", vec![]),

@@ -17,7 +17,7 @@ use crate::state::State;
 
 /// The snapshot format this build writes and reads. Bump it whenever `State` (or anything it
 /// holds) changes shape: an older snapshot is then replaced by a full replay, never misread.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The processor's object in the snapshot store (`ledger::objects`).
 pub const OBJECT_NAME: &str = "processor";
 const MARK: [u8; 8] = *b"ERPSNAP\0";
@@ -224,11 +224,14 @@ mod tests {
 
     fn body() -> Body {
         let mut state = State::default();
-        state.other_heads.insert(
-            Subject::LegalEntity(ledger::values::EntityId::new("UK01").unwrap()),
-            Head {
-                seq: 7,
-                hash: EventHash([9; 32]),
+        state.entities.insert(
+            ledger::values::EntityId::new("UK01").unwrap(),
+            crate::state::EntityState {
+                head: Some(Head {
+                    seq: 7,
+                    hash: EventHash([9; 32]),
+                }),
+                ..Default::default()
             },
         );
         Body {
@@ -246,7 +249,7 @@ mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back.applied_seq, 8);
         assert_eq!(back.record_hash, EventHash([1; 32]));
-        assert_eq!(back.state.other_heads, body().state.other_heads);
+        assert_eq!(back.state.entities, body().state.entities);
     }
 
     #[test]

@@ -608,6 +608,37 @@ impl Default for PurchasePolicy {
     }
 }
 
+/// A maker-checker threshold in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub limit: ledger::events::Measure,
+    pub set_by: ledger::values::ActorId,
+    pub set_at: Timestamp,
+}
+
+/// A command waiting for a second person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingApproval {
+    pub command_type: String,
+    /// The command's canonical JSON.
+    pub command: String,
+    pub requester: ledger::values::ActorId,
+    pub threshold: Option<ledger::events::ThresholdApplied>,
+}
+
+/// What the deciders know of one legal entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityState {
+    pub head: Option<Head>,
+    pub defined: Option<ledger::events::LegalEntityDefined>,
+    /// By command type.
+    pub thresholds: BTreeMap<String, Threshold>,
+    /// By request (the waiting command's id).
+    pub approvals: BTreeMap<String, WaitingApproval>,
+    /// Closed periods, by `Period::index`, with the event that closed them.
+    pub closed: BTreeMap<u32, ledger::events::PeriodClosed>,
+}
+
 /// The whole write model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -629,7 +660,14 @@ pub struct State {
     /// from the orders (an index, not a fact): `index_backorders` keeps it in step.
     pub backorders: HashMap<Sku, BTreeMap<BackorderKey, i64>>,
     pub purchase_orders: HashMap<PurchaseOrderId, PurchaseOrderState>,
-    /// Heads of subjects the model keeps nothing else about (legal entities).
+    /// Each legal entity's definition, thresholds, waiting approvals and closed periods
+    /// (subject `ent.<id>`).
+    pub entities: BTreeMap<ledger::values::EntityId, EntityState>,
+    /// Events effective in each month, per legal entity (by `Period::index`), outcome records
+    /// and the entity's own governance events left out: what a period's trial balance must
+    /// cover before the period may close.
+    pub period_events: BTreeMap<ledger::values::EntityId, BTreeMap<u32, u64>>,
+    /// Heads of subjects the model keeps nothing else about.
     pub other_heads: HashMap<Subject, Head>,
     /// The last foreign message stored on a subject (see `ledger::walk`), where it came after
     /// the subject's last event: never applied, but JetStream counts it as the subject's last
@@ -656,7 +694,7 @@ impl State {
             Subject::Order(id) => self.orders.get(id).and_then(|o| o.head),
             Subject::Command(id) => self.commands.get(id).and_then(|c| c.head),
             Subject::PurchaseOrder(id) => self.purchase_orders.get(id).and_then(|p| p.head),
-            other => self.other_heads.get(other).copied(),
+            Subject::LegalEntity(id) => self.entities.get(id).and_then(|e| e.head),
         };
         head.unwrap_or(Head::EMPTY)
     }
@@ -686,9 +724,8 @@ impl State {
             Subject::Order(id) => self.orders.get_mut(id).map(|o| &mut o.head),
             Subject::Command(id) => self.commands.get_mut(id).map(|c| &mut c.head),
             Subject::PurchaseOrder(id) => self.purchase_orders.get_mut(id).map(|p| &mut p.head),
-            other => {
-                self.other_heads.insert(other.clone(), head);
-                return;
+            Subject::LegalEntity(id) => {
+                Some(&mut self.entities.entry(id.clone()).or_default().head)
             }
         };
         match slot {
@@ -722,6 +759,21 @@ impl State {
 
     fn evolve(&mut self, envelope: &Envelope) {
         use Event as E;
+        if let Subject::LegalEntity(entity) = &envelope.subject {
+            let state = self.entities.entry(entity.clone()).or_default();
+            crate::governance::evolve(state, envelope);
+            return;
+        }
+        if !matches!(envelope.subject, Subject::Command(_)) {
+            let index = ledger::values::Period::of(envelope.effective_at).index();
+            match self.period_events.get_mut(&envelope.legal_entity) {
+                Some(months) => *months.entry(index).or_default() += 1,
+                None => {
+                    self.period_events
+                        .insert(envelope.legal_entity.clone(), BTreeMap::from([(index, 1)]));
+                }
+            }
+        }
         match &envelope.event {
             E::ItemDefined(e) | E::ItemChanged(e) => {
                 let head = self.items.get(&e.sku).and_then(|d| d.head);
@@ -763,7 +815,6 @@ impl State {
                     },
                 );
             }
-            E::LegalEntityDefined(_) => {}
             E::CommandAccepted(_) | E::CommandRejected(_) => {
                 if let Subject::Command(id) = envelope.subject {
                     let head = self.commands.get(&id).and_then(|c| c.head);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::values::{
     ActorId, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
-    PackageId, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
+    PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
     SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
@@ -188,10 +188,99 @@ payload! {
         pub reservation_policy: ReservationPolicy,
     }
 
+    /// A legal entity: whose books a command's events are posted to.
     pub struct LegalEntityDefined {
         pub entity: EntityId,
         pub name: String,
+        /// Its functional currency.
         pub currency: Currency,
+        /// ISO 3166-1 alpha-2 country code (`GB`, `DE`); empty for an entity defined before
+        /// entities had one.
+        pub country: String,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Governance: one subject per legal entity (thresholds, approvals, periods)
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// A quantity in base units or an amount of money: what a maker-checker threshold limits
+    /// and what a command measured against it.
+    pub enum Measure {
+        Quantity(Qty),
+        Value(Money),
+    }
+
+    /// Commands of `command_type` measuring more than `limit` wait for a second person's
+    /// approval; at or below it they pass, with the threshold recorded. `None` removes it.
+    pub struct ThresholdSet {
+        pub command_type: String,
+        pub limit: Option<Measure>,
+    }
+
+    /// The threshold in force for a decision: which limit, set by whom and when, and what the
+    /// command measured.
+    pub struct ThresholdApplied {
+        pub command_type: String,
+        pub limit: Measure,
+        pub measured: Measure,
+        pub set_by: ActorId,
+        pub set_at: Timestamp,
+    }
+
+    /// A command waits for a second person: it is kept whole (`command`, its canonical JSON)
+    /// and decided when approved. `request` is its command id.
+    pub struct ApprovalRequested {
+        pub request: String,
+        pub command_type: String,
+        pub command: String,
+        pub requester: ActorId,
+        /// The threshold it passed; `None` for commands that always need approval
+        /// (`period.reopen`).
+        pub threshold: Option<ThresholdApplied>,
+    }
+
+    /// A second person approved the request: its command's events follow in the same batch.
+    pub struct ApprovalGranted {
+        pub request: String,
+        pub command_type: String,
+        pub requester: ActorId,
+        pub approver: ActorId,
+        pub threshold: Option<ThresholdApplied>,
+    }
+
+    pub struct ApprovalRejected {
+        pub request: String,
+        pub command_type: String,
+        pub requester: ActorId,
+        pub approver: ActorId,
+        pub reason: String,
+    }
+
+    /// A currency's debits and credits in a period's trial balance.
+    #[serde(deny_unknown_fields)]
+    pub struct PeriodTotal {
+        pub debits: Money,
+        pub credits: Money,
+    }
+
+    /// A month of the entity's books was closed: nothing effective in it is accepted until an
+    /// approved reopen. `events` is how many events were effective in it, which the trial
+    /// balance (`totals`, `trial_balance_sha256`, from the finance view) covered.
+    pub struct PeriodClosed {
+        /// `YYYY-MM`, by the events' effective time in UTC.
+        pub period: Period,
+        pub events: u64,
+        pub totals: Vec<PeriodTotal>,
+        pub trial_balance_sha256: [u8; 32],
+    }
+
+    pub struct PeriodReopened {
+        pub period: Period,
+        pub reason: String,
+        pub requester: ActorId,
+        pub approver: ActorId,
     }
 }
 
@@ -546,6 +635,9 @@ payload! {
         /// The end user an integration acted for (its customer or staff member), as the
         /// command named it. The envelope's actor is the authenticated sender.
         pub on_behalf_of: Option<ActorId>,
+        /// The maker-checker threshold in force, when one applies to the command's type and
+        /// it was within it.
+        pub threshold: Option<ThresholdApplied>,
     }
 
     /// A command was refused. Nothing else is written for it.
@@ -628,7 +720,7 @@ catalogue! {
     LocationDefined(LocationDefined) = "location.defined" v 1;
     SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
     ChannelDefined(ChannelDefined) = "channel.defined" v 1;
-    LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 1;
+    LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 2;
 
     StockReceived(StockReceived) = "stock.received" v 1;
     StockBinMoved(StockBinMoved) = "stock.bin_moved" v 1;
@@ -673,6 +765,13 @@ catalogue! {
     LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
 
-    CommandAccepted(CommandAccepted) = "command.accepted" v 2;
+    ThresholdSet(ThresholdSet) = "policy.threshold_set" v 1;
+    ApprovalRequested(ApprovalRequested) = "approval.requested" v 1;
+    ApprovalGranted(ApprovalGranted) = "approval.granted" v 1;
+    ApprovalRejected(ApprovalRejected) = "approval.rejected" v 1;
+    PeriodClosed(PeriodClosed) = "period.closed" v 1;
+    PeriodReopened(PeriodReopened) = "period.reopened" v 1;
+
+    CommandAccepted(CommandAccepted) = "command.accepted" v 3;
     CommandRejected(CommandRejected) = "command.rejected" v 3;
 }

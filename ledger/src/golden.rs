@@ -16,7 +16,8 @@ use crate::envelope::{Envelope, EventHash};
 use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
-    CommandAcceptedV1, CommandRejectedV1, CommandRejectedV2, ItemDefinedV1, OLD_VERSIONS,
+    CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ItemDefinedV1,
+    LegalEntityDefinedV1, OLD_VERSIONS,
 };
 use crate::values::*;
 
@@ -106,6 +107,33 @@ fn accepted_v1() -> CommandAcceptedV1 {
     }
 }
 
+/// The v2 sample of `command.accepted`.
+fn accepted_v2() -> CommandAcceptedV2 {
+    CommandAcceptedV2 {
+        on_behalf_of: Some(actor("customer-4711")),
+        ..accepted_v1().into()
+    }
+}
+
+/// The v1 sample of `legal_entity.defined`.
+fn legal_entity_v1() -> LegalEntityDefinedV1 {
+    LegalEntityDefinedV1 {
+        entity: EntityId::new("UK01").unwrap(),
+        name: "Gifts UK Ltd".into(),
+        currency: Currency::new("GBP").unwrap(),
+    }
+}
+
+fn threshold() -> ThresholdApplied {
+    ThresholdApplied {
+        command_type: "stock.adjust".into(),
+        limit: Measure::Quantity(qty(100)),
+        measured: Measure::Quantity(qty(12)),
+        set_by: actor("controller-1"),
+        set_at: Timestamp::parse("2010-11-30T09:00:00Z").unwrap(),
+    }
+}
+
 fn item() -> ItemDefined {
     ItemDefined {
         cost_method: CostMethod::MovingAverage,
@@ -146,9 +174,48 @@ fn sample(t: EventType) -> Event {
             reservation_policy: ReservationPolicy::HoldWithTtl { ttl_seconds: 900 },
         }),
         EventType::LegalEntityDefined => Event::LegalEntityDefined(LegalEntityDefined {
-            entity: EntityId::new("UK01").unwrap(),
-            name: "Gifts UK Ltd".into(),
-            currency: Currency::new("GBP").unwrap(),
+            country: "GB".into(),
+            ..legal_entity_v1().into()
+        }),
+        EventType::ThresholdSet => Event::ThresholdSet(ThresholdSet {
+            command_type: "order.refund".into(),
+            limit: Some(Measure::Value(gbp("250.00"))),
+        }),
+        EventType::ApprovalRequested => Event::ApprovalRequested(ApprovalRequested {
+            request: "0190c3a2-0000-7000-8000-000000000001".into(),
+            command_type: "stock.adjust".into(),
+            command: r#"{"type":"stock.adjust"}"#.into(),
+            requester: actor("clerk-7"),
+            threshold: Some(threshold()),
+        }),
+        EventType::ApprovalGranted => Event::ApprovalGranted(ApprovalGranted {
+            request: "0190c3a2-0000-7000-8000-000000000001".into(),
+            command_type: "stock.adjust".into(),
+            requester: actor("clerk-7"),
+            approver: actor("controller-1"),
+            threshold: Some(threshold()),
+        }),
+        EventType::ApprovalRejected => Event::ApprovalRejected(ApprovalRejected {
+            request: "0190c3a2-0000-7000-8000-000000000001".into(),
+            command_type: "stock.adjust".into(),
+            requester: actor("clerk-7"),
+            approver: actor("controller-1"),
+            reason: "count again".into(),
+        }),
+        EventType::PeriodClosed => Event::PeriodClosed(PeriodClosed {
+            period: "2010-12".parse().unwrap(),
+            events: 1234,
+            totals: vec![PeriodTotal {
+                debits: gbp("1000.50"),
+                credits: gbp("1000.50"),
+            }],
+            trial_balance_sha256: [9; 32],
+        }),
+        EventType::PeriodReopened => Event::PeriodReopened(PeriodReopened {
+            period: "2010-12".parse().unwrap(),
+            reason: "late supplier invoice".into(),
+            requester: actor("clerk-7"),
+            approver: actor("controller-1"),
         }),
         EventType::StockReceived => Event::StockReceived(StockReceived {
             sku: s,
@@ -435,8 +502,8 @@ fn sample(t: EventType) -> Event {
             reason: "fully received".into(),
         }),
         EventType::CommandAccepted => Event::CommandAccepted(CommandAccepted {
-            on_behalf_of: Some(actor("customer-4711")),
-            ..accepted_v1().into()
+            threshold: Some(threshold()),
+            ..accepted_v2().into()
         }),
         EventType::CommandRejected => Event::CommandRejected(CommandRejected {
             on_behalf_of: Some(actor("customer-4711")),
@@ -531,6 +598,14 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::CommandAccepted, 1) => (
                 codec::to_bytes(&accepted_v1()).unwrap(),
                 Event::CommandAccepted(accepted_v1().into()),
+            ),
+            (EventType::CommandAccepted, 2) => (
+                codec::to_bytes(&accepted_v2()).unwrap(),
+                Event::CommandAccepted(accepted_v2().into()),
+            ),
+            (EventType::LegalEntityDefined, 1) => (
+                codec::to_bytes(&legal_entity_v1()).unwrap(),
+                Event::LegalEntityDefined(legal_entity_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

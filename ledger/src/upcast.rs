@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
-    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ItemDefined, PackSize, Tracking,
+    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ItemDefined,
+    LegalEntityDefined, PackSize, Tracking,
 };
-use crate::values::{Qty, Sku, SupplierId, UnitName};
+use crate::values::{ActorId, Currency, EntityId, Qty, Sku, SupplierId, UnitName};
 
 /// `item.defined` / `item.changed` version 1: before items chose a cost method and whether
 /// on-hand may go negative.
@@ -112,14 +113,62 @@ pub struct CommandAcceptedV1 {
     pub event_count: u32,
 }
 
-impl From<CommandAcceptedV1> for CommandAccepted {
+impl From<CommandAcceptedV1> for CommandAcceptedV2 {
     /// No end user was recorded before v2.
-    fn from(v1: CommandAcceptedV1) -> CommandAccepted {
-        CommandAccepted {
+    fn from(v1: CommandAcceptedV1) -> CommandAcceptedV2 {
+        CommandAcceptedV2 {
             command_type: v1.command_type,
             body_sha256: v1.body_sha256,
             event_count: v1.event_count,
             on_behalf_of: None,
+        }
+    }
+}
+
+impl From<CommandAcceptedV1> for CommandAccepted {
+    fn from(v1: CommandAcceptedV1) -> CommandAccepted {
+        CommandAcceptedV2::from(v1).into()
+    }
+}
+
+/// `command.accepted` version 2: before outcomes recorded the maker-checker threshold in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandAcceptedV2 {
+    pub command_type: String,
+    pub body_sha256: [u8; 32],
+    pub event_count: u32,
+    pub on_behalf_of: Option<ActorId>,
+}
+
+impl From<CommandAcceptedV2> for CommandAccepted {
+    /// No threshold applied before v3 (thresholds did not exist).
+    fn from(v2: CommandAcceptedV2) -> CommandAccepted {
+        CommandAccepted {
+            command_type: v2.command_type,
+            body_sha256: v2.body_sha256,
+            event_count: v2.event_count,
+            on_behalf_of: v2.on_behalf_of,
+            threshold: None,
+        }
+    }
+}
+
+/// `legal_entity.defined` version 1: before entities had a country.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LegalEntityDefinedV1 {
+    pub entity: EntityId,
+    pub name: String,
+    pub currency: Currency,
+}
+
+impl From<LegalEntityDefinedV1> for LegalEntityDefined {
+    /// The country of a v1 entity is unknown (empty).
+    fn from(v1: LegalEntityDefinedV1) -> LegalEntityDefined {
+        LegalEntityDefined {
+            entity: v1.entity,
+            name: v1.name,
+            currency: v1.currency,
+            country: String::new(),
         }
     }
 }
@@ -131,6 +180,8 @@ pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::CommandRejected, 1),
     (EventType::CommandRejected, 2),
     (EventType::CommandAccepted, 1),
+    (EventType::CommandAccepted, 2),
+    (EventType::LegalEntityDefined, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -154,6 +205,12 @@ pub(crate) fn decode_old(
         )),
         (EventType::CommandAccepted, 1) => Ok(Event::CommandAccepted(
             from_bytes::<CommandAcceptedV1>(bytes)?.into(),
+        )),
+        (EventType::CommandAccepted, 2) => Ok(Event::CommandAccepted(
+            from_bytes::<CommandAcceptedV2>(bytes)?.into(),
+        )),
+        (EventType::LegalEntityDefined, 1) => Ok(Event::LegalEntityDefined(
+            from_bytes::<LegalEntityDefinedV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),

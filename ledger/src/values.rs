@@ -64,6 +64,12 @@ pub enum ValueError {
     Timestamp { field: &'static str, value: String },
     #[error("{field}: `{value}` is not a date; expected YYYY-MM-DD")]
     Date { field: &'static str, value: String },
+    #[error("{field}: `{value}` is not an accounting period; expected a month as YYYY-MM")]
+    Period { field: &'static str, value: String },
+    #[error(
+        "{field}: `{value}` is not an ISO 3166-1 country code; expected two upper-case letters such as GB"
+    )]
+    Country { field: &'static str, value: String },
 }
 
 fn validate_id(field: &'static str, text: &str) -> Result<(), ValueError> {
@@ -760,6 +766,155 @@ impl JsonSchema for Date {
     }
 }
 
+/// An accounting period: a calendar month of effective time, in UTC. Written `YYYY-MM`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Cow<'_, str>", into = "String")]
+pub struct Period {
+    year: u16,
+    month: u8,
+}
+
+impl Period {
+    /// The period `at` falls in.
+    pub fn of(at: Timestamp) -> Period {
+        use chrono::Datelike;
+        let d = at.as_datetime();
+        Period {
+            year: u16::try_from(d.year()).unwrap_or(0),
+            month: d.month() as u8,
+        }
+    }
+
+    /// Months since year 0: a dense key.
+    pub fn index(self) -> u32 {
+        u32::from(self.year) * 12 + u32::from(self.month) - 1
+    }
+
+    pub fn from_index(index: u32) -> Period {
+        Period {
+            year: u16::try_from(index / 12).unwrap_or(u16::MAX),
+            month: (index % 12) as u8 + 1,
+        }
+    }
+
+    /// The first instant after the period.
+    pub fn end(self) -> Timestamp {
+        let next = Period::from_index(self.index() + 1);
+        let date = NaiveDate::from_ymd_opt(i32::from(next.year), u32::from(next.month), 1)
+            .expect("a valid month");
+        Timestamp::new(date.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+    }
+}
+
+impl FromStr for Period {
+    type Err = ValueError;
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        let bad = || ValueError::Period {
+            field: "period",
+            value: text.to_owned(),
+        };
+        let b = text.as_bytes();
+        if b.len() != 7 || b[4] != b'-' || !b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        let year: u16 = text[..4].parse().map_err(|_| bad())?;
+        let month: u8 = text[5..].parse().map_err(|_| bad())?;
+        if year == 0 || !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Period { year, month })
+    }
+}
+
+impl TryFrom<Cow<'_, str>> for Period {
+    type Error = ValueError;
+    fn try_from(text: Cow<'_, str>) -> Result<Self, ValueError> {
+        text.parse()
+    }
+}
+
+impl From<Period> for String {
+    fn from(p: Period) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+impl fmt::Debug for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Period({self})")
+    }
+}
+
+impl JsonSchema for Period {
+    fn schema_name() -> Cow<'static, str> {
+        "Period".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$",
+            "description": "An accounting period: a month of effective time in UTC, YYYY-MM."})
+    }
+}
+
+/// An ISO 3166-1 alpha-2 country code (`GB`, `DE`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Cow<'_, str>", into = "String")]
+pub struct Country(String);
+
+impl Country {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Country {
+    type Err = ValueError;
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        if text.len() == 2 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Country(text.to_owned()))
+        } else {
+            Err(ValueError::Country {
+                field: "country",
+                value: text.to_owned(),
+            })
+        }
+    }
+}
+
+impl TryFrom<Cow<'_, str>> for Country {
+    type Error = ValueError;
+    fn try_from(text: Cow<'_, str>) -> Result<Self, ValueError> {
+        text.parse()
+    }
+}
+
+impl From<Country> for String {
+    fn from(c: Country) -> String {
+        c.0
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Country({})", self.0)
+    }
+}
+
+impl JsonSchema for Country {
+    fn schema_name() -> Cow<'static, str> {
+        "Country".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^[A-Z]{2}$",
+            "description": "ISO 3166-1 alpha-2 country code, e.g. GB."})
+    }
+}
+
 #[cfg(test)]
 mod arbitrary_impls {
     //! Generators for the values that cannot derive them, used by the round-trip properties.
@@ -771,6 +926,16 @@ mod arbitrary_impls {
         type Strategy = BoxedStrategy<Self>;
         fn arbitrary_with(_: ()) -> Self::Strategy {
             (0..=QTY_MAX).prop_map(Qty).boxed()
+        }
+    }
+
+    impl Arbitrary for Period {
+        type Parameters = ();
+        type Strategy = BoxedStrategy<Self>;
+        fn arbitrary_with(_: ()) -> Self::Strategy {
+            (1u16..=9999, 1u8..=12)
+                .prop_map(|(year, month)| Period { year, month })
+                .boxed()
         }
     }
 
