@@ -16,6 +16,7 @@ use projections::finance::Finance;
 use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
+mod govern_cli;
 mod replay_cli;
 
 #[global_allocator]
@@ -317,6 +318,34 @@ enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         args: replay_cli::ReplenishArgs,
+    },
+    /// Legal entities: define one, with its functional currency and country.
+    Entity {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: govern_cli::EntityAction,
+    },
+    /// Maker-checker thresholds: commands above them wait for a second person.
+    Threshold {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: govern_cli::ThresholdAction,
+    },
+    /// Commands waiting for a second person: list, approve, reject.
+    Approval {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: govern_cli::ApprovalAction,
+    },
+    /// Accounting periods: a month's trial balance, close, reopen.
+    Period {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: govern_cli::PeriodAction,
     },
     /// Replay the UCI year's daily demand through the recommendation policy and a naive
     /// min/max rule; print fill rate and average inventory of each (markdown table).
@@ -759,6 +788,18 @@ async fn run() -> anyhow::Result<()> {
             replay_cli::replenish(&open_for_audit(&nats).await?, &sender, &args).await
         }
         Command::BacktestReplenishment { args } => replay_cli::backtest(&args),
+        Command::Entity { nats, action } => {
+            govern_cli::entity(&nats.sender("controller")?, &action).await
+        }
+        Command::Threshold { nats, action } => {
+            govern_cli::threshold(&nats.sender("controller")?, &action).await
+        }
+        Command::Approval { nats, action } => {
+            govern_cli::approval(&nats.sender("controller")?, &action).await
+        }
+        Command::Period { nats, action } => {
+            govern_cli::period(&nats.sender("controller")?, &action).await
+        }
         Command::Journal { nats, args } => {
             replay_cli::journal(&open_for_audit(&nats).await?, &args).await
         }

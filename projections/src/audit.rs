@@ -1,6 +1,8 @@
-//! Audit: per entity (SKU, location, order, purchase order, channel, supplier, actor), every
-//! event and every refused command about it, with who, when (effective and recorded), which
-//! command and which approval.
+//! Audit: per entity (SKU, location, order, purchase order, channel, supplier, actor, legal
+//! entity, approval request), every event and every refused command about it, with who, when
+//! (effective and recorded), which command and which approval. An accepted command that a
+//! maker-checker threshold let through shows its outcome record (with the threshold, what it
+//! measured, who set it and when) in the trails of what its events concern.
 //!
 //! The view keeps, per entity key, the ledger sequences that concern it (delta-encoded in its
 //! snapshot); a query reads those events back from the ledger, so the answer shows exactly
@@ -58,6 +60,11 @@ impl<'de> Deserialize<'de> for Seqs {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
     entities: BTreeMap<String, Seqs>,
+    /// The command whose events came last and what they concern: its outcome record, when it
+    /// names the maker-checker threshold in force, goes in the same trails (a command's
+    /// events and its outcome are stored together, outcome last).
+    #[serde(default)]
+    last_command: Option<(uuid::Uuid, BTreeSet<String>)>,
 }
 
 /// `sku:85123A` -> `ent.sku.85123A` (KV keys cannot hold `:`; ids are escaped).
@@ -103,24 +110,76 @@ pub enum AuditQuery {
     },
 }
 
-fn entities_of(event: &RecordedEvent) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    keys.insert(ledger::entities::actor(&event.envelope.actor.id));
-    match &event.envelope.event {
-        Event::CommandRejected(r) => keys.extend(r.targets.iter().cloned()),
-        // Acceptances are found through the command's own events.
-        Event::CommandAccepted(_) => return BTreeSet::new(),
-        other => {
-            let json = serde_json::to_value(other).expect("events serialise");
-            keys.extend(ledger::entities::mentioned(&json["data"]));
+impl Audit {
+    fn entities_of(&mut self, event: &RecordedEvent) -> BTreeSet<String> {
+        let e = &event.envelope;
+        let mut keys = BTreeSet::new();
+        keys.insert(ledger::entities::actor(&e.actor.id));
+        if let ledger::Subject::LegalEntity(id) = &e.subject {
+            keys.insert(format!("legal_entity:{id}"));
         }
+        match &e.event {
+            Event::CommandRejected(r) => keys.extend(r.targets.iter().cloned()),
+            // Acceptances are found through the command's own events, unless they name the
+            // threshold that let the command through.
+            Event::CommandAccepted(a) => {
+                let last = self.last_command.take();
+                if a.threshold.is_none() {
+                    return BTreeSet::new();
+                }
+                keys.insert(format!("legal_entity:{}", e.legal_entity));
+                if let Some((id, concerned)) = last
+                    && id == e.command_id
+                {
+                    keys.extend(concerned);
+                }
+            }
+            other => {
+                let json = serde_json::to_value(other).expect("events serialise");
+                keys.extend(ledger::entities::mentioned(&json["data"]));
+                match other {
+                    // A waiting command shows in the trails of what it names, and under its
+                    // request; requesters and approvers under their own names.
+                    Event::ApprovalRequested(r) => {
+                        keys.insert(format!("approval:{}", r.request));
+                        keys.insert(ledger::entities::actor(&r.requester));
+                        if let Ok(held) = serde_json::from_str::<serde_json::Value>(&r.command) {
+                            keys.extend(ledger::entities::mentioned(&held["data"]));
+                        }
+                    }
+                    Event::ApprovalGranted(ledger::events::ApprovalGranted {
+                        request,
+                        requester,
+                        approver,
+                        ..
+                    })
+                    | Event::ApprovalRejected(ledger::events::ApprovalRejected {
+                        request,
+                        requester,
+                        approver,
+                        ..
+                    }) => {
+                        keys.insert(format!("approval:{request}"));
+                        keys.insert(ledger::entities::actor(requester));
+                        keys.insert(ledger::entities::actor(approver));
+                    }
+                    _ => {}
+                }
+                match &mut self.last_command {
+                    Some((id, concerned)) if *id == e.command_id => {
+                        concerned.extend(keys.iter().cloned());
+                    }
+                    last => *last = Some((e.command_id, keys.clone())),
+                }
+            }
+        }
+        keys
     }
-    keys
 }
 
 impl Model for Audit {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
-        for entity in entities_of(event) {
+        for entity in self.entities_of(event) {
             changed.insert(kv_key(&entity));
             self.entities.entry(entity).or_default().0.push(event.seq);
         }
@@ -135,7 +194,8 @@ impl Model for Audit {
 
 impl View for Audit {
     const NAME: &'static str = "audit";
-    const VERSION: u32 = 1;
+    /// 2: legal entities, approvals and the thresholds in force in the trails.
+    const VERSION: u32 = 2;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "ent",
         parts: &["kind", "id"],

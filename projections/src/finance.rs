@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ledger::RecordedEvent;
+use ledger::events::Event;
+use ledger::values::Period;
+use ledger::{RecordedEvent, Subject};
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,11 +39,140 @@ pub struct Check {
     pub unbalanced: Vec<u64>,
 }
 
+/// One legal entity's books in one month (a period) of effective time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodBooks {
+    pub entity: String,
+    pub period: String,
+    /// Events effective in the period for the entity, outcome records and the entity's own
+    /// governance events left out: the count the processor checks `period.close` against.
+    pub events: u64,
+    /// Debits and credits per currency and account, exact.
+    pub accounts: BTreeMap<String, BTreeMap<String, (Decimal, Decimal)>>,
+    pub closed: Option<CloseMark>,
+    /// How many times it was reopened.
+    pub reopened: u32,
+}
+
+/// The close in force: where it was recorded and whether what it recorded is what these
+/// books hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CloseMark {
+    pub seq: u64,
+    pub trial_balance_sha256: String,
+    /// The recorded digest and event count equal the ones these books give for the period.
+    pub matches: bool,
+}
+
+impl PeriodBooks {
+    /// The trial balance's lines: (currency, account, debit, credit), in key order, amounts
+    /// rounded to the currency's minor unit.
+    fn lines(&self) -> Vec<(String, String, String, String)> {
+        self.accounts
+            .iter()
+            .flat_map(|(currency, accounts)| accounts.iter().map(move |a| (currency, a)))
+            .map(|(currency, (account, (debit, credit)))| {
+                let dp = crate::books::minor_units(currency);
+                (
+                    currency.clone(),
+                    account.clone(),
+                    debit.round_dp(dp).to_string(),
+                    credit.round_dp(dp).to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// SHA-256 of the trial balance: one line `currency,account,debit,credit` per account
+    /// (each ending in a newline), in key order, amounts as shown. Anyone holding the row can
+    /// compute it again.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for (currency, account, debit, credit) in self.lines() {
+            hash.update(format!("{currency},{account},{debit},{credit}\n"));
+        }
+        hex::encode(hash.finalize())
+    }
+
+    fn totals(&self) -> BTreeMap<&str, (Decimal, Decimal)> {
+        let mut totals: BTreeMap<&str, (Decimal, Decimal)> = BTreeMap::new();
+        for (currency, accounts) in &self.accounts {
+            let t = totals.entry(currency).or_default();
+            for (debit, credit) in accounts.values() {
+                t.0 += debit;
+                t.1 += credit;
+            }
+        }
+        totals
+    }
+
+    fn row(&self) -> PeriodRow {
+        let totals: Vec<CheckTotals> = self
+            .totals()
+            .into_iter()
+            .map(|(currency, (debits, credits))| {
+                let dp = crate::books::minor_units(currency);
+                CheckTotals {
+                    entity: self.entity.clone(),
+                    currency: currency.to_owned(),
+                    debits: debits.round_dp(dp).to_string(),
+                    credits: credits.round_dp(dp).to_string(),
+                    balanced: debits == credits,
+                }
+            })
+            .collect();
+        PeriodRow {
+            entity: self.entity.clone(),
+            period: self.period.clone(),
+            events: self.events,
+            balanced: totals.iter().all(|t| t.balanced),
+            totals,
+            accounts: self
+                .lines()
+                .into_iter()
+                .map(|(currency, account, debit, credit)| PeriodAccount {
+                    currency,
+                    account,
+                    debit,
+                    credit,
+                })
+                .collect(),
+            trial_balance_sha256: self.digest(),
+            closed: self.closed.clone(),
+            reopened: self.reopened,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Finance {
     books: Books,
     accounts: BTreeMap<String, AccountTotal>,
     check: Check,
+    /// By key `period.<entity>.<YYYY-MM>`.
+    periods: BTreeMap<String, PeriodBooks>,
+    /// Commands waiting for a second person's approval, by key
+    /// `approval.<entity>.<request>`.
+    approvals: BTreeMap<String, ApprovalRow>,
+}
+
+/// A command waiting for a second person (`approval.approve` or `approval.reject`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRow {
+    pub entity: String,
+    /// The waiting command's id: what `approval.approve` names.
+    pub request: String,
+    pub command_type: String,
+    pub requester: String,
+    pub asked_at: String,
+    pub seq: u64,
+    /// The threshold it passed (none for commands that always need approval).
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
+    pub threshold: Option<serde_json::Value>,
+    /// The command's `data`, as sent.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub data: serde_json::Value,
 }
 
 impl Finance {
@@ -89,12 +220,43 @@ pub struct CheckTotals {
     pub balanced: bool,
 }
 
+/// A period's trial balance: what `period.close` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct PeriodRow {
+    pub entity: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Events effective in the period (what `period.close` must cover).
+    pub events: u64,
+    /// Per currency: debits and credits posted in the period.
+    pub totals: Vec<CheckTotals>,
+    pub balanced: bool,
+    /// Per currency and account: debits and credits posted in the period.
+    pub accounts: Vec<PeriodAccount>,
+    /// SHA-256 of the lines `currency,account,debit,credit\n` of `accounts`, in order.
+    pub trial_balance_sha256: String,
+    /// The close in force, if the period is closed.
+    pub closed: Option<CloseMark>,
+    pub reopened: u32,
+}
+
+/// An account's movement in a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct PeriodAccount {
+    pub currency: String,
+    pub account: String,
+    pub debit: String,
+    pub credit: String,
+}
+
 /// A row of the finance view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum FinanceRow {
     Account(AccountRow),
     Check(CheckRow),
+    Period(PeriodRow),
+    Approval(ApprovalRow),
 }
 
 /// Queries of `view.finance.<op>`.
@@ -111,10 +273,27 @@ pub enum FinanceQuery {
     },
     /// Whether the books balance.
     Check {},
+    /// One entity's trial balance for one month (`period` as `YYYY-MM`): what
+    /// `period.close` needs. A month with nothing in it answers zero events.
+    Period { entity: String, period: String },
+    /// Commands of an entity waiting for a second person, oldest first, a page at a time.
+    Approvals {
+        entity: String,
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 impl Finance {
     fn row(&self, key: &str) -> Option<FinanceRow> {
+        if let Some(p) = self.periods.get(key) {
+            return Some(FinanceRow::Period(p.row()));
+        }
+        if let Some(a) = self.approvals.get(key) {
+            return Some(FinanceRow::Approval(a.clone()));
+        }
         if key == "check" {
             let c = &self.check;
             // Accounts are keyed entity, currency, account: each group is one entity's books
@@ -161,12 +340,96 @@ impl Finance {
     }
 }
 
+fn period_key(entity: &str, period: Period) -> String {
+    key::key("period", &[entity, &period.to_string()])
+}
+
+impl Finance {
+    fn period_mut(&mut self, entity: &str, period: Period) -> (&mut PeriodBooks, String) {
+        let key = period_key(entity, period);
+        let books = self
+            .periods
+            .entry(key.clone())
+            .or_insert_with(|| PeriodBooks {
+                entity: entity.to_owned(),
+                period: period.to_string(),
+                ..PeriodBooks::default()
+            });
+        (books, key)
+    }
+
+    /// Governance events of the entity's subject: closes and reopens.
+    fn govern(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        let entity = event.envelope.legal_entity.as_str();
+        match &event.envelope.event {
+            Event::PeriodClosed(e) => {
+                let (books, key) = self.period_mut(entity, e.period);
+                let recorded = hex::encode(e.trial_balance_sha256);
+                books.closed = Some(CloseMark {
+                    seq: event.seq,
+                    matches: recorded == books.digest() && e.events == books.events,
+                    trial_balance_sha256: recorded,
+                });
+                changed.insert(key);
+            }
+            Event::PeriodReopened(e) => {
+                let (books, key) = self.period_mut(entity, e.period);
+                books.closed = None;
+                books.reopened += 1;
+                changed.insert(key);
+            }
+            Event::ApprovalRequested(e) => {
+                let key = key::key("approval", &[entity, &e.request]);
+                let held: serde_json::Value =
+                    serde_json::from_str(&e.command).unwrap_or(serde_json::Value::Null);
+                self.approvals.insert(
+                    key.clone(),
+                    ApprovalRow {
+                        entity: entity.to_owned(),
+                        request: e.request.clone(),
+                        command_type: e.command_type.clone(),
+                        requester: e.requester.to_string(),
+                        asked_at: event.envelope.effective_at.to_string(),
+                        seq: event.seq,
+                        threshold: e
+                            .threshold
+                            .as_ref()
+                            .map(|t| serde_json::to_value(t).expect("events serialise")),
+                        data: held["data"].clone(),
+                    },
+                );
+                changed.insert(key);
+            }
+            Event::ApprovalGranted(ledger::events::ApprovalGranted { request, .. })
+            | Event::ApprovalRejected(ledger::events::ApprovalRejected { request, .. }) => {
+                let key = key::key("approval", &[entity, request]);
+                self.approvals.remove(&key);
+                changed.insert(key);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Model for Finance {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        match event.envelope.subject {
+            Subject::LegalEntity(_) => return self.govern(event, changed),
+            Subject::Command(_) => {}
+            _ => {
+                let (books, key) = self.period_mut(
+                    event.envelope.legal_entity.as_str(),
+                    Period::of(event.envelope.effective_at),
+                );
+                books.events += 1;
+                changed.insert(key);
+            }
+        }
         let posted = self.books.post(event);
         if posted.lines.is_empty() {
             return;
         }
+        let period = Period::of(event.envelope.effective_at);
         if !balanced(&posted.lines) {
             self.check.unbalanced.push(event.seq);
         }
@@ -191,6 +454,15 @@ impl Model for Finance {
                 });
             total.debit += line.debit();
             total.credit += line.credit();
+            let (books, _) = self.period_mut(&line.entity, period);
+            let sums = books
+                .accounts
+                .entry(line.currency.clone())
+                .or_default()
+                .entry(line.account.name().to_owned())
+                .or_default();
+            sums.0 += line.debit();
+            sums.1 += line.credit();
             self.check.debits += line.debit();
             self.check.credits += line.credit();
             self.check.lines += 1;
@@ -208,7 +480,8 @@ impl Model for Finance {
 impl View for Finance {
     const NAME: &'static str = "finance";
     /// 2: amounts rounded to their currency's minor unit (JPY 0, BHD 3), not always 2.
-    const VERSION: u32 = 2;
+    /// 3: a trial balance per entity and month (`period.…` rows), with its close.
+    const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "acct",
@@ -220,6 +493,16 @@ impl View for Finance {
             parts: &[],
             row: "CheckRow: whether the books balance",
         },
+        KeyShape {
+            kind: "period",
+            parts: &["entity", "period"],
+            row: "PeriodRow: an entity's trial balance for one month, and its close",
+        },
+        KeyShape {
+            kind: "approval",
+            parts: &["entity", "request"],
+            row: "ApprovalRow: a command waiting for a second person",
+        },
     ];
     type Row = FinanceRow;
     type Query = FinanceQuery;
@@ -229,7 +512,9 @@ impl View for Finance {
             self.accounts
                 .keys()
                 .cloned()
-                .chain(std::iter::once("check".to_owned())),
+                .chain(std::iter::once("check".to_owned()))
+                .chain(self.periods.keys().cloned())
+                .chain(self.approvals.keys().cloned()),
         )
     }
 
@@ -248,6 +533,49 @@ impl View for Finance {
                 })))
             }
             FinanceQuery::Check {} => Ok(Answer::Value(self.value("check").unwrap_or_default())),
+            FinanceQuery::Period { entity, period } => {
+                let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
+                    QueryError::bad_query(format!("period: {e}"))
+                })?;
+                let key = period_key(entity, period);
+                let row = match self.periods.get(&key) {
+                    Some(books) => books.row(),
+                    None => PeriodBooks {
+                        entity: entity.clone(),
+                        period: period.to_string(),
+                        ..PeriodBooks::default()
+                    }
+                    .row(),
+                };
+                Ok(Answer::Value(
+                    serde_json::to_value(row).expect("rows serialise"),
+                ))
+            }
+            FinanceQuery::Approvals {
+                entity,
+                after,
+                limit,
+            } => {
+                let mut waiting: Vec<&ApprovalRow> = self
+                    .approvals
+                    .values()
+                    .filter(|a| &a.entity == entity)
+                    .collect();
+                waiting.sort_by_key(|a| a.seq);
+                let (approvals, next_after) = page(
+                    waiting.into_iter().map(|a| {
+                        (
+                            format!("{:020}", a.seq),
+                            serde_json::to_value(a).expect("rows"),
+                        )
+                    }),
+                    after.as_deref(),
+                    page_limit(*limit)?,
+                );
+                Ok(Answer::Value(
+                    json!({"approvals": approvals, "next_after": next_after}),
+                ))
+            }
         }
     }
 }

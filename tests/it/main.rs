@@ -7,6 +7,7 @@ mod console;
 mod dataset;
 mod faults;
 mod gateway;
+mod governance;
 mod harness;
 mod log;
 mod processor;
