@@ -117,6 +117,9 @@ struct Stats {
     snapshots_refused: u64,
     /// Reads that ended inside a batch.
     torn_reads: u64,
+    /// Approvals of held adjustments sent by a second person, and those granted.
+    approvals: u64,
+    granted: u64,
     /// Finished orders and command records read back from the log after leaving memory.
     recalled: u64,
     /// Finished orders out of memory at the end of a run.
@@ -146,6 +149,8 @@ impl std::ops::AddAssign for Stats {
         self.orders_archived += o.orders_archived;
         self.shipped += o.shipped;
         self.refunded += o.refunded;
+        self.approvals += o.approvals;
+        self.granted += o.granted;
     }
 }
 
@@ -477,6 +482,15 @@ fn command(rng: &mut Rng, kind: &str, data: serde_json::Value) -> Command {
     decode(text.to_string().as_bytes()).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
+/// The command as a controller's, a person other than the sim's clerk.
+fn controller(mut c: Command) -> Command {
+    c.actor = ledger::values::Actor {
+        id: ledger::values::ActorId::new("sim-controller").expect("valid"),
+        role: ledger::values::Role::new("controller").expect("valid"),
+    };
+    c
+}
+
 fn master_data(rng: &mut Rng) -> Vec<Command> {
     let mut commands = vec![
         command(
@@ -490,6 +504,17 @@ fn master_data(rng: &mut Rng) -> Vec<Command> {
             json!({"location": "WH2", "kind": "Warehouse", "region": "DE"}),
         ),
         command(rng, "channel.define", json!({"channel": "web"})),
+        controller(command(
+            rng,
+            "legal_entity.define",
+            json!({"name": "Sim Ltd", "currency": "GBP", "country": "GB"}),
+        )),
+        // Adjustments of more than 5 units wait for a second person.
+        controller(command(
+            rng,
+            "policy.set_threshold",
+            json!({"command_type": "stock.adjust", "limit": {"Quantity": 5}}),
+        )),
     ];
     for sku in SKUS {
         commands.push(command(rng, "item.define", json!({"sku": sku})));
@@ -776,6 +801,8 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.orders.len() + a.archive.orders() == b.orders.len()
         && a.commands_recorded() == b.commands.len()
         && a.foreign_seqs == b.foreign_seqs
+        && a.period_events == b.period_events
+        && a.entities == b.entities
 }
 
 /// An archived order of the processor's model `a`, read back from the log, equals the replay
@@ -1008,6 +1035,20 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             {
                 group.push(c.clone());
                 stats.resent += 1;
+            } else if pick == 4
+                && let Some((adjust, _)) = sent
+                    .iter()
+                    .rev()
+                    .find(|(c, _)| c.body.type_name() == "stock.adjust")
+            {
+                // A second person approves the latest adjustment (held if above the
+                // threshold; refused `unknown_approval` if it was not, or is done).
+                group.push(controller(command(
+                    &mut rng,
+                    "approval.approve",
+                    json!({"request": adjust.command_id}),
+                )));
+                stats.approvals += 1;
             } else {
                 group.push(business_command(&mut rng, &mut orders));
             }
@@ -1111,6 +1152,7 @@ async fn simulate(seed: u64, steps: usize, ignore_expectations: bool) -> Result<
             match e.envelope.event {
                 Event::OrderShipped(_) => stats.shipped += 1,
                 Event::OrderRefunded(_) => stats.refunded += 1,
+                Event::ApprovalGranted(_) => stats.granted += 1,
                 _ => {}
             }
         }
@@ -1180,6 +1222,7 @@ fn ten_thousand_seeded_runs_keep_every_invariant() {
             && total.from_snapshot > 0
             && total.snapshots_refused > 0
             && total.refunded > 0
+            && total.granted > 0
             && total.orders_archived > 0
             && total.recalled > 0
     );

@@ -183,6 +183,11 @@ impl Finance {
     pub fn accounts(&self) -> impl Iterator<Item = &AccountTotal> {
         self.accounts.values()
     }
+
+    /// Each legal entity's books per month.
+    pub fn periods(&self) -> impl Iterator<Item = &PeriodBooks> {
+        self.periods.values()
+    }
 }
 
 /// An account's totals as the view shows them (amounts as text).

@@ -287,6 +287,32 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     let finance = replayed.built.remove(0).model;
     assert!(finance.check().unbalanced.is_empty());
     assert_eq!(finance.check().debits, debits);
+    // Each month's trial balance balances and counts the events the processor counts (the
+    // figure `period.close` is checked against).
+    let mut replayed =
+        replay::replay::<_, replay::WriteModel>(&log, &[Resolved::at_seq(last)], |_| {})
+            .await
+            .unwrap();
+    let state = replayed.built.remove(0).model.0;
+    let mut months = 0;
+    for books in finance.periods() {
+        let period: ledger::values::Period = books.period.parse().unwrap();
+        let entity = ledger::values::EntityId::new(&books.entity).unwrap();
+        assert_eq!(
+            state.period_events[&entity].get(&period.index()).copied(),
+            Some(books.events),
+            "{} {}",
+            books.entity,
+            books.period
+        );
+        let row = replay::Model::value(&finance, &format!("period.UK01.{}", books.period)).unwrap();
+        assert_eq!(row["balanced"], json!(true), "{row}");
+        months += 1;
+    }
+    assert_eq!(
+        months,
+        state.period_events.values().map(|m| m.len()).sum::<usize>()
+    );
     // Revenue was earned and stock consumed: the margin view has COGS for shipped SKUs.
     let mut replayed = replay::replay::<_, Margin>(&log, &[Resolved::at_seq(last)], |_| {})
         .await
