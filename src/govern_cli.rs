@@ -104,6 +104,14 @@ pub enum PeriodAction {
         #[arg(long, default_value = "UK01")]
         entity: String,
     },
+    /// A month's tax report for the entity: per jurisdiction, rate and currency, net sales,
+    /// returns, tax charged, reversed and due.
+    Tax {
+        /// YYYY-MM.
+        period: String,
+        #[arg(long, default_value = "UK01")]
+        entity: String,
+    },
     /// Close a month: takes its trial balance from the finance view, checks that it balances
     /// and covers every event effective in the month, and sends `period.close` with it.
     Close {
@@ -315,6 +323,21 @@ pub async fn period(sender: &Sender, action: &PeriodAction) -> anyhow::Result<()
             let views = ViewClient::new(sender.connect().await?);
             let row = trial_balance(&views, entity, period).await?;
             println!("{}", serde_json::to_string_pretty(&row)?);
+            Ok(())
+        }
+        PeriodAction::Tax { period, entity } => {
+            parse_period(period)?;
+            let views = ViewClient::new(sender.connect().await?);
+            let answer = views
+                .ask(
+                    "finance",
+                    "tax_report",
+                    json!({"entity": entity, "period": period}),
+                    None,
+                    Duration::from_secs(10),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer.result)?);
             Ok(())
         }
         PeriodAction::Close { period, acting } => {

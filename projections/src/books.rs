@@ -48,6 +48,8 @@ pub enum Account {
     /// Returned units not restocked (scrapped, refurbished, sent back to the vendor): the
     /// cost of returns, charged to the order they came from.
     ReturnCosts,
+    /// Tax charged on sales, owed to the tax authority of the order's ship-to region.
+    TaxPayable,
 }
 
 impl Account {
@@ -68,6 +70,7 @@ impl Account {
             Account::SalesReturns => "sales_returns",
             Account::InventoryAdjustment => "inventory_adjustment",
             Account::ReturnCosts => "return_costs",
+            Account::TaxPayable => "tax_payable",
         }
     }
 }
@@ -84,6 +87,16 @@ pub struct Posting {
     pub location: Option<String>,
     pub order: Option<String>,
     pub channel: Option<String>,
+    /// The tax a sale's line, its tax or its refund belongs to (for the tax report).
+    pub tax: Option<TaxCode>,
+}
+
+/// A tax jurisdiction (the order's ship-to region) and rate (the line's tax over its net
+/// amount, to 4 decimal places).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaxCode {
+    pub jurisdiction: String,
+    pub rate: String,
 }
 
 impl Posting {
@@ -215,6 +228,11 @@ struct OrderLineBook {
     unit_price: Decimal,
     discount: Decimal,
     fees: Decimal,
+    /// Tax on the whole line, and its code (none when the line carries no tax).
+    #[serde(default)]
+    tax: Decimal,
+    #[serde(default)]
+    tax_code: Option<TaxCode>,
     /// Units shipped and their cost, for returns.
     shipped: i64,
     shipped_cost: Decimal,
@@ -227,6 +245,12 @@ struct OrderBook {
     shipping_charged: Decimal,
     shipping_recognised: bool,
     lines: BTreeMap<u32, OrderLineBook>,
+    /// Net sales and tax posted so far per tax code, for refunds to reverse in proportion.
+    #[serde(default)]
+    taxed: Vec<(TaxCode, Decimal, Decimal)>,
+    /// Net sales posted so far on lines without tax.
+    #[serde(default)]
+    untaxed: Decimal,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +306,16 @@ struct Poster<'a> {
 }
 
 impl Poster<'_> {
-    /// Debit `dr`, credit `cr`, the same amount, with the same dimensions.
+    /// Marks the last `n` lines with a tax code.
+    fn tag(&mut self, n: usize, code: &TaxCode) {
+        let len = self.out.lines.len();
+        for line in &mut self.out.lines[len - n..] {
+            line.tax = Some(code.clone());
+        }
+    }
+
+    /// Debit `dr`, credit `cr`, the same amount, with the same dimensions. Returns how many
+    /// lines it posted (none for a zero amount).
     #[allow(clippy::too_many_arguments)]
     fn pair(
         &mut self,
@@ -294,9 +327,9 @@ impl Poster<'_> {
         location: Option<&str>,
         order: Option<&str>,
         channel: Option<&str>,
-    ) {
+    ) -> usize {
         if amount.is_zero() {
-            return;
+            return 0;
         }
         for (account, signed) in [(dr, amount), (cr, -amount)] {
             self.out.lines.push(Posting {
@@ -308,8 +341,10 @@ impl Poster<'_> {
                 location: location.map(str::to_owned),
                 order: order.map(str::to_owned),
                 channel: channel.map(str::to_owned),
+                tax: None,
             });
         }
+        2
     }
 }
 
@@ -465,6 +500,19 @@ impl Books {
                     .lines
                     .iter()
                     .map(|l| {
+                        let net =
+                            l.unit_price.amount * Decimal::from(l.qty.get()) - l.discount.amount;
+                        let tax_code = (!l.tax.amount.is_zero()).then(|| TaxCode {
+                            jurisdiction: e.ship_to_region.clone(),
+                            rate: if net.is_zero() {
+                                "unknown".to_owned()
+                            } else {
+                                (l.tax.amount / net)
+                                    .round_dp_with_strategy(4, HALF_UP)
+                                    .normalize()
+                                    .to_string()
+                            },
+                        });
                         (
                             l.line,
                             OrderLineBook {
@@ -473,6 +521,8 @@ impl Books {
                                 unit_price: l.unit_price.amount,
                                 discount: l.discount.amount,
                                 fees: l.fees.amount,
+                                tax: l.tax.amount,
+                                tax_code,
                                 shipped: 0,
                                 shipped_cost: Decimal::ZERO,
                             },
@@ -487,6 +537,8 @@ impl Books {
                         shipping_charged: e.shipping_charged.amount,
                         shipping_recognised: false,
                         lines,
+                        taxed: Vec::new(),
+                        untaxed: Decimal::ZERO,
                     },
                 );
             }
@@ -534,13 +586,16 @@ impl Books {
                     let discount = (line.discount * of_line).round_dp_with_strategy(dp, HALF_UP);
                     let fees = (line.fees * of_line + fee_rate * (revenue - discount))
                         .round_dp_with_strategy(dp, HALF_UP);
+                    let tax = (line.tax * of_line).round_dp_with_strategy(dp, HALF_UP);
                     let sku = line.sku.clone();
-                    for (dr, cr, amount) in [
-                        (Account::Receivables, Account::Revenue, revenue),
-                        (Account::Discounts, Account::Receivables, discount),
-                        (Account::ChannelFees, Account::Receivables, fees),
+                    let code = line.tax_code.clone();
+                    for (dr, cr, amount, taxed) in [
+                        (Account::Receivables, Account::Revenue, revenue, true),
+                        (Account::Discounts, Account::Receivables, discount, true),
+                        (Account::ChannelFees, Account::Receivables, fees, false),
+                        (Account::Receivables, Account::TaxPayable, tax, true),
                     ] {
-                        p.pair(
+                        let n = p.pair(
                             &currency,
                             dr,
                             cr,
@@ -550,6 +605,19 @@ impl Books {
                             Some(&order),
                             Some(&channel),
                         );
+                        if taxed && let Some(code) = &code {
+                            p.tag(n, code);
+                        }
+                    }
+                    match code {
+                        Some(code) => match book.taxed.iter_mut().find(|(c, _, _)| *c == code) {
+                            Some(bucket) => {
+                                bucket.1 += revenue - discount;
+                                bucket.2 += tax;
+                            }
+                            None => book.taxed.push((code, revenue - discount, tax)),
+                        },
+                        None => book.untaxed += revenue - discount,
                     }
                 }
                 if !book.shipping_recognised {
@@ -578,12 +646,55 @@ impl Books {
             }
             E::OrderRefunded(e) => {
                 let order = e.order.to_string();
-                let channel = self.orders.get(&order).map(|o| o.channel.clone());
+                let book = self.orders.get(&order);
+                let channel = book.map(|o| o.channel.clone());
+                let currency = e.amount.currency.to_string();
+                // A refund gives back goods and their tax in the proportions they were
+                // charged: each tax code's share of what was charged (net plus tax) reverses
+                // its net sales and its tax; what is left (untaxed lines) is a sales return.
+                let mut rest = e.amount.amount;
+                if let Some(book) = book
+                    && book.currency == currency
+                {
+                    let charged: Decimal = book.untaxed
+                        + book
+                            .taxed
+                            .iter()
+                            .map(|(_, net, tax)| net + tax)
+                            .sum::<Decimal>();
+                    let dp = minor_units(&currency);
+                    for (code, net, tax) in &book.taxed {
+                        if charged.is_zero() {
+                            break;
+                        }
+                        let share = |part: Decimal| {
+                            (e.amount.amount * part / charged).round_dp_with_strategy(dp, HALF_UP)
+                        };
+                        let (net_back, tax_back) = (share(*net), share(*tax));
+                        for (account, amount) in [
+                            (Account::SalesReturns, net_back),
+                            (Account::TaxPayable, tax_back),
+                        ] {
+                            let n = p.pair(
+                                &currency,
+                                account,
+                                Account::Receivables,
+                                amount,
+                                None,
+                                None,
+                                Some(&order),
+                                channel.as_deref(),
+                            );
+                            p.tag(n, code);
+                        }
+                        rest -= net_back + tax_back;
+                    }
+                }
                 p.pair(
-                    &e.amount.currency.to_string(),
+                    &currency,
                     Account::SalesReturns,
                     Account::Receivables,
-                    e.amount.amount,
+                    rest,
                     None,
                     None,
                     Some(&order),

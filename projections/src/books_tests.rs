@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::books::{Account, Books, balanced};
 use crate::finance::Finance;
 use crate::margin::Margin;
-use crate::view::Model;
+use crate::view::{Model, View};
 
 fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
     recorded_on(seq, "2011-01-10T09:00:00Z", event)
@@ -256,6 +256,83 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     assert_eq!(receivables["balance"], "61.35");
 }
 
+#[test]
+fn tax_on_a_sale_is_owed_and_a_partial_refund_gives_back_its_share() {
+    // Two lamps at 10.00 with 4.00 of tax (20%) to a UK address, and one at 50.00 less a
+    // 10.00 discount with 2.00 of tax (5% of 40.00), one order; all shipped. Tax payable
+    // 6.00 (4.00 at 20%, 2.00 at 5%), revenue 70.00 less 10.00 of discount.
+    let mut c = Case::new("Fifo");
+    c.when(receipt(10, "4.00", "PO1"));
+    c.when(
+        json!({"type": "order.placed", "data": {"order": "O1", "channel": "web",
+        "external_ref": "", "lines": [
+            {"line": 1, "sku": "LAMP", "qty": 2, "unit_price": gbp("10.00"), "discount": gbp("0"),
+             "tax": gbp("4.00"), "fees": gbp("0")},
+            {"line": 2, "sku": "LAMP", "qty": 1, "unit_price": gbp("50.00"), "discount": gbp("10.00"),
+             "tax": gbp("2.00"), "fees": gbp("0")}],
+        "shipping_charged": gbp("0"), "ship_to_region": "UK", "promise_date": null,
+        "priority": 1, "policy": "Partial"}}),
+    );
+    c.when(shipment("O1", 3));
+    c.when(
+        json!({"type": "order.shipped", "data": {"order": "O1", "package": "P1",
+        "carrier": "DPD", "tracking": "T", "freight_cost": gbp("0"),
+        "lines": [{"line": 1, "qty": 2}, {"line": 2, "qty": 1}]}}),
+    );
+    let tax = c.finance.value("acct.UK01.GBP.tax_payable").unwrap();
+    assert_eq!(tax["credit"], "6.00");
+    // Line 2 nets 40.00 after its discount: 2.00 is 5%.
+    let at_20 = c.finance.value("tax.UK01.2011-01.UK.0=2E2.GBP").unwrap();
+    assert_eq!(
+        (at_20["sales"].as_str(), at_20["tax_charged"].as_str()),
+        (Some("20.00"), Some("4.00"))
+    );
+    let at_5 = c.finance.value("tax.UK01.2011-01.UK.0=2E05.GBP").unwrap();
+    assert_eq!(
+        (at_5["sales"].as_str(), at_5["tax_charged"].as_str()),
+        (Some("40.00"), Some("2.00"))
+    );
+    // Revenue excludes tax: the margin sees 60.00 and a 10.00 discount.
+    let order = c.margin.value("order.O1.GBP").unwrap();
+    assert_eq!(
+        (order["revenue"].as_str(), order["discounts"].as_str()),
+        (Some("70.00"), Some("10.00"))
+    );
+
+    // A refund of 13.20 (of the 66.00 charged: 20.00 + 4.00 at 20%, 40.00 + 2.00 at 5%)
+    // gives back each code's share: 13.20 x 20/66 = 4.00 of sales and 13.20 x 4/66 = 0.80
+    // of tax at 20%; 13.20 x 40/66 = 8.00 and 13.20 x 2/66 = 0.40 at 5%.
+    c.when(
+        json!({"type": "order.refunded", "data": {"order": "O1", "return_id": "R1",
+        "amount": gbp("13.20")}}),
+    );
+    let at_20 = c.finance.value("tax.UK01.2011-01.UK.0=2E2.GBP").unwrap();
+    assert_eq!(at_20["returns"], "4.00");
+    assert_eq!(at_20["tax_reversed"], "0.80");
+    assert_eq!(at_20["tax_due"], "3.20");
+    let at_5 = c.finance.value("tax.UK01.2011-01.UK.0=2E05.GBP").unwrap();
+    assert_eq!(
+        (at_5["returns"].as_str(), at_5["tax_reversed"].as_str()),
+        (Some("8.00"), Some("0.40"))
+    );
+    let tax = c.finance.value("acct.UK01.GBP.tax_payable").unwrap();
+    assert_eq!(tax["balance"], "-4.80");
+    // The margin counts the refund's net share only: 12.00, not 13.20.
+    assert_eq!(c.margin.value("order.O1.GBP").unwrap()["refunds"], "12.00");
+    assert_eq!(c.finance.value("check").unwrap()["balanced"], true);
+    let report = c
+        .finance
+        .answer(&crate::finance::FinanceQuery::TaxReport {
+            entity: "UK01".into(),
+            period: "2011-01".into(),
+        })
+        .unwrap();
+    let crate::view::Answer::Value(report) = report else {
+        panic!()
+    };
+    assert_eq!(report["rows"].as_array().unwrap().len(), 2, "{report}");
+}
+
 /// A sale of `qty` at `price` in `currency` through a channel charging 1.5% fees, shipped
 /// whole (the stock was bought in GBP): the margin row of the order, and the finance check.
 fn sale_in(currency: &str, price: &str, qty: i64) -> (serde_json::Value, serde_json::Value) {
@@ -331,6 +408,11 @@ fn any_event() -> impl Strategy<Value = serde_json::Value> {
     prop_oneof![
         (qty.clone(), cost.clone(), po.clone()).prop_map(|(q, c, p)| receipt(q, &c, &p)),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| order(&o, q)),
+        (order_id.clone(), qty.clone(), cost.clone()).prop_map(|(o, q, tax)| {
+            let mut placed = order(&o, q);
+            placed["data"]["lines"][0]["tax"] = gbp(&tax);
+            placed
+        }),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| shipment(&o, q)),
         (po, cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| returned(&o, q)),
@@ -381,5 +463,14 @@ proptest! {
             .sum();
         let valued: Decimal = c.books.valuations().map(|(_, v)| v.value()).sum();
         prop_assert_eq!(inventory, valued);
+        // The tax report accounts for all of tax payable.
+        let payable: Decimal = c
+            .finance
+            .accounts()
+            .filter(|a| a.account == "tax_payable")
+            .map(|a| a.credit - a.debit)
+            .sum();
+        let reported: Decimal = c.finance.taxes().map(|t| t.tax_charged - t.tax_reversed).sum();
+        prop_assert_eq!(payable, reported);
     }
 }

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::books::{Books, balanced};
+use crate::books::{Account, Books, balanced};
 use crate::key::{self, KeyShape};
 use crate::view::{Answer, Model, QueryError, View, page, page_limit};
 
@@ -155,6 +155,66 @@ pub struct Finance {
     /// Commands waiting for a second person's approval, by key
     /// `approval.<entity>.<request>`.
     approvals: BTreeMap<String, ApprovalRow>,
+    /// Tax per entity, month, jurisdiction, rate and currency, by key
+    /// `tax.<entity>.<YYYY-MM>.<jurisdiction>.<rate>.<currency>`.
+    #[serde(default)]
+    taxes: BTreeMap<String, TaxTotals>,
+}
+
+/// Sales and tax of one tax code in one month.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaxTotals {
+    pub entity: String,
+    pub period: String,
+    pub jurisdiction: String,
+    pub rate: String,
+    pub currency: String,
+    /// Revenue less discounts of taxed lines.
+    pub sales: Decimal,
+    /// Net sales given back by refunds.
+    pub returns: Decimal,
+    pub tax_charged: Decimal,
+    pub tax_reversed: Decimal,
+}
+
+/// A line of the tax report: one jurisdiction and rate in one month and currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct TaxRow {
+    pub entity: String,
+    pub period: String,
+    /// The orders' ship-to region.
+    pub jurisdiction: String,
+    /// Tax over net amount, to 4 decimal places (`0.2` for 20%).
+    pub rate: String,
+    pub currency: String,
+    /// Revenue less discounts of taxed lines shipped in the month.
+    pub sales: String,
+    /// Net sales given back by refunds in the month.
+    pub returns: String,
+    pub tax_charged: String,
+    /// Tax given back by refunds in the month.
+    pub tax_reversed: String,
+    /// Charged less reversed: what the month adds to the tax owed.
+    pub tax_due: String,
+}
+
+impl TaxTotals {
+    fn row(&self) -> TaxRow {
+        let dp = crate::books::minor_units(&self.currency);
+        let amount = |d: Decimal| d.round_dp(dp).to_string();
+        TaxRow {
+            entity: self.entity.clone(),
+            period: self.period.clone(),
+            jurisdiction: self.jurisdiction.clone(),
+            rate: self.rate.clone(),
+            currency: self.currency.clone(),
+            sales: amount(self.sales),
+            returns: amount(self.returns),
+            tax_charged: amount(self.tax_charged),
+            tax_reversed: amount(self.tax_reversed),
+            tax_due: amount(self.tax_charged - self.tax_reversed),
+        }
+    }
 }
 
 /// A command waiting for a second person (`approval.approve` or `approval.reject`).
@@ -182,6 +242,11 @@ impl Finance {
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountTotal> {
         self.accounts.values()
+    }
+
+    /// Tax per entity, month, jurisdiction, rate and currency.
+    pub fn taxes(&self) -> impl Iterator<Item = &TaxTotals> {
+        self.taxes.values()
     }
 
     /// Each legal entity's books per month.
@@ -262,6 +327,7 @@ pub enum FinanceRow {
     Check(CheckRow),
     Period(PeriodRow),
     Approval(ApprovalRow),
+    Tax(TaxRow),
 }
 
 /// Queries of `view.finance.<op>`.
@@ -281,6 +347,9 @@ pub enum FinanceQuery {
     /// One entity's trial balance for one month (`period` as `YYYY-MM`): what
     /// `period.close` needs. A month with nothing in it answers zero events.
     Period { entity: String, period: String },
+    /// The tax report of one entity for one month (`YYYY-MM`): per jurisdiction, rate and
+    /// currency, net sales, returns, tax charged, reversed and due.
+    TaxReport { entity: String, period: String },
     /// Commands of an entity waiting for a second person, oldest first, a page at a time.
     Approvals {
         entity: String,
@@ -298,6 +367,9 @@ impl Finance {
         }
         if let Some(a) = self.approvals.get(key) {
             return Some(FinanceRow::Approval(a.clone()));
+        }
+        if let Some(t) = self.taxes.get(key) {
+            return Some(FinanceRow::Tax(t.row()));
         }
         if key == "check" {
             let c = &self.check;
@@ -468,6 +540,37 @@ impl Model for Finance {
                 .or_default();
             sums.0 += line.debit();
             sums.1 += line.credit();
+            if let Some(code) = &line.tax {
+                let period = period.to_string();
+                let key = key::key(
+                    "tax",
+                    &[
+                        &line.entity,
+                        &period,
+                        &code.jurisdiction,
+                        &code.rate,
+                        &line.currency,
+                    ],
+                );
+                let t = self.taxes.entry(key.clone()).or_insert_with(|| TaxTotals {
+                    entity: line.entity.clone(),
+                    period,
+                    jurisdiction: code.jurisdiction.clone(),
+                    rate: code.rate.clone(),
+                    currency: line.currency.clone(),
+                    ..TaxTotals::default()
+                });
+                match line.account {
+                    Account::Revenue | Account::Discounts => t.sales -= line.amount,
+                    Account::SalesReturns => t.returns += line.amount,
+                    Account::TaxPayable => {
+                        t.tax_charged += line.credit();
+                        t.tax_reversed += line.debit();
+                    }
+                    _ => {}
+                }
+                changed.insert(key);
+            }
             self.check.debits += line.debit();
             self.check.credits += line.credit();
             self.check.lines += 1;
@@ -485,7 +588,8 @@ impl Model for Finance {
 impl View for Finance {
     const NAME: &'static str = "finance";
     /// 2: amounts rounded to their currency's minor unit (JPY 0, BHD 3), not always 2.
-    /// 3: a trial balance per entity and month (`period.…` rows), with its close.
+    /// 3: a trial balance per entity and month (`period.…` rows), with its close; tax
+    /// payable and the tax report (`tax.…` rows); commands waiting for approval.
     const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
@@ -508,6 +612,11 @@ impl View for Finance {
             parts: &["entity", "request"],
             row: "ApprovalRow: a command waiting for a second person",
         },
+        KeyShape {
+            kind: "tax",
+            parts: &["entity", "period", "jurisdiction", "rate", "currency"],
+            row: "TaxRow: sales and tax of one jurisdiction and rate in one month",
+        },
     ];
     type Row = FinanceRow;
     type Query = FinanceQuery;
@@ -519,7 +628,8 @@ impl View for Finance {
                 .cloned()
                 .chain(std::iter::once("check".to_owned()))
                 .chain(self.periods.keys().cloned())
-                .chain(self.approvals.keys().cloned()),
+                .chain(self.approvals.keys().cloned())
+                .chain(self.taxes.keys().cloned()),
         )
     }
 
@@ -555,6 +665,19 @@ impl View for Finance {
                 Ok(Answer::Value(
                     serde_json::to_value(row).expect("rows serialise"),
                 ))
+            }
+            FinanceQuery::TaxReport { entity, period } => {
+                let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
+                    QueryError::bad_query(format!("period: {e}"))
+                })?;
+                let period = period.to_string();
+                let rows: Vec<TaxRow> = self
+                    .taxes
+                    .values()
+                    .filter(|t| &t.entity == entity && t.period == period)
+                    .map(TaxTotals::row)
+                    .collect();
+                Ok(Answer::Value(json!({"rows": rows})))
             }
             FinanceQuery::Approvals {
                 entity,

@@ -259,8 +259,9 @@ impl Model for Margin {
 impl View for Margin {
     const NAME: &'static str = "margin";
     /// 2: rows per currency; keys escaped by `crate::key`. 3: amounts rounded to their
-    /// currency's minor unit (JPY 0, BHD 3), not always 2.
-    const VERSION: u32 = 3;
+    /// currency's minor unit (JPY 0, BHD 3), not always 2. 4: refunds of taxed sales give
+    /// back their tax share to tax payable, not to refunds.
+    const VERSION: u32 = 4;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "sku",
