@@ -39,6 +39,14 @@ pub struct Check {
     pub unbalanced: Vec<u64>,
 }
 
+/// An amount as the period and tax rows show it: rounded to the currency's minor unit, with
+/// every decimal place written (`0.00`, `12.50`; JPY `1500`).
+fn shown(amount: Decimal, dp: u32) -> String {
+    let mut d = amount.round_dp(dp);
+    d.rescale(dp);
+    d.to_string()
+}
+
 /// One legal entity's books in one month (a period) of effective time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodBooks {
@@ -76,8 +84,8 @@ impl PeriodBooks {
                 (
                     currency.clone(),
                     account.clone(),
-                    debit.round_dp(dp).to_string(),
-                    credit.round_dp(dp).to_string(),
+                    shown(*debit, dp),
+                    shown(*credit, dp),
                 )
             })
             .collect()
@@ -116,8 +124,8 @@ impl PeriodBooks {
                 CheckTotals {
                     entity: self.entity.clone(),
                     currency: currency.to_owned(),
-                    debits: debits.round_dp(dp).to_string(),
-                    credits: credits.round_dp(dp).to_string(),
+                    debits: shown(debits, dp),
+                    credits: shown(credits, dp),
                     balanced: debits == credits,
                 }
             })
@@ -201,7 +209,7 @@ pub struct TaxRow {
 impl TaxTotals {
     fn row(&self) -> TaxRow {
         let dp = crate::books::minor_units(&self.currency);
-        let amount = |d: Decimal| d.round_dp(dp).to_string();
+        let amount = |d: Decimal| shown(d, dp);
         TaxRow {
             entity: self.entity.clone(),
             period: self.period.clone(),
@@ -650,7 +658,7 @@ impl View for Finance {
             FinanceQuery::Check {} => Ok(Answer::Value(self.value("check").unwrap_or_default())),
             FinanceQuery::Period { entity, period } => {
                 let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
-                    QueryError::bad_query(format!("period: {e}"))
+                    QueryError::bad_query(e.to_string())
                 })?;
                 let key = period_key(entity, period);
                 let row = match self.periods.get(&key) {
@@ -668,7 +676,7 @@ impl View for Finance {
             }
             FinanceQuery::TaxReport { entity, period } => {
                 let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
-                    QueryError::bad_query(format!("period: {e}"))
+                    QueryError::bad_query(e.to_string())
                 })?;
                 let period = period.to_string();
                 let rows: Vec<TaxRow> = self
