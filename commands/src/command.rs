@@ -406,6 +406,25 @@ command_data! {
         pub weights: Vec<LineWeight>,
     }
 
+    /// One line of a supplier's invoice: the purchase order line, how many units it charges
+    /// for and at what unit cost.
+    pub struct InvoiceLineIn {
+        pub line: u32,
+        pub qty: Qty,
+        pub unit_cost: Money,
+    }
+
+    /// Records a supplier's invoice against a purchase order (three-way match): every line
+    /// must be on the order, in its currency, and charge for no more units than were received
+    /// and not yet invoiced. Its price difference against the order is measured against the
+    /// entity's `purchase.record_invoice` threshold (by value): above it, the invoice waits
+    /// for a second person.
+    pub struct RecordInvoice {
+        pub purchase_order: PurchaseOrderId,
+        pub invoice: String,
+        pub lines: Vec<InvoiceLineIn>,
+    }
+
     /// Defines the command's legal entity: its name, functional currency and country. A
     /// second definition may rename it or change its country, never its currency.
     pub struct DefineLegalEntity {
@@ -540,6 +559,7 @@ commands! {
     CancelPurchaseRemaining(CancelPurchaseRemaining) = "purchase.cancel_remaining";
     ClosePurchaseOrder(ClosePurchaseOrder) = "purchase.close";
     AllocateLandedCost(AllocateLandedCost) = "purchase.allocate_landed_cost";
+    RecordInvoice(RecordInvoice) = "purchase.record_invoice";
     DefineLegalEntity(DefineLegalEntity) = "legal_entity.define";
     SetThreshold(SetThreshold) = "policy.set_threshold";
     ApproveRequest(ApproveRequest) = "approval.approve";
@@ -822,6 +842,7 @@ fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
         CommandBody::Pack(c) => c.lines.len(),
         CommandBody::AuthoriseReturn(c) => c.lines.len(),
         CommandBody::CancelOrder(c) => c.lines.as_ref().map_or(0, Vec::len),
+        CommandBody::RecordInvoice(c) => c.lines.len(),
         _ => 0,
     };
     if lines > LINES_MAX {

@@ -59,6 +59,8 @@ pub mod code {
     pub const PURCHASE_LINE_MISMATCH: &str = "purchase_line_mismatch";
     /// A receipt would take a line beyond its ordered quantity plus the tolerance.
     pub const OVER_RECEIPT: &str = "over_receipt";
+    /// An invoice line charges for more units than were received and not yet invoiced.
+    pub const OVER_INVOICE: &str = "over_invoice";
     /// A purchase order cannot be closed while lines are open.
     pub const LINES_OPEN: &str = "lines_open";
     /// The command names a legal entity that is not defined (`legal_entity.define`).
@@ -124,6 +126,7 @@ pub mod code {
         APPROVER_IS_REQUESTER,
         PURCHASE_LINE_MISMATCH,
         OVER_RECEIPT,
+        OVER_INVOICE,
         LINES_OPEN,
         QUANTITY_LIMIT,
         UNKNOWN_LEGAL_ENTITY,
@@ -271,6 +274,7 @@ fn decide_rules(
         CommandBody::CancelPurchaseRemaining(c) => d.cancel_purchase_remaining(c),
         CommandBody::ClosePurchaseOrder(c) => d.close_purchase_order(c),
         CommandBody::AllocateLandedCost(c) => d.allocate_landed_cost(c),
+        CommandBody::RecordInvoice(c) => d.record_invoice(c),
         CommandBody::DefineLegalEntity(c) => d.define_legal_entity(c),
         CommandBody::SetThreshold(c) => d.set_threshold(c),
         CommandBody::ApproveRequest(c) => d.approve(c),

@@ -44,6 +44,7 @@ pub const THRESHOLD_TYPES: &[(&str, MeasureKind)] = &[
     ("stock.scrap", MeasureKind::Quantity),
     ("order.refund", MeasureKind::Value),
     ("purchase.create_order", MeasureKind::Value),
+    ("purchase.record_invoice", MeasureKind::Value),
 ];
 
 /// Command types accepted whatever period their effective time falls in: master data, holds
@@ -181,6 +182,26 @@ fn measured(kind: &str, decision: &Decision) -> Option<Measure> {
         }),
         "order.refund" => decision.iter().find_map(|(_, e)| match e {
             Event::OrderRefunded(r) => Some(Measure::Value(r.amount)),
+            _ => None,
+        })?,
+        // The price difference against the order, in absolute value: an invoice that charges
+        // more or less than agreed.
+        "purchase.record_invoice" => decision.iter().find_map(|(_, e)| match e {
+            Event::InvoiceRecorded(i) => {
+                let currency = i.lines.first()?.unit_cost.currency;
+                let variance: Decimal = i
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        ((l.unit_cost.amount - l.po_unit_cost.amount) * Decimal::from(l.qty.get()))
+                            .abs()
+                    })
+                    .sum();
+                Some(Measure::Value(Money {
+                    amount: variance,
+                    currency,
+                }))
+            }
             _ => None,
         })?,
         "purchase.create_order" => decision.iter().find_map(|(_, e)| match e {

@@ -553,3 +553,97 @@ fn a_closed_period_refuses_back_dated_commands_until_an_approved_reopen() {
     w.act(&close(feb, "2011-01", n + 2, "202.00", "202.00", &sha))
         .unwrap();
 }
+
+#[test]
+fn supplier_invoices_match_receipts_and_large_price_differences_wait() {
+    let mut w = governed();
+    let po = json!({"purchase_order": "PO1", "supplier": "ACME", "currency": "GBP",
+        "lines": [{"line": 1, "sku": "A", "location": "WH1", "qty": 10, "unit_cost": gbp("2.00")}],
+        "expected_on": "2011-01-20"});
+    w.act(&by("buyer-1", JAN, "purchase.create_order", po))
+        .unwrap();
+    w.act(&by(
+        "clerk-1",
+        JAN,
+        "stock.receive",
+        json!({"sku": "A", "location": "WH1", "qty": 6,
+        "unit_cost": gbp("2.00"), "purchase": {"purchase_order": "PO1", "line": 1}}),
+    ))
+    .unwrap();
+    let invoice = |number: &str, line: u32, qty: i64, cost: serde_json::Value| {
+        by(
+            "clerk-1",
+            JAN,
+            "purchase.record_invoice",
+            json!({"purchase_order": "PO1",
+            "invoice": number, "lines": [{"line": line, "qty": qty, "unit_cost": cost}]}),
+        )
+    };
+    // Three-way match: not more than was received, on the order's lines, in its currency.
+    let r = refusal(w.act(&invoice("INV-1", 1, 7, gbp("2.00"))));
+    assert_eq!(r.code, code::OVER_INVOICE);
+    assert!(r.message.contains("6 received"), "{}", r.message);
+    assert_eq!(
+        refusal(w.act(&invoice("INV-1", 9, 1, gbp("2.00")))).code,
+        code::UNKNOWN_LINE
+    );
+    assert_eq!(
+        refusal(w.act(&invoice(
+            "INV-1",
+            1,
+            1,
+            json!({"amount": "2.00", "currency": "USD"})
+        )))
+        .code,
+        code::CURRENCY_MISMATCH
+    );
+    let d = w.act(&invoice("INV-1", 1, 4, gbp("2.00"))).unwrap();
+    let Event::InvoiceRecorded(recorded) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        recorded.lines[0].po_unit_cost,
+        Money::parse("2.00", "GBP").unwrap()
+    );
+    assert_eq!(
+        refusal(w.act(&invoice("INV-1", 1, 1, gbp("2.00")))).code,
+        code::ALREADY_EXISTS
+    );
+    let r = refusal(w.act(&invoice("INV-2", 1, 3, gbp("2.00"))));
+    assert_eq!(r.code, code::OVER_INVOICE);
+    assert!(r.message.contains("at most 2"), "{}", r.message);
+
+    // A price difference above the entity's threshold waits for a second person: 2 units at
+    // 2.60 instead of 2.00 is 1.20 over, above a 1.00 limit.
+    threshold(
+        &mut w,
+        "purchase.record_invoice",
+        json!({"Value": gbp("1.00")}),
+    );
+    let d = w.act(&invoice("INV-2", 1, 2, gbp("2.60"))).unwrap();
+    let Event::ApprovalRequested(asked) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        asked.threshold.as_ref().unwrap().measured,
+        Measure::Value(Money::parse("1.20", "GBP").unwrap())
+    );
+    let d = approve(&mut w, "controller-1", &asked.request.clone()).unwrap();
+    assert_eq!(types(&d), ["approval.granted", "purchase.invoice_recorded"]);
+    // Within it, an invoice passes with the threshold named.
+    w.act(&by(
+        "clerk-1",
+        JAN,
+        "stock.receive",
+        json!({"sku": "A", "location": "WH1", "qty": 4,
+        "unit_cost": gbp("2.00"), "purchase": {"purchase_order": "PO1", "line": 1}}),
+    ))
+    .unwrap();
+    let small = invoice("INV-3", 1, 4, gbp("2.10"));
+    let d = w.act(&small).unwrap();
+    assert_eq!(types(&d), ["purchase.invoice_recorded"]);
+    assert_eq!(
+        threshold_in_force(&w.state, &small, &d).unwrap().measured,
+        Measure::Value(Money::parse("0.40", "GBP").unwrap())
+    );
+}

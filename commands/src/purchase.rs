@@ -316,6 +316,95 @@ impl<'a> Decider<'a> {
         ))
     }
 
+    /// A supplier's invoice, matched to the order's lines and receipts.
+    pub(crate) fn record_invoice(&self, c: &RecordInvoice) -> Result<Decision, Rejection> {
+        let po = self.purchase_order(&c.purchase_order)?;
+        if matches!(po.status, PoStatus::PendingApproval | PoStatus::Rejected) {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "purchase order {} is {}; invoices are recorded against approved orders",
+                    c.purchase_order,
+                    po.status.name()
+                ),
+            ));
+        }
+        if c.invoice.trim().is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "invoice is empty; give the supplier's invoice number",
+            ));
+        }
+        if po.invoices.contains(&c.invoice) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!(
+                    "invoice {} is already recorded against purchase order {}",
+                    c.invoice, c.purchase_order
+                ),
+            ));
+        }
+        if c.lines.is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "lines is empty; an invoice charges for at least one line",
+            ));
+        }
+        let mut lines = Vec::with_capacity(c.lines.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &c.lines {
+            if !seen.insert(l.line) {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!("line {} appears twice", l.line),
+                ));
+            }
+            let n = positive(&format!("line {} qty", l.line), l.qty)?;
+            let Some(line) = po.lines.get(&l.line) else {
+                return Err(reject(
+                    code::UNKNOWN_LINE,
+                    format!("purchase order {} has no line {}", c.purchase_order, l.line),
+                ));
+            };
+            if l.unit_cost.currency != po.currency {
+                return Err(reject(
+                    code::CURRENCY_MISMATCH,
+                    format!(
+                        "line {}: unit_cost is in {}; purchase order {} is in {}",
+                        l.line, l.unit_cost.currency, c.purchase_order, po.currency
+                    ),
+                ));
+            }
+            non_negative_money(&format!("line {} unit_cost", l.line), &l.unit_cost)?;
+            let open = line.received - line.invoiced;
+            if n > open {
+                return Err(reject(
+                    code::OVER_INVOICE,
+                    format!(
+                        "line {}: {} received, {} invoiced already; {n} more cannot be invoiced (at most {open} until more arrives)",
+                        l.line, line.received, line.invoiced
+                    ),
+                ));
+            }
+            lines.push(InvoiceLine {
+                line: l.line,
+                sku: line.sku.clone(),
+                location: line.location.clone(),
+                qty: l.qty,
+                unit_cost: l.unit_cost,
+                po_unit_cost: line.unit_cost,
+            });
+        }
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::InvoiceRecorded(InvoiceRecorded {
+                purchase_order: c.purchase_order.clone(),
+                invoice: c.invoice.clone(),
+                lines,
+            }),
+        )])
+    }
+
     pub(crate) fn allocate_landed_cost(
         &self,
         c: &AllocateLandedCost,

@@ -574,6 +574,8 @@ pub struct PoLineState {
     pub ordered: i64,
     pub received: i64,
     pub unit_cost: ledger::values::Money,
+    /// Units the supplier's invoices charged for so far.
+    pub invoiced: i64,
 }
 
 /// Everything about one purchase order (subject `po.<id>`).
@@ -586,6 +588,8 @@ pub struct PurchaseOrderState {
     pub requester: ledger::values::ActorId,
     pub status: PoStatus,
     pub lines: BTreeMap<u32, PoLineState>,
+    /// The supplier invoice numbers recorded against it.
+    pub invoices: BTreeSet<String>,
 }
 
 /// Purchasing rules the processor is configured with (not facts from the log: they shape
@@ -857,6 +861,7 @@ impl State {
                         ordered: l.qty.get(),
                         received: 0,
                         unit_cost: l.unit_cost,
+                        invoiced: 0,
                     };
                     (l.line, line)
                 })
@@ -870,6 +875,7 @@ impl State {
                     requester: envelope.actor.id.clone(),
                     status: PoStatus::PendingApproval,
                     lines,
+                    invoices: BTreeSet::new(),
                 },
             );
             return;
@@ -885,6 +891,14 @@ impl State {
             E::ReceiptMatched(e) => {
                 if let Some(line) = p.lines.get_mut(&e.line) {
                     line.received = e.qty_received.get();
+                }
+            }
+            E::InvoiceRecorded(e) => {
+                p.invoices.insert(e.invoice.clone());
+                for l in &e.lines {
+                    if let Some(line) = p.lines.get_mut(&l.line) {
+                        line.invoiced += l.qty.get();
+                    }
                 }
             }
             _ => {}

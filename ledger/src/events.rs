@@ -618,6 +618,28 @@ payload! {
         pub purchase_order: PurchaseOrderId,
         pub reason: String,
     }
+
+    /// One line of a supplier's invoice, matched to its purchase order line.
+    pub struct InvoiceLine {
+        pub line: u32,
+        pub sku: Sku,
+        pub location: LocationId,
+        pub qty: Qty,
+        /// What the supplier charges per unit.
+        pub unit_cost: Money,
+        /// What the purchase order said.
+        pub po_unit_cost: Money,
+    }
+
+    /// A supplier's invoice matched to the purchase order and its receipts (three-way match):
+    /// no line invoices more than was received. The books clear goods received not invoiced
+    /// and post the price difference to stock still on hand and cost of goods sold.
+    pub struct InvoiceRecorded {
+        pub purchase_order: PurchaseOrderId,
+        /// The supplier's invoice number, unique per purchase order.
+        pub invoice: String,
+        pub lines: Vec<InvoiceLine>,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,6 +786,7 @@ catalogue! {
     ReceiptMatched(ReceiptMatched) = "purchase.receipt_matched" v 1;
     LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
+    InvoiceRecorded(InvoiceRecorded) = "purchase.invoice_recorded" v 1;
 
     ThresholdSet(ThresholdSet) = "policy.threshold_set" v 1;
     ApprovalRequested(ApprovalRequested) = "approval.requested" v 1;

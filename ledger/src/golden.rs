@@ -177,6 +177,18 @@ fn sample(t: EventType) -> Event {
             country: "GB".into(),
             ..legal_entity_v1().into()
         }),
+        EventType::InvoiceRecorded => Event::InvoiceRecorded(InvoiceRecorded {
+            purchase_order: po(),
+            invoice: "INV-77031".into(),
+            lines: vec![InvoiceLine {
+                line: 1,
+                sku: sku(),
+                location: loc("WH-LONDON"),
+                qty: qty(600),
+                unit_cost: gbp("2.20"),
+                po_unit_cost: gbp("2.10"),
+            }],
+        }),
         EventType::ThresholdSet => Event::ThresholdSet(ThresholdSet {
             command_type: "order.refund".into(),
             limit: Some(Measure::Value(gbp("250.00"))),

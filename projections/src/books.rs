@@ -50,6 +50,8 @@ pub enum Account {
     ReturnCosts,
     /// Tax charged on sales, owed to the tax authority of the order's ship-to region.
     TaxPayable,
+    /// What supplier invoices charged, owed to the suppliers.
+    AccountsPayable,
 }
 
 impl Account {
@@ -71,6 +73,7 @@ impl Account {
             Account::InventoryAdjustment => "inventory_adjustment",
             Account::ReturnCosts => "return_costs",
             Account::TaxPayable => "tax_payable",
+            Account::AccountsPayable => "accounts_payable",
         }
     }
 }
@@ -268,6 +271,13 @@ struct PoLineBook {
     entity: String,
     location: String,
     received: i64,
+    /// What the receipts put in GRNI, what invoices cleared of it, and the units invoiced.
+    #[serde(default)]
+    received_value: Decimal,
+    #[serde(default)]
+    cleared: Decimal,
+    #[serde(default)]
+    invoiced: i64,
 }
 
 /// Everything the postings need to remember.
@@ -371,6 +381,98 @@ impl Books {
         v
     }
 
+    /// Puts `amount` (a landed-cost charge, an invoice's price difference) on the units of a
+    /// purchase order line (`source`, `PO/line`): the share of the line's receipt still on
+    /// hand raises (or lowers) those units' value, the rest is cost of goods sold; credited
+    /// to `credit`. Nothing posted before is changed.
+    fn spread(
+        &mut self,
+        p: &mut Poster<'_>,
+        source: &str,
+        sku: &str,
+        currency: &str,
+        amount: Decimal,
+        credit: Account,
+    ) {
+        let Some(line) = self.po_lines.get(source).cloned() else {
+            // Nothing received on that line as these books know: all of it is cost of goods
+            // (there is no stock to carry it).
+            p.pair(
+                currency,
+                Account::Cogs,
+                credit,
+                amount,
+                Some(sku),
+                None,
+                None,
+                None,
+            );
+            return;
+        };
+        let method = self.method(sku);
+        let key = vkey(&line.entity, sku, &line.location);
+        let valuation = self.valuation_mut(&key, currency);
+        let remaining = match method {
+            CostMethod::Fifo => valuation
+                .layers
+                .iter()
+                .filter(|l| l.source.as_deref() == Some(source))
+                .map(|l| l.qty)
+                .sum::<i64>(),
+            CostMethod::MovingAverage => valuation.qty().clamp(0, line.received),
+        };
+        let to_stock = if line.received > 0 {
+            (amount * Decimal::from(remaining) / Decimal::from(line.received))
+                .round_dp_with_strategy(minor_units(currency), HALF_UP)
+        } else {
+            Decimal::ZERO
+        };
+        if remaining > 0 {
+            let layers: Vec<&mut Layer> = match method {
+                CostMethod::Fifo => valuation
+                    .layers
+                    .iter_mut()
+                    .filter(|l| l.source.as_deref() == Some(source))
+                    .collect(),
+                CostMethod::MovingAverage => valuation.layers.front_mut().into_iter().collect(),
+            };
+            // Spread over the layers by quantity; the last one takes the rounding.
+            let count = layers.len();
+            let mut given = Decimal::ZERO;
+            for (i, layer) in layers.into_iter().enumerate() {
+                let part = if i + 1 == count {
+                    to_stock - given
+                } else {
+                    (to_stock * Decimal::from(layer.qty) / Decimal::from(remaining))
+                        .round_dp_with_strategy(COST_DP, HALF_UP)
+                };
+                layer.value += part;
+                given += part;
+            }
+            p.out.valuations.push(key);
+        }
+        p.pair(
+            currency,
+            Account::Inventory,
+            credit,
+            to_stock,
+            Some(sku),
+            Some(&line.location),
+            None,
+            None,
+        );
+        p.pair(
+            currency,
+            Account::Cogs,
+            credit,
+            amount - to_stock,
+            Some(sku),
+            None,
+            None,
+            None,
+        );
+    }
+
     /// Applies one event to the books and returns the journal lines it posts.
     pub fn post(&mut self, event: &RecordedEvent) -> Posted {
         use Event as E;
@@ -401,6 +503,7 @@ impl Books {
                     line.entity = entity.clone();
                     line.location = location.to_owned();
                     line.received += e.qty.get();
+                    line.received_value += value;
                     key
                 });
                 let units = (sku, location, e.qty.get());
@@ -410,87 +513,62 @@ impl Books {
             E::LandedCostAllocated(e) => {
                 let currency = e.amount.currency.to_string();
                 for share in &e.shares {
-                    let sku = share.sku.as_str();
                     let source = format!("{}/{}", e.purchase_order, share.line);
-                    let Some(line) = self.po_lines.get(&source).cloned() else {
-                        // Nothing received on that line as these books know: all of it is cost
-                        // of goods (there is no stock to carry it).
-                        p.pair(
-                            &currency,
-                            Account::Cogs,
-                            Account::LandedCostAccrual,
-                            share.amount.amount,
-                            Some(sku),
-                            None,
-                            None,
-                            None,
-                        );
-                        continue;
-                    };
-                    let method = self.method(sku);
-                    let key = vkey(&line.entity, sku, &line.location);
-                    let valuation = self.valuation_mut(&key, &currency);
-                    let remaining = match method {
-                        CostMethod::Fifo => valuation
-                            .layers
-                            .iter()
-                            .filter(|l| l.source.as_deref() == Some(source.as_str()))
-                            .map(|l| l.qty)
-                            .sum::<i64>(),
-                        CostMethod::MovingAverage => valuation.qty().clamp(0, line.received),
-                    };
-                    let to_stock = if line.received > 0 {
-                        (share.amount.amount * Decimal::from(remaining)
-                            / Decimal::from(line.received))
-                        .round_dp_with_strategy(minor_units(&currency), HALF_UP)
-                    } else {
-                        Decimal::ZERO
-                    };
-                    if remaining > 0 {
-                        let layers: Vec<&mut Layer> = match method {
-                            CostMethod::Fifo => valuation
-                                .layers
-                                .iter_mut()
-                                .filter(|l| l.source.as_deref() == Some(source.as_str()))
-                                .collect(),
-                            CostMethod::MovingAverage => {
-                                valuation.layers.front_mut().into_iter().collect()
-                            }
-                        };
-                        // Spread over the layers by quantity; the last one takes the rounding.
-                        let count = layers.len();
-                        let mut given = Decimal::ZERO;
-                        for (i, layer) in layers.into_iter().enumerate() {
-                            let part = if i + 1 == count {
-                                to_stock - given
+                    self.spread(
+                        &mut p,
+                        &source,
+                        share.sku.as_str(),
+                        &currency,
+                        share.amount.amount,
+                        Account::LandedCostAccrual,
+                    );
+                }
+            }
+            E::InvoiceRecorded(e) => {
+                for l in &e.lines {
+                    let sku = l.sku.as_str();
+                    let currency = l.unit_cost.currency.to_string();
+                    let dp = minor_units(&currency);
+                    let source = format!("{}/{}", e.purchase_order, l.line);
+                    let n = l.qty.get();
+                    let charged =
+                        (l.unit_cost.amount * Decimal::from(n)).round_dp_with_strategy(dp, HALF_UP);
+                    // Clear what the receipts put in GRNI for these units: at their average
+                    // received cost, the last invoice of a line clearing exactly what is left.
+                    let cleared = match self.po_lines.get_mut(&source) {
+                        Some(line) if line.received > 0 => {
+                            line.invoiced += n;
+                            let cleared = if line.invoiced >= line.received {
+                                line.received_value - line.cleared
                             } else {
-                                (to_stock * Decimal::from(layer.qty) / Decimal::from(remaining))
-                                    .round_dp_with_strategy(COST_DP, HALF_UP)
+                                (line.received_value * Decimal::from(n)
+                                    / Decimal::from(line.received))
+                                .round_dp_with_strategy(dp, HALF_UP)
                             };
-                            layer.value += part;
-                            given += part;
+                            line.cleared += cleared;
+                            cleared
                         }
-                        p.out.valuations.push(key);
-                    }
+                        _ => Decimal::ZERO,
+                    };
                     p.pair(
                         &currency,
-                        Account::Inventory,
-                        Account::LandedCostAccrual,
-                        to_stock,
+                        Account::Grni,
+                        Account::AccountsPayable,
+                        cleared,
                         Some(sku),
-                        Some(&line.location),
+                        Some(l.location.as_str()),
                         None,
                         None,
                     );
-                    p.pair(
+                    // The price difference follows the goods: to the units of the line still
+                    // on hand, the rest to cost of goods sold.
+                    self.spread(
+                        &mut p,
+                        &source,
+                        sku,
                         &currency,
-                        Account::Cogs,
-                        Account::LandedCostAccrual,
-                        share.amount.amount - to_stock,
-                        Some(sku),
-                        None,
-                        None,
-                        None,
+                        charged - cleared,
+                        Account::AccountsPayable,
                     );
                 }
             }

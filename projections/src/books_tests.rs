@@ -256,6 +256,53 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     assert_eq!(receivables["balance"], "61.35");
 }
 
+fn invoice(po: &str, number: &str, qty: i64, cost: &str, po_cost: &str) -> serde_json::Value {
+    json!({"type": "purchase.invoice_recorded", "data": {"purchase_order": po, "invoice": number,
+        "lines": [{"line": 1, "sku": "LAMP", "location": "WH1", "qty": qty,
+                   "unit_cost": gbp(cost), "po_unit_cost": gbp(po_cost)}]}})
+}
+
+#[test]
+fn an_invoice_above_the_order_price_after_half_was_sold_splits_its_variance() {
+    // FIFO. 10 lamps received at the order's 2.00 (PO1): inventory 20.00 / GRNI 20.00. Five
+    // sell: COGS 10.00, 5 on hand worth 10.00.
+    let mut c = Case::new("Fifo");
+    c.when(receipt(10, "2.00", "PO1"));
+    c.when(order("O1", 5));
+    c.when(shipment("O1", 5));
+    assert_eq!(c.then(), (5, d("10.00"), d("10.00")));
+    // The supplier invoices all 10 at 2.20: 22.00 owed. GRNI is cleared of its 20.00; the
+    // 2.00 difference follows the goods: 5/10 on hand (1.00: the five left are worth 11.00),
+    // 5/10 sold (1.00 more COGS).
+    c.when(invoice("PO1", "INV-1", 10, "2.20", "2.00"));
+    assert_eq!(c.then(), (5, d("11.00"), d("11.00")));
+    let account = |name: &str| {
+        c.finance.value(&format!("acct.UK01.GBP.{name}")).unwrap()["balance"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(account("grni"), "0.00");
+    assert_eq!(account("accounts_payable"), "-22.00");
+    assert_eq!(account("inventory"), "11.00");
+    assert_eq!(account("cogs"), "11.00");
+    assert_eq!(c.finance.value("check").unwrap()["balanced"], true);
+}
+
+#[test]
+fn invoices_in_parts_clear_exactly_what_the_receipts_put_in_grni() {
+    // 3 units received at 3.33 (9.99 in GRNI), invoiced one at a time at the order's price:
+    // 3.33 + 3.33 + 3.33 clears 9.99 with nothing left over and no variance.
+    let mut c = Case::new("Fifo");
+    c.when(receipt(3, "3.33", "PO1"));
+    for n in 1..=3 {
+        c.when(invoice("PO1", &format!("INV-{n}"), 1, "3.33", "3.33"));
+    }
+    let grni = c.finance.value("acct.UK01.GBP.grni").unwrap();
+    assert_eq!(grni["balance"], "0.00");
+    assert_eq!(c.then(), (3, d("9.99"), d("0")));
+}
+
 #[test]
 fn tax_on_a_sale_is_owed_and_a_partial_refund_gives_back_its_share() {
     // Two lamps at 10.00 with 4.00 of tax (20%) to a UK address, and one at 50.00 less a
@@ -414,7 +461,9 @@ fn any_event() -> impl Strategy<Value = serde_json::Value> {
             placed
         }),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| shipment(&o, q)),
-        (po, cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
+        (po.clone(), cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
+        (po, qty.clone(), cost.clone(), cost.clone(), 0u32..1000)
+            .prop_map(|(p, q, c, pc, n)| invoice(&p, &format!("I{n}"), q, &c, &pc)),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| returned(&o, q)),
         (qty.clone(), -20i64..20).prop_map(|(_, delta)| json!({"type": "stock.adjusted",
             "data": {"sku": "LAMP", "location": "WH1", "lot": null, "delta": delta,
