@@ -46,6 +46,28 @@ pub enum EntityAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FxAction {
+    /// Set the rate at which the entity's books translate a currency into its functional
+    /// currency, from a date on.
+    Set {
+        #[command(flatten)]
+        acting: Acting,
+        /// The currency the rate is for (USD, EUR, ...).
+        #[arg(long)]
+        currency: String,
+        /// Units of the functional currency one unit of --currency is worth.
+        #[arg(long)]
+        rate: String,
+        /// The first date it holds (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// Where it comes from.
+        #[arg(long)]
+        source: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ThresholdAction {
     /// Set the threshold of a command type: above it, commands wait for a second person.
     Set {
@@ -195,6 +217,26 @@ pub async fn entity(sender: &Sender, action: &EntityAction) -> anyhow::Result<()
                 acting,
                 "legal_entity.define",
                 json!({"name": name, "currency": currency, "country": country}),
+            )
+            .await
+        }
+    }
+}
+
+pub async fn fx(sender: &Sender, action: &FxAction) -> anyhow::Result<()> {
+    match action {
+        FxAction::Set {
+            acting,
+            currency,
+            rate,
+            from,
+            source,
+        } => {
+            run(
+                sender,
+                acting,
+                "fx.set_rate",
+                json!({"currency": currency, "rate": rate, "from": from, "source": source}),
             )
             .await
         }

@@ -326,6 +326,13 @@ enum Command {
         #[command(subcommand)]
         action: govern_cli::EntityAction,
     },
+    /// Exchange rates into a legal entity's functional currency.
+    Fx {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(subcommand)]
+        action: govern_cli::FxAction,
+    },
     /// Maker-checker thresholds: commands above them wait for a second person.
     Threshold {
         #[command(flatten)]
@@ -791,6 +798,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Entity { nats, action } => {
             govern_cli::entity(&nats.sender("controller")?, &action).await
         }
+        Command::Fx { nats, action } => govern_cli::fx(&nats.sender("controller")?, &action).await,
         Command::Threshold { nats, action } => {
             govern_cli::threshold(&nats.sender("controller")?, &action).await
         }

@@ -20,8 +20,8 @@ use ledger::events::{
 };
 use ledger::values::{
     Actor, ActorId, BinId, ChannelId, Country, Currency, Date, EntityId, HoldId, LocationId, LotId,
-    Money, OrderId, PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId,
-    SerialNo, Sku, SupplierId, Timestamp, TransferId, UnitName, WaveId,
+    Money, OrderId, PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Rate, Ratio, ReasonCode,
+    ReturnId, SerialNo, Sku, SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
 /// Largest command accepted, in bytes of JSON.
@@ -463,6 +463,16 @@ command_data! {
         pub trial_balance_sha256: String,
     }
 
+    /// Sets the rate at which the legal entity's books translate `currency` into its
+    /// functional currency, from `from` on (until a later rate): one unit of `currency` is
+    /// worth `rate` units of the functional currency.
+    pub struct SetRate {
+        pub currency: Currency,
+        pub rate: Rate,
+        pub from: Date,
+        pub source: String,
+    }
+
     /// Asks to reopen a closed month; it takes effect when a second person approves it.
     pub struct ReopenPeriod {
         pub period: Period,
@@ -566,6 +576,7 @@ commands! {
     RejectRequest(RejectRequest) = "approval.reject";
     ClosePeriod(ClosePeriod) = "period.close";
     ReopenPeriod(ReopenPeriod) = "period.reopen";
+    SetRate(SetRate) = "fx.set_rate";
 }
 
 /// A decoded, valid command.
@@ -820,6 +831,12 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
                 e.field = "data.currency".into();
                 e
             }),
+        CommandBody::SetRate(c) => {
+            check(&field("currency"), &Money::zero(c.currency)).map_err(|mut e| {
+                e.field = "data.currency".into();
+                e
+            })
+        }
         CommandBody::SetThreshold(SetThreshold {
             limit: Some(Measure::Value(money)),
             ..

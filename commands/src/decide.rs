@@ -281,6 +281,7 @@ fn decide_rules(
         CommandBody::RejectRequest(c) => d.reject_request(c),
         CommandBody::ClosePeriod(c) => d.close_period(c),
         CommandBody::ReopenPeriod(c) => d.reopen_period(c),
+        CommandBody::SetRate(c) => d.set_rate(c),
         CommandBody::DefineItem(c) => d.define_item(c),
         CommandBody::DefineLocation(c) => Ok(vec![(
             Subject::Location(c.location.clone()),

@@ -15,7 +15,7 @@
 
 use ledger::events::{
     ApprovalGranted, ApprovalRejected, ApprovalRequested, Event, LegalEntityDefined, Measure,
-    PeriodClosed, PeriodReopened, ThresholdApplied, ThresholdSet,
+    PeriodClosed, PeriodReopened, RateSet, ThresholdApplied, ThresholdSet,
 };
 use ledger::values::{Money, Period};
 use ledger::{Envelope, Subject};
@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 
 use crate::command::{
     ApproveRequest, ClosePeriod, Command, CommandBody, DefineLegalEntity, RejectRequest,
-    ReopenPeriod, SetThreshold,
+    ReopenPeriod, SetRate, SetThreshold,
 };
 use crate::decide::{Decider, Decision, Rejection, code, reject};
 use crate::state::{EntityState, State, Threshold, WaitingApproval};
@@ -63,6 +63,7 @@ pub const OUTSIDE_PERIODS: &[&str] = &[
     "order.hold",
     "order.release",
     "policy.set_threshold",
+    "fx.set_rate",
     "approval.approve",
     "approval.reject",
     "period.close",
@@ -117,6 +118,7 @@ fn is_governance(body: &CommandBody) -> bool {
     matches!(
         body,
         CommandBody::SetThreshold(_)
+            | CommandBody::SetRate(_)
             | CommandBody::ApproveRequest(_)
             | CommandBody::RejectRequest(_)
             | CommandBody::ClosePeriod(_)
@@ -558,6 +560,40 @@ impl Decider<'_> {
                 events,
                 totals: c.totals.clone(),
                 trial_balance_sha256: digest,
+            }),
+        )])
+    }
+
+    pub(crate) fn set_rate(&self, c: &SetRate) -> Result<Decision, Rejection> {
+        let functional = entity(self.state, self.command)
+            .defined
+            .as_ref()
+            .expect("admit checked the entity is defined")
+            .currency;
+        if c.currency == functional {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "{} is {}'s functional currency; rates are set for the other currencies its books see",
+                    functional.as_str(),
+                    self.command.legal_entity
+                ),
+            ));
+        }
+        if c.source.trim().is_empty() {
+            return Err(reject(
+                code::REASON_REQUIRED,
+                "source is empty; say where the rate comes from (a central bank's reference rate, a bank's quote)",
+            ));
+        }
+        Ok(vec![(
+            self.entity_subject(),
+            Event::RateSet(RateSet {
+                currency: c.currency,
+                functional,
+                rate: c.rate,
+                from: c.from,
+                source: c.source.clone(),
             }),
         )])
     }

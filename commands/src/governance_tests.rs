@@ -647,3 +647,38 @@ fn supplier_invoices_match_receipts_and_large_price_differences_wait() {
         Measure::Value(Money::parse("0.40", "GBP").unwrap())
     );
 }
+
+#[test]
+fn exchange_rates_are_set_per_entity_into_its_functional_currency() {
+    let mut w = governed();
+    let rate = |currency: &str, source: &str| {
+        by(
+            "controller-1",
+            JAN,
+            "fx.set_rate",
+            json!({"currency": currency, "rate": "0.7921",
+            "from": "2011-01-03", "source": source}),
+        )
+    };
+    let d = w.act(&rate("USD", "Bank of England spot")).unwrap();
+    let Event::RateSet(set) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(set.functional.as_str(), "GBP");
+    assert_eq!(set.rate, Rate::parse("0.7921").unwrap());
+    let r = refusal(w.act(&rate("GBP", "x")));
+    assert_eq!(r.code, code::CURRENCY_MISMATCH);
+    assert!(r.message.contains("functional"), "{}", r.message);
+    assert_eq!(
+        refusal(w.act(&rate("EUR", " "))).code,
+        code::REASON_REQUIRED
+    );
+    // A rate of zero or below is not a rate.
+    let bad = json!({
+        "command_id": uuid::Uuid::now_v7(), "actor": {"id": "c", "role": "controller"},
+        "legal_entity": "UK01", "effective_at": JAN, "type": "fx.set_rate",
+        "data": {"currency": "USD", "rate": "0", "from": "2011-01-03", "source": "x"},
+    });
+    let e = crate::command::decode(bad.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "data.rate");
+}

@@ -70,7 +70,13 @@ impl Default for Roles {
             ),
             (
                 "controller",
-                vec!["legal_entity.*", "policy.*", "approval.*", "period.*"],
+                vec![
+                    "legal_entity.*",
+                    "policy.*",
+                    "approval.*",
+                    "period.*",
+                    "fx.*",
+                ],
             ),
             ("system", vec!["stock.expire_hold"]),
             ("auditor", vec![]),

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::values::{
     ActorId, BinId, ChannelId, Currency, Date, EntityId, HoldId, LocationId, LotId, Money, OrderId,
-    PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Ratio, ReasonCode, ReturnId, SerialNo, Sku,
-    SupplierId, Timestamp, TransferId, UnitName, WaveId,
+    PackageId, Period, PurchaseOrderId, Qty, QtyDelta, Rate, Ratio, ReasonCode, ReturnId, SerialNo,
+    Sku, SupplierId, Timestamp, TransferId, UnitName, WaveId,
 };
 
 /// Expands to the derives every payload type carries.
@@ -274,6 +274,18 @@ payload! {
         pub events: u64,
         pub totals: Vec<PeriodTotal>,
         pub trial_balance_sha256: [u8; 32],
+    }
+
+    /// From `from` on (until a later rate), one unit of `currency` is worth `rate` units of the
+    /// entity's functional currency (`functional`): how its books translate postings made in
+    /// `currency`.
+    pub struct RateSet {
+        pub currency: Currency,
+        pub functional: Currency,
+        pub rate: Rate,
+        pub from: Date,
+        /// Where the rate comes from (a central bank's reference rate, a bank's quote).
+        pub source: String,
     }
 
     pub struct PeriodReopened {
@@ -794,6 +806,7 @@ catalogue! {
     ApprovalRejected(ApprovalRejected) = "approval.rejected" v 1;
     PeriodClosed(PeriodClosed) = "period.closed" v 1;
     PeriodReopened(PeriodReopened) = "period.reopened" v 1;
+    RateSet(RateSet) = "fx.rate_set" v 1;
 
     CommandAccepted(CommandAccepted) = "command.accepted" v 3;
     CommandRejected(CommandRejected) = "command.rejected" v 3;

@@ -177,6 +177,13 @@ fn sample(t: EventType) -> Event {
             country: "GB".into(),
             ..legal_entity_v1().into()
         }),
+        EventType::RateSet => Event::RateSet(RateSet {
+            currency: Currency::new("USD").unwrap(),
+            functional: Currency::new("GBP").unwrap(),
+            rate: Rate::parse("0.7921").unwrap(),
+            from: date("2011-01-03"),
+            source: "Bank of England spot, 16:00".into(),
+        }),
         EventType::InvoiceRecorded => Event::InvoiceRecorded(InvoiceRecorded {
             purchase_order: po(),
             invoice: "INV-77031".into(),

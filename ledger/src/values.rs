@@ -58,6 +58,8 @@ pub enum ValueError {
     },
     #[error("{field}: {value} is outside 0..=1; expected a fraction such as 0.15 for 15%")]
     Ratio { field: &'static str, value: String },
+    #[error("{field}: {value} is not above 0; expected an exchange rate such as 1.2634")]
+    Rate { field: &'static str, value: String },
     #[error(
         "{field}: `{value}` is not a timestamp; expected RFC 3339 such as 2026-11-26T09:30:00Z"
     )]
@@ -633,6 +635,63 @@ impl JsonSchema for Ratio {
     }
 }
 
+/// An exchange rate: how many units of one currency one unit of another is worth. Positive.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RatioText", into = "RatioText")]
+pub struct Rate(Decimal);
+
+impl Rate {
+    pub fn new(value: Decimal) -> Result<Self, ValueError> {
+        let value = check_scale("rate", value)?;
+        if value <= Decimal::ZERO {
+            return Err(ValueError::Rate {
+                field: "rate",
+                value: value.to_string(),
+            });
+        }
+        Ok(Rate(value))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        Rate::new(parse_decimal("rate", text)?)
+    }
+
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
+
+impl TryFrom<RatioText> for Rate {
+    type Error = ValueError;
+    fn try_from(t: RatioText) -> Result<Self, ValueError> {
+        Rate::new(t.0)
+    }
+}
+
+impl From<Rate> for RatioText {
+    fn from(r: Rate) -> RatioText {
+        RatioText(r.0)
+    }
+}
+
+impl fmt::Debug for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rate({})", self.0)
+    }
+}
+
+impl JsonSchema for Rate {
+    fn schema_name() -> Cow<'static, str> {
+        "Rate".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$",
+            "description": "Exchange rate above 0 written as a string, e.g. \"1.2634\"."
+        })
+    }
+}
+
 /// A point in time, UTC, microsecond resolution. In bincode it is an `i64` of microseconds
 /// since the Unix epoch; in JSON it is RFC 3339 text.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -967,6 +1026,16 @@ mod arbitrary_impls {
         fn arbitrary_with(_: ()) -> Self::Strategy {
             (decimal(), any::<Currency>())
                 .prop_map(|(amount, currency)| Money { amount, currency })
+                .boxed()
+        }
+    }
+
+    impl Arbitrary for Rate {
+        type Parameters = ();
+        type Strategy = BoxedStrategy<Self>;
+        fn arbitrary_with(_: ()) -> Self::Strategy {
+            (1i64..=100_000_000)
+                .prop_map(|r| Rate(Decimal::new(r, 6)))
                 .boxed()
         }
     }

@@ -16,10 +16,6 @@ use crate::finance::Finance;
 use crate::margin::Margin;
 use crate::view::{Model, View};
 
-fn recorded(seq: u64, event: serde_json::Value) -> RecordedEvent {
-    recorded_on(seq, "2011-01-10T09:00:00Z", event)
-}
-
 /// An event as stored at `seq`, effective at `at`, for legal entity UK01.
 pub(crate) fn recorded_on(seq: u64, at: &str, event: serde_json::Value) -> RecordedEvent {
     // Stock events on their SKU's subject, as the processor writes them.
@@ -112,9 +108,22 @@ impl Case {
         c
     }
 
-    fn when(&mut self, event: serde_json::Value) {
+    /// An event of the legal entity's own subject (definition, rates, closes).
+    fn govern(&mut self, at: &str, event: serde_json::Value) {
         self.seq += 1;
-        let e = recorded(self.seq, event);
+        let mut e = recorded_on(self.seq, at, event);
+        e.envelope.subject = ledger::Subject::LegalEntity(EntityId::new("UK01").unwrap());
+        self.margin.apply(&e, &mut BTreeSet::new());
+        self.finance.apply(&e, &mut BTreeSet::new());
+    }
+
+    fn when(&mut self, event: serde_json::Value) {
+        self.when_at("2011-01-10T09:00:00Z", event);
+    }
+
+    fn when_at(&mut self, at: &str, event: serde_json::Value) {
+        self.seq += 1;
+        let e = recorded_on(self.seq, at, event);
         let posted = self.books.post(&e);
         assert!(balanced(&posted.lines), "event {} unbalanced", self.seq);
         self.cogs += posted
@@ -287,6 +296,59 @@ fn an_invoice_above_the_order_price_after_half_was_sold_splits_its_variance() {
     assert_eq!(account("inventory"), "11.00");
     assert_eq!(account("cogs"), "11.00");
     assert_eq!(c.finance.value("check").unwrap()["balanced"], true);
+}
+
+#[test]
+fn a_gbp_entity_buying_in_usd_keeps_usd_books_and_translates_them_at_each_date() {
+    // UK01 keeps its books in GBP. USD is worth 0.80 GBP from 3 January, 0.82 from 15
+    // January. 10 lamps bought at 3.00 USD on the 10th: 30.00 USD of inventory / GRNI,
+    // 24.00 GBP translated. Five ship on the 20th: 15.00 USD of COGS, 12.30 GBP.
+    let mut c = Case::new("Fifo");
+    c.govern(
+        "2011-01-01T00:00:00Z",
+        json!({"type": "legal_entity.defined", "data": {"entity": "UK01", "name": "Gifts UK",
+            "currency": "GBP", "country": "GB"}}),
+    );
+    let rate = |from: &str, rate: &str| {
+        json!({"type": "fx.rate_set", "data": {"currency": "USD", "functional": "GBP",
+            "rate": rate, "from": from, "source": "test"}})
+    };
+    c.govern("2011-01-02T00:00:00Z", rate("2011-01-03", "0.80"));
+    c.govern("2011-01-02T00:00:00Z", rate("2011-01-15", "0.82"));
+    let mut usd_receipt = receipt(10, "3.00", "PO1");
+    usd_receipt["data"]["unit_cost"]["currency"] = json!("USD");
+    c.when_at("2011-01-10T09:00:00Z", usd_receipt);
+    c.when_at("2011-01-20T09:00:00Z", order("O1", 5));
+    c.when_at("2011-01-20T09:00:00Z", shipment("O1", 5));
+    let usd = c.finance.value("acct.UK01.USD.inventory").unwrap();
+    assert_eq!(usd["balance"], "15.00", "the USD books are kept beside");
+    let inventory = c.finance.value("fn.UK01.inventory").unwrap();
+    // 24.00 in at 0.80, 12.30 out at 0.82: 11.70 GBP left (the rest is translation, not
+    // valuation: no revaluation is posted).
+    assert_eq!(
+        (
+            inventory["currency"].as_str(),
+            inventory["balance"].as_str()
+        ),
+        (Some("GBP"), Some("11.70"))
+    );
+    assert_eq!(c.finance.value("fn.UK01.cogs").unwrap()["balance"], "12.30");
+    assert_eq!(
+        c.finance.value("fn.UK01.grni").unwrap()["balance"],
+        "-24.00"
+    );
+    let check = c.finance.value("check").unwrap();
+    assert_eq!(check["functional"][0]["currency"], "GBP", "{check}");
+    assert_eq!(check["functional"][0]["balanced"], true, "{check}");
+    assert_eq!(check["balanced"], true, "{check}");
+    // A receipt in JPY, for which UK01 has no rate: kept in JPY, left out of the GBP books,
+    // and listed.
+    let mut jpy_receipt = receipt(1, "500", "PO2");
+    jpy_receipt["data"]["unit_cost"]["currency"] = json!("JPY");
+    c.when_at("2011-01-21T09:00:00Z", jpy_receipt);
+    let check = c.finance.value("check").unwrap();
+    assert_eq!(check["untranslated_events"], json!([c.seq]), "{check}");
+    assert_eq!(check["functional"][0]["balanced"], true, "{check}");
 }
 
 #[test]

@@ -167,6 +167,21 @@ pub struct Finance {
     /// `tax.<entity>.<YYYY-MM>.<jurisdiction>.<rate>.<currency>`.
     #[serde(default)]
     taxes: BTreeMap<String, TaxTotals>,
+    /// Each defined legal entity's functional currency.
+    #[serde(default)]
+    functional: BTreeMap<String, String>,
+    /// Exchange rates into each entity's functional currency: entity -> currency -> the
+    /// date from which a rate holds (`YYYY-MM-DD`, which sorts by date) -> rate.
+    #[serde(default)]
+    rates: BTreeMap<String, BTreeMap<String, BTreeMap<String, Decimal>>>,
+    /// The books translated into each entity's functional currency, by key
+    /// `fn.<entity>.<account>`.
+    #[serde(default)]
+    translated: BTreeMap<String, AccountTotal>,
+    /// Sequences of events with a line in a currency the entity has no rate for at the
+    /// event's date: their lines are left out of the translated books.
+    #[serde(default)]
+    untranslated: Vec<u64>,
 }
 
 /// Sales and tax of one tax code in one month.
@@ -286,6 +301,12 @@ pub struct CheckRow {
     pub balanced: bool,
     /// Sequences of events whose lines did not balance (there should be none).
     pub unbalanced_events: Vec<u64>,
+    /// Debits and credits of each defined legal entity's books translated into its
+    /// functional currency (every posting at the rate of its effective date).
+    pub functional: Vec<CheckTotals>,
+    /// Events with a line in a currency their entity had no rate for at their date: left
+    /// out of the translated books until a rate is set (at most the first 100).
+    pub untranslated_events: Vec<u64>,
 }
 
 /// Debits and credits of one legal entity in one currency.
@@ -402,26 +423,138 @@ impl Finance {
                     }
                 })
                 .collect();
+            let mut sums: BTreeMap<&str, (&str, Decimal, Decimal)> = BTreeMap::new();
+            for t in self.translated.values() {
+                let sum =
+                    sums.entry(&t.entity)
+                        .or_insert((&t.currency, Decimal::ZERO, Decimal::ZERO));
+                sum.1 += t.debit;
+                sum.2 += t.credit;
+            }
+            let functional = sums
+                .into_iter()
+                .map(|(entity, (currency, debits, credits))| {
+                    let dp = crate::books::minor_units(currency);
+                    CheckTotals {
+                        entity: entity.to_owned(),
+                        currency: currency.to_owned(),
+                        debits: shown(debits, dp),
+                        credits: shown(credits, dp),
+                        balanced: debits == credits,
+                    }
+                })
+                .collect::<Vec<_>>();
             return Some(FinanceRow::Check(CheckRow {
                 events_posted: c.events_posted,
                 lines: c.lines,
-                balanced: c.unbalanced.is_empty() && totals.iter().all(|t| t.balanced),
+                balanced: c.unbalanced.is_empty()
+                    && totals.iter().all(|t| t.balanced)
+                    && functional.iter().all(|t| t.balanced),
                 totals,
                 unbalanced_events: c.unbalanced.clone(),
+                functional,
+                untranslated_events: self.untranslated.iter().take(100).copied().collect(),
             }));
         }
-        self.accounts.get(key).map(|t| {
-            let dp = crate::books::minor_units(&t.currency);
-            let amount = |d: Decimal| d.round_dp(dp).to_string();
-            FinanceRow::Account(AccountRow {
-                entity: t.entity.clone(),
-                currency: t.currency.clone(),
-                account: t.account.clone(),
-                debit: amount(t.debit),
-                credit: amount(t.credit),
-                balance: amount(t.debit - t.credit),
+        self.accounts
+            .get(key)
+            .or(self.translated.get(key))
+            .map(|t| {
+                let dp = crate::books::minor_units(&t.currency);
+                let amount = |d: Decimal| d.round_dp(dp).to_string();
+                FinanceRow::Account(AccountRow {
+                    entity: t.entity.clone(),
+                    currency: t.currency.clone(),
+                    account: t.account.clone(),
+                    debit: amount(t.debit),
+                    credit: amount(t.credit),
+                    balance: amount(t.debit - t.credit),
+                })
             })
-        })
+    }
+}
+
+impl Finance {
+    /// The rate of `currency` into `entity`'s functional currency on `date`: the latest set
+    /// from that date or before.
+    fn rate(&self, entity: &str, currency: &str, date: &str) -> Option<Decimal> {
+        self.rates
+            .get(entity)?
+            .get(currency)?
+            .range(..=date.to_owned())
+            .next_back()
+            .map(|(_, rate)| *rate)
+    }
+
+    /// Adds an event's lines to the books translated into each entity's functional currency,
+    /// at the rates of its effective date, each line rounded to the functional currency's
+    /// minor unit; what the rounding leaves over goes to `fx_rounding`, so each event stays
+    /// balanced. An entity's lines of an event with a currency it has no rate for are left
+    /// out whole (the event is listed as untranslated), never half translated.
+    fn translate(
+        &mut self,
+        event: &RecordedEvent,
+        lines: &[crate::books::Posting],
+        changed: &mut BTreeSet<String>,
+    ) {
+        let date = event
+            .envelope
+            .effective_at
+            .as_datetime()
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string();
+        let entities: BTreeSet<&str> = lines.iter().map(|l| l.entity.as_str()).collect();
+        for entity in entities {
+            let Some(functional) = self.functional.get(entity).cloned() else {
+                continue;
+            };
+            let dp = crate::books::minor_units(&functional);
+            let mut translated = Vec::new();
+            let mut complete = true;
+            for line in lines.iter().filter(|l| l.entity == entity) {
+                let amount = if line.currency == functional {
+                    line.amount
+                } else {
+                    match self.rate(entity, &line.currency, &date) {
+                        Some(rate) => (line.amount * rate).round_dp(dp),
+                        None => {
+                            complete = false;
+                            break;
+                        }
+                    }
+                };
+                translated.push((line.account.name(), amount));
+            }
+            if !complete {
+                if self.untranslated.last() != Some(&event.seq) {
+                    self.untranslated.push(event.seq);
+                }
+                continue;
+            }
+            let left: Decimal = translated.iter().map(|(_, a)| a).sum();
+            if !left.is_zero() {
+                translated.push(("fx_rounding", -left));
+            }
+            for (account, amount) in translated {
+                let key = key::key("fn", &[entity, account]);
+                let total = self
+                    .translated
+                    .entry(key.clone())
+                    .or_insert_with(|| AccountTotal {
+                        entity: entity.to_owned(),
+                        currency: functional.clone(),
+                        account: account.to_owned(),
+                        ..AccountTotal::default()
+                    });
+                if amount.is_sign_negative() {
+                    total.credit -= amount;
+                } else {
+                    total.debit += amount;
+                }
+                changed.insert(key);
+            }
+        }
     }
 }
 
@@ -447,6 +580,18 @@ impl Finance {
     fn govern(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         let entity = event.envelope.legal_entity.as_str();
         match &event.envelope.event {
+            Event::LegalEntityDefined(e) => {
+                self.functional
+                    .insert(entity.to_owned(), e.currency.as_str().to_owned());
+            }
+            Event::RateSet(e) => {
+                self.rates
+                    .entry(entity.to_owned())
+                    .or_default()
+                    .entry(e.currency.as_str().to_owned())
+                    .or_default()
+                    .insert(String::from(e.from), e.rate.get());
+            }
             Event::PeriodClosed(e) => {
                 let (books, key) = self.period_mut(entity, e.period);
                 let recorded = hex::encode(e.trial_balance_sha256);
@@ -584,6 +729,7 @@ impl Model for Finance {
             self.check.lines += 1;
             changed.insert(key);
         }
+        self.translate(event, &posted.lines, changed);
         changed.insert("check".into());
     }
 
@@ -621,6 +767,11 @@ impl View for Finance {
             row: "ApprovalRow: a command waiting for a second person",
         },
         KeyShape {
+            kind: "fn",
+            parts: &["entity", "account"],
+            row: "AccountRow: an account's totals translated into the entity's functional currency",
+        },
+        KeyShape {
             kind: "tax",
             parts: &["entity", "period", "jurisdiction", "rate", "currency"],
             row: "TaxRow: sales and tax of one jurisdiction and rate in one month",
@@ -637,7 +788,8 @@ impl View for Finance {
                 .chain(std::iter::once("check".to_owned()))
                 .chain(self.periods.keys().cloned())
                 .chain(self.approvals.keys().cloned())
-                .chain(self.taxes.keys().cloned()),
+                .chain(self.taxes.keys().cloned())
+                .chain(self.translated.keys().cloned()),
         )
     }
 
