@@ -287,20 +287,17 @@ pub async fn approval(sender: &Sender, action: &ApprovalAction) -> anyhow::Resul
             let mut after: Option<String> = None;
             let mut count = 0;
             loop {
-                let answer = views
-                    .ask(
-                        "finance",
-                        "approvals",
-                        json!({"entity": entity, "after": after}),
-                        None,
-                        Duration::from_secs(10),
-                    )
-                    .await?;
-                for a in answer.result["approvals"].as_array().into_iter().flatten() {
+                let answer = ask_finance(
+                    &views,
+                    "approvals",
+                    json!({"entity": entity, "after": after}),
+                )
+                .await?;
+                for a in answer["approvals"].as_array().into_iter().flatten() {
                     count += 1;
                     println!("{}", serde_json::to_string(a)?);
                 }
-                match answer.result["next_after"].as_str() {
+                match answer["next_after"].as_str() {
                     Some(next) => after = Some(next.to_owned()),
                     None => break,
                 }
@@ -345,17 +342,16 @@ fn parse_period(period: &str) -> anyhow::Result<ledger::values::Period> {
     period.parse().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn trial_balance(views: &ViewClient, entity: &str, period: &str) -> anyhow::Result<Value> {
+/// Asks the finance view.
+async fn ask_finance(views: &ViewClient, op: &str, body: Value) -> anyhow::Result<Value> {
     let answer = views
-        .ask(
-            "finance",
-            "period",
-            json!({"entity": entity, "period": period}),
-            None,
-            Duration::from_secs(10),
-        )
+        .ask("finance", op, body, None, Duration::from_secs(10))
         .await?;
     Ok(answer.result)
+}
+
+async fn trial_balance(views: &ViewClient, entity: &str, period: &str) -> anyhow::Result<Value> {
+    ask_finance(views, "period", json!({"entity": entity, "period": period})).await
 }
 
 pub async fn period(sender: &Sender, action: &PeriodAction) -> anyhow::Result<()> {
@@ -370,16 +366,13 @@ pub async fn period(sender: &Sender, action: &PeriodAction) -> anyhow::Result<()
         PeriodAction::Tax { period, entity } => {
             parse_period(period)?;
             let views = ViewClient::new(sender.connect().await?);
-            let answer = views
-                .ask(
-                    "finance",
-                    "tax_report",
-                    json!({"entity": entity, "period": period}),
-                    None,
-                    Duration::from_secs(10),
-                )
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&answer.result)?);
+            let answer = ask_finance(
+                &views,
+                "tax_report",
+                json!({"entity": entity, "period": period}),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         PeriodAction::Close { period, acting } => {

@@ -84,6 +84,16 @@ async fn thresholds_approvals_and_period_close_through_the_processor_and_the_cli
         }
     };
     let url = nats.url();
+    // A receipt back-dated into January.
+    let back_dated_receipt = || {
+        send(
+            "clerk-1",
+            "clerk",
+            "2011-01-20T12:00:00Z",
+            "stock.receive",
+            receipt(5),
+        )
+    };
 
     // The entity, by the CLI; everything else of January by commands.
     check(
@@ -256,14 +266,7 @@ async fn thresholds_approvals_and_period_close_through_the_processor_and_the_cli
         &erp(&url, &["period", "close", "2011-01", "--at", FEB]).await,
         "erp period close",
     );
-    let back_dated = send(
-        "clerk-1",
-        "clerk",
-        "2011-01-20T12:00:00Z",
-        "stock.receive",
-        receipt(5),
-    )
-    .await;
+    let back_dated = back_dated_receipt().await;
     assert!(
         matches!(&back_dated, Outcome::Rejected { code, .. } if code == "period_closed"),
         "{back_dated:?}"
@@ -302,14 +305,7 @@ async fn thresholds_approvals_and_period_close_through_the_processor_and_the_cli
         .await,
         "erp period reopen",
     );
-    let still = send(
-        "clerk-1",
-        "clerk",
-        "2011-01-20T12:00:00Z",
-        "stock.receive",
-        receipt(5),
-    )
-    .await;
+    let still = back_dated_receipt().await;
     assert!(
         matches!(&still, Outcome::Rejected { code, .. } if code == "period_closed"),
         "{still:?}"
@@ -338,14 +334,7 @@ async fn thresholds_approvals_and_period_close_through_the_processor_and_the_cli
         .await,
         "erp approval approve (reopen)",
     );
-    let late = send(
-        "clerk-1",
-        "clerk",
-        "2011-01-20T12:00:00Z",
-        "stock.receive",
-        receipt(5),
-    )
-    .await;
+    let late = back_dated_receipt().await;
     assert!(late.is_accepted(), "{late:?}");
     // And it closes again, on a trial balance that holds the late receipt.
     check(
