@@ -304,6 +304,10 @@ fn a_gbp_entity_buying_in_usd_keeps_usd_books_and_translates_them_at_each_date()
     // January. 10 lamps bought at 3.00 USD on the 10th: 30.00 USD of inventory / GRNI,
     // 24.00 GBP translated. Five ship on the 20th: 15.00 USD of COGS, 12.30 GBP.
     let mut c = Case::new("Fifo");
+    // 2 lamps received in GBP at WH2 before the entity is defined: they start its GBP books.
+    let mut before = receipt(2, "1.50", "PO0");
+    before["data"]["location"] = json!("WH2");
+    c.when_at("2011-01-01T00:00:00Z", before);
     c.govern(
         "2011-01-01T00:00:00Z",
         json!({"type": "legal_entity.defined", "data": {"entity": "UK01", "name": "Gifts UK",
@@ -323,19 +327,19 @@ fn a_gbp_entity_buying_in_usd_keeps_usd_books_and_translates_them_at_each_date()
     let usd = c.finance.value("acct.UK01.USD.inventory").unwrap();
     assert_eq!(usd["balance"], "15.00", "the USD books are kept beside");
     let inventory = c.finance.value("fn.UK01.inventory").unwrap();
-    // 24.00 in at 0.80, 12.30 out at 0.82: 11.70 GBP left (the rest is translation, not
-    // valuation: no revaluation is posted).
+    // 3.00 GBP from before, 24.00 in at 0.80, 12.30 out at 0.82: 14.70 GBP left (the rest
+    // is translation, not valuation: no revaluation is posted).
     assert_eq!(
         (
             inventory["currency"].as_str(),
             inventory["balance"].as_str()
         ),
-        (Some("GBP"), Some("11.70"))
+        (Some("GBP"), Some("14.70"))
     );
     assert_eq!(c.finance.value("fn.UK01.cogs").unwrap()["balance"], "12.30");
     assert_eq!(
         c.finance.value("fn.UK01.grni").unwrap()["balance"],
-        "-24.00"
+        "-27.00"
     );
     let check = c.finance.value("check").unwrap();
     assert_eq!(check["functional"][0]["currency"], "GBP", "{check}");

@@ -581,8 +581,27 @@ impl Finance {
         let entity = event.envelope.legal_entity.as_str();
         match &event.envelope.event {
             Event::LegalEntityDefined(e) => {
-                self.functional
-                    .insert(entity.to_owned(), e.currency.as_str().to_owned());
+                let functional = e.currency.as_str().to_owned();
+                if self
+                    .functional
+                    .insert(entity.to_owned(), functional.clone())
+                    .is_none()
+                {
+                    // Postings made in the functional currency before the entity was defined
+                    // need no rate: they start its translated books. (Postings in other
+                    // currencies before it are not translated.)
+                    let before: Vec<AccountTotal> = self
+                        .accounts
+                        .values()
+                        .filter(|t| t.entity == entity && t.currency == functional)
+                        .cloned()
+                        .collect();
+                    for t in before {
+                        let key = key::key("fn", &[entity, &t.account]);
+                        self.translated.insert(key.clone(), t);
+                        changed.insert(key);
+                    }
+                }
             }
             Event::RateSet(e) => {
                 self.rates
