@@ -334,7 +334,7 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     let mut walker = walk(log, 1, until, Some(ledger::chain::ChainVerifier::new())).await?;
     let mut books = projections::books::Books::default();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel\n";
+    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate\n";
     let mut write = |text: &str| -> anyhow::Result<bool> {
         match out.write_all(text.as_bytes()) {
             Ok(()) => Ok(true),
@@ -420,6 +420,12 @@ fn post_lines(
                 l.location.clone().unwrap_or_default(),
                 l.order.clone().unwrap_or_default(),
                 l.channel.clone().unwrap_or_default(),
+                ledger::values::Period::of(event.envelope.effective_at).to_string(),
+                l.tax
+                    .as_ref()
+                    .map(|t| t.jurisdiction.clone())
+                    .unwrap_or_default(),
+                l.tax.as_ref().map(|t| t.rate.clone()).unwrap_or_default(),
             ]
             .iter()
             .map(|f| csv_field(f))
