@@ -324,7 +324,8 @@ fn csv_field(text: &str) -> String {
 }
 
 /// `erp journal`: reads the ledger in order, posts every event through the books, and writes
-/// each journal line as CSV. Ends with a check that debits equal credits.
+/// each journal line as CSV. Ends with a check that debits equal credits in each legal entity
+/// and currency.
 pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<()> {
     use ledger::walk::{WalkUntil, Walked, walk};
     let until = match args.until {
@@ -343,7 +344,7 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
         }
     };
     write(header)?;
-    let (mut debits, mut credits) = (rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ZERO);
+    let mut totals = Totals::new();
     let mut lines = 0u64;
     let mut foreign = 0u64;
     while let Some(item) = walker.next().await {
@@ -362,14 +363,7 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
             if args.until.is_some_and(|until| event.seq > until) {
                 break;
             }
-            if !post_lines(
-                &mut books,
-                &event,
-                &mut write,
-                &mut debits,
-                &mut credits,
-                &mut lines,
-            )? {
+            if !post_lines(&mut books, &event, &mut write, &mut totals, &mut lines)? {
                 return Ok(());
             }
         }
@@ -378,23 +372,36 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
         other => other?,
     }
-    eprintln!("{lines} journal lines; debits {debits}, credits {credits}");
+    eprintln!("{lines} journal lines");
+    let mut differ = Vec::new();
+    for ((entity, currency), (debits, credits)) in &totals {
+        eprintln!("{entity} {currency}: debits {debits}, credits {credits}");
+        if debits != credits {
+            differ.push(format!(
+                "{entity} {currency}: debits {debits} and credits {credits}"
+            ));
+        }
+    }
     if foreign > 0 {
         eprintln!("{foreign} foreign messages were passed over (see `erp verify`)");
     }
-    if debits != credits {
-        bail!("debits {debits} and credits {credits} differ");
+    if !differ.is_empty() {
+        bail!("the books do not balance: {}", differ.join("; "));
     }
     Ok(())
 }
 
 /// Posts one event and writes its journal lines; `false` when the reader has gone.
+/// Debits and credits per legal entity and currency: amounts of different currencies are
+/// never added together.
+type Totals =
+    std::collections::BTreeMap<(String, String), (rust_decimal::Decimal, rust_decimal::Decimal)>;
+
 fn post_lines(
     books: &mut projections::books::Books,
     event: &ledger::RecordedEvent,
     write: &mut impl FnMut(&str) -> anyhow::Result<bool>,
-    debits: &mut rust_decimal::Decimal,
-    credits: &mut rust_decimal::Decimal,
+    totals: &mut Totals,
     lines: &mut u64,
 ) -> anyhow::Result<bool> {
     {
@@ -403,8 +410,11 @@ fn post_lines(
             bail!("event {} does not balance: {:?}", event.seq, posted.lines);
         }
         for l in &posted.lines {
-            *debits += l.debit();
-            *credits += l.credit();
+            let total = totals
+                .entry((l.entity.clone(), l.currency.clone()))
+                .or_default();
+            total.0 += l.debit();
+            total.1 += l.credit();
             *lines += 1;
             let row = [
                 event.seq.to_string(),
