@@ -120,14 +120,7 @@ impl PeriodBooks {
             .totals()
             .into_iter()
             .map(|(currency, (debits, credits))| {
-                let dp = crate::books::minor_units(currency);
-                CheckTotals {
-                    entity: self.entity.clone(),
-                    currency: currency.to_owned(),
-                    debits: shown(debits, dp),
-                    credits: shown(credits, dp),
-                    balanced: debits == credits,
-                }
+                CheckTotals::shown(&self.entity, currency, debits, credits)
             })
             .collect();
         PeriodRow {
@@ -319,6 +312,26 @@ pub struct CheckTotals {
     pub balanced: bool,
 }
 
+impl CheckTotals {
+    /// The totals with every decimal place of the currency written (`shown`).
+    fn shown(entity: &str, currency: &str, debits: Decimal, credits: Decimal) -> CheckTotals {
+        let dp = crate::books::minor_units(currency);
+        CheckTotals {
+            entity: entity.to_owned(),
+            currency: currency.to_owned(),
+            debits: shown(debits, dp),
+            credits: shown(credits, dp),
+            balanced: debits == credits,
+        }
+    }
+}
+
+/// A `YYYY-MM` period named in a query.
+fn query_period(text: &str) -> Result<Period, QueryError> {
+    text.parse()
+        .map_err(|e: ledger::values::ValueError| QueryError::bad_query(e.to_string()))
+}
+
 /// A period's trial balance: what `period.close` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct PeriodRow {
@@ -434,14 +447,7 @@ impl Finance {
             let functional = sums
                 .into_iter()
                 .map(|(entity, (currency, debits, credits))| {
-                    let dp = crate::books::minor_units(currency);
-                    CheckTotals {
-                        entity: entity.to_owned(),
-                        currency: currency.to_owned(),
-                        debits: shown(debits, dp),
-                        credits: shown(credits, dp),
-                        balanced: debits == credits,
-                    }
+                    CheckTotals::shown(entity, currency, debits, credits)
                 })
                 .collect::<Vec<_>>();
             return Some(FinanceRow::Check(CheckRow {
@@ -497,18 +503,19 @@ impl Finance {
         lines: &[crate::books::Posting],
         changed: &mut BTreeSet<String>,
     ) {
-        let date = event
-            .envelope
-            .effective_at
-            .as_datetime()
-            .date_naive()
-            .format("%Y-%m-%d")
-            .to_string();
-        let entities: BTreeSet<&str> = lines.iter().map(|l| l.entity.as_str()).collect();
+        let entities: BTreeSet<&str> = lines
+            .iter()
+            .map(|l| l.entity.as_str())
+            .filter(|e| self.functional.contains_key(*e))
+            .collect();
+        if entities.is_empty() {
+            return;
+        }
+        let date = String::from(ledger::values::Date::new(
+            event.envelope.effective_at.as_datetime().date_naive(),
+        ));
         for entity in entities {
-            let Some(functional) = self.functional.get(entity).cloned() else {
-                continue;
-            };
+            let functional = self.functional[entity].clone();
             let dp = crate::books::minor_units(&functional);
             let mut translated = Vec::new();
             let mut complete = true;
@@ -828,9 +835,7 @@ impl View for Finance {
             }
             FinanceQuery::Check {} => Ok(Answer::Value(self.value("check").unwrap_or_default())),
             FinanceQuery::Period { entity, period } => {
-                let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
-                    QueryError::bad_query(e.to_string())
-                })?;
+                let period = query_period(period)?;
                 let key = period_key(entity, period);
                 let row = match self.periods.get(&key) {
                     Some(books) => books.row(),
@@ -846,9 +851,7 @@ impl View for Finance {
                 ))
             }
             FinanceQuery::TaxReport { entity, period } => {
-                let period: Period = period.parse().map_err(|e: ledger::values::ValueError| {
-                    QueryError::bad_query(e.to_string())
-                })?;
+                let period = query_period(period)?;
                 let period = period.to_string();
                 let rows: Vec<TaxRow> = self
                     .taxes
