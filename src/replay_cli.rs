@@ -334,8 +334,9 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     };
     let mut walker = walk(log, 1, until, Some(ledger::chain::ChainVerifier::new())).await?;
     let mut books = projections::books::Books::default();
+    let mut translator = projections::translate::Translator::default();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate\n";
+    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit\n";
     let mut write = |text: &str| -> anyhow::Result<bool> {
         match out.write_all(text.as_bytes()) {
             Ok(()) => Ok(true),
@@ -363,7 +364,13 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
             if args.until.is_some_and(|until| event.seq > until) {
                 break;
             }
-            if !post_lines(&mut books, &event, &mut write, &mut totals, &mut lines)? {
+            let mut journal = Journal {
+                books: &mut books,
+                translator: &mut translator,
+                totals: &mut totals,
+                lines: &mut lines,
+            };
+            if !journal.post(&event, &mut write)? {
                 return Ok(());
             }
         }
@@ -374,12 +381,15 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     }
     eprintln!("{lines} journal lines");
     let mut differ = Vec::new();
-    for ((entity, currency), (debits, credits)) in &totals {
-        eprintln!("{entity} {currency}: debits {debits}, credits {credits}");
+    for ((entity, currency, functional), (debits, credits)) in &totals {
+        let books = if *functional {
+            format!("{entity} {currency} (functional)")
+        } else {
+            format!("{entity} {currency}")
+        };
+        eprintln!("{books}: debits {debits}, credits {credits}");
         if debits != credits {
-            differ.push(format!(
-                "{entity} {currency}: debits {debits} and credits {credits}"
-            ));
+            differ.push(format!("{books}: debits {debits} and credits {credits}"));
         }
     }
     if foreign > 0 {
@@ -391,36 +401,90 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     Ok(())
 }
 
-/// Posts one event and writes its journal lines; `false` when the reader has gone.
-/// Debits and credits per legal entity and currency: amounts of different currencies are
-/// never added together.
-type Totals =
-    std::collections::BTreeMap<(String, String), (rust_decimal::Decimal, rust_decimal::Decimal)>;
+/// Debits and credits per legal entity and currency, in transaction currency (`false`) and
+/// translated into the entity's functional currency (`true`): amounts of different currencies
+/// are never added together.
+type Totals = std::collections::BTreeMap<
+    (String, String, bool),
+    (rust_decimal::Decimal, rust_decimal::Decimal),
+>;
 
-fn post_lines(
-    books: &mut projections::books::Books,
-    event: &ledger::RecordedEvent,
-    write: &mut impl FnMut(&str) -> anyhow::Result<bool>,
-    totals: &mut Totals,
-    lines: &mut u64,
-) -> anyhow::Result<bool> {
-    {
-        let posted = books.post(event);
+/// What `erp journal` carries from event to event.
+struct Journal<'a> {
+    books: &'a mut projections::books::Books,
+    translator: &'a mut projections::translate::Translator,
+    totals: &'a mut Totals,
+    lines: &'a mut u64,
+}
+
+impl Journal<'_> {
+    /// Posts one event and writes its journal lines, each with its amount in the entity's
+    /// functional currency (left empty while the entity is not defined or has no rate for
+    /// the line's currency at the event's date), and the realised exchange difference and
+    /// rounding lines the translation adds (with no transaction amount). `false` when the
+    /// reader has gone.
+    fn post(
+        &mut self,
+        event: &ledger::RecordedEvent,
+        write: &mut impl FnMut(&str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<bool> {
+        use projections::translate::Translation;
+        use rust_decimal::Decimal;
+        self.translator.observe(event);
+        let posted = self.books.post(event);
         if !projections::books::balanced(&posted.lines) {
             bail!("event {} does not balance: {:?}", event.seq, posted.lines);
         }
-        for l in &posted.lines {
-            let total = totals
-                .entry((l.entity.clone(), l.currency.clone()))
+        let mut functional: Vec<Option<(String, Decimal)>> = vec![None; posted.lines.len()];
+        let mut added = Vec::new();
+        for translation in self.translator.translate(event, &posted.lines) {
+            let Translation::Done {
+                entity,
+                currency,
+                lines,
+            } = translation
+            else {
+                continue;
+            };
+            for line in lines {
+                let total = self
+                    .totals
+                    .entry((entity.clone(), currency.clone(), true))
+                    .or_default();
+                total.0 += line.amount.max(Decimal::ZERO);
+                total.1 += (-line.amount).max(Decimal::ZERO);
+                match line.line {
+                    Some(i) => functional[i] = Some((currency.clone(), line.amount)),
+                    None => added.push((entity.clone(), currency.clone(), line)),
+                }
+            }
+        }
+        let period = ledger::values::Period::of(event.envelope.effective_at).to_string();
+        let head = [
+            event.seq.to_string(),
+            event.recorded_at.to_string(),
+            event.envelope.effective_at.to_string(),
+            event.envelope.event.event_type().name().to_owned(),
+        ];
+        let split = |amount: Decimal| {
+            (
+                amount.max(Decimal::ZERO).to_string(),
+                (-amount).max(Decimal::ZERO).to_string(),
+            )
+        };
+        let mut rows = Vec::with_capacity(posted.lines.len() + added.len());
+        for (l, functional) in posted.lines.iter().zip(functional) {
+            let total = self
+                .totals
+                .entry((l.entity.clone(), l.currency.clone(), false))
                 .or_default();
             total.0 += l.debit();
             total.1 += l.credit();
-            *lines += 1;
-            let row = [
-                event.seq.to_string(),
-                event.recorded_at.to_string(),
-                event.envelope.effective_at.to_string(),
-                event.envelope.event.event_type().name().to_owned(),
+            let (fn_currency, (fn_debit, fn_credit)) = match functional {
+                Some((currency, amount)) => (currency, split(amount)),
+                None => Default::default(),
+            };
+            rows.push([
                 l.entity.clone(),
                 l.currency.clone(),
                 l.account.name().to_owned(),
@@ -430,23 +494,51 @@ fn post_lines(
                 l.location.clone().unwrap_or_default(),
                 l.order.clone().unwrap_or_default(),
                 l.channel.clone().unwrap_or_default(),
-                ledger::values::Period::of(event.envelope.effective_at).to_string(),
+                period.clone(),
                 l.tax
                     .as_ref()
                     .map(|t| t.jurisdiction.clone())
                     .unwrap_or_default(),
                 l.tax.as_ref().map(|t| t.rate.clone()).unwrap_or_default(),
-            ]
-            .iter()
-            .map(|f| csv_field(f))
-            .collect::<Vec<_>>()
-            .join(",");
+                fn_currency,
+                fn_debit,
+                fn_credit,
+            ]);
+        }
+        for (entity, currency, line) in added {
+            let (fn_debit, fn_credit) = split(line.amount);
+            rows.push([
+                entity,
+                currency.clone(),
+                line.account.to_owned(),
+                "0".into(),
+                "0".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                period.clone(),
+                String::new(),
+                String::new(),
+                currency,
+                fn_debit,
+                fn_credit,
+            ]);
+        }
+        for row in rows {
+            *self.lines += 1;
+            let row = head
+                .iter()
+                .chain(row.iter())
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(",");
             if !write(&(row + "\n"))? {
                 return Ok(false);
             }
         }
+        Ok(true)
     }
-    Ok(true)
 }
 
 #[derive(Debug, clap::Args)]

@@ -425,6 +425,20 @@ command_data! {
         pub lines: Vec<InvoiceLineIn>,
     }
 
+    /// Records a payment to the supplier of a recorded invoice: in the purchase order's
+    /// currency, more than 0 and no more than the invoice still owes (`over_payment`). The
+    /// books clear accounts payable against the bank; in the entity's functional currency the
+    /// payable is cleared at the rate it was booked at and the difference is a realised
+    /// exchange gain or loss (`fx_realised`).
+    pub struct RecordPayment {
+        pub purchase_order: PurchaseOrderId,
+        pub invoice: String,
+        pub amount: Money,
+        /// The payer's own reference (a bank transfer id).
+        #[serde(default)]
+        pub reference: String,
+    }
+
     /// Defines the command's legal entity: its name, functional currency and country. A
     /// second definition may rename it or change its country, never its currency.
     pub struct DefineLegalEntity {
@@ -570,6 +584,7 @@ commands! {
     ClosePurchaseOrder(ClosePurchaseOrder) = "purchase.close";
     AllocateLandedCost(AllocateLandedCost) = "purchase.allocate_landed_cost";
     RecordInvoice(RecordInvoice) = "purchase.record_invoice";
+    RecordPayment(RecordPayment) = "purchase.record_payment";
     DefineLegalEntity(DefineLegalEntity) = "legal_entity.define";
     SetThreshold(SetThreshold) = "policy.set_threshold";
     ApproveRequest(ApproveRequest) = "approval.approve";
@@ -826,6 +841,7 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
             Ok(())
         }
         CommandBody::AllocateLandedCost(c) => check(&field("amount"), &c.amount),
+        CommandBody::RecordPayment(c) => check(&field("amount"), &c.amount),
         CommandBody::DefineLegalEntity(c) => check(&field("currency"), &Money::zero(c.currency))
             .map_err(|mut e| {
                 e.field = "data.currency".into();

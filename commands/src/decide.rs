@@ -61,6 +61,10 @@ pub mod code {
     pub const OVER_RECEIPT: &str = "over_receipt";
     /// An invoice line charges for more units than were received and not yet invoiced.
     pub const OVER_INVOICE: &str = "over_invoice";
+    /// A payment is more than its invoice still owes.
+    pub const OVER_PAYMENT: &str = "over_payment";
+    /// A payment names an invoice not recorded against its purchase order.
+    pub const UNKNOWN_INVOICE: &str = "unknown_invoice";
     /// A purchase order cannot be closed while lines are open.
     pub const LINES_OPEN: &str = "lines_open";
     /// The command names a legal entity that is not defined (`legal_entity.define`).
@@ -275,6 +279,7 @@ fn decide_rules(
         CommandBody::ClosePurchaseOrder(c) => d.close_purchase_order(c),
         CommandBody::AllocateLandedCost(c) => d.allocate_landed_cost(c),
         CommandBody::RecordInvoice(c) => d.record_invoice(c),
+        CommandBody::RecordPayment(c) => d.record_payment(c),
         CommandBody::DefineLegalEntity(c) => d.define_legal_entity(c),
         CommandBody::SetThreshold(c) => d.set_threshold(c),
         CommandBody::ApproveRequest(c) => d.approve(c),

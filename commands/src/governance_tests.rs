@@ -646,6 +646,42 @@ fn supplier_invoices_match_receipts_and_large_price_differences_wait() {
         threshold_in_force(&w.state, &small, &d).unwrap().measured,
         Measure::Value(Money::parse("0.40", "GBP").unwrap())
     );
+
+    // Payments: of a recorded invoice, in its currency, more than 0 and no more than it
+    // still owes (INV-1 charged 4 x 2.00 = 8.00).
+    let pay = |number: &str, amount: serde_json::Value| {
+        by(
+            "buyer-1",
+            JAN,
+            "purchase.record_payment",
+            json!({"purchase_order": "PO1", "invoice": number, "amount": amount,
+                "reference": "BACS 1"}),
+        )
+    };
+    assert_eq!(
+        refusal(w.act(&pay("INV-9", gbp("1.00")))).code,
+        code::UNKNOWN_INVOICE
+    );
+    assert_eq!(
+        refusal(w.act(&pay("INV-1", json!({"amount": "1.00", "currency": "USD"})))).code,
+        code::CURRENCY_MISMATCH
+    );
+    assert_eq!(
+        refusal(w.act(&pay("INV-1", gbp("0.00")))).code,
+        code::NEGATIVE_AMOUNT
+    );
+    let r = refusal(w.act(&pay("INV-1", gbp("8.01"))));
+    assert_eq!(r.code, code::OVER_PAYMENT);
+    assert!(r.message.contains("owes 8.00 GBP"), "{}", r.message);
+    let d = w.act(&pay("INV-1", gbp("5.00"))).unwrap();
+    assert_eq!(types(&d), ["purchase.payment_recorded"]);
+    let r = refusal(w.act(&pay("INV-1", gbp("3.01"))));
+    assert!(r.message.contains("owes 3.00 GBP"), "{}", r.message);
+    w.act(&pay("INV-1", gbp("3.00"))).unwrap();
+    assert_eq!(
+        refusal(w.act(&pay("INV-1", gbp("0.01")))).code,
+        code::OVER_PAYMENT
+    );
 }
 
 #[test]

@@ -335,7 +335,7 @@ impl<'a> Decider<'a> {
                 "invoice is empty; give the supplier's invoice number",
             ));
         }
-        if po.invoices.contains(&c.invoice) {
+        if po.invoices.contains_key(&c.invoice) {
             return Err(reject(
                 code::ALREADY_EXISTS,
                 format!(
@@ -401,6 +401,53 @@ impl<'a> Decider<'a> {
                 purchase_order: c.purchase_order.clone(),
                 invoice: c.invoice.clone(),
                 lines,
+            }),
+        )])
+    }
+
+    /// A payment of a recorded supplier invoice.
+    pub(crate) fn record_payment(&self, c: &RecordPayment) -> Result<Decision, Rejection> {
+        let po = self.purchase_order(&c.purchase_order)?;
+        let Some(open) = po.invoices.get(&c.invoice) else {
+            return Err(reject(
+                code::UNKNOWN_INVOICE,
+                format!(
+                    "purchase order {} has no invoice {:?} (record it with purchase.record_invoice first)",
+                    c.purchase_order, c.invoice
+                ),
+            ));
+        };
+        if c.amount.currency != po.currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "amount is in {}; purchase order {} and its invoices are in {}",
+                    c.amount.currency, c.purchase_order, po.currency
+                ),
+            ));
+        }
+        if c.amount.amount <= Decimal::ZERO {
+            return Err(reject(
+                code::NEGATIVE_AMOUNT,
+                format!("amount is {}; expected more than 0", c.amount.amount),
+            ));
+        }
+        if c.amount.amount > *open {
+            return Err(reject(
+                code::OVER_PAYMENT,
+                format!(
+                    "invoice {} of purchase order {} owes {} {}; {} is more",
+                    c.invoice, c.purchase_order, open, po.currency, c.amount.amount
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::PaymentRecorded(PaymentRecorded {
+                purchase_order: c.purchase_order.clone(),
+                invoice: c.invoice.clone(),
+                amount: c.amount,
+                reference: c.reference.clone(),
             }),
         )])
     }

@@ -588,8 +588,8 @@ pub struct PurchaseOrderState {
     pub requester: ledger::values::ActorId,
     pub status: PoStatus,
     pub lines: BTreeMap<u32, PoLineState>,
-    /// The supplier invoice numbers recorded against it.
-    pub invoices: BTreeSet<String>,
+    /// The supplier invoices recorded against it: number -> what is still to be paid.
+    pub invoices: BTreeMap<String, rust_decimal::Decimal>,
 }
 
 /// Purchasing rules the processor is configured with (not facts from the log: they shape
@@ -875,7 +875,7 @@ impl State {
                     requester: envelope.actor.id.clone(),
                     status: PoStatus::PendingApproval,
                     lines,
-                    invoices: BTreeSet::new(),
+                    invoices: BTreeMap::new(),
                 },
             );
             return;
@@ -893,8 +893,13 @@ impl State {
                     line.received = e.qty_received.get();
                 }
             }
+            E::PaymentRecorded(e) => {
+                if let Some(open) = p.invoices.get_mut(&e.invoice) {
+                    *open -= e.amount.amount;
+                }
+            }
             E::InvoiceRecorded(e) => {
-                p.invoices.insert(e.invoice.clone());
+                p.invoices.insert(e.invoice.clone(), e.total());
                 for l in &e.lines {
                     if let Some(line) = p.lines.get_mut(&l.line) {
                         line.invoiced += l.qty.get();

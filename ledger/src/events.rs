@@ -652,6 +652,18 @@ payload! {
         pub invoice: String,
         pub lines: Vec<InvoiceLine>,
     }
+
+    /// A payment to the supplier of a recorded invoice, in the invoice's currency. The books
+    /// debit accounts payable and credit the bank; translated into the entity's functional
+    /// currency, the payable is cleared at the rate it was booked at and the difference from
+    /// the payment date's rate is a realised exchange gain or loss.
+    pub struct PaymentRecorded {
+        pub purchase_order: PurchaseOrderId,
+        pub invoice: String,
+        pub amount: Money,
+        /// The payer's own reference (a bank transfer id), free text.
+        pub reference: String,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -799,6 +811,7 @@ catalogue! {
     LandedCostAllocated(LandedCostAllocated) = "purchase.landed_cost_allocated" v 1;
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
     InvoiceRecorded(InvoiceRecorded) = "purchase.invoice_recorded" v 1;
+    PaymentRecorded(PaymentRecorded) = "purchase.payment_recorded" v 1;
 
     ThresholdSet(ThresholdSet) = "policy.threshold_set" v 1;
     ApprovalRequested(ApprovalRequested) = "approval.requested" v 1;
@@ -810,4 +823,23 @@ catalogue! {
 
     CommandAccepted(CommandAccepted) = "command.accepted" v 3;
     CommandRejected(CommandRejected) = "command.rejected" v 3;
+}
+
+impl InvoiceLine {
+    /// What the line charges: quantity × unit cost, rounded half away from zero to the
+    /// currency's minor unit (the amount the supplier is owed for it).
+    pub fn charged(&self) -> rust_decimal::Decimal {
+        (self.unit_cost.amount * rust_decimal::Decimal::from(self.qty.get()))
+            .round_dp_with_strategy(
+                self.unit_cost.currency.minor_units(),
+                rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+            )
+    }
+}
+
+impl InvoiceRecorded {
+    /// What the invoice charges in all.
+    pub fn total(&self) -> rust_decimal::Decimal {
+        self.lines.iter().map(InvoiceLine::charged).sum()
+    }
 }

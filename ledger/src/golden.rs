@@ -196,6 +196,12 @@ fn sample(t: EventType) -> Event {
                 po_unit_cost: gbp("2.10"),
             }],
         }),
+        EventType::PaymentRecorded => Event::PaymentRecorded(PaymentRecorded {
+            purchase_order: po(),
+            invoice: "INV-77031".into(),
+            amount: gbp("1320.00"),
+            reference: "BACS 2011-02-04 0042".into(),
+        }),
         EventType::ThresholdSet => Event::ThresholdSet(ThresholdSet {
             command_type: "order.refund".into(),
             limit: Some(Measure::Value(gbp("250.00"))),

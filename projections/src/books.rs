@@ -52,6 +52,8 @@ pub enum Account {
     TaxPayable,
     /// What supplier invoices charged, owed to the suppliers.
     AccountsPayable,
+    /// Money paid out (supplier payments).
+    Bank,
 }
 
 impl Account {
@@ -74,6 +76,7 @@ impl Account {
             Account::ReturnCosts => "return_costs",
             Account::TaxPayable => "tax_payable",
             Account::AccountsPayable => "accounts_payable",
+            Account::Bank => "bank",
         }
     }
 }
@@ -92,6 +95,10 @@ pub struct Posting {
     pub channel: Option<String>,
     /// The tax a sale's line, its tax or its refund belongs to (for the tax report).
     pub tax: Option<TaxCode>,
+    /// The open item the line opens or settles (`payable.<po>.<invoice>`, `crate::key`): a
+    /// supplier invoice's payable, so its settlement is translated at the rate it was booked
+    /// at.
+    pub item: Option<String>,
 }
 
 /// A tax jurisdiction (the order's ship-to region) and rate (the line's tax over its net
@@ -301,6 +308,11 @@ fn vkey(entity: &str, sku: &str, location: &str) -> String {
     crate::key::key("value", &[entity, sku, location])
 }
 
+/// The open item of a supplier invoice's payable.
+pub fn payable(purchase_order: &str, invoice: &str) -> String {
+    crate::key::key("payable", &[purchase_order, invoice])
+}
+
 /// What one event posted, with its context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Posted {
@@ -316,6 +328,15 @@ struct Poster<'a> {
 }
 
 impl Poster<'_> {
+    /// Marks the lines from `from` on that post to `account` as opening or settling `item`.
+    fn item(&mut self, from: usize, account: Account, item: &str) {
+        for line in &mut self.out.lines[from..] {
+            if line.account == account {
+                line.item = Some(item.to_owned());
+            }
+        }
+    }
+
     /// Marks the last `n` lines with a tax code.
     fn tag(&mut self, n: usize, code: &TaxCode) {
         let len = self.out.lines.len();
@@ -352,6 +373,7 @@ impl Poster<'_> {
                 order: order.map(str::to_owned),
                 channel: channel.map(str::to_owned),
                 tax: None,
+                item: None,
             });
         }
         2
@@ -525,14 +547,14 @@ impl Books {
                 }
             }
             E::InvoiceRecorded(e) => {
+                let from = p.out.lines.len();
                 for l in &e.lines {
                     let sku = l.sku.as_str();
                     let currency = l.unit_cost.currency.to_string();
                     let dp = minor_units(&currency);
                     let source = format!("{}/{}", e.purchase_order, l.line);
                     let n = l.qty.get();
-                    let charged =
-                        (l.unit_cost.amount * Decimal::from(n)).round_dp_with_strategy(dp, HALF_UP);
+                    let charged = l.charged();
                     // Clear what the receipts put in GRNI for these units: at their average
                     // received cost, the last invoice of a line clearing exactly what is left.
                     let cleared = match self.po_lines.get_mut(&source) {
@@ -571,6 +593,22 @@ impl Books {
                         Account::AccountsPayable,
                     );
                 }
+                let item = payable(e.purchase_order.as_str(), &e.invoice);
+                p.item(from, Account::AccountsPayable, &item);
+            }
+            E::PaymentRecorded(e) => {
+                p.pair(
+                    e.amount.currency.as_str(),
+                    Account::AccountsPayable,
+                    Account::Bank,
+                    e.amount.amount,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
+                let item = payable(e.purchase_order.as_str(), &e.invoice);
+                p.item(0, Account::AccountsPayable, &item);
             }
             E::OrderPlaced(e) => {
                 let currency = e.shipping_charged.currency.to_string();

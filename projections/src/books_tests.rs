@@ -356,6 +356,90 @@ fn a_gbp_entity_buying_in_usd_keeps_usd_books_and_translates_them_at_each_date()
 }
 
 #[test]
+fn a_gbp_entity_invoiced_in_usd_and_paying_at_other_rates_realises_the_difference() {
+    // UK01 keeps its books in GBP. USD: 0.80 GBP from 3 January, 0.78 from 25 January,
+    // 0.8123 from 1 February.
+    let mut c = Case::new("Fifo");
+    c.govern(
+        "2011-01-01T00:00:00Z",
+        json!({"type": "legal_entity.defined", "data": {"entity": "UK01", "name": "Gifts UK",
+            "currency": "GBP", "country": "GB"}}),
+    );
+    for (from, rate) in [
+        ("2011-01-03", "0.80"),
+        ("2011-01-25", "0.78"),
+        ("2011-02-01", "0.8123"),
+    ] {
+        c.govern(
+            "2011-01-02T00:00:00Z",
+            json!({"type": "fx.rate_set", "data": {"currency": "USD", "functional": "GBP",
+                "rate": rate, "from": from, "source": "test"}}),
+        );
+    }
+    let usd = |amount: &str| json!({"amount": amount, "currency": "USD"});
+    // 100 lamps at 12.50 USD received on the 5th and invoiced on the 10th at that price:
+    // 1,250.00 USD owed, booked at 0.80 = 1,000.00 GBP.
+    let mut received = receipt(100, "12.50", "PO1");
+    received["data"]["unit_cost"] = usd("12.50");
+    c.when_at("2011-01-05T09:00:00Z", received);
+    let mut invoiced = invoice("PO1", "INV-1", 100, "12.50", "12.50");
+    invoiced["data"]["lines"][0]["unit_cost"] = usd("12.50");
+    invoiced["data"]["lines"][0]["po_unit_cost"] = usd("12.50");
+    c.when_at("2011-01-10T09:00:00Z", invoiced);
+    let balance = |c: &Case, key: &str| {
+        c.finance
+            .value(key)
+            .map(|row| row["balance"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        balance(&c, "fn.UK01.accounts_payable").as_deref(),
+        Some("-1000.00")
+    );
+    let paid = |amount: &str| {
+        json!({"type": "purchase.payment_recorded", "data": {
+        "purchase_order": "PO1", "invoice": "INV-1", "amount": usd(amount), "reference": "BACS"}})
+    };
+    // Half paid on the 26th at 0.78: 625.00 USD out of the bank = 487.50 GBP; the payable is
+    // cleared at its booked 500.00; the 12.50 GBP not spent is a realised gain (credit).
+    c.when_at("2011-01-26T09:00:00Z", paid("625.00"));
+    assert_eq!(balance(&c, "fn.UK01.bank").as_deref(), Some("-487.50"));
+    assert_eq!(
+        balance(&c, "fn.UK01.accounts_payable").as_deref(),
+        Some("-500.00")
+    );
+    assert_eq!(
+        balance(&c, "fn.UK01.fx_realised").as_deref(),
+        Some("-12.50")
+    );
+    // The rest on 2 February at 0.8123: 625.00 USD = 507.6875, 507.69 GBP, against the
+    // 500.00 still booked: a 7.69 loss (debit). The payable is cleared to the penny.
+    c.when_at("2011-02-02T09:00:00Z", paid("625.00"));
+    assert_eq!(balance(&c, "fn.UK01.bank").as_deref(), Some("-995.19"));
+    assert_eq!(
+        balance(&c, "fn.UK01.accounts_payable").as_deref(),
+        Some("0.00")
+    );
+    assert_eq!(balance(&c, "fn.UK01.fx_realised").as_deref(), Some("-4.81"));
+    assert_eq!(
+        balance(&c, "fn.UK01.fx_rounding"),
+        None,
+        "nothing left to round"
+    );
+    // In USD nothing is gained or lost: 1,250.00 owed, 1,250.00 paid.
+    assert_eq!(
+        balance(&c, "acct.UK01.USD.accounts_payable").as_deref(),
+        Some("0.00")
+    );
+    assert_eq!(
+        balance(&c, "acct.UK01.USD.bank").as_deref(),
+        Some("-1250.00")
+    );
+    let check = c.finance.value("check").unwrap();
+    assert_eq!(check["functional"][0]["balanced"], true, "{check}");
+    assert_eq!(check["balanced"], true, "{check}");
+}
+
+#[test]
 fn invoices_in_parts_clear_exactly_what_the_receipts_put_in_grni() {
     // 3 units received at 3.33 (9.99 in GRNI), invoiced one at a time at the order's price:
     // 3.33 + 3.33 + 3.33 clears 9.99 with nothing left over and no variance.
@@ -530,6 +614,9 @@ fn any_event() -> impl Strategy<Value = serde_json::Value> {
         (po.clone(), cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
         (po, qty.clone(), cost.clone(), cost.clone(), 0u32..1000)
             .prop_map(|(p, q, c, pc, n)| invoice(&p, &format!("I{n}"), q, &c, &pc)),
+        (0u32..1000, cost.clone()).prop_map(|(n, c)| json!({"type": "purchase.payment_recorded",
+            "data": {"purchase_order": "PO1", "invoice": format!("I{n}"), "amount": gbp(&c),
+                     "reference": ""}})),
         (order_id.clone(), qty.clone()).prop_map(|(o, q)| returned(&o, q)),
         (qty.clone(), -20i64..20).prop_map(|(_, delta)| json!({"type": "stock.adjusted",
             "data": {"sku": "LAMP", "location": "WH1", "lot": null, "delta": delta,

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::books::{Account, Books, balanced};
 use crate::key::{self, KeyShape};
+use crate::translate::{Translation, Translator};
 use crate::view::{Answer, Model, QueryError, View, page, page_limit};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,13 +161,9 @@ pub struct Finance {
     /// `tax.<entity>.<YYYY-MM>.<jurisdiction>.<rate>.<currency>`.
     #[serde(default)]
     taxes: BTreeMap<String, TaxTotals>,
-    /// Each defined legal entity's functional currency.
+    /// Entities' functional currencies, exchange rates and open foreign-currency items.
     #[serde(default)]
-    functional: BTreeMap<String, String>,
-    /// Exchange rates into each entity's functional currency: entity -> currency -> the
-    /// date from which a rate holds (`YYYY-MM-DD`, which sorts by date) -> rate.
-    #[serde(default)]
-    rates: BTreeMap<String, BTreeMap<String, BTreeMap<String, Decimal>>>,
+    translator: Translator,
     /// The books translated into each entity's functional currency, by key
     /// `fn.<entity>.<account>`.
     #[serde(default)]
@@ -481,83 +478,44 @@ impl Finance {
 }
 
 impl Finance {
-    /// The rate of `currency` into `entity`'s functional currency on `date`: the latest set
-    /// from that date or before.
-    fn rate(&self, entity: &str, currency: &str, date: &str) -> Option<Decimal> {
-        self.rates
-            .get(entity)?
-            .get(currency)?
-            .range(..=date.to_owned())
-            .next_back()
-            .map(|(_, rate)| *rate)
-    }
-
-    /// Adds an event's lines to the books translated into each entity's functional currency,
-    /// at the rates of its effective date, each line rounded to the functional currency's
-    /// minor unit; what the rounding leaves over goes to `fx_rounding`, so each event stays
-    /// balanced. An entity's lines of an event with a currency it has no rate for are left
-    /// out whole (the event is listed as untranslated), never half translated.
+    /// Adds an event's lines, translated into each defined entity's functional currency
+    /// (`translate`), to the translated books; an entity's lines of an event with a currency
+    /// it has no rate for are left out whole (the event is listed as untranslated).
     fn translate(
         &mut self,
         event: &RecordedEvent,
         lines: &[crate::books::Posting],
         changed: &mut BTreeSet<String>,
     ) {
-        let entities: BTreeSet<&str> = lines
-            .iter()
-            .map(|l| l.entity.as_str())
-            .filter(|e| self.functional.contains_key(*e))
-            .collect();
-        if entities.is_empty() {
-            return;
-        }
-        let date = String::from(ledger::values::Date::new(
-            event.envelope.effective_at.as_datetime().date_naive(),
-        ));
-        for entity in entities {
-            let functional = self.functional[entity].clone();
-            let dp = crate::books::minor_units(&functional);
-            let mut translated = Vec::new();
-            let mut complete = true;
-            for line in lines.iter().filter(|l| l.entity == entity) {
-                let amount = if line.currency == functional {
-                    line.amount
-                } else {
-                    match self.rate(entity, &line.currency, &date) {
-                        Some(rate) => (line.amount * rate).round_dp(dp),
-                        None => {
-                            complete = false;
-                            break;
-                        }
+        for translation in self.translator.translate(event, lines) {
+            let (entity, functional, lines) = match translation {
+                Translation::Done {
+                    entity,
+                    currency,
+                    lines,
+                } => (entity, currency, lines),
+                Translation::NoRate { .. } => {
+                    if self.untranslated.last() != Some(&event.seq) {
+                        self.untranslated.push(event.seq);
                     }
-                };
-                translated.push((line.account.name(), amount));
-            }
-            if !complete {
-                if self.untranslated.last() != Some(&event.seq) {
-                    self.untranslated.push(event.seq);
+                    continue;
                 }
-                continue;
-            }
-            let left: Decimal = translated.iter().map(|(_, a)| a).sum();
-            if !left.is_zero() {
-                translated.push(("fx_rounding", -left));
-            }
-            for (account, amount) in translated {
-                let key = key::key("fn", &[entity, account]);
+            };
+            for line in lines {
+                let key = key::key("fn", &[&entity, line.account]);
                 let total = self
                     .translated
                     .entry(key.clone())
                     .or_insert_with(|| AccountTotal {
-                        entity: entity.to_owned(),
+                        entity: entity.clone(),
                         currency: functional.clone(),
-                        account: account.to_owned(),
+                        account: line.account.to_owned(),
                         ..AccountTotal::default()
                     });
-                if amount.is_sign_negative() {
-                    total.credit -= amount;
+                if line.amount.is_sign_negative() {
+                    total.credit -= line.amount;
                 } else {
-                    total.debit += amount;
+                    total.debit += line.amount;
                 }
                 changed.insert(key);
             }
@@ -587,13 +545,8 @@ impl Finance {
     fn govern(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
         let entity = event.envelope.legal_entity.as_str();
         match &event.envelope.event {
-            Event::LegalEntityDefined(e) => {
-                let functional = e.currency.as_str().to_owned();
-                if self
-                    .functional
-                    .insert(entity.to_owned(), functional.clone())
-                    .is_none()
-                {
+            Event::LegalEntityDefined(_) => {
+                if let Some(functional) = self.translator.observe(event) {
                     // Postings made in the functional currency before the entity was defined
                     // need no rate: they start its translated books. (Postings in other
                     // currencies before it are not translated.)
@@ -610,13 +563,8 @@ impl Finance {
                     }
                 }
             }
-            Event::RateSet(e) => {
-                self.rates
-                    .entry(entity.to_owned())
-                    .or_default()
-                    .entry(e.currency.as_str().to_owned())
-                    .or_default()
-                    .insert(String::from(e.from), e.rate.get());
+            Event::RateSet(_) => {
+                self.translator.observe(event);
             }
             Event::PeriodClosed(e) => {
                 let (books, key) = self.period_mut(entity, e.period);
@@ -770,7 +718,9 @@ impl View for Finance {
     /// 2: amounts rounded to their currency's minor unit (JPY 0, BHD 3), not always 2.
     /// 3: a trial balance per entity and month (`period.…` rows), with its close; tax
     /// payable and the tax report (`tax.…` rows); commands waiting for approval.
-    const VERSION: u32 = 3;
+    /// 4: supplier payments; a foreign-currency payable is cleared at its booked rate, the
+    /// difference is a realised exchange gain or loss (`fn.<entity>.fx_realised`).
+    const VERSION: u32 = 4;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "acct",

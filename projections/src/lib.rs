@@ -21,6 +21,7 @@ pub mod key;
 pub mod margin;
 pub mod replenish;
 pub mod runtime;
+pub mod translate;
 pub mod view;
 
 pub use runtime::{Mode, Projector, ProjectorConfig, RunEnd};

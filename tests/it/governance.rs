@@ -388,3 +388,134 @@ async fn thresholds_approvals_and_period_close_through_the_processor_and_the_cli
     assert_eq!(row["closed"]["matches"], json!(true), "{row}");
     assert_eq!(row["reopened"], json!(1), "{row}");
 }
+
+#[tokio::test]
+async fn a_usd_invoice_paid_at_another_rate_realises_the_difference_in_the_view_and_the_journal() {
+    // UK01 keeps GBP books; USD is 0.80 GBP from 3 January, 0.78 from 25 January. 100 lamps
+    // bought from a US supplier at 12.50 USD: 1,250.00 USD owed from the invoice on the 10th
+    // (1,000.00 GBP); paid on the 26th: 975.00 GBP out of the bank, 25.00 GBP gained.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let client = command_client(&nats).await;
+    let usd = |amount: &str| json!({"amount": amount, "currency": "USD"});
+    let steps = [
+        (
+            "controller",
+            "2011-01-02T09:00:00Z",
+            "legal_entity.define",
+            json!({"name": "Gifts UK Ltd", "currency": "GBP", "country": "GB"}),
+        ),
+        (
+            "controller",
+            "2011-01-02T09:00:00Z",
+            "fx.set_rate",
+            json!({"currency": "USD", "rate": "0.80", "from": "2011-01-03", "source": "test"}),
+        ),
+        (
+            "controller",
+            "2011-01-02T09:00:00Z",
+            "fx.set_rate",
+            json!({"currency": "USD", "rate": "0.78", "from": "2011-01-25", "source": "test"}),
+        ),
+        (
+            "clerk",
+            "2011-01-03T09:00:00Z",
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        (
+            "clerk",
+            "2011-01-03T09:00:00Z",
+            "item.define",
+            json!({"sku": "LAMP"}),
+        ),
+        (
+            "buyer",
+            "2011-01-03T09:00:00Z",
+            "supplier.define",
+            json!({"supplier": "LAMPS-US", "currency": "USD"}),
+        ),
+        (
+            "buyer",
+            "2011-01-03T09:00:00Z",
+            "purchase.create_order",
+            json!({"purchase_order": "PO1", "supplier": "LAMPS-US", "currency": "USD",
+                   "expected_on": "2011-01-05", "lines": [{"line": 1, "sku": "LAMP",
+                   "location": "WH1", "qty": 100, "unit_cost": usd("12.50")}]}),
+        ),
+        (
+            "clerk",
+            "2011-01-05T09:00:00Z",
+            "stock.receive",
+            json!({"sku": "LAMP", "location": "WH1", "qty": 100, "unit_cost": usd("12.50"),
+                   "purchase": {"purchase_order": "PO1", "line": 1}}),
+        ),
+        (
+            "buyer",
+            "2011-01-10T09:00:00Z",
+            "purchase.record_invoice",
+            json!({"purchase_order": "PO1", "invoice": "US-881",
+                   "lines": [{"line": 1, "qty": 100, "unit_cost": usd("12.50")}]}),
+        ),
+    ];
+    for (role, at, kind, data) in steps {
+        let outcome = client
+            .submit_json(command(&format!("{role}-1"), role, at, kind, data))
+            .await
+            .unwrap();
+        assert!(outcome.is_accepted(), "{kind}: {outcome:?}");
+    }
+    let pay = |amount: &str| {
+        command(
+            "buyer-1",
+            "buyer",
+            "2011-01-26T09:00:00Z",
+            "purchase.record_payment",
+            json!({"purchase_order": "PO1", "invoice": "US-881", "amount": usd(amount),
+                   "reference": "WIRE 26/01"}),
+        )
+    };
+    match client.submit_json(pay("1250.01")).await.unwrap() {
+        Outcome::Rejected { code, message, .. } => {
+            assert_eq!(code, "over_payment", "{message}");
+            assert!(message.contains("owes 1250.00 USD"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let outcome = client.submit_json(pay("1250.00")).await.unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+
+    // The finance view, as replayed to the end.
+    let log = nats.open(ledger_config()).await;
+    let last = log.last_sequence().await.unwrap();
+    let mut replayed = replay::replay::<_, Finance>(&log, &[Resolved::at_seq(last)], |_| {})
+        .await
+        .unwrap();
+    let finance = replayed.built.remove(0).model;
+    let balance = |key: &str| replay::Model::value(&finance, key).map(|row| row["balance"].clone());
+    assert_eq!(balance("fn.UK01.fx_realised"), Some(json!("-25.00")));
+    assert_eq!(balance("fn.UK01.bank"), Some(json!("-975.00")));
+    assert_eq!(balance("fn.UK01.accounts_payable"), Some(json!("0.00")));
+    assert_eq!(balance("acct.UK01.USD.bank"), Some(json!("-1250.00")));
+
+    // `erp journal` carries the functional amounts, with the realised gain as its own line,
+    // and both books balance.
+    let out = erp(&nats.url(), &["journal"]).await;
+    let csv = check(&out, "erp journal");
+    let gain: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.contains(",fx_realised,"))
+        .collect();
+    assert_eq!(gain.len(), 1, "{csv}");
+    assert!(
+        gain[0].contains("purchase.payment_recorded,UK01,GBP,fx_realised,0,0,"),
+        "{}",
+        gain[0]
+    );
+    assert!(gain[0].ends_with(",GBP,0,25.00"), "{}", gain[0]);
+    let bank: Vec<&str> = csv.lines().filter(|l| l.contains(",bank,")).collect();
+    assert!(bank[0].ends_with(",GBP,0,975.00"), "{}", bank[0]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("UK01 GBP (functional): debits"), "{stderr}");
+    drop(processor);
+}

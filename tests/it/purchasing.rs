@@ -331,7 +331,7 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     assert_eq!(
         rows.next(),
         Some(
-            "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate"
+            "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit"
         )
     );
     let (mut d, mut c) = (Decimal::ZERO, Decimal::ZERO);
