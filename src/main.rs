@@ -136,6 +136,21 @@ impl NatsArgs {
         }
     }
 
+    /// The `controller` user of the credentials, for the demo's set-up; none without
+    /// credentials or when they have no such user.
+    fn demo_controller(&self) -> anyhow::Result<Option<Sender>> {
+        let Some(auth) = self.auth_dir()? else {
+            return Ok(None);
+        };
+        if !auth.credentials.users.contains_key("controller") {
+            return Ok(None);
+        }
+        Ok(Some(Sender {
+            url: self.url_as(Some(&auth), "controller")?,
+            user: Some("controller".into()),
+        }))
+    }
+
     /// Who sends commands and asks views: --user, or `default` (with credentials).
     fn sender(&self, default: &str) -> anyhow::Result<Sender> {
         let auth = self.auth_dir()?;
@@ -762,11 +777,18 @@ async fn run() -> anyhow::Result<()> {
                 url: nats.url(),
                 user: None,
             };
-            run_demo(&connect_lazily(&sender.url).await?, None, &demo).await
+            run_demo(&connect_lazily(&sender.url).await?, None, None, &demo).await
         }
         Command::Demo { nats, demo } => {
             let sender = nats.sender("upstream")?;
-            run_demo(&sender.connect().await?, sender.user.clone(), &demo).await
+            let controller = nats.demo_controller()?;
+            run_demo(
+                &sender.connect().await?,
+                sender.user.clone(),
+                controller,
+                &demo,
+            )
+            .await
         }
         Command::Nats {
             action: NatsAction::Install { tools_dir },
@@ -1096,9 +1118,14 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
 
 /// Drives the UCI year through the processor; `user`: the sender's NATS user, with
 /// credentials (its commands then act as that user's actor).
+///
+/// The demo's first commands set up its legal entities and rates, as a controller. With
+/// credentials they are sent as `controller` (the principal `erp auth init` makes); when the
+/// credentials have none they are left out, said so, and the rest runs without entities.
 async fn run_demo(
     client: &commands::service::NatsClient,
     user: Option<String>,
+    controller: Option<Sender>,
     demo: &DemoArgs,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -1120,39 +1147,70 @@ async fn run_demo(
         }
         return Ok(());
     }
-    let total = commands.len();
     let authenticated = user.is_some();
-    let bodies: Vec<Bytes> = commands
+    let mut commands = commands;
+    let setup_count = commands
         .iter()
-        .map(|c| {
-            let mut json = serde_json::to_value(c).expect("json");
-            if authenticated {
-                // With credentials the sender's own actor acts.
-                json.as_object_mut().expect("object").remove("actor");
-            }
-            serde_json::to_vec(&json).expect("json").into()
-        })
-        .collect();
-    let sender = CommandClient::new(client.clone(), Duration::from_secs(10))
-        .retrying(Duration::from_secs(120))
-        .as_user(user);
+        .take_while(|c| c.actor.role.as_str() == "controller")
+        .count();
+    let setup: Vec<commands::Command> = commands.drain(..setup_count).collect();
     let mut tally: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    let mut events = 0u64;
-    let submitted = std::time::Instant::now();
-    let mut progress = replay_cli::progress_printer("demo", false);
-    sender
-        .submit_all(bodies, demo.window, |i, outcome| {
+    let count =
+        |tally: &mut std::collections::BTreeMap<String, usize>,
+         outcome: &Result<commands::Outcome, commands::client::ClientError>| {
             let key = match outcome {
-                Ok(commands::Outcome::Accepted { event_count, .. }) => {
-                    events += u64::from(event_count);
-                    "accepted".to_owned()
-                }
+                Ok(commands::Outcome::Accepted { .. }) => "accepted".to_owned(),
                 Ok(commands::Outcome::Rejected { code, .. }) => format!("rejected: {code}"),
                 Ok(commands::Outcome::Invalid { code, .. }) => format!("invalid: {code}"),
                 Ok(commands::Outcome::Unavailable { .. }) => "unavailable".to_owned(),
                 Err(_) => "no answer".to_owned(),
             };
             *tally.entry(key).or_default() += 1;
+        };
+    let body = |c: &commands::Command| -> Bytes {
+        let mut json = serde_json::to_value(c).expect("json");
+        if authenticated {
+            // With credentials the sender's own actor acts.
+            json.as_object_mut().expect("object").remove("actor");
+        }
+        serde_json::to_vec(&json).expect("json").into()
+    };
+    let setup_client = match (authenticated, controller) {
+        (false, _) => Some((client.clone(), None)),
+        (true, Some(controller)) => Some((controller.connect().await?, controller.user.clone())),
+        (true, None) => {
+            eprintln!(
+                "demo: the credentials have no `controller` user: the {setup_count} commands that define the legal entities and their rates are left out (a new `erp auth init` directory has one)"
+            );
+            None
+        }
+    };
+    if let Some((connection, as_user)) = setup_client {
+        let setup_sender = CommandClient::new(connection, Duration::from_secs(10))
+            .retrying(Duration::from_secs(120))
+            .as_user(as_user);
+        setup_sender
+            .submit_all(
+                setup.iter().map(body).collect::<Vec<_>>(),
+                1,
+                |_, outcome| count(&mut tally, &outcome),
+            )
+            .await;
+    }
+    let total = commands.len();
+    let bodies: Vec<Bytes> = commands.iter().map(body).collect();
+    let sender = CommandClient::new(client.clone(), Duration::from_secs(10))
+        .retrying(Duration::from_secs(120))
+        .as_user(user);
+    let mut events = 0u64;
+    let submitted = std::time::Instant::now();
+    let mut progress = replay_cli::progress_printer("demo", false);
+    sender
+        .submit_all(bodies, demo.window, |i, outcome| {
+            if let Ok(commands::Outcome::Accepted { event_count, .. }) = &outcome {
+                events += u64::from(*event_count);
+            }
+            count(&mut tally, &outcome);
             if (i + 1) % 1_000 == 0 || i + 1 == total {
                 progress(replay::Progress::at(
                     (i + 1) as u64,

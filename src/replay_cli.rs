@@ -336,7 +336,7 @@ pub async fn journal(log: &JetStreamLog, args: &JournalArgs) -> anyhow::Result<(
     let mut books = projections::books::Books::default();
     let mut translator = projections::translate::Translator::default();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit\n";
+    let header = "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit,counterparty\n";
     let mut write = |text: &str| -> anyhow::Result<bool> {
         match out.write_all(text.as_bytes()) {
             Ok(()) => Ok(true),
@@ -503,6 +503,7 @@ impl Journal<'_> {
                 fn_currency,
                 fn_debit,
                 fn_credit,
+                l.counterparty.clone().unwrap_or_default(),
             ]);
         }
         for (entity, currency, line) in added {
@@ -523,6 +524,7 @@ impl Journal<'_> {
                 currency,
                 fn_debit,
                 fn_credit,
+                String::new(),
             ]);
         }
         for row in rows {

@@ -300,7 +300,14 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         match demo {
             Some(demo) => {
                 let sender = nats.sender("upstream")?;
-                run_demo(&sender.connect().await?, sender.user.clone(), &demo).await
+                let controller = nats.demo_controller()?;
+                run_demo(
+                    &sender.connect().await?,
+                    sender.user.clone(),
+                    controller,
+                    &demo,
+                )
+                .await
             }
             None => std::future::pending().await,
         }

@@ -61,6 +61,8 @@ pub mod code {
     pub const OVER_RECEIPT: &str = "over_receipt";
     /// An invoice line charges for more units than were received and not yet invoiced.
     pub const OVER_INVOICE: &str = "over_invoice";
+    /// The command uses a location that belongs to another legal entity.
+    pub const OTHER_ENTITY: &str = "other_entity";
     /// A payment is more than its invoice still owes.
     pub const OVER_PAYMENT: &str = "over_payment";
     /// A payment names an invoice not recorded against its purchase order.
@@ -187,6 +189,7 @@ pub fn decide(state: &State, command: &Command) -> Result<Decision, Rejection> {
     crate::governance::admit(state, command)?;
     let decision = decide_rules(state, command, None)?;
     within_quantity_limits(state, &decision)?;
+    within_own_locations(state, command, &decision)?;
     Ok(crate::governance::hold_above_threshold(
         state, command, decision,
     ))
@@ -201,7 +204,46 @@ pub(crate) fn decide_approved(
 ) -> Result<Decision, Rejection> {
     let decision = decide_rules(state, command, Some(approver))?;
     within_quantity_limits(state, &decision)?;
+    within_own_locations(state, command, &decision)?;
     Ok(decision)
+}
+
+/// Refuses a decision that defines, receives into, adjusts, counts, scraps, takes returns
+/// into, transfers out of or takes a transfer into a location of another legal entity
+/// (`other_entity`): a location's stock belongs to the entity that defined it, and its books
+/// value it there. (A transfer may be shipped to another entity's location: that is an
+/// intercompany transfer, shipped by the one entity and received by the other.)
+fn within_own_locations(
+    state: &State,
+    command: &Command,
+    decision: &Decision,
+) -> Result<(), Rejection> {
+    use Event as E;
+    for (_, event) in decision {
+        let location = match event {
+            E::LocationDefined(e) => &e.location,
+            E::StockReceived(e) => &e.location,
+            E::StockAdjusted(e) => &e.location,
+            E::StockCounted(e) => &e.location,
+            E::StockScrapped(e) => &e.location,
+            E::ReturnReceived(e) => &e.location,
+            E::TransferShipped(e) => &e.from,
+            E::TransferReceived(e) => &e.to,
+            _ => continue,
+        };
+        if let Some(owner) = state.location_entities.get(location)
+            && *owner != command.legal_entity
+        {
+            return Err(reject(
+                code::OTHER_ENTITY,
+                format!(
+                    "location {location} belongs to legal entity {owner}; a command of {} cannot use it (send it as {owner}, or transfer the stock)",
+                    command.legal_entity
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a decision that would take a figure beyond `QTY_MAX` in magnitude: the bound every
@@ -561,6 +603,15 @@ impl<'a> Decider<'a> {
             let Some(order) = self.state.orders.get(order_id) else {
                 continue;
             };
+            if self
+                .state
+                .location_entities
+                .get(location)
+                .is_some_and(|owner| *owner != order.entity)
+            {
+                // Another entity's order: this stock is not its to take.
+                continue;
+            }
             let available = self.available(sku, location, Some(&order.channel), &promised);
             let take = want.min(available);
             if take <= 0 {
@@ -1147,6 +1198,13 @@ impl<'a> Decider<'a> {
             .state
             .locations
             .values()
+            // Only the order's own entity's locations: their stock is its stock.
+            .filter(|d| {
+                self.state
+                    .location_entities
+                    .get(&d.value.location)
+                    .is_none_or(|owner| *owner == self.command.legal_entity)
+            })
             .map(|d| {
                 let l = &d.value;
                 (

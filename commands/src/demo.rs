@@ -14,6 +14,14 @@
 //!   note as the reason text;
 //! - `A` (bad debt) invoices and rows with a negative price are skipped and counted.
 //!
+//! Two legal entities keep the books: `UK01` (GBP) sells to the United Kingdom and the rest of
+//! the world from `UK-DC`; `EU01` (EUR, Ireland) sells to the euro-area countries from
+//! `EU-DC`, at the data's GBP prices converted at the month's rate, and buys its stock in GBP
+//! (so its books translate GBP costs into EUR). Cancellations and write-offs belong to the
+//! entity of the customer's country. The entities and EU01's GBP rates are set first, by a
+//! controller; the rates are illustrative monthly figures close to 2011's averages, not an
+//! official fixing.
+//!
 //! Times are the invoice times, read as UTC. Command ids are UUID v5 of the row's identity, so
 //! running the demo twice submits the same commands and changes nothing the second time.
 
@@ -32,7 +40,87 @@ use crate::command::{Command, decode};
 pub const DATASET: &str = "datasets/uci-online-retail/online_retail_all.csv.gz";
 
 const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b7e_40d1_4a55_9a0e_3c5d_1e2f_7a10);
-const LOCATION: &str = "UK-DC";
+/// A legal entity of the demo: who it is, where its stock is, what it sells in.
+struct Entity {
+    id: &'static str,
+    location: &'static str,
+    currency: &'static str,
+}
+
+const UK: Entity = Entity {
+    id: "UK01",
+    location: "UK-DC",
+    currency: "GBP",
+};
+const EU: Entity = Entity {
+    id: "EU01",
+    location: "EU-DC",
+    currency: "EUR",
+};
+
+/// The data set's countries that used the euro in 2011: EU01's customers.
+const EURO_AREA: [&str; 13] = [
+    "Austria",
+    "Belgium",
+    "Cyprus",
+    "EIRE",
+    "Finland",
+    "France",
+    "Germany",
+    "Greece",
+    "Italy",
+    "Malta",
+    "Netherlands",
+    "Portugal",
+    "Spain",
+];
+
+/// EUR per GBP from the first of each month (illustrative, close to the month's average).
+const EUR_PER_GBP: [((i32, u32), &str); 13] = [
+    ((2010, 12), "1.1776"),
+    ((2011, 1), "1.1787"),
+    ((2011, 2), "1.1825"),
+    ((2011, 3), "1.1601"),
+    ((2011, 4), "1.1302"),
+    ((2011, 5), "1.1413"),
+    ((2011, 6), "1.1285"),
+    ((2011, 7), "1.1327"),
+    ((2011, 8), "1.1420"),
+    ((2011, 9), "1.1480"),
+    ((2011, 10), "1.1480"),
+    ((2011, 11), "1.1630"),
+    ((2011, 12), "1.1860"),
+];
+
+fn entity_of(country: &str) -> &'static Entity {
+    if EURO_AREA.contains(&country) {
+        &EU
+    } else {
+        &UK
+    }
+}
+
+/// The EUR a GBP amount is worth in the month of `at`.
+fn eur_per_gbp(at: NaiveDateTime) -> Decimal {
+    let month = (at.year(), at.month());
+    let rate = EUR_PER_GBP
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= month)
+        .unwrap_or(&EUR_PER_GBP[0])
+        .1;
+    rate.parse().expect("a rate")
+}
+
+/// A GBP amount of the data in the entity's selling currency, on `at`.
+fn price_in(entity: &Entity, gbp: Decimal, at: NaiveDateTime) -> serde_json::Value {
+    let amount = if entity.currency == "GBP" {
+        gbp
+    } else {
+        gbp * eur_per_gbp(at)
+    };
+    json!({"amount": amount.round_dp(2).to_string(), "currency": entity.currency})
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DemoStats {
@@ -112,10 +200,23 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, identity: &str, at: NaiveDateTime, kind: &str, data: serde_json::Value) {
+        self.push_as(&UK, ("uci-demo", "upstream"), identity, at, kind, data);
+    }
+
+    /// A command of `entity`, by `actor` (id, role).
+    fn push_as(
+        &mut self,
+        entity: &Entity,
+        (actor, role): (&str, &str),
+        identity: &str,
+        at: NaiveDateTime,
+        kind: &str,
+        data: serde_json::Value,
+    ) {
         let json = json!({
             "command_id": Uuid::new_v5(&NAMESPACE, identity.as_bytes()),
-            "actor": {"id": "uci-demo", "role": "upstream"},
-            "legal_entity": "UK01",
+            "actor": {"id": actor, "role": role},
+            "legal_entity": entity.id,
             "effective_at": Utc.from_utc_datetime(&at).to_rfc3339(),
             "type": kind,
             "data": data,
@@ -146,7 +247,36 @@ pub fn uci_commands(
     let start = rows
         .first()
         .map_or_else(|| Utc::now().naive_utc(), |r| r.at);
-    b.push("setup:location", start, "location.define", json!({"location": LOCATION, "kind": "Warehouse", "region": "United Kingdom", "routing_priority": 1}));
+    let controller = ("uci-controller", "controller");
+    for (entity, name, country) in [
+        (&UK, "UCI Gifts UK Ltd", "GB"),
+        (&EU, "UCI Gifts Europe Ltd", "IE"),
+    ] {
+        let data = json!({"name": name, "currency": entity.currency, "country": country});
+        b.push_as(
+            entity,
+            controller,
+            &format!("setup:entity:{}", entity.id),
+            start,
+            "legal_entity.define",
+            data,
+        );
+    }
+    for ((year, month), rate) in EUR_PER_GBP {
+        let from = format!("{year}-{month:02}-01");
+        let data = json!({"currency": "GBP", "rate": rate, "from": from,
+            "source": "illustrative monthly EUR per GBP for the demo (close to the month's average, not an official fixing)"});
+        b.push_as(
+            &EU,
+            controller,
+            &format!("setup:rate:EU01:GBP:{from}"),
+            start,
+            "fx.set_rate",
+            data,
+        );
+    }
+    b.push("setup:location", start, "location.define", json!({"location": UK.location, "kind": "Warehouse", "region": "United Kingdom", "routing_priority": 1}));
+    b.push_as(&EU, ("uci-demo", "upstream"), "setup:location:EU-DC", start, "location.define", json!({"location": EU.location, "kind": "Warehouse", "region": "EIRE", "routing_priority": 1}));
     b.push(
         "setup:channel",
         start,
@@ -189,8 +319,16 @@ pub fn uci_commands(
         } else if invoice.starts_with('C') {
             for (i, row) in lines.iter().enumerate() {
                 b.stats.cancellation_lines += 1;
-                let data = json!({"sku": row.code, "location": LOCATION, "delta": row.qty.abs(), "reason": "customer_cancellation", "note": format!("invoice {invoice}")});
-                b.push(&format!("cancel:{invoice}:{i}"), at, "stock.adjust", data);
+                let entity = entity_of(&row.country);
+                let data = json!({"sku": row.code, "location": entity.location, "delta": row.qty.abs(), "reason": "customer_cancellation", "note": format!("invoice {invoice}")});
+                b.push_as(
+                    entity,
+                    ("uci-demo", "upstream"),
+                    &format!("cancel:{invoice}:{i}"),
+                    at,
+                    "stock.adjust",
+                    data,
+                );
             }
         } else {
             order(&mut b, invoice, lines, at);
@@ -210,7 +348,7 @@ fn define_item(b: &mut Builder, items: &mut HashSet<String>, row: &Row, at: Naiv
 }
 
 fn receive_month(b: &mut Builder, rows: &[Row], month: (i32, u32), at: NaiveDateTime) {
-    let mut demand: BTreeMap<&str, (i64, Decimal)> = BTreeMap::new();
+    let mut demand: BTreeMap<(&str, &str), (i64, Decimal)> = BTreeMap::new();
     let in_month = |r: &&Row| (r.at.year(), r.at.month()) == month;
     for row in rows
         .iter()
@@ -218,18 +356,31 @@ fn receive_month(b: &mut Builder, rows: &[Row], month: (i32, u32), at: NaiveDate
         .filter(|r| r.qty > 0 && !r.invoice.starts_with(['C', 'A']))
     {
         // Cost: 60% of the month's lowest selling price, so bulk sales keep a margin too.
-        let entry = demand.entry(&row.code).or_insert((0, row.price));
+        let entity = entity_of(&row.country).id;
+        let entry = demand.entry((entity, &row.code)).or_insert((0, row.price));
         entry.0 += row.qty;
         if row.price > Decimal::ZERO && (entry.1 <= Decimal::ZERO || row.price < entry.1) {
             entry.1 = row.price;
         }
     }
-    for (code, (qty, price)) in demand {
+    for ((entity, code), (qty, price)) in demand {
         b.stats.receipts += 1;
         let cost = (price * Decimal::new(6, 1)).max(Decimal::ZERO);
-        let data = json!({"sku": code, "location": LOCATION, "qty": qty, "unit_cost": money(cost)});
-        b.push(
-            &format!("receive:{}-{:02}:{code}", month.0, month.1),
+        // Both entities buy in GBP, from the same UK suppliers.
+        let (entity, identity) = if entity == UK.id {
+            (&UK, format!("receive:{}-{:02}:{code}", month.0, month.1))
+        } else {
+            (
+                &EU,
+                format!("receive:{entity}:{}-{:02}:{code}", month.0, month.1),
+            )
+        };
+        let data =
+            json!({"sku": code, "location": entity.location, "qty": qty, "unit_cost": money(cost)});
+        b.push_as(
+            entity,
+            ("uci-demo", "upstream"),
+            &identity,
             at,
             "stock.receive",
             data,
@@ -243,8 +394,16 @@ fn order(b: &mut Builder, invoice: &str, rows: &[&Row], at: NaiveDateTime) {
     for (i, row) in rows.iter().enumerate() {
         if row.qty < 0 {
             b.stats.write_offs += 1;
-            let data = json!({"sku": row.code, "location": LOCATION, "delta": row.qty, "reason": "write_off", "note": row.description});
-            b.push(&format!("writeoff:{invoice}:{i}"), at, "stock.adjust", data);
+            let entity = entity_of(&row.country);
+            let data = json!({"sku": row.code, "location": entity.location, "delta": row.qty, "reason": "write_off", "note": row.description});
+            b.push_as(
+                entity,
+                ("uci-demo", "upstream"),
+                &format!("writeoff:{invoice}:{i}"),
+                at,
+                "stock.adjust",
+                data,
+            );
             continue;
         }
         if row.qty == 0 {
@@ -283,41 +442,45 @@ fn fulfil(
     row: &Row,
     at: NaiveDateTime,
 ) {
+    let entity = entity_of(&row.country);
+    let mut push = |identity: String, kind: &str, data: serde_json::Value| {
+        b.push_as(entity, ("uci-demo", "upstream"), &identity, at, kind, data);
+    };
     let order_lines: Vec<_> = lines
         .iter()
         .enumerate()
-        .map(|(i, (code, qty, price))| json!({"line": first_line + i + 1, "sku": code, "qty": qty, "unit_price": money(*price)}))
+        .map(|(i, (code, qty, price))| json!({"line": first_line + i + 1, "sku": code, "qty": qty, "unit_price": price_in(entity, *price, at)}))
         .collect();
     let numbered: Vec<_> = lines
         .iter()
         .enumerate()
         .map(|(i, (_, qty, _))| json!({"line": first_line + i + 1, "qty": qty}))
         .collect();
-    b.push(
-        &format!("order:{id}"),
-        at,
+    push(
+        format!("order:{id}"),
         "order.place",
         json!({"order": id, "channel": "web", "ship_to_region": row.country, "lines": order_lines}),
     );
-    b.push(
-        &format!("release:{id}"),
-        at,
+    push(
+        format!("release:{id}"),
         "order.release_to_pick",
         json!({"order": id, "wave": at.format("W%Y%m%d").to_string()}),
     );
-    b.push(
-        &format!("pick:{id}"),
-        at,
+    push(
+        format!("pick:{id}"),
         "order.pick",
         json!({"order": id, "lines": numbered}),
     );
-    b.push(
-        &format!("pack:{id}"),
-        at,
+    push(
+        format!("pack:{id}"),
         "order.pack",
         json!({"order": id, "package": format!("{id}-1"), "lines": numbered}),
     );
-    b.push(&format!("ship:{id}"), at, "order.ship", json!({"order": id, "package": format!("{id}-1"), "carrier": "Royal Mail", "tracking": format!("RM{id}GB"), "freight_cost": money(Decimal::new(495, 2))}));
+    push(
+        format!("ship:{id}"),
+        "order.ship",
+        json!({"order": id, "package": format!("{id}-1"), "carrier": "Royal Mail", "tracking": format!("RM{id}GB"), "freight_cost": price_in(entity, Decimal::new(495, 2), at)}),
+    );
 }
 
 #[cfg(test)]
@@ -348,5 +511,38 @@ mod tests {
             "{placed} placed, {} orders",
             stats.orders
         );
+    }
+}
+
+#[cfg(test)]
+mod entity_tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_keeps_each_entitys_stock_and_sales_apart() {
+        // Goal: with two entities, every command of the first 20 trading days is decided as
+        // it was with one: the EU01 orders are filled from EU-DC's own receipts, nothing is
+        // refused for using the other entity's location.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(DATASET);
+        let (commands, _) = uci_commands(&path, Some(20)).unwrap();
+        let mut world = crate::decide_tests::World::new();
+        let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+        let mut eu_orders = 0;
+        for c in &commands {
+            match world.act(c) {
+                Ok(_) => {
+                    if c.legal_entity.as_str() == "EU01" && c.body.type_name() == "order.place" {
+                        eu_orders += 1;
+                    }
+                }
+                Err(r) => *refused.entry(r.code.to_string()).or_default() += 1,
+            }
+        }
+        assert!(eu_orders > 50, "{eu_orders} EU01 orders");
+        assert_eq!(refused.get("other_entity"), None, "{refused:?}");
+        assert_eq!(refused.get("unknown_legal_entity"), None, "{refused:?}");
+        eprintln!("{eu_orders} EU01 orders; refused: {refused:?}");
     }
 }

@@ -718,3 +718,119 @@ fn exchange_rates_are_set_per_entity_into_its_functional_currency() {
     let e = crate::command::decode(bad.to_string().as_bytes()).unwrap_err();
     assert_eq!(e.field, "data.rate");
 }
+
+#[test]
+fn a_location_belongs_to_its_entity_and_orders_are_routed_within_their_entity() {
+    let mut w = governed();
+    let eu = |c: Command| {
+        let mut c = c;
+        c.legal_entity = EntityId::new("EU01").unwrap();
+        c
+    };
+    w.act(&eu(by(
+        "controller-1",
+        JAN,
+        "legal_entity.define",
+        json!({"name": "Gifts Europe", "currency": "EUR", "country": "IE"}),
+    )))
+    .unwrap();
+    w.act(&eu(by(
+        "clerk-1",
+        JAN,
+        "location.define",
+        json!({"location": "EU-DC", "kind": "Warehouse", "region": "Ireland"}),
+    )))
+    .unwrap();
+    // UK01 cannot receive into, adjust, or redefine EU01's location.
+    for (kind, data) in [
+        (
+            "stock.receive",
+            json!({"sku": "A", "location": "EU-DC", "qty": 5, "unit_cost": gbp("2.00")}),
+        ),
+        (
+            "stock.adjust",
+            json!({"sku": "A", "location": "EU-DC", "delta": 1, "reason": "found"}),
+        ),
+        (
+            "location.define",
+            json!({"location": "EU-DC", "kind": "Warehouse", "region": "UK"}),
+        ),
+    ] {
+        let r = refusal(w.act(&by("clerk-1", JAN, kind, data)));
+        assert_eq!(r.code, code::OTHER_ENTITY, "{kind}");
+        assert!(
+            r.message.contains("belongs to legal entity EU01"),
+            "{}",
+            r.message
+        );
+    }
+    w.act(&eu(by(
+        "clerk-1",
+        JAN,
+        "stock.receive",
+        json!({"sku": "A", "location": "EU-DC", "qty": 50,
+               "unit_cost": {"amount": "2.30", "currency": "EUR"}}),
+    )))
+    .unwrap();
+    let order = |id: &str, qty: i64, currency: &str| {
+        json!({"order": id, "channel": "web", "ship_to_region": "Ireland",
+               "lines": [{"line": 1, "sku": "A", "qty": qty,
+                          "unit_price": {"amount": "9.00", "currency": currency}}]})
+    };
+    // An EU01 order for 60 takes the 50 at EU-DC, never UK01's 100 at WH1: 10 wait.
+    let d = w
+        .act(&eu(by("shop", JAN, "order.place", order("E1", 60, "EUR"))))
+        .unwrap();
+    let allocated: Vec<String> = d
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::StockAllocated(a) => Some(format!("{}:{}", a.location, a.qty.get())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(allocated, ["EU-DC:50"]);
+    assert!(
+        types(&d).contains(&"order.line_backordered"),
+        "{:?}",
+        types(&d)
+    );
+    // A UK01 receipt at WH1 does not fill the EU01 backorder.
+    let d = w
+        .act(&by(
+            "clerk-1",
+            JAN,
+            "stock.receive",
+            json!({"sku": "A", "location": "WH1", "qty": 10, "unit_cost": gbp("2.00")}),
+        ))
+        .unwrap();
+    assert_eq!(types(&d), ["stock.received"]);
+    // UK01 may ship a transfer to EU-DC (intercompany); only EU01 may receive it there.
+    w.act(&by(
+        "clerk-1",
+        JAN,
+        "stock.transfer_ship",
+        json!({"sku": "A", "transfer": "IC1", "from": "WH1", "to": "EU-DC", "qty": 3}),
+    ))
+    .unwrap();
+    let receive = json!({"sku": "A", "transfer": "IC1", "qty": 3});
+    let r = refusal(w.act(&by(
+        "clerk-1",
+        JAN,
+        "stock.transfer_receive",
+        receive.clone(),
+    )));
+    assert_eq!(r.code, code::OTHER_ENTITY);
+    let d = w
+        .act(&eu(by("clerk-1", JAN, "stock.transfer_receive", receive)))
+        .unwrap();
+    assert_eq!(types(&d)[0], "stock.transfer_received");
+    // A UK01 order is served from WH1 only.
+    let d = w
+        .act(&by("shop", JAN, "order.place", order("U1", 5, "GBP")))
+        .unwrap();
+    assert!(
+        d.iter()
+            .any(|(_, e)| matches!(e, Event::StockAllocated(a) if a.location.as_str() == "WH1")),
+        "{d:?}"
+    );
+}

@@ -206,7 +206,12 @@ pub fn draft(command: &Command, subject: Subject, event: Event) -> EventDraft {
 /// A command's saved aggregate, to undo a tick's tentative changes.
 enum Saved {
     Item(Sku, Option<Defined<crate::state::ItemRules>>),
-    Location(LocationId, Option<Defined<ledger::events::LocationDefined>>),
+    /// A location's definition and the entity it belongs to.
+    Location(
+        LocationId,
+        Option<Defined<ledger::events::LocationDefined>>,
+        Option<EntityId>,
+    ),
     Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
     Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
     Stock(Sku, Option<StockState>),
@@ -222,7 +227,11 @@ enum Saved {
 fn save(state: &State, subject: &Subject) -> Saved {
     match subject {
         Subject::Item(k) => Saved::Item(k.clone(), state.items.get(k).cloned()),
-        Subject::Location(k) => Saved::Location(k.clone(), state.locations.get(k).cloned()),
+        Subject::Location(k) => Saved::Location(
+            k.clone(),
+            state.locations.get(k).cloned(),
+            state.location_entities.get(k).cloned(),
+        ),
         Subject::Channel(k) => Saved::Channel(k.clone(), state.channels.get(k).cloned()),
         Subject::Supplier(k) => Saved::Supplier(k.clone(), state.suppliers.get(k).cloned()),
         Subject::Stock(k) => Saved::Stock(k.clone(), state.stock.get(k).cloned()),
@@ -265,7 +274,10 @@ fn put_dense<K: std::hash::Hash + Eq, V>(
 fn restore(state: &mut State, saved: Saved) {
     match saved {
         Saved::Item(k, v) => put_dense(&mut state.items, k, v),
-        Saved::Location(k, v) => put_ordered(&mut state.locations, k, v),
+        Saved::Location(k, v, entity) => {
+            put_ordered(&mut state.location_entities, k.clone(), entity);
+            put_ordered(&mut state.locations, k, v);
+        }
         Saved::Channel(k, v) => put(&mut state.channels, k, v),
         Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
         Saved::Stock(k, v) => put_dense(&mut state.stock, k, v),

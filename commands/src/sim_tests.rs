@@ -803,6 +803,7 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.foreign_seqs == b.foreign_seqs
         && a.period_events == b.period_events
         && a.entities == b.entities
+        && a.location_entities == b.location_entities
 }
 
 /// An archived order of the processor's model `a`, read back from the log, equals the replay
@@ -893,6 +894,12 @@ async fn recover(
         let fields = [
             ("items", a.items == b.items),
             ("locations", a.locations == b.locations),
+            (
+                "location_entities",
+                a.location_entities == b.location_entities,
+            ),
+            ("entities", a.entities == b.entities),
+            ("period_events", a.period_events == b.period_events),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),
             ("stock", a.stock == b.stock),

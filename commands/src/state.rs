@@ -370,6 +370,9 @@ pub struct OrderState {
     pub region: String,
     pub priority: u32,
     pub placed_at: Timestamp,
+    /// The legal entity that sold it: its lines are allocated only at that entity's
+    /// locations.
+    pub entity: ledger::values::EntityId,
     pub policy: FulfilmentPolicy,
     pub currency: ledger::values::Currency,
     pub held: bool,
@@ -406,7 +409,7 @@ impl OrderState {
         let mut order: Option<OrderState> = None;
         for (envelope, head) in events {
             if let Event::OrderPlaced(e) = &envelope.event {
-                order = Some(placed(e, envelope.effective_at));
+                order = Some(placed(e, envelope));
             } else if let Some(o) = order.as_mut() {
                 evolve_order(o, &envelope.event);
             }
@@ -650,6 +653,9 @@ pub struct State {
     /// maps (a slot of the index table is 8 bytes, not a whole entry).
     pub items: IndexMap<Sku, Defined<ItemRules>>,
     pub locations: BTreeMap<LocationId, Defined<LocationDefined>>,
+    /// The legal entity each location belongs to: the one that defined it first. Its stock is
+    /// that entity's; other entities' orders are not routed there.
+    pub location_entities: BTreeMap<LocationId, ledger::values::EntityId>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
     pub stock: IndexMap<Sku, StockState>,
@@ -790,6 +796,9 @@ impl State {
                 );
             }
             E::LocationDefined(e) => {
+                self.location_entities
+                    .entry(e.location.clone())
+                    .or_insert_with(|| envelope.legal_entity.clone());
                 let head = self.locations.get(&e.location).and_then(|d| d.head);
                 self.locations.insert(
                     e.location.clone(),
@@ -834,8 +843,7 @@ impl State {
                 } else if let Subject::Order(order) = &envelope.subject {
                     self.index_backorders(order, false);
                     if let E::OrderPlaced(e) = event {
-                        self.orders
-                            .insert(order.clone(), placed(e, envelope.effective_at));
+                        self.orders.insert(order.clone(), placed(e, envelope));
                     } else if let Some(state) = self.orders.get_mut(order) {
                         evolve_order(state, event);
                     }
@@ -1047,7 +1055,8 @@ impl State {
     }
 }
 
-fn placed(e: &ledger::events::OrderPlaced, at: Timestamp) -> OrderState {
+fn placed(e: &ledger::events::OrderPlaced, envelope: &Envelope) -> OrderState {
+    let at = envelope.effective_at;
     let lines = e
         .lines
         .iter()
@@ -1068,6 +1077,7 @@ fn placed(e: &ledger::events::OrderPlaced, at: Timestamp) -> OrderState {
         region: e.ship_to_region.clone(),
         priority: e.priority,
         placed_at: at,
+        entity: envelope.legal_entity.clone(),
         policy: e.policy.clone(),
         currency: e
             .lines

@@ -54,6 +54,10 @@ pub enum Account {
     AccountsPayable,
     /// Money paid out (supplier payments).
     Bank,
+    /// Owed by another legal entity of the group for stock transferred to it.
+    IntercompanyReceivable,
+    /// Owed to another legal entity of the group for stock transferred from it.
+    IntercompanyPayable,
 }
 
 impl Account {
@@ -77,6 +81,8 @@ impl Account {
             Account::TaxPayable => "tax_payable",
             Account::AccountsPayable => "accounts_payable",
             Account::Bank => "bank",
+            Account::IntercompanyReceivable => "intercompany_receivable",
+            Account::IntercompanyPayable => "intercompany_payable",
         }
     }
 }
@@ -99,6 +105,8 @@ pub struct Posting {
     /// supplier invoice's payable, so its settlement is translated at the rate it was booked
     /// at.
     pub item: Option<String>,
+    /// The other legal entity of an intercompany line.
+    pub counterparty: Option<String>,
 }
 
 /// A tax jurisdiction (the order's ship-to region) and rate (the line's tax over its net
@@ -270,6 +278,10 @@ struct Transit {
     currency: String,
     qty: i64,
     value: Decimal,
+    /// The legal entity the destination belongs to, when it is another: an intercompany
+    /// transfer.
+    #[serde(default)]
+    buyer: Option<String>,
 }
 
 /// Received quantity of a purchase-order line, per legal entity, SKU and location.
@@ -300,6 +312,9 @@ pub struct Books {
     po_lines: BTreeMap<String, PoLineBook>,
     /// Return id -> (order, channel), for the cost of returns not restocked.
     returns: BTreeMap<String, (String, String)>,
+    /// The legal entity each location belongs to (the one that defined it first).
+    #[serde(default)]
+    owners: BTreeMap<String, String>,
 }
 
 /// The key of a valuation: `value.<entity>.<sku>.<location>`, each part escaped (so `A/B` at
@@ -333,6 +348,15 @@ impl Poster<'_> {
         for line in &mut self.out.lines[from..] {
             if line.account == account {
                 line.item = Some(item.to_owned());
+            }
+        }
+    }
+
+    /// Marks the lines from `from` on that post to `account` as owed by or to `other`.
+    fn counterparty(&mut self, from: usize, account: Account, other: &str) {
+        for line in &mut self.out.lines[from..] {
+            if line.account == account {
+                line.counterparty = Some(other.to_owned());
             }
         }
     }
@@ -374,6 +398,7 @@ impl Poster<'_> {
                 channel: channel.map(str::to_owned),
                 tax: None,
                 item: None,
+                counterparty: None,
             });
         }
         2
@@ -509,6 +534,11 @@ impl Books {
             E::ItemDefined(e) | E::ItemChanged(e) => {
                 self.methods
                     .insert(e.sku.to_string(), e.cost_method.clone());
+            }
+            E::LocationDefined(e) => {
+                self.owners
+                    .entry(e.location.to_string())
+                    .or_insert_with(|| entity.clone());
             }
             E::ChannelDefined(e) => {
                 self.fee_rates
@@ -871,11 +901,24 @@ impl Books {
             E::TransferShipped(e) => {
                 let sku = e.sku.as_str();
                 let taken = (sku, e.from.as_str(), e.qty.get());
-                let Some((cost, currency)) =
-                    self.issue(&mut p, taken, Account::InventoryInTransit, None, None)
-                else {
+                // To another entity's location: an intercompany sale at cost, owed by the
+                // buyer from now on (the goods in transit are the buyer's once shipped).
+                let buyer = self
+                    .owners
+                    .get(e.to.as_str())
+                    .filter(|owner| **owner != entity)
+                    .cloned();
+                let account = match buyer {
+                    Some(_) => Account::IntercompanyReceivable,
+                    None => Account::InventoryInTransit,
+                };
+                let from = p.out.lines.len();
+                let Some((cost, currency)) = self.issue(&mut p, taken, account, None, None) else {
                     return out;
                 };
+                if let Some(buyer) = &buyer {
+                    p.counterparty(from, Account::IntercompanyReceivable, buyer);
+                }
                 self.transits.insert(
                     e.transfer.to_string(),
                     Transit {
@@ -884,6 +927,7 @@ impl Books {
                         currency,
                         qty: e.qty.get(),
                         value: cost,
+                        buyer,
                     },
                 );
             }
@@ -891,6 +935,14 @@ impl Books {
                 let Some(transit) = self.transits.remove(e.transfer.as_str()) else {
                     return out;
                 };
+                if let Some(buyer) = transit.buyer.clone() {
+                    let mut p = Poster {
+                        entity: &buyer,
+                        out: p.out,
+                    };
+                    self.receive_intercompany(&mut p, &transit, e.to.as_str(), e.qty.get());
+                    return out;
+                }
                 let sku = transit.sku.as_str();
                 let to = e.to.as_str();
                 let arrived = e.qty.get();
@@ -941,6 +993,64 @@ impl Books {
             _ => {}
         }
         out
+    }
+
+    /// The buyer's side of an intercompany transfer: the units arrived at its location at
+    /// their share of the shipped cost; it owes the seller the whole shipped cost; what did
+    /// not arrive (or arrived beyond it) is an inventory adjustment of the buyer.
+    fn receive_intercompany(
+        &mut self,
+        p: &mut Poster<'_>,
+        transit: &Transit,
+        to: &str,
+        arrived: i64,
+    ) {
+        let sku = transit.sku.as_str();
+        let value = if transit.qty > 0 {
+            (transit.value * Decimal::from(arrived) / Decimal::from(transit.qty))
+                .round_dp_with_strategy(COST_DP, HALF_UP)
+        } else {
+            Decimal::ZERO
+        };
+        let method = self.method(sku);
+        let key = vkey(p.entity, sku, to);
+        self.valuation_mut(&key, &transit.currency)
+            .add(method, arrived, value, None);
+        p.out.valuations.push(key);
+        let from = p.out.lines.len();
+        let dims = (Some(sku), Some(to), None, None);
+        p.pair(
+            &transit.currency,
+            Account::Inventory,
+            Account::IntercompanyPayable,
+            value.min(transit.value),
+            dims.0,
+            dims.1,
+            dims.2,
+            dims.3,
+        );
+        let difference = transit.value - value;
+        p.pair(
+            &transit.currency,
+            Account::InventoryAdjustment,
+            Account::IntercompanyPayable,
+            difference.max(Decimal::ZERO),
+            dims.0,
+            dims.1,
+            dims.2,
+            dims.3,
+        );
+        p.pair(
+            &transit.currency,
+            Account::Inventory,
+            Account::InventoryAdjustment,
+            (-difference).max(Decimal::ZERO),
+            dims.0,
+            dims.1,
+            dims.2,
+            dims.3,
+        );
+        p.counterparty(from, Account::IntercompanyPayable, &transit.entity);
     }
 
     /// Takes units (`sku`, `location`, `qty`) out at their cost and posts `account` /

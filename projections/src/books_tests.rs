@@ -122,8 +122,14 @@ impl Case {
     }
 
     fn when_at(&mut self, at: &str, event: serde_json::Value) {
+        self.when_as("UK01", at, event);
+    }
+
+    /// An event of another legal entity.
+    fn when_as(&mut self, entity: &str, at: &str, event: serde_json::Value) {
         self.seq += 1;
-        let e = recorded_on(self.seq, at, event);
+        let mut e = recorded_on(self.seq, at, event);
+        e.envelope.legal_entity = EntityId::new(entity).unwrap();
         let posted = self.books.post(&e);
         assert!(balanced(&posted.lines), "event {} unbalanced", self.seq);
         self.cogs += posted
@@ -440,6 +446,90 @@ fn a_gbp_entity_invoiced_in_usd_and_paying_at_other_rates_realises_the_differenc
 }
 
 #[test]
+fn an_intercompany_transfer_is_a_sale_and_a_purchase_at_cost_eliminated_in_the_group() {
+    // WH1 is UK01's, EU-DC is EU01's. UK01 receives 10 lamps at 2.00 GBP and ships 4 to EU-DC;
+    // 3 arrive.
+    let mut c = Case::new("Fifo");
+    let location = |id: &str| {
+        json!({"type": "location.defined", "data": {"location": id, "name": "", "kind": "Warehouse",
+            "region": "", "capacity": null, "routing_priority": 1}})
+    };
+    c.when_as("UK01", "2011-01-10T09:00:00Z", location("WH1"));
+    c.when_as("EU01", "2011-01-10T09:00:00Z", location("EU-DC"));
+    c.when(receipt(10, "2.00", "PO1"));
+    c.when(
+        json!({"type": "stock.transfer_shipped", "data": {"sku": "LAMP", "transfer": "T1",
+        "from": "WH1", "to": "EU-DC", "lot": null, "qty": 4}}),
+    );
+    let balance = |c: &Case, key: &str| {
+        c.finance
+            .value(key)
+            .map(|row| row["balance"].as_str().unwrap().to_owned())
+    };
+    // The seller: 4 lamps out of stock at 8.00, owed by EU01 (no goods in transit of its own).
+    assert_eq!(
+        balance(&c, "acct.UK01.GBP.intercompany_receivable").as_deref(),
+        Some("8.00")
+    );
+    assert_eq!(
+        balance(&c, "acct.UK01.GBP.inventory").as_deref(),
+        Some("12.00")
+    );
+    assert_eq!(balance(&c, "acct.UK01.GBP.inventory_in_transit"), None);
+    let group = |c: &Case| {
+        let rows = c.finance.consolidated();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows.into_iter().next().unwrap()
+    };
+    let g = group(&c);
+    assert_eq!(
+        (g.eliminated.as_str(), g.intercompany_unmatched.as_str()),
+        ("0.00", "8.00")
+    );
+    assert!(g.balanced, "{g:?}");
+    c.when_as(
+        "EU01",
+        "2011-01-12T09:00:00Z",
+        json!({"type": "stock.transfer_received", "data": {"sku": "LAMP", "transfer": "T1",
+            "to": "EU-DC", "lot": null, "qty": 3, "variance": -1}}),
+    );
+    // The buyer: 3 lamps in at 6.00, the lost one (2.00) its loss, 8.00 owed to UK01.
+    assert_eq!(
+        balance(&c, "acct.EU01.GBP.inventory").as_deref(),
+        Some("6.00")
+    );
+    assert_eq!(
+        balance(&c, "acct.EU01.GBP.inventory_adjustment").as_deref(),
+        Some("2.00")
+    );
+    assert_eq!(
+        balance(&c, "acct.EU01.GBP.intercompany_payable").as_deref(),
+        Some("-8.00")
+    );
+    let v = c.books.valuation("EU01", "LAMP", "EU-DC").unwrap();
+    assert_eq!((v.qty(), v.value()), (3, Decimal::new(600, 2)));
+    // The group: receivable and payable eliminated; its stock is 18.00 in two places.
+    let g = group(&c);
+    assert_eq!(
+        (g.eliminated.as_str(), g.intercompany_unmatched.as_str()),
+        ("8.00", "0.00")
+    );
+    let inventory = g
+        .accounts
+        .iter()
+        .find(|a| a.account == "inventory")
+        .unwrap();
+    assert_eq!(inventory.balance, "18.00");
+    assert!(
+        g.accounts
+            .iter()
+            .all(|a| !a.account.starts_with("intercompany"))
+    );
+    assert!(g.balanced, "{g:?}");
+    assert_eq!(c.finance.value("check").unwrap()["balanced"], true);
+}
+
+#[test]
 fn invoices_in_parts_clear_exactly_what_the_receipts_put_in_grni() {
     // 3 units received at 3.33 (9.99 in GRNI), invoiced one at a time at the order's price:
     // 3.33 + 3.33 + 3.33 clears 9.99 with nothing left over and no variance.
@@ -649,8 +739,14 @@ proptest! {
     /// shipping more than is on hand), each event's lines balance, the running totals balance,
     /// and the inventory account equals the sum of the valuations.
     #[test]
-    fn every_event_posts_balanced_lines(methods in prop::bool::ANY, events in prop::collection::vec(any_event(), 1..60)) {
+    fn every_event_posts_balanced_lines(methods in prop::bool::ANY, intercompany in prop::bool::ANY, events in prop::collection::vec(any_event(), 1..60)) {
         let mut c = Case::new(if methods { "Fifo" } else { "MovingAverage" });
+        if intercompany {
+            // WH2 is another entity's: transfers to it are intercompany.
+            c.when_as("EU01", "2011-01-10T09:00:00Z", json!({"type": "location.defined",
+                "data": {"location": "WH2", "name": "", "kind": "Warehouse", "region": "",
+                         "capacity": null, "routing_priority": 1}}));
+        }
         for event in events {
             c.when(event);
         }
@@ -674,6 +770,10 @@ proptest! {
             .sum();
         let reported: Decimal = c.finance.taxes().map(|t| t.tax_charged - t.tax_reversed).sum();
         prop_assert_eq!(payable, reported);
+        // The group's trial balance balances in every currency.
+        for group in c.finance.consolidated() {
+            prop_assert!(group.balanced, "{:?}", group);
+        }
     }
 }
 

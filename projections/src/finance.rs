@@ -44,6 +44,10 @@ pub struct Check {
 /// every decimal place written (`0.00`, `12.50`; JPY `1500`).
 fn shown(amount: Decimal, dp: u32) -> String {
     let mut d = amount.round_dp(dp);
+    if d.is_zero() {
+        // Never `-0.00`.
+        d = Decimal::ZERO;
+    }
     d.rescale(dp);
     d.to_string()
 }
@@ -389,6 +393,11 @@ pub enum FinanceQuery {
     /// The tax report of one entity for one month (`YYYY-MM`): per jurisdiction, rate and
     /// currency, net sales, returns, tax charged, reversed and due.
     TaxReport { entity: String, period: String },
+    /// The group's trial balance: every legal entity's accounts added together, per
+    /// transaction currency (never across currencies), with intercompany receivables and
+    /// payables eliminated against each other; what does not match (goods shipped between
+    /// entities and not yet received) is left on `intercompany_unmatched`.
+    Consolidated {},
     /// Commands of an entity waiting for a second person, oldest first, a page at a time.
     Approvals {
         entity: String,
@@ -399,7 +408,78 @@ pub enum FinanceQuery {
     },
 }
 
+/// The group's trial balance in one transaction currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ConsolidatedRow {
+    pub currency: String,
+    /// Per account, every entity's debits and credits added (intercompany accounts left out).
+    pub accounts: Vec<AccountRow>,
+    /// Intercompany receivables and payables that matched and were eliminated (the smaller
+    /// of the two).
+    pub eliminated: String,
+    /// Receivables less payables between the group's entities that did not match: goods in
+    /// transit between them (a debit balance) or received beyond what was shipped.
+    pub intercompany_unmatched: String,
+    pub debits: String,
+    pub credits: String,
+    pub balanced: bool,
+}
+
 impl Finance {
+    /// The group's trial balance per transaction currency (`FinanceQuery::Consolidated`).
+    pub fn consolidated(&self) -> Vec<ConsolidatedRow> {
+        let mut by_currency: BTreeMap<&str, BTreeMap<&str, (Decimal, Decimal)>> = BTreeMap::new();
+        for t in self.accounts.values() {
+            let sums = by_currency
+                .entry(&t.currency)
+                .or_default()
+                .entry(&t.account)
+                .or_default();
+            sums.0 += t.debit;
+            sums.1 += t.credit;
+        }
+        let receivable = Account::IntercompanyReceivable.name();
+        let payable = Account::IntercompanyPayable.name();
+        by_currency
+            .into_iter()
+            .map(|(currency, accounts)| {
+                let dp = crate::books::minor_units(currency);
+                let amount = |d: Decimal| shown(d, dp);
+                let balance = |name: &str| accounts.get(name).map_or(Decimal::ZERO, |(d, c)| d - c);
+                let (owed_to, owed_by) = (balance(receivable), -balance(payable));
+                let unmatched = owed_to - owed_by;
+                let (mut debits, mut credits) = (Decimal::ZERO, Decimal::ZERO);
+                let rows: Vec<AccountRow> = accounts
+                    .iter()
+                    .filter(|(name, _)| **name != receivable && **name != payable)
+                    .map(|(name, (debit, credit))| {
+                        debits += debit;
+                        credits += credit;
+                        AccountRow {
+                            entity: String::new(),
+                            currency: currency.to_owned(),
+                            account: (*name).to_owned(),
+                            debit: amount(*debit),
+                            credit: amount(*credit),
+                            balance: amount(debit - credit),
+                        }
+                    })
+                    .collect();
+                debits += unmatched.max(Decimal::ZERO);
+                credits += (-unmatched).max(Decimal::ZERO);
+                ConsolidatedRow {
+                    currency: currency.to_owned(),
+                    accounts: rows,
+                    eliminated: amount(owed_to.min(owed_by).max(Decimal::ZERO)),
+                    intercompany_unmatched: amount(unmatched),
+                    debits: amount(debits),
+                    credits: amount(credits),
+                    balanced: debits == credits,
+                }
+            })
+            .collect()
+    }
+
     fn row(&self, key: &str) -> Option<FinanceRow> {
         if let Some(p) = self.periods.get(key) {
             return Some(FinanceRow::Period(p.row()));
@@ -719,7 +799,8 @@ impl View for Finance {
     /// 3: a trial balance per entity and month (`period.…` rows), with its close; tax
     /// payable and the tax report (`tax.…` rows); commands waiting for approval.
     /// 4: supplier payments; a foreign-currency payable is cleared at its booked rate, the
-    /// difference is a realised exchange gain or loss (`fn.<entity>.fx_realised`).
+    /// difference is a realised exchange gain or loss (`fn.<entity>.fx_realised`);
+    /// intercompany transfers between entities' locations, and the consolidated query.
     const VERSION: u32 = 4;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
@@ -784,6 +865,9 @@ impl View for Finance {
                 })))
             }
             FinanceQuery::Check {} => Ok(Answer::Value(self.value("check").unwrap_or_default())),
+            FinanceQuery::Consolidated {} => Ok(Answer::Value(
+                serde_json::to_value(self.consolidated()).expect("rows serialise"),
+            )),
             FinanceQuery::Period { entity, period } => {
                 let period = query_period(period)?;
                 let key = period_key(entity, period);

@@ -512,9 +512,9 @@ async fn a_usd_invoice_paid_at_another_rate_realises_the_difference_in_the_view_
         "{}",
         gain[0]
     );
-    assert!(gain[0].ends_with(",GBP,0,25.00"), "{}", gain[0]);
+    assert!(gain[0].ends_with(",GBP,0,25.00,"), "{}", gain[0]);
     let bank: Vec<&str> = csv.lines().filter(|l| l.contains(",bank,")).collect();
-    assert!(bank[0].ends_with(",GBP,0,975.00"), "{}", bank[0]);
+    assert!(bank[0].ends_with(",GBP,0,975.00,"), "{}", bank[0]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("UK01 GBP (functional): debits"), "{stderr}");
     drop(processor);

@@ -287,6 +287,33 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     let finance = replayed.built.remove(0).model;
     assert!(finance.check().unbalanced.is_empty());
     assert_eq!(finance.check().debits, debits);
+    // Both entities of the demo (UK01 in GBP, EU01 in EUR, which buys in GBP) balance in their
+    // functional currency, with every event translated.
+    let check = replay::Model::value(&finance, "check").unwrap();
+    let functional: Vec<(String, bool)> = check["functional"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                format!(
+                    "{} {}",
+                    t["entity"].as_str().unwrap(),
+                    t["currency"].as_str().unwrap()
+                ),
+                t["balanced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        functional,
+        [("EU01 EUR".to_owned(), true), ("UK01 GBP".to_owned(), true)],
+        "{check}"
+    );
+    assert_eq!(check["untranslated_events"], json!([]), "{check}");
+    let eu_gbp_inventory = replay::Model::value(&finance, "acct.EU01.GBP.inventory");
+    assert!(eu_gbp_inventory.is_some(), "EU01 buys in GBP");
+    assert!(replay::Model::value(&finance, "acct.EU01.EUR.revenue").is_some());
     // Each month's trial balance balances and counts the events the processor counts (the
     // figure `period.close` is checked against).
     let mut replayed =
@@ -305,7 +332,11 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
             books.entity,
             books.period
         );
-        let row = replay::Model::value(&finance, &format!("period.UK01.{}", books.period)).unwrap();
+        let row = replay::Model::value(
+            &finance,
+            &format!("period.{}.{}", books.entity, books.period),
+        )
+        .unwrap();
         assert_eq!(row["balanced"], json!(true), "{row}");
         months += 1;
     }
@@ -331,7 +362,7 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     assert_eq!(
         rows.next(),
         Some(
-            "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit"
+            "seq,recorded_at,effective_at,event_type,entity,currency,account,debit,credit,sku,location,order,channel,period,tax_jurisdiction,tax_rate,functional_currency,functional_debit,functional_credit,counterparty"
         )
     );
     let (mut d, mut c) = (Decimal::ZERO, Decimal::ZERO);

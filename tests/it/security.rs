@@ -381,13 +381,17 @@ async fn every_documented_operation_works_for_the_roles_that_need_it_and_no_othe
     assert_eq!(status["foreign"]["count"], 0);
 
     // Two UCI days as `upstream` (acting as itself), so the copies of the ledger must carry
-    // thousands of messages (their feeds' flow control included).
+    // thousands of messages (their feeds' flow control included). The demo's set-up of legal
+    // entities and rates is a controller's, left out here.
     let uci: Vec<Bytes> = crate::projections::uci_bodies(2)
         .into_iter()
-        .map(|b| {
+        .filter_map(|b| {
             let mut c: Value = serde_json::from_slice(&b).unwrap();
+            if c["actor"]["role"] == "controller" {
+                return None;
+            }
             c.as_object_mut().unwrap().remove("actor");
-            bytes(&c)
+            Some(bytes(&c))
         })
         .collect();
     let mut refused = 0;
