@@ -425,6 +425,18 @@ command_data! {
         pub lines: Vec<InvoiceLineIn>,
     }
 
+    /// Records a supplier's invoice for a landed cost of a purchase order (freight, duty,
+    /// insurance, handling), in the order's currency: it clears the accrual that
+    /// `purchase.allocate_landed_cost` booked for that charge (up to its amount), and what it
+    /// charges beyond is spread over the received lines by value. Its number shares the
+    /// order's invoice numbers; `purchase.record_payment` pays it.
+    pub struct RecordChargeInvoice {
+        pub purchase_order: PurchaseOrderId,
+        pub invoice: String,
+        pub charge: ChargeKind,
+        pub amount: Money,
+    }
+
     /// Records a payment to the supplier of a recorded invoice: in the purchase order's
     /// currency, more than 0 and no more than the invoice still owes (`over_payment`). The
     /// books clear accounts payable against the bank; in the entity's functional currency the
@@ -585,6 +597,7 @@ commands! {
     AllocateLandedCost(AllocateLandedCost) = "purchase.allocate_landed_cost";
     RecordInvoice(RecordInvoice) = "purchase.record_invoice";
     RecordPayment(RecordPayment) = "purchase.record_payment";
+    RecordChargeInvoice(RecordChargeInvoice) = "purchase.record_charge_invoice";
     DefineLegalEntity(DefineLegalEntity) = "legal_entity.define";
     SetThreshold(SetThreshold) = "policy.set_threshold";
     ApproveRequest(ApproveRequest) = "approval.approve";
@@ -842,6 +855,7 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
         }
         CommandBody::AllocateLandedCost(c) => check(&field("amount"), &c.amount),
         CommandBody::RecordPayment(c) => check(&field("amount"), &c.amount),
+        CommandBody::RecordChargeInvoice(c) => check(&field("amount"), &c.amount),
         CommandBody::DefineLegalEntity(c) => check(&field("currency"), &Money::zero(c.currency))
             .map_err(|mut e| {
                 e.field = "data.currency".into();

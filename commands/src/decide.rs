@@ -322,6 +322,7 @@ fn decide_rules(
         CommandBody::AllocateLandedCost(c) => d.allocate_landed_cost(c),
         CommandBody::RecordInvoice(c) => d.record_invoice(c),
         CommandBody::RecordPayment(c) => d.record_payment(c),
+        CommandBody::RecordChargeInvoice(c) => d.record_charge_invoice(c),
         CommandBody::DefineLegalEntity(c) => d.define_legal_entity(c),
         CommandBody::SetThreshold(c) => d.set_threshold(c),
         CommandBody::ApproveRequest(c) => d.approve(c),

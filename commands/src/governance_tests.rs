@@ -682,6 +682,60 @@ fn supplier_invoices_match_receipts_and_large_price_differences_wait() {
         refusal(w.act(&pay("INV-1", gbp("0.01")))).code,
         code::OVER_PAYMENT
     );
+
+    // Charge invoices: freight accrued at 6.00 is cleared by a 7.50 invoice, the 1.50
+    // beyond spread over the received line; a second freight invoice finds nothing accrued.
+    w.act(&by(
+        "buyer-1",
+        JAN,
+        "purchase.allocate_landed_cost",
+        json!({"purchase_order": "PO1", "charge": "Freight", "amount": gbp("6.00"),
+               "basis": "Value"}),
+    ))
+    .unwrap();
+    let charge = |number: &str, amount: serde_json::Value| {
+        by(
+            "buyer-1",
+            JAN,
+            "purchase.record_charge_invoice",
+            json!({"purchase_order": "PO1", "invoice": number, "charge": "Freight",
+                   "amount": amount}),
+        )
+    };
+    let d = w.act(&charge("FRT-1", gbp("7.50"))).unwrap();
+    let Event::ChargeInvoiceRecorded(recorded) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        recorded.accrual_cleared,
+        Money::parse("6.00", "GBP").unwrap()
+    );
+    assert_eq!(recorded.shares.len(), 1);
+    assert_eq!(
+        recorded.shares[0].amount,
+        Money::parse("1.50", "GBP").unwrap()
+    );
+    let d = w.act(&charge("FRT-2", gbp("2.00"))).unwrap();
+    let Event::ChargeInvoiceRecorded(second) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert!(second.accrual_cleared.amount.is_zero(), "{second:?}");
+    assert_eq!(
+        refusal(w.act(&charge("FRT-1", gbp("1.00")))).code,
+        code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        refusal(w.act(&charge(
+            "FRT-3",
+            json!({"amount": "1.00", "currency": "USD"})
+        )))
+        .code,
+        code::CURRENCY_MISMATCH
+    );
+    // It is paid like any invoice.
+    let r = refusal(w.act(&pay("FRT-1", gbp("7.51"))));
+    assert_eq!(r.code, code::OVER_PAYMENT);
+    w.act(&pay("FRT-1", gbp("7.50"))).unwrap();
 }
 
 #[test]

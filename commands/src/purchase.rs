@@ -405,6 +405,108 @@ impl<'a> Decider<'a> {
         )])
     }
 
+    /// A supplier's invoice for a landed cost: clears the charge's accrual, spreads the rest.
+    pub(crate) fn record_charge_invoice(
+        &self,
+        c: &RecordChargeInvoice,
+    ) -> Result<Decision, Rejection> {
+        let po = self.purchase_order(&c.purchase_order)?;
+        if matches!(po.status, PoStatus::PendingApproval | PoStatus::Rejected) {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "purchase order {} is {}; invoices are recorded against approved orders",
+                    c.purchase_order,
+                    po.status.name()
+                ),
+            ));
+        }
+        if c.invoice.trim().is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "invoice is empty; give the supplier's invoice number",
+            ));
+        }
+        if po.invoices.contains_key(&c.invoice) {
+            return Err(reject(
+                code::ALREADY_EXISTS,
+                format!(
+                    "invoice {} is already recorded against purchase order {}",
+                    c.invoice, c.purchase_order
+                ),
+            ));
+        }
+        if c.amount.currency != po.currency {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "amount is in {}; purchase order {} is in {}",
+                    c.amount.currency, c.purchase_order, po.currency
+                ),
+            ));
+        }
+        if c.amount.amount <= Decimal::ZERO {
+            return Err(reject(
+                code::NEGATIVE_AMOUNT,
+                format!("amount is {}; expected more than 0", c.amount.amount),
+            ));
+        }
+        let open = po
+            .accrued
+            .get(&format!("{:?}", c.charge))
+            .copied()
+            .unwrap_or_default()
+            .max(Decimal::ZERO);
+        let cleared = open.min(c.amount.amount);
+        let beyond = c.amount.amount - cleared;
+        let shares = if beyond > Decimal::ZERO {
+            let received: Vec<(u32, &crate::state::PoLineState)> = po
+                .lines
+                .iter()
+                .filter(|(_, l)| l.received > 0)
+                .map(|(n, l)| (*n, l))
+                .collect();
+            let weights: Vec<Decimal> = received
+                .iter()
+                .map(|(_, l)| l.unit_cost.amount * Decimal::from(l.received))
+                .collect();
+            let total: Decimal = weights.iter().copied().sum();
+            if total <= Decimal::ZERO {
+                return Err(reject(
+                    code::INVALID_TRANSITION,
+                    format!(
+                        "invoice {} charges {beyond} more than purchase order {} accrued for {:?}, and nothing of value was received on it to carry that: record it once goods have arrived",
+                        c.invoice, c.purchase_order, c.charge
+                    ),
+                ));
+            }
+            let amounts = spread(beyond, &weights, total, c.amount.currency.minor_units());
+            received
+                .iter()
+                .zip(amounts)
+                .map(|((n, l), amount)| ChargeShare {
+                    line: *n,
+                    sku: l.sku.clone(),
+                    amount: Money::new(amount, c.amount.currency).expect("share of a valid amount"),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(vec![(
+            Subject::PurchaseOrder(c.purchase_order.clone()),
+            Event::ChargeInvoiceRecorded(ChargeInvoiceRecorded {
+                purchase_order: c.purchase_order.clone(),
+                invoice: c.invoice.clone(),
+                charge: c.charge.clone(),
+                amount: c.amount,
+                accrual_cleared: Money::new(cleared, c.amount.currency)
+                    .expect("part of a valid amount"),
+                shares,
+            }),
+        )])
+    }
+
     /// A payment of a recorded supplier invoice.
     pub(crate) fn record_payment(&self, c: &RecordPayment) -> Result<Decision, Rejection> {
         let po = self.purchase_order(&c.purchase_order)?;

@@ -593,6 +593,9 @@ pub struct PurchaseOrderState {
     pub lines: BTreeMap<u32, PoLineState>,
     /// The supplier invoices recorded against it: number -> what is still to be paid.
     pub invoices: BTreeMap<String, rust_decimal::Decimal>,
+    /// Landed cost accrued per charge (`ChargeKind` by name) and not yet cleared by a charge
+    /// invoice.
+    pub accrued: BTreeMap<String, rust_decimal::Decimal>,
 }
 
 /// Purchasing rules the processor is configured with (not facts from the log: they shape
@@ -884,6 +887,7 @@ impl State {
                     status: PoStatus::PendingApproval,
                     lines,
                     invoices: BTreeMap::new(),
+                    accrued: BTreeMap::new(),
                 },
             );
             return;
@@ -900,6 +904,14 @@ impl State {
                 if let Some(line) = p.lines.get_mut(&e.line) {
                     line.received = e.qty_received.get();
                 }
+            }
+            E::LandedCostAllocated(e) => {
+                *p.accrued.entry(format!("{:?}", e.charge)).or_default() += e.amount.amount;
+            }
+            E::ChargeInvoiceRecorded(e) => {
+                p.invoices.insert(e.invoice.clone(), e.amount.amount);
+                *p.accrued.entry(format!("{:?}", e.charge)).or_default() -=
+                    e.accrual_cleared.amount;
             }
             E::PaymentRecorded(e) => {
                 if let Some(open) = p.invoices.get_mut(&e.invoice) {

@@ -653,6 +653,20 @@ payload! {
         pub lines: Vec<InvoiceLine>,
     }
 
+    /// A supplier's invoice for a landed cost (freight, duty, ...) of a purchase order: it
+    /// clears what `purchase.landed_cost_allocated` accrued for that charge and is not yet
+    /// cleared (up to the invoice's amount); what it charges beyond is spread over the
+    /// order's received lines by value (`shares`, summing to `amount - accrual_cleared`),
+    /// like a landed cost. The supplier is owed `amount`.
+    pub struct ChargeInvoiceRecorded {
+        pub purchase_order: PurchaseOrderId,
+        pub invoice: String,
+        pub charge: ChargeKind,
+        pub amount: Money,
+        pub accrual_cleared: Money,
+        pub shares: Vec<ChargeShare>,
+    }
+
     /// A payment to the supplier of a recorded invoice, in the invoice's currency. The books
     /// debit accounts payable and credit the bank; translated into the entity's functional
     /// currency, the payable is cleared at the rate it was booked at and the difference from
@@ -812,6 +826,7 @@ catalogue! {
     PurchaseOrderClosed(PurchaseOrderClosed) = "purchase.order_closed" v 1;
     InvoiceRecorded(InvoiceRecorded) = "purchase.invoice_recorded" v 1;
     PaymentRecorded(PaymentRecorded) = "purchase.payment_recorded" v 1;
+    ChargeInvoiceRecorded(ChargeInvoiceRecorded) = "purchase.charge_invoice_recorded" v 1;
 
     ThresholdSet(ThresholdSet) = "policy.threshold_set" v 1;
     ApprovalRequested(ApprovalRequested) = "approval.requested" v 1;

@@ -196,6 +196,18 @@ fn sample(t: EventType) -> Event {
                 po_unit_cost: gbp("2.10"),
             }],
         }),
+        EventType::ChargeInvoiceRecorded => Event::ChargeInvoiceRecorded(ChargeInvoiceRecorded {
+            purchase_order: po(),
+            invoice: "FRT-2011-118".into(),
+            charge: ChargeKind::Freight,
+            amount: gbp("130.00"),
+            accrual_cleared: gbp("120.00"),
+            shares: vec![ChargeShare {
+                line: 1,
+                sku: sku(),
+                amount: gbp("10.00"),
+            }],
+        }),
         EventType::PaymentRecorded => Event::PaymentRecorded(PaymentRecorded {
             purchase_order: po(),
             invoice: "INV-77031".into(),

@@ -626,6 +626,34 @@ impl Books {
                 let item = payable(e.purchase_order.as_str(), &e.invoice);
                 p.item(from, Account::AccountsPayable, &item);
             }
+            E::ChargeInvoiceRecorded(e) => {
+                let currency = e.amount.currency.to_string();
+                let from = p.out.lines.len();
+                p.pair(
+                    &currency,
+                    Account::LandedCostAccrual,
+                    Account::AccountsPayable,
+                    e.accrual_cleared.amount,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
+                // Charged beyond the accrual: a landed cost of the received lines.
+                for share in &e.shares {
+                    let source = format!("{}/{}", e.purchase_order, share.line);
+                    self.spread(
+                        &mut p,
+                        &source,
+                        share.sku.as_str(),
+                        &currency,
+                        share.amount.amount,
+                        Account::AccountsPayable,
+                    );
+                }
+                let item = payable(e.purchase_order.as_str(), &e.invoice);
+                p.item(from, Account::AccountsPayable, &item);
+            }
             E::PaymentRecorded(e) => {
                 p.pair(
                     e.amount.currency.as_str(),

@@ -530,6 +530,36 @@ fn an_intercompany_transfer_is_a_sale_and_a_purchase_at_cost_eliminated_in_the_g
 }
 
 #[test]
+fn a_freight_invoice_clears_its_accrual_and_spreads_what_it_charges_beyond() {
+    // FIFO. 10 lamps at 2.00 (PO1), 5 sold. Freight accrued at 10.00: 5.00 on the 5 left
+    // (now worth 15.00), 5.00 to COGS.
+    let mut c = Case::new("Fifo");
+    c.when(receipt(10, "2.00", "PO1"));
+    c.when(order("O1", 5));
+    c.when(shipment("O1", 5));
+    c.when(freight("PO1", "10.00"));
+    assert_eq!(c.then(), (5, d("15.00"), d("15.00")));
+    // The carrier invoices 12.00: the 10.00 accrual is cleared, the 2.00 beyond follows the
+    // goods like the accrual did (1.00 on stock, 1.00 to COGS); 12.00 owed.
+    c.when(
+        json!({"type": "purchase.charge_invoice_recorded", "data": {"purchase_order": "PO1",
+        "invoice": "FRT-9", "charge": "Freight", "amount": gbp("12.00"),
+        "accrual_cleared": gbp("10.00"),
+        "shares": [{"line": 1, "sku": "LAMP", "amount": gbp("2.00")}]}}),
+    );
+    assert_eq!(c.then(), (5, d("16.00"), d("16.00")));
+    let balance = |name: &str| {
+        c.finance.value(&format!("acct.UK01.GBP.{name}")).unwrap()["balance"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(balance("landed_cost_accrual"), "0.00");
+    assert_eq!(balance("accounts_payable"), "-12.00");
+    assert_eq!(c.finance.value("check").unwrap()["balanced"], true);
+}
+
+#[test]
 fn invoices_in_parts_clear_exactly_what_the_receipts_put_in_grni() {
     // 3 units received at 3.33 (9.99 in GRNI), invoiced one at a time at the order's price:
     // 3.33 + 3.33 + 3.33 clears 9.99 with nothing left over and no variance.
@@ -704,6 +734,10 @@ fn any_event() -> impl Strategy<Value = serde_json::Value> {
         (po.clone(), cost.clone()).prop_map(|(p, c)| freight(&p, &c)),
         (po, qty.clone(), cost.clone(), cost.clone(), 0u32..1000)
             .prop_map(|(p, q, c, pc, n)| invoice(&p, &format!("I{n}"), q, &c, &pc)),
+        (cost.clone(), cost.clone()).prop_map(|(a, b)| json!({"type": "purchase.charge_invoice_recorded",
+            "data": {"purchase_order": "PO1", "invoice": "F", "charge": "Freight",
+                     "amount": gbp(&a), "accrual_cleared": gbp(&b),
+                     "shares": [{"line": 1, "sku": "LAMP", "amount": gbp(&a)}]}})),
         (0u32..1000, cost.clone()).prop_map(|(n, c)| json!({"type": "purchase.payment_recorded",
             "data": {"purchase_order": "PO1", "invoice": format!("I{n}"), "amount": gbp(&c),
                      "reference": ""}})),
