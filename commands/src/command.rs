@@ -16,7 +16,7 @@ use uuid::Uuid;
 use ledger::events::{
     AllocationBasis, ChannelAllocationRule, ChargeKind, CostMethod, Disposition, FulfilmentPolicy,
     LineQty, LocationKind, Measure, PackSize, PeriodTotal, PurchaseRef, ReservationPolicy,
-    Tracking,
+    ReturnReason, Tracking,
 };
 use ledger::values::{
     Actor, ActorId, BinId, ChannelId, Country, Currency, Date, EntityId, HoldId, LocationId, LotId,
@@ -335,10 +335,17 @@ command_data! {
         pub reason: ReasonCode,
     }
 
+    /// Authorises a customer's return of shipped units, with why they come back (`reason`,
+    /// required: `Colour`, `Defective`, `NotAsDescribed`, `SizeTooLarge`, `SizeTooSmall`,
+    /// `Style`, `Unwanted`, `WrongItem`, or `Other` with a `note`).
     pub struct AuthoriseReturn {
         pub order: OrderId,
         pub return_id: ReturnId,
         pub lines: Vec<LineQty>,
+        pub reason: ReturnReason,
+        /// The customer's words (required with `Other`).
+        #[serde(default)]
+        pub note: String,
     }
 
     pub struct Refund {
@@ -772,6 +779,7 @@ pub fn decode_from(
     let body = CommandBody::decode(&outer.type_name, outer.data)?;
     check_limits(&body)?;
     check_money(&body)?;
+    check_return_reason(&body)?;
     let actor = match (outer.actor, sender) {
         (Some(actor), _) => actor,
         (None, Some(sender)) => sender.default_actor(),
@@ -882,6 +890,21 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
     }
 }
 
+/// A return for `Other` reasons says what they are, in `note`.
+fn check_return_reason(body: &CommandBody) -> Result<(), InvalidCommand> {
+    match body {
+        CommandBody::AuthoriseReturn(c)
+            if c.reason == ReturnReason::Other && c.note.trim().is_empty() =>
+        {
+            Err(InvalidCommand {
+                field: "data.note".into(),
+                message: "reason `Other` needs a note saying what the reason is (or one of the listed reasons: Colour, Defective, NotAsDescribed, SizeTooLarge, SizeTooSmall, Style, Unwanted, WrongItem)".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
     let lines = match body {
         CommandBody::PlaceOrder(c) => c.lines.len(),
@@ -945,6 +968,34 @@ mod hostile_input {
                 prop_assert!(!e.field.is_empty() && !e.message.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn a_return_names_its_reason_from_the_list_and_other_says_what() {
+        let authorise = |data: serde_json::Value| {
+            let c = json!({
+                "command_id": "0190c3a2-0000-7000-8000-000000000002",
+                "actor": {"id": "me", "role": "clerk"}, "legal_entity": "UK01",
+                "effective_at": "2011-06-30T09:00:00Z", "type": "order.authorise_return",
+                "data": data,
+            });
+            decode(c.to_string().as_bytes())
+        };
+        let base = json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 1}]});
+        let with = |reason: serde_json::Value, note: &str| {
+            let mut d = base.clone();
+            d["reason"] = reason;
+            d["note"] = json!(note);
+            d
+        };
+        let missing = authorise(base.clone()).unwrap_err();
+        assert!(missing.message.contains("reason"), "{missing:?}");
+        let unknown = authorise(with(json!("Broken"), "")).unwrap_err();
+        assert!(unknown.message.contains("Defective"), "{unknown:?}");
+        let other = authorise(with(json!("Other"), " ")).unwrap_err();
+        assert_eq!(other.field, "data.note");
+        assert!(authorise(with(json!("Other"), "arrived after the party")).is_ok());
+        assert!(authorise(with(json!("SizeTooLarge"), "")).is_ok());
     }
 
     #[test]

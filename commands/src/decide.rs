@@ -1631,6 +1631,8 @@ impl<'a> Decider<'a> {
                 order: c.order.clone(),
                 return_id: c.return_id.clone(),
                 lines: c.lines.clone(),
+                reason: Some(c.reason.clone()),
+                note: c.note.clone(),
             }),
         )])
     }

@@ -680,13 +680,13 @@ fn order_life_cycle_hold_pick_pack_ship_return_refund() {
     assert_eq!(
         rejected(w.when(
             "order.authorise_return",
-            json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 7}]})
+            json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 7}], "reason": "WrongItem"})
         )),
         code::INVALID_QUANTITY
     );
     w.given(
         "order.authorise_return",
-        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 2}]}),
+        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 2}], "reason": "SizeTooSmall"}),
     );
     let refund = json!({"order": "O1", "return_id": "R1", "amount": gbp("5.10")});
     assert_eq!(

@@ -366,7 +366,7 @@ fn scrap_refunds_and_purchase_orders_have_thresholds_too() {
     );
     step(
         "order.authorise_return",
-        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 2}]}),
+        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 2}], "reason": "Defective"}),
     );
     step(
         "stock.receive_return",

@@ -607,7 +607,7 @@ fn fulfilment_step(rng: &mut Rng, order: &str, (sku, ordered): (&str, u64), step
         4 => command(
             rng,
             "order.authorise_return",
-            json!({"order": order, "return_id": return_id, "lines": [{"line": 1, "qty": 1}]}),
+            json!({"order": order, "return_id": return_id, "lines": [{"line": 1, "qty": 1}], "reason": "Unwanted"}),
         ),
         5 => command(
             rng,

@@ -120,6 +120,20 @@ payload! {
         pub line: u32,
     }
 
+    /// Why a customer sends goods back: a fixed list an integrator can map its own codes to
+    /// (`Other` with a note for anything else).
+    pub enum ReturnReason {
+        Colour,
+        Defective,
+        NotAsDescribed,
+        SizeTooLarge,
+        SizeTooSmall,
+        Style,
+        Unwanted,
+        WrongItem,
+        Other,
+    }
+
     pub enum ChargeKind {
         Freight,
         Duty,
@@ -560,6 +574,11 @@ payload! {
         pub order: OrderId,
         pub return_id: ReturnId,
         pub lines: Vec<LineQty>,
+        /// Why the customer returns them; `None` only for returns authorised before reasons
+        /// were recorded (version 1).
+        pub reason: Option<ReturnReason>,
+        /// The customer's words; always given with `Other`.
+        pub note: String,
     }
 
     /// Money went back to the customer, after the return was inspected.
@@ -813,7 +832,7 @@ catalogue! {
     OrderPacked(OrderPacked) = "order.packed" v 1;
     OrderShipped(OrderShipped) = "order.shipped" v 1;
     LinesCancelled(LinesCancelled) = "order.lines_cancelled" v 1;
-    ReturnAuthorised(ReturnAuthorised) = "order.return_authorised" v 1;
+    ReturnAuthorised(ReturnAuthorised) = "order.return_authorised" v 2;
     OrderRefunded(OrderRefunded) = "order.refunded" v 1;
 
     RecommendationRaised(RecommendationRaised) = "purchase.recommendation_raised" v 1;

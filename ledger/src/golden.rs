@@ -17,7 +17,7 @@ use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
     CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ItemDefinedV1,
-    LegalEntityDefinedV1, OLD_VERSIONS,
+    LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
 };
 use crate::values::*;
 
@@ -121,6 +121,15 @@ fn legal_entity_v1() -> LegalEntityDefinedV1 {
         entity: EntityId::new("UK01").unwrap(),
         name: "Gifts UK Ltd".into(),
         currency: Currency::new("GBP").unwrap(),
+    }
+}
+
+/// The v1 sample of `order.return_authorised`.
+fn return_authorised_v1() -> ReturnAuthorisedV1 {
+    ReturnAuthorisedV1 {
+        order: order(),
+        return_id: ReturnId::new("RMA-5").unwrap(),
+        lines: line_qty(1, 2),
     }
 }
 
@@ -474,9 +483,9 @@ fn sample(t: EventType) -> Event {
             reason: reason("customer_request"),
         }),
         EventType::ReturnAuthorised => Event::ReturnAuthorised(ReturnAuthorised {
-            order: order(),
-            return_id: ReturnId::new("RMA-5").unwrap(),
-            lines: line_qty(1, 2),
+            reason: Some(ReturnReason::SizeTooSmall),
+            note: "runs a size small".into(),
+            ..return_authorised_v1().into()
         }),
         EventType::OrderRefunded => Event::OrderRefunded(OrderRefunded {
             order: order(),
@@ -643,6 +652,10 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::LegalEntityDefined, 1) => (
                 codec::to_bytes(&legal_entity_v1()).unwrap(),
                 Event::LegalEntityDefined(legal_entity_v1().into()),
+            ),
+            (EventType::ReturnAuthorised, 1) => (
+                codec::to_bytes(&return_authorised_v1()).unwrap(),
+                Event::ReturnAuthorised(return_authorised_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
     CommandAccepted, CommandRejected, CostMethod, Event, EventType, ItemDefined,
-    LegalEntityDefined, PackSize, Tracking,
+    LegalEntityDefined, LineQty, PackSize, ReturnAuthorised, Tracking,
 };
-use crate::values::{ActorId, Currency, EntityId, Qty, Sku, SupplierId, UnitName};
+use crate::values::{
+    ActorId, Currency, EntityId, OrderId, Qty, ReturnId, Sku, SupplierId, UnitName,
+};
 
 /// `item.defined` / `item.changed` version 1: before items chose a cost method and whether
 /// on-hand may go negative.
@@ -173,6 +175,27 @@ impl From<LegalEntityDefinedV1> for LegalEntityDefined {
     }
 }
 
+/// `order.return_authorised` version 1: before returns carried a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReturnAuthorisedV1 {
+    pub order: OrderId,
+    pub return_id: ReturnId,
+    pub lines: Vec<LineQty>,
+}
+
+impl From<ReturnAuthorisedV1> for ReturnAuthorised {
+    /// A v1 return's reason was not recorded: `None`, no note.
+    fn from(v1: ReturnAuthorisedV1) -> ReturnAuthorised {
+        ReturnAuthorised {
+            order: v1.order,
+            return_id: v1.return_id,
+            lines: v1.lines,
+            reason: None,
+            note: String::new(),
+        }
+    }
+}
+
 /// Every (type, version) older than current that can still be read.
 pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::ItemDefined, 1),
@@ -182,6 +205,7 @@ pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::CommandAccepted, 1),
     (EventType::CommandAccepted, 2),
     (EventType::LegalEntityDefined, 1),
+    (EventType::ReturnAuthorised, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -211,6 +235,9 @@ pub(crate) fn decode_old(
         )),
         (EventType::LegalEntityDefined, 1) => Ok(Event::LegalEntityDefined(
             from_bytes::<LegalEntityDefinedV1>(bytes)?.into(),
+        )),
+        (EventType::ReturnAuthorised, 1) => Ok(Event::ReturnAuthorised(
+            from_bytes::<ReturnAuthorisedV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),
