@@ -779,17 +779,7 @@ async fn run() -> anyhow::Result<()> {
             };
             run_demo(&connect_lazily(&sender.url).await?, None, None, &demo).await
         }
-        Command::Demo { nats, demo } => {
-            let sender = nats.sender("upstream")?;
-            let controller = nats.demo_controller()?;
-            run_demo(
-                &sender.connect().await?,
-                sender.user.clone(),
-                controller,
-                &demo,
-            )
-            .await
-        }
+        Command::Demo { nats, demo } => run_demo_as_upstream(&nats, &demo).await,
         Command::Nats {
             action: NatsAction::Install { tools_dir },
         } => {
@@ -1114,6 +1104,19 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
         bail!("{failures} commands got no answer; sending them again is safe");
     }
     Ok(())
+}
+
+/// Runs the demo as the `upstream` user (with credentials), its set-up as `controller`.
+pub(crate) async fn run_demo_as_upstream(nats: &NatsArgs, demo: &DemoArgs) -> anyhow::Result<()> {
+    let sender = nats.sender("upstream")?;
+    let controller = nats.demo_controller()?;
+    run_demo(
+        &sender.connect().await?,
+        sender.user.clone(),
+        controller,
+        demo,
+    )
+    .await
 }
 
 /// Drives the UCI year through the processor; `user`: the sender's NATS user, with

@@ -17,7 +17,9 @@ use projections::{Mode, ProjectorConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::{DemoArgs, NatsArgs, UpArgs, ViewName, connect, load_roles, run_demo, status};
+use crate::{
+    DemoArgs, NatsArgs, UpArgs, ViewName, connect, load_roles, run_demo_as_upstream, status,
+};
 
 /// Where `erp up` answers what its supervisor knows.
 pub const SUPERVISOR_STATUS: &str = "erp.up.status";
@@ -298,17 +300,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
     );
     let demo_run = async {
         match demo {
-            Some(demo) => {
-                let sender = nats.sender("upstream")?;
-                let controller = nats.demo_controller()?;
-                run_demo(
-                    &sender.connect().await?,
-                    sender.user.clone(),
-                    controller,
-                    &demo,
-                )
-                .await
-            }
+            Some(demo) => run_demo_as_upstream(&nats, &demo).await,
             None => std::future::pending().await,
         }
     };

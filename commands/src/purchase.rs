@@ -316,34 +316,43 @@ impl<'a> Decider<'a> {
         ))
     }
 
-    /// A supplier's invoice, matched to the order's lines and receipts.
-    pub(crate) fn record_invoice(&self, c: &RecordInvoice) -> Result<Decision, Rejection> {
-        let po = self.purchase_order(&c.purchase_order)?;
+    /// The purchase order an invoice numbered `invoice` may be recorded against: approved
+    /// (or sent, or closed), the number given and not yet recorded on it.
+    fn invoiceable(
+        &self,
+        purchase_order: &PurchaseOrderId,
+        invoice: &str,
+    ) -> Result<&PurchaseOrderState, Rejection> {
+        let po = self.purchase_order(purchase_order)?;
         if matches!(po.status, PoStatus::PendingApproval | PoStatus::Rejected) {
             return Err(reject(
                 code::INVALID_TRANSITION,
                 format!(
-                    "purchase order {} is {}; invoices are recorded against approved orders",
-                    c.purchase_order,
+                    "purchase order {purchase_order} is {}; invoices are recorded against approved orders",
                     po.status.name()
                 ),
             ));
         }
-        if c.invoice.trim().is_empty() {
+        if invoice.trim().is_empty() {
             return Err(reject(
                 code::INVALID_QUANTITY,
                 "invoice is empty; give the supplier's invoice number",
             ));
         }
-        if po.invoices.contains_key(&c.invoice) {
+        if po.invoices.contains_key(invoice) {
             return Err(reject(
                 code::ALREADY_EXISTS,
                 format!(
-                    "invoice {} is already recorded against purchase order {}",
-                    c.invoice, c.purchase_order
+                    "invoice {invoice} is already recorded against purchase order {purchase_order}"
                 ),
             ));
         }
+        Ok(po)
+    }
+
+    /// A supplier's invoice, matched to the order's lines and receipts.
+    pub(crate) fn record_invoice(&self, c: &RecordInvoice) -> Result<Decision, Rejection> {
+        let po = self.invoiceable(&c.purchase_order, &c.invoice)?;
         if c.lines.is_empty() {
             return Err(reject(
                 code::INVALID_QUANTITY,
@@ -410,47 +419,8 @@ impl<'a> Decider<'a> {
         &self,
         c: &RecordChargeInvoice,
     ) -> Result<Decision, Rejection> {
-        let po = self.purchase_order(&c.purchase_order)?;
-        if matches!(po.status, PoStatus::PendingApproval | PoStatus::Rejected) {
-            return Err(reject(
-                code::INVALID_TRANSITION,
-                format!(
-                    "purchase order {} is {}; invoices are recorded against approved orders",
-                    c.purchase_order,
-                    po.status.name()
-                ),
-            ));
-        }
-        if c.invoice.trim().is_empty() {
-            return Err(reject(
-                code::INVALID_QUANTITY,
-                "invoice is empty; give the supplier's invoice number",
-            ));
-        }
-        if po.invoices.contains_key(&c.invoice) {
-            return Err(reject(
-                code::ALREADY_EXISTS,
-                format!(
-                    "invoice {} is already recorded against purchase order {}",
-                    c.invoice, c.purchase_order
-                ),
-            ));
-        }
-        if c.amount.currency != po.currency {
-            return Err(reject(
-                code::CURRENCY_MISMATCH,
-                format!(
-                    "amount is in {}; purchase order {} is in {}",
-                    c.amount.currency, c.purchase_order, po.currency
-                ),
-            ));
-        }
-        if c.amount.amount <= Decimal::ZERO {
-            return Err(reject(
-                code::NEGATIVE_AMOUNT,
-                format!("amount is {}; expected more than 0", c.amount.amount),
-            ));
-        }
+        let po = self.invoiceable(&c.purchase_order, &c.invoice)?;
+        amount_for_order(&c.amount, &c.purchase_order, po)?;
         let open = po
             .accrued
             .get(&format!("{:?}", c.charge))
@@ -519,21 +489,7 @@ impl<'a> Decider<'a> {
                 ),
             ));
         };
-        if c.amount.currency != po.currency {
-            return Err(reject(
-                code::CURRENCY_MISMATCH,
-                format!(
-                    "amount is in {}; purchase order {} and its invoices are in {}",
-                    c.amount.currency, c.purchase_order, po.currency
-                ),
-            ));
-        }
-        if c.amount.amount <= Decimal::ZERO {
-            return Err(reject(
-                code::NEGATIVE_AMOUNT,
-                format!("amount is {}; expected more than 0", c.amount.amount),
-            ));
-        }
+        amount_for_order(&c.amount, &c.purchase_order, po)?;
         if c.amount.amount > *open {
             return Err(reject(
                 code::OVER_PAYMENT,
@@ -569,21 +525,7 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
-        if c.amount.amount <= Decimal::ZERO {
-            return Err(reject(
-                code::NEGATIVE_AMOUNT,
-                format!("amount is {}; expected more than 0", c.amount.amount),
-            ));
-        }
-        if c.amount.currency != po.currency {
-            return Err(reject(
-                code::CURRENCY_MISMATCH,
-                format!(
-                    "amount is in {}; purchase order {} is in {}",
-                    c.amount.currency, c.purchase_order, po.currency
-                ),
-            ));
-        }
+        amount_for_order(&c.amount, &c.purchase_order, po)?;
         let received: Vec<(u32, &crate::state::PoLineState)> = po
             .lines
             .iter()
@@ -667,4 +609,28 @@ pub fn spread(amount: Decimal, weights: &[Decimal], total: Decimal, decimals: u3
         *last += amount - given;
     }
     shares
+}
+
+/// An amount charged or paid against a purchase order: in its currency and more than 0.
+fn amount_for_order(
+    amount: &Money,
+    purchase_order: &PurchaseOrderId,
+    po: &PurchaseOrderState,
+) -> Result<(), Rejection> {
+    if amount.currency != po.currency {
+        return Err(reject(
+            code::CURRENCY_MISMATCH,
+            format!(
+                "amount is in {}; purchase order {purchase_order} is in {}",
+                amount.currency, po.currency
+            ),
+        ));
+    }
+    if amount.amount <= Decimal::ZERO {
+        return Err(reject(
+            code::NEGATIVE_AMOUNT,
+            format!("amount is {}; expected more than 0", amount.amount),
+        ));
+    }
+    Ok(())
 }

@@ -520,6 +520,22 @@ impl Books {
         );
     }
 
+    /// Spreads each share of a charge over its purchase-order line's units (`spread`).
+    fn spread_shares(
+        &mut self,
+        p: &mut Poster<'_>,
+        purchase_order: &str,
+        shares: &[ledger::events::ChargeShare],
+        currency: &str,
+        credit: Account,
+    ) {
+        for share in shares {
+            let source = format!("{purchase_order}/{}", share.line);
+            let amount = share.amount.amount;
+            self.spread(p, &source, share.sku.as_str(), currency, amount, credit);
+        }
+    }
+
     /// Applies one event to the books and returns the journal lines it posts.
     pub fn post(&mut self, event: &RecordedEvent) -> Posted {
         use Event as E;
@@ -564,17 +580,8 @@ impl Books {
             }
             E::LandedCostAllocated(e) => {
                 let currency = e.amount.currency.to_string();
-                for share in &e.shares {
-                    let source = format!("{}/{}", e.purchase_order, share.line);
-                    self.spread(
-                        &mut p,
-                        &source,
-                        share.sku.as_str(),
-                        &currency,
-                        share.amount.amount,
-                        Account::LandedCostAccrual,
-                    );
-                }
+                let po = e.purchase_order.as_str();
+                self.spread_shares(&mut p, po, &e.shares, &currency, Account::LandedCostAccrual);
             }
             E::InvoiceRecorded(e) => {
                 let from = p.out.lines.len();
@@ -640,17 +647,8 @@ impl Books {
                     None,
                 );
                 // Charged beyond the accrual: a landed cost of the received lines.
-                for share in &e.shares {
-                    let source = format!("{}/{}", e.purchase_order, share.line);
-                    self.spread(
-                        &mut p,
-                        &source,
-                        share.sku.as_str(),
-                        &currency,
-                        share.amount.amount,
-                        Account::AccountsPayable,
-                    );
-                }
+                let po = e.purchase_order.as_str();
+                self.spread_shares(&mut p, po, &e.shares, &currency, Account::AccountsPayable);
                 let item = payable(e.purchase_order.as_str(), &e.invoice);
                 p.item(from, Account::AccountsPayable, &item);
             }
