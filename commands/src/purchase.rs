@@ -430,12 +430,7 @@ impl<'a> Decider<'a> {
         let cleared = open.min(c.amount.amount);
         let beyond = c.amount.amount - cleared;
         let shares = if beyond > Decimal::ZERO {
-            let received: Vec<(u32, &crate::state::PoLineState)> = po
-                .lines
-                .iter()
-                .filter(|(_, l)| l.received > 0)
-                .map(|(n, l)| (*n, l))
-                .collect();
+            let received = received_lines(po);
             let weights: Vec<Decimal> = received
                 .iter()
                 .map(|(_, l)| l.unit_cost.amount * Decimal::from(l.received))
@@ -526,12 +521,7 @@ impl<'a> Decider<'a> {
             ));
         }
         amount_for_order(&c.amount, &c.purchase_order, po)?;
-        let received: Vec<(u32, &crate::state::PoLineState)> = po
-            .lines
-            .iter()
-            .filter(|(_, l)| l.received > 0)
-            .map(|(n, l)| (*n, l))
-            .collect();
+        let received = received_lines(po);
         if received.is_empty() {
             return Err(reject(
                 code::INVALID_TRANSITION,
@@ -633,4 +623,13 @@ fn amount_for_order(
         ));
     }
     Ok(())
+}
+
+/// The order's lines that have received something, by line number.
+fn received_lines(po: &PurchaseOrderState) -> Vec<(u32, &crate::state::PoLineState)> {
+    po.lines
+        .iter()
+        .filter(|(_, l)| l.received > 0)
+        .map(|(n, l)| (*n, l))
+        .collect()
 }

@@ -969,67 +969,41 @@ impl Books {
                     self.receive_intercompany(&mut p, &transit, e.to.as_str(), e.qty.get());
                     return out;
                 }
-                let sku = transit.sku.as_str();
-                let to = e.to.as_str();
-                let arrived = e.qty.get();
-                let value = if transit.qty > 0 {
-                    (transit.value * Decimal::from(arrived) / Decimal::from(transit.qty))
-                        .round_dp_with_strategy(COST_DP, HALF_UP)
-                } else {
-                    Decimal::ZERO
-                };
-                let method = self.method(sku);
-                let key = vkey(&transit.entity, sku, to);
-                self.valuation_mut(&key, &transit.currency)
-                    .add(method, arrived, value, None);
-                p.out.valuations.push(key);
-                p.pair(
-                    &transit.currency,
-                    Account::Inventory,
-                    Account::InventoryInTransit,
-                    value.min(transit.value),
-                    Some(sku),
-                    Some(to),
-                    None,
-                    None,
-                );
-                // Short: the missing units' value is lost; over: the extra units are a gain.
-                let difference = transit.value - value;
-                p.pair(
-                    &transit.currency,
-                    Account::InventoryAdjustment,
-                    Account::InventoryInTransit,
-                    difference.max(Decimal::ZERO),
-                    Some(sku),
-                    Some(to),
-                    None,
-                    None,
-                );
-                p.pair(
-                    &transit.currency,
-                    Account::Inventory,
-                    Account::InventoryAdjustment,
-                    (-difference).max(Decimal::ZERO),
-                    Some(sku),
-                    Some(to),
-                    None,
-                    None,
-                );
+                let owner = transit.entity.clone();
+                let arrival = (e.to.as_str(), e.qty.get(), owner.as_str());
+                self.arrive(&mut p, &transit, arrival, Account::InventoryInTransit);
             }
             _ => {}
         }
         out
     }
 
-    /// The buyer's side of an intercompany transfer: the units arrived at its location at
-    /// their share of the shipped cost; it owes the seller the whole shipped cost; what did
-    /// not arrive (or arrived beyond it) is an inventory adjustment of the buyer.
+    /// The buyer's side of an intercompany transfer: the units arrive at its location at
+    /// their share of the shipped cost (`arrive`) and it owes the seller the whole shipped
+    /// cost.
     fn receive_intercompany(
         &mut self,
         p: &mut Poster<'_>,
         transit: &Transit,
         to: &str,
         arrived: i64,
+    ) {
+        let from = p.out.lines.len();
+        let buyer = p.entity.to_owned();
+        let arrival = (to, arrived, buyer.as_str());
+        self.arrive(p, transit, arrival, Account::IntercompanyPayable);
+        p.counterparty(from, Account::IntercompanyPayable, &transit.entity);
+    }
+
+    /// Units of a transfer arrive at `to` (valued in `owner`'s books) at their share of the
+    /// shipped cost, against `credit` for the whole of it: what did not arrive is lost (an
+    /// inventory adjustment), units beyond it are a gain.
+    fn arrive(
+        &mut self,
+        p: &mut Poster<'_>,
+        transit: &Transit,
+        (to, arrived, owner): (&str, i64, &str),
+        credit: Account,
     ) {
         let sku = transit.sku.as_str();
         let value = if transit.qty > 0 {
@@ -1039,44 +1013,27 @@ impl Books {
             Decimal::ZERO
         };
         let method = self.method(sku);
-        let key = vkey(p.entity, sku, to);
+        let key = vkey(owner, sku, to);
         self.valuation_mut(&key, &transit.currency)
             .add(method, arrived, value, None);
         p.out.valuations.push(key);
-        let from = p.out.lines.len();
-        let dims = (Some(sku), Some(to), None, None);
-        p.pair(
-            &transit.currency,
-            Account::Inventory,
-            Account::IntercompanyPayable,
-            value.min(transit.value),
-            dims.0,
-            dims.1,
-            dims.2,
-            dims.3,
-        );
+        let currency = transit.currency.as_str();
         let difference = transit.value - value;
-        p.pair(
-            &transit.currency,
-            Account::InventoryAdjustment,
-            Account::IntercompanyPayable,
-            difference.max(Decimal::ZERO),
-            dims.0,
-            dims.1,
-            dims.2,
-            dims.3,
-        );
-        p.pair(
-            &transit.currency,
-            Account::Inventory,
-            Account::InventoryAdjustment,
-            (-difference).max(Decimal::ZERO),
-            dims.0,
-            dims.1,
-            dims.2,
-            dims.3,
-        );
-        p.counterparty(from, Account::IntercompanyPayable, &transit.entity);
+        for (dr, cr, amount) in [
+            (Account::Inventory, credit, value.min(transit.value)),
+            (
+                Account::InventoryAdjustment,
+                credit,
+                difference.max(Decimal::ZERO),
+            ),
+            (
+                Account::Inventory,
+                Account::InventoryAdjustment,
+                (-difference).max(Decimal::ZERO),
+            ),
+        ] {
+            p.pair(currency, dr, cr, amount, Some(sku), Some(to), None, None);
+        }
     }
 
     /// Takes units (`sku`, `location`, `qty`) out at their cost and posts `account` /
