@@ -314,7 +314,13 @@ impl CommandClient {
     }
 
     async fn raw_request(&self, subject: String, body: Bytes) -> Result<Bytes, ClientError> {
-        let request = self.nats.request(subject.clone(), body);
+        // The request's own timeout is this client's, not the connection's default (10 s).
+        let request = self.nats.send_request(
+            subject.clone(),
+            async_nats::Request::new()
+                .payload(body)
+                .timeout(Some(self.timeout + std::time::Duration::from_millis(500))),
+        );
         match tokio::time::timeout(self.timeout, request).await {
             Ok(Ok(msg)) => Ok(msg.payload),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {

@@ -52,9 +52,13 @@ impl ViewClient {
             view: view.into(),
             detail,
         };
-        let request = self.nats.request(
+        // The request's own timeout is the wait asked for (plus the answer's way back), not
+        // the connection's default (10 s), which would cut a long `min_seq` wait short.
+        let request = self.nats.send_request(
             format!("view.{view}.{op}"),
-            serde_json::to_vec(&body).expect("json").into(),
+            async_nats::Request::new()
+                .payload(serde_json::to_vec(&body).expect("json").into())
+                .timeout(Some(timeout + Duration::from_secs(1))),
         );
         let msg = tokio::time::timeout(timeout + Duration::from_secs(2), request)
             .await
