@@ -423,7 +423,7 @@ impl<'a> Decider<'a> {
         amount_for_order(&c.amount, &c.purchase_order, po)?;
         let open = po
             .accrued
-            .get(&format!("{:?}", c.charge))
+            .get(&crate::state::charge_key(&c.charge))
             .copied()
             .unwrap_or_default()
             .max(Decimal::ZERO);
@@ -445,16 +445,8 @@ impl<'a> Decider<'a> {
                     ),
                 ));
             }
-            let amounts = spread(beyond, &weights, total, c.amount.currency.minor_units());
-            received
-                .iter()
-                .zip(amounts)
-                .map(|((n, l), amount)| ChargeShare {
-                    line: *n,
-                    sku: l.sku.clone(),
-                    amount: Money::new(amount, c.amount.currency).expect("share of a valid amount"),
-                })
-                .collect()
+            let beyond = Money::new(beyond, c.amount.currency).expect("part of a valid amount");
+            charge_shares(&received, &weights, total, beyond)
         } else {
             Vec::new()
         };
@@ -558,12 +550,6 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
-        let shares = spread(
-            c.amount.amount,
-            &weights,
-            total,
-            c.amount.currency.minor_units(),
-        );
         Ok(vec![(
             Subject::PurchaseOrder(c.purchase_order.clone()),
             Event::LandedCostAllocated(LandedCostAllocated {
@@ -571,19 +557,29 @@ impl<'a> Decider<'a> {
                 charge: c.charge.clone(),
                 amount: c.amount,
                 basis: c.basis.clone(),
-                shares: received
-                    .iter()
-                    .zip(shares)
-                    .map(|((n, l), amount)| ChargeShare {
-                        line: *n,
-                        sku: l.sku.clone(),
-                        amount: Money::new(amount, c.amount.currency)
-                            .expect("share of a valid amount"),
-                    })
-                    .collect(),
+                shares: charge_shares(&received, &weights, total, c.amount),
             }),
         )])
     }
+}
+
+/// `amount` spread over the received lines in proportion to their `weights` (`spread`).
+fn charge_shares(
+    received: &[(u32, &crate::state::PoLineState)],
+    weights: &[Decimal],
+    total: Decimal,
+    amount: Money,
+) -> Vec<ChargeShare> {
+    let amounts = spread(amount.amount, weights, total, amount.currency.minor_units());
+    received
+        .iter()
+        .zip(amounts)
+        .map(|((n, l), part)| ChargeShare {
+            line: *n,
+            sku: l.sku.clone(),
+            amount: Money::new(part, amount.currency).expect("share of a valid amount"),
+        })
+        .collect()
 }
 
 /// Splits `amount` in proportion to `weights`, to the currency's minor unit (`decimals`: 2 for

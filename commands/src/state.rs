@@ -598,6 +598,11 @@ pub struct PurchaseOrderState {
     pub accrued: BTreeMap<String, rust_decimal::Decimal>,
 }
 
+/// The key of a charge in `PurchaseOrderState::accrued`.
+pub(crate) fn charge_key(charge: &ledger::events::ChargeKind) -> String {
+    format!("{charge:?}")
+}
+
 /// Purchasing rules the processor is configured with (not facts from the log: they shape
 /// decisions, and the decisions are recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -906,12 +911,11 @@ impl State {
                 }
             }
             E::LandedCostAllocated(e) => {
-                *p.accrued.entry(format!("{:?}", e.charge)).or_default() += e.amount.amount;
+                *p.accrued.entry(charge_key(&e.charge)).or_default() += e.amount.amount;
             }
             E::ChargeInvoiceRecorded(e) => {
                 p.invoices.insert(e.invoice.clone(), e.amount.amount);
-                *p.accrued.entry(format!("{:?}", e.charge)).or_default() -=
-                    e.accrual_cleared.amount;
+                *p.accrued.entry(charge_key(&e.charge)).or_default() -= e.accrual_cleared.amount;
             }
             E::PaymentRecorded(e) => {
                 if let Some(open) = p.invoices.get_mut(&e.invoice) {

@@ -90,11 +90,6 @@ impl Translator {
         }
     }
 
-    /// The functional currency of a defined entity.
-    pub fn functional(&self, entity: &str) -> Option<&str> {
-        self.functional.get(entity).map(String::as_str)
-    }
-
     /// The rate of `currency` into `entity`'s functional currency on `date`: the latest set
     /// from that date or before.
     fn rate(&self, entity: &str, currency: &str, date: &str) -> Option<Decimal> {
