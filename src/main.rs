@@ -575,16 +575,18 @@ enum ViewName {
     Margin,
     Finance,
     Replenishment,
+    Exceptions,
 }
 
 impl ViewName {
-    const ALL: [ViewName; 6] = [
+    const ALL: [ViewName; 7] = [
         ViewName::Ats,
         ViewName::Allocation,
         ViewName::Audit,
         ViewName::Margin,
         ViewName::Finance,
         ViewName::Replenishment,
+        ViewName::Exceptions,
     ];
 
     fn as_str(self) -> &'static str {
@@ -595,6 +597,7 @@ impl ViewName {
             ViewName::Margin => "margin",
             ViewName::Finance => "finance",
             ViewName::Replenishment => "replenishment",
+            ViewName::Exceptions => "exceptions",
         }
     }
 
@@ -614,6 +617,9 @@ impl ViewName {
             ViewName::Finance => project::<Finance>(log, mode, config, shutdown).await,
             ViewName::Replenishment => {
                 project::<projections::replenish::Replenishment>(log, mode, config, shutdown).await
+            }
+            ViewName::Exceptions => {
+                project::<projections::exceptions::Exceptions>(log, mode, config, shutdown).await
             }
         }
     }

@@ -30,6 +30,8 @@ pub enum ReplayView {
     Finance,
     /// Purchase recommendations per SKU × location.
     Replenishment,
+    /// Exceptions raised by the rules, their status, owner and resolution.
+    Exceptions,
     /// The processor's write model: stock balances and orders.
     State,
 }
@@ -204,6 +206,10 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
         ReplayView::Finance => build::<Finance>(log, &points, format, &filter, args.quiet).await?,
         ReplayView::Replenishment => {
             build::<Replenishment>(log, &points, format, &filter, args.quiet).await?
+        }
+        ReplayView::Exceptions => {
+            build::<projections::exceptions::Exceptions>(log, &points, format, &filter, args.quiet)
+                .await?
         }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };

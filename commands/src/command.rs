@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use ledger::events::{
-    AllocationBasis, ChannelAllocationRule, ChargeKind, CostMethod, Disposition, FulfilmentPolicy,
-    LineQty, LocationKind, Measure, PackSize, PeriodTotal, PurchaseRef, ReservationPolicy,
-    ReturnReason, Tracking,
+    AllocationBasis, ChannelAllocationRule, ChargeKind, CostMethod, Disposition, ExceptionKind,
+    ExceptionRef, ExceptionRule, FulfilmentPolicy, LineQty, LocationKind, Measure, PackSize,
+    PeriodTotal, PurchaseRef, ReservationPolicy, Resolution, ReturnReason, Tracking,
 };
 use ledger::values::{
     Actor, ActorId, BinId, ChannelId, Country, Currency, Date, EntityId, HoldId, LocationId, LotId,
@@ -348,6 +348,16 @@ command_data! {
         pub note: String,
     }
 
+    /// Records a carrier's proof of delivery for a shipped package of the order, delivered
+    /// at the command's `effective_at` (not before the order was placed; once per package).
+    pub struct ConfirmDelivery {
+        pub order: OrderId,
+        pub package: PackageId,
+        /// The carrier's proof-of-delivery reference.
+        #[serde(default)]
+        pub proof: String,
+    }
+
     pub struct Refund {
         pub order: OrderId,
         pub return_id: ReturnId,
@@ -506,6 +516,38 @@ command_data! {
         pub source: String,
     }
 
+    /// Sets the legal entity's rule for one kind of exception (`rule: null` turns the kind
+    /// off there): `threshold` in days for the time-based kinds, in percent for the variance
+    /// kinds, and the severity its exceptions carry.
+    pub struct SetExceptionRule {
+        pub kind: ExceptionKind,
+        pub rule: Option<ExceptionRule>,
+    }
+
+    /// Gives an exception an owner. `exception` names its kind and subject, as the
+    /// `exceptions` view lists it.
+    pub struct AssignException {
+        pub exception: ExceptionRef,
+        pub owner: ActorId,
+    }
+
+    /// Records how an exception was dealt with (`note` required with `Other`).
+    pub struct ResolveException {
+        pub exception: ExceptionRef,
+        pub resolution: Resolution,
+        #[serde(default)]
+        pub note: String,
+    }
+
+    /// Takes an exception out of the queue until `until` (business time, after the
+    /// command's `effective_at`).
+    pub struct SnoozeException {
+        pub exception: ExceptionRef,
+        pub until: Timestamp,
+        #[serde(default)]
+        pub note: String,
+    }
+
     /// Asks to reopen a closed month; it takes effect when a second person approves it.
     pub struct ReopenPeriod {
         pub period: Period,
@@ -595,6 +637,7 @@ commands! {
     CancelOrder(CancelOrder) = "order.cancel";
     AuthoriseReturn(AuthoriseReturn) = "order.authorise_return";
     Refund(Refund) = "order.refund";
+    ConfirmDelivery(ConfirmDelivery) = "order.confirm_delivery";
     CreatePurchaseOrder(CreatePurchaseOrder) = "purchase.create_order";
     ApprovePurchaseOrder(ApprovePurchaseOrder) = "purchase.approve";
     RejectPurchaseOrder(RejectPurchaseOrder) = "purchase.reject";
@@ -612,6 +655,10 @@ commands! {
     ClosePeriod(ClosePeriod) = "period.close";
     ReopenPeriod(ReopenPeriod) = "period.reopen";
     SetRate(SetRate) = "fx.set_rate";
+    SetExceptionRule(SetExceptionRule) = "exception.set_rule";
+    AssignException(AssignException) = "exception.assign";
+    ResolveException(ResolveException) = "exception.resolve";
+    SnoozeException(SnoozeException) = "exception.snooze";
 }
 
 /// A decoded, valid command.
@@ -666,7 +713,16 @@ impl Command {
             | B::Ship(Ship { order, .. })
             | B::CancelOrder(CancelOrder { order, .. })
             | B::AuthoriseReturn(AuthoriseReturn { order, .. })
-            | B::Refund(Refund { order, .. }) => Some(order),
+            | B::Refund(Refund { order, .. })
+            | B::ConfirmDelivery(ConfirmDelivery { order, .. }) => Some(order),
+            B::AssignException(AssignException { exception, .. })
+            | B::ResolveException(ResolveException { exception, .. })
+            | B::SnoozeException(SnoozeException { exception, .. }) => match &exception.on {
+                ledger::events::ExceptionSubject::Order { order }
+                | ledger::events::ExceptionSubject::Shipment { order, .. }
+                | ledger::events::ExceptionSubject::Return { order, .. } => Some(order),
+                _ => None,
+            },
             _ => None,
         }
     }

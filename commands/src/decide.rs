@@ -90,6 +90,9 @@ pub mod code {
     pub const STALE_APPROVAL: &str = "stale_approval";
     /// A reason must be given.
     pub const REASON_REQUIRED: &str = "reason_required";
+    /// An exception action names a kind with a subject of another shape (a count variance
+    /// on an order).
+    pub const INVALID_EXCEPTION: &str = "invalid_exception";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
     /// Produced by the processor: the actor's role may not send this command
@@ -144,6 +147,7 @@ pub mod code {
         UNKNOWN_APPROVAL,
         STALE_APPROVAL,
         REASON_REQUIRED,
+        INVALID_EXCEPTION,
     ];
 }
 
@@ -386,6 +390,11 @@ fn decide_rules(
         CommandBody::CancelOrder(c) => d.cancel(c),
         CommandBody::AuthoriseReturn(c) => d.authorise_return(c),
         CommandBody::Refund(c) => d.refund(c),
+        CommandBody::ConfirmDelivery(c) => d.confirm_delivery(c),
+        CommandBody::SetExceptionRule(c) => d.set_exception_rule(c),
+        CommandBody::AssignException(c) => d.assign_exception(c),
+        CommandBody::ResolveException(c) => d.resolve_exception(c),
+        CommandBody::SnoozeException(c) => d.snooze_exception(c),
     }
 }
 
@@ -1442,7 +1451,9 @@ impl<'a> Decider<'a> {
 
     fn pack(&self, c: &Pack) -> Result<Decision, Rejection> {
         let order = self.order(&c.order)?;
-        if order.packages.contains_key(&c.package) || order.shipped_packages.contains(&c.package) {
+        if order.packages.contains_key(&c.package)
+            || order.shipped_packages.contains_key(&c.package)
+        {
             return Err(reject(
                 code::ALREADY_EXISTS,
                 format!("package {} exists on order {}", c.package, c.order),

@@ -1207,3 +1207,185 @@ fn figures_beyond_the_largest_quantity_are_refused_not_panicked() {
             .is_none()
     );
 }
+
+/// An order of 2 A shipped in package P1 at 2011-01-01T10:00:00Z, with return R1 authorised.
+fn shipped_order(w: &mut World) {
+    w.receive("A", "WH1", 10);
+    w.order("O1", json!([line(1, "A", 2)]));
+    w.given(
+        "order.release_to_pick",
+        json!({"order": "O1", "wave": "W1"}),
+    );
+    w.given(
+        "order.pick",
+        json!({"order": "O1", "lines": [{"line": 1, "qty": 2}]}),
+    );
+    w.given(
+        "order.pack",
+        json!({"order": "O1", "package": "P1", "lines": [{"line": 1, "qty": 2}]}),
+    );
+    w.given("order.ship", json!({"order": "O1", "package": "P1", "carrier": "RM", "tracking": "T", "freight_cost": gbp("3")}));
+    w.given(
+        "order.authorise_return",
+        json!({"order": "O1", "return_id": "R1", "lines": [{"line": 1, "qty": 1}], "reason": "Defective"}),
+    );
+}
+
+#[test]
+fn a_delivery_is_confirmed_once_per_shipped_package_and_not_before_it_left() {
+    let mut w = World::new();
+    shipped_order(&mut w);
+    let delivery = json!({"order": "O1", "package": "P1", "proof": "POD-1"});
+    assert_eq!(
+        rejected(w.when(
+            "order.confirm_delivery",
+            json!({"order": "O1", "package": "P9"})
+        )),
+        code::UNKNOWN_PACKAGE
+    );
+    assert_eq!(
+        rejected(w.when(
+            "order.confirm_delivery",
+            json!({"order": "NOPE", "package": "P1"})
+        )),
+        code::UNKNOWN_ORDER
+    );
+    assert_eq!(
+        rejected(w.when_at(
+            "order.confirm_delivery",
+            delivery.clone(),
+            "2011-01-01T09:59:59Z"
+        )),
+        code::INVALID_TRANSITION
+    );
+    let d = w.given("order.confirm_delivery", delivery.clone());
+    assert_eq!(types(&d), ["order.delivered"]);
+    assert_eq!(
+        rejected(w.when("order.confirm_delivery", delivery)),
+        code::INVALID_TRANSITION
+    );
+}
+
+#[test]
+fn exception_actions_name_a_kind_with_its_subject_shape_and_a_subject_that_exists() {
+    let mut w = World::new();
+    shipped_order(&mut w);
+    let on_order = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "O1"}}});
+    // A kind with a subject of another shape.
+    assert_eq!(
+        rejected(w.when(
+            "exception.assign",
+            json!({"exception": {"kind": "CountVariance", "on": {"Order": {"order": "O1"}}}, "owner": "x"})
+        )),
+        code::INVALID_EXCEPTION
+    );
+    // Subjects that do not exist.
+    for (exception, code) in [
+        (
+            json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "NOPE"}}}),
+            code::UNKNOWN_ORDER,
+        ),
+        (
+            json!({"kind": "ShipmentInTransit", "on": {"Shipment": {"order": "O1", "package": "P9"}}}),
+            code::UNKNOWN_PACKAGE,
+        ),
+        (
+            json!({"kind": "ReturnNotInspected", "on": {"Return": {"order": "O1", "return_id": "R9"}}}),
+            code::UNKNOWN_RETURN,
+        ),
+        (
+            json!({"kind": "PurchaseOrderOverdue", "on": {"PurchaseOrder": {"purchase_order": "PO9"}}}),
+            code::UNKNOWN_PURCHASE_ORDER,
+        ),
+        (
+            json!({"kind": "CountVariance", "on": {"Stock": {"sku": "NOPE", "location": "WH1"}}}),
+            code::UNKNOWN_SKU,
+        ),
+        (
+            json!({"kind": "BelowSafetyStock", "on": {"Stock": {"sku": "A", "location": "NOWHERE"}}}),
+            code::UNKNOWN_LOCATION,
+        ),
+    ] {
+        assert_eq!(
+            rejected(w.when(
+                "exception.assign",
+                json!({"exception": exception, "owner": "x"})
+            )),
+            code,
+            "{exception}"
+        );
+    }
+    // Accepted, on the subject the exception is about.
+    let d = w.given(
+        "exception.assign",
+        json!({"exception": on_order, "owner": "picker-9"}),
+    );
+    assert_eq!(types(&d), ["exception.assigned"]);
+    assert_eq!(d[0].0, Subject::Order(OrderId::new("O1").unwrap()));
+    let d = w.given(
+        "exception.assign",
+        json!({"exception": {"kind": "CountVariance", "on": {"Stock": {"sku": "A", "location": "WH1"}}}, "owner": "x"}),
+    );
+    assert_eq!(d[0].0, Subject::Stock(Sku::new("A").unwrap()));
+    // A resolution of Other needs a note; a snooze must end after now, within a year.
+    assert_eq!(
+        rejected(w.when(
+            "exception.resolve",
+            json!({"exception": on_order, "resolution": "Other"})
+        )),
+        code::REASON_REQUIRED
+    );
+    assert_eq!(
+        types(&w.given(
+            "exception.resolve",
+            json!({"exception": on_order, "resolution": "Other", "note": "split shipment agreed"})
+        )),
+        ["exception.resolved"]
+    );
+    for until in ["2011-01-01T10:00:00Z", "2012-06-01T00:00:00Z"] {
+        assert_eq!(
+            rejected(w.when(
+                "exception.snooze",
+                json!({"exception": on_order, "until": until})
+            )),
+            code::INVALID_TRANSITION
+        );
+    }
+    assert_eq!(
+        types(&w.given(
+            "exception.snooze",
+            json!({"exception": on_order, "until": "2011-01-02T10:00:00Z"})
+        )),
+        ["exception.snoozed"]
+    );
+}
+
+#[test]
+fn exception_rules_are_set_per_entity_with_thresholds_in_range() {
+    let w = World::new();
+    assert_eq!(
+        rejected(w.when(
+            "exception.set_rule",
+            json!({"kind": "OrderUnshipped", "rule": {"threshold": 400, "severity": "High"}})
+        )),
+        code::INVALID_THRESHOLD
+    );
+    let d = w
+        .when(
+            "exception.set_rule",
+            json!({"kind": "CountVariance", "rule": {"threshold": 400, "severity": "Critical"}}),
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["exception.rule_set"]);
+    assert_eq!(d[0].0, Subject::LegalEntity(EntityId::new("UK01").unwrap()));
+    assert_eq!(
+        types(
+            &w.when(
+                "exception.set_rule",
+                json!({"kind": "BelowSafetyStock", "rule": null})
+            )
+            .unwrap()
+        ),
+        ["exception.rule_set"]
+    );
+}

@@ -68,6 +68,11 @@ pub const OUTSIDE_PERIODS: &[&str] = &[
     "approval.reject",
     "period.close",
     "period.reopen",
+    "order.confirm_delivery",
+    "exception.set_rule",
+    "exception.assign",
+    "exception.resolve",
+    "exception.snooze",
 ];
 
 /// Applies an event of a legal entity's subject.

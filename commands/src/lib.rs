@@ -9,6 +9,7 @@ pub mod client;
 pub mod command;
 pub mod decide;
 pub mod demo;
+pub mod exceptions;
 pub mod governance;
 pub mod latency;
 pub mod processor;

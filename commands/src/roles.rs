@@ -17,10 +17,11 @@ pub struct Roles(BTreeMap<String, Vec<String>>);
 
 impl Default for Roles {
     /// The built-in table: `admin` all; `upstream` (shop and marketplace integrations) master
-    /// data, stock and orders, and `clerk` (back office) the same plus purchasing; `buyer`
-    /// suppliers and purchasing; `warehouse` receiving, moves,
-    /// counts, quality, returns and pick/pack/ship; `controller` legal entities, thresholds,
-    /// approvals and period close; `system` hold
+    /// data, stock and orders (delivery confirmations included), and `clerk` (back office)
+    /// the same plus purchasing and working exceptions (assign, resolve, snooze); `buyer`
+    /// suppliers and purchasing; `warehouse` receiving, moves, counts, quality, returns,
+    /// pick/pack/ship, delivery confirmations and working exceptions; `controller` legal
+    /// entities, thresholds, approvals, period close, rates and exception rules; `system` hold
     /// expiry (the processor's own clock); `auditor` nothing.
     fn default() -> Roles {
         let table = [
@@ -46,6 +47,9 @@ impl Default for Roles {
                     "stock.*",
                     "order.*",
                     "purchase.*",
+                    "exception.assign",
+                    "exception.resolve",
+                    "exception.snooze",
                 ],
             ),
             ("buyer", vec!["supplier.*", "purchase.*"]),
@@ -66,6 +70,10 @@ impl Default for Roles {
                     "order.pick",
                     "order.pack",
                     "order.ship",
+                    "order.confirm_delivery",
+                    "exception.assign",
+                    "exception.resolve",
+                    "exception.snooze",
                 ],
             ),
             (
@@ -76,6 +84,7 @@ impl Default for Roles {
                     "approval.*",
                     "period.*",
                     "fx.*",
+                    "exception.*",
                 ],
             ),
             ("system", vec!["stock.expire_hold"]),

@@ -362,6 +362,13 @@ pub struct OrderReturn {
     pub refunded: bool,
 }
 
+/// A package that left: when, and whether a carrier confirmed its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippedPackage {
+    pub shipped_at: Timestamp,
+    pub delivered: bool,
+}
+
 /// Everything about one order (subject `ord.<order>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {
@@ -380,7 +387,8 @@ pub struct OrderState {
     pub lines: Lines,
     /// Packed and not yet shipped.
     pub packages: HashMap<PackageId, Vec<(u32, i64)>>,
-    pub shipped_packages: Vec<PackageId>,
+    /// Shipped packages: when each left, and whether its delivery was confirmed.
+    pub shipped_packages: HashMap<PackageId, ShippedPackage>,
     pub returns: HashMap<ReturnId, OrderReturn>,
 }
 
@@ -411,7 +419,7 @@ impl OrderState {
             if let Event::OrderPlaced(e) = &envelope.event {
                 order = Some(placed(e, envelope));
             } else if let Some(o) = order.as_mut() {
-                evolve_order(o, &envelope.event);
+                evolve_order(o, &envelope.event, envelope.effective_at);
             }
             if let Some(o) = order.as_mut() {
                 o.head = Some(head);
@@ -853,7 +861,7 @@ impl State {
                     if let E::OrderPlaced(e) = event {
                         self.orders.insert(order.clone(), placed(e, envelope));
                     } else if let Some(state) = self.orders.get_mut(order) {
-                        evolve_order(state, event);
+                        evolve_order(state, event, envelope.effective_at);
                     }
                     self.index_backorders(order, true);
                 } else if let Subject::PurchaseOrder(po) = &envelope.subject {
@@ -1103,7 +1111,7 @@ fn placed(e: &ledger::events::OrderPlaced, envelope: &Envelope) -> OrderState {
         released_to_pick: false,
         lines,
         packages: HashMap::new(),
-        shipped_packages: Vec::new(),
+        shipped_packages: HashMap::new(),
         returns: HashMap::new(),
     }
 }
@@ -1177,7 +1185,7 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
     }
 }
 
-fn evolve_order(o: &mut OrderState, event: &Event) {
+fn evolve_order(o: &mut OrderState, event: &Event, at: Timestamp) {
     use Event as E;
     match event {
         E::OrderHeld(_) => o.held = true,
@@ -1217,7 +1225,18 @@ fn evolve_order(o: &mut OrderState, event: &Event) {
                 }
             }
             o.packages.remove(&e.package);
-            o.shipped_packages.push(e.package.clone());
+            o.shipped_packages.insert(
+                e.package.clone(),
+                ShippedPackage {
+                    shipped_at: at,
+                    delivered: false,
+                },
+            );
+        }
+        E::OrderDelivered(e) => {
+            if let Some(p) = o.shipped_packages.get_mut(&e.package) {
+                p.delivered = true;
+            }
         }
         E::LinesCancelled(e) => {
             for l in &e.lines {

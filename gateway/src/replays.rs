@@ -33,7 +33,7 @@ pub const ROWS_MAX: usize = 10_000;
 pub const ROWS_DEFAULT: usize = 1_000;
 
 /// The views a replay can build, and what each holds.
-pub const REPLAY_VIEWS: [(&str, &str); 7] = [
+pub const REPLAY_VIEWS: [(&str, &str); 8] = [
     (
         "ats",
         "available to sell per SKU x location and SKU x channel",
@@ -51,6 +51,10 @@ pub const REPLAY_VIEWS: [(&str, &str); 7] = [
     (
         "replenishment",
         "purchase recommendations per SKU x location",
+    ),
+    (
+        "exceptions",
+        "exceptions raised by the rules, their status, owner and resolution",
     ),
     (
         "state",
@@ -341,6 +345,9 @@ async fn start_replay(
             "finance" => run::<projections::finance::Finance>(&gw, id, log, &points, &filter).await,
             "replenishment" => {
                 run::<projections::replenish::Replenishment>(&gw, id, log, &points, &filter).await
+            }
+            "exceptions" => {
+                run::<projections::exceptions::Exceptions>(&gw, id, log, &points, &filter).await
             }
             _ => run::<replay::WriteModel>(&gw, id, log, &points, &filter).await,
         };

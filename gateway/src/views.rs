@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::{Gateway, Refusal, error, unavailable};
 
 /// Every view the gateway serves, with its query contract.
-pub const VIEWS: [(&str, &str); 6] = [
+pub const VIEWS: [(&str, &str); 7] = [
     ("ats", include_str!("../../schemas/views/ats.schema.json")),
     (
         "allocation",
@@ -41,6 +41,10 @@ pub const VIEWS: [(&str, &str); 6] = [
     (
         "replenishment",
         include_str!("../../schemas/views/replenishment.schema.json"),
+    ),
+    (
+        "exceptions",
+        include_str!("../../schemas/views/exceptions.schema.json"),
     ),
 ];
 

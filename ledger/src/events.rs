@@ -581,6 +581,15 @@ payload! {
         pub note: String,
     }
 
+    /// A carrier's proof of delivery for a shipped package; delivered at the event's
+    /// effective time.
+    pub struct OrderDelivered {
+        pub order: OrderId,
+        pub package: PackageId,
+        /// The carrier's proof-of-delivery reference, free text.
+        pub proof: String,
+    }
+
     /// Money went back to the customer, after the return was inspected.
     pub struct OrderRefunded {
         pub order: OrderId,
@@ -696,6 +705,218 @@ payload! {
         pub amount: Money,
         /// The payer's own reference (a bank transfer id), free text.
         pub reference: String,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exceptions: rules on the legal entity's subject, actions on the subject the exception is about
+// ---------------------------------------------------------------------------------------------
+
+payload! {
+    /// What an exception is about. Each kind has one shape (`ExceptionKind::subject_shape`).
+    pub enum ExceptionKind {
+        /// An order released to pick still has units neither shipped nor cancelled
+        /// `threshold` days later.
+        OrderUnshipped,
+        /// A shipment has no delivery confirmation `threshold` days after it left.
+        ShipmentInTransit,
+        /// An order still has backordered units `threshold` days after its promise date.
+        BackorderPastPromise,
+        /// An approved purchase order still has units to receive `threshold` days after its
+        /// expected date.
+        PurchaseOrderOverdue,
+        /// A purchase order line received more than `threshold` percent above what was
+        /// ordered, or was closed more than `threshold` percent short.
+        ReceiptVariance,
+        /// A count found a difference of more than `threshold` percent of what was expected
+        /// (at least one unit).
+        CountVariance,
+        /// Returned units wait for inspection `threshold` days after they arrived.
+        ReturnNotInspected,
+        /// Available stock at a location is below the item's safety stock.
+        BelowSafetyStock,
+    }
+
+    /// The subject an exception is about.
+    pub enum ExceptionSubject {
+        Order { order: OrderId },
+        Shipment { order: OrderId, package: PackageId },
+        PurchaseOrder { purchase_order: PurchaseOrderId },
+        Stock { sku: Sku, location: LocationId },
+        Return { order: OrderId, return_id: ReturnId },
+    }
+
+    /// One exception: its kind and what it is about.
+    pub struct ExceptionRef {
+        pub kind: ExceptionKind,
+        pub on: ExceptionSubject,
+    }
+
+    pub enum Severity {
+        Low,
+        Medium,
+        High,
+        Critical,
+    }
+
+    /// How an exception rule fires in one legal entity.
+    pub struct ExceptionRule {
+        /// Days for the time-based kinds, percent for the variance kinds; unused by
+        /// `BelowSafetyStock`.
+        pub threshold: u32,
+        pub severity: Severity,
+    }
+
+    /// A legal entity's rule for one kind of exception; `None` turns the kind off there.
+    /// Kinds never set use the defaults (docs/VIEWS.md).
+    pub struct ExceptionRuleSet {
+        pub kind: ExceptionKind,
+        pub rule: Option<ExceptionRule>,
+    }
+
+    /// Someone owns the exception now.
+    pub struct ExceptionAssigned {
+        pub exception: ExceptionRef,
+        pub owner: ActorId,
+    }
+
+    /// How an exception was dealt with.
+    pub enum Resolution {
+        Fixed,
+        Expedited,
+        CustomerContacted,
+        SupplierChased,
+        Cancelled,
+        WrittenOff,
+        NoActionNeeded,
+        Other,
+    }
+
+    /// The exception was dealt with; `note` says how (always given with `Other`).
+    pub struct ExceptionResolved {
+        pub exception: ExceptionRef,
+        pub resolution: Resolution,
+        pub note: String,
+    }
+
+    /// The exception leaves the queue until `until` (business time), then comes back if its
+    /// condition still holds.
+    pub struct ExceptionSnoozed {
+        pub exception: ExceptionRef,
+        pub until: Timestamp,
+        pub note: String,
+    }
+}
+
+impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 8] = [
+        ExceptionKind::OrderUnshipped,
+        ExceptionKind::ShipmentInTransit,
+        ExceptionKind::BackorderPastPromise,
+        ExceptionKind::PurchaseOrderOverdue,
+        ExceptionKind::ReceiptVariance,
+        ExceptionKind::CountVariance,
+        ExceptionKind::ReturnNotInspected,
+        ExceptionKind::BelowSafetyStock,
+    ];
+
+    /// Its name in keys, queries and documents (`order_unshipped`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExceptionKind::OrderUnshipped => "order_unshipped",
+            ExceptionKind::ShipmentInTransit => "shipment_in_transit",
+            ExceptionKind::BackorderPastPromise => "backorder_past_promise",
+            ExceptionKind::PurchaseOrderOverdue => "purchase_order_overdue",
+            ExceptionKind::ReceiptVariance => "receipt_variance",
+            ExceptionKind::CountVariance => "count_variance",
+            ExceptionKind::ReturnNotInspected => "return_not_inspected",
+            ExceptionKind::BelowSafetyStock => "below_safety_stock",
+        }
+    }
+
+    /// The shape of subject it is about: `Order`, `Shipment`, `PurchaseOrder`, `Stock` or
+    /// `Return`.
+    pub fn subject_shape(&self) -> &'static str {
+        match self {
+            ExceptionKind::OrderUnshipped | ExceptionKind::BackorderPastPromise => "Order",
+            ExceptionKind::ShipmentInTransit => "Shipment",
+            ExceptionKind::PurchaseOrderOverdue | ExceptionKind::ReceiptVariance => "PurchaseOrder",
+            ExceptionKind::CountVariance | ExceptionKind::BelowSafetyStock => "Stock",
+            ExceptionKind::ReturnNotInspected => "Return",
+        }
+    }
+
+    /// The rule a legal entity has until it sets its own.
+    pub fn default_rule(&self) -> ExceptionRule {
+        let (threshold, severity) = match self {
+            ExceptionKind::OrderUnshipped => (2, Severity::High),
+            ExceptionKind::ShipmentInTransit => (5, Severity::Medium),
+            ExceptionKind::BackorderPastPromise => (0, Severity::High),
+            ExceptionKind::PurchaseOrderOverdue => (0, Severity::Medium),
+            ExceptionKind::ReceiptVariance => (5, Severity::Low),
+            ExceptionKind::CountVariance => (2, Severity::Medium),
+            ExceptionKind::ReturnNotInspected => (3, Severity::Low),
+            ExceptionKind::BelowSafetyStock => (0, Severity::Medium),
+        };
+        ExceptionRule {
+            threshold,
+            severity,
+        }
+    }
+}
+
+impl ExceptionSubject {
+    /// Its shape, as `ExceptionKind::subject_shape` names it.
+    pub fn shape(&self) -> &'static str {
+        match self {
+            ExceptionSubject::Order { .. } => "Order",
+            ExceptionSubject::Shipment { .. } => "Shipment",
+            ExceptionSubject::PurchaseOrder { .. } => "PurchaseOrder",
+            ExceptionSubject::Stock { .. } => "Stock",
+            ExceptionSubject::Return { .. } => "Return",
+        }
+    }
+
+    /// The ledger subject its exception actions are recorded on.
+    pub fn ledger_subject(&self) -> crate::Subject {
+        match self {
+            ExceptionSubject::Order { order }
+            | ExceptionSubject::Shipment { order, .. }
+            | ExceptionSubject::Return { order, .. } => crate::Subject::Order(order.clone()),
+            ExceptionSubject::PurchaseOrder { purchase_order } => {
+                crate::Subject::PurchaseOrder(purchase_order.clone())
+            }
+            ExceptionSubject::Stock { sku, .. } => crate::Subject::Stock(sku.clone()),
+        }
+    }
+
+    /// Its ids, in order (`[order, package]`).
+    pub fn parts(&self) -> Vec<String> {
+        match self {
+            ExceptionSubject::Order { order } => vec![order.to_string()],
+            ExceptionSubject::Shipment { order, package } => {
+                vec![order.to_string(), package.to_string()]
+            }
+            ExceptionSubject::PurchaseOrder { purchase_order } => vec![purchase_order.to_string()],
+            ExceptionSubject::Stock { sku, location } => {
+                vec![sku.to_string(), location.to_string()]
+            }
+            ExceptionSubject::Return { order, return_id } => {
+                vec![order.to_string(), return_id.to_string()]
+            }
+        }
+    }
+}
+
+impl Severity {
+    /// Its weight in an exception's priority score.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Severity::Low => 1,
+            Severity::Medium => 2,
+            Severity::High => 4,
+            Severity::Critical => 8,
+        }
     }
 }
 
@@ -834,6 +1055,7 @@ catalogue! {
     LinesCancelled(LinesCancelled) = "order.lines_cancelled" v 1;
     ReturnAuthorised(ReturnAuthorised) = "order.return_authorised" v 2;
     OrderRefunded(OrderRefunded) = "order.refunded" v 1;
+    OrderDelivered(OrderDelivered) = "order.delivered" v 1;
 
     RecommendationRaised(RecommendationRaised) = "purchase.recommendation_raised" v 1;
     PurchaseOrderCreated(PurchaseOrderCreated) = "purchase.order_created" v 1;
@@ -854,6 +1076,11 @@ catalogue! {
     PeriodClosed(PeriodClosed) = "period.closed" v 1;
     PeriodReopened(PeriodReopened) = "period.reopened" v 1;
     RateSet(RateSet) = "fx.rate_set" v 1;
+
+    ExceptionRuleSet(ExceptionRuleSet) = "exception.rule_set" v 1;
+    ExceptionAssigned(ExceptionAssigned) = "exception.assigned" v 1;
+    ExceptionResolved(ExceptionResolved) = "exception.resolved" v 1;
+    ExceptionSnoozed(ExceptionSnoozed) = "exception.snoozed" v 1;
 
     CommandAccepted(CommandAccepted) = "command.accepted" v 3;
     CommandRejected(CommandRejected) = "command.rejected" v 3;

@@ -492,6 +492,49 @@ fn sample(t: EventType) -> Event {
             return_id: ReturnId::new("RMA-5").unwrap(),
             amount: gbp("5.10"),
         }),
+        EventType::OrderDelivered => Event::OrderDelivered(OrderDelivered {
+            order: order(),
+            package: PackageId::new("PKG-1").unwrap(),
+            proof: "POD 7731 signed J. SMITH".into(),
+        }),
+        EventType::ExceptionRuleSet => Event::ExceptionRuleSet(ExceptionRuleSet {
+            kind: ExceptionKind::OrderUnshipped,
+            rule: Some(ExceptionRule {
+                threshold: 3,
+                severity: Severity::High,
+            }),
+        }),
+        EventType::ExceptionAssigned => Event::ExceptionAssigned(ExceptionAssigned {
+            exception: ExceptionRef {
+                kind: ExceptionKind::CountVariance,
+                on: ExceptionSubject::Stock {
+                    sku: s,
+                    location: wh,
+                },
+            },
+            owner: ActorId::new("clerk-7").unwrap(),
+        }),
+        EventType::ExceptionResolved => Event::ExceptionResolved(ExceptionResolved {
+            exception: ExceptionRef {
+                kind: ExceptionKind::ShipmentInTransit,
+                on: ExceptionSubject::Shipment {
+                    order: order(),
+                    package: PackageId::new("PKG-1").unwrap(),
+                },
+            },
+            resolution: Resolution::CustomerContacted,
+            note: "carrier found it at the depot".into(),
+        }),
+        EventType::ExceptionSnoozed => Event::ExceptionSnoozed(ExceptionSnoozed {
+            exception: ExceptionRef {
+                kind: ExceptionKind::PurchaseOrderOverdue,
+                on: ExceptionSubject::PurchaseOrder {
+                    purchase_order: po(),
+                },
+            },
+            until: Timestamp::parse("2011-01-10T09:00:00Z").unwrap(),
+            note: "supplier promised Monday".into(),
+        }),
         EventType::RecommendationRaised => Event::RecommendationRaised(RecommendationRaised {
             sku: s,
             location: wh,

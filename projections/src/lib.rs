@@ -16,6 +16,7 @@ pub mod ats;
 pub mod audit;
 pub mod books;
 pub mod client;
+pub mod exceptions;
 pub mod finance;
 pub mod key;
 pub mod margin;
@@ -29,3 +30,6 @@ pub use view::{Model, View};
 
 #[cfg(test)]
 mod books_tests;
+
+#[cfg(test)]
+mod exceptions_tests;

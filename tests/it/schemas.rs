@@ -45,6 +45,10 @@ fn view_contracts_are_current() {
             "replenishment",
             contract::<projections::replenish::Replenishment>(),
         ),
+        (
+            "exceptions",
+            contract::<projections::exceptions::Exceptions>(),
+        ),
     ] {
         check_value(&format!("views/{name}.schema.json"), value);
     }
