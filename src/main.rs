@@ -17,6 +17,7 @@ use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
 mod govern_cli;
+mod ops_cli;
 mod replay_cli;
 
 #[global_allocator]
@@ -272,6 +273,13 @@ enum Command {
         /// ...and at least this often (seconds).
         #[arg(long, default_value_t = 30)]
         snapshot_seconds: u64,
+    },
+    /// The exception queue, highest priority first (`--counts`: by kind, status and age).
+    Exceptions {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: ops_cli::ExceptionsArgs,
     },
     /// Ask a view: `erp view ats get '{"sku":"85123A","location":"UK-DC"}'`.
     View {
@@ -776,6 +784,11 @@ async fn run() -> anyhow::Result<()> {
             let client =
                 projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
             ask_view(&client, view, &op, body, min_seq, all).await
+        }
+        Command::Exceptions { nats, args } => {
+            let client =
+                projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
+            ops_cli::exceptions(&client, &args).await
         }
         Command::Demo { nats, demo } if demo.print => {
             // Printing needs no server.

@@ -6,13 +6,24 @@
 //!   such as `POST`, `M` or `BANK CHARGES`, are services and may go negative);
 //! - at the first invoice of each month, each SKU receives that month's ordered quantity, at
 //!   60% of its lowest positive unit price that month (the data has no costs);
-//! - an ordinary invoice becomes an order (lines of the same code merged), then release to
-//!   pick, pick, pack and ship;
+//! - an ordinary invoice becomes an order (lines of the same code merged, delivery promised in
+//!   3 days in the UK and 5 in the euro area), then release to pick, pick, pack and ship;
 //! - a `C` (cancellation) invoice's lines come back into stock as upward adjustments
 //!   (`customer_cancellation`): the data does not say which order they cancel;
 //! - other rows with a negative quantity are write-offs: downward adjustments with the row's
 //!   note as the reason text;
 //! - `A` (bad debt) invoices and rows with a negative price are skipped and counted.
+//!
+//! After the sale (the data stops at the shipment; these are drawn from a hash of the order id,
+//! so every run draws the same): the carrier confirms delivery 1-3 days later in the UK and
+//! 2-5 days later in the euro area, and about 4 shipments in 100 take 7-10 days (past the
+//! 5-day in-transit rule); about 3 orders in 100 send one unit back, 2-10 days after delivery,
+//! with a reason from the fixed list; the return arrives 3 days later, is inspected 1-6 days
+//! after that (restocked, or scrapped when defective) and refunded. These commands are sent
+//! in business-time order among the invoices; what would happen after the data's last invoice
+//! is not sent (still in transit, or not yet returned). The after-sales commands of an order
+//! the data could not fill are refused like its shipment (`unknown_package`: no such package
+//! left).
 //!
 //! Two legal entities keep the books: `UK01` (GBP) sells to the United Kingdom and the rest of
 //! the world from `UK-DC`; `EU01` (EUR, Ireland) sells to the euro-area countries from
@@ -196,9 +207,39 @@ fn read_rows(path: &Path, days: Option<usize>) -> Result<Vec<Row>, DemoError> {
 struct Builder {
     commands: Vec<Command>,
     stats: DemoStats,
+    /// After-sales commands waiting for their business time: (time, order of drawing) ->
+    /// (entity, identity, type, data).
+    pending:
+        BTreeMap<(NaiveDateTime, u64), (&'static Entity, String, &'static str, serde_json::Value)>,
+    drawn: u64,
 }
 
 impl Builder {
+    /// Sends `kind` at `at`, once the invoices reach that time.
+    fn later(
+        &mut self,
+        entity: &'static Entity,
+        identity: String,
+        at: NaiveDateTime,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) {
+        self.drawn += 1;
+        self.pending
+            .insert((at, self.drawn), (entity, identity, kind, data));
+    }
+
+    /// Sends what waits for a time at or before `now`, in time order.
+    fn due(&mut self, now: NaiveDateTime) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((at, _), (entity, identity, kind, data)) = entry.remove_entry();
+            self.push_as(entity, ("uci-demo", "upstream"), &identity, at, kind, data);
+        }
+    }
+
     fn push(&mut self, identity: &str, at: NaiveDateTime, kind: &str, data: serde_json::Value) {
         self.push_as(&UK, ("uci-demo", "upstream"), identity, at, kind, data);
     }
@@ -243,6 +284,8 @@ pub fn uci_commands(
             rows: rows.len(),
             ..DemoStats::default()
         },
+        pending: BTreeMap::new(),
+        drawn: 0,
     };
     let start = rows
         .first()
@@ -302,6 +345,7 @@ pub fn uci_commands(
     b.stats.invoices = invoices.len();
     for (invoice, lines) in &invoices {
         let at = lines[0].at;
+        b.due(at);
         let month = (at.year(), at.month());
         if month_done.insert(month) {
             let in_month = rows.iter().filter(|r| (r.at.year(), r.at.month()) == month);
@@ -333,6 +377,9 @@ pub fn uci_commands(
         } else {
             order(&mut b, invoice, lines, at);
         }
+    }
+    if let Some(last) = rows.last() {
+        b.due(last.at);
     }
     b.stats.items = items.len();
     Ok((b.commands, b.stats))
@@ -459,7 +506,8 @@ fn fulfil(
     push(
         format!("order:{id}"),
         "order.place",
-        json!({"order": id, "channel": "web", "ship_to_region": row.country, "lines": order_lines}),
+        json!({"order": id, "channel": "web", "ship_to_region": row.country, "lines": order_lines,
+            "promise_date": promise_date(entity, at)}),
     );
     push(
         format!("release:{id}"),
@@ -480,6 +528,106 @@ fn fulfil(
         format!("ship:{id}"),
         "order.ship",
         json!({"order": id, "package": format!("{id}-1"), "carrier": "Royal Mail", "tracking": format!("RM{id}GB"), "freight_cost": price_in(entity, Decimal::new(495, 2), at)}),
+    );
+    after_sale(b, entity, id, lines, first_line, at);
+}
+
+/// The delivery date promised at checkout: 3 days in the UK, 5 in the euro area.
+fn promise_date(entity: &Entity, placed: NaiveDateTime) -> String {
+    let days = if entity.id == UK.id { 3 } else { 5 };
+    (placed.date() + chrono::Duration::days(days))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Why the demo's customers send goods back, drawn in turn.
+const RETURN_REASONS: [&str; 8] = [
+    "Colour",
+    "Defective",
+    "NotAsDescribed",
+    "SizeTooLarge",
+    "SizeTooSmall",
+    "Style",
+    "Unwanted",
+    "WrongItem",
+];
+
+/// Delivery, and sometimes a return, of a shipped order (see the module's notes).
+fn after_sale(
+    b: &mut Builder,
+    entity: &'static Entity,
+    id: &str,
+    lines: &[(&str, i64, Decimal)],
+    first_line: usize,
+    shipped: NaiveDateTime,
+) {
+    let draw = Uuid::new_v5(&NAMESPACE, format!("after:{id}").as_bytes()).as_u128();
+    let pick = |shift: u32, n: u128| ((draw >> shift) % n) as i64;
+    let transit_days = if pick(0, 100) < 4 {
+        7 + pick(8, 4)
+    } else if entity.id == UK.id {
+        1 + pick(8, 3)
+    } else {
+        2 + pick(8, 4)
+    };
+    let delivered = shipped
+        + chrono::Duration::days(transit_days)
+        + chrono::Duration::minutes(pick(16, 8 * 60));
+    let package = format!("{id}-1");
+    b.later(
+        entity,
+        format!("deliver:{id}"),
+        delivered,
+        "order.confirm_delivery",
+        json!({"order": id, "package": package, "proof": format!("POD {id}")}),
+    );
+    let goods = lines.iter().enumerate().find(|(_, (code, _, price))| {
+        code.starts_with(|c: char| c.is_ascii_digit()) && *price > Decimal::ZERO
+    });
+    let Some((i, (code, _, price))) = goods else {
+        return;
+    };
+    if pick(32, 100) >= 3 {
+        return;
+    }
+    let line = first_line + i + 1;
+    let reason = RETURN_REASONS[pick(40, RETURN_REASONS.len() as u128) as usize];
+    let return_id = format!("RMA-{id}");
+    let authorised = delivered + chrono::Duration::days(2 + pick(48, 9));
+    let received = authorised + chrono::Duration::days(3);
+    let inspected = received + chrono::Duration::days(1 + pick(56, 6));
+    let disposition = if reason == "Defective" {
+        "Scrap"
+    } else {
+        "Restock"
+    };
+    b.later(
+        entity,
+        format!("return:{id}"),
+        authorised,
+        "order.authorise_return",
+        json!({"order": id, "return_id": return_id, "lines": [{"line": line, "qty": 1}], "reason": reason}),
+    );
+    b.later(
+        entity,
+        format!("return-receive:{id}"),
+        received,
+        "stock.receive_return",
+        json!({"sku": code, "return_id": return_id, "order": id, "line": line, "location": entity.location, "qty": 1}),
+    );
+    b.later(
+        entity,
+        format!("return-inspect:{id}"),
+        inspected,
+        "stock.disposition_return",
+        json!({"sku": code, "return_id": return_id, "qty": 1, "disposition": disposition}),
+    );
+    b.later(
+        entity,
+        format!("refund:{id}"),
+        inspected + chrono::Duration::minutes(30),
+        "order.refund",
+        json!({"order": id, "return_id": return_id, "amount": price_in(entity, *price, shipped)}),
     );
 }
 

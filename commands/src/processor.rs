@@ -109,6 +109,8 @@ pub enum Recovered {
 
 /// How many archived command records are read back from the log at once.
 const RECALL_READS_IN_FLIGHT: usize = 64;
+/// How far down the queue archived orders are read back ahead of their batch.
+const RECALL_LOOKAHEAD: usize = 4096;
 
 /// How many foreign messages the processor remembers in detail (it counts all of them).
 const FOREIGN_RECENT_MAX: usize = 20;
@@ -222,6 +224,8 @@ enum Saved {
     /// Events per legal entity and month: every event counts, so a tick saves the table
     /// once, before its first change (it holds a few entries per entity and month).
     PeriodEvents(std::collections::BTreeMap<EntityId, std::collections::BTreeMap<u32, u64>>),
+    /// The legal entities that confirm deliveries, saved with the period table.
+    DeliveryEntities(std::collections::BTreeSet<EntityId>),
 }
 
 fn save(state: &State, subject: &Subject) -> Saved {
@@ -290,6 +294,7 @@ fn restore(state: &mut State, saved: Saved) {
         Saved::PurchaseOrder(k, v) => put(&mut state.purchase_orders, k, v),
         Saved::Entity(k, v) => put_ordered(&mut state.entities, k, v),
         Saved::PeriodEvents(table) => state.period_events = table,
+        Saved::DeliveryEntities(set) => state.delivery_entities = set,
     }
 }
 
@@ -317,6 +322,9 @@ impl Tick {
         if self.saved.is_empty() {
             self.saved
                 .push(Saved::PeriodEvents(state.period_events.clone()));
+            self.saved.push(Saved::DeliveryEntities(
+                state.delivery_entities.clone(),
+            ));
         }
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {
@@ -843,7 +851,7 @@ impl<L: EventLog> Processor<L> {
                         (m.ticket, outcome)
                     })
                     .collect();
-                let recalled = std::mem::take(&mut self.recalled);
+                let recalled = self.take_recalled();
                 let written = tick.touched.iter().chain(&recalled);
                 retire(&mut self.state, &self.flights, self.applied_seq, written);
                 settled
@@ -965,7 +973,7 @@ impl<L: EventLog> Processor<L> {
         }
         self.catch_up_after_failure().await;
         self.predicted_seq = self.applied_seq;
-        let recalled = std::mem::take(&mut self.recalled);
+        let recalled = self.take_recalled();
         let undone = flights
             .iter()
             .flat_map(|f| &f.tick.touched)
@@ -1015,6 +1023,25 @@ impl<L: EventLog> Processor<L> {
         settled
     }
 
+    /// The recalled subjects that may leave memory again: all but the orders a queued command
+    /// still names (those stay until their command is decided).
+    fn take_recalled(&mut self) -> Vec<Subject> {
+        let recalled = std::mem::take(&mut self.recalled);
+        if self.queue.is_empty() {
+            return recalled;
+        }
+        let named: HashSet<&OrderId> = self
+            .queue
+            .iter()
+            .filter_map(|m| m.command.order())
+            .collect();
+        let (keep, leave): (Vec<Subject>, Vec<Subject>) = recalled
+            .into_iter()
+            .partition(|s| matches!(s, Subject::Order(o) if named.contains(o)));
+        self.recalled = keep;
+        leave
+    }
+
     /// Brings back into memory the archived command records and orders that the commands of
     /// the next batch name, so that they are decided as if nothing had left memory. A command
     /// whose record or order cannot be read back is answered unavailable (the sender retries)
@@ -1059,26 +1086,58 @@ impl<L: EventLog> Processor<L> {
                 }
             }
         }
+        // Orders for the commands queued well beyond the next batch too: one round of
+        // concurrent reads serves many batches (a recalled order stays while a queued command
+        // names it, `take_recalled`).
         let orders: Vec<(usize, OrderId)> = self
             .queue
             .iter()
-            .take(next)
+            .take(next.max(RECALL_LOOKAHEAD))
             .enumerate()
             .filter(|(_, m)| m.answer.is_none())
             .filter(|(_, m)| !self.state.commands.contains_key(&m.command.command_id))
             .filter_map(|(i, m)| Some((i, m.command.order()?.clone())))
             .filter(|(_, o)| !self.state.orders.contains_key(o))
             .collect();
+        // Each archived order once, read back concurrently (a carrier's delivery confirmations
+        // name orders that left memory when they shipped).
+        let mut wanted: Vec<(Vec<usize>, OrderId, Vec<u64>)> = Vec::new();
+        let mut index: HashMap<OrderId, usize> = HashMap::new();
         for (i, order) in orders {
-            match crate::recall::restore_order(&self.log, &mut self.state, &order).await {
-                Ok(true) => {
-                    self.recalled.push(Subject::Order(order));
-                    self.recalled_total += 1;
+            if let Some(&at) = index.get(&order) {
+                wanted[at].0.push(i);
+                continue;
+            }
+            let seqs = self.state.archive.order_seqs(&order);
+            if !seqs.is_empty() {
+                index.insert(order.clone(), wanted.len());
+                wanted.push((vec![i], order, seqs));
+            }
+        }
+        let log = &self.log;
+        let read: Vec<_> = futures::stream::iter(wanted)
+            .map(|(members, id, seqs)| async move {
+                let result = crate::recall::order(log, &id, &seqs).await;
+                (members, id, result)
+            })
+            .buffered(RECALL_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (members, id, result) in read {
+            match result {
+                Ok(Some(order)) => {
+                    if !self.state.orders.contains_key(&id) {
+                        self.state.restore_order(id.clone(), order);
+                        self.recalled.push(Subject::Order(id));
+                        self.recalled_total += 1;
+                    }
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => {
-                    let id = self.queue[i].command.command_id;
-                    self.queue[i].answer = Some(recall_unavailable(id, "order", &e));
+                    for i in members {
+                        let command_id = self.queue[i].command.command_id;
+                        self.queue[i].answer = Some(recall_unavailable(command_id, "order", &e));
+                    }
                 }
             }
         }

@@ -802,6 +802,7 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.commands_recorded() == b.commands.len()
         && a.foreign_seqs == b.foreign_seqs
         && a.period_events == b.period_events
+        && a.delivery_entities == b.delivery_entities
         && a.entities == b.entities
         && a.location_entities == b.location_entities
 }
@@ -900,6 +901,7 @@ async fn recover(
             ),
             ("entities", a.entities == b.entities),
             ("period_events", a.period_events == b.period_events),
+            ("delivery_entities", a.delivery_entities == b.delivery_entities),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),
             ("stock", a.stock == b.stock),

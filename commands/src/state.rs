@@ -693,6 +693,11 @@ pub struct State {
     /// and the entity's own governance events left out: what a period's trial balance must
     /// cover before the period may close.
     pub period_events: BTreeMap<ledger::values::EntityId, BTreeMap<u32, u64>>,
+    /// Legal entities whose carriers confirm deliveries (`order.delivered` seen): their orders
+    /// stay in memory until every package is confirmed delivered, so a confirmation does not
+    /// read a finished order back from the log.
+    #[serde(default)]
+    pub delivery_entities: BTreeSet<ledger::values::EntityId>,
     /// Heads of subjects the model keeps nothing else about.
     pub other_heads: HashMap<Subject, Head>,
     /// The last foreign message stored on a subject (see `ledger::walk`), where it came after
@@ -857,6 +862,11 @@ impl State {
                     let sku = sku.clone();
                     evolve_stock(self.stock_mut(&sku), event, &envelope.legal_entity);
                 } else if let Subject::Order(order) = &envelope.subject {
+                    if matches!(event, E::OrderDelivered(_))
+                        && !self.delivery_entities.contains(&envelope.legal_entity)
+                    {
+                        self.delivery_entities.insert(envelope.legal_entity.clone());
+                    }
                     self.index_backorders(order, false);
                     if let E::OrderPlaced(e) = event {
                         self.orders.insert(order.clone(), placed(e, envelope));
@@ -988,7 +998,9 @@ impl State {
                 let Some(head) = order.head.filter(|h| h.seq <= stored_seq) else {
                     return false;
                 };
-                if !order.finished() {
+                let awaits_delivery = self.delivery_entities.contains(&order.entity)
+                    && order.shipped_packages.values().any(|p| !p.delivered);
+                if !order.finished() || awaits_delivery {
                     return false;
                 }
                 self.orders.remove(id);

@@ -105,9 +105,15 @@ impl ExceptionRow {
         matches!(self.status, Status::Open | Status::Snoozed)
     }
 
-    /// Days since it was raised, by the business clock.
+    /// Days since it was raised, by the business clock; for a resolved or cleared one, the
+    /// days it was open.
     fn age_days(&self, clock: Timestamp) -> i64 {
-        (clock.as_datetime() - self.raised_at.as_datetime())
+        let end = match (&self.resolved, &self.cleared) {
+            (Some(r), _) if self.status == Status::Resolved => r.at,
+            (_, Some(c)) if self.status == Status::Cleared => c.at,
+            _ => clock,
+        };
+        (end.as_datetime() - self.raised_at.as_datetime())
             .num_days()
             .max(0)
     }

@@ -1,0 +1,180 @@
+//! `erp exceptions`: the exception queue in the terminal, highest priority first.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use projections::client::ViewClient;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExceptionsArgs {
+    /// Only this legal entity's.
+    #[arg(long)]
+    entity: Option<String>,
+    /// Only this kind: order_unshipped, shipment_in_transit, backorder_past_promise,
+    /// purchase_order_overdue, receipt_variance, count_variance, return_not_inspected,
+    /// below_safety_stock.
+    #[arg(long)]
+    kind: Option<String>,
+    /// open (default), snoozed, resolved or cleared.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only those this actor owns.
+    #[arg(long)]
+    owner: Option<String>,
+    /// How many to show (1 to 1000).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Counts by kind, status and age instead of the queue.
+    #[arg(long)]
+    counts: bool,
+    /// The view's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The kind names the CLI takes, and the variant each stands for.
+const KINDS: [(&str, &str); 8] = [
+    ("order_unshipped", "OrderUnshipped"),
+    ("shipment_in_transit", "ShipmentInTransit"),
+    ("backorder_past_promise", "BackorderPastPromise"),
+    ("purchase_order_overdue", "PurchaseOrderOverdue"),
+    ("receipt_variance", "ReceiptVariance"),
+    ("count_variance", "CountVariance"),
+    ("return_not_inspected", "ReturnNotInspected"),
+    ("below_safety_stock", "BelowSafetyStock"),
+];
+
+fn query(args: &ExceptionsArgs) -> anyhow::Result<Value> {
+    let mut body = json!({});
+    if let Some(entity) = &args.entity {
+        body["entity"] = json!(entity);
+    }
+    if args.counts {
+        return Ok(body);
+    }
+    if let Some(kind) = &args.kind {
+        let Some((_, variant)) = KINDS.iter().find(|(name, _)| name == kind) else {
+            let names: Vec<&str> = KINDS.iter().map(|(n, _)| *n).collect();
+            bail!("--kind {kind}: expected one of {}", names.join(", "));
+        };
+        body["kind"] = json!(variant);
+    }
+    if let Some(status) = &args.status {
+        if !["open", "snoozed", "resolved", "cleared"].contains(&status.as_str()) {
+            bail!("--status {status}: expected open, snoozed, resolved or cleared");
+        }
+        body["status"] = json!(status);
+    }
+    if let Some(owner) = &args.owner {
+        body["owner"] = json!(owner);
+    }
+    if !(1..=1000).contains(&args.limit) {
+        bail!("--limit {}: expected 1 to 1000", args.limit);
+    }
+    body["limit"] = json!(args.limit);
+    Ok(body)
+}
+
+/// The subject's ids, joined: `581475`, `581475 / 581475-1`, `85123A @ UK-DC`.
+fn subject(on: &Value) -> String {
+    let Some((shape, ids)) = on.as_object().and_then(|o| o.iter().next()) else {
+        return on.to_string();
+    };
+    let id = |name: &str| ids[name].as_str().unwrap_or("?").to_owned();
+    match shape.as_str() {
+        "Order" => id("order"),
+        "Shipment" => format!("{} / {}", id("order"), id("package")),
+        "Return" => format!("{} / {}", id("order"), id("return_id")),
+        "PurchaseOrder" => id("purchase_order"),
+        "Stock" => format!("{} @ {}", id("sku"), id("location")),
+        _ => ids.to_string(),
+    }
+}
+
+fn money(value: &Value) -> String {
+    match (value["amount"].as_str(), value["currency"].as_str()) {
+        (Some(amount), Some(currency)) => format!("{amount} {currency}"),
+        _ => "-".into(),
+    }
+}
+
+pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::Result<()> {
+    let op = if args.counts { "counts" } else { "queue" };
+    let answer = client
+        .ask("exceptions", op, query(args)?, None, Duration::from_secs(10))
+        .await?;
+    let result = &answer.result;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"seq": answer.seq, "result": result}))?
+        );
+        return Ok(());
+    }
+    let clock = result["business_clock"].as_str().unwrap_or("none yet");
+    if args.counts {
+        println!("business clock {clock} · ledger sequence {}", answer.seq);
+        println!(
+            "{:<24} {:>6} {:>8} {:>9} {:>8}   active by age (days) 0-1 / 1-3 / 3-7 / 7+",
+            "kind", "open", "snoozed", "resolved", "cleared"
+        );
+        if let Some(kinds) = result["kinds"].as_object() {
+            let n = |v: &Value| v.as_u64().unwrap_or(0);
+            for (kind, c) in kinds {
+                let age = &c["active_by_age_days"];
+                println!(
+                    "{:<24} {:>6} {:>8} {:>9} {:>8}   {} / {} / {} / {}",
+                    kind,
+                    n(&c["open"]),
+                    n(&c["snoozed"]),
+                    n(&c["resolved"]),
+                    n(&c["cleared"]),
+                    n(&age["0-1"]),
+                    n(&age["1-3"]),
+                    n(&age["3-7"]),
+                    n(&age["7+"])
+                );
+            }
+        }
+        return Ok(());
+    }
+    let list = result["exceptions"].as_array().cloned().unwrap_or_default();
+    println!(
+        "business clock {clock} · {} {} exceptions (showing {}), highest priority first · ledger sequence {}",
+        result["count"],
+        args.status.as_deref().unwrap_or("open"),
+        list.len(),
+        answer.seq
+    );
+    if list.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>5} {:>16} {:>6}  owner",
+        "#", "score", "kind", "subject", "entity", "severity", "age", "at risk", "units"
+    );
+    for (i, e) in list.iter().enumerate() {
+        let kind = e["key"]
+            .as_str()
+            .and_then(|k| k.split('.').nth(1))
+            .unwrap_or("?");
+        println!(
+            "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>4}d {:>16} {:>6}  {}",
+            i + 1,
+            e["score"].as_str().unwrap_or("?"),
+            kind,
+            subject(&e["on"]),
+            e["entity"].as_str().unwrap_or("?"),
+            e["severity"].as_str().unwrap_or("?"),
+            e["age_days"].as_i64().unwrap_or(0),
+            money(&e["impact"]["value"]),
+            e["impact"]["units"].as_i64().unwrap_or(0),
+            e["owner"].as_str().unwrap_or("-"),
+        );
+    }
+    if !result["next_after"].is_null() {
+        eprintln!("(more: --limit up to 1000, or erp view exceptions queue --all)");
+    }
+    Ok(())
+}
