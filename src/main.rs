@@ -281,6 +281,13 @@ enum Command {
         #[command(flatten)]
         args: ops_cli::ExceptionsArgs,
     },
+    /// Operations KPIs of a period: `erp kpis --period 2011-11` (or a week `2011-W44`, a day).
+    Kpis {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: ops_cli::KpisArgs,
+    },
     /// Ask a view: `erp view ats get '{"sku":"85123A","location":"UK-DC"}'`.
     View {
         #[command(flatten)]
@@ -584,10 +591,11 @@ enum ViewName {
     Finance,
     Replenishment,
     Exceptions,
+    Kpis,
 }
 
 impl ViewName {
-    const ALL: [ViewName; 7] = [
+    const ALL: [ViewName; 8] = [
         ViewName::Ats,
         ViewName::Allocation,
         ViewName::Audit,
@@ -595,6 +603,7 @@ impl ViewName {
         ViewName::Finance,
         ViewName::Replenishment,
         ViewName::Exceptions,
+        ViewName::Kpis,
     ];
 
     fn as_str(self) -> &'static str {
@@ -606,6 +615,7 @@ impl ViewName {
             ViewName::Finance => "finance",
             ViewName::Replenishment => "replenishment",
             ViewName::Exceptions => "exceptions",
+            ViewName::Kpis => "kpis",
         }
     }
 
@@ -629,6 +639,7 @@ impl ViewName {
             ViewName::Exceptions => {
                 project::<projections::exceptions::Exceptions>(log, mode, config, shutdown).await
             }
+            ViewName::Kpis => project::<projections::kpis::Kpis>(log, mode, config, shutdown).await,
         }
     }
 }
@@ -789,6 +800,11 @@ async fn run() -> anyhow::Result<()> {
             let client =
                 projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
             ops_cli::exceptions(&client, &args).await
+        }
+        Command::Kpis { nats, args } => {
+            let client =
+                projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
+            ops_cli::kpis(&client, &args).await
         }
         Command::Demo { nats, demo } if demo.print => {
             // Printing needs no server.

@@ -1,4 +1,5 @@
-//! `erp exceptions`: the exception queue in the terminal, highest priority first.
+//! `erp exceptions`: the exception queue in the terminal, highest priority first; `erp kpis`:
+//! a period's operations KPIs.
 
 use std::time::Duration;
 
@@ -102,7 +103,13 @@ fn money(value: &Value) -> String {
 pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::Result<()> {
     let op = if args.counts { "counts" } else { "queue" };
     let answer = client
-        .ask("exceptions", op, query(args)?, None, Duration::from_secs(10))
+        .ask(
+            "exceptions",
+            op,
+            query(args)?,
+            None,
+            Duration::from_secs(10),
+        )
         .await?;
     let result = &answer.result;
     if args.json {
@@ -175,6 +182,121 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
     }
     if !result["next_after"].is_null() {
         eprintln!("(more: --limit up to 1000, or erp view exceptions queue --all)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KpisArgs {
+    /// A month (2011-11), an ISO week (2011-W44) or a day (2011-11-03).
+    #[arg(long)]
+    period: String,
+    /// Only this dimension: all, entity, channel, location or supplier.
+    #[arg(long)]
+    dimension: Option<String>,
+    /// The view's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn rate(v: &Value) -> String {
+    match v.as_str().and_then(|s| s.parse::<f64>().ok()) {
+        Some(r) => format!("{:.1}%", r * 100.0),
+        None => "-".into(),
+    }
+}
+
+pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
+    let mut body = json!({"period": args.period});
+    if let Some(d) = &args.dimension {
+        body["dimension"] = json!(d);
+    }
+    let answer = client
+        .ask("kpis", "period", body, None, Duration::from_secs(10))
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"seq": answer.seq, "result": answer.result}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "KPIs for {} · ledger sequence {} (definitions: docs/VIEWS.md)",
+        args.period, answer.seq
+    );
+    println!(
+        "{:<26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9}",
+        "dimension",
+        "orders",
+        "fill u",
+        "fill ln",
+        "fill ord",
+        "backord",
+        "in full",
+        "on time",
+        "OTIF",
+        "perfect",
+        "cycle50",
+        "cycle90",
+        "returns"
+    );
+    for row in answer.result["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let k = &row["kpis"];
+        let hours = |v: &Value| v.as_u64().map_or("-".into(), |h| format!("{h}h"));
+        let name = format!(
+            "{} {}",
+            row["dimension"].as_str().unwrap_or("?"),
+            row["value"].as_str().unwrap_or("?")
+        );
+        println!(
+            "{:<26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9}",
+            name,
+            row["orders_placed"].as_i64().unwrap_or(0),
+            rate(&k["fill_rate_first_time"]["units"]),
+            rate(&k["fill_rate_first_time"]["lines"]),
+            rate(&k["fill_rate_first_time"]["orders"]),
+            rate(&k["backorder_rate_lines"]),
+            rate(&k["in_full"]),
+            rate(&k["on_time"]),
+            rate(&k["otif"]),
+            rate(&k["perfect_order"]),
+            hours(&k["cycle_time_hours"]["p50"]),
+            hours(&k["cycle_time_hours"]["p90"]),
+            rate(&k["return_rate_units"]),
+        );
+    }
+    let suppliers: Vec<Value> = answer.result["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["receipts"].as_i64().unwrap_or(0) > 0)
+        .cloned()
+        .collect();
+    if !suppliers.is_empty() {
+        println!(
+            "\n{:<26} {:>10} {:>10} {:>14} {:>14}",
+            "receipts", "units", "on time", "lead mean d", "lead sd d"
+        );
+        for row in suppliers {
+            let k = &row["kpis"];
+            println!(
+                "{:<26} {:>10} {:>10} {:>14} {:>14}",
+                format!(
+                    "{} {}",
+                    row["dimension"].as_str().unwrap_or("?"),
+                    row["value"].as_str().unwrap_or("?")
+                ),
+                row["units_received"].as_i64().unwrap_or(0),
+                rate(&k["supplier_on_time_units"]),
+                k["lead_time"]["mean_days"].as_str().unwrap_or("-"),
+                k["lead_time"]["std_dev_days"].as_str().unwrap_or("-"),
+            );
+        }
     }
     Ok(())
 }

@@ -32,6 +32,8 @@ pub enum ReplayView {
     Replenishment,
     /// Exceptions raised by the rules, their status, owner and resolution.
     Exceptions,
+    /// Operations KPIs by day, week and month.
+    Kpis,
     /// The processor's write model: stock balances and orders.
     State,
 }
@@ -210,6 +212,9 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
         ReplayView::Exceptions => {
             build::<projections::exceptions::Exceptions>(log, &points, format, &filter, args.quiet)
                 .await?
+        }
+        ReplayView::Kpis => {
+            build::<projections::kpis::Kpis>(log, &points, format, &filter, args.quiet).await?
         }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };

@@ -296,7 +296,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         _ => String::new(),
     };
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions) running{http_line}; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis) running{http_line}; Ctrl-C stops it"
     );
     let demo_run = async {
         match demo {

@@ -322,9 +322,8 @@ impl Tick {
         if self.saved.is_empty() {
             self.saved
                 .push(Saved::PeriodEvents(state.period_events.clone()));
-            self.saved.push(Saved::DeliveryEntities(
-                state.delivery_entities.clone(),
-            ));
+            self.saved
+                .push(Saved::DeliveryEntities(state.delivery_entities.clone()));
         }
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {

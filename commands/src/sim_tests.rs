@@ -901,7 +901,10 @@ async fn recover(
             ),
             ("entities", a.entities == b.entities),
             ("period_events", a.period_events == b.period_events),
-            ("delivery_entities", a.delivery_entities == b.delivery_entities),
+            (
+                "delivery_entities",
+                a.delivery_entities == b.delivery_entities,
+            ),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),
             ("stock", a.stock == b.stock),

@@ -33,7 +33,7 @@ pub const ROWS_MAX: usize = 10_000;
 pub const ROWS_DEFAULT: usize = 1_000;
 
 /// The views a replay can build, and what each holds.
-pub const REPLAY_VIEWS: [(&str, &str); 8] = [
+pub const REPLAY_VIEWS: [(&str, &str); 9] = [
     (
         "ats",
         "available to sell per SKU x location and SKU x channel",
@@ -56,6 +56,7 @@ pub const REPLAY_VIEWS: [(&str, &str); 8] = [
         "exceptions",
         "exceptions raised by the rules, their status, owner and resolution",
     ),
+    ("kpis", "operations KPIs by day, week and month"),
     (
         "state",
         "the processor's write model: stock balances and orders",
@@ -349,6 +350,7 @@ async fn start_replay(
             "exceptions" => {
                 run::<projections::exceptions::Exceptions>(&gw, id, log, &points, &filter).await
             }
+            "kpis" => run::<projections::kpis::Kpis>(&gw, id, log, &points, &filter).await,
             _ => run::<replay::WriteModel>(&gw, id, log, &points, &filter).await,
         };
         let replays = &gw.inner.replays;

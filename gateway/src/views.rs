@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::{Gateway, Refusal, error, unavailable};
 
 /// Every view the gateway serves, with its query contract.
-pub const VIEWS: [(&str, &str); 7] = [
+pub const VIEWS: [(&str, &str); 8] = [
     ("ats", include_str!("../../schemas/views/ats.schema.json")),
     (
         "allocation",
@@ -46,6 +46,7 @@ pub const VIEWS: [(&str, &str); 7] = [
         "exceptions",
         include_str!("../../schemas/views/exceptions.schema.json"),
     ),
+    ("kpis", include_str!("../../schemas/views/kpis.schema.json")),
 ];
 
 /// Parameters every view takes as whole numbers (`rows` paging, read-your-writes).

@@ -19,6 +19,7 @@ pub mod client;
 pub mod exceptions;
 pub mod finance;
 pub mod key;
+pub mod kpis;
 pub mod margin;
 pub mod replenish;
 pub mod runtime;
@@ -33,3 +34,6 @@ mod books_tests;
 
 #[cfg(test)]
 mod exceptions_tests;
+
+#[cfg(test)]
+mod kpis_tests;

@@ -49,6 +49,7 @@ fn view_contracts_are_current() {
             "exceptions",
             contract::<projections::exceptions::Exceptions>(),
         ),
+        ("kpis", contract::<projections::kpis::Kpis>()),
     ] {
         check_value(&format!("views/{name}.schema.json"), value);
     }

@@ -1,0 +1,765 @@
+//! Operations KPIs by day, ISO week and month, for the whole business and per legal entity,
+//! channel, location and supplier where a figure applies. Definitions: docs/VIEWS.md.
+//!
+//! Keys: `kpi.<period>.<dimension>.<value>`: period `2011-11` (month), `2011-W44` (ISO week)
+//! or `2011-11-03` (day); dimension `all` (value `-`), `entity`, `channel`, `location` or
+//! `supplier`. Each fact counts in the period of its own business time: an order's placement
+//! figures (first-time fill, backorders) in its placement period, its delivery figures
+//! (on time, in full, perfect, cycle time) in the period it was completed (its last unit
+//! shipped or cancelled), shipped and returned units in theirs, receipts in theirs. A later
+//! fact that changes an earlier judgement (a delivery confirmation after the order was
+//! completed, a return for a defect) corrects the row of the period that judged it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Datelike;
+use ledger::RecordedEvent;
+use ledger::events::{Event, ReturnReason};
+use ledger::values::{Date, Timestamp};
+use rust_decimal::Decimal;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::key::{self, KeyShape};
+use crate::view::{Answer, Model, QueryError, View};
+
+/// The counts behind one period × dimension's KPIs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KpiRow {
+    pub period: String,
+    pub dimension: String,
+    pub value: String,
+    // Placement.
+    pub orders_placed: i64,
+    pub lines_placed: i64,
+    pub units_ordered: i64,
+    /// Allocated in full by the placing command itself.
+    pub orders_filled_first_time: i64,
+    pub lines_filled_first_time: i64,
+    pub units_filled_first_time: i64,
+    /// Lines with units backordered by the placing command.
+    pub lines_backordered: i64,
+    // Completion.
+    pub orders_completed: i64,
+    /// Completed with every unit shipped (none cancelled).
+    pub orders_in_full: i64,
+    /// Completed orders that carry a promise date (the on-time denominator).
+    pub orders_promised: i64,
+    /// Delivered (or, with no confirmation, shipped) by the end of the promise date.
+    pub orders_on_time: i64,
+    pub orders_on_time_in_full: i64,
+    /// On time, in full, and not returned as defective, wrong or not as described.
+    pub orders_perfect: i64,
+    /// Placed to last shipment, in whole hours -> orders.
+    pub cycle_hours: BTreeMap<u32, i64>,
+    // Movement.
+    pub units_shipped: i64,
+    pub units_returned: i64,
+    /// Units returned by reason (`Defective`, ...; `Unknown` before reasons were recorded).
+    pub returned_by_reason: BTreeMap<String, i64>,
+    /// Value of returned units at the order's prices, by reason.
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub returned_value_by_reason: BTreeMap<String, Decimal>,
+    /// Value of returned units put back into stock (restocked), by reason.
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub recovered_value_by_reason: BTreeMap<String, Decimal>,
+    // Supply.
+    pub units_received: i64,
+    /// Received on or before the purchase order's expected date.
+    pub units_received_on_time: i64,
+    /// Receipts against purchase orders, and their lead times in days (order to receipt).
+    pub receipts: i64,
+    pub lead_time_days_sum: i64,
+    pub lead_time_days_sq_sum: i64,
+    /// The ledger sequence of the last event that changed this row.
+    pub seq: u64,
+}
+
+fn ratio(n: i64, d: i64) -> Option<String> {
+    (d > 0).then(|| {
+        (Decimal::from(n) / Decimal::from(d))
+            .round_dp(4)
+            .normalize()
+            .to_string()
+    })
+}
+
+/// The smallest whole hour by which `share` of the orders had shipped.
+fn percentile(hist: &BTreeMap<u32, i64>, share: Decimal) -> Option<u32> {
+    let total: i64 = hist.values().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (Decimal::from(total) * share).ceil();
+    let mut seen = 0;
+    for (hours, n) in hist {
+        seen += n;
+        if Decimal::from(seen) >= rank {
+            return Some(*hours);
+        }
+    }
+    hist.keys().last().copied()
+}
+
+impl KpiRow {
+    /// The KPIs these counts give (docs/VIEWS.md).
+    pub fn rates(&self) -> serde_json::Value {
+        let lead = (self.receipts > 0).then(|| {
+            let n = Decimal::from(self.receipts);
+            let mean = Decimal::from(self.lead_time_days_sum) / n;
+            let var = (Decimal::from(self.lead_time_days_sq_sum) / n - mean * mean)
+                .max(Decimal::ZERO);
+            let sd = var
+                .to_string()
+                .parse::<f64>()
+                .map(f64::sqrt)
+                .unwrap_or(0.0);
+            json!({"mean_days": mean.round_dp(2).normalize().to_string(), "std_dev_days": format!("{sd:.2}")})
+        });
+        let by_reason: BTreeMap<&String, Option<String>> = self
+            .returned_by_reason
+            .keys()
+            .map(|r| {
+                let returned = self
+                    .returned_value_by_reason
+                    .get(r)
+                    .copied()
+                    .unwrap_or_default();
+                let recovered = self
+                    .recovered_value_by_reason
+                    .get(r)
+                    .copied()
+                    .unwrap_or_default();
+                let rate = (returned > Decimal::ZERO)
+                    .then(|| (recovered / returned).round_dp(4).normalize().to_string());
+                (r, rate)
+            })
+            .collect();
+        json!({
+            "fill_rate_first_time": {
+                "units": ratio(self.units_filled_first_time, self.units_ordered),
+                "lines": ratio(self.lines_filled_first_time, self.lines_placed),
+                "orders": ratio(self.orders_filled_first_time, self.orders_placed),
+            },
+            "backorder_rate_lines": ratio(self.lines_backordered, self.lines_placed),
+            "in_full": ratio(self.orders_in_full, self.orders_completed),
+            "on_time": ratio(self.orders_on_time, self.orders_promised),
+            "otif": ratio(self.orders_on_time_in_full, self.orders_promised),
+            "perfect_order": ratio(self.orders_perfect, self.orders_promised),
+            "cycle_time_hours": {
+                "p50": percentile(&self.cycle_hours, Decimal::new(5, 1)),
+                "p90": percentile(&self.cycle_hours, Decimal::new(9, 1)),
+            },
+            "return_rate_units": ratio(self.units_returned, self.units_shipped),
+            "recovery_rate_by_reason": by_reason,
+            "supplier_on_time_units": ratio(self.units_received_on_time, self.units_received),
+            "lead_time": lead,
+        })
+    }
+}
+
+/// What the view remembers of an order to judge it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderFacts {
+    placed_at: Option<Timestamp>,
+    placing_command: String,
+    entity: String,
+    channel: String,
+    promise: Option<Date>,
+    /// Line -> (ordered, allocated by the placing command, backordered by it, shipped,
+    /// cancelled, unit price).
+    lines: BTreeMap<u32, (i64, i64, i64, i64, i64, Decimal)>,
+    /// Package -> (shipped at, delivered at).
+    packages: BTreeMap<String, (Timestamp, Option<Timestamp>)>,
+    /// When completed, the periods that judged it and how.
+    judged: Option<Judged>,
+    /// Returned as defective, wrong or not as described.
+    faulty_return: bool,
+    /// Return id -> reason name.
+    returns: BTreeMap<String, String>,
+    /// SKU -> its first line.
+    skus: BTreeMap<String, u32>,
+    /// The first-time figures counted so far in the placement rows: lines filled, units
+    /// filled, lines backordered, order filled.
+    first_time_counted: (i64, i64, i64, i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Judged {
+    completed_at: Timestamp,
+    in_full: bool,
+    on_time: Option<bool>,
+    perfect: Option<bool>,
+}
+
+impl OrderFacts {
+    fn open_units(&self) -> i64 {
+        self.lines.values().map(|l| l.0 - l.3 - l.4).sum()
+    }
+
+    /// Delivered (or shipped, without confirmation) by the end of the promise date.
+    fn on_time(&self) -> Option<bool> {
+        let promise = self.promise?;
+        let deadline = Timestamp::new(
+            (promise.get() + chrono::Duration::days(1))
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc(),
+        );
+        let last = self
+            .packages
+            .values()
+            .map(|(shipped, delivered)| delivered.unwrap_or(*shipped))
+            .max();
+        Some(last.is_none_or(|t| t < deadline))
+    }
+
+    fn judge(&self, completed_at: Timestamp) -> Judged {
+        let in_full = self.lines.values().all(|l| l.4 == 0);
+        let on_time = self.on_time();
+        Judged {
+            completed_at,
+            in_full,
+            on_time,
+            perfect: on_time.map(|t| t && in_full && !self.faulty_return),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kpis {
+    rows: BTreeMap<String, KpiRow>,
+    orders: BTreeMap<String, OrderFacts>,
+    /// Return id -> order id.
+    return_orders: BTreeMap<String, String>,
+    /// Purchase order -> (entity, supplier, created at, expected on).
+    purchases: BTreeMap<String, (String, String, Timestamp, Date)>,
+    /// Purchase order -> line -> (location, received so far).
+    purchase_lines: BTreeMap<String, BTreeMap<u32, (String, i64)>>,
+    location_entity: BTreeMap<String, String>,
+}
+
+/// The period tokens `at` falls in: day, ISO week, month.
+pub fn periods(at: Timestamp) -> [String; 3] {
+    let d = at.as_datetime().date_naive();
+    let week = d.iso_week();
+    [
+        d.format("%Y-%m-%d").to_string(),
+        format!("{}-W{:02}", week.year(), week.week()),
+        d.format("%Y-%m").to_string(),
+    ]
+}
+
+fn reason_name(reason: &Option<ReturnReason>) -> String {
+    match reason {
+        Some(r) => format!("{r:?}"),
+        None => "Unknown".into(),
+    }
+}
+
+impl Kpis {
+    /// Applies `f` to the rows of every period of `at` for each of `dims`.
+    fn each(
+        &mut self,
+        at: Timestamp,
+        dims: &[(&str, &str)],
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+        f: impl Fn(&mut KpiRow),
+    ) {
+        for period in periods(at) {
+            for (dim, value) in std::iter::once(&("all", "-")).chain(dims) {
+                let k = key::key("kpi", &[period.as_str(), dim, value]);
+                let row = self.rows.entry(k.clone()).or_insert_with(|| KpiRow {
+                    period: period.clone(),
+                    dimension: (*dim).to_owned(),
+                    value: (*value).to_owned(),
+                    ..KpiRow::default()
+                });
+                f(row);
+                row.seq = seq;
+                changed.insert(k);
+            }
+        }
+    }
+
+    fn order_dims(o: &OrderFacts) -> Vec<(String, String)> {
+        vec![
+            ("entity".into(), o.entity.clone()),
+            ("channel".into(), o.channel.clone()),
+        ]
+    }
+
+    /// Counts the order's completion (or takes back its earlier judgement, `sign` -1).
+    fn count_completion(
+        &mut self,
+        order: &str,
+        sign: i64,
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+    ) {
+        let Some(o) = self.orders.get(order) else {
+            return;
+        };
+        let Some(j) = o.judged.clone() else { return };
+        let dims = Self::order_dims(o);
+        let dims: Vec<(&str, &str)> = dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let hours = o
+            .packages
+            .values()
+            .map(|(shipped, _)| *shipped)
+            .max()
+            .zip(o.placed_at)
+            .map(|(last, placed)| {
+                u32::try_from(
+                    (last.as_datetime() - placed.as_datetime())
+                        .num_hours()
+                        .max(0),
+                )
+                .unwrap_or(u32::MAX)
+            });
+        let b = |x: bool| i64::from(x) * sign;
+        self.each(j.completed_at, &dims, seq, changed, |r| {
+            r.orders_completed += sign;
+            r.orders_in_full += b(j.in_full);
+            if let Some(on_time) = j.on_time {
+                r.orders_promised += sign;
+                r.orders_on_time += b(on_time);
+                r.orders_on_time_in_full += b(on_time && j.in_full);
+                r.orders_perfect += b(j.perfect == Some(true));
+            }
+            if let Some(h) = hours {
+                let entry = r.cycle_hours.entry(h).or_insert(0);
+                *entry += sign;
+                if *entry == 0 {
+                    r.cycle_hours.remove(&h);
+                }
+            }
+        });
+    }
+
+    /// Judges the order again after a fact that may change its judgement.
+    fn rejudge(&mut self, order: &str, at: Timestamp, seq: u64, changed: &mut BTreeSet<String>) {
+        let Some(o) = self.orders.get(order) else {
+            return;
+        };
+        let complete = o.open_units() == 0 && !o.lines.is_empty();
+        let now = match (&o.judged, complete) {
+            (Some(j), _) => Some(o.judge(j.completed_at)),
+            (None, true) => Some(o.judge(at)),
+            (None, false) => None,
+        };
+        if now == o.judged {
+            return;
+        }
+        self.count_completion(order, -1, seq, changed);
+        if let Some(o) = self.orders.get_mut(order) {
+            o.judged = now;
+        }
+        self.count_completion(order, 1, seq, changed);
+    }
+}
+
+impl Model for Kpis {
+    fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        use Event as E;
+        let env = &event.envelope;
+        let (at, seq) = (env.effective_at, event.seq);
+        let command = env.command_id.to_string();
+        match &env.event {
+            E::LocationDefined(e) => {
+                self.location_entity
+                    .entry(e.location.to_string())
+                    .or_insert_with(|| env.legal_entity.to_string());
+            }
+            E::OrderPlaced(e) => {
+                let facts = OrderFacts {
+                    placed_at: Some(at),
+                    placing_command: command,
+                    entity: env.legal_entity.to_string(),
+                    channel: e.channel.to_string(),
+                    promise: e.promise_date,
+                    lines: e
+                        .lines
+                        .iter()
+                        .map(|l| (l.line, (l.qty.get(), 0, 0, 0, 0, l.unit_price.amount)))
+                        .collect(),
+                    skus: e
+                        .lines
+                        .iter()
+                        .rev()
+                        .map(|l| (l.sku.to_string(), l.line))
+                        .collect(),
+                    ..OrderFacts::default()
+                };
+                let dims = Self::order_dims(&facts);
+                let dims: Vec<(&str, &str)> =
+                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let (lines, units) = (
+                    e.lines.len() as i64,
+                    e.lines.iter().map(|l| l.qty.get()).sum::<i64>(),
+                );
+                self.each(at, &dims, seq, changed, |r| {
+                    r.orders_placed += 1;
+                    r.lines_placed += lines;
+                    r.units_ordered += units;
+                });
+                self.orders.insert(e.order.to_string(), facts);
+            }
+            E::LineAllocated(e) => {
+                self.first_time(e.order.as_str(), e.line, e.qty.get(), 0, &command);
+                self.placement_done(e.order.as_str(), &command, seq, changed);
+            }
+            E::LineBackordered(e) => {
+                self.first_time(e.order.as_str(), e.line, 0, e.qty.get(), &command);
+                self.placement_done(e.order.as_str(), &command, seq, changed);
+            }
+            E::OrderShipped(e) => {
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    for l in &e.lines {
+                        if let Some(line) = o.lines.get_mut(&l.line) {
+                            line.3 += l.qty.get();
+                        }
+                    }
+                    o.packages.insert(e.package.to_string(), (at, None));
+                }
+                self.rejudge(e.order.as_str(), at, seq, changed);
+            }
+            E::OrderDelivered(e) => {
+                if let Some(p) = self
+                    .orders
+                    .get_mut(e.order.as_str())
+                    .and_then(|o| o.packages.get_mut(e.package.as_str()))
+                {
+                    p.1 = Some(at);
+                }
+                self.rejudge(e.order.as_str(), at, seq, changed);
+            }
+            E::LinesCancelled(e) => {
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    for l in &e.lines {
+                        if let Some(line) = o.lines.get_mut(&l.line) {
+                            line.4 += l.qty.get();
+                        }
+                    }
+                }
+                self.rejudge(e.order.as_str(), at, seq, changed);
+            }
+            E::StockShipped(e) => {
+                let Some(o) = self.orders.get(e.order.as_str()) else {
+                    return;
+                };
+                let mut dims = Self::order_dims(o);
+                dims.push(("location".into(), e.location.to_string()));
+                let dims: Vec<(&str, &str)> =
+                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let n = e.qty.get();
+                self.each(at, &dims, seq, changed, |r| r.units_shipped += n);
+            }
+            E::ReturnAuthorised(e) => {
+                let reason = reason_name(&e.reason);
+                let faulty = matches!(
+                    e.reason,
+                    Some(
+                        ReturnReason::Defective
+                            | ReturnReason::WrongItem
+                            | ReturnReason::NotAsDescribed
+                    )
+                );
+                self.return_orders
+                    .insert(e.return_id.to_string(), e.order.to_string());
+                let Some(o) = self.orders.get_mut(e.order.as_str()) else {
+                    return;
+                };
+                o.returns.insert(e.return_id.to_string(), reason.clone());
+                let (units, value) = e.lines.iter().fold((0, Decimal::ZERO), |(u, v), l| {
+                    let price = o.lines.get(&l.line).map_or(Decimal::ZERO, |x| x.5);
+                    (u + l.qty.get(), v + price * Decimal::from(l.qty.get()))
+                });
+                let newly_faulty = faulty && !o.faulty_return;
+                let dims = Self::order_dims(o);
+                let dims: Vec<(&str, &str)> =
+                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                self.each(at, &dims, seq, changed, |r| {
+                    r.units_returned += units;
+                    *r.returned_by_reason.entry(reason.clone()).or_insert(0) += units;
+                    *r.returned_value_by_reason
+                        .entry(reason.clone())
+                        .or_insert(Decimal::ZERO) += value;
+                });
+                if newly_faulty {
+                    if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                        o.faulty_return = true;
+                    }
+                    self.rejudge(e.order.as_str(), at, seq, changed);
+                }
+            }
+            E::ReturnDispositioned(e) => {
+                if e.disposition != ledger::events::Disposition::Restock {
+                    return;
+                }
+                let Some(order) = self.return_orders.get(e.return_id.as_str()) else {
+                    return;
+                };
+                let Some(o) = self.orders.get(order) else {
+                    return;
+                };
+                let reason = o
+                    .returns
+                    .get(e.return_id.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| "Unknown".into());
+                // The unit price of the order's line of this SKU.
+                let price = o
+                    .skus
+                    .get(e.sku.as_str())
+                    .and_then(|line| o.lines.get(line))
+                    .map_or(Decimal::ZERO, |l| l.5);
+                let value = price * Decimal::from(e.qty.get());
+                let dims = Self::order_dims(o);
+                let dims: Vec<(&str, &str)> =
+                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                self.each(at, &dims, seq, changed, |r| {
+                    *r.recovered_value_by_reason
+                        .entry(reason.clone())
+                        .or_insert(Decimal::ZERO) += value;
+                });
+            }
+            E::PurchaseOrderCreated(e) => {
+                self.purchases.insert(
+                    e.purchase_order.to_string(),
+                    (
+                        env.legal_entity.to_string(),
+                        e.supplier.to_string(),
+                        at,
+                        e.expected_on,
+                    ),
+                );
+                self.purchase_lines.insert(
+                    e.purchase_order.to_string(),
+                    e.lines
+                        .iter()
+                        .map(|l| (l.line, (l.location.to_string(), 0)))
+                        .collect(),
+                );
+            }
+            E::ReceiptMatched(e) => {
+                let po = e.purchase_order.to_string();
+                let Some((entity, supplier, created, expected)) = self.purchases.get(&po).cloned()
+                else {
+                    return;
+                };
+                let Some((location, before)) = self
+                    .purchase_lines
+                    .get_mut(&po)
+                    .and_then(|l| l.get_mut(&e.line))
+                    .map(|l| {
+                        let before = l.1;
+                        l.1 = e.qty_received.get();
+                        (l.0.clone(), before)
+                    })
+                else {
+                    return;
+                };
+                let n = (e.qty_received.get() - before).max(0);
+                let on_time = at.as_datetime().date_naive() <= expected.get();
+                let days = (at.as_datetime() - created.as_datetime()).num_days().max(0);
+                let dims = [
+                    ("entity", entity.as_str()),
+                    ("supplier", supplier.as_str()),
+                    ("location", location.as_str()),
+                ];
+                self.each(at, &dims, seq, changed, |r| {
+                    r.units_received += n;
+                    r.units_received_on_time += if on_time { n } else { 0 };
+                    r.receipts += 1;
+                    r.lead_time_days_sum += days;
+                    r.lead_time_days_sq_sum += days * days;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn value(&self, key: &str) -> Option<serde_json::Value> {
+        self.rows.get(key).map(|r| {
+            let mut v = serde_json::to_value(r).expect("rows serialise");
+            v["kpis"] = r.rates();
+            v
+        })
+    }
+}
+
+impl Kpis {
+    /// Notes what the placing command allocated or backordered on a line.
+    fn first_time(
+        &mut self,
+        order: &str,
+        line: u32,
+        allocated: i64,
+        backordered: i64,
+        command: &str,
+    ) {
+        if let Some(o) = self.orders.get_mut(order)
+            && o.placing_command == command
+            && let Some(l) = o.lines.get_mut(&line)
+        {
+            l.1 += allocated;
+            l.2 += backordered;
+        }
+    }
+
+    /// Brings the order's first-time figures in its placement rows up to date (the placing
+    /// command's allocations arrive line by line after the placement).
+    fn placement_done(
+        &mut self,
+        order: &str,
+        command: &str,
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+    ) {
+        let Some(o) = self.orders.get(order) else {
+            return;
+        };
+        let Some(placed) = o.placed_at.filter(|_| o.placing_command == command) else {
+            return;
+        };
+        let now = (
+            o.lines.values().filter(|l| l.1 >= l.0).count() as i64,
+            o.lines.values().map(|l| l.1.min(l.0)).sum::<i64>(),
+            o.lines.values().filter(|l| l.2 > 0).count() as i64,
+            i64::from(o.lines.values().all(|l| l.1 >= l.0)),
+        );
+        let was = o.first_time_counted;
+        if now == was {
+            return;
+        }
+        let dims = Self::order_dims(o);
+        let dims: Vec<(&str, &str)> = dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        self.each(placed, &dims, seq, changed, |r| {
+            r.lines_filled_first_time += now.0 - was.0;
+            r.units_filled_first_time += now.1 - was.1;
+            r.lines_backordered += now.2 - was.2;
+            r.orders_filled_first_time += now.3 - was.3;
+        });
+        if let Some(o) = self.orders.get_mut(order) {
+            o.first_time_counted = now;
+        }
+    }
+
+    /// Every row, by key.
+    pub fn rows(&self) -> &BTreeMap<String, KpiRow> {
+        &self.rows
+    }
+}
+
+/// Queries of `view.kpis.<op>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KpisQuery {
+    /// One period's KPIs (`2011-11`, `2011-W44` or `2011-11-03`): the whole business and
+    /// every entity, channel, location and supplier with figures in it, or one `dimension`
+    /// (`all`, `entity`, `channel`, `location`, `supplier`), or one `value` of it.
+    Period {
+        period: String,
+        #[serde(default)]
+        dimension: Option<String>,
+        #[serde(default)]
+        value: Option<String>,
+    },
+    /// The periods of a granularity (`day`, `week`, `month`) that have figures, in order.
+    Periods { granularity: Granularity },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Day,
+    Week,
+    Month,
+}
+
+const DIMENSIONS: [&str; 5] = ["all", "entity", "channel", "location", "supplier"];
+
+fn granularity_of(period: &str) -> Option<Granularity> {
+    let b = period.as_bytes();
+    match b.len() {
+        7 if b[4] == b'-' => Some(Granularity::Month),
+        8 if &period[4..6] == "-W" => Some(Granularity::Week),
+        10 if b[4] == b'-' && b[7] == b'-' => Some(Granularity::Day),
+        _ => None,
+    }
+}
+
+impl View for Kpis {
+    const NAME: &'static str = "kpis";
+    const VERSION: u32 = 1;
+    const KEYS: &'static [KeyShape] = &[KeyShape {
+        kind: "kpi",
+        parts: &["period", "dimension", "value"],
+        row: "KpiRow: the counts of a period x dimension, with the KPIs they give under `kpis`",
+    }];
+    type Row = KpiRow;
+    type Query = KpisQuery;
+
+    fn keys(&self) -> Box<dyn Iterator<Item = String> + '_> {
+        Box::new(self.rows.keys().cloned())
+    }
+
+    fn answer(&self, query: &KpisQuery) -> Result<Answer, QueryError> {
+        match query {
+            KpisQuery::Period {
+                period,
+                dimension,
+                value,
+            } => {
+                if granularity_of(period).is_none() {
+                    return Err(QueryError::bad_query(format!(
+                        "period: `{period}`; expected a month (2011-11), an ISO week (2011-W44) or a day (2011-11-03)"
+                    )));
+                }
+                if let Some(d) = dimension
+                    && !DIMENSIONS.contains(&d.as_str())
+                {
+                    return Err(QueryError::bad_query(format!(
+                        "dimension: `{d}`; expected one of {}",
+                        DIMENSIONS.join(", ")
+                    )));
+                }
+                let prefix = match dimension {
+                    Some(d) => key::prefix("kpi", &[period.as_str(), d.as_str()]),
+                    None => key::prefix("kpi", &[period.as_str()]),
+                };
+                let rows: Vec<serde_json::Value> = self
+                    .rows
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(_, r)| value.as_ref().is_none_or(|v| *v == r.value))
+                    .filter_map(|(k, _)| self.value(k))
+                    .collect();
+                if rows.is_empty() {
+                    return Err(QueryError::not_found(format!(
+                        "no figures for {period}{}",
+                        match (dimension, value) {
+                            (Some(d), Some(v)) => format!(" {d} {v}"),
+                            (Some(d), None) => format!(" by {d}"),
+                            _ => String::new(),
+                        }
+                    )));
+                }
+                Ok(Answer::Value(json!({"period": period, "rows": rows})))
+            }
+            KpisQuery::Periods { granularity } => {
+                let periods: BTreeSet<&str> = self
+                    .rows
+                    .values()
+                    .filter(|r| r.dimension == "all")
+                    .map(|r| r.period.as_str())
+                    .filter(|p| granularity_of(p) == Some(*granularity))
+                    .collect();
+                Ok(Answer::Value(json!({"periods": periods})))
+            }
+        }
+    }
+}
