@@ -201,7 +201,7 @@ pub struct KpisArgs {
 
 fn rate(v: &Value) -> String {
     match v.as_str().and_then(|s| s.parse::<f64>().ok()) {
-        Some(r) => format!("{:.1}%", r * 100.0),
+        Some(r) => format!("{:.2}%", r * 100.0),
         None => "-".into(),
     }
 }

@@ -7,7 +7,8 @@
 //! - at the first invoice of each month, each SKU receives that month's ordered quantity, at
 //!   60% of its lowest positive unit price that month (the data has no costs);
 //! - an ordinary invoice becomes an order (lines of the same code merged, delivery promised in
-//!   3 days in the UK and 5 in the euro area), then release to pick, pick, pack and ship;
+//!   3 days in the UK and 5 in the euro area), released to pick within the hour, then picked,
+//!   packed and shipped 2-30 hours after it was placed (about 3 in 100 wait 3-5 days);
 //! - a `C` (cancellation) invoice's lines come back into stock as upward adjustments
 //!   (`customer_cancellation`): the data does not say which order they cancel;
 //! - other rows with a negative quantity are write-offs: downward adjustments with the row's
@@ -15,8 +16,8 @@
 //! - `A` (bad debt) invoices and rows with a negative price are skipped and counted.
 //!
 //! After the sale (the data stops at the shipment; these are drawn from a hash of the order id,
-//! so every run draws the same): the carrier confirms delivery 1-3 days later in the UK and
-//! 2-5 days later in the euro area, and about 4 shipments in 100 take 7-10 days (past the
+//! so every run draws the same): the carrier confirms delivery 1-2 days later in the UK and
+//! 2-4 days later in the euro area, and about 4 shipments in 100 take 7-10 days (past the
 //! 5-day in-transit rule); about 3 orders in 100 send one unit back, 2-10 days after delivery,
 //! with a reason from the fixed list; the return arrives 3 days later, is inspected 1-6 days
 //! after that (restocked, or scrapped when defective) and refunded. These commands are sent
@@ -509,27 +510,49 @@ fn fulfil(
         json!({"order": id, "channel": "web", "ship_to_region": row.country, "lines": order_lines,
             "promise_date": promise_date(entity, at)}),
     );
-    push(
+    // The warehouse's pace (drawn from the order id, so every run draws the same): released
+    // within the hour, picked and packed, and shipped 2-30 hours after placement; about 3
+    // orders in 100 wait 3-5 days (past the 2-day unshipped rule).
+    let draw = Uuid::new_v5(&NAMESPACE, format!("pace:{id}").as_bytes()).as_u128();
+    let pick_n = |shift: u32, n: u128| ((draw >> shift) % n) as i64;
+    let minutes = chrono::Duration::minutes;
+    let released = at + minutes(5 + pick_n(0, 50));
+    let ship_hours = if pick_n(8, 100) < 3 {
+        72 + pick_n(16, 49)
+    } else {
+        2 + pick_n(16, 29)
+    };
+    let shipped = at + chrono::Duration::hours(ship_hours) + minutes(pick_n(24, 60));
+    let picked = released + (shipped - released) / 2;
+    b.later(
+        entity,
         format!("release:{id}"),
+        released,
         "order.release_to_pick",
-        json!({"order": id, "wave": at.format("W%Y%m%d").to_string()}),
+        json!({"order": id, "wave": released.format("W%Y%m%d").to_string()}),
     );
-    push(
+    b.later(
+        entity,
         format!("pick:{id}"),
+        picked,
         "order.pick",
         json!({"order": id, "lines": numbered}),
     );
-    push(
+    b.later(
+        entity,
         format!("pack:{id}"),
+        shipped - minutes(10),
         "order.pack",
         json!({"order": id, "package": format!("{id}-1"), "lines": numbered}),
     );
-    push(
+    b.later(
+        entity,
         format!("ship:{id}"),
+        shipped,
         "order.ship",
         json!({"order": id, "package": format!("{id}-1"), "carrier": "Royal Mail", "tracking": format!("RM{id}GB"), "freight_cost": price_in(entity, Decimal::new(495, 2), at)}),
     );
-    after_sale(b, entity, id, lines, first_line, at);
+    after_sale(b, entity, id, lines, first_line, shipped);
 }
 
 /// The delivery date promised at checkout: 3 days in the UK, 5 in the euro area.
@@ -566,9 +589,9 @@ fn after_sale(
     let transit_days = if pick(0, 100) < 4 {
         7 + pick(8, 4)
     } else if entity.id == UK.id {
-        1 + pick(8, 3)
+        1 + pick(8, 2)
     } else {
-        2 + pick(8, 4)
+        2 + pick(8, 3)
     };
     let delivered = shipped
         + chrono::Duration::days(transit_days)

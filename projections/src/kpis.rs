@@ -682,14 +682,22 @@ pub enum Granularity {
 
 const DIMENSIONS: [&str; 5] = ["all", "entity", "channel", "location", "supplier"];
 
+/// The granularity of a period token that names a real month, ISO week or day.
 fn granularity_of(period: &str) -> Option<Granularity> {
-    let b = period.as_bytes();
-    match b.len() {
-        7 if b[4] == b'-' => Some(Granularity::Month),
-        8 if &period[4..6] == "-W" => Some(Granularity::Week),
-        10 if b[4] == b'-' && b[7] == b'-' => Some(Granularity::Day),
-        _ => None,
+    use chrono::NaiveDate;
+    if period.len() == 7 && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok()
+    {
+        return Some(Granularity::Month);
     }
+    if period.len() == 10 && NaiveDate::parse_from_str(period, "%Y-%m-%d").is_ok() {
+        return Some(Granularity::Day);
+    }
+    let (year, week) = period.split_once("-W")?;
+    let (year, week) = (year.parse::<i32>().ok()?, week.parse::<u32>().ok()?);
+    (week.to_string().len() <= 2 && period.len() == 8)
+        .then(|| NaiveDate::from_isoywd_opt(year, week, chrono::Weekday::Mon))
+        .flatten()
+        .map(|_| Granularity::Week)
 }
 
 impl View for Kpis {
