@@ -685,8 +685,7 @@ const DIMENSIONS: [&str; 5] = ["all", "entity", "channel", "location", "supplier
 /// The granularity of a period token that names a real month, ISO week or day.
 fn granularity_of(period: &str) -> Option<Granularity> {
     use chrono::NaiveDate;
-    if period.len() == 7 && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok()
-    {
+    if period.len() == 7 && NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok() {
         return Some(Granularity::Month);
     }
     if period.len() == 10 && NaiveDate::parse_from_str(period, "%Y-%m-%d").is_ok() {
