@@ -194,3 +194,370 @@ fn supplier_on_time_units_and_lead_time_from_receipts() {
     assert_eq!(s["kpis"]["lead_time"]["mean_days"], "10");
     assert_eq!(s["kpis"]["lead_time"]["std_dev_days"], "2.00");
 }
+
+/// The KPI counts recomputed from a whole log at once, order by order (the view's own
+/// bookkeeping is incremental; this is the definition applied to the finished story).
+fn recompute(events: &[ledger::RecordedEvent]) -> std::collections::BTreeMap<String, Value> {
+    use ledger::events::Event as E;
+    use std::collections::BTreeMap;
+    type Rows = BTreeMap<String, BTreeMap<&'static str, i64>>;
+    let mut rows: Rows = BTreeMap::new();
+    let mut add =
+        |at: ledger::values::Timestamp, dims: &[(&str, String)], field: &'static str, n: i64| {
+            for period in periods(at) {
+                for (dim, value) in std::iter::once(&("all", "-".to_owned())).chain(dims) {
+                    let key = crate::key::key("kpi", &[period.as_str(), dim, value.as_str()]);
+                    *rows.entry(key).or_default().entry(field).or_insert(0) += n;
+                }
+            }
+        };
+    // Pass 1: each order's whole story.
+    #[derive(Default)]
+    struct Story {
+        placed: Option<(
+            ledger::values::Timestamp,
+            uuid::Uuid,
+            String,
+            String,
+            Option<ledger::values::Date>,
+        )>,
+        ordered: BTreeMap<u32, i64>,
+        first_alloc: BTreeMap<u32, i64>,
+        first_back: BTreeMap<u32, i64>,
+        done: BTreeMap<u32, i64>,
+        cancelled: i64,
+        shipped_at: BTreeMap<String, ledger::values::Timestamp>,
+        delivered_at: BTreeMap<String, ledger::values::Timestamp>,
+        completed_at: Option<ledger::values::Timestamp>,
+        faulty: bool,
+    }
+    let mut stories: BTreeMap<String, Story> = BTreeMap::new();
+    for e in events {
+        let at = e.envelope.effective_at;
+        match &e.envelope.event {
+            E::OrderPlaced(p) => {
+                let s = stories.entry(p.order.to_string()).or_default();
+                s.placed = Some((
+                    at,
+                    e.envelope.command_id,
+                    e.envelope.legal_entity.to_string(),
+                    p.channel.to_string(),
+                    p.promise_date,
+                ));
+                for l in &p.lines {
+                    s.ordered.insert(l.line, l.qty.get());
+                }
+            }
+            E::LineAllocated(a) => {
+                let s = stories.get_mut(a.order.as_str()).unwrap();
+                if s.placed.as_ref().unwrap().1 == e.envelope.command_id {
+                    *s.first_alloc.entry(a.line).or_insert(0) += a.qty.get();
+                }
+            }
+            E::LineBackordered(b) => {
+                let s = stories.get_mut(b.order.as_str()).unwrap();
+                if s.placed.as_ref().unwrap().1 == e.envelope.command_id {
+                    *s.first_back.entry(b.line).or_insert(0) += b.qty.get();
+                }
+            }
+            E::OrderShipped(x) => {
+                let s = stories.get_mut(x.order.as_str()).unwrap();
+                for l in &x.lines {
+                    *s.done.entry(l.line).or_insert(0) += l.qty.get();
+                }
+                s.shipped_at.insert(x.package.to_string(), at);
+                if s.completed_at.is_none()
+                    && s.ordered.iter().all(|(n, q)| s.done.get(n) == Some(q))
+                {
+                    s.completed_at = Some(at);
+                }
+            }
+            E::LinesCancelled(c) => {
+                let s = stories.get_mut(c.order.as_str()).unwrap();
+                for l in &c.lines {
+                    *s.done.entry(l.line).or_insert(0) += l.qty.get();
+                    s.cancelled += l.qty.get();
+                }
+                if s.completed_at.is_none()
+                    && s.ordered.iter().all(|(n, q)| s.done.get(n) == Some(q))
+                {
+                    s.completed_at = Some(at);
+                }
+            }
+            E::OrderDelivered(d) => {
+                let s = stories.get_mut(d.order.as_str()).unwrap();
+                s.delivered_at.insert(d.package.to_string(), at);
+            }
+            E::ReturnAuthorised(r) => {
+                let s = stories.get_mut(r.order.as_str()).unwrap();
+                s.faulty |= matches!(
+                    r.reason,
+                    Some(
+                        ledger::events::ReturnReason::Defective
+                            | ledger::events::ReturnReason::WrongItem
+                            | ledger::events::ReturnReason::NotAsDescribed
+                    )
+                );
+                let units: i64 = r.lines.iter().map(|l| l.qty.get()).sum();
+                let (_, _, entity, channel, _) = s.placed.clone().unwrap();
+                add(
+                    at,
+                    &[("entity", entity), ("channel", channel)],
+                    "units_returned",
+                    units,
+                );
+            }
+            E::StockShipped(x) => {
+                let s = &stories[x.order.as_str()];
+                let (_, _, entity, channel, _) = s.placed.clone().unwrap();
+                add(
+                    at,
+                    &[
+                        ("entity", entity),
+                        ("channel", channel),
+                        ("location", x.location.to_string()),
+                    ],
+                    "units_shipped",
+                    x.qty.get(),
+                );
+            }
+            _ => {}
+        }
+    }
+    // Pass 2: each order's figures, judged on everything the log says about it.
+    for s in stories.values() {
+        let Some((placed, _, entity, channel, promise)) = s.placed.clone() else {
+            continue;
+        };
+        let dims = [("entity", entity), ("channel", channel)];
+        let lines = s.ordered.len() as i64;
+        let units: i64 = s.ordered.values().sum();
+        let filled = |n: &u32, q: &i64| s.first_alloc.get(n).copied().unwrap_or(0) >= *q;
+        add(placed, &dims, "orders_placed", 1);
+        add(placed, &dims, "lines_placed", lines);
+        add(placed, &dims, "units_ordered", units);
+        add(
+            placed,
+            &dims,
+            "lines_filled_first_time",
+            s.ordered.iter().filter(|(n, q)| filled(n, q)).count() as i64,
+        );
+        add(
+            placed,
+            &dims,
+            "units_filled_first_time",
+            s.ordered
+                .iter()
+                .map(|(n, q)| s.first_alloc.get(n).copied().unwrap_or(0).min(*q))
+                .sum(),
+        );
+        add(
+            placed,
+            &dims,
+            "orders_filled_first_time",
+            i64::from(s.ordered.iter().all(|(n, q)| filled(n, q))),
+        );
+        add(
+            placed,
+            &dims,
+            "lines_backordered",
+            s.first_back.values().filter(|b| **b > 0).count() as i64,
+        );
+        let Some(done) = s.completed_at else { continue };
+        let in_full = s.cancelled == 0;
+        add(done, &dims, "orders_completed", 1);
+        add(done, &dims, "orders_in_full", i64::from(in_full));
+        if let Some(p) = promise {
+            let deadline = ledger::values::Timestamp::new(
+                (p.get() + chrono::Duration::days(1))
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
+            );
+            let last = s
+                .shipped_at
+                .iter()
+                .map(|(k, t)| s.delivered_at.get(k).copied().unwrap_or(*t))
+                .max();
+            let on_time = last.is_none_or(|t| t < deadline);
+            add(done, &dims, "orders_promised", 1);
+            add(done, &dims, "orders_on_time", i64::from(on_time));
+            add(
+                done,
+                &dims,
+                "orders_on_time_in_full",
+                i64::from(on_time && in_full),
+            );
+            add(
+                done,
+                &dims,
+                "orders_perfect",
+                i64::from(on_time && in_full && !s.faulty),
+            );
+        }
+    }
+    rows.into_iter()
+        .map(|(k, fields)| (k, json!(fields)))
+        .collect()
+}
+
+/// The fields `recompute` covers, of every row of the view.
+fn view_counts(view: &Kpis) -> std::collections::BTreeMap<String, Value> {
+    const FIELDS: [&str; 15] = [
+        "orders_placed",
+        "lines_placed",
+        "units_ordered",
+        "lines_filled_first_time",
+        "units_filled_first_time",
+        "orders_filled_first_time",
+        "lines_backordered",
+        "orders_completed",
+        "orders_in_full",
+        "orders_promised",
+        "orders_on_time",
+        "orders_on_time_in_full",
+        "orders_perfect",
+        "units_shipped",
+        "units_returned",
+    ];
+    view.rows()
+        .iter()
+        .map(|(k, r)| {
+            let v = serde_json::to_value(r).unwrap();
+            let fields: std::collections::BTreeMap<&str, i64> = FIELDS
+                .iter()
+                .filter_map(|f| v[*f].as_i64().filter(|n| *n != 0).map(|n| (*f, n)))
+                .collect();
+            (k.clone(), json!(fields))
+        })
+        .filter(|(_, f)| f.as_object().is_some_and(|o| !o.is_empty()))
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_view_equals_a_recomputation_from_the_whole_log(seed in 0u64..u64::MAX) {
+        let events = random_story(seed);
+        let mut view = Kpis::default();
+        for e in &events {
+            view.apply(e, &mut BTreeSet::new());
+        }
+        let expected: std::collections::BTreeMap<String, Value> = recompute(&events)
+            .into_iter()
+            .map(|(k, v)| {
+                let kept: serde_json::Map<String, Value> = v.as_object().unwrap().iter()
+                    .filter(|(_, n)| n.as_i64() != Some(0))
+                    .map(|(f, n)| (f.clone(), n.clone()))
+                    .collect();
+                (k, Value::Object(kept))
+            })
+            .filter(|(_, v)| v.as_object().is_some_and(|o| !o.is_empty()))
+            .collect();
+        proptest::prop_assert_eq!(view_counts(&view), expected);
+    }
+}
+
+/// A random week of orders: placements allocating or backordering some units in the placing
+/// command, later allocations, shipments in packages, cancellations, deliveries (some before
+/// and some after the order completes, some never), returns with random reasons.
+fn random_story(seed: u64) -> Vec<ledger::RecordedEvent> {
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n.max(1)
+    };
+    const REASONS: [&str; 4] = ["Colour", "Defective", "WrongItem", "Unwanted"];
+    // (minute offset, command, event)
+    let mut story: Vec<(u64, u128, Value)> = Vec::new();
+    let orders = 1 + next(8);
+    let mut command = 100u128;
+    for o in 0..orders {
+        let id = format!("O{o}");
+        let placed = next(6 * 24 * 60);
+        command += 1;
+        let lines = 1 + next(3);
+        let mut placed_event = order(&id, 1);
+        let mut line_list = Vec::new();
+        let mut qty = Vec::new();
+        for l in 1..=lines {
+            let q = 1 + next(5) as i64;
+            qty.push(q);
+            line_list.push(
+                json!({"line": l, "sku": "LAMP", "qty": q, "unit_price": gbp("20.00"),
+                "discount": gbp("0.00"), "tax": gbp("0.00"), "fees": gbp("0.00")}),
+            );
+        }
+        placed_event["data"]["lines"] = json!(line_list);
+        if next(3) > 0 {
+            let day = 1 + next(9);
+            placed_event["data"]["promise_date"] = json!(format!("2011-01-{day:02}"));
+        }
+        story.push((placed, command, placed_event));
+        let placing = command;
+        let mut t = placed;
+        let mut package = 0;
+        for (i, q) in qty.iter().enumerate() {
+            let line = i as u32 + 1;
+            let first = next(*q as u64 + 1) as i64;
+            if first > 0 {
+                story.push((placed, placing, allocated(&id, line, first)));
+            }
+            if first < *q {
+                story.push((placed, placing, json!({"type": "order.line_backordered", "data": {"order": id, "line": line, "qty": q - first}})));
+            }
+            // The line's units end shipped (in one or two packages) or partly cancelled.
+            let cancel = if next(4) == 0 {
+                next(*q as u64 + 1) as i64
+            } else {
+                0
+            };
+            let ship = q - cancel;
+            if cancel > 0 {
+                t += 1 + next(600);
+                command += 1;
+                story.push((t, command, json!({"type": "order.lines_cancelled", "data": {"order": id, "lines": [{"line": line, "qty": cancel}], "reason": "customer"}})));
+            }
+            if ship > 0 && next(5) > 0 {
+                t += 1 + next(3000);
+                package += 1;
+                command += 1;
+                let pkg = format!("P{package}");
+                story.push((
+                    t,
+                    command,
+                    shipped(&id, &pkg, json!([{"line": line, "qty": ship}])),
+                ));
+                story.push((t, command, json!({"type": "stock.shipped", "data": {"sku": "LAMP", "order": id, "line": line, "location": "WH1", "qty": ship}})));
+                if next(3) > 0 {
+                    command += 1;
+                    story.push((t + 1 + next(5000), command, json!({"type": "order.delivered", "data": {"order": id, "package": pkg, "proof": ""}})));
+                }
+                if next(4) == 0 {
+                    command += 1;
+                    let reason = REASONS[next(4) as usize];
+                    story.push((t + 1 + next(8000), command, json!({"type": "order.return_authorised", "data": {"order": id,
+                        "return_id": format!("R{line}"), "lines": [{"line": line, "qty": 1}], "reason": reason, "note": ""}})));
+                }
+            }
+        }
+    }
+    // In business-time order (an order's own facts keep their order: placement first).
+    story.sort_by_key(|(t, c, _)| (*t, *c));
+    story
+        .into_iter()
+        .enumerate()
+        .map(|(i, (minutes, command, event))| {
+            let at = ledger::values::Timestamp::parse("2011-01-01T00:00:00Z")
+                .unwrap()
+                .as_datetime()
+                + chrono::Duration::minutes(minutes as i64);
+            let mut e = recorded_on(i as u64 + 1, &at.to_rfc3339(), event);
+            e.envelope.command_id = uuid::Uuid::from_u128(command);
+            e
+        })
+        .collect()
+}
