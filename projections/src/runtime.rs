@@ -910,14 +910,14 @@ impl<V: View> Projector<V> {
             code: "unavailable",
             message: e.to_string(),
         };
-        let mut rows = Vec::new();
-        let mut next = None;
-        let take = |event: &ledger::RecordedEvent, rows: &mut Vec<serde_json::Value>| {
+        let mut page = EventPage::new(read.limit);
+        let mut take = |event: &ledger::RecordedEvent| -> bool {
             if self.foreign.contains(&event.seq) || !read.range.contains(event) {
-                return;
+                return true;
             }
-            if let Some(row) = self.view.render(query, event) {
-                rows.push(row);
+            match self.view.render(query, event) {
+                Some(row) => page.push(row),
+                None => true,
             }
         };
         match &read.from {
@@ -926,16 +926,11 @@ impl<V: View> Projector<V> {
                     .iter()
                     .filter(|&&s| s > read.after_seq && s <= self.checkpoint)
                 {
-                    if rows.len() == read.limit {
-                        next = rows
-                            .last()
-                            .and_then(|r: &serde_json::Value| r["seq"].as_u64());
-                        break;
-                    }
                     if let Some(LogRecord::Event(event)) =
                         self.log.get(seq).await.map_err(unavailable)?
+                        && !take(&event)
                     {
-                        take(&event, &mut rows);
+                        break;
                     }
                 }
             }
@@ -946,16 +941,13 @@ impl<V: View> Projector<V> {
                     .await
                     .map_err(unavailable)?;
                 while let Some(event) = events.next().await.map_err(unavailable)? {
-                    if rows.len() == read.limit {
-                        next = rows
-                            .last()
-                            .and_then(|r: &serde_json::Value| r["seq"].as_u64());
+                    if !take(&event) {
                         break;
                     }
-                    take(&event, &mut rows);
                 }
             }
         }
+        let (rows, next) = page.finish();
         Ok(json!({"events": rows, "next_after_seq": next}))
     }
 
@@ -983,6 +975,54 @@ impl<V: View> Projector<V> {
             }
         }
         self.parked = still;
+    }
+}
+
+/// Most bytes of events one page of a read-back answer holds: well inside the 1 MiB a NATS
+/// message holds by default, whatever `limit` asked for.
+const PAGE_BYTES_MAX: usize = 512 * 1024;
+
+/// A page of rendered events, closed at `limit` rows or `PAGE_BYTES_MAX` bytes (at least one
+/// row).
+struct EventPage {
+    rows: Vec<serde_json::Value>,
+    bytes: usize,
+    limit: usize,
+    full: bool,
+}
+
+impl EventPage {
+    fn new(limit: usize) -> EventPage {
+        EventPage {
+            rows: Vec::new(),
+            bytes: 0,
+            limit,
+            full: false,
+        }
+    }
+
+    /// Adds a row; `false` when the page was already full (the row is not on it).
+    fn push(&mut self, row: serde_json::Value) -> bool {
+        let size = serde_json::to_vec(&row).map_or(0, |b| b.len()) + 1;
+        if self.rows.len() == self.limit
+            || (!self.rows.is_empty() && self.bytes + size > PAGE_BYTES_MAX)
+        {
+            self.full = true;
+            return false;
+        }
+        self.bytes += size;
+        self.rows.push(row);
+        true
+    }
+
+    /// The rows, and the sequence to continue after when the page was full.
+    fn finish(self) -> (Vec<serde_json::Value>, Option<u64>) {
+        let next = if self.full {
+            self.rows.last().and_then(|r| r["seq"].as_u64())
+        } else {
+            None
+        };
+        (self.rows, next)
     }
 }
 
