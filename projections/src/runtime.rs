@@ -1054,3 +1054,42 @@ async fn publish(
         tracing::warn!(error = %e, "answering a view query");
     }
 }
+
+#[cfg(test)]
+mod event_page_tests {
+    use super::{EventPage, PAGE_BYTES_MAX};
+    use serde_json::json;
+
+    #[test]
+    fn a_page_closes_at_its_limit_or_its_bytes_whichever_comes_first() {
+        // Goal: 1,000 events of 100 KiB each would make a 100 MB answer; the page stops at
+        // about 512 KiB and says where to continue.
+        let big = "x".repeat(100 * 1024);
+        let mut page = EventPage::new(1000);
+        let mut seq = 0;
+        while page.push(json!({"seq": seq + 1, "data": big})) {
+            seq += 1;
+        }
+        let (rows, next) = page.finish();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(next, Some(5));
+        assert!(serde_json::to_vec(&rows).unwrap().len() <= PAGE_BYTES_MAX);
+        // A single event larger than the budget still makes a page of one.
+        let mut page = EventPage::new(10);
+        assert!(page.push(json!({"seq": 1, "data": "y".repeat(PAGE_BYTES_MAX)})));
+        assert!(!page.push(json!({"seq": 2})));
+        assert_eq!(page.finish().1, Some(1));
+        // Small events: the limit closes the page; with nothing after it, no continuation.
+        let mut page = EventPage::new(3);
+        for seq in 1..=3 {
+            assert!(page.push(json!({"seq": seq})));
+        }
+        assert_eq!(
+            page.finish(),
+            (
+                vec![json!({"seq": 1}), json!({"seq": 2}), json!({"seq": 3})],
+                None
+            )
+        );
+    }
+}
