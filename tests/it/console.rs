@@ -182,6 +182,8 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         live_projector::<projections::audit::Audit>(&nats).await,
         live_projector::<projections::finance::Finance>(&nats).await,
         live_projector::<projections::replenish::Replenishment>(&nats).await,
+        live_projector::<projections::exceptions::Exceptions>(&nats).await,
+        live_projector::<projections::kpis::Kpis>(&nats).await,
     ];
     let last = crate::projections::submit(&nats, crate::projections::uci_bodies(1)).await;
     let gw = TestGateway::start(nats.url(), None).await;
@@ -352,6 +354,42 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         )
         .await;
     browser.screenshot("margin").await;
+
+    // Exceptions: the queue's count as the view gives it; KPIs: the latest month's orders.
+    let queue = api(format!("/v1/views/exceptions/queue?limit=1&min_seq={last}")).await;
+    let prefix = format!("{} open", queue["count"]);
+    browser.go(&gw.url("/#exceptions")).await;
+    browser
+        .wait_for(
+            "return document.getElementById('exceptions-count').textContent",
+            |v| v.as_str().is_some_and(|t| t.starts_with(&prefix)),
+        )
+        .await;
+    browser.screenshot("exceptions").await;
+    let months = api(format!(
+        "/v1/views/kpis/periods?granularity=month&min_seq={last}"
+    ))
+    .await;
+    let month = months["periods"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let period = api(format!(
+        "/v1/views/kpis/period?period={}&dimension=all",
+        month.as_str().unwrap()
+    ))
+    .await;
+    let orders = period["rows"][0]["orders_placed"].to_string();
+    browser.go(&gw.url("/#kpis")).await;
+    browser
+        .wait_for(
+            "return Array.from(document.querySelectorAll('#kpis-table tr')).slice(1).map(r => [r.children[0].textContent, r.children[1].textContent])",
+            |v| v.as_array().is_some_and(|rows| rows.iter().any(|r| r[0] == "all -" && r[1] == json!(orders))),
+        )
+        .await;
+    browser.screenshot("kpis").await;
 
     // The SKU's timeline: the audit view's events for it.
     let timeline = api(format!("/v1/views/audit/entity?entity=sku:{sku}&limit=100")).await;
