@@ -44,6 +44,17 @@ pub(crate) fn recorded_on(seq: u64, at: &str, event: serde_json::Value) -> Recor
     }
 }
 
+/// A seeded generator for tests' random stories: each call gives a number below `n`.
+pub(crate) fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed | 1;
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n.max(1)
+    }
+}
+
 pub(crate) fn gbp(amount: &str) -> serde_json::Value {
     json!({"amount": amount, "currency": "GBP"})
 }

@@ -868,22 +868,11 @@ impl Model for Exceptions {
                 }
             }
             E::PurchaseOrderRejected(e) => {
-                if let Some(p) = self.purchases.get_mut(e.purchase_order.as_str()) {
-                    p.closed = true;
-                }
-                touched.push(po_ref(
-                    ExceptionKind::PurchaseOrderOverdue,
-                    &e.purchase_order,
-                ));
+                touched.push(self.close_purchase(&e.purchase_order));
             }
             E::PurchaseOrderClosed(e) => {
-                if let Some(p) = self.purchases.get_mut(e.purchase_order.as_str()) {
-                    p.closed = true;
-                }
-                touched.push(po_ref(
-                    ExceptionKind::PurchaseOrderOverdue,
-                    &e.purchase_order,
-                ));
+                touched.push(self.close_purchase(&e.purchase_order));
+                // Closed short: a receipt variance, if beyond the threshold.
                 touched.push(po_ref(ExceptionKind::ReceiptVariance, &e.purchase_order));
             }
             E::ReceiptMatched(e) => {
@@ -958,6 +947,15 @@ impl Exceptions {
         self.orders
             .get_mut(order.as_str())
             .and_then(|o| o.lines.get_mut(&line))
+    }
+
+    /// Marks the purchase order closed (or rejected); its overdue exception is to be judged
+    /// again.
+    fn close_purchase(&mut self, po: &ledger::values::PurchaseOrderId) -> ExceptionRef {
+        if let Some(p) = self.purchases.get_mut(po.as_str()) {
+            p.closed = true;
+        }
+        po_ref(ExceptionKind::PurchaseOrderOverdue, po)
     }
 
     /// The business clock: the latest effective time applied.

@@ -398,13 +398,7 @@ fn the_queue_ranks_by_value_at_risk_and_age_not_by_age_alone() {
 /// factor between 0.5 and 1.5 the queue cannot see. Returns (cost held by the queue's top 20,
 /// cost held by the 20 oldest).
 fn ranked_against_oldest(seed: u64) -> (f64, f64) {
-    let mut rng = seed | 1;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n.max(1)
-    };
+    let mut next = crate::books_tests::xorshift(seed);
     let mut g = Given::new();
     let start = chrono::DateTime::parse_from_rfc3339("2011-01-01T00:00:00Z")
         .unwrap()

@@ -463,13 +463,7 @@ proptest::proptest! {
 /// command, later allocations, shipments in packages, cancellations, deliveries (some before
 /// and some after the order completes, some never), returns with random reasons.
 fn random_story(seed: u64) -> Vec<ledger::RecordedEvent> {
-    let mut rng = seed | 1;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n.max(1)
-    };
+    let mut next = crate::books_tests::xorshift(seed);
     const REASONS: [&str; 4] = ["Colour", "Defective", "WrongItem", "Unwanted"];
     // (minute offset, command, event)
     let mut story: Vec<(u64, u128, Value)> = Vec::new();

@@ -28,7 +28,7 @@ async fn erp(url: &str, args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
-fn command(actor: &str, role: &str, at: &str, kind: &str, data: Value) -> Bytes {
+pub(crate) fn command(actor: &str, role: &str, at: &str, kind: &str, data: Value) -> Bytes {
     Bytes::from(
         json!({
             "command_id": uuid::Uuid::now_v7(), "actor": {"id": actor, "role": role},

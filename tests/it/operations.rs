@@ -3,29 +3,19 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use commands::Outcome;
 use ledger::EventLog;
 use projections::client::ViewClient;
 use projections::exceptions::Exceptions;
 use projections::kpis::Kpis;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::governance::command;
 use crate::harness::{TestNats, TestProcessor, command_client, ledger_config};
 use crate::projections::{projector_process_snapshotting, stop, uci_bodies};
 use crate::replay::{
     add_last_snapshot, erp, sample_snapshots, snapshots_equal_replays, submit_in_phases,
 };
-
-fn command(actor: &str, role: &str, at: &str, kind: &str, data: Value) -> Bytes {
-    Bytes::from(
-        json!({
-            "command_id": uuid::Uuid::now_v7(), "actor": {"id": actor, "role": role},
-            "legal_entity": "UK01", "effective_at": at, "type": kind, "data": data,
-        })
-        .to_string(),
-    )
-}
 
 #[tokio::test]
 async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
