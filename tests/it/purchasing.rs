@@ -317,7 +317,8 @@ async fn margin_and_finance_snapshots_equal_replays_and_the_uci_books_balance() 
     snapshots_equal_replays::<Finance>(&log, &finance, 3).await;
 
     let (posted, debits) = books_balance_at_every_sequence(&log).await;
-    assert!(posted > 5_000, "{posted} events posted");
+    // Two days of orders, the second day's partly still waiting to ship: about 4,800.
+    assert!(posted > 4_000, "{posted} events posted");
     let last = log.last_sequence().await.unwrap();
     let mut replayed = replay::replay::<_, Finance>(&log, &[Resolved::at_seq(last)], |_| {})
         .await
