@@ -19,6 +19,8 @@ use crate::replay::{
 
 #[tokio::test]
 async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
+    // Two projector processes under a UCI load: not beside a leader-kill test on two cores.
+    let _heavy = crate::harness::heavy().await;
     // Goal: during 8 UCI days (orders shipped within hours, some days late, deliveries and
     // returns), the live exceptions and KPI projector processes snapshot when their timing
     // allows; each snapshot equals a replay to its checkpoint, byte for byte. Exceptions are
