@@ -166,7 +166,7 @@ impl Decider<'_> {
             return Err(reject(
                 code::INVALID_EXCEPTION,
                 format!(
-                    "exception.on is a {} subject; {} exceptions are about a {} subject",
+                    "exception.on names a subject of shape {}; {} exceptions are about one of shape {}",
                     on.shape(),
                     kind.name(),
                     kind.subject_shape()
