@@ -168,20 +168,30 @@ struct OrderTrack {
 
 impl OrderTrack {
     fn value_of(&self, units: impl Iterator<Item = (u32, i64)>) -> (Option<Money>, i64) {
-        let mut total: Option<Money> = None;
-        let mut count = 0;
-        for (line, n) in units {
-            count += n;
-            if let Some(price) = self.lines.get(&line).and_then(|l| l.unit_price) {
-                let add = price.amount * Decimal::from(n);
-                match &mut total {
-                    Some(t) => t.amount += add,
-                    None => total = Some(Money::zero(price.currency).plus(add)),
+        priced(units.map(|(line, n)| (n, self.lines.get(&line).and_then(|l| l.unit_price))))
+    }
+}
+
+/// Units summed, and their value at each one's price (`None` when no unit has one).
+fn priced(items: impl Iterator<Item = (i64, Option<Money>)>) -> (Option<Money>, i64) {
+    let mut total: Option<Money> = None;
+    let mut count = 0;
+    for (n, price) in items {
+        count += n;
+        if let Some(price) = price {
+            let add = price.amount * Decimal::from(n);
+            match &mut total {
+                Some(t) => t.amount += add,
+                None => {
+                    total = Some(Money {
+                        amount: add,
+                        currency: price.currency,
+                    })
                 }
             }
         }
-        (total, count)
     }
+    (total, count)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,17 +209,6 @@ struct StockTrack {
     free: i64,
     /// The last count's variance and what it expected.
     last_count: Option<(i64, i64)>,
-}
-
-trait PlusAmount {
-    fn plus(self, amount: Decimal) -> Money;
-}
-
-impl PlusAmount for Money {
-    fn plus(mut self, amount: Decimal) -> Money {
-        self.amount += amount;
-        self
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -595,16 +594,7 @@ impl Exceptions {
 }
 
 fn purchase_impact(lines: impl Iterator<Item = (i64, Money)>) -> Option<Impact> {
-    let mut value: Option<Money> = None;
-    let mut units = 0;
-    for (n, cost) in lines.filter(|(n, _)| *n > 0) {
-        units += n;
-        let add = cost.amount * Decimal::from(n);
-        match &mut value {
-            Some(v) => v.amount += add,
-            None => value = Some(Money::zero(cost.currency).plus(add)),
-        }
-    }
+    let (value, units) = priced(lines.filter(|(n, _)| *n > 0).map(|(n, c)| (n, Some(c))));
     (units > 0).then_some(Impact {
         value,
         units,

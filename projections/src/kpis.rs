@@ -263,18 +263,19 @@ impl Kpis {
     fn each(
         &mut self,
         at: Timestamp,
-        dims: &[(&str, &str)],
+        dims: &[(String, String)],
         seq: u64,
         changed: &mut BTreeSet<String>,
         f: impl Fn(&mut KpiRow),
     ) {
         for period in periods(at) {
-            for (dim, value) in std::iter::once(&("all", "-")).chain(dims) {
+            let all = [("all".to_owned(), "-".to_owned())];
+            for (dim, value) in all.iter().chain(dims) {
                 let k = key::key("kpi", &[period.as_str(), dim, value]);
                 let row = self.rows.entry(k.clone()).or_insert_with(|| KpiRow {
                     period: period.clone(),
-                    dimension: (*dim).to_owned(),
-                    value: (*value).to_owned(),
+                    dimension: dim.clone(),
+                    value: value.clone(),
                     ..KpiRow::default()
                 });
                 f(row);
@@ -304,7 +305,6 @@ impl Kpis {
         };
         let Some(j) = o.judged.clone() else { return };
         let dims = Self::order_dims(o);
-        let dims: Vec<(&str, &str)> = dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let hours = o
             .packages
             .values()
@@ -394,8 +394,6 @@ impl Model for Kpis {
                     ..OrderFacts::default()
                 };
                 let dims = Self::order_dims(&facts);
-                let dims: Vec<(&str, &str)> =
-                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 let (lines, units) = (
                     e.lines.len() as i64,
                     e.lines.iter().map(|l| l.qty.get()).sum::<i64>(),
@@ -452,8 +450,6 @@ impl Model for Kpis {
                 };
                 let mut dims = Self::order_dims(o);
                 dims.push(("location".into(), e.location.to_string()));
-                let dims: Vec<(&str, &str)> =
-                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 let n = e.qty.get();
                 self.each(at, &dims, seq, changed, |r| r.units_shipped += n);
             }
@@ -479,8 +475,6 @@ impl Model for Kpis {
                 });
                 let newly_faulty = faulty && !o.faulty_return;
                 let dims = Self::order_dims(o);
-                let dims: Vec<(&str, &str)> =
-                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 self.each(at, &dims, seq, changed, |r| {
                     r.units_returned += units;
                     *r.returned_by_reason.entry(reason.clone()).or_insert(0) += units;
@@ -518,8 +512,6 @@ impl Model for Kpis {
                     .map_or(Decimal::ZERO, |l| l.5);
                 let value = price * Decimal::from(e.qty.get());
                 let dims = Self::order_dims(o);
-                let dims: Vec<(&str, &str)> =
-                    dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 self.each(at, &dims, seq, changed, |r| {
                     *r.recovered_value_by_reason
                         .entry(reason.clone())
@@ -566,9 +558,9 @@ impl Model for Kpis {
                 let on_time = at.as_datetime().date_naive() <= expected.get();
                 let days = (at.as_datetime() - created.as_datetime()).num_days().max(0);
                 let dims = [
-                    ("entity", entity.as_str()),
-                    ("supplier", supplier.as_str()),
-                    ("location", location.as_str()),
+                    ("entity".to_owned(), entity),
+                    ("supplier".to_owned(), supplier),
+                    ("location".to_owned(), location),
                 ];
                 self.each(at, &dims, seq, changed, |r| {
                     r.units_received += n;
@@ -636,7 +628,6 @@ impl Kpis {
             return;
         }
         let dims = Self::order_dims(o);
-        let dims: Vec<(&str, &str)> = dims.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         self.each(placed, &dims, seq, changed, |r| {
             r.lines_filled_first_time += now.0 - was.0;
             r.units_filled_first_time += now.1 - was.1;
