@@ -1026,7 +1026,7 @@ impl<L: EventLog> Processor<L> {
     /// still names (those stay until their command is decided).
     fn take_recalled(&mut self) -> Vec<Subject> {
         let recalled = std::mem::take(&mut self.recalled);
-        if self.queue.is_empty() {
+        if recalled.is_empty() || self.queue.is_empty() {
             return recalled;
         }
         let named: HashSet<&OrderId> = self
