@@ -17,6 +17,7 @@ use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
 mod govern_cli;
+mod holder;
 mod ops_cli;
 mod replay_cli;
 
@@ -152,6 +153,29 @@ impl NatsArgs {
         }))
     }
 
+    /// The exception holder's connection: as user `exceptions` with credentials (`None`, with
+    /// a warning, when the credentials have no such user), anonymous without.
+    fn holder_sender(&self) -> anyhow::Result<Option<Sender>> {
+        let Some(auth) = self.auth_dir()? else {
+            return Ok(Some(Sender {
+                url: self.url(),
+                user: None,
+            }));
+        };
+        if !auth.credentials.users.contains_key(holder::USER) {
+            tracing::warn!(
+                "the credentials have no user `{}`: blocking exception rules will hold no orders (add it: erp auth add-user {} --role system, then restart)",
+                holder::USER,
+                holder::USER
+            );
+            return Ok(None);
+        }
+        Ok(Some(Sender {
+            url: self.url_as(Some(&auth), holder::USER)?,
+            user: Some(holder::USER.into()),
+        }))
+    }
+
     /// Who sends commands and asks views: --user, or `default` (with credentials).
     fn sender(&self, default: &str) -> anyhow::Result<Sender> {
         let auth = self.auth_dir()?;
@@ -280,6 +304,12 @@ enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         args: ops_cli::ExceptionsArgs,
+    },
+    /// Hold the orders that blocking exception rules stop, and release them when the
+    /// exception clears (`erp up` runs it). Runs until Ctrl-C.
+    ExceptionHolder {
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Operations KPIs of a period: `erp kpis --period 2011-11` (or a week `2011-W44`, a day).
     Kpis {
@@ -800,6 +830,22 @@ async fn run() -> anyhow::Result<()> {
             let client =
                 projections::client::ViewClient::new(nats.sender("upstream")?.connect().await?);
             ops_cli::exceptions(&client, &args).await
+        }
+        Command::ExceptionHolder { nats } => {
+            let Some(sender) = nats.holder_sender()? else {
+                bail!("no user `{}` to send the holds as", holder::USER);
+            };
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let run = holder::run_as(sender, stop_rx);
+            tokio::pin!(run);
+            tokio::select! {
+                ran = &mut run => ran,
+                signal = shutdown_signal() => {
+                    let _ = stop.send(true);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), run).await;
+                    signal
+                }
+            }
         }
         Command::Kpis { nats, args } => {
             let client =

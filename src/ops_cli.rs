@@ -158,7 +158,7 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
         return Ok(());
     }
     println!(
-        "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>5} {:>16} {:>6}  owner",
+        "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>5} {:>16} {:>6}  owner (HELD: the order is held for it)",
         "#", "score", "kind", "subject", "entity", "severity", "age", "at risk", "units"
     );
     for (i, e) in list.iter().enumerate() {
@@ -167,7 +167,7 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
             .and_then(|k| k.split('.').nth(1))
             .unwrap_or("?");
         println!(
-            "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>4}d {:>16} {:>6}  {}",
+            "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>4}d {:>16} {:>6}  {}{}",
             i + 1,
             e["score"].as_str().unwrap_or("?"),
             kind,
@@ -178,6 +178,7 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
             money(&e["impact"]["value"]),
             e["impact"]["units"].as_i64().unwrap_or(0),
             e["owner"].as_str().unwrap_or("-"),
+            if e["hold"].is_null() { "" } else { "  HELD" },
         );
     }
     if !result["next_after"].is_null() {

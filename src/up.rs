@@ -266,6 +266,14 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
             },
         )));
     }
+    let holder_task = nats.holder_sender()?.map(|sender| {
+        tokio::spawn(supervise(
+            "exception holder".into(),
+            board.clone(),
+            stop_rx.clone(),
+            move |stop| crate::holder::run_as(sender.clone(), stop),
+        ))
+    });
     let gateway_task = listener.map(|listener| {
         let config = http.config(&nats);
         let address = listener.local_addr().ok();
@@ -296,7 +304,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         _ => String::new(),
     };
     println!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis) running{http_line}; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis) and the exception holder running{http_line}; Ctrl-C stops it"
     );
     let demo_run = async {
         match demo {
@@ -319,6 +327,9 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(deadline, projector).await;
     }
     if let Some((task, _)) = gateway_task {
+        let _ = tokio::time::timeout(deadline, task).await;
+    }
+    if let Some(task) = holder_task {
         let _ = tokio::time::timeout(deadline, task).await;
     }
     status_task.abort();

@@ -92,7 +92,8 @@ impl AuthDir {
     }
 
     /// The principals `erp auth init` creates: one integration that acts for its end users
-    /// (`upstream`) and one person per role.
+    /// (`upstream`), one person per role, and the exception holder (`exceptions`, role
+    /// `system`).
     pub fn default_principals() -> Principals {
         let principal = |role: &str, end_users| Principal {
             actor: ActorId::new(role).expect("valid id"),
@@ -108,6 +109,17 @@ impl AuthDir {
                 ("warehouse", principal("warehouse", false)),
                 ("controller", principal("controller", false)),
                 ("admin", principal("admin", false)),
+                // The exception holder of `erp up`: holds and releases orders for blocking
+                // exception rules.
+                (
+                    "exceptions",
+                    Principal {
+                        actor: ActorId::new("exceptions").expect("valid id"),
+                        roles: vec![Role::new("system").expect("valid role")],
+                        entities: Vec::new(),
+                        end_users: false,
+                    },
+                ),
             ]
             .into_iter()
             .map(|(user, p)| (user.to_owned(), p))

@@ -286,6 +286,10 @@ command_data! {
 
     pub struct ReleaseOrder {
         pub order: OrderId,
+        /// When given, the order is released only if it is held for this reason (refused
+        /// `invalid_transition` otherwise): a release that must not lift someone else's hold.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<ReasonCode>,
     }
 
     /// Tries again to allocate the order's backordered lines.

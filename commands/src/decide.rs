@@ -1265,7 +1265,7 @@ impl<'a> Decider<'a> {
 
     fn hold_order(&self, c: &HoldOrder) -> Result<Decision, Rejection> {
         let order = self.order(&c.order)?;
-        if order.held {
+        if order.hold.is_some() {
             return Err(reject(
                 code::INVALID_TRANSITION,
                 format!("order {} is already held", c.order),
@@ -1287,10 +1287,21 @@ impl<'a> Decider<'a> {
     }
 
     fn release_order(&self, c: &ReleaseOrder) -> Result<Decision, Rejection> {
-        if !self.order(&c.order)?.held {
-            return Err(reject(
+        let held_for = self.order(&c.order)?.hold.as_ref().ok_or_else(|| {
+            reject(
                 code::INVALID_TRANSITION,
                 format!("order {} is not held", c.order),
+            )
+        })?;
+        if let Some(reason) = &c.reason
+            && reason != held_for
+        {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "reason: order {} is held for `{held_for}`, not `{reason}`; leave reason out to release it whatever it is held for",
+                    c.order
+                ),
             ));
         }
         Ok(vec![(
@@ -1341,7 +1352,7 @@ impl<'a> Decider<'a> {
 
     fn release_to_pick(&self, c: &ReleaseToPick) -> Result<Decision, Rejection> {
         let order = self.order(&c.order)?;
-        if order.held {
+        if order.hold.is_some() {
             return Err(reject(
                 code::INVALID_TRANSITION,
                 format!("order {} is held", c.order),
@@ -1390,7 +1401,7 @@ impl<'a> Decider<'a> {
 
     fn pick(&self, c: &Pick) -> Result<Decision, Rejection> {
         let order = self.order(&c.order)?;
-        if !order.released_to_pick || order.held {
+        if !order.released_to_pick || order.hold.is_some() {
             return Err(reject(
                 code::INVALID_TRANSITION,
                 format!("order {} is not released to pick", c.order),

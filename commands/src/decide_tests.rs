@@ -1389,3 +1389,73 @@ fn exception_rules_are_set_per_entity_with_thresholds_in_range() {
         ["exception.rule_set"]
     );
 }
+
+#[test]
+fn only_exceptions_about_an_order_that_can_still_ship_may_block_fulfilment() {
+    let w = World::new();
+    for kind in [
+        "CountVariance",
+        "ShipmentInTransit",
+        "PurchaseOrderOverdue",
+        "ReturnNotInspected",
+    ] {
+        assert_eq!(
+            rejected(w.when(
+                "exception.set_rule",
+                json!({"kind": kind, "rule": {"threshold": 1, "severity": "High", "blocks": true}})
+            )),
+            code::INVALID_EXCEPTION,
+            "{kind}"
+        );
+    }
+    for kind in ["OrderUnshipped", "BackorderPastPromise"] {
+        let d = w
+            .when(
+                "exception.set_rule",
+                json!({"kind": kind, "rule": {"threshold": 1, "severity": "High", "blocks": true}}),
+            )
+            .unwrap();
+        let Event::ExceptionRuleSet(set) = &d[0].1 else {
+            panic!("{d:?}")
+        };
+        assert!(set.rule.as_ref().unwrap().blocks);
+    }
+}
+
+#[test]
+fn resolving_a_blocking_exception_releases_the_hold_it_placed_and_no_other() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.order("O1", json!([line(1, "A", 2)]));
+    w.order("O2", json!([line(1, "A", 2)]));
+    let unshipped =
+        |order: &str| json!({"kind": "OrderUnshipped", "on": {"Order": {"order": order}}});
+    // O1 held by the exception holder, O2 by a person for fraud.
+    w.given(
+        "order.hold",
+        json!({"order": "O1", "reason": "exception.order_unshipped"}),
+    );
+    w.given("order.hold", json!({"order": "O2", "reason": "fraud"}));
+    // A conditional release names the reason the order must be held for.
+    assert_eq!(
+        rejected(w.when(
+            "order.release",
+            json!({"order": "O2", "reason": "exception.order_unshipped"})
+        )),
+        code::INVALID_TRANSITION
+    );
+    let d = w.given(
+        "exception.resolve",
+        json!({"exception": unshipped("O1"), "resolution": "CustomerContacted"}),
+    );
+    assert_eq!(types(&d), ["exception.resolved", "order.released"]);
+    let d = w.given(
+        "exception.resolve",
+        json!({"exception": unshipped("O2"), "resolution": "Expedited"}),
+    );
+    assert_eq!(types(&d), ["exception.resolved"], "the fraud hold stays");
+    assert_eq!(
+        types(&w.given("order.release", json!({"order": "O2", "reason": "fraud"}))),
+        ["order.released"]
+    );
+}

@@ -8,7 +8,7 @@
 use ledger::Subject;
 use ledger::events::{
     Event, ExceptionAssigned, ExceptionRef, ExceptionResolved, ExceptionRuleSet, ExceptionSnoozed,
-    ExceptionSubject, OrderDelivered, Resolution,
+    ExceptionSubject, OrderDelivered, OrderReleased, Resolution,
 };
 
 use crate::command::{
@@ -67,6 +67,14 @@ impl Decider<'_> {
                 | ledger::events::ExceptionKind::CountVariance => 1000,
                 _ => 366,
             };
+            if rule.blocks && !c.kind.may_block() {
+                return Err(reject(
+                    code::INVALID_EXCEPTION,
+                    format!(
+                        "rule.blocks: true for {kind}; only exceptions about an order that can still ship (order_unshipped, backorder_past_promise) may hold fulfilment"
+                    ),
+                ));
+            }
             if rule.threshold > most {
                 return Err(reject(
                     code::INVALID_THRESHOLD,
@@ -98,6 +106,8 @@ impl Decider<'_> {
         )])
     }
 
+    /// Records the resolution; an order held because this exception blocked it is released
+    /// in the same batch.
     pub(crate) fn resolve_exception(&self, c: &ResolveException) -> Result<Decision, Rejection> {
         self.exception_subject(&c.exception)?;
         if c.resolution == Resolution::Other && c.note.trim().is_empty() {
@@ -106,14 +116,26 @@ impl Decider<'_> {
                 "note is empty; a resolution of Other needs a note saying what was done",
             ));
         }
-        Ok(vec![(
+        let mut decision = vec![(
             c.exception.on.ledger_subject(),
             Event::ExceptionResolved(ExceptionResolved {
                 exception: c.exception.clone(),
                 resolution: c.resolution.clone(),
                 note: c.note.clone(),
             }),
-        )])
+        )];
+        if let ExceptionSubject::Order { order } = &c.exception.on
+            && self.state.orders.get(order).and_then(|o| o.hold.as_ref())
+                == Some(&c.exception.kind.hold_reason())
+        {
+            decision.push((
+                Subject::Order(order.clone()),
+                Event::OrderReleased(OrderReleased {
+                    order: order.clone(),
+                }),
+            ));
+        }
+        Ok(decision)
     }
 
     pub(crate) fn snooze_exception(&self, c: &SnoozeException) -> Result<Decision, Rejection> {

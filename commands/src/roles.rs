@@ -87,7 +87,10 @@ impl Default for Roles {
                     "exception.*",
                 ],
             ),
-            ("system", vec!["stock.expire_hold"]),
+            (
+                "system",
+                vec!["stock.expire_hold", "order.hold", "order.release"],
+            ),
             ("auditor", vec![]),
         ];
         Roles(

@@ -382,7 +382,8 @@ pub struct OrderState {
     pub entity: ledger::values::EntityId,
     pub policy: FulfilmentPolicy,
     pub currency: ledger::values::Currency,
-    pub held: bool,
+    /// Why the order is held (`order.hold`), if it is.
+    pub hold: Option<ledger::values::ReasonCode>,
     pub released_to_pick: bool,
     pub lines: Lines,
     /// Packed and not yet shipped.
@@ -1119,7 +1120,7 @@ fn placed(e: &ledger::events::OrderPlaced, envelope: &Envelope) -> OrderState {
             .lines
             .first()
             .map_or(e.shipping_charged.currency, |l| l.unit_price.currency),
-        held: false,
+        hold: None,
         released_to_pick: false,
         lines,
         packages: HashMap::new(),
@@ -1200,8 +1201,8 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
 fn evolve_order(o: &mut OrderState, event: &Event, at: Timestamp) {
     use Event as E;
     match event {
-        E::OrderHeld(_) => o.held = true,
-        E::OrderReleased(_) => o.held = false,
+        E::OrderHeld(h) => o.hold = Some(h.reason.clone()),
+        E::OrderReleased(_) => o.hold = None,
         E::LineAllocated(e) => {
             let line = o.lines.at(e.line);
             add(&mut line.allocated, &e.location, e.qty.get());

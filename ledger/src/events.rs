@@ -765,6 +765,12 @@ payload! {
         /// `BelowSafetyStock`.
         pub threshold: u32,
         pub severity: Severity,
+        /// Whether an exception of this kind stops fulfilment: the order is held
+        /// (`order.hold`, reason `exception.<kind>`) until the exception is resolved, which
+        /// releases it. Only kinds about an order that can still ship (`OrderUnshipped`,
+        /// `BackorderPastPromise`) may block.
+        #[serde(default)]
+        pub blocks: bool,
     }
 
     /// A legal entity's rule for one kind of exception; `None` turns the kind off there.
@@ -861,7 +867,22 @@ impl ExceptionKind {
         ExceptionRule {
             threshold,
             severity,
+            blocks: false,
         }
+    }
+
+    /// Whether a rule of this kind may block fulfilment (`ExceptionRule::blocks`).
+    pub fn may_block(&self) -> bool {
+        matches!(
+            self,
+            ExceptionKind::OrderUnshipped | ExceptionKind::BackorderPastPromise
+        )
+    }
+
+    /// The reason an order is held with while an exception of this kind blocks it.
+    pub fn hold_reason(&self) -> crate::values::ReasonCode {
+        crate::values::ReasonCode::new(format!("exception.{}", self.name()))
+            .expect("a kind's name makes a valid reason code")
     }
 }
 
@@ -1077,7 +1098,7 @@ catalogue! {
     PeriodReopened(PeriodReopened) = "period.reopened" v 1;
     RateSet(RateSet) = "fx.rate_set" v 1;
 
-    ExceptionRuleSet(ExceptionRuleSet) = "exception.rule_set" v 1;
+    ExceptionRuleSet(ExceptionRuleSet) = "exception.rule_set" v 2;
     ExceptionAssigned(ExceptionAssigned) = "exception.assigned" v 1;
     ExceptionResolved(ExceptionResolved) = "exception.resolved" v 1;
     ExceptionSnoozed(ExceptionSnoozed) = "exception.snoozed" v 1;

@@ -16,8 +16,8 @@ use crate::envelope::{Envelope, EventHash};
 use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
-    CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ItemDefinedV1,
-    LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
+    CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ExceptionRuleSetV1,
+    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
 };
 use crate::values::*;
 
@@ -130,6 +130,17 @@ fn return_authorised_v1() -> ReturnAuthorisedV1 {
         order: order(),
         return_id: ReturnId::new("RMA-5").unwrap(),
         lines: line_qty(1, 2),
+    }
+}
+
+/// The v1 sample of `exception.rule_set`.
+fn exception_rule_set_v1() -> ExceptionRuleSetV1 {
+    ExceptionRuleSetV1 {
+        kind: ExceptionKind::OrderUnshipped,
+        rule: Some(ExceptionRuleV1 {
+            threshold: 3,
+            severity: Severity::High,
+        }),
     }
 }
 
@@ -502,6 +513,7 @@ fn sample(t: EventType) -> Event {
             rule: Some(ExceptionRule {
                 threshold: 3,
                 severity: Severity::High,
+                blocks: true,
             }),
         }),
         EventType::ExceptionAssigned => Event::ExceptionAssigned(ExceptionAssigned {
@@ -699,6 +711,10 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::ReturnAuthorised, 1) => (
                 codec::to_bytes(&return_authorised_v1()).unwrap(),
                 Event::ReturnAuthorised(return_authorised_v1().into()),
+            ),
+            (EventType::ExceptionRuleSet, 1) => (
+                codec::to_bytes(&exception_rule_set_v1()).unwrap(),
+                Event::ExceptionRuleSet(exception_rule_set_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
-    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ItemDefined,
-    LegalEntityDefined, LineQty, PackSize, ReturnAuthorised, Tracking,
+    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ExceptionKind, ExceptionRule,
+    ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize, ReturnAuthorised,
+    Severity, Tracking,
 };
 use crate::values::{
     ActorId, Currency, EntityId, OrderId, Qty, ReturnId, Sku, SupplierId, UnitName,
@@ -196,6 +197,34 @@ impl From<ReturnAuthorisedV1> for ReturnAuthorised {
     }
 }
 
+/// `exception.rule_set` version 1: before a rule could block fulfilment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExceptionRuleSetV1 {
+    pub kind: ExceptionKind,
+    pub rule: Option<ExceptionRuleV1>,
+}
+
+/// The rule inside `exception.rule_set` version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExceptionRuleV1 {
+    pub threshold: u32,
+    pub severity: Severity,
+}
+
+impl From<ExceptionRuleSetV1> for ExceptionRuleSet {
+    /// A v1 rule never blocked.
+    fn from(v1: ExceptionRuleSetV1) -> ExceptionRuleSet {
+        ExceptionRuleSet {
+            kind: v1.kind,
+            rule: v1.rule.map(|r| ExceptionRule {
+                threshold: r.threshold,
+                severity: r.severity,
+                blocks: false,
+            }),
+        }
+    }
+}
+
 /// Every (type, version) older than current that can still be read.
 pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::ItemDefined, 1),
@@ -206,6 +235,7 @@ pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::CommandAccepted, 2),
     (EventType::LegalEntityDefined, 1),
     (EventType::ReturnAuthorised, 1),
+    (EventType::ExceptionRuleSet, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -238,6 +268,9 @@ pub(crate) fn decode_old(
         )),
         (EventType::ReturnAuthorised, 1) => Ok(Event::ReturnAuthorised(
             from_bytes::<ReturnAuthorisedV1>(bytes)?.into(),
+        )),
+        (EventType::ExceptionRuleSet, 1) => Ok(Event::ExceptionRuleSet(
+            from_bytes::<ExceptionRuleSetV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),

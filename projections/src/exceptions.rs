@@ -73,6 +73,22 @@ pub struct Cleared {
     pub seq: u64,
 }
 
+/// What a blocking exception asks of its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldAction {
+    Hold,
+    Release,
+}
+
+/// The order hold placed because the exception blocks fulfilment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HoldPlaced {
+    pub by: String,
+    pub at: Timestamp,
+    pub seq: u64,
+}
+
 /// One exception.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExceptionRow {
@@ -94,6 +110,15 @@ pub struct ExceptionRow {
     pub cleared: Option<Cleared>,
     /// How many times it was raised (a condition that stops and starts again).
     pub occurrences: u32,
+    /// Whether the rule in force when it was raised blocks fulfilment: the order is to be
+    /// held (`order.hold`, reason `exception.<kind>`) while it is open or snoozed.
+    pub blocks: bool,
+    /// The hold placed on the order for it, until the order is released.
+    pub hold: Option<HoldPlaced>,
+    /// Someone released the order while this occurrence was active: it is not held again
+    /// for it.
+    #[serde(default)]
+    pub hold_lifted: bool,
     /// Whether its condition holds now.
     pub condition_holds: bool,
     /// The ledger sequence of the last event that changed it.
@@ -161,6 +186,8 @@ struct OrderTrack {
     priority: u32,
     promise_date: Option<ledger::values::Date>,
     released_at: Option<Timestamp>,
+    /// Why the order is held, if it is.
+    held: Option<String>,
     lines: BTreeMap<u32, LineTrack>,
     packages: BTreeMap<String, PackageTrack>,
     returns: BTreeMap<String, ReturnTrack>,
@@ -232,6 +259,8 @@ pub struct Exceptions {
     rows: BTreeMap<String, ExceptionRow>,
     /// Actions on exceptions that were not open (or never raised) when they arrived.
     actions_not_applied: u64,
+    /// Keys of the exceptions whose order is to be held or released (`hold_action`).
+    hold_actions: BTreeSet<String>,
 }
 
 fn row_key(r: &ExceptionRef) -> String {
@@ -468,9 +497,11 @@ impl Exceptions {
         let key = row_key(r);
         let now = self.condition(r, at);
         let entity = self.entity_of(&r.on).unwrap_or_default();
-        let severity = self
+        let (severity, blocks) = self
             .rule(&entity, &r.kind)
-            .map_or(Severity::Low, |rule| rule.severity);
+            .map_or((Severity::Low, false), |rule| {
+                (rule.severity, rule.blocks && r.kind.may_block())
+            });
         match (self.rows.get_mut(&key), now) {
             (Some(row), Some((impact, since))) => {
                 if row.condition_holds {
@@ -484,7 +515,10 @@ impl Exceptions {
                     // It starts to hold again: a new occurrence.
                     *row = ExceptionRow {
                         occurrences: row.occurrences + 1,
-                        ..new_row(r, entity, severity, since, seq, impact)
+                        // A hold still in place carries over to the new occurrence.
+                        hold: row.hold.take(),
+                        hold_lifted: false,
+                        ..new_row(r, entity, (severity, blocks), since, seq, impact)
                     };
                     changed.insert(key);
                 }
@@ -492,7 +526,7 @@ impl Exceptions {
             (None, Some((impact, since))) => {
                 self.rows.insert(
                     key.clone(),
-                    new_row(r, entity, severity, since, seq, impact),
+                    new_row(r, entity, (severity, blocks), since, seq, impact),
                 );
                 changed.insert(key);
             }
@@ -605,7 +639,7 @@ fn purchase_impact(lines: impl Iterator<Item = (i64, Money)>) -> Option<Impact> 
 fn new_row(
     r: &ExceptionRef,
     entity: String,
-    severity: Severity,
+    (severity, blocks): (Severity, bool),
     since: Timestamp,
     seq: u64,
     impact: Impact,
@@ -624,6 +658,9 @@ fn new_row(
         resolved: None,
         cleared: None,
         occurrences: 1,
+        blocks,
+        hold: None,
+        hold_lifted: false,
         condition_holds: true,
         seq,
     }
@@ -677,6 +714,8 @@ impl Model for Exceptions {
         // What was due before this event took effect.
         self.tick(seq, changed);
         let mut touched: Vec<ExceptionRef> = Vec::new();
+        // Keys whose hold action may change without the row changing.
+        let mut hold_check: Vec<String> = Vec::new();
         match &env.event {
             E::ExceptionRuleSet(e) => {
                 self.rules
@@ -718,6 +757,7 @@ impl Model for Exceptions {
                         priority: e.priority,
                         promise_date: e.promise_date,
                         released_at: None,
+                        held: None,
                         lines,
                         packages: BTreeMap::new(),
                         returns: BTreeMap::new(),
@@ -731,6 +771,45 @@ impl Model for Exceptions {
                 {
                     o.released_at = Some(at);
                     self.schedule(order_ref(ExceptionKind::OrderUnshipped, &e.order));
+                }
+            }
+            E::OrderHeld(e) => {
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    o.held = Some(e.reason.to_string());
+                }
+                for kind in ExceptionKind::ALL.iter().filter(|k| k.may_block()) {
+                    let key = row_key(&order_ref(kind.clone(), &e.order));
+                    // Held for this exception (reason `exception.<kind>`): recorded on it.
+                    if kind.hold_reason() == e.reason
+                        && let Some(row) = self.rows.get_mut(&key)
+                    {
+                        row.hold = Some(HoldPlaced {
+                            by: env.actor.id.to_string(),
+                            at,
+                            seq,
+                        });
+                        row.seq = seq;
+                        changed.insert(key.clone());
+                    }
+                    hold_check.push(key);
+                }
+            }
+            E::OrderReleased(e) => {
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    o.held = None;
+                }
+                for kind in ExceptionKind::ALL.iter().filter(|k| k.may_block()) {
+                    let key = row_key(&order_ref(kind.clone(), &e.order));
+                    if let Some(row) = self.rows.get_mut(&key)
+                        && row.hold.take().is_some()
+                    {
+                        // Released by hand while the exception is still to be dealt with:
+                        // not held again for this occurrence.
+                        row.hold_lifted = row.active();
+                        row.seq = seq;
+                        changed.insert(key.clone());
+                    }
+                    hold_check.push(key);
                 }
             }
             E::LineBackordered(e) => {
@@ -923,6 +1002,12 @@ impl Model for Exceptions {
         for r in touched {
             self.reconsider(&r, at, seq, event_type, changed);
         }
+        for key in changed.iter().chain(&hold_check) {
+            match self.hold_action(key) {
+                Some(_) => self.hold_actions.insert(key.clone()),
+                None => self.hold_actions.remove(key),
+            };
+        }
     }
 
     fn value(&self, key: &str) -> Option<serde_json::Value> {
@@ -946,6 +1031,25 @@ impl Exceptions {
             p.closed = true;
         }
         po_ref(ExceptionKind::PurchaseOrderOverdue, po)
+    }
+
+    /// What the exception holder is to do about the exception's order: hold it (a blocking
+    /// exception, open or snoozed, whose order is not held and was not released by hand
+    /// during this occurrence) or release it (the exception cleared itself or was resolved
+    /// and its hold is still in place).
+    pub fn hold_action(&self, key: &str) -> Option<HoldAction> {
+        let row = self.rows.get(key)?;
+        match (row.active(), &row.hold) {
+            (true, None) if row.blocks && !row.hold_lifted => {
+                let ExceptionSubject::Order { order } = &row.on else {
+                    return None;
+                };
+                let held = self.orders.get(order.as_str())?.held.is_some();
+                (!held).then_some(HoldAction::Hold)
+            }
+            (false, Some(_)) => Some(HoldAction::Release),
+            _ => None,
+        }
     }
 
     /// The business clock: the latest effective time applied.
@@ -1035,6 +1139,13 @@ pub enum ExceptionsQuery {
     Exception { exception: ExceptionRef },
     /// Every exception (any kind, any status) about one subject.
     About { on: ExceptionSubject },
+    /// The orders blocking exceptions are to hold, and those whose exception cleared or was
+    /// resolved with its hold still in place, oldest first (what `erp up`'s exception holder
+    /// acts on).
+    Holds {
+        #[serde(default)]
+        limit: Option<u32>,
+    },
     /// Counts by kind: per status, and the active ones by age in business days
     /// (`0-1`, `1-3`, `3-7`, `7+`).
     Counts {
@@ -1045,7 +1156,7 @@ pub enum ExceptionsQuery {
 
 impl View for Exceptions {
     const NAME: &'static str = "exceptions";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "exc",
         parts: &[
@@ -1130,6 +1241,43 @@ impl View for Exceptions {
                             exception.on.parts().join(" ")
                         ))
                     })
+            }
+            ExceptionsQuery::Holds { limit } => {
+                let limit = page_limit(*limit)?;
+                let mut list: Vec<(&String, &ExceptionRow)> = self
+                    .hold_actions
+                    .iter()
+                    .filter_map(|k| self.rows.get(k).map(|r| (k, r)))
+                    .collect();
+                list.sort_by_key(|(k, r)| (r.seq, *k));
+                let holds: Vec<serde_json::Value> = list
+                    .iter()
+                    .take(limit)
+                    .filter_map(|(k, r)| {
+                        let action = self.hold_action(k)?;
+                        let at = match action {
+                            HoldAction::Hold => r.raised_at,
+                            HoldAction::Release => r
+                                .resolved
+                                .as_ref()
+                                .map(|x| x.at)
+                                .or(r.cleared.as_ref().map(|c| c.at))
+                                .unwrap_or(r.raised_at),
+                        };
+                        Some(json!({
+                            "key": k,
+                            "action": action,
+                            "exception": {"kind": r.kind, "on": r.on},
+                            "entity": r.entity,
+                            "occurrence": r.occurrences,
+                            "at": at,
+                        }))
+                    })
+                    .collect();
+                Ok(Answer::Value(json!({
+                    "count": list.len(),
+                    "holds": holds,
+                })))
             }
             ExceptionsQuery::About { on } => {
                 let list: Vec<serde_json::Value> = ExceptionKind::ALL

@@ -488,3 +488,109 @@ fn the_queues_top_twenty_hold_far_more_cost_than_the_twenty_oldest() {
         assert!(top >= 1.5 * fifo, "seed {seed}: {top:.2} vs {fifo:.2}");
     }
 }
+
+fn holds(g: &Given) -> Value {
+    let q = serde_json::from_value(json!({"op": "holds"})).unwrap();
+    match g.view.answer(&q).unwrap() {
+        Answer::Value(v) => v,
+        Answer::Read(_) => panic!("holds are answered from memory"),
+    }
+}
+
+#[test]
+fn a_blocking_exception_asks_for_its_order_to_be_held_and_released_when_it_clears() {
+    let mut g = Given::new();
+    g.at(
+        "2011-01-01T00:00:00Z",
+        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
+            "rule": {"threshold": 1, "severity": "High", "blocks": true}}}),
+    );
+    g.at("2011-01-03T09:00:00Z", order("A1", 2))
+        .at("2011-01-03T10:00:00Z", released("A1"))
+        .at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
+    let key = "exc.order_unshipped.A1";
+    assert_eq!(g.row(key).unwrap()["blocks"], true);
+    let asked = holds(&g);
+    assert_eq!(asked["count"], 1);
+    assert_eq!(asked["holds"][0]["action"], "hold");
+    assert_eq!(asked["holds"][0]["key"], key);
+    assert_eq!(asked["holds"][0]["at"], "2011-01-04T10:00:00Z");
+    // The holder's hold is recorded on the exception, and nothing more is asked.
+    g.by(
+        "exceptions",
+        "2011-01-04T10:00:00Z",
+        json!({"type": "order.held", "data": {"order": "A1", "reason": "exception.order_unshipped"}}),
+    );
+    let row = g.row(key).unwrap();
+    assert_eq!(row["hold"]["by"], "exceptions");
+    assert_eq!(row["hold"]["seq"], g.seq);
+    assert_eq!(holds(&g)["count"], 0);
+    // The order's lines are cancelled: the exception clears, and its hold is to be lifted.
+    g.at(
+        "2011-01-05T09:00:00Z",
+        json!({"type": "order.lines_cancelled", "data": {"order": "A1", "lines": [{"line": 1, "qty": 2}], "reason": "customer"}}),
+    );
+    assert_eq!(g.status(key).as_deref(), Some("cleared"));
+    let asked = holds(&g);
+    assert_eq!(asked["holds"][0]["action"], "release");
+    assert_eq!(asked["holds"][0]["at"], "2011-01-05T09:00:00Z");
+    g.at(
+        "2011-01-05T09:00:00Z",
+        json!({"type": "order.released", "data": {"order": "A1"}}),
+    );
+    assert_eq!(g.row(key).unwrap()["hold"], Value::Null);
+    assert_eq!(holds(&g)["count"], 0);
+    // Without a blocking rule, nothing is asked.
+    g.at("2011-01-06T09:00:00Z", order("A2", 1))
+        .at("2011-01-06T10:00:00Z", released("A2"));
+    g.at(
+        "2011-01-06T10:00:00Z",
+        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
+            "rule": {"threshold": 1, "severity": "High"}}}),
+    );
+    g.at("2011-01-08T10:00:00Z", receipt(1, "4.00", "PO-X"));
+    assert_eq!(g.row("exc.order_unshipped.A2").unwrap()["blocks"], false);
+    assert_eq!(holds(&g)["count"], 0);
+}
+
+#[test]
+fn an_order_already_held_or_released_by_hand_is_not_held_again_for_the_same_exception() {
+    let mut g = Given::new();
+    g.at(
+        "2011-01-01T00:00:00Z",
+        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
+            "rule": {"threshold": 1, "severity": "High", "blocks": true}}}),
+    );
+    g.at("2011-01-03T09:00:00Z", order("A1", 2))
+        .at("2011-01-03T10:00:00Z", released("A1"))
+        .at(
+            "2011-01-03T11:00:00Z",
+            json!({"type": "order.held", "data": {"order": "A1", "reason": "fraud"}}),
+        )
+        .at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
+    let key = "exc.order_unshipped.A1";
+    assert_eq!(g.status(key).as_deref(), Some("open"));
+    // Held already (for fraud): nothing to ask.
+    assert_eq!(holds(&g)["count"], 0);
+    // The fraud hold is lifted while the exception is open: now it asks.
+    g.at(
+        "2011-01-04T12:00:00Z",
+        json!({"type": "order.released", "data": {"order": "A1"}}),
+    );
+    assert_eq!(holds(&g)["holds"][0]["action"], "hold");
+    g.by(
+        "exceptions",
+        "2011-01-04T12:00:00Z",
+        json!({"type": "order.held", "data": {"order": "A1", "reason": "exception.order_unshipped"}}),
+    );
+    assert_eq!(holds(&g)["count"], 0);
+    // A person releases it with the exception still open: it stays released.
+    g.at(
+        "2011-01-04T13:00:00Z",
+        json!({"type": "order.released", "data": {"order": "A1"}}),
+    );
+    let row = g.row(key).unwrap();
+    assert_eq!(row["hold"], Value::Null);
+    assert_eq!(row["hold_lifted"], true);
+    assert_eq!(holds(&g)["count"], 0);
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use commands::Outcome;
-use ledger::EventLog;
+use ledger::{EventLog, LogCursor};
 use projections::client::ViewClient;
 use projections::exceptions::Exceptions;
 use projections::kpis::Kpis;
@@ -135,4 +135,207 @@ async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
     processor.stop().await;
     snapshots_equal_replays::<Exceptions>(&log, &exceptions, 4).await;
     snapshots_equal_replays::<Kpis>(&log, &kpis, 4).await;
+}
+
+#[tokio::test]
+async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
+    // Goal: a controller makes `order_unshipped` block fulfilment; an order released to pick
+    // and left unshipped past the threshold is held by the exception holder (`erp
+    // exception-holder`, a separate process) through the processor, recorded on the
+    // exception; the held order cannot be picked; resolving the exception releases the
+    // hold in the same batch, and the order is picked. A second holder started afterwards
+    // sends the same command ids and holds nothing twice.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let mut projector = crate::projections::projector_process(&nats, "exceptions");
+    let holder = || {
+        crate::harness::erp_command()
+            .args(["exception-holder", "--nats", &nats.url()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("erp exception-holder starts")
+    };
+    let mut first_holder = holder();
+    let client = command_client(&nats).await;
+    let views = ViewClient::new(nats.connect().await);
+    let send =
+        |actor: &'static str, role: &'static str, at: &'static str, kind: &'static str, data| {
+            let client = &client;
+            async move {
+                client
+                    .submit_json(command(actor, role, at, kind, data))
+                    .await
+                    .unwrap()
+            }
+        };
+    let day1 = "2011-03-01T09:00:00Z";
+    for (actor, role, kind, data) in [
+        (
+            "ctl",
+            "controller",
+            "exception.set_rule",
+            json!({"kind": "OrderUnshipped",
+            "rule": {"threshold": 1, "severity": "Critical", "blocks": true}}),
+        ),
+        (
+            "clerk",
+            "clerk",
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        (
+            "clerk",
+            "clerk",
+            "channel.define",
+            json!({"channel": "web"}),
+        ),
+        ("clerk", "clerk", "item.define", json!({"sku": "LAMP"})),
+        (
+            "clerk",
+            "clerk",
+            "stock.receive",
+            json!({"sku": "LAMP", "location": "WH1", "qty": 10,
+            "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        (
+            "shop",
+            "upstream",
+            "order.place",
+            json!({"order": "B1", "channel": "web", "ship_to_region": "UK",
+            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
+        ),
+        (
+            "wh",
+            "warehouse",
+            "order.release_to_pick",
+            json!({"order": "B1", "wave": "W1"}),
+        ),
+    ] {
+        let outcome = send(actor, role, day1, kind, data).await;
+        assert!(outcome.is_accepted(), "{kind}: {outcome:?}");
+    }
+    // Two days later, something else happens: the business clock passes the deadline.
+    let outcome = send(
+        "clerk",
+        "clerk",
+        "2011-03-03T09:00:00Z",
+        "stock.receive",
+        json!({"sku": "LAMP", "location": "WH1", "qty": 1, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+    )
+    .await;
+    assert!(outcome.is_accepted(), "{outcome:?}");
+    let exception = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "B1"}}});
+    let mut row = json!(null);
+    for _ in 0..300 {
+        row = views
+            .ask(
+                "exceptions",
+                "exception",
+                json!({"exception": exception}),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|a| a.result)
+            .unwrap_or(json!(null));
+        if !row["hold"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(row["blocks"], true, "{row}");
+    assert_eq!(row["hold"]["by"], "exceptions", "{row}");
+    assert_eq!(row["status"], "open");
+    // Held: it cannot be picked.
+    let pick = json!({"order": "B1", "lines": [{"line": 1, "qty": 2}]});
+    let refused = send(
+        "wh",
+        "warehouse",
+        "2011-03-03T10:00:00Z",
+        "order.pick",
+        pick.clone(),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Outcome::Rejected { code, .. } if code == "invalid_transition"),
+        "{refused:?}"
+    );
+    // A second holder (and the first, still running) send nothing new.
+    let mut second_holder = holder();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = views
+        .ask(
+            "exceptions",
+            "holds",
+            json!({}),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(before["count"], 0, "{before}");
+    // Resolved: released in the same batch, and the pick goes through.
+    let resolved = send(
+        "lead",
+        "clerk",
+        "2011-03-03T11:00:00Z",
+        "exception.resolve",
+        json!({"exception": exception, "resolution": "Expedited", "note": "picked by hand"}),
+    )
+    .await;
+    let Outcome::Accepted {
+        event_count,
+        outcome_seq,
+        ..
+    } = resolved
+    else {
+        panic!("{resolved:?}")
+    };
+    assert_eq!(event_count, 2, "exception.resolved and order.released");
+    let picked = send(
+        "wh",
+        "warehouse",
+        "2011-03-03T12:00:00Z",
+        "order.pick",
+        pick,
+    )
+    .await;
+    assert!(picked.is_accepted(), "{picked:?}");
+    let row = views
+        .ask(
+            "exceptions",
+            "exception",
+            json!({"exception": exception}),
+            Some(outcome_seq),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(row["status"], "resolved", "{row}");
+    assert!(row["hold"].is_null(), "{row}");
+    // Exactly one hold was ever recorded.
+    let log = nats.open(ledger_config()).await;
+    let mut cursor = log
+        .read(ledger::ReadFrom::Start, ledger::ReadUntil::CaughtUp)
+        .await
+        .unwrap();
+    let mut holds = 0;
+    while let Some(record) = cursor.next().await {
+        if let ledger::LogRecord::Event(e) = record.unwrap()
+            && matches!(e.envelope.event, ledger::Event::OrderHeld(_))
+        {
+            assert_eq!(e.envelope.actor.id.as_str(), "exceptions");
+            assert_eq!(e.envelope.effective_at.to_string(), "2011-03-02T09:00:00Z");
+            holds += 1;
+        }
+    }
+    assert_eq!(holds, 1);
+    for child in [&mut first_holder, &mut second_holder, &mut projector] {
+        stop(child);
+    }
+    processor.stop().await;
 }
