@@ -299,5 +299,74 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let stocked: Vec<Value> = answer.result["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            ["all", "entity", "location"].contains(&r["dimension"].as_str().unwrap_or(""))
+                && (r["inventory_value_close"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
+                    || r["cogs"].as_object().is_some_and(|m| !m.is_empty()))
+        })
+        .cloned()
+        .collect();
+    if !stocked.is_empty() {
+        println!(
+            "\n{:<26} {:>4} {:>16} {:>16} {:>8} {:>9} {:>8} {:>8}  aged 0-30/31-60/61-90/91-180/181+ (units, at month end)",
+            "inventory", "cur", "at cost, close", "COGS", "turns", "supply d", "GMROI", "sell-thr"
+        );
+        for row in stocked {
+            let k = &row["kpis"];
+            let currencies: std::collections::BTreeSet<String> = row["inventory_value_close"]
+                .as_object()
+                .into_iter()
+                .chain(row["cogs"].as_object())
+                .flat_map(|m| m.keys().cloned())
+                .collect();
+            let aging = row["aging"]
+                .as_object()
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    ["0-30", "31-60", "61-90", "91-180", "181+"]
+                        .iter()
+                        .map(|b| {
+                            a.get(*b)
+                                .and_then(|x| x["units"].as_i64())
+                                .unwrap_or(0)
+                                .to_string()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_default();
+            for c in currencies {
+                let text = |v: &Value| v[&c].as_str().unwrap_or("-").to_owned();
+                let money = |v: &Value| {
+                    v[&c]
+                        .as_str()
+                        .and_then(|x| x.parse::<rust_decimal::Decimal>().ok())
+                        .map_or("-".into(), |x| x.round_dp(2).to_string())
+                };
+                println!(
+                    "{:<26} {:>4} {:>16} {:>16} {:>8} {:>9} {:>8} {:>8}  {}",
+                    format!(
+                        "{} {}",
+                        row["dimension"].as_str().unwrap_or("?"),
+                        row["value"].as_str().unwrap_or("?")
+                    ),
+                    c,
+                    money(&row["inventory_value_close"]),
+                    money(&row["cogs"]),
+                    text(&k["inventory_turns"]),
+                    text(&k["days_of_supply"]),
+                    text(&k["gmroi"]),
+                    rate(&k["sell_through_units"]),
+                    aging,
+                );
+            }
+        }
+    }
     Ok(())
 }

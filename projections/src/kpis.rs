@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Datelike;
-use ledger::RecordedEvent;
 use ledger::events::{Event, ReturnReason};
 use ledger::values::{Date, Timestamp};
+use ledger::{RecordedEvent, Subject};
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -72,8 +72,75 @@ pub struct KpiRow {
     pub receipts: i64,
     pub lead_time_days_sum: i64,
     pub lead_time_days_sq_sum: i64,
+    // Inventory and money (from the books; by currency): cost of goods sold and net sales
+    // (all, entity, channel, location where a posting names one), inventory at cost at the
+    // period's open and close (all, entity, location).
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub cogs: BTreeMap<String, Decimal>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub net_sales: BTreeMap<String, Decimal>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub inventory_value_open: BTreeMap<String, Decimal>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub inventory_value_close: BTreeMap<String, Decimal>,
+    pub units_on_hand_open: i64,
+    pub units_on_hand_close: i64,
+    /// Units received into stock (every receipt, with or without a purchase order).
+    pub units_into_stock: i64,
+    /// At the close of a month: units on hand by days since they arrived (first in, first
+    /// out), `0-30`, `31-60`, `61-90`, `91-180`, `181+`, with their value at the location's
+    /// unit cost.
+    pub aging: BTreeMap<String, AgingBucket>,
     /// The ledger sequence of the last event that changed this row.
     pub seq: u64,
+}
+
+/// Units of one age bucket and their value by currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AgingBucket {
+    pub units: i64,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub value: BTreeMap<String, Decimal>,
+}
+
+/// The age buckets, by their least age in days.
+const AGING_BUCKETS: [(i64, &str); 5] = [
+    (0, "0-30"),
+    (31, "31-60"),
+    (61, "61-90"),
+    (91, "91-180"),
+    (181, "181+"),
+];
+
+/// Days in the period a token names.
+fn period_days(period: &str) -> i64 {
+    match granularity_of(period) {
+        Some(Granularity::Day) => 1,
+        Some(Granularity::Week) => 7,
+        Some(Granularity::Month) => {
+            let first = chrono::NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d")
+                .expect("a month token");
+            let next = first
+                .checked_add_months(chrono::Months::new(1))
+                .expect("a month later");
+            (next - first).num_days()
+        }
+        None => 1,
+    }
+}
+
+/// `n / d` by currency, for the currencies where `d` is not zero.
+fn ratio_by_currency(
+    n: &BTreeMap<String, Decimal>,
+    d: &BTreeMap<String, Decimal>,
+) -> BTreeMap<String, String> {
+    d.iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(c, d)| {
+            let n = n.get(c).copied().unwrap_or_default();
+            (c.clone(), (n / d).round_dp(4).normalize().to_string())
+        })
+        .collect()
 }
 
 fn ratio(n: i64, d: i64) -> Option<String> {
@@ -105,6 +172,40 @@ fn percentile(hist: &BTreeMap<u32, i64>, share: Decimal) -> Option<u32> {
 impl KpiRow {
     /// The KPIs these counts give (docs/VIEWS.md).
     pub fn rates(&self) -> serde_json::Value {
+        let currencies: BTreeSet<&String> = self
+            .inventory_value_open
+            .keys()
+            .chain(self.inventory_value_close.keys())
+            .chain(self.cogs.keys())
+            .chain(self.net_sales.keys())
+            .collect();
+        let get = |m: &BTreeMap<String, Decimal>, c: &String| m.get(c).copied().unwrap_or_default();
+        let average: BTreeMap<String, Decimal> = currencies
+            .iter()
+            .map(|c| {
+                let avg = (get(&self.inventory_value_open, c)
+                    + get(&self.inventory_value_close, c))
+                    / Decimal::TWO;
+                ((*c).clone(), avg)
+            })
+            .collect();
+        let days = Decimal::from(period_days(&self.period));
+        let cogs_per_day: BTreeMap<String, Decimal> = self
+            .cogs
+            .iter()
+            .map(|(c, v)| (c.clone(), *v / days))
+            .collect();
+        // Only where the row has sales (locations have none: sales post no location).
+        let gross_margin: BTreeMap<String, Decimal> = self
+            .net_sales
+            .iter()
+            .map(|(c, sales)| (c.clone(), sales - get(&self.cogs, c)))
+            .collect();
+        let average_with_sales: BTreeMap<String, Decimal> = average
+            .iter()
+            .filter(|(c, _)| self.net_sales.contains_key(*c))
+            .map(|(c, v)| (c.clone(), *v))
+            .collect();
         let lead = (self.receipts > 0).then(|| {
             let n = Decimal::from(self.receipts);
             let mean = Decimal::from(self.lead_time_days_sum) / n;
@@ -155,6 +256,13 @@ impl KpiRow {
             "recovery_rate_by_reason": by_reason,
             "supplier_on_time_units": ratio(self.units_received_on_time, self.units_received),
             "lead_time": lead,
+            "inventory_turns": ratio_by_currency(&self.cogs, &average),
+            "days_of_supply": ratio_by_currency(&self.inventory_value_close, &cogs_per_day),
+            "gmroi": ratio_by_currency(&gross_margin, &average_with_sales),
+            "sell_through_units": ratio(
+                self.units_shipped,
+                self.units_on_hand_open + self.units_into_stock
+            ),
         })
     }
 }
@@ -238,6 +346,26 @@ pub struct Kpis {
     /// Purchase order -> line -> (location, received so far).
     purchase_lines: BTreeMap<String, BTreeMap<u32, (String, i64)>>,
     location_entity: BTreeMap<String, String>,
+    /// The postings behind cost of goods sold, net sales and inventory value.
+    books: crate::books::Books,
+    /// Their translation into each entity's functional currency.
+    translator: crate::translate::Translator,
+    /// Each series (`<granularity>|<dimension>|<value>`) and the periods it has rows for, to
+    /// carry inventory balances from one period to the next.
+    series: BTreeMap<String, BTreeSet<String>>,
+    /// SKU × location (`crate::key`) -> units on hand by arrival day, oldest first.
+    arrivals: BTreeMap<String, std::collections::VecDeque<(Date, i64)>>,
+    /// The latest effective time applied.
+    clock: Option<Timestamp>,
+}
+
+fn series_key(period: &str, dim: &str, value: &str) -> String {
+    let granularity = match granularity_of(period) {
+        Some(Granularity::Day) => "day",
+        Some(Granularity::Week) => "week",
+        _ => "month",
+    };
+    format!("{granularity}|{}", key::key("s", &[dim, value]))
 }
 
 /// The period tokens `at` falls in: day, ISO week, month.
@@ -271,14 +399,263 @@ impl Kpis {
         for period in periods(at) {
             let all = [("all".to_owned(), "-".to_owned())];
             for (dim, value) in all.iter().chain(dims) {
-                let k = key::key("kpi", &[period.as_str(), dim, value]);
-                let row = self.rows.entry(k.clone()).or_insert_with(|| KpiRow {
-                    period: period.clone(),
-                    dimension: dim.clone(),
-                    value: value.clone(),
-                    ..KpiRow::default()
-                });
+                let k = self.ensure_row(&period, dim, value);
+                let row = self.rows.get_mut(&k).expect("ensured");
                 f(row);
+                row.seq = seq;
+                changed.insert(k);
+            }
+        }
+    }
+
+    /// The key of the row of `period` × `dim` × `value`, made if it is new: its inventory
+    /// opens (and, until something changes it, closes) where the series' previous period
+    /// closed.
+    fn ensure_row(&mut self, period: &str, dim: &str, value: &str) -> String {
+        let k = key::key("kpi", &[period, dim, value]);
+        if !self.rows.contains_key(&k) {
+            let series = self
+                .series
+                .entry(series_key(period, dim, value))
+                .or_default();
+            let before = series
+                .range(..period.to_owned())
+                .next_back()
+                .map(|p| key::key("kpi", &[p.as_str(), dim, value]));
+            series.insert(period.to_owned());
+            let (value_open, units_open) = before
+                .and_then(|b| self.rows.get(&b))
+                .map(|r| (r.inventory_value_close.clone(), r.units_on_hand_close))
+                .unwrap_or_default();
+            self.rows.insert(
+                k.clone(),
+                KpiRow {
+                    period: period.to_owned(),
+                    dimension: dim.to_owned(),
+                    value: value.to_owned(),
+                    inventory_value_open: value_open.clone(),
+                    inventory_value_close: value_open,
+                    units_on_hand_open: units_open,
+                    units_on_hand_close: units_open,
+                    ..KpiRow::default()
+                },
+            );
+        }
+        k
+    }
+
+    /// Inventory changes by `value` (in `currency`, if any) and `units`, at `at`: the
+    /// rows of its periods close higher, and rows of later periods (a movement dated back)
+    /// open and close higher.
+    #[allow(clippy::too_many_arguments)]
+    fn inventory_change(
+        &mut self,
+        at: Timestamp,
+        dims: &[(String, String)],
+        value: Option<(&str, Decimal)>,
+        units: i64,
+        seq: u64,
+        changed: &mut BTreeSet<String>,
+    ) {
+        let all = [("all".to_owned(), "-".to_owned())];
+        for period in periods(at) {
+            for (dim, v) in all.iter().chain(dims) {
+                self.ensure_row(&period, dim, v);
+                let later: Vec<String> = self.series[&series_key(&period, dim, v)]
+                    .range(period.clone()..)
+                    .cloned()
+                    .collect();
+                for p in later {
+                    let k = key::key("kpi", &[p.as_str(), dim, v]);
+                    let row = self.rows.get_mut(&k).expect("a series' rows exist");
+                    if p != period {
+                        row.units_on_hand_open += units;
+                        if let Some((c, x)) = value {
+                            *row.inventory_value_open.entry(c.to_owned()).or_default() += x;
+                        }
+                    }
+                    row.units_on_hand_close += units;
+                    if let Some((c, x)) = value {
+                        *row.inventory_value_close.entry(c.to_owned()).or_default() += x;
+                    }
+                    row.seq = seq;
+                    changed.insert(k);
+                }
+            }
+        }
+    }
+
+    /// Money and stock figures from the books and the stock movements of one event.
+    fn inventory(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        use crate::books::Account;
+        let env = &event.envelope;
+        let (at, seq) = (env.effective_at, event.seq);
+        self.translator.observe(event);
+        let lines = self.books.post(event).lines;
+        // Each line in its entity's functional currency (as the finance view translates
+        // it); in its own where the entity has no rate for it yet.
+        let mut functional: Vec<(String, Decimal)> = lines
+            .iter()
+            .map(|l| (l.currency.clone(), l.amount))
+            .collect();
+        for t in self.translator.translate(event, &lines) {
+            if let crate::translate::Translation::Done {
+                currency, lines: f, ..
+            } = t
+            {
+                for f in f {
+                    if let Some(i) = f.line {
+                        functional[i] = (currency.clone(), f.amount);
+                    }
+                }
+            }
+        }
+        for (mut line, (currency, amount)) in lines.into_iter().zip(functional) {
+            (line.currency, line.amount) = (currency, amount);
+            let mut dims = vec![("entity".to_owned(), line.entity.clone())];
+            match line.account {
+                Account::Inventory => {
+                    if let Some(l) = &line.location {
+                        dims.push(("location".into(), l.clone()));
+                    }
+                    self.inventory_change(
+                        at,
+                        &dims,
+                        Some((&line.currency, line.amount)),
+                        0,
+                        seq,
+                        changed,
+                    );
+                }
+                Account::Cogs | Account::Revenue | Account::Discounts | Account::SalesReturns => {
+                    if let Some(c) = &line.channel {
+                        dims.push(("channel".into(), c.clone()));
+                    }
+                    if line.account == Account::Cogs
+                        && let Some(l) = &line.location
+                    {
+                        dims.push(("location".into(), l.clone()));
+                    }
+                    let (currency, amount) = (line.currency.clone(), line.amount);
+                    let cogs = line.account == Account::Cogs;
+                    self.each(at, &dims, seq, changed, |r| {
+                        let to = if cogs { &mut r.cogs } else { &mut r.net_sales };
+                        // Cost is a debit; sales are credits.
+                        *to.entry(currency.clone()).or_default() +=
+                            if cogs { amount } else { -amount };
+                    });
+                }
+                _ => {}
+            }
+        }
+        let Subject::Stock(sku) = &env.subject else {
+            return;
+        };
+        for d in ledger::effects::stock_deltas(&env.event) {
+            if d.on_hand == 0 {
+                continue;
+            }
+            let location = d.location.to_string();
+            let mut dims = vec![("location".to_owned(), location.clone())];
+            if let Some(entity) = self.location_entity.get(&location) {
+                dims.push(("entity".into(), entity.clone()));
+            }
+            self.inventory_change(at, &dims, None, d.on_hand, seq, changed);
+            if let Event::StockReceived(_) = &env.event {
+                let n = d.on_hand;
+                self.each(at, &dims, seq, changed, |r| r.units_into_stock += n);
+            }
+            let queue = self
+                .arrivals
+                .entry(key::key("s", &[sku.as_str(), location.as_str()]))
+                .or_default();
+            if d.on_hand > 0 {
+                let day = Date::new(at.as_datetime().date_naive());
+                match queue.back_mut() {
+                    Some((last, n)) if *last == day => *n += d.on_hand,
+                    _ => queue.push_back((day, d.on_hand)),
+                }
+            } else {
+                let mut out = -d.on_hand;
+                while out > 0 {
+                    let Some(front) = queue.front_mut() else {
+                        break;
+                    };
+                    let take = out.min(front.1);
+                    front.1 -= take;
+                    out -= take;
+                    if front.1 == 0 {
+                        queue.pop_front();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stock on hand by age at the end of `month` (the business clock has passed it), into
+    /// that month's rows of the whole business, each entity and each location.
+    fn close_month(&mut self, month: &str, seq: u64, changed: &mut BTreeSet<String>) {
+        let Ok(first) = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        else {
+            return;
+        };
+        let last = first
+            .checked_add_months(chrono::Months::new(1))
+            .and_then(|d| d.pred_opt())
+            .expect("a month's last day");
+        let mut buckets: BTreeMap<(String, String), BTreeMap<String, AgingBucket>> =
+            BTreeMap::new();
+        for (k, queue) in &self.arrivals {
+            let Some(parts) = key::parts(k, "s", 2) else {
+                continue;
+            };
+            let (sku, location) = (&parts[0], &parts[1]);
+            let entity = self.location_entity.get(location).cloned();
+            let date = String::from(Date::new(last));
+            // The value of `n` units at the location's unit cost, in the entity's functional
+            // currency at the month end's rate (in the cost's own without one).
+            let value_of = |n: i64| {
+                let e = entity.as_ref()?;
+                let v = self.books.valuation(e, sku, location)?;
+                let value = v.unit_cost() * Decimal::from(n);
+                self.translator
+                    .to_functional(e, &v.currency, value, &date)
+                    .or(Some((
+                        v.currency.clone(),
+                        value.round_dp(crate::books::minor_units(&v.currency)),
+                    )))
+            };
+            let mut targets = vec![
+                ("all".to_owned(), "-".to_owned()),
+                ("location".to_owned(), location.clone()),
+            ];
+            if let Some(e) = entity.clone() {
+                targets.push(("entity".into(), e));
+            }
+            for (day, n) in queue {
+                let age = (last - day.get()).num_days();
+                let Some((_, name)) = AGING_BUCKETS.iter().rev().find(|(least, _)| age >= *least)
+                else {
+                    continue;
+                };
+                for t in &targets {
+                    let b = buckets
+                        .entry(t.clone())
+                        .or_default()
+                        .entry((*name).to_owned())
+                        .or_default();
+                    b.units += n;
+                    if let Some((currency, value)) = value_of(*n) {
+                        *b.value.entry(currency).or_default() += value;
+                    }
+                }
+            }
+        }
+        for ((dim, value), aging) in buckets {
+            let k = self.ensure_row(month, &dim, &value);
+            let row = self.rows.get_mut(&k).expect("ensured");
+            if row.aging != aging {
+                row.aging = aging;
                 row.seq = seq;
                 changed.insert(k);
             }
@@ -367,12 +744,25 @@ impl Model for Kpis {
         let env = &event.envelope;
         let (at, seq) = (env.effective_at, event.seq);
         let command = env.command_id.to_string();
-        match &env.event {
-            E::LocationDefined(e) => {
-                self.location_entity
-                    .entry(e.location.to_string())
-                    .or_insert_with(|| env.legal_entity.to_string());
+        // The business clock passes the end of a month: its stock is aged as it stood.
+        if let Some(clock) = self.clock
+            && at > clock
+        {
+            let (was, now) = (&periods(clock)[2], &periods(at)[2]);
+            if was != now {
+                self.close_month(&was.clone(), seq, changed);
             }
+        }
+        if self.clock.is_none_or(|c| at > c) {
+            self.clock = Some(at);
+        }
+        if let E::LocationDefined(e) = &env.event {
+            self.location_entity
+                .entry(e.location.to_string())
+                .or_insert_with(|| env.legal_entity.to_string());
+        }
+        self.inventory(event, changed);
+        match &env.event {
             E::OrderPlaced(e) => {
                 let facts = OrderFacts {
                     placed_at: Some(at),
@@ -692,7 +1082,7 @@ fn granularity_of(period: &str) -> Option<Granularity> {
 
 impl View for Kpis {
     const NAME: &'static str = "kpis";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "kpi",
         parts: &["period", "dimension", "value"],

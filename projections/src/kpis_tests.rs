@@ -555,3 +555,171 @@ fn random_story(seed: u64) -> Vec<ledger::RecordedEvent> {
         })
         .collect()
 }
+
+fn location() -> Value {
+    json!({"type": "location.defined", "data": {"location": "WH1", "name": "", "kind": "Warehouse",
+        "region": "UK", "capacity": null, "routing_priority": 1}})
+}
+
+fn sold(g: &mut Given, command: u128, at: &str, order_id: &str, qty: i64) {
+    g.at(command, at, order(order_id, qty))
+        .at(command + 1, at, crate::books_tests::shipment(order_id, qty))
+        .at(
+            command + 1,
+            at,
+            shipped(order_id, "P1", json!([{"line": 1, "qty": qty}])),
+        );
+}
+
+#[test]
+fn turns_days_of_supply_gmroi_sell_through_and_aging_from_the_books() {
+    let mut g = Given::new();
+    g.at(1, "2011-01-01T08:00:00Z", location())
+        .at(2, "2011-01-01T08:00:00Z", crate::books_tests::item("Fifo"))
+        .at(
+            3,
+            "2011-01-05T09:00:00Z",
+            crate::books_tests::receipt(10, "5.00", "PO-1"),
+        );
+    sold(&mut g, 10, "2011-01-10T09:00:00Z", "O1", 4);
+    // February: ten more at 6.00, six sold (FIFO: the January units at 5.00).
+    g.at(
+        20,
+        "2011-02-03T09:00:00Z",
+        crate::books_tests::receipt(10, "6.00", "PO-2"),
+    );
+    let jan = g.row("2011-01", "all", "-");
+    assert_eq!(jan["inventory_value_open"], json!({}));
+    assert_eq!(jan["inventory_value_close"]["GBP"], "30.00");
+    assert_eq!(jan["units_on_hand_close"], 6);
+    assert_eq!(jan["cogs"]["GBP"], "20.00");
+    assert_eq!(jan["net_sales"]["GBP"], "80.00");
+    let k = &jan["kpis"];
+    // COGS 20 over an average inventory of (0 + 30) / 2.
+    assert_eq!(k["inventory_turns"]["GBP"], "1.3333");
+    // 30 at close over 20 / 31 a day.
+    assert_eq!(k["days_of_supply"]["GBP"], "46.5");
+    // (80 - 20) / 15.
+    assert_eq!(k["gmroi"]["GBP"], "4");
+    // 4 shipped of 0 on hand at open and 10 received.
+    assert_eq!(k["sell_through_units"], "0.4");
+    // The business clock passed January's end: its six units are 26 days old.
+    assert_eq!(jan["aging"]["0-30"]["units"], 6);
+    assert_eq!(jan["aging"]["0-30"]["value"]["GBP"], "30.00");
+    assert_eq!(
+        g.row("2011-01", "location", "WH1")["aging"]["0-30"]["units"],
+        6
+    );
+    sold(&mut g, 30, "2011-02-10T09:00:00Z", "O2", 6);
+    let feb = g.row("2011-02", "all", "-");
+    assert_eq!(feb["inventory_value_open"]["GBP"], "30.00");
+    assert_eq!(feb["units_on_hand_open"], 6);
+    assert_eq!(feb["inventory_value_close"]["GBP"], "60.00");
+    assert_eq!(feb["cogs"]["GBP"], "30.00");
+    assert_eq!(feb["kpis"]["sell_through_units"], "0.375");
+    // A receipt dated back into January: January closes higher, and February opens higher.
+    g.at(
+        40,
+        "2011-01-20T09:00:00Z",
+        crate::books_tests::receipt(2, "5.00", "PO-3"),
+    );
+    let jan = g.row("2011-01", "all", "-");
+    assert_eq!(jan["inventory_value_close"]["GBP"], "40.00");
+    assert_eq!(jan["units_on_hand_close"], 8);
+    let feb = g.row("2011-02", "all", "-");
+    assert_eq!(feb["inventory_value_open"]["GBP"], "40.00");
+    assert_eq!(feb["units_on_hand_open"], 8);
+    assert_eq!(feb["inventory_value_close"]["GBP"], "70.00");
+    assert_eq!(feb["units_on_hand_close"], 12);
+    // The week and the day rows carry their balances the same way.
+    let week = g.row("2011-W05", "all", "-");
+    assert_eq!(week["inventory_value_open"]["GBP"], "40.00");
+    assert_eq!(week["inventory_value_close"]["GBP"], "100.00");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Receipts and shipments at two locations, dated at random over three months and applied
+    /// in random order (so many are dated back): every day, week and month row of the whole
+    /// business, the entity and each location opens where the sum of all earlier periods'
+    /// movements leaves it and closes with its own, in value (recomputed from the books) and
+    /// in units.
+    #[test]
+    fn inventory_balances_equal_a_recomputation_by_period(seed in 0u64..u64::MAX) {
+        use rust_decimal::Decimal;
+        use std::collections::BTreeMap;
+        let mut next = crate::books_tests::xorshift(seed);
+        let mut events = vec![
+            crate::books_tests::recorded_on(1, "2010-12-01T00:00:00Z", location()),
+            crate::books_tests::recorded_on(2, "2010-12-01T00:00:00Z", {
+                let mut l = location();
+                l["data"]["location"] = json!("WH2");
+                l
+            }),
+            crate::books_tests::recorded_on(3, "2010-12-01T00:00:00Z", crate::books_tests::item("Fifo")),
+        ];
+        let mut on_hand = [0i64; 2];
+        for i in 0..(5 + next(40)) {
+            let at = format!("2011-{:02}-{:02}T{:02}:00:00Z", 1 + next(3), 1 + next(28), next(24));
+            let w = next(2) as usize;
+            let wh = ["WH1", "WH2"][w];
+            let mut event = if on_hand[w] > 0 && next(2) == 0 {
+                let q = 1 + next(on_hand[w] as u64) as i64;
+                on_hand[w] -= q;
+                crate::books_tests::shipment("O1", q)
+            } else {
+                let q = 1 + next(10) as i64;
+                on_hand[w] += q;
+                crate::books_tests::receipt(q, &format!("{}.{:02}", 1 + next(9), next(100)), "PO-1")
+            };
+            event["data"]["location"] = json!(wh);
+            events.push(crate::books_tests::recorded_on(4 + i, &at, event));
+        }
+        let mut view = Kpis::default();
+        let mut books = crate::books::Books::default();
+        // (period, dimension, value) -> (value change, unit change)
+        let mut moved: BTreeMap<(String, String, String), (Decimal, i64)> = BTreeMap::new();
+        for e in &events {
+            view.apply(e, &mut BTreeSet::new());
+            let at = e.envelope.effective_at;
+            for line in books.post(e).lines {
+                if line.account != crate::books::Account::Inventory {
+                    continue;
+                }
+                for p in periods(at) {
+                    for dim in [("all", "-".to_owned()), ("entity", line.entity.clone()),
+                        ("location", line.location.clone().unwrap())] {
+                        moved.entry((p.clone(), dim.0.into(), dim.1)).or_default().0 += line.amount;
+                    }
+                }
+            }
+            for d in ledger::effects::stock_deltas(&e.envelope.event) {
+                for p in periods(at) {
+                    for dim in [("all", "-".to_owned()), ("entity", "UK01".to_owned()),
+                        ("location", d.location.to_string())] {
+                        moved.entry((p.clone(), dim.0.into(), dim.1)).or_default().1 += d.on_hand;
+                    }
+                }
+            }
+        }
+        for ((period, dim, value), _) in &moved {
+            let granularity = period.len() + usize::from(period.contains('W')) * 100;
+            let (mut open, mut units_open) = (Decimal::ZERO, 0);
+            for ((p, d, v), (x, u)) in &moved {
+                let g = p.len() + usize::from(p.contains('W')) * 100;
+                if g == granularity && d == dim && v == value && p < period {
+                    open += x;
+                    units_open += u;
+                }
+            }
+            let (x, u) = moved[&(period.clone(), dim.clone(), value.clone())];
+            let row = &view.rows()[&crate::key::key("kpi", &[period.as_str(), dim, value])];
+            let money = |m: &BTreeMap<String, Decimal>| m.get("GBP").copied().unwrap_or_default();
+            proptest::prop_assert_eq!(money(&row.inventory_value_open), open, "{} {} {}", period, dim, value);
+            proptest::prop_assert_eq!(money(&row.inventory_value_close), open + x);
+            proptest::prop_assert_eq!(row.units_on_hand_open, units_open);
+            proptest::prop_assert_eq!(row.units_on_hand_close, units_open + u);
+        }
+    }
+}

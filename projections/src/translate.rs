@@ -92,13 +92,37 @@ impl Translator {
 
     /// The rate of `currency` into `entity`'s functional currency on `date`: the latest set
     /// from that date or before.
-    fn rate(&self, entity: &str, currency: &str, date: &str) -> Option<Decimal> {
+    pub(crate) fn rate(&self, entity: &str, currency: &str, date: &str) -> Option<Decimal> {
         self.rates
             .get(entity)?
             .get(currency)?
             .range(..=date.to_owned())
             .next_back()
             .map(|(_, rate)| *rate)
+    }
+
+    /// `amount` in `currency` in `entity`'s functional currency on `date` (`YYYY-MM-DD`):
+    /// as it is for an entity not defined or its own currency, `None` without a rate.
+    pub fn to_functional(
+        &self,
+        entity: &str,
+        currency: &str,
+        amount: Decimal,
+        date: &str,
+    ) -> Option<(String, Decimal)> {
+        match self.functional.get(entity) {
+            None => Some((currency.to_owned(), amount)),
+            Some(f) if f == currency => Some((currency.to_owned(), amount)),
+            Some(f) => self.rate(entity, currency, date).map(|rate| {
+                (
+                    f.clone(),
+                    (amount * rate).round_dp_with_strategy(
+                        minor_units(f),
+                        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                    ),
+                )
+            }),
+        }
     }
 
     /// Translates an event's lines, per defined entity with lines in it (entities not
