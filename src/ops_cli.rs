@@ -89,6 +89,7 @@ fn subject(on: &Value) -> String {
         "Return" => format!("{} / {}", id("order"), id("return_id")),
         "PurchaseOrder" => id("purchase_order"),
         "Stock" => format!("{} @ {}", id("sku"), id("location")),
+        "Ledger" => format!("ledger seq {}", ids["seq"]),
         _ => ids.to_string(),
     }
 }

@@ -1459,3 +1459,31 @@ fn resolving_a_blocking_exception_releases_the_hold_it_placed_and_no_other() {
         ["order.released"]
     );
 }
+
+#[test]
+fn an_integrity_exception_is_about_a_ledger_sequence_and_worked_on_the_entitys_subject() {
+    let w = World::new();
+    let on = |seq: u64| json!({"kind": "ForeignMessage", "on": {"Ledger": {"seq": seq}}});
+    assert_eq!(
+        rejected(w.when(
+            "exception.resolve",
+            json!({"exception": on(0), "resolution": "NoActionNeeded"})
+        )),
+        code::INVALID_EXCEPTION
+    );
+    assert_eq!(
+        rejected(w.when(
+            "exception.assign",
+            json!({"exception": {"kind": "UnbalancedJournal", "on": {"Order": {"order": "O1"}}}, "owner": "x"})
+        )),
+        code::INVALID_EXCEPTION
+    );
+    let d = w
+        .when(
+            "exception.resolve",
+            json!({"exception": on(25), "resolution": "NoActionNeeded"}),
+        )
+        .unwrap();
+    assert_eq!(types(&d), ["exception.resolved"]);
+    assert_eq!(d[0].0, Subject::LegalEntity(EntityId::new("UK01").unwrap()));
+}

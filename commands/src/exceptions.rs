@@ -98,7 +98,7 @@ impl Decider<'_> {
     pub(crate) fn assign_exception(&self, c: &AssignException) -> Result<Decision, Rejection> {
         self.exception_subject(&c.exception)?;
         Ok(vec![(
-            c.exception.on.ledger_subject(),
+            c.exception.on.ledger_subject(&self.command.legal_entity),
             Event::ExceptionAssigned(ExceptionAssigned {
                 exception: c.exception.clone(),
                 owner: c.owner.clone(),
@@ -117,7 +117,7 @@ impl Decider<'_> {
             ));
         }
         let mut decision = vec![(
-            c.exception.on.ledger_subject(),
+            c.exception.on.ledger_subject(&self.command.legal_entity),
             Event::ExceptionResolved(ExceptionResolved {
                 exception: c.exception.clone(),
                 resolution: c.resolution.clone(),
@@ -151,7 +151,7 @@ impl Decider<'_> {
             ));
         }
         Ok(vec![(
-            c.exception.on.ledger_subject(),
+            c.exception.on.ledger_subject(&self.command.legal_entity),
             Event::ExceptionSnoozed(ExceptionSnoozed {
                 exception: c.exception.clone(),
                 until: c.until,
@@ -224,6 +224,14 @@ impl Decider<'_> {
                     return Err(reject(
                         code::UNKNOWN_PURCHASE_ORDER,
                         format!("no purchase order `{purchase_order}` was created"),
+                    ));
+                }
+            }
+            ExceptionSubject::Ledger { seq } => {
+                if *seq == 0 {
+                    return Err(reject(
+                        code::INVALID_EXCEPTION,
+                        "exception.on.Ledger.seq: 0; ledger sequences start at 1",
                     ));
                 }
             }

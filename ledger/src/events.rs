@@ -735,6 +735,12 @@ payload! {
         ReturnNotInspected,
         /// Available stock at a location is below the item's safety stock.
         BelowSafetyStock,
+        /// A message in the ledger that its writer did not write (passed over by every
+        /// reader). Raised at once; never clears by itself.
+        ForeignMessage,
+        /// An event whose journal lines do not balance (debits differ from credits in some
+        /// entity and currency). Raised at once; never clears by itself.
+        UnbalancedJournal,
     }
 
     /// The subject an exception is about.
@@ -744,6 +750,8 @@ payload! {
         PurchaseOrder { purchase_order: PurchaseOrderId },
         Stock { sku: Sku, location: LocationId },
         Return { order: OrderId, return_id: ReturnId },
+        /// A message of the ledger, by sequence (the integrity kinds).
+        Ledger { seq: u64 },
     }
 
     /// One exception: its kind and what it is about.
@@ -815,7 +823,7 @@ payload! {
 }
 
 impl ExceptionKind {
-    pub const ALL: [ExceptionKind; 8] = [
+    pub const ALL: [ExceptionKind; 10] = [
         ExceptionKind::OrderUnshipped,
         ExceptionKind::ShipmentInTransit,
         ExceptionKind::BackorderPastPromise,
@@ -824,6 +832,8 @@ impl ExceptionKind {
         ExceptionKind::CountVariance,
         ExceptionKind::ReturnNotInspected,
         ExceptionKind::BelowSafetyStock,
+        ExceptionKind::ForeignMessage,
+        ExceptionKind::UnbalancedJournal,
     ];
 
     /// Its name in keys, queries and documents (`order_unshipped`).
@@ -837,6 +847,8 @@ impl ExceptionKind {
             ExceptionKind::CountVariance => "count_variance",
             ExceptionKind::ReturnNotInspected => "return_not_inspected",
             ExceptionKind::BelowSafetyStock => "below_safety_stock",
+            ExceptionKind::ForeignMessage => "foreign_message",
+            ExceptionKind::UnbalancedJournal => "unbalanced_journal",
         }
     }
 
@@ -849,6 +861,7 @@ impl ExceptionKind {
             ExceptionKind::PurchaseOrderOverdue | ExceptionKind::ReceiptVariance => "PurchaseOrder",
             ExceptionKind::CountVariance | ExceptionKind::BelowSafetyStock => "Stock",
             ExceptionKind::ReturnNotInspected => "Return",
+            ExceptionKind::ForeignMessage | ExceptionKind::UnbalancedJournal => "Ledger",
         }
     }
 
@@ -863,12 +876,24 @@ impl ExceptionKind {
             ExceptionKind::CountVariance => (2, Severity::Medium),
             ExceptionKind::ReturnNotInspected => (3, Severity::Low),
             ExceptionKind::BelowSafetyStock => (0, Severity::Medium),
+            ExceptionKind::ForeignMessage | ExceptionKind::UnbalancedJournal => {
+                (0, Severity::Critical)
+            }
         };
         ExceptionRule {
             threshold,
             severity,
             blocks: false,
         }
+    }
+
+    /// Whether it is about the ledger's integrity rather than an operation: such exceptions
+    /// come first in the queue whatever their score.
+    pub fn integrity(&self) -> bool {
+        matches!(
+            self,
+            ExceptionKind::ForeignMessage | ExceptionKind::UnbalancedJournal
+        )
     }
 
     /// Whether a rule of this kind may block fulfilment (`ExceptionRule::blocks`).
@@ -895,12 +920,15 @@ impl ExceptionSubject {
             ExceptionSubject::PurchaseOrder { .. } => "PurchaseOrder",
             ExceptionSubject::Stock { .. } => "Stock",
             ExceptionSubject::Return { .. } => "Return",
+            ExceptionSubject::Ledger { .. } => "Ledger",
         }
     }
 
-    /// The ledger subject its exception actions are recorded on.
-    pub fn ledger_subject(&self) -> crate::Subject {
+    /// The ledger subject its exception actions are recorded on: the subject's own, or for
+    /// the integrity kinds the acting legal entity's.
+    pub fn ledger_subject(&self, entity: &crate::values::EntityId) -> crate::Subject {
         match self {
+            ExceptionSubject::Ledger { .. } => crate::Subject::LegalEntity(entity.clone()),
             ExceptionSubject::Order { order }
             | ExceptionSubject::Shipment { order, .. }
             | ExceptionSubject::Return { order, .. } => crate::Subject::Order(order.clone()),
@@ -925,6 +953,7 @@ impl ExceptionSubject {
             ExceptionSubject::Return { order, return_id } => {
                 vec![order.to_string(), return_id.to_string()]
             }
+            ExceptionSubject::Ledger { seq } => vec![seq.to_string()],
         }
     }
 }

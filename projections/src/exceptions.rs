@@ -261,6 +261,11 @@ pub struct Exceptions {
     actions_not_applied: u64,
     /// Keys of the exceptions whose order is to be held or released (`hold_action`).
     hold_actions: BTreeSet<String>,
+    /// The ledger's integrity problems by sequence: which kind, the entity (`-` for a foreign
+    /// message), and an unbalanced journal's difference.
+    integrity: BTreeMap<u64, (ExceptionKind, String, Option<Money>)>,
+    /// The postings of every event, to find one that does not balance.
+    books: crate::books::Books,
 }
 
 fn row_key(r: &ExceptionRef) -> String {
@@ -304,6 +309,7 @@ impl Exceptions {
             ExceptionSubject::Stock { location, .. } => {
                 self.location_entity.get(location.as_str()).cloned()
             }
+            ExceptionSubject::Ledger { seq } => self.integrity.get(seq).map(|i| i.1.clone()),
         }
     }
 
@@ -349,9 +355,23 @@ impl Exceptions {
     /// Whether the exception's condition holds at the business clock, with what is at
     /// stake and since when.
     fn condition(&self, r: &ExceptionRef, at: Timestamp) -> Option<(Impact, Timestamp)> {
-        let clock = self.clock?;
         let entity = self.entity_of(&r.on)?;
         let rule = self.rule(&entity, &r.kind)?;
+        if let ExceptionSubject::Ledger { seq } = &r.on {
+            // The ledger's own integrity: holds from the moment it is seen, for good.
+            let (kind, _, imbalance) = self.integrity.get(seq)?;
+            return (*kind == r.kind).then(|| {
+                (
+                    Impact {
+                        value: *imbalance,
+                        units: 0,
+                        customer_priority: None,
+                    },
+                    at,
+                )
+            });
+        }
+        let clock = self.clock?;
         let timed = !matches!(
             r.kind,
             ExceptionKind::ReceiptVariance
@@ -714,6 +734,36 @@ impl Model for Exceptions {
         // What was due before this event took effect.
         self.tick(seq, changed);
         let mut touched: Vec<ExceptionRef> = Vec::new();
+        let posted = self.books.post(event);
+        if !crate::books::balanced(&posted.lines) {
+            let mut sums: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
+            for l in &posted.lines {
+                *sums
+                    .entry((l.entity.as_str(), l.currency.as_str()))
+                    .or_default() += l.amount;
+            }
+            let (entity, imbalance) = sums
+                .iter()
+                .find(|(_, sum)| !sum.is_zero())
+                .map(|((e, c), sum)| {
+                    (
+                        (*e).to_owned(),
+                        ledger::values::Currency::new(*c)
+                            .ok()
+                            .map(|currency| Money {
+                                amount: *sum,
+                                currency,
+                            }),
+                    )
+                })
+                .unwrap_or_else(|| (env.legal_entity.to_string(), None));
+            self.integrity
+                .insert(seq, (ExceptionKind::UnbalancedJournal, entity, imbalance));
+            touched.push(ExceptionRef {
+                kind: ExceptionKind::UnbalancedJournal,
+                on: ExceptionSubject::Ledger { seq },
+            });
+        }
         // Keys whose hold action may change without the row changing.
         let mut hold_check: Vec<String> = Vec::new();
         match &env.event {
@@ -1015,6 +1065,26 @@ impl Model for Exceptions {
             .get(key)
             .map(|r| serde_json::to_value(r).expect("exceptions serialise"))
     }
+
+    /// A message the ledger's writer did not write: a foreign-message exception, raised at
+    /// the business clock (or the time it was stored, before any event).
+    fn foreign(&mut self, record: &ledger::ForeignRecord, changed: &mut BTreeSet<String>) {
+        self.integrity.insert(
+            record.seq,
+            (ExceptionKind::ForeignMessage, "-".to_owned(), None),
+        );
+        let at = self.clock.unwrap_or(record.recorded_at);
+        self.reconsider(
+            &ExceptionRef {
+                kind: ExceptionKind::ForeignMessage,
+                on: ExceptionSubject::Ledger { seq: record.seq },
+            },
+            at,
+            record.seq,
+            "foreign_message",
+            changed,
+        );
+    }
 }
 
 impl Exceptions {
@@ -1074,7 +1144,10 @@ impl Exceptions {
             .map(|(k, r)| (k, r, r.score(clock)))
             .collect();
         list.sort_by(|a, b| {
-            b.2.cmp(&a.2)
+            b.1.kind
+                .integrity()
+                .cmp(&a.1.kind.integrity())
+                .then_with(|| b.2.cmp(&a.2))
                 .then_with(|| {
                     a.1.impact
                         .customer_priority
@@ -1156,7 +1229,7 @@ pub enum ExceptionsQuery {
 
 impl View for Exceptions {
     const NAME: &'static str = "exceptions";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "exc",
         parts: &[

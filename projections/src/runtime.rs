@@ -560,6 +560,7 @@ impl<V: View> Projector<V> {
             }
             Walked::Foreign(f) => {
                 tracing::warn!(view = V::NAME, seq = f.seq, subject = %f.stored_subject, reason = %f.reason, "a message the ledger's writer did not write: passed over");
+                self.view.foreign(&f, &mut self.pending);
                 self.foreign.insert(f.seq);
             }
         }

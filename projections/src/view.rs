@@ -46,6 +46,9 @@ pub trait Model: Default + Send {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>);
     /// A row's current value; `None` when the row does not exist (or no longer does).
     fn value(&self, key: &str) -> Option<serde_json::Value>;
+    /// A message in the ledger its writer did not write, passed over by the walk: never
+    /// applied, but a model may note that it is there.
+    fn foreign(&mut self, _record: &ledger::ForeignRecord, _changed: &mut BTreeSet<String>) {}
 }
 
 /// A projection of the ledger, run by a projector and answered over `view.<NAME>.<op>`.

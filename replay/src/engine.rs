@@ -86,7 +86,16 @@ pub async fn replay<L: EventLog, M: Model>(
                         apply_at_points(event, &mut built, &mut changed, &mut explained_by);
                     }
                 }
-                Walked::Foreign(f) if f.seq <= end => foreign.push(f),
+                Walked::Foreign(f) if f.seq <= end => {
+                    // Noted by the models of the points whose sequence includes it (it has no
+                    // business time).
+                    for b in built.iter_mut().filter(|b| f.seq <= b.point.seq) {
+                        changed.clear();
+                        b.model.foreign(&f, &mut changed);
+                        b.keys.extend(changed.iter().cloned());
+                    }
+                    foreign.push(f);
+                }
                 Walked::Foreign(_) => {}
             }
             if last_report.elapsed() >= Duration::from_millis(500) {

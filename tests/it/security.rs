@@ -656,6 +656,7 @@ async fn a_foreign_message_is_passed_over_by_the_processor_every_projector_repla
         "margin",
         "finance",
         "replenishment",
+        "exceptions",
     ];
     let mut projectors: Vec<_> = views
         .iter()
@@ -752,6 +753,36 @@ async fn a_foreign_message_is_passed_over_by_the_processor_every_projector_repla
             "{view}: snapshot at {at} differs from the replay"
         );
     }
+    // Each is an exception of the ledger's integrity, first in the queue, and can be worked.
+    let queue = projections::client::ViewClient::new(raw.clone())
+        .ask(
+            "exceptions",
+            "queue",
+            json!({"limit": 3}),
+            Some(last),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .result;
+    let listed: Vec<u64> = queue["exceptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["kind"], "ForeignMessage", "{e}");
+            assert_eq!(e["severity"], "Critical", "{e}");
+            e["on"]["Ledger"]["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        listed
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        foreign.iter().copied().collect(),
+        "{queue}"
+    );
     for p in &mut projectors {
         assert!(p.try_wait().unwrap().is_none(), "a projector exited");
         stop(p);
@@ -782,6 +813,15 @@ async fn a_foreign_message_is_passed_over_by_the_processor_every_projector_repla
         text.contains("foreign messages in the ledger (never applied): 3"),
         "{text}"
     );
+    // An integrity exception is worked like any other.
+    let resolved = send(command(
+        Some(("ops", "controller")),
+        "exception.resolve",
+        json!({"exception": {"kind": "ForeignMessage", "on": {"Ledger": {"seq": garbage}}},
+               "resolution": "NoActionNeeded", "note": "an administrator's test message"}),
+    ))
+    .await;
+    assert!(resolved.is_accepted(), "{resolved:?}");
     processor.stop().await;
 }
 
@@ -815,6 +855,7 @@ async fn last_snapshot(
             "margin" => read::<Margin>(js).await,
             "finance" => read::<Finance>(js).await,
             "replenishment" => read::<Replenishment>(js).await,
+            "exceptions" => read::<projections::exceptions::Exceptions>(js).await,
             other => panic!("{other}"),
         };
         if let Some((at, bytes)) = found
@@ -846,6 +887,7 @@ async fn replayed_view(log: &JetStreamLog, view: &str, seq: u64) -> Vec<u8> {
         "margin" => at::<Margin>(log, seq).await,
         "finance" => at::<Finance>(log, seq).await,
         "replenishment" => at::<Replenishment>(log, seq).await,
+        "exceptions" => at::<projections::exceptions::Exceptions>(log, seq).await,
         other => panic!("{other}"),
     }
 }
