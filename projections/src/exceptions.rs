@@ -360,16 +360,14 @@ impl Exceptions {
         if let ExceptionSubject::Ledger { seq } = &r.on {
             // The ledger's own integrity: holds from the moment it is seen, for good.
             let (kind, _, imbalance) = self.integrity.get(seq)?;
-            return (*kind == r.kind).then(|| {
-                (
-                    Impact {
-                        value: *imbalance,
-                        units: 0,
-                        customer_priority: None,
-                    },
-                    at,
-                )
-            });
+            return (*kind == r.kind).then_some((
+                Impact {
+                    value: *imbalance,
+                    units: 0,
+                    customer_priority: None,
+                },
+                at,
+            ));
         }
         let clock = self.clock?;
         let timed = !matches!(
@@ -748,12 +746,10 @@ impl Model for Exceptions {
                 .map(|((e, c), sum)| {
                     (
                         (*e).to_owned(),
-                        ledger::values::Currency::new(*c)
-                            .ok()
-                            .map(|currency| Money {
-                                amount: *sum,
-                                currency,
-                            }),
+                        ledger::values::Currency::new(c).ok().map(|currency| Money {
+                            amount: *sum,
+                            currency,
+                        }),
                     )
                 })
                 .unwrap_or_else(|| (env.legal_entity.to_string(), None));
