@@ -389,6 +389,28 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
             |v| v.as_array().is_some_and(|rows| rows.iter().any(|r| r[0] == "all -" && r[1] == json!(orders))),
         )
         .await;
+    // The inventory table shows the books' value at the period's close.
+    let close = &period["rows"][0]["inventory_value_close"];
+    if let Some((currency, value)) = close.as_object().and_then(|m| m.iter().next()) {
+        let expected: f64 = value.as_str().unwrap().parse().unwrap();
+        let currency = currency.clone();
+        browser
+            .wait_for(
+                "return Array.from(document.querySelectorAll('#kpis-inventory tr')).slice(1).map(r => [r.children[0].textContent, r.children[1].textContent, r.children[2].textContent])",
+                |v| {
+                    v.as_array().is_some_and(|rows| {
+                        rows.iter().any(|r| {
+                            r[0] == "all -"
+                                && r[1] == json!(currency)
+                                && r[2].as_str().and_then(|x| x.parse::<f64>().ok()).is_some_and(
+                                    |shown| (shown - expected).abs() <= 0.01,
+                                )
+                        })
+                    })
+                },
+            )
+            .await;
+    }
     browser.screenshot("kpis").await;
 
     // The SKU's timeline: the audit view's events for it.
