@@ -747,20 +747,21 @@ impl<'a> Decider<'a> {
         )])
     }
 
+    /// Books what a count found. A count below what is committed to orders takes the
+    /// shortage from their unpicked allocations at the location, the least urgent order first
+    /// (highest priority number, then the latest placed), and routes each released unit again
+    /// to another location with stock or backorders it, all in the same batch.
     fn count(&self, c: &Count) -> Result<Decision, Rejection> {
         self.item(&c.sku)?;
         self.location(&c.location)?;
         let b = self.balance(&c.sku, &c.location);
         let variance = c.counted.get() - b.on_hand;
-        if variance < 0 {
-            self.check_decrease(
-                &c.sku,
-                &c.location,
-                -variance,
-                "a count below what is committed; release allocations first, then count",
-            )?;
+        let mut rerouted = Vec::new();
+        if variance < 0 && !self.allows_negative(&c.sku) && -variance > b.free() {
+            let short = -variance - b.free().max(0);
+            rerouted = self.take_back_allocations(&c.sku, &c.location, short, c.counted.get())?;
         }
-        Ok(vec![(
+        let mut decision = vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockCounted(StockCounted {
                 sku: c.sku.clone(),
@@ -772,7 +773,105 @@ impl<'a> Decider<'a> {
                 variance: QtyDelta::new(variance).expect("bounded quantities"),
                 approved_by: self.approved_by.cloned(),
             }),
-        )])
+        )];
+        decision.extend(rerouted);
+        Ok(decision)
+    }
+
+    /// Releases `short` units of unpicked allocations of `sku` at `location` (a count found
+    /// only `counted` there), least urgent orders first, and allocates each released line
+    /// again elsewhere or backorders it.
+    fn take_back_allocations(
+        &self,
+        sku: &Sku,
+        location: &LocationId,
+        short: i64,
+        counted: i64,
+    ) -> Result<Decision, Rejection> {
+        let mut holders: Vec<(&OrderId, &OrderState, u32, i64)> = Vec::new();
+        for (id, order) in &self.state.orders {
+            for (n, line) in order.lines.iter() {
+                if line.sku.as_ref() != Some(sku) {
+                    continue;
+                }
+                let unpicked = line.allocated.get(location).copied().unwrap_or(0)
+                    - line.picked.get(location).copied().unwrap_or(0);
+                if unpicked > 0 {
+                    holders.push((id, order, *n, unpicked));
+                }
+            }
+        }
+        let releasable: i64 = holders.iter().map(|h| h.3).sum();
+        if releasable < short {
+            let b = self.balance(sku, location);
+            return Err(reject(
+                code::INSUFFICIENT_STOCK,
+                format!(
+                    "counted {counted} {sku} at {location}, below what is picked, reserved or in quality hold ({} allocated of which {releasable} unpicked, {} reserved, {} in quality hold); release holds or quality stock first, then count",
+                    b.allocated, b.reserved, b.quality_hold
+                ),
+            ));
+        }
+        // Least urgent first: the highest priority number, then the latest placed, then the
+        // order id (deterministic).
+        holders.sort_by(|a, b| {
+            (b.1.priority, b.1.placed_at, b.0, b.2).cmp(&(a.1.priority, a.1.placed_at, a.0, a.2))
+        });
+        // The counted location has nothing left to give in this decision.
+        let mut promised = Promised::new();
+        promised.insert((sku.clone(), location.clone()), i64::MAX / 4);
+        let mut events = Vec::new();
+        let mut left = short;
+        for (order_id, order, line, unpicked) in holders {
+            if left == 0 {
+                break;
+            }
+            let take = unpicked.min(left);
+            left -= take;
+            events.push((
+                Subject::Stock(sku.clone()),
+                Event::AllocationReleased(AllocationReleased {
+                    sku: sku.clone(),
+                    order: order_id.clone(),
+                    line,
+                    location: location.clone(),
+                    qty: qty(take),
+                }),
+            ));
+            events.push((
+                Subject::Order(order_id.clone()),
+                Event::LineUnallocated(LineUnallocated {
+                    order: order_id.clone(),
+                    line,
+                    location: location.clone(),
+                    qty: qty(take),
+                    reason: format!("a count at {location} found {counted} {sku}"),
+                }),
+            ));
+            // The released units wait as a backorder, and what another location can give
+            // is allocated from it at once (an allocation serves a backorder first).
+            events.push((
+                Subject::Order(order_id.clone()),
+                Event::LineBackordered(LineBackordered {
+                    order: order_id.clone(),
+                    line,
+                    qty: qty(take),
+                }),
+            ));
+            let routes = self.route(sku, take, &order.channel, &order.region, &promised);
+            for (to, n, reason) in routes {
+                *promised.entry((sku.clone(), to.clone())).or_insert(0) += n;
+                events.extend(allocation_events(
+                    order_id,
+                    line,
+                    sku,
+                    &to,
+                    n,
+                    format!("a count at {location} found {counted}: moved from there; {reason}"),
+                ));
+            }
+        }
+        Ok(events)
     }
 
     fn quality_hold(&self, c: &QualityHold) -> Result<Decision, Rejection> {

@@ -325,7 +325,7 @@ fn bin_moves_transfers_and_variance() {
 }
 
 #[test]
-fn adjustments_and_counts_never_undercut_commitments() {
+fn adjustments_never_undercut_commitments_and_a_short_count_is_booked() {
     let mut w = World::new();
     w.receive("A", "WH1", 10);
     w.order("O1", json!([line(1, "A", 6)]));
@@ -356,13 +356,104 @@ fn adjustments_and_counts_never_undercut_commitments() {
         panic!()
     };
     assert_eq!((c.expected.get(), c.variance.get()), (6, 1));
-    assert_eq!(
-        rejected(w.when(
-            "stock.count",
-            json!({"sku": "A", "location": "WH1", "counted": 5})
-        )),
-        code::INSUFFICIENT_STOCK
+    // A count below what is allocated is booked: the shortage is backordered (no other
+    // location has stock).
+    let d = w.given(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 5}),
     );
+    assert_eq!(
+        types(&d),
+        [
+            "stock.counted",
+            "stock.allocation_released",
+            "order.line_unallocated",
+            "order.line_backordered"
+        ]
+    );
+    assert_eq!(w.balance("A", "WH1").allocated, 5);
+    assert_eq!(
+        w.state.orders[&OrderId::new("O1").unwrap()]
+            .lines
+            .get(&1)
+            .unwrap()
+            .backordered,
+        1
+    );
+}
+
+#[test]
+fn a_count_that_finds_less_moves_the_least_urgent_allocations_elsewhere_or_backorders_them() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.receive("A", "WH2", 5);
+    let place = |order: &str, priority: u32| {
+        json!({"order": order, "channel": "web", "ship_to_region": "UK", "priority": priority,
+               "lines": [line(1, "A", 4)]})
+    };
+    w.given("order.place", place("URGENT", 1));
+    w.given("order.place", place("LATER", 5));
+    assert_eq!(w.balance("A", "WH1").allocated, 8);
+    // Three found where eight are allocated and two were free: five units short. The least
+    // urgent order gives its four first, then the urgent one one; WH2 has five to give.
+    let d = w.given(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 3}),
+    );
+    let moved: Vec<(String, String, i64)> = d
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::LineUnallocated(u) => {
+                Some((u.order.to_string(), u.location.to_string(), -u.qty.get()))
+            }
+            Event::LineAllocated(a) => {
+                Some((a.order.to_string(), a.location.to_string(), a.qty.get()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            ("LATER".into(), "WH1".into(), -4),
+            ("LATER".into(), "WH2".into(), 4),
+            ("URGENT".into(), "WH1".into(), -1),
+            ("URGENT".into(), "WH2".into(), 1),
+        ]
+    );
+    let routed = d.iter().find_map(|(_, e)| match e {
+        Event::LineRouted(r) => Some(r.reason.clone()),
+        _ => None,
+    });
+    assert!(routed.unwrap().starts_with("a count at WH1 found 3"));
+    let (wh1, wh2) = (w.balance("A", "WH1"), w.balance("A", "WH2"));
+    assert_eq!((wh1.on_hand, wh1.allocated), (3, 3));
+    assert_eq!((wh2.on_hand, wh2.allocated), (5, 5));
+    // Nothing left anywhere: the next shortage is backordered.
+    let d = w.given(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 1}),
+    );
+    assert_eq!(
+        types(&d).last(),
+        Some(&"order.line_backordered"),
+        "{:?}",
+        types(&d)
+    );
+    // Picked units cannot be counted away: release or ship them first.
+    w.given(
+        "order.release_to_pick",
+        json!({"order": "URGENT", "wave": "W1"}),
+    );
+    w.given(
+        "order.pick",
+        json!({"order": "URGENT", "lines": [{"line": 1, "qty": 1}]}),
+    );
+    let refused = w.when(
+        "stock.count",
+        json!({"sku": "A", "location": "WH1", "counted": 0}),
+    );
+    assert_eq!(rejected(refused), code::INSUFFICIENT_STOCK);
 }
 
 #[test]

@@ -61,6 +61,12 @@ enum Op {
         transfer: usize,
         short: i64,
     },
+    /// A count that finds `counted` (often less than is allocated).
+    Count {
+        sku: usize,
+        location: usize,
+        counted: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -99,8 +105,13 @@ fn op() -> impl Strategy<Value = Op> {
             location,
             qty
         }),
-        (sku, 1i64..6).prop_map(|(sku, qty)| Op::Transfer { sku, qty }),
+        (sku.clone(), 1i64..6).prop_map(|(sku, qty)| Op::Transfer { sku, qty }),
         (0usize..20, 0i64..2).prop_map(|(transfer, short)| Op::TransferReceive { transfer, short }),
+        (sku.clone(), location.clone(), 0i64..12).prop_map(|(sku, location, counted)| Op::Count {
+            sku,
+            location,
+            counted
+        }),
     ]
 }
 
@@ -235,6 +246,22 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             ) {
                 reference.counts.entry(sku).or_default().reserved -= qty;
                 reference.holds[hold].3 = true;
+            }
+        }
+        Op::Count {
+            sku,
+            location,
+            counted,
+        } => {
+            let data =
+                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "counted": counted});
+            if let Ok(decision) = world.when("stock.count", data) {
+                for (_, e) in &decision {
+                    if let ledger::events::Event::StockCounted(c) = e {
+                        reference.counts.entry(sku).or_default().on_hand += c.variance.get();
+                    }
+                }
+                world.apply(&decision);
             }
         }
         Op::AdjustDown { sku, location, qty } => {

@@ -1209,6 +1209,7 @@ fn evolve_order(o: &mut OrderState, event: &Event, at: Timestamp) {
             line.backordered = (line.backordered - e.qty.get()).max(0);
         }
         E::LineBackordered(e) => o.lines.at(e.line).backordered += e.qty.get(),
+        E::LineUnallocated(e) => add(&mut o.lines.at(e.line).allocated, &e.location, -e.qty.get()),
         E::OrderReleasedToPick(_) => o.released_to_pick = true,
         E::LinePicked(e) => {
             let line = o.lines.at(e.line);

@@ -531,6 +531,17 @@ payload! {
         pub qty: Qty,
     }
 
+    /// Units allocated to a line at a location are taken back (a count found less than was
+    /// allocated there): the order-side record of `stock.allocation_released`. The same batch
+    /// allocates them elsewhere or backorders them.
+    pub struct LineUnallocated {
+        pub order: OrderId,
+        pub line: u32,
+        pub location: LocationId,
+        pub qty: Qty,
+        pub reason: String,
+    }
+
     pub struct LineBackordered {
         pub order: OrderId,
         pub line: u32,
@@ -1106,6 +1117,7 @@ catalogue! {
     ReturnAuthorised(ReturnAuthorised) = "order.return_authorised" v 2;
     OrderRefunded(OrderRefunded) = "order.refunded" v 1;
     OrderDelivered(OrderDelivered) = "order.delivered" v 1;
+    LineUnallocated(LineUnallocated) = "order.line_unallocated" v 1;
 
     RecommendationRaised(RecommendationRaised) = "purchase.recommendation_raised" v 1;
     PurchaseOrderCreated(PurchaseOrderCreated) = "purchase.order_created" v 1;

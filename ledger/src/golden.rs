@@ -503,6 +503,13 @@ fn sample(t: EventType) -> Event {
             return_id: ReturnId::new("RMA-5").unwrap(),
             amount: gbp("5.10"),
         }),
+        EventType::LineUnallocated => Event::LineUnallocated(LineUnallocated {
+            order: order(),
+            line: 1,
+            location: wh.clone(),
+            qty: qty(2),
+            reason: "a count at UK-DC found 3".into(),
+        }),
         EventType::OrderDelivered => Event::OrderDelivered(OrderDelivered {
             order: order(),
             package: PackageId::new("PKG-1").unwrap(),

@@ -159,6 +159,11 @@ fn apply_order_event(o: &mut OrderView, event: &Event, seq: u64) {
             l.backordered = (l.backordered - e.qty.get()).max(0);
         }
         E::LineBackordered(e) => line(o, e.line).backordered += e.qty.get(),
+        E::LineUnallocated(e) => take(
+            &mut line(o, e.line).allocated,
+            e.location.as_str(),
+            e.qty.get(),
+        ),
         E::OrderReleasedToPick(_) => o.released_to_pick = true,
         E::LinePicked(e) => line(o, e.line).picked += e.qty.get(),
         E::OrderPacked(e) => {
