@@ -489,6 +489,20 @@ fn the_queues_top_twenty_hold_far_more_cost_than_the_twenty_oldest() {
     }
 }
 
+/// A legal entity whose unshipped orders block after a day, and order `id` (two units)
+/// released to pick on 2011-01-03 at 10:00.
+fn blocking_and_released(id: &str) -> Given {
+    let mut g = Given::new();
+    g.at(
+        "2011-01-01T00:00:00Z",
+        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
+            "rule": {"threshold": 1, "severity": "High", "blocks": true}}}),
+    );
+    g.at("2011-01-03T09:00:00Z", order(id, 2))
+        .at("2011-01-03T10:00:00Z", released(id));
+    g
+}
+
 fn holds(g: &Given) -> Value {
     let q = serde_json::from_value(json!({"op": "holds"})).unwrap();
     match g.view.answer(&q).unwrap() {
@@ -499,15 +513,8 @@ fn holds(g: &Given) -> Value {
 
 #[test]
 fn a_blocking_exception_asks_for_its_order_to_be_held_and_released_when_it_clears() {
-    let mut g = Given::new();
-    g.at(
-        "2011-01-01T00:00:00Z",
-        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
-            "rule": {"threshold": 1, "severity": "High", "blocks": true}}}),
-    );
-    g.at("2011-01-03T09:00:00Z", order("A1", 2))
-        .at("2011-01-03T10:00:00Z", released("A1"))
-        .at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
+    let mut g = blocking_and_released("A1");
+    g.at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
     let key = "exc.order_unshipped.A1";
     assert_eq!(g.row(key).unwrap()["blocks"], true);
     let asked = holds(&g);
@@ -555,19 +562,12 @@ fn a_blocking_exception_asks_for_its_order_to_be_held_and_released_when_it_clear
 
 #[test]
 fn an_order_already_held_or_released_by_hand_is_not_held_again_for_the_same_exception() {
-    let mut g = Given::new();
+    let mut g = blocking_and_released("A1");
     g.at(
-        "2011-01-01T00:00:00Z",
-        json!({"type": "exception.rule_set", "data": {"kind": "OrderUnshipped",
-            "rule": {"threshold": 1, "severity": "High", "blocks": true}}}),
-    );
-    g.at("2011-01-03T09:00:00Z", order("A1", 2))
-        .at("2011-01-03T10:00:00Z", released("A1"))
-        .at(
-            "2011-01-03T11:00:00Z",
-            json!({"type": "order.held", "data": {"order": "A1", "reason": "fraud"}}),
-        )
-        .at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
+        "2011-01-03T11:00:00Z",
+        json!({"type": "order.held", "data": {"order": "A1", "reason": "fraud"}}),
+    )
+    .at("2011-01-04T10:00:00Z", receipt(1, "4.00", "PO-X"));
     let key = "exc.order_unshipped.A1";
     assert_eq!(g.status(key).as_deref(), Some("open"));
     // Held already (for fraud): nothing to ask.

@@ -79,14 +79,7 @@ async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
     let Outcome::Accepted { outcome_seq, .. } = resolved else {
         panic!("{resolved:?}")
     };
-    let row = views
-        .ask(
-            "exceptions",
-            "exception",
-            json!({"exception": exception}),
-            Some(outcome_seq),
-            Duration::from_secs(30),
-        )
+    let row = exception_row(&views, &exception, Some(outcome_seq))
         .await
         .unwrap()
         .result;
@@ -135,6 +128,23 @@ async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
     processor.stop().await;
     snapshots_equal_replays::<Exceptions>(&log, &exceptions, 4).await;
     snapshots_equal_replays::<Kpis>(&log, &kpis, 4).await;
+}
+
+/// One exception as the view shows it, once it has applied `min_seq`.
+async fn exception_row(
+    views: &ViewClient,
+    exception: &serde_json::Value,
+    min_seq: Option<u64>,
+) -> Result<projections::client::Answer, projections::client::ViewError> {
+    views
+        .ask(
+            "exceptions",
+            "exception",
+            json!({"exception": exception}),
+            min_seq,
+            Duration::from_secs(30),
+        )
+        .await
 }
 
 #[tokio::test]
@@ -229,14 +239,7 @@ async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
     let exception = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "B1"}}});
     let mut row = json!(null);
     for _ in 0..300 {
-        row = views
-            .ask(
-                "exceptions",
-                "exception",
-                json!({"exception": exception}),
-                None,
-                Duration::from_secs(5),
-            )
+        row = exception_row(&views, &exception, None)
             .await
             .map(|a| a.result)
             .unwrap_or(json!(null));
@@ -304,14 +307,7 @@ async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
     )
     .await;
     assert!(picked.is_accepted(), "{picked:?}");
-    let row = views
-        .ask(
-            "exceptions",
-            "exception",
-            json!({"exception": exception}),
-            Some(outcome_seq),
-            Duration::from_secs(30),
-        )
+    let row = exception_row(&views, &exception, Some(outcome_seq))
         .await
         .unwrap()
         .result;
