@@ -119,6 +119,11 @@ command_data! {
         #[serde(default)]
         pub serials: Vec<SerialNo>,
         pub qty: Qty,
+        /// The unit `qty` is stated in: the item's base unit or one of its pack sizes
+        /// (`case`); converted to base units before anything is decided. Default: base units.
+        #[serde(default)]
+        pub unit: Option<UnitName>,
+        /// Per base unit, whatever `unit` says.
         pub unit_cost: Money,
         #[serde(default)]
         pub purchase: Option<PurchaseRef>,
@@ -159,6 +164,9 @@ command_data! {
         #[serde(default)]
         pub lot: Option<LotId>,
         pub delta: QtyDelta,
+        /// The unit `delta` is stated in (as `stock.receive`'s `unit`).
+        #[serde(default)]
+        pub unit: Option<UnitName>,
         pub reason: ReasonCode,
         #[serde(default)]
         pub note: String,
@@ -173,6 +181,9 @@ command_data! {
         #[serde(default)]
         pub lot: Option<LotId>,
         pub counted: Qty,
+        /// The unit `counted` is stated in (as `stock.receive`'s `unit`).
+        #[serde(default)]
+        pub unit: Option<UnitName>,
     }
 
     pub struct QualityHold {
@@ -251,6 +262,11 @@ command_data! {
         pub line: u32,
         pub sku: Sku,
         pub qty: Qty,
+        /// The unit `qty` is stated in: the item's base unit or one of its pack sizes
+        /// (`case`); converted to base units before anything is decided. Default: base units.
+        #[serde(default)]
+        pub unit: Option<UnitName>,
+        /// Per base unit, whatever `unit` says.
         pub unit_price: Money,
         #[serde(default)]
         pub discount: Option<Money>,
@@ -373,6 +389,11 @@ command_data! {
         pub sku: Sku,
         pub location: LocationId,
         pub qty: Qty,
+        /// The unit `qty` is stated in: the item's base unit or one of its pack sizes
+        /// (`case`); converted to base units before anything is decided. Default: base units.
+        #[serde(default)]
+        pub unit: Option<UnitName>,
+        /// Per base unit, whatever `unit` says.
         pub unit_cost: Money,
     }
 

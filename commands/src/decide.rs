@@ -304,11 +304,111 @@ fn within_quantity_limits(state: &State, decision: &Decision) -> Result<(), Reje
     Ok(())
 }
 
+/// The command with every quantity stated in one of an item's units (`unit`: its base unit or
+/// a pack size) in base units, so the deciders and the events speak base units only; `None`
+/// when it states none. A unit the item does not have is `invalid_quantity`; a product beyond
+/// the ledger's figures `quantity_limit`. An unknown SKU is left for the decider to refuse.
+fn in_base_units(state: &State, command: &Command) -> Result<Option<Command>, Rejection> {
+    let factor = |sku: &Sku, unit: &ledger::values::UnitName, field: &str| {
+        let Some(item) = state.items.get(sku).map(|d| &d.value) else {
+            return Ok(None);
+        };
+        if *unit == item.base_unit {
+            return Ok(Some(1));
+        }
+        match item.pack_sizes.iter().find(|p| p.unit == *unit) {
+            Some(p) => Ok(Some(p.base_units.get())),
+            None => Err(reject(
+                code::INVALID_QUANTITY,
+                format!(
+                    "{field}: `{unit}` is not a unit of {sku}; expected its base unit `{}`{}",
+                    item.base_unit,
+                    item.pack_sizes
+                        .iter()
+                        .map(|p| format!(", `{}` ({} {})", p.unit, p.base_units, item.base_unit))
+                        .collect::<String>()
+                ),
+            )),
+        }
+    };
+    let scale = |n: i64, by: i64, field: &str| {
+        n.checked_mul(by)
+            .filter(|v| v.unsigned_abs() <= QTY_MAX as u64)
+            .ok_or_else(|| {
+                reject(
+                    code::QUANTITY_LIMIT,
+                    format!(
+                        "{field}: {n} of {by} base units each is beyond the ledger's figures (at most {QTY_MAX} base units)"
+                    ),
+                )
+            })
+    };
+    let to_qty = |q: Qty, by: i64, field: &str| -> Result<Qty, Rejection> {
+        Ok(Qty::new(scale(q.get(), by, field)?).expect("within the limit"))
+    };
+    let mut body = command.body.clone();
+    let mut stated = false;
+    match &mut body {
+        CommandBody::Receive(c) => {
+            if let Some(unit) = c.unit.take() {
+                stated = true;
+                if let Some(by) = factor(&c.sku, &unit, "unit")? {
+                    c.qty = to_qty(c.qty, by, "qty")?;
+                }
+            }
+        }
+        CommandBody::Count(c) => {
+            if let Some(unit) = c.unit.take() {
+                stated = true;
+                if let Some(by) = factor(&c.sku, &unit, "unit")? {
+                    c.counted = to_qty(c.counted, by, "counted")?;
+                }
+            }
+        }
+        CommandBody::Adjust(c) => {
+            if let Some(unit) = c.unit.take() {
+                stated = true;
+                if let Some(by) = factor(&c.sku, &unit, "unit")? {
+                    c.delta = QtyDelta::new(scale(c.delta.get(), by, "delta")?)
+                        .expect("within the limit");
+                }
+            }
+        }
+        CommandBody::PlaceOrder(c) => {
+            for (i, l) in c.lines.iter_mut().enumerate() {
+                if let Some(unit) = l.unit.take() {
+                    stated = true;
+                    if let Some(by) = factor(&l.sku, &unit, &format!("lines[{i}].unit"))? {
+                        l.qty = to_qty(l.qty, by, &format!("lines[{i}].qty"))?;
+                    }
+                }
+            }
+        }
+        CommandBody::CreatePurchaseOrder(c) => {
+            for (i, l) in c.lines.iter_mut().enumerate() {
+                if let Some(unit) = l.unit.take() {
+                    stated = true;
+                    if let Some(by) = factor(&l.sku, &unit, &format!("lines[{i}].unit"))? {
+                        l.qty = to_qty(l.qty, by, &format!("lines[{i}].qty"))?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(stated.then(|| Command {
+        body,
+        ..command.clone()
+    }))
+}
+
 fn decide_rules(
     state: &State,
     command: &Command,
     approved_by: Option<&ledger::values::ActorId>,
 ) -> Result<Decision, Rejection> {
+    let converted = in_base_units(state, command)?;
+    let command = converted.as_ref().unwrap_or(command);
     let d = Decider {
         state,
         at: command.effective_at,

@@ -1578,3 +1578,69 @@ fn an_integrity_exception_is_about_a_ledger_sequence_and_worked_on_the_entitys_s
     assert_eq!(types(&d), ["exception.resolved"]);
     assert_eq!(d[0].0, Subject::LegalEntity(EntityId::new("UK01").unwrap()));
 }
+
+#[test]
+fn quantities_stated_in_a_pack_unit_are_decided_in_base_units() {
+    let mut w = World::new();
+    w.given(
+        "item.define",
+        json!({"sku": "MUG", "base_unit": "each", "pack_sizes": [{"unit": "case", "base_units": 12}]}),
+    );
+    // Two cases received: 24 on hand; the event speaks base units.
+    let d = w.given(
+        "stock.receive",
+        json!({"sku": "MUG", "location": "WH1", "qty": 2, "unit": "case",
+               "unit_cost": {"amount": "1.50", "currency": "GBP"}}),
+    );
+    let Event::StockReceived(r) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(r.qty.get(), 24);
+    // A case ordered allocates twelve; the base unit by name counts one.
+    let d = w.given(
+        "order.place",
+        json!({"order": "M1", "channel": "web", "ship_to_region": "UK", "lines": [
+            {"line": 1, "sku": "MUG", "qty": 1, "unit": "case", "unit_price": {"amount": "3.00", "currency": "GBP"}},
+            {"line": 2, "sku": "MUG", "qty": 2, "unit": "each", "unit_price": {"amount": "3.00", "currency": "GBP"}}]}),
+    );
+    let Event::OrderPlaced(p) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!((p.lines[0].qty.get(), p.lines[1].qty.get()), (12, 2));
+    assert_eq!(w.balance("MUG", "WH1").allocated, 14);
+    // An adjustment and a count in cases.
+    w.given(
+        "stock.adjust",
+        json!({"sku": "MUG", "location": "WH1", "delta": 1, "unit": "case", "reason": "found"}),
+    );
+    assert_eq!(w.balance("MUG", "WH1").on_hand, 36);
+    w.given(
+        "stock.count",
+        json!({"sku": "MUG", "location": "WH1", "counted": 2, "unit": "case"}),
+    );
+    assert_eq!(w.balance("MUG", "WH1").on_hand, 24);
+    // A unit the item does not have, and a product beyond the ledger's figures.
+    let refused = w.when(
+        "stock.receive",
+        json!({"sku": "MUG", "location": "WH1", "qty": 1, "unit": "pallet",
+               "unit_cost": {"amount": "1.50", "currency": "GBP"}}),
+    );
+    let Err(r) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(r.code, code::INVALID_QUANTITY);
+    assert!(
+        r.message.contains("`pallet` is not a unit of MUG"),
+        "{}",
+        r.message
+    );
+    assert!(r.message.contains("`case` (12 each)"), "{}", r.message);
+    assert_eq!(
+        rejected(w.when(
+            "stock.receive",
+            json!({"sku": "MUG", "location": "WH1", "qty": ledger::values::QTY_MAX, "unit": "case",
+                   "unit_cost": {"amount": "1.50", "currency": "GBP"}}),
+        )),
+        code::QUANTITY_LIMIT
+    );
+}

@@ -489,6 +489,9 @@ pub struct ItemRules {
     pub tracking: ledger::events::Tracking,
     pub safety_stock: ledger::values::Qty,
     pub allow_negative: bool,
+    /// The units a command may state its quantities in.
+    pub base_unit: ledger::values::UnitName,
+    pub pack_sizes: Vec<ledger::events::PackSize>,
 }
 
 impl ItemRules {
@@ -497,6 +500,8 @@ impl ItemRules {
             tracking: item.tracking.clone(),
             safety_stock: item.safety_stock,
             allow_negative: item.allow_negative,
+            base_unit: item.base_unit.clone(),
+            pack_sizes: item.pack_sizes.clone(),
         }
     }
 }
