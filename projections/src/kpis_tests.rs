@@ -703,7 +703,7 @@ proptest::proptest! {
                 }
             }
         }
-        for ((period, dim, value), _) in &moved {
+        for (period, dim, value) in moved.keys() {
             let granularity = period.len() + usize::from(period.contains('W')) * 100;
             let (mut open, mut units_open) = (Decimal::ZERO, 0);
             for ((p, d, v), (x, u)) in &moved {
