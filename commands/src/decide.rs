@@ -861,7 +861,10 @@ impl<'a> Decider<'a> {
             let short = -variance - b.free().max(0);
             rerouted = self.take_back_allocations(&c.sku, &c.location, short, c.counted.get())?;
         }
-        let mut decision = vec![(
+        // The allocations are taken back before the count is booked, so the stock's
+        // invariants hold after every event of the batch (as `erp verify` checks them).
+        let mut decision = rerouted;
+        decision.push((
             Subject::Stock(c.sku.clone()),
             Event::StockCounted(StockCounted {
                 sku: c.sku.clone(),
@@ -873,8 +876,7 @@ impl<'a> Decider<'a> {
                 variance: QtyDelta::new(variance).expect("bounded quantities"),
                 approved_by: self.approved_by.cloned(),
             }),
-        )];
-        decision.extend(rerouted);
+        ));
         Ok(decision)
     }
 

@@ -256,12 +256,21 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             let data =
                 json!({"sku": SKUS[sku], "location": LOCATIONS[location], "counted": counted});
             if let Ok(decision) = world.when("stock.count", data) {
-                for (_, e) in &decision {
+                // Event by event: the stock's invariants hold after each one, as `erp verify`
+                // checks them.
+                let code = ledger::values::Sku::new(SKUS[sku]).unwrap();
+                for (subject, e) in &decision {
                     if let ledger::events::Event::StockCounted(c) = e {
                         reference.counts.entry(sku).or_default().on_hand += c.variance.get();
                     }
+                    world.apply(&vec![(subject.clone(), e.clone())]);
+                    assert_eq!(
+                        world.state.invariant_violation(&code),
+                        None,
+                        "after {} of {decision:?}",
+                        e.event_type().name()
+                    );
                 }
-                world.apply(&decision);
             }
         }
         Op::AdjustDown { sku, location, qty } => {
