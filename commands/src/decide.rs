@@ -346,57 +346,68 @@ fn in_base_units(state: &State, command: &Command) -> Result<Option<Command>, Re
     let to_qty = |q: Qty, by: i64, field: &str| -> Result<Qty, Rejection> {
         Ok(Qty::new(scale(q.get(), by, field)?).expect("within the limit"))
     };
+    // One quantity and its unit: `field` names the quantity, `at` prefixes both names.
+    let convert = |sku: &Sku,
+                   unit: &mut Option<ledger::values::UnitName>,
+                   q: &mut Qty,
+                   at: &str,
+                   field: &str| {
+        if let Some(unit) = unit.take()
+            && let Some(by) = factor(sku, &unit, &format!("{at}unit"))?
+        {
+            *q = to_qty(*q, by, &format!("{at}{field}"))?;
+        }
+        Ok::<(), Rejection>(())
+    };
+    // Most commands state no unit: nothing is copied for them.
+    let stated = match &command.body {
+        CommandBody::Receive(c) => c.unit.is_some(),
+        CommandBody::Count(c) => c.unit.is_some(),
+        CommandBody::Adjust(c) => c.unit.is_some(),
+        CommandBody::PlaceOrder(c) => c.lines.iter().any(|l| l.unit.is_some()),
+        CommandBody::CreatePurchaseOrder(c) => c.lines.iter().any(|l| l.unit.is_some()),
+        _ => false,
+    };
+    if !stated {
+        return Ok(None);
+    }
     let mut body = command.body.clone();
-    let mut stated = false;
     match &mut body {
-        CommandBody::Receive(c) => {
-            if let Some(unit) = c.unit.take() {
-                stated = true;
-                if let Some(by) = factor(&c.sku, &unit, "unit")? {
-                    c.qty = to_qty(c.qty, by, "qty")?;
-                }
-            }
-        }
-        CommandBody::Count(c) => {
-            if let Some(unit) = c.unit.take() {
-                stated = true;
-                if let Some(by) = factor(&c.sku, &unit, "unit")? {
-                    c.counted = to_qty(c.counted, by, "counted")?;
-                }
-            }
-        }
+        CommandBody::Receive(c) => convert(&c.sku, &mut c.unit, &mut c.qty, "", "qty")?,
+        CommandBody::Count(c) => convert(&c.sku, &mut c.unit, &mut c.counted, "", "counted")?,
         CommandBody::Adjust(c) => {
-            if let Some(unit) = c.unit.take() {
-                stated = true;
-                if let Some(by) = factor(&c.sku, &unit, "unit")? {
-                    c.delta = QtyDelta::new(scale(c.delta.get(), by, "delta")?)
-                        .expect("within the limit");
-                }
+            if let Some(unit) = c.unit.take()
+                && let Some(by) = factor(&c.sku, &unit, "unit")?
+            {
+                c.delta =
+                    QtyDelta::new(scale(c.delta.get(), by, "delta")?).expect("within the limit");
             }
         }
         CommandBody::PlaceOrder(c) => {
             for (i, l) in c.lines.iter_mut().enumerate() {
-                if let Some(unit) = l.unit.take() {
-                    stated = true;
-                    if let Some(by) = factor(&l.sku, &unit, &format!("lines[{i}].unit"))? {
-                        l.qty = to_qty(l.qty, by, &format!("lines[{i}].qty"))?;
-                    }
-                }
+                convert(
+                    &l.sku,
+                    &mut l.unit,
+                    &mut l.qty,
+                    &format!("lines[{i}]."),
+                    "qty",
+                )?;
             }
         }
         CommandBody::CreatePurchaseOrder(c) => {
             for (i, l) in c.lines.iter_mut().enumerate() {
-                if let Some(unit) = l.unit.take() {
-                    stated = true;
-                    if let Some(by) = factor(&l.sku, &unit, &format!("lines[{i}].unit"))? {
-                        l.qty = to_qty(l.qty, by, &format!("lines[{i}].qty"))?;
-                    }
-                }
+                convert(
+                    &l.sku,
+                    &mut l.unit,
+                    &mut l.qty,
+                    &format!("lines[{i}]."),
+                    "qty",
+                )?;
             }
         }
         _ => {}
     }
-    Ok(stated.then(|| Command {
+    Ok(Some(Command {
         body,
         ..command.clone()
     }))

@@ -360,10 +360,14 @@ pub struct Kpis {
 }
 
 fn series_key(period: &str, dim: &str, value: &str) -> String {
-    let granularity = match granularity_of(period) {
-        Some(Granularity::Day) => "day",
-        Some(Granularity::Week) => "week",
-        _ => "month",
+    // The tokens come from `periods`, so their shape tells the granularity (no date parsing
+    // on every movement).
+    let granularity = if period.contains("-W") {
+        "week"
+    } else if period.len() == 10 {
+        "day"
+    } else {
+        "month"
     };
     format!("{granularity}|{}", key::key("s", &[dim, value]))
 }
@@ -748,9 +752,13 @@ impl Model for Kpis {
         if let Some(clock) = self.clock
             && at > clock
         {
-            let (was, now) = (&periods(clock)[2], &periods(at)[2]);
-            if was != now {
-                self.close_month(&was.clone(), seq, changed);
+            let month = |t: Timestamp| {
+                let d = t.as_datetime().date_naive();
+                (d.year(), d.month())
+            };
+            if month(clock) != month(at) {
+                let was = periods(clock)[2].clone();
+                self.close_month(&was, seq, changed);
             }
         }
         if self.clock.is_none_or(|c| at > c) {
