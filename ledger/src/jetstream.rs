@@ -802,6 +802,7 @@ impl JetStreamLog {
             messages,
             until_seq,
             space: self.config.subjects.clone(),
+            stall: self.config.api_timeout,
         })
     }
 
@@ -1154,6 +1155,10 @@ pub struct SubjectEvents {
     messages: Option<consumer::pull::Ordered>,
     until_seq: u64,
     space: SubjectSpace,
+    /// How long to wait for the next message while more are known to be there. An ordered
+    /// consumer whose stream loses its leader can otherwise wait for ever, and the processor
+    /// reads subjects on its command path (an archived order called back).
+    stall: Duration,
 }
 
 impl std::fmt::Debug for SubjectEvents {
@@ -1172,7 +1177,14 @@ impl SubjectEvents {
             let Some(messages) = self.messages.as_mut() else {
                 return Ok(None);
             };
-            let Some(msg) = messages.next().await else {
+            let Ok(next) = tokio::time::timeout(self.stall, messages.next()).await else {
+                self.messages = None;
+                return Err(ReadError::Unavailable(format!(
+                    "no event of the subject arrived within {:?} although more are stored (the stream may be electing a leader)",
+                    self.stall
+                )));
+            };
+            let Some(msg) = next else {
                 self.messages = None;
                 return Ok(None);
             };

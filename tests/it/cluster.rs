@@ -215,10 +215,12 @@ async fn killing_the_leader_of_each_asset_in_turn_keeps_views_answering_and_lose
     let urls = cluster.urls();
     let logs = tempfile::tempdir().unwrap();
     let projector_log = logs.path().join("projector.log");
-    let processor = Supervised::run(
+    let processor_log = logs.path().join("processor.log");
+    let processor = Supervised::run_logged(
         ["processor", "--nats", &urls, "--replicas", "3"]
             .map(String::from)
             .to_vec(),
+        processor_log.clone(),
     );
     let projector = Supervised::run_logged(
         [
@@ -297,7 +299,18 @@ async fn killing_the_leader_of_each_asset_in_turn_keeps_views_answering_and_lose
                 answered,
                 "the ATS view stopped answering after {asset}'s leader was killed"
             );
-            let part_answers = load.await.unwrap();
+            eprintln!("killed node {leader}, the leader of {asset}");
+            let part_answers = match load.await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    let said = std::fs::read_to_string(&processor_log).unwrap_or_default();
+                    let tail: Vec<&str> = said.lines().rev().take(200).collect();
+                    for line in tail.into_iter().rev() {
+                        eprintln!("processor: {line}");
+                    }
+                    panic!("the load after killing {asset}'s leader failed: {e}");
+                }
+            };
             cluster.nodes[leader].restart().expect("the node restarts");
             wait_until_all_current(&js, 600).await;
             for (i, o) in part_answers {

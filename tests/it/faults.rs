@@ -50,7 +50,10 @@ fn erp_process(args: &[String], env: &[(String, String)], log: Option<&std::path
             .append(true)
             .open(path)
             .expect("log file opens");
-        command.env("RUST_LOG", "info,async_nats=warn").stderr(file);
+        // `ERP_TEST_LOG` sets another filter, to follow a fault test's processes closer.
+        let filter =
+            std::env::var("ERP_TEST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
+        command.env("RUST_LOG", filter).stderr(file);
     }
     command.spawn().expect("erp starts")
 }
@@ -169,15 +172,24 @@ pub(crate) async fn load_until_answered(
         if pending.is_empty() {
             return answers;
         }
+        let mut other: Option<String> = None;
         client
-            .submit_all(pending.iter().map(|&i| bodies[i].clone()), 128, |k, o| {
-                if let Ok(o) = o
-                    && definitive(&o)
-                {
-                    answers.insert(pending[k], o);
-                }
-            })
+            .submit_all(
+                pending.iter().map(|&i| bodies[i].clone()),
+                128,
+                |k, o| match o {
+                    Ok(o) if definitive(&o) => {
+                        answers.insert(pending[k], o);
+                    }
+                    o => {
+                        other.get_or_insert_with(|| format!("{o:?}"));
+                    }
+                },
+            )
             .await;
+        if let Some(other) = other {
+            eprintln!("load round {round}: one of the answers that settles nothing: {other}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!(

@@ -563,3 +563,45 @@ async fn acknowledged_events_survive_a_server_kill_and_the_writer_resumes() {
         resumed.events[0].seq.div_ceil(2)
     );
 }
+
+#[tokio::test]
+async fn a_subject_read_whose_server_stops_answering_fails_instead_of_waiting_for_ever() {
+    // Goal: the processor reads a subject on its command path (an archived order called
+    // back); when the stream stops answering halfway through (a lost leader, a paused server)
+    // the read ends with an error after the API timeout, so the command is answered
+    // `unavailable` and the processor goes on, instead of waiting for ever.
+    let nats = TestNats::start();
+    let log = nats.open(ledger_config()).await;
+    let subject = stock("LONG");
+    let mut head = Head::EMPTY;
+    for _ in 0..20 {
+        let events = (0..100).map(|_| adjustment(&subject, 1)).collect();
+        let appended = log
+            .append(batch(&[(&subject, head)], events))
+            .await
+            .unwrap();
+        let last = appended.events.last().unwrap();
+        head = Head {
+            seq: last.seq,
+            hash: last.hash,
+        };
+    }
+    let mut read = log.subject_events(&subject, 0, head.seq).await.unwrap();
+    assert!(read.next().await.unwrap().is_some());
+    nats.server.pause(true);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match read.next().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    nats.server.pause(false);
+    let ended = ended.expect("the read still waits a minute after its server stopped answering");
+    let error = ended.expect_err("2,000 events were stored; the read cannot end cleanly");
+    assert!(error.to_string().contains("no event"), "{error}");
+    eprintln!("the stalled read failed after {:?}", started.elapsed());
+}
