@@ -30,9 +30,14 @@ pub const USER: &str = "exceptions";
 /// How often the view is asked when there was nothing to do.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Holds asked of the view per page.
+const PAGE: u32 = 1000;
+
 #[derive(Debug, Deserialize)]
 struct Asked {
     holds: Vec<HoldAsked>,
+    #[serde(default)]
+    next_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,23 +113,11 @@ pub async fn run(
     let mut done: HashSet<Uuid> = HashSet::new();
     let mut view_down_since: Option<std::time::Instant> = None;
     while !*stop.borrow() {
-        let asked = views
-            .ask(
-                "exceptions",
-                "holds",
-                serde_json::json!({"limit": 1000}),
-                None,
-                Duration::from_secs(5),
-            )
-            .await;
         let mut sent = 0;
-        match asked {
-            Ok(answer) => {
+        match every_hold(&views).await? {
+            Ok(holds) => {
                 view_down_since = None;
-                let asked: Asked = serde_json::from_value(answer.result).map_err(|e| {
-                    anyhow::anyhow!("the exceptions view's `holds` answer is not a list: {e}")
-                })?;
-                for command in asked.holds.iter().filter_map(command_for) {
+                for command in holds.iter().filter_map(command_for) {
                     if done.contains(&command.command_id) {
                         continue;
                     }
@@ -158,6 +151,39 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Every hold and release the view lists, page by page (a hold the processor keeps refusing
+/// stays listed, and must not keep the ones after it from being carried out). The inner error:
+/// the view did not answer.
+async fn every_hold(
+    views: &ViewClient,
+) -> anyhow::Result<Result<Vec<HoldAsked>, projections::client::ViewError>> {
+    let mut holds = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let asked = views
+            .ask(
+                "exceptions",
+                "holds",
+                serde_json::json!({"limit": PAGE, "after": after}),
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
+        let answer = match asked {
+            Ok(answer) => answer,
+            Err(error) => return Ok(Err(error)),
+        };
+        let page: Asked = serde_json::from_value(answer.result).map_err(|e| {
+            anyhow::anyhow!("the exceptions view's `holds` answer is not a list: {e}")
+        })?;
+        holds.extend(page.holds);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(Ok(holds)),
+        }
+    }
 }
 
 fn log_outcome(command: &Command, outcome: &Outcome) {

@@ -1210,8 +1210,11 @@ pub enum ExceptionsQuery {
     About { on: ExceptionSubject },
     /// The orders blocking exceptions are to hold, and those whose exception cleared or was
     /// resolved with its hold still in place, oldest first (what `erp up`'s exception holder
-    /// acts on).
+    /// acts on), a page at a time (`after`: the last key of the previous page; a key whose
+    /// hold was carried out since still marks the place).
     Holds {
+        #[serde(default)]
+        after: Option<String>,
         #[serde(default)]
         limit: Option<u32>,
     },
@@ -1311,16 +1314,36 @@ impl View for Exceptions {
                         ))
                     })
             }
-            ExceptionsQuery::Holds { limit } => {
+            ExceptionsQuery::Holds { after, limit } => {
                 let limit = page_limit(*limit)?;
                 let mut list: Vec<(&String, &ExceptionRow)> = self
                     .hold_actions
                     .iter()
                     .filter_map(|k| self.rows.get(k).map(|r| (k, r)))
                     .collect();
-                list.sort_by_key(|(k, r)| (r.seq, *k));
+                // Oldest first, by when the exception was raised: a hold carried out between
+                // two pages leaves the place of every other one where it was.
+                list.sort_by_key(|(k, r)| (r.raised_at, *k));
+                let start = match after {
+                    // Every exception keeps its row, so the place of a key whose hold was
+                    // carried out since the previous page is still known.
+                    Some(a) => {
+                        let row = self.rows.get(a).ok_or_else(|| {
+                            QueryError::bad_query(format!(
+                                "after: `{a}` is not an exception key (take it from `next_after` or a listed hold's `key`)"
+                            ))
+                        })?;
+                        list.partition_point(|(k, r)| {
+                            (r.raised_at, k.as_str()) <= (row.raised_at, a.as_str())
+                        })
+                    }
+                    None => 0,
+                };
+                let next_after =
+                    (start + limit < list.len()).then(|| list[start + limit - 1].0.clone());
                 let holds: Vec<serde_json::Value> = list
                     .iter()
+                    .skip(start)
                     .take(limit)
                     .filter_map(|(k, r)| {
                         let action = self.hold_action(k)?;
@@ -1346,6 +1369,7 @@ impl View for Exceptions {
                 Ok(Answer::Value(json!({
                     "count": list.len(),
                     "holds": holds,
+                    "next_after": next_after,
                 })))
             }
             ExceptionsQuery::About { on } => {

@@ -594,3 +594,65 @@ fn an_order_already_held_or_released_by_hand_is_not_held_again_for_the_same_exce
     assert_eq!(row["hold_lifted"], true);
     assert_eq!(holds(&g)["count"], 0);
 }
+
+fn holds_page(g: &Given, after: Option<&str>, limit: u32) -> Result<Value, String> {
+    let q = serde_json::from_value(json!({"op": "holds", "after": after, "limit": limit})).unwrap();
+    match g.view.answer(&q) {
+        Ok(Answer::Value(v)) => Ok(v),
+        Ok(Answer::Read(_)) => panic!("holds are answered from memory"),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn holds_come_a_page_at_a_time_and_a_hold_carried_out_between_pages_keeps_the_place() {
+    // Goal: the holder reads every hold however many there are (one the processor keeps
+    // refusing must not hide the ones after it), and the place of a page survives a hold
+    // carried out meanwhile.
+    let mut g = blocking_and_released("A1");
+    for id in ["A2", "A3", "A4", "A5"] {
+        g.at("2011-01-03T09:30:00Z", order(id, 2))
+            .at("2011-01-03T10:30:00Z", released(id));
+    }
+    g.at("2011-01-05T10:00:00Z", receipt(1, "4.00", "PO-X"));
+    let all = holds(&g);
+    assert_eq!(all["count"], 5);
+    assert_eq!(all["next_after"], Value::Null);
+    let keys: Vec<String> = all["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["key"].as_str().unwrap().to_owned())
+        .collect();
+    let first = holds_page(&g, None, 2).unwrap();
+    assert_eq!(first["holds"].as_array().unwrap().len(), 2);
+    assert_eq!(first["next_after"], keys[1].as_str());
+    // The second listed hold is carried out before the next page is asked for.
+    let second_order = keys[1].rsplit('.').next().unwrap().to_owned();
+    g.by(
+        "exceptions",
+        "2011-01-05T10:00:00Z",
+        json!({"type": "order.held", "data": {"order": second_order, "reason": "exception.order_unshipped"}}),
+    );
+    let mut seen: Vec<String> = first["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["key"].as_str().unwrap().to_owned())
+        .collect();
+    let mut after = first["next_after"].as_str().map(str::to_owned);
+    while let Some(a) = after {
+        let page = holds_page(&g, Some(&a), 2).unwrap();
+        seen.extend(
+            page["holds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["key"].as_str().unwrap().to_owned()),
+        );
+        after = page["next_after"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, keys, "every hold once, in order");
+    let bad = holds_page(&g, Some("exc.order_unshipped.NOPE"), 2).unwrap_err();
+    assert!(bad.contains("after") && bad.contains("NOPE"), "{bad}");
+}
