@@ -971,7 +971,24 @@ impl<'a> Decider<'a> {
                     qty: qty(take),
                 }),
             ));
-            let routes = self.route(sku, take, &order.channel, &order.region, &promised);
+            // Nodes already shipping the order's other units are preferred: fewer shipments.
+            let mut shipping: Vec<LocationId> = order
+                .lines
+                .values()
+                .flat_map(|l| l.allocated.iter().chain(&l.picked))
+                .filter(|(at, n)| **n > 0 && *at != location)
+                .map(|(at, _)| at.clone())
+                .collect();
+            shipping.sort();
+            shipping.dedup();
+            let routes = self.route(
+                sku,
+                take,
+                &order.channel,
+                &order.region,
+                &promised,
+                &shipping,
+            );
             for (to, n, reason) in routes {
                 *promised.entry((sku.clone(), to.clone())).or_insert(0) += n;
                 events.extend(allocation_events(
@@ -1357,11 +1374,13 @@ impl<'a> Decider<'a> {
         Ok(events)
     }
 
-    /// Routes and allocates lines. Per line: if some nodes can fill it entirely, the best of
-    /// them takes it all; otherwise nodes with more available come first and the line is split
-    /// across them. "Best" is: in the ship-to region, then the lowest routing priority, then
-    /// the location id. What no node can give is backordered. With `ShipComplete`, nothing is
-    /// allocated unless every line can be filled.
+    /// Routes and allocates lines, with as few shipments as it can: if one node can fill every
+    /// line, the best such node ships the whole order. Otherwise, per line: if some nodes can
+    /// fill it entirely, the best of them takes it all, a node already shipping an earlier
+    /// line of the order first; otherwise nodes with more available come first and the line
+    /// is split across them. "Best" is: in the ship-to region, then the lowest routing
+    /// priority, then the location id. What no node can give is backordered. With
+    /// `ShipComplete`, nothing is allocated unless every line can be filled.
     fn allocate(
         &self,
         order: &OrderId,
@@ -1370,14 +1389,29 @@ impl<'a> Decider<'a> {
         policy: &FulfilmentPolicy,
         lines: &[(u32, Sku, i64)],
     ) -> Decision {
-        let mut promised = Promised::new();
         let mut plan: Vec<(u32, Sku, Vec<Route>, i64)> = Vec::new();
-        for (line, sku, want) in lines {
-            let routes = self.route(sku, *want, channel, region, &promised);
-            for (location, take, _) in &routes {
-                *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+        if let Some(node) = self.one_node_for_all(lines, channel, region) {
+            for (line, sku, want) in lines {
+                plan.push((
+                    *line,
+                    sku.clone(),
+                    vec![(node.0.clone(), *want, node.1.clone())],
+                    *want,
+                ));
             }
-            plan.push((*line, sku.clone(), routes, *want));
+        } else {
+            let mut promised = Promised::new();
+            let mut shipping: Vec<LocationId> = Vec::new();
+            for (line, sku, want) in lines {
+                let routes = self.route(sku, *want, channel, region, &promised, &shipping);
+                for (location, take, _) in &routes {
+                    *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+                    if !shipping.contains(location) {
+                        shipping.push(location.clone());
+                    }
+                }
+                plan.push((*line, sku.clone(), routes, *want));
+            }
         }
         let complete = plan
             .iter()
@@ -1407,7 +1441,56 @@ impl<'a> Decider<'a> {
         events
     }
 
-    /// Where `want` units of `sku` come from, in the routing order described on `allocate`.
+    /// The best node (as `allocate` ranks them) that can fill every one of several `lines`,
+    /// with the reason to record; `None` for a single line (`route` places it) or when no
+    /// node has them all.
+    fn one_node_for_all(
+        &self,
+        lines: &[(u32, Sku, i64)],
+        channel: &ChannelId,
+        region: &str,
+    ) -> Option<(LocationId, String)> {
+        if lines.len() < 2 {
+            return None;
+        }
+        let best = self
+            .state
+            .locations
+            .values()
+            .map(|d| &d.value)
+            .filter(|l| {
+                self.state
+                    .location_entities
+                    .get(&l.location)
+                    .is_none_or(|owner| *owner == self.command.legal_entity)
+            })
+            .filter(|l| {
+                let mut promised = Promised::new();
+                lines.iter().all(|(_, sku, want)| {
+                    let fills = self.available(sku, &l.location, Some(channel), &promised) >= *want;
+                    *promised
+                        .entry((sku.clone(), l.location.clone()))
+                        .or_insert(0) += want;
+                    fills
+                })
+            })
+            .min_by_key(|l| (l.region != region, l.routing_priority, l.location.clone()))?;
+        let reason = format!(
+            "{} has every line of the order: one shipment; {}; routing priority {}",
+            best.location,
+            if best.region != region {
+                format!("outside region {region}")
+            } else {
+                format!("in region {region}")
+            },
+            best.routing_priority
+        );
+        Some((best.location.clone(), reason))
+    }
+
+    /// Where `want` units of `sku` come from, in the routing order described on `allocate`;
+    /// `shipping`: nodes already shipping other lines of the order, preferred when they can
+    /// fill this one entirely.
     fn route(
         &self,
         sku: &Sku,
@@ -1415,6 +1498,7 @@ impl<'a> Decider<'a> {
         channel: &ChannelId,
         region: &str,
         promised: &Promised,
+        shipping: &[LocationId],
     ) -> Vec<Route> {
         let mut candidates: Vec<(i64, bool, u32, &LocationId)> = self
             .state
@@ -1444,6 +1528,7 @@ impl<'a> Decider<'a> {
         candidates.sort_by_key(|&(available, other_region, priority, location)| {
             (
                 if whole { 0 } else { -available },
+                whole && !shipping.contains(location),
                 other_region,
                 priority,
                 location.clone(),
@@ -1459,7 +1544,11 @@ impl<'a> Decider<'a> {
             left -= take;
             let reason = format!(
                 "{}; {}; routing priority {priority}",
-                if whole {
+                if whole && shipping.contains(location) {
+                    format!(
+                        "{location} has all {want} available and ships another line of the order"
+                    )
+                } else if whole {
                     format!("{location} has all {want} available")
                 } else {
                     format!("no node has all {want}; {location} has {available}")

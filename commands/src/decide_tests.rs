@@ -1644,3 +1644,78 @@ fn quantities_stated_in_a_pack_unit_are_decided_in_base_units() {
         code::QUANTITY_LIMIT
     );
 }
+
+/// Where each line of `d` was routed: (line, location, reason).
+fn routes(d: &Decision) -> Vec<(u32, String, String)> {
+    d.iter()
+        .filter_map(|(_, e)| match e {
+            Event::LineRouted(r) => Some((r.line, r.location.to_string(), r.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_order_one_node_can_fill_whole_ships_from_it_in_one_shipment() {
+    // Given WH1 (UK, priority 1) has A only and WH2 (DE, priority 2) has A and SAFE; when a
+    // UK order asks for both, then both come from WH2: one shipment beats the better node
+    // for line 1 and a second parcel from WH2.
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.receive("A", "WH2", 10);
+    w.receive("SAFE", "WH2", 10);
+    let d = w.order("O1", json!([line(1, "A", 2), line(2, "SAFE", 3)]));
+    let r = routes(&d);
+    assert_eq!(
+        r.iter()
+            .map(|(l, at, _)| (*l, at.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "WH2"), (2, "WH2")]
+    );
+    assert!(r[0].2.contains("one shipment"), "{}", r[0].2);
+    assert!(r[0].2.contains("outside region UK"), "{}", r[0].2);
+    assert_eq!(w.balance("A", "WH2").allocated, 2);
+    assert_eq!(w.balance("A", "WH1").allocated, 0);
+    // Two lines of one SKU count together: WH1 holds 10 A, the order wants 6 + 6, so no
+    // node fills it whole and line 1 goes to the better node, line 2 to WH2 (8 left there
+    // after O1's 2).
+    let d = w.order("O2", json!([line(1, "A", 6), line(2, "A", 6)]));
+    let r = routes(&d);
+    assert_eq!(
+        r.iter()
+            .map(|(l, at, _)| (*l, at.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "WH1"), (2, "WH2")]
+    );
+    // A single line keeps its own routing: the UK node that has it all.
+    let d = w.order("O3", json!([line(1, "A", 1)]));
+    assert_eq!(routes(&d)[0].1, "WH1");
+}
+
+#[test]
+fn without_a_node_for_everything_a_line_goes_where_another_line_already_ships() {
+    // Given WH3 (UK, priority 3) is the only node with SAFE, A is at WH1 and WH3, and NEG
+    // only at WH2; when an order asks SAFE, A, NEG, then A joins SAFE at WH3 (two shipments)
+    // instead of going to the better WH1 (three).
+    let mut w = World::new();
+    w.given(
+        "location.define",
+        json!({"location": "WH3", "kind": "Warehouse", "region": "UK", "routing_priority": 3}),
+    );
+    w.receive("SAFE", "WH3", 10);
+    w.receive("A", "WH1", 10);
+    w.receive("A", "WH3", 10);
+    w.receive("NEG", "WH2", 10);
+    let d = w.order(
+        "O1",
+        json!([line(1, "SAFE", 1), line(2, "A", 1), line(3, "NEG", 1)]),
+    );
+    let r = routes(&d);
+    assert_eq!(
+        r.iter()
+            .map(|(l, at, _)| (*l, at.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "WH3"), (2, "WH3"), (3, "WH2")]
+    );
+    assert!(r[1].2.contains("ships another line"), "{}", r[1].2);
+}
