@@ -88,6 +88,14 @@ command_data! {
         pub routing_priority: u32,
     }
 
+    /// What one shipment from `location` to `region` costs; routing takes the cheapest node
+    /// among those that ship an order in as few parcels.
+    pub struct SetShippingRate {
+        pub location: LocationId,
+        pub region: String,
+        pub cost: Money,
+    }
+
     pub struct DefineChannel {
         pub channel: ChannelId,
         #[serde(default)]
@@ -634,6 +642,7 @@ macro_rules! commands {
 commands! {
     DefineItem(DefineItem) = "item.define";
     DefineLocation(DefineLocation) = "location.define";
+    SetShippingRate(SetShippingRate) = "location.set_shipping_rate";
     DefineChannel(DefineChannel) = "channel.define";
     DefineSupplier(DefineSupplier) = "supplier.define";
     Receive(Receive) = "stock.receive";

@@ -457,6 +457,7 @@ fn decide_rules(
                 routing_priority: c.routing_priority,
             }),
         )]),
+        CommandBody::SetShippingRate(c) => d.set_shipping_rate(c),
         CommandBody::DefineChannel(c) => Ok(vec![(
             Subject::Channel(c.channel.clone()),
             Event::ChannelDefined(ChannelDefined {
@@ -1179,6 +1180,55 @@ impl<'a> Decider<'a> {
         )])
     }
 
+    fn set_shipping_rate(&self, c: &SetShippingRate) -> Result<Decision, Rejection> {
+        self.location(&c.location)?;
+        if c.region.trim().is_empty() {
+            return Err(reject(
+                code::INVALID_COMMAND,
+                "data.region: expected the ship-to region the rate is for (as orders name it in ship_to_region), got an empty text",
+            ));
+        }
+        if c.cost.amount.is_sign_negative() {
+            return Err(reject(
+                code::NEGATIVE_AMOUNT,
+                format!(
+                    "data.cost.amount: a shipment cannot cost less than nothing, got {}",
+                    c.cost.amount
+                ),
+            ));
+        }
+        // Routing compares the rates of one entity's nodes: they are all in one currency.
+        let others = self
+            .state
+            .shipping_rates
+            .iter()
+            .filter(|(at, _)| {
+                self.state.location_entities.get(*at)
+                    == self.state.location_entities.get(&c.location)
+            })
+            .flat_map(|(at, rates)| rates.iter().map(move |(region, cost)| (at, region, cost)))
+            .find(|(at, region, cost)| {
+                cost.currency != c.cost.currency && !(**at == c.location && **region == c.region)
+            });
+        if let Some((at, region, cost)) = others {
+            return Err(reject(
+                code::CURRENCY_MISMATCH,
+                format!(
+                    "data.cost.currency: {}, but the rate from {at} to {region} is in {}; routing compares the rates of an entity's nodes, so they are all in one currency",
+                    c.cost.currency, cost.currency
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Location(c.location.clone()),
+            Event::ShippingRateSet(ShippingRateSet {
+                location: c.location.clone(),
+                region: c.region.clone(),
+                cost: c.cost,
+            }),
+        )])
+    }
+
     fn set_channel_allocation(&self, c: &SetChannelAllocation) -> Result<Decision, Rejection> {
         self.item(&c.sku)?;
         self.channel(&c.channel)?;
@@ -1441,6 +1491,34 @@ impl<'a> Decider<'a> {
         events
     }
 
+    /// How a node ranks by what a shipment from it to `region` costs: nodes with a rate
+    /// first, the cheapest first; nodes without one after them.
+    fn shipping_cost_rank(
+        &self,
+        location: &LocationId,
+        region: &str,
+    ) -> (bool, rust_decimal::Decimal) {
+        match self.shipping_cost(location, region) {
+            Some(cost) => (false, cost.amount),
+            None => (true, rust_decimal::Decimal::ZERO),
+        }
+    }
+
+    fn shipping_cost(&self, location: &LocationId, region: &str) -> Option<Money> {
+        self.state
+            .shipping_rates
+            .get(location)
+            .and_then(|rates| rates.get(region))
+            .copied()
+    }
+
+    /// The rate a routing reason names, if there is one.
+    fn shipping_cost_words(&self, location: &LocationId, region: &str) -> String {
+        self.shipping_cost(location, region)
+            .map(|c| format!("; a shipment to {region} costs {} {}", c.amount, c.currency))
+            .unwrap_or_default()
+    }
+
     /// The best node (as `allocate` ranks them) that can fill every one of several `lines`,
     /// with the reason to record; `None` for a single line (`route` places it) or when no
     /// node has them all.
@@ -1474,10 +1552,18 @@ impl<'a> Decider<'a> {
                     fills
                 })
             })
-            .min_by_key(|l| (l.region != region, l.routing_priority, l.location.clone()))?;
+            .min_by_key(|l| {
+                (
+                    self.shipping_cost_rank(&l.location, region),
+                    l.region != region,
+                    l.routing_priority,
+                    l.location.clone(),
+                )
+            })?;
         let reason = format!(
-            "{} has every line of the order: one shipment; {}; routing priority {}",
+            "{} has every line of the order: one shipment{}; {}; routing priority {}",
             best.location,
+            self.shipping_cost_words(&best.location, region),
             if best.region != region {
                 format!("outside region {region}")
             } else {
@@ -1529,6 +1615,7 @@ impl<'a> Decider<'a> {
             (
                 if whole { 0 } else { -available },
                 whole && !shipping.contains(location),
+                self.shipping_cost_rank(location, region),
                 other_region,
                 priority,
                 location.clone(),
@@ -1543,7 +1630,7 @@ impl<'a> Decider<'a> {
             let take = available.min(left);
             left -= take;
             let reason = format!(
-                "{}; {}; routing priority {priority}",
+                "{}{}; {}; routing priority {priority}",
                 if whole && shipping.contains(location) {
                     format!(
                         "{location} has all {want} available and ships another line of the order"
@@ -1553,6 +1640,7 @@ impl<'a> Decider<'a> {
                 } else {
                     format!("no node has all {want}; {location} has {available}")
                 },
+                self.shipping_cost_words(location, region),
                 if other_region {
                     format!("outside region {region}")
                 } else {

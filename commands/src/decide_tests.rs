@@ -1719,3 +1719,96 @@ fn without_a_node_for_everything_a_line_goes_where_another_line_already_ships() 
     );
     assert!(r[1].2.contains("ships another line"), "{}", r[1].2);
 }
+
+fn rate(location: &str, region: &str, amount: &str, currency: &str) -> serde_json::Value {
+    json!({"location": location, "region": region, "cost": {"amount": amount, "currency": currency}})
+}
+
+#[test]
+fn among_nodes_that_ship_in_as_few_parcels_the_cheapest_rate_wins() {
+    // Given WH1 (UK, priority 1) and WH2 (DE, priority 2) both hold A and SAFE, and a parcel
+    // to the UK costs 5.00 from WH1 and 3.00 from WH2; when UK orders come, then they go to
+    // WH2, whole orders and single lines alike, and the reason names the rate.
+    let mut w = World::new();
+    for at in ["WH1", "WH2"] {
+        w.receive("A", at, 10);
+        w.receive("SAFE", at, 10);
+    }
+    let d = w.given(
+        "location.set_shipping_rate",
+        rate("WH1", "UK", "5.00", "GBP"),
+    );
+    assert_eq!(types(&d), ["location.shipping_rate_set"]);
+    assert_eq!(d[0].0, Subject::Location(LocationId::new("WH1").unwrap()));
+    w.given(
+        "location.set_shipping_rate",
+        rate("WH2", "UK", "3.00", "GBP"),
+    );
+    let d = w.order("O1", json!([line(1, "A", 1)]));
+    let r = routes(&d);
+    assert_eq!(r[0].1, "WH2");
+    assert!(r[0].2.contains("costs 3.00 GBP"), "{}", r[0].2);
+    let d = w.order("O2", json!([line(1, "A", 1), line(2, "SAFE", 1)]));
+    let r = routes(&d);
+    assert_eq!(
+        r.iter()
+            .map(|(l, at, _)| (*l, at.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "WH2"), (2, "WH2")]
+    );
+    assert!(
+        r[0].2
+            .contains("one shipment; a shipment to UK costs 3.00 GBP"),
+        "{}",
+        r[0].2
+    );
+    // Fewer parcels still come first: WH2 runs out of SAFE, so the whole order ships from
+    // WH1 however much dearer.
+    w.given(
+        "stock.adjust",
+        json!({"sku": "SAFE", "location": "WH2", "delta": -9, "reason": "damaged"}),
+    );
+    let d = w.order("O3", json!([line(1, "A", 1), line(2, "SAFE", 1)]));
+    assert_eq!(
+        routes(&d)
+            .iter()
+            .map(|(_, at, _)| at.as_str())
+            .collect::<Vec<_>>(),
+        ["WH1", "WH1"]
+    );
+    // A rate changes by setting it again; a node with no rate to a region comes after the
+    // nodes that have one.
+    w.given(
+        "location.set_shipping_rate",
+        rate("WH2", "UK", "9.00", "GBP"),
+    );
+    let d = w.order("O4", json!([line(1, "A", 1)]));
+    assert_eq!(routes(&d)[0].1, "WH1");
+}
+
+#[test]
+fn a_shipping_rate_is_refused_for_an_unknown_node_an_empty_region_a_negative_cost_or_a_second_currency()
+ {
+    let mut w = World::new();
+    let refused = |w: &World, data| w.when("location.set_shipping_rate", data).unwrap_err();
+    let r = refused(&w, rate("NOWHERE", "UK", "1.00", "GBP"));
+    assert_eq!(r.code, code::UNKNOWN_LOCATION);
+    let r = refused(&w, rate("WH1", " ", "1.00", "GBP"));
+    assert_eq!(r.code, code::INVALID_COMMAND);
+    assert!(r.message.starts_with("data.region"), "{}", r.message);
+    let r = refused(&w, rate("WH1", "UK", "-0.01", "GBP"));
+    assert_eq!(r.code, code::NEGATIVE_AMOUNT);
+    assert!(r.message.contains("data.cost.amount"), "{}", r.message);
+    w.given(
+        "location.set_shipping_rate",
+        rate("WH1", "UK", "4.00", "GBP"),
+    );
+    let r = refused(&w, rate("WH2", "DE", "4.00", "EUR"));
+    assert_eq!(r.code, code::CURRENCY_MISMATCH);
+    assert!(r.message.contains("WH1 to UK is in GBP"), "{}", r.message);
+    // The one rate there is may change currency: nothing else compares with it then.
+    w.given(
+        "location.set_shipping_rate",
+        rate("WH1", "UK", "4.50", "EUR"),
+    );
+}

@@ -53,6 +53,7 @@ pub const THRESHOLD_TYPES: &[(&str, MeasureKind)] = &[
 pub const OUTSIDE_PERIODS: &[&str] = &[
     "item.define",
     "location.define",
+    "location.set_shipping_rate",
     "channel.define",
     "supplier.define",
     "legal_entity.define",

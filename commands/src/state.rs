@@ -678,6 +678,8 @@ pub struct State {
     /// The legal entity each location belongs to: the one that defined it first. Its stock is
     /// that entity's; other entities' orders are not routed there.
     pub location_entities: BTreeMap<LocationId, ledger::values::EntityId>,
+    /// What a shipment costs, by location and ship-to region (`location.shipping_rate_set`).
+    pub shipping_rates: BTreeMap<LocationId, BTreeMap<String, ledger::values::Money>>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
     pub stock: IndexMap<Sku, StockState>,
@@ -821,6 +823,12 @@ impl State {
                         value: ItemRules::of(e),
                     },
                 );
+            }
+            E::ShippingRateSet(e) => {
+                self.shipping_rates
+                    .entry(e.location.clone())
+                    .or_default()
+                    .insert(e.region.clone(), e.cost);
             }
             E::LocationDefined(e) => {
                 self.location_entities

@@ -188,6 +188,15 @@ payload! {
         pub routing_priority: u32,
     }
 
+    /// What one shipment from `location` to `region` costs (a carrier's rate card): order
+    /// routing takes the cheapest node among those that ship the order in as few parcels.
+    /// Set again to change it.
+    pub struct ShippingRateSet {
+        pub location: LocationId,
+        pub region: String,
+        pub cost: Money,
+    }
+
     pub struct SupplierDefined {
         pub supplier: SupplierId,
         pub name: String,
@@ -1079,6 +1088,7 @@ catalogue! {
     ItemDefined(ItemDefined) = "item.defined" v 2;
     ItemChanged(ItemDefined) = "item.changed" v 2;
     LocationDefined(LocationDefined) = "location.defined" v 1;
+    ShippingRateSet(ShippingRateSet) = "location.shipping_rate_set" v 1;
     SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
     ChannelDefined(ChannelDefined) = "channel.defined" v 1;
     LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 2;

@@ -181,6 +181,11 @@ fn sample(t: EventType) -> Event {
             capacity: Some(qty(1_000_000)),
             routing_priority: 1,
         }),
+        EventType::ShippingRateSet => Event::ShippingRateSet(ShippingRateSet {
+            location: loc("WH-LONDON"),
+            region: "UK".into(),
+            cost: gbp("3.95"),
+        }),
         EventType::SupplierDefined => Event::SupplierDefined(SupplierDefined {
             supplier: SupplierId::new("SUP-1").unwrap(),
             name: "Hearts & Lights Ltd".into(),
