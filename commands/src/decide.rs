@@ -522,6 +522,21 @@ pub(crate) struct Decider<'a> {
 /// Where a line goes: the node, how much it takes there, and why.
 type Route = (LocationId, i64, String);
 
+/// The nodes that hold units allocated to or picked for `order` (but `except`): its parcels
+/// so far.
+fn shipping_nodes(order: &OrderState, except: Option<&LocationId>) -> Vec<LocationId> {
+    let mut nodes: Vec<LocationId> = order
+        .lines
+        .values()
+        .flat_map(|l| l.allocated.iter().chain(&l.picked))
+        .filter(|(at, n)| **n > 0 && Some(*at) != except)
+        .map(|(at, _)| at.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
 /// Stock already promised by earlier lines of the same command, per SKU and location.
 type Promised = HashMap<(Sku, LocationId), i64>;
 
@@ -973,15 +988,7 @@ impl<'a> Decider<'a> {
                 }),
             ));
             // Nodes already shipping the order's other units are preferred: fewer shipments.
-            let mut shipping: Vec<LocationId> = order
-                .lines
-                .values()
-                .flat_map(|l| l.allocated.iter().chain(&l.picked))
-                .filter(|(at, n)| **n > 0 && *at != location)
-                .map(|(at, _)| at.clone())
-                .collect();
-            shipping.sort();
-            shipping.dedup();
+            let shipping = shipping_nodes(order, Some(location));
             let routes = self.route(
                 sku,
                 take,
@@ -1420,7 +1427,14 @@ impl<'a> Decider<'a> {
             .iter()
             .map(|l| (l.line, l.sku.clone(), l.qty.get()))
             .collect();
-        events.extend(self.allocate(&c.order, &c.channel, &c.ship_to_region, &c.policy, &wanted));
+        events.extend(self.allocate(
+            &c.order,
+            &c.channel,
+            &c.ship_to_region,
+            &c.policy,
+            &wanted,
+            Vec::new(),
+        ));
         Ok(events)
     }
 
@@ -1438,9 +1452,10 @@ impl<'a> Decider<'a> {
         region: &str,
         policy: &FulfilmentPolicy,
         lines: &[(u32, Sku, i64)],
+        shipping: Vec<LocationId>,
     ) -> Decision {
         let mut plan: Vec<(u32, Sku, Vec<Route>, i64)> = Vec::new();
-        if let Some(node) = self.one_node_for_all(lines, channel, region) {
+        if let Some(node) = self.one_node_for_all(lines, channel, region, &shipping) {
             for (line, sku, want) in lines {
                 plan.push((
                     *line,
@@ -1451,7 +1466,7 @@ impl<'a> Decider<'a> {
             }
         } else {
             let mut promised = Promised::new();
-            let mut shipping: Vec<LocationId> = Vec::new();
+            let mut shipping = shipping;
             for (line, sku, want) in lines {
                 let routes = self.route(sku, *want, channel, region, &promised, &shipping);
                 for (location, take, _) in &routes {
@@ -1527,8 +1542,9 @@ impl<'a> Decider<'a> {
         lines: &[(u32, Sku, i64)],
         channel: &ChannelId,
         region: &str,
+        shipping: &[LocationId],
     ) -> Option<(LocationId, String)> {
-        if lines.len() < 2 {
+        if lines.len() < 2 && shipping.is_empty() {
             return None;
         }
         let best = self
@@ -1554,15 +1570,25 @@ impl<'a> Decider<'a> {
             })
             .min_by_key(|l| {
                 (
+                    !shipping.contains(&l.location),
                     self.shipping_cost_rank(&l.location, region),
                     l.region != region,
                     l.routing_priority,
                     l.location.clone(),
                 )
             })?;
+        if lines.len() < 2 && !shipping.contains(&best.location) {
+            // One line, and no node of the order's parcels has it: `route` places it.
+            return None;
+        }
         let reason = format!(
-            "{} has every line of the order: one shipment{}; {}; routing priority {}",
+            "{} has every line {}: one shipment{}; {}; routing priority {}",
             best.location,
+            if shipping.contains(&best.location) {
+                "left, and ships the order already"
+            } else {
+                "of the order"
+            },
             self.shipping_cost_words(&best.location, region),
             if best.region != region {
                 format!("outside region {region}")
@@ -1715,6 +1741,8 @@ impl<'a> Decider<'a> {
                 format!("order {} has no backordered lines", c.order),
             ));
         }
+        // Nodes that already ship some of the order come first: fewer parcels.
+        let shipping = shipping_nodes(order, None);
         let events: Decision = self
             .allocate(
                 &c.order,
@@ -1722,6 +1750,7 @@ impl<'a> Decider<'a> {
                 &order.region,
                 &order.policy,
                 &waiting,
+                shipping,
             )
             .into_iter()
             // The lines are already backordered; only the allocations are new.

@@ -1812,3 +1812,24 @@ fn a_shipping_rate_is_refused_for_an_unknown_node_an_empty_region_a_negative_cos
         rate("WH1", "UK", "4.50", "EUR"),
     );
 }
+
+#[test]
+fn a_backorder_allocated_later_joins_the_node_that_already_ships_the_order() {
+    // Given order O1 ships A from WH2 and waits for SAFE; when SAFE turns up at both nodes
+    // and the order is allocated again, then SAFE comes from WH2 too (one parcel), not from
+    // the otherwise better WH1.
+    let mut w = World::new();
+    w.receive("A", "WH2", 10);
+    let d = w.order("O1", json!([line(1, "A", 2), line(2, "SAFE", 1)]));
+    assert_eq!(routes(&d)[0].1, "WH2");
+    for at in ["WH1", "WH2"] {
+        w.given(
+            "stock.adjust",
+            json!({"sku": "SAFE", "location": at, "delta": 10, "reason": "found"}),
+        );
+    }
+    let d = w.given("order.allocate", json!({"order": "O1"}));
+    let r = routes(&d);
+    assert_eq!((r[0].0, r[0].1.as_str()), (2, "WH2"));
+    assert!(r[0].2.contains("ships the order already"), "{}", r[0].2);
+}
