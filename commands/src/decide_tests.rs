@@ -1645,6 +1645,11 @@ fn quantities_stated_in_a_pack_unit_are_decided_in_base_units() {
     );
 }
 
+/// (line, location) of each route.
+fn lines_at(routes: &[(u32, String, String)]) -> Vec<(u32, &str)> {
+    routes.iter().map(|(l, at, _)| (*l, at.as_str())).collect()
+}
+
 /// Where each line of `d` was routed: (line, location, reason).
 fn routes(d: &Decision) -> Vec<(u32, String, String)> {
     d.iter()
@@ -1666,12 +1671,7 @@ fn an_order_one_node_can_fill_whole_ships_from_it_in_one_shipment() {
     w.receive("SAFE", "WH2", 10);
     let d = w.order("O1", json!([line(1, "A", 2), line(2, "SAFE", 3)]));
     let r = routes(&d);
-    assert_eq!(
-        r.iter()
-            .map(|(l, at, _)| (*l, at.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "WH2"), (2, "WH2")]
-    );
+    assert_eq!(lines_at(&r), [(1, "WH2"), (2, "WH2")]);
     assert!(r[0].2.contains("one shipment"), "{}", r[0].2);
     assert!(r[0].2.contains("outside region UK"), "{}", r[0].2);
     assert_eq!(w.balance("A", "WH2").allocated, 2);
@@ -1681,12 +1681,7 @@ fn an_order_one_node_can_fill_whole_ships_from_it_in_one_shipment() {
     // after O1's 2).
     let d = w.order("O2", json!([line(1, "A", 6), line(2, "A", 6)]));
     let r = routes(&d);
-    assert_eq!(
-        r.iter()
-            .map(|(l, at, _)| (*l, at.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "WH1"), (2, "WH2")]
-    );
+    assert_eq!(lines_at(&r), [(1, "WH1"), (2, "WH2")]);
     // A single line keeps its own routing: the UK node that has it all.
     let d = w.order("O3", json!([line(1, "A", 1)]));
     assert_eq!(routes(&d)[0].1, "WH1");
@@ -1711,12 +1706,7 @@ fn without_a_node_for_everything_a_line_goes_where_another_line_already_ships() 
         json!([line(1, "SAFE", 1), line(2, "A", 1), line(3, "NEG", 1)]),
     );
     let r = routes(&d);
-    assert_eq!(
-        r.iter()
-            .map(|(l, at, _)| (*l, at.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "WH3"), (2, "WH3"), (3, "WH2")]
-    );
+    assert_eq!(lines_at(&r), [(1, "WH3"), (2, "WH3"), (3, "WH2")]);
     assert!(r[1].2.contains("ships another line"), "{}", r[1].2);
 }
 
@@ -1750,12 +1740,7 @@ fn among_nodes_that_ship_in_as_few_parcels_the_cheapest_rate_wins() {
     assert!(r[0].2.contains("costs 3.00 GBP"), "{}", r[0].2);
     let d = w.order("O2", json!([line(1, "A", 1), line(2, "SAFE", 1)]));
     let r = routes(&d);
-    assert_eq!(
-        r.iter()
-            .map(|(l, at, _)| (*l, at.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "WH2"), (2, "WH2")]
-    );
+    assert_eq!(lines_at(&r), [(1, "WH2"), (2, "WH2")]);
     assert!(
         r[0].2
             .contains("one shipment; a shipment to UK costs 3.00 GBP"),
@@ -1790,22 +1775,41 @@ fn among_nodes_that_ship_in_as_few_parcels_the_cheapest_rate_wins() {
 fn a_shipping_rate_is_refused_for_an_unknown_node_an_empty_region_a_negative_cost_or_a_second_currency()
  {
     let mut w = World::new();
-    let refused = |w: &World, data| w.when("location.set_shipping_rate", data).unwrap_err();
-    let r = refused(&w, rate("NOWHERE", "UK", "1.00", "GBP"));
-    assert_eq!(r.code, code::UNKNOWN_LOCATION);
-    let r = refused(&w, rate("WH1", " ", "1.00", "GBP"));
-    assert_eq!(r.code, code::INVALID_COMMAND);
-    assert!(r.message.starts_with("data.region"), "{}", r.message);
-    let r = refused(&w, rate("WH1", "UK", "-0.01", "GBP"));
-    assert_eq!(r.code, code::NEGATIVE_AMOUNT);
-    assert!(r.message.contains("data.cost.amount"), "{}", r.message);
+    let refused = |w: &World, data, code: &str, says: &str| {
+        let r = w.when("location.set_shipping_rate", data).unwrap_err();
+        assert_eq!(r.code, code, "{}", r.message);
+        assert!(r.message.contains(says), "{}", r.message);
+    };
+    let cases = [
+        (
+            rate("NOWHERE", "UK", "1.00", "GBP"),
+            code::UNKNOWN_LOCATION,
+            "NOWHERE",
+        ),
+        (
+            rate("WH1", " ", "1.00", "GBP"),
+            code::INVALID_COMMAND,
+            "data.region",
+        ),
+        (
+            rate("WH1", "UK", "-0.01", "GBP"),
+            code::NEGATIVE_AMOUNT,
+            "data.cost.amount",
+        ),
+    ];
+    for (data, code, says) in cases {
+        refused(&w, data, code, says);
+    }
     w.given(
         "location.set_shipping_rate",
         rate("WH1", "UK", "4.00", "GBP"),
     );
-    let r = refused(&w, rate("WH2", "DE", "4.00", "EUR"));
-    assert_eq!(r.code, code::CURRENCY_MISMATCH);
-    assert!(r.message.contains("WH1 to UK is in GBP"), "{}", r.message);
+    refused(
+        &w,
+        rate("WH2", "DE", "4.00", "EUR"),
+        code::CURRENCY_MISMATCH,
+        "WH1 to UK is in GBP",
+    );
     // The one rate there is may change currency: nothing else compares with it then.
     w.given(
         "location.set_shipping_rate",
