@@ -1442,9 +1442,11 @@ impl<'a> Decider<'a> {
     /// line, the best such node ships the whole order. Otherwise, per line: if some nodes can
     /// fill it entirely, the best of them takes it all, a node already shipping an earlier
     /// line of the order first; otherwise nodes with more available come first and the line
-    /// is split across them. "Best" is: in the ship-to region, then the lowest routing
-    /// priority, then the location id. What no node can give is backordered. With
-    /// `ShipComplete`, nothing is allocated unless every line can be filled.
+    /// is split across them. "Best" is: the cheapest shipment to the ship-to region (nodes
+    /// with a rate first), then in the region, then the lowest routing priority, then the
+    /// location id. `shipping`: nodes already shipping some of the order, preferred over all
+    /// of these. What no node can give is backordered. With `ShipComplete`, nothing is
+    /// allocated unless every line can be filled.
     fn allocate(
         &self,
         order: &OrderId,
@@ -1535,8 +1537,8 @@ impl<'a> Decider<'a> {
     }
 
     /// The best node (as `allocate` ranks them) that can fill every one of several `lines`,
-    /// with the reason to record; `None` for a single line (`route` places it) or when no
-    /// node has them all.
+    /// with the reason to record (nodes in `shipping` first); `None` when no node has them
+    /// all, or for a single line no node in `shipping` can fill (`route` places it).
     fn one_node_for_all(
         &self,
         lines: &[(u32, Sku, i64)],
