@@ -383,29 +383,24 @@ fn in_base_units(state: &State, command: &Command) -> Result<Option<Command>, Re
                     QtyDelta::new(scale(c.delta.get(), by, "delta")?).expect("within the limit");
             }
         }
-        CommandBody::PlaceOrder(c) => {
-            for (i, l) in c.lines.iter_mut().enumerate() {
-                convert(
-                    &l.sku,
-                    &mut l.unit,
-                    &mut l.qty,
-                    &format!("lines[{i}]."),
-                    "qty",
-                )?;
-            }
-        }
-        CommandBody::CreatePurchaseOrder(c) => {
-            for (i, l) in c.lines.iter_mut().enumerate() {
-                convert(
-                    &l.sku,
-                    &mut l.unit,
-                    &mut l.qty,
-                    &format!("lines[{i}]."),
-                    "qty",
-                )?;
-            }
-        }
         _ => {}
+    }
+    // Lines of orders and purchase orders: each its sku, unit and quantity.
+    let lines: Vec<(&Sku, &mut Option<ledger::values::UnitName>, &mut Qty)> = match &mut body {
+        CommandBody::PlaceOrder(c) => c
+            .lines
+            .iter_mut()
+            .map(|l| (&l.sku, &mut l.unit, &mut l.qty))
+            .collect(),
+        CommandBody::CreatePurchaseOrder(c) => c
+            .lines
+            .iter_mut()
+            .map(|l| (&l.sku, &mut l.unit, &mut l.qty))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (i, (sku, unit, q)) in lines.into_iter().enumerate() {
+        convert(sku, unit, q, &format!("lines[{i}]."), "qty")?;
     }
     Ok(Some(Command {
         body,
@@ -1536,6 +1531,17 @@ impl<'a> Decider<'a> {
             .unwrap_or_default()
     }
 
+    /// The locations of the command's own entity: their stock is its stock, and orders are
+    /// routed only there.
+    fn own_locations(&self) -> impl Iterator<Item = &'a LocationDefined> + '_ {
+        self.state.locations.values().map(|d| &d.value).filter(|l| {
+            self.state
+                .location_entities
+                .get(&l.location)
+                .is_none_or(|owner| *owner == self.command.legal_entity)
+        })
+    }
+
     /// The best node (as `allocate` ranks them) that can fill every one of several `lines`,
     /// with the reason to record (nodes in `shipping` first); `None` when no node has them
     /// all, or for a single line no node in `shipping` can fill (`route` places it).
@@ -1550,16 +1556,7 @@ impl<'a> Decider<'a> {
             return None;
         }
         let best = self
-            .state
-            .locations
-            .values()
-            .map(|d| &d.value)
-            .filter(|l| {
-                self.state
-                    .location_entities
-                    .get(&l.location)
-                    .is_none_or(|owner| *owner == self.command.legal_entity)
-            })
+            .own_locations()
             .filter(|l| {
                 let mut promised = Promised::new();
                 lines.iter().all(|(_, sku, want)| {
@@ -1615,18 +1612,8 @@ impl<'a> Decider<'a> {
         shipping: &[LocationId],
     ) -> Vec<Route> {
         let mut candidates: Vec<(i64, bool, u32, &LocationId)> = self
-            .state
-            .locations
-            .values()
-            // Only the order's own entity's locations: their stock is its stock.
-            .filter(|d| {
-                self.state
-                    .location_entities
-                    .get(&d.value.location)
-                    .is_none_or(|owner| *owner == self.command.legal_entity)
-            })
-            .map(|d| {
-                let l = &d.value;
+            .own_locations()
+            .map(|l| {
                 (
                     self.available(sku, &l.location, Some(channel), promised),
                     l.region != region,
