@@ -257,6 +257,8 @@ enum Command {
         /// Ignore the stored snapshot and rebuild the write model from the whole ledger.
         #[arg(long)]
         from_scratch: bool,
+        #[command(flatten)]
+        clock: ClockArgs,
     },
     /// Generate NATS users per role (processor, projector, upstream, auditor) with subject
     /// permissions, for `erp up --auth DIR` or your own server.
@@ -526,6 +528,31 @@ struct UpArgs {
     /// Do not start the HTTP gateway.
     #[arg(long)]
     no_http: bool,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+/// How the processor moves business clocks on in a quiet ledger.
+#[derive(Debug, Clone, clap::Args)]
+struct ClockArgs {
+    /// Minutes of wall time a legal entity may go without an event before the processor
+    /// moves its business clock on to the wall clock (`clock.tick`, on whole multiples of
+    /// it), so time-based exception rules fall due in a quiet ledger; 0: never. Default 15,
+    /// and 0 with --demo, whose business time is 2010-2011.
+    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u32).range(0..=10080))]
+    clock_tick: Option<u32>,
+}
+
+impl ClockArgs {
+    fn every(&self, loads_history: bool) -> Option<std::time::Duration> {
+        match self
+            .clock_tick
+            .unwrap_or(if loads_history { 0 } else { 15 })
+        {
+            0 => None,
+            minutes => Some(std::time::Duration::from_secs(60 * u64::from(minutes))),
+        }
+    }
 }
 
 /// Purchasing rules the processor decides with.
@@ -746,6 +773,7 @@ async fn run() -> anyhow::Result<()> {
             next_batch_at,
             snapshot_every,
             from_scratch,
+            clock,
         } => {
             let auth = nats.auth_dir()?;
             warn_if_open_and_remote(&nats, auth.is_some());
@@ -762,6 +790,7 @@ async fn run() -> anyhow::Result<()> {
                 },
                 snapshot_every,
                 from_scratch,
+                clock_tick: clock.every(false),
                 ..ServiceConfig::default()
             };
             commands::service::run(client, log, config, stop_within("processor", STOP_GRACE))

@@ -154,6 +154,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         purchasing,
         http,
         no_http,
+        clock,
     } = args;
     // The gateway's port is taken and its certificate read now, so a clash or a bad file is
     // a clear error before anything starts.
@@ -218,6 +219,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         roles,
         purchase_policy: purchasing.policy(),
         principals: auth.as_ref().map(|a| a.principals.clone()),
+        clock_tick: clock.every(demo.is_some()),
         ..ServiceConfig::default()
     };
     let ledger_config = nats.ledger();

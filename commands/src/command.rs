@@ -557,6 +557,11 @@ command_data! {
         pub rule: Option<ExceptionRule>,
     }
 
+    /// Moves the legal entity's business clock on to the command's effective time when
+    /// nothing happened there since an earlier time (`clock.ticked`). The processor sends it
+    /// on whole ticks of wall time (`erp process --clock-tick`); `data` is `{}`.
+    pub struct TickClock {}
+
     /// Gives an exception an owner. `exception` names its kind and subject, as the
     /// `exceptions` view lists it.
     pub struct AssignException {
@@ -693,6 +698,7 @@ commands! {
     AssignException(AssignException) = "exception.assign";
     ResolveException(ResolveException) = "exception.resolve";
     SnoozeException(SnoozeException) = "exception.snooze";
+    TickClock(TickClock) = "clock.tick";
 }
 
 /// A decoded, valid command.

@@ -93,6 +93,8 @@ pub mod code {
     /// An exception action names a kind with a subject of another shape (a count variance
     /// on an order).
     pub const INVALID_EXCEPTION: &str = "invalid_exception";
+    /// `clock.tick` at or before the latest effective time the legal entity already has.
+    pub const CLOCK_NOT_BEHIND: &str = "clock_not_behind";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
     /// Produced by the processor: the actor's role may not send this command
@@ -148,6 +150,7 @@ pub mod code {
         STALE_APPROVAL,
         REASON_REQUIRED,
         INVALID_EXCEPTION,
+        CLOCK_NOT_BEHIND,
     ];
 }
 
@@ -502,6 +505,7 @@ fn decide_rules(
         CommandBody::AssignException(c) => d.assign_exception(c),
         CommandBody::ResolveException(c) => d.resolve_exception(c),
         CommandBody::SnoozeException(c) => d.snooze_exception(c),
+        CommandBody::TickClock(_) => d.tick_clock(),
     }
 }
 

@@ -1837,3 +1837,73 @@ fn a_backorder_allocated_later_joins_the_node_that_already_ships_the_order() {
     assert_eq!((r[0].0, r[0].1.as_str()), (2, "WH2"));
     assert!(r[0].2.contains("ships the order already"), "{}", r[0].2);
 }
+
+#[test]
+fn a_clock_tick_moves_a_quiet_entitys_clock_on_once_per_tick_and_never_back() {
+    let mut w = World::new();
+    let every = std::time::Duration::from_secs(15 * 60);
+    let at = |t: &str| Timestamp::parse(t).unwrap();
+    // The last event was at 10:00: at 10:14 a whole tick has not passed since.
+    assert!(crate::processor::clock_ticks(&w.state, at("2011-01-01T10:14:59Z"), every).is_empty());
+    // At 10:31 the clock is behind by more than a tick: one tick, at 10:30.
+    let ticks = crate::processor::clock_ticks(&w.state, at("2011-01-01T10:31:07Z"), every);
+    assert_eq!(ticks.len(), 1);
+    let tick = &ticks[0];
+    assert_eq!(tick.effective_at, at("2011-01-01T10:30:00Z"));
+    assert_eq!(tick.legal_entity.as_str(), "UK01");
+    assert_eq!(tick.actor.role.as_str(), "system");
+    // Asked again within the same tick: the same command (same id), so it is stored once.
+    let again = crate::processor::clock_ticks(&w.state, at("2011-01-01T10:44:59Z"), every);
+    assert_eq!(again[0].command_id, tick.command_id);
+    let decision = decide(&w.state, tick).expect("accepted");
+    assert_eq!(types(&decision), ["clock.ticked"]);
+    assert_eq!(
+        decision[0].0,
+        ledger::Subject::LegalEntity(EntityId::new("UK01").unwrap())
+    );
+    let Event::ClockTicked(e) = &decision[0].1 else {
+        panic!("{decision:?}")
+    };
+    assert_eq!(e.previous, at("2011-01-01T10:00:00Z"));
+    // Not after the entity's latest effective time: refused, the clock never goes back.
+    assert_eq!(
+        rejected(w.when_at("clock.tick", json!({}), "2011-01-01T10:00:00Z")),
+        code::CLOCK_NOT_BEHIND
+    );
+    assert_eq!(
+        rejected(w.when_at("clock.tick", json!({}), "2011-01-01T09:00:00Z")),
+        code::CLOCK_NOT_BEHIND
+    );
+    // Once the tick is stored, nothing more is due until the next whole tick has passed.
+    let mut envelope_time = w.state.clone();
+    for (subject, event) in &decision {
+        envelope_time.apply(
+            &Envelope {
+                event_id: uuid::Uuid::now_v7(),
+                subject: subject.clone(),
+                command_id: tick.command_id,
+                correlation_id: tick.correlation_id,
+                actor: tick.actor.clone(),
+                legal_entity: tick.legal_entity.clone(),
+                effective_at: tick.effective_at,
+                prev_hash: EventHash::GENESIS,
+                event: event.clone(),
+            },
+            None,
+        );
+    }
+    w.state = envelope_time;
+    assert!(crate::processor::clock_ticks(&w.state, at("2011-01-01T10:44:59Z"), every).is_empty());
+    let next = crate::processor::clock_ticks(&w.state, at("2011-01-01T10:45:00Z"), every);
+    assert_eq!(next[0].effective_at, at("2011-01-01T10:45:00Z"));
+    assert_ne!(next[0].command_id, tick.command_id);
+    // An unknown `data` field is refused like any other command's.
+    assert!(super::command::decode(
+        json!({"command_id": uuid::Uuid::now_v7(), "actor": {"id": "processor", "role": "system"},
+            "legal_entity": "UK01", "effective_at": "2011-01-01T11:00:00Z",
+            "type": "clock.tick", "data": {"to": "2030-01-01T00:00:00Z"}})
+        .to_string()
+        .as_bytes()
+    )
+    .is_err());
+}

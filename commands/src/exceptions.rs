@@ -20,6 +20,30 @@ use crate::decide::{Decider, Decision, Rejection, code, reject};
 const SNOOZE_DAYS_MAX: i64 = 366;
 
 impl Decider<'_> {
+    /// `clock.ticked` on the entity's subject, when the tick is later than every effective
+    /// time the entity has.
+    pub(crate) fn tick_clock(&self) -> Result<Decision, Rejection> {
+        let entity = &self.command.legal_entity;
+        let previous = self.state.business_clock.get(entity).copied();
+        match previous {
+            Some(previous) if previous < self.at => Ok(vec![(
+                Subject::LegalEntity(entity.clone()),
+                Event::ClockTicked(ledger::events::ClockTicked { previous }),
+            )]),
+            Some(previous) => Err(reject(
+                code::CLOCK_NOT_BEHIND,
+                format!(
+                    "effective_at {} is not after {previous}, the latest effective time legal entity {entity} already has; a tick only moves its clock forward",
+                    self.at
+                ),
+            )),
+            None => Err(reject(
+                code::UNKNOWN_LEGAL_ENTITY,
+                format!("legal entity {entity} has no events yet; nothing to tick"),
+            )),
+        }
+    }
+
     pub(crate) fn confirm_delivery(&self, c: &ConfirmDelivery) -> Result<Decision, Rejection> {
         let order = self.order_of_entity(&c.order)?;
         let shipped = order.shipped_packages.get(&c.package).ok_or_else(|| {

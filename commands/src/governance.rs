@@ -61,6 +61,7 @@ pub const OUTSIDE_PERIODS: &[&str] = &[
     "stock.place_hold",
     "stock.release_hold",
     "stock.expire_hold",
+    "clock.tick",
     "order.hold",
     "order.release",
     "policy.set_threshold",

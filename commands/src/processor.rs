@@ -226,6 +226,8 @@ enum Saved {
     PeriodEvents(std::collections::BTreeMap<EntityId, std::collections::BTreeMap<u32, u64>>),
     /// The legal entities that confirm deliveries, saved with the period table.
     DeliveryEntities(std::collections::BTreeSet<EntityId>),
+    /// The business clock of each legal entity, saved with the period table.
+    BusinessClock(std::collections::BTreeMap<EntityId, ledger::values::Timestamp>),
 }
 
 fn save(state: &State, subject: &Subject) -> Saved {
@@ -295,6 +297,7 @@ fn restore(state: &mut State, saved: Saved) {
         Saved::Entity(k, v) => put_ordered(&mut state.entities, k, v),
         Saved::PeriodEvents(table) => state.period_events = table,
         Saved::DeliveryEntities(set) => state.delivery_entities = set,
+        Saved::BusinessClock(clocks) => state.business_clock = clocks,
     }
 }
 
@@ -324,6 +327,8 @@ impl Tick {
                 .push(Saved::PeriodEvents(state.period_events.clone()));
             self.saved
                 .push(Saved::DeliveryEntities(state.delivery_entities.clone()));
+            self.saved
+                .push(Saved::BusinessClock(state.business_clock.clone()));
         }
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {
@@ -652,6 +657,16 @@ impl<L: EventLog> Processor<L> {
         Ok(applied)
     }
 
+    /// `clock.tick` commands for the legal entities whose business clocks are behind
+    /// (`clock_ticks`).
+    pub fn clock_ticks(
+        &self,
+        now: ledger::values::Timestamp,
+        every: std::time::Duration,
+    ) -> Vec<Command> {
+        clock_ticks(&self.state, now, every)
+    }
+
     /// `stock.expire_hold` commands for every hold whose expiry is at or before `now`. Their
     /// ids are derived from the hold (SKU, id, expiry), so two processors expiring the same
     /// hold send the same command and the second gets the first one's outcome.
@@ -669,10 +684,7 @@ impl<L: EventLog> Processor<L> {
                 expired.push(Command {
                     command_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
                     correlation_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
-                    actor: ledger::values::Actor {
-                        id: ledger::values::ActorId::new("processor").expect("valid id"),
-                        role: ledger::values::Role::new("system").expect("valid role"),
-                    },
+                    actor: system_actor(),
                     on_behalf_of: None,
                     legal_entity: hold.legal_entity.clone(),
                     effective_at: hold.expires_at,
@@ -1447,4 +1459,47 @@ pub async fn outcome_of<L: EventLog>(
     }
     let record = crate::recall::command(log, command_id, &seqs).await?;
     Ok(record.map(|r| recorded_outcome(command_id, &r)))
+}
+
+/// `clock.tick` commands for every legal entity with no event in the last `every` of
+/// business time before `now`, effective at `now` rounded down to a whole `every` (since the
+/// epoch), so two processors, or one asked twice, send the same command (its id comes from
+/// the entity and the tick's time).
+pub fn clock_ticks(
+    state: &crate::state::State,
+    now: ledger::values::Timestamp,
+    every: std::time::Duration,
+) -> Vec<Command> {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6c1b_03d2_41a7_4f3e_9b55_0e8d_7a26_c4b9);
+    let step = i64::try_from(every.as_micros()).unwrap_or(i64::MAX).max(1);
+    let micros = now.micros().div_euclid(step) * step;
+    let Some(at) = ledger::values::Timestamp::from_micros(micros) else {
+        return Vec::new();
+    };
+    state
+        .business_clock
+        .iter()
+        .filter(|(_, clock)| clock.micros().saturating_add(step) <= micros)
+        .map(|(entity, _)| {
+            let name = format!("tick:{entity}:{micros}");
+            Command {
+                command_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
+                correlation_id: Uuid::new_v5(&NAMESPACE, name.as_bytes()),
+                actor: system_actor(),
+                on_behalf_of: None,
+                legal_entity: entity.clone(),
+                effective_at: at,
+                body: crate::command::CommandBody::TickClock(crate::command::TickClock {}),
+                sender: None,
+            }
+        })
+        .collect()
+}
+
+/// Who the processor's own commands (hold expiry, clock ticks) are from.
+fn system_actor() -> ledger::values::Actor {
+    ledger::values::Actor {
+        id: ledger::values::ActorId::new("processor").expect("valid id"),
+        role: ledger::values::Role::new("system").expect("valid role"),
+    }
 }

@@ -89,7 +89,12 @@ impl Default for Roles {
             ),
             (
                 "system",
-                vec!["stock.expire_hold", "order.hold", "order.release"],
+                vec![
+                    "stock.expire_hold",
+                    "order.hold",
+                    "order.release",
+                    "clock.tick",
+                ],
             ),
             ("auditor", vec![]),
         ];

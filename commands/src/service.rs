@@ -50,6 +50,11 @@ pub struct ServiceConfig {
     pub commands_max_age: Duration,
     /// How often holds are checked for expiry.
     pub hold_expiry_interval: Duration,
+    /// Move each legal entity's business clock on by a `clock.tick` when it had no event for
+    /// this long of wall time (on whole multiples of it), so time-based exception rules fall
+    /// due in a quiet ledger. `None`: the clock moves only with events (a ledger loading
+    /// history, whose business time is far behind the wall clock).
+    pub clock_tick: Option<Duration>,
     /// Which roles may send which commands.
     pub roles: crate::roles::Roles,
     /// Purchase order approval limit and over-receipt tolerance.
@@ -76,6 +81,7 @@ impl Default for ServiceConfig {
             tick_commands_max: 1000,
             commands_max_age: Duration::from_secs(7 * 24 * 3600),
             hold_expiry_interval: Duration::from_secs(1),
+            clock_tick: None,
             roles: crate::roles::Roles::default(),
             purchase_policy: crate::state::PurchasePolicy::default(),
             principals: None,
@@ -548,7 +554,11 @@ impl Service {
 
     fn expire_holds(&mut self, waiting: &mut Waiting) {
         let now = ledger::values::Timestamp::new(chrono::Utc::now());
-        for command in self.processor.expiry_commands(now) {
+        let mut due = self.processor.expiry_commands(now);
+        if let Some(every) = self.config.clock_tick {
+            due.extend(self.processor.clock_ticks(now, every));
+        }
+        for command in due {
             if waiting.expiring.insert(command.command_id) {
                 let id = command.command_id;
                 let ticket = self.processor.enqueue(command);

@@ -803,6 +803,7 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.foreign_seqs == b.foreign_seqs
         && a.period_events == b.period_events
         && a.delivery_entities == b.delivery_entities
+        && a.business_clock == b.business_clock
         && a.entities == b.entities
         && a.location_entities == b.location_entities
 }
@@ -905,6 +906,7 @@ async fn recover(
                 "delivery_entities",
                 a.delivery_entities == b.delivery_entities,
             ),
+            ("business_clock", a.business_clock == b.business_clock),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),
             ("stock", a.stock == b.stock),

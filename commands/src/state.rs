@@ -701,6 +701,9 @@ pub struct State {
     /// and the entity's own governance events left out: what a period's trial balance must
     /// cover before the period may close.
     pub period_events: BTreeMap<ledger::values::EntityId, BTreeMap<u32, u64>>,
+    /// The business clock of each legal entity: the latest effective time of its events
+    /// (outcome records left out). `clock.tick` moves it on when nothing else does.
+    pub business_clock: BTreeMap<ledger::values::EntityId, Timestamp>,
     /// Legal entities whose carriers confirm deliveries (`order.delivered` seen): their orders
     /// stay in memory until every package is confirmed delivered, so a confirmation does not
     /// read a finished order back from the log.
@@ -798,6 +801,15 @@ impl State {
 
     fn evolve(&mut self, envelope: &Envelope) {
         use Event as E;
+        if !matches!(envelope.subject, Subject::Command(_)) {
+            match self.business_clock.get_mut(&envelope.legal_entity) {
+                Some(clock) => *clock = (*clock).max(envelope.effective_at),
+                None => {
+                    self.business_clock
+                        .insert(envelope.legal_entity.clone(), envelope.effective_at);
+                }
+            }
+        }
         if let Subject::LegalEntity(entity) = &envelope.subject {
             let state = self.entities.entry(entity.clone()).or_default();
             crate::governance::evolve(state, envelope);

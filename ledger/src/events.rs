@@ -801,6 +801,15 @@ payload! {
         pub blocks: bool,
     }
 
+    /// Nothing happened in the legal entity for a while: its business clock moves on to the
+    /// envelope's `effective_at`, so deadlines that fell due meanwhile (an order unshipped for
+    /// two days) are judged without waiting for the next event. Sent by the processor on a
+    /// whole tick of wall time (`erp process --clock-tick`); `previous` is the latest
+    /// effective time the entity had before it.
+    pub struct ClockTicked {
+        pub previous: Timestamp,
+    }
+
     /// A legal entity's rule for one kind of exception; `None` turns the kind off there.
     /// Kinds never set use the defaults (docs/VIEWS.md).
     pub struct ExceptionRuleSet {
@@ -1150,6 +1159,7 @@ catalogue! {
     RateSet(RateSet) = "fx.rate_set" v 1;
 
     ExceptionRuleSet(ExceptionRuleSet) = "exception.rule_set" v 2;
+    ClockTicked(ClockTicked) = "clock.ticked" v 1;
     ExceptionAssigned(ExceptionAssigned) = "exception.assigned" v 1;
     ExceptionResolved(ExceptionResolved) = "exception.resolved" v 1;
     ExceptionSnoozed(ExceptionSnoozed) = "exception.snoozed" v 1;

@@ -528,6 +528,9 @@ fn sample(t: EventType) -> Event {
                 blocks: true,
             }),
         }),
+        EventType::ClockTicked => Event::ClockTicked(ClockTicked {
+            previous: Timestamp::parse("2011-03-04T09:12:30Z").unwrap(),
+        }),
         EventType::ExceptionAssigned => Event::ExceptionAssigned(ExceptionAssigned {
             exception: ExceptionRef {
                 kind: ExceptionKind::CountVariance,

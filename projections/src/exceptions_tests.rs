@@ -115,6 +115,24 @@ fn an_order_unshipped_two_days_after_release_is_raised_then_cleared_when_it_ship
 }
 
 #[test]
+fn in_a_quiet_ledger_a_clock_tick_raises_what_fell_due_stamped_with_its_deadline() {
+    let mut g = Given::new();
+    g.at("2011-01-03T09:00:00Z", order("A1", 3))
+        .at("2011-01-03T10:00:00Z", released("A1"));
+    let key = "exc.order_unshipped.A1";
+    // Nothing else happens; the processor's tick moves the clock on past the deadline.
+    g.at(
+        "2011-01-05T10:15:00Z",
+        json!({"type": "clock.ticked", "data": {"previous": "2011-01-03T10:00:00Z"}}),
+    );
+    let row = g.row(key).expect("raised by the tick");
+    assert_eq!(row["status"], "open");
+    assert_eq!(row["raised_at"], "2011-01-05T10:00:00Z");
+    assert_eq!(row["raised_seq"], g.seq);
+    assert!(g.changed.contains(key));
+}
+
+#[test]
 fn an_order_shipped_in_time_raises_nothing() {
     let mut g = Given::new();
     g.at("2011-01-03T09:00:00Z", order("A1", 1))

@@ -122,15 +122,19 @@ impl TestProcessor {
     /// Recovers from the ledger, subscribes, and serves in a background task. Commands sent
     /// after this returns are answered.
     pub async fn start(nats: &TestNats) -> TestProcessor {
+        TestProcessor::start_with(nats, commands::service::ServiceConfig::default()).await
+    }
+
+    /// As `start`, with `config`.
+    pub async fn start_with(
+        nats: &TestNats,
+        config: commands::service::ServiceConfig,
+    ) -> TestProcessor {
         let log = nats.open(ledger_config()).await;
         let client = log.client().clone();
-        let service = commands::service::Service::start(
-            client,
-            log,
-            commands::service::ServiceConfig::default(),
-        )
-        .await
-        .expect("processor starts");
+        let service = commands::service::Service::start(client, log, config)
+            .await
+            .expect("processor starts");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(service.serve(async {
             let _ = stopped.await;

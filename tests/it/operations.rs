@@ -335,3 +335,116 @@ async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
     }
     processor.stop().await;
 }
+
+#[tokio::test]
+async fn in_a_quiet_ledger_the_processors_clock_tick_raises_what_fell_due() {
+    // Goal: an order released to pick three days ago (by its effective time) and never
+    // shipped, with nothing else happening, is raised as `order_unshipped` because the
+    // processor moves the entity's business clock on by `clock.tick` (here every second of
+    // wall time); the ticks are on whole seconds, each names the clock it moved on from, and
+    // an entity whose events are dated in the future is not ticked back.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start_with(
+        &nats,
+        commands::service::ServiceConfig {
+            clock_tick: Some(Duration::from_secs(1)),
+            hold_expiry_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut projector = crate::projections::projector_process(&nats, "exceptions");
+    let client = command_client(&nats).await;
+    let views = ViewClient::new(nats.connect().await);
+    let ago = (chrono::Utc::now() - chrono::Duration::days(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (role, kind, data) in [
+        (
+            "clerk",
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        ("clerk", "channel.define", json!({"channel": "web"})),
+        ("clerk", "item.define", json!({"sku": "LAMP"})),
+        (
+            "clerk",
+            "stock.receive",
+            json!({"sku": "LAMP", "location": "WH1", "qty": 10,
+            "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        (
+            "upstream",
+            "order.place",
+            json!({"order": "Q1", "channel": "web", "ship_to_region": "UK",
+            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
+        ),
+        (
+            "warehouse",
+            "order.release_to_pick",
+            json!({"order": "Q1", "wave": "W1"}),
+        ),
+    ] {
+        let outcome = client
+            .submit_json(command("someone", role, &ago, kind, data))
+            .await
+            .unwrap();
+        assert!(outcome.is_accepted(), "{kind}: {outcome:?}");
+    }
+    // Another entity's only event is dated tomorrow: its clock is ahead of the wall clock.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let future = json!({
+        "command_id": uuid::Uuid::now_v7(), "actor": {"id": "someone", "role": "clerk"},
+        "legal_entity": "FR01", "effective_at": tomorrow, "type": "channel.define",
+        "data": {"channel": "fr-web"},
+    });
+    let outcome = client
+        .submit_json(bytes::Bytes::from(future.to_string()))
+        .await
+        .unwrap();
+    assert!(outcome.is_accepted(), "{outcome:?}");
+
+    let exception = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "Q1"}}});
+    let mut row = json!(null);
+    for _ in 0..300 {
+        row = exception_row(&views, &exception, None)
+            .await
+            .map(|a| a.result)
+            .unwrap_or(json!(null));
+        if row["status"] == "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(row["status"], "open", "{row}");
+    // Stamped with its deadline (two days after the release), not with the tick.
+    let release = ledger::values::Timestamp::parse(&ago).unwrap();
+    let deadline =
+        ledger::values::Timestamp::from_micros(release.micros() + 2 * 24 * 3600 * 1_000_000)
+            .unwrap();
+    assert_eq!(row["raised_at"], json!(deadline), "{row}");
+
+    // The ticks in the ledger: UK01's on whole seconds, each from the one before; none for FR01.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = nats.open(ledger_config()).await;
+    let last = log.last_sequence().await.unwrap();
+    let mut ticks = Vec::new();
+    for seq in 1..=last {
+        if let Some(ledger::LogRecord::Event(e)) = log.get(seq).await.unwrap()
+            && let ledger::Event::ClockTicked(t) = &e.envelope.event
+        {
+            assert_eq!(e.envelope.legal_entity.as_str(), "UK01", "{e:?}");
+            assert_eq!(e.envelope.subject.to_string(), "ent.UK01");
+            assert_eq!(e.envelope.effective_at.micros() % 1_000_000, 0, "{e:?}");
+            ticks.push((t.previous, e.envelope.effective_at));
+        }
+    }
+    assert!(ticks.len() >= 2, "{ticks:?}");
+    assert_eq!(ticks[0].0, release);
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1, "{ticks:?}");
+        assert!(pair[1].1 > pair[0].1, "{ticks:?}");
+    }
+    stop(&mut projector);
+    processor.stop().await;
+}
