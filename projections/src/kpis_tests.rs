@@ -200,17 +200,20 @@ fn supplier_on_time_units_and_lead_time_from_receipts() {
 fn recompute(events: &[ledger::RecordedEvent]) -> std::collections::BTreeMap<String, Value> {
     use ledger::events::Event as E;
     use std::collections::BTreeMap;
-    type Rows = BTreeMap<String, BTreeMap<&'static str, i64>>;
+    type Rows = BTreeMap<String, BTreeMap<String, i64>>;
     let mut rows: Rows = BTreeMap::new();
-    let mut add =
-        |at: ledger::values::Timestamp, dims: &[(&str, String)], field: &'static str, n: i64| {
-            for period in periods(at) {
-                for (dim, value) in std::iter::once(&("all", "-".to_owned())).chain(dims) {
-                    let key = crate::key::key("kpi", &[period.as_str(), dim, value.as_str()]);
-                    *rows.entry(key).or_default().entry(field).or_insert(0) += n;
-                }
+    let mut add = |at: ledger::values::Timestamp, dims: &[(&str, String)], field: &str, n: i64| {
+        for period in periods(at) {
+            for (dim, value) in std::iter::once(&("all", "-".to_owned())).chain(dims) {
+                let key = crate::key::key("kpi", &[period.as_str(), dim, value.as_str()]);
+                *rows
+                    .entry(key)
+                    .or_default()
+                    .entry(field.to_owned())
+                    .or_insert(0) += n;
             }
-        };
+        }
+    };
     // Pass 1: each order's whole story.
     #[derive(Default)]
     struct Story {
@@ -300,11 +303,17 @@ fn recompute(events: &[ledger::RecordedEvent]) -> std::collections::BTreeMap<Str
                 );
                 let units: i64 = r.lines.iter().map(|l| l.qty.get()).sum();
                 let (_, _, entity, channel, _) = s.placed.clone().unwrap();
+                let dims = [("entity", entity), ("channel", channel)];
+                add(at, &dims, "units_returned", units);
+                let reason = serde_json::to_value(&r.reason).unwrap();
+                let reason = reason.as_str().unwrap_or("Unknown");
+                add(at, &dims, &format!("returned_by_reason.{reason}"), units);
+                // Every line is priced 20.00: in pence.
                 add(
                     at,
-                    &[("entity", entity), ("channel", channel)],
-                    "units_returned",
-                    units,
+                    &dims,
+                    &format!("returned_value_by_reason.{reason}"),
+                    units * 2000,
                 );
             }
             E::StockShipped(x) => {
@@ -366,6 +375,11 @@ fn recompute(events: &[ledger::RecordedEvent]) -> std::collections::BTreeMap<Str
         let Some(done) = s.completed_at else { continue };
         let in_full = s.cancelled == 0;
         add(done, &dims, "orders_completed", 1);
+        // Placed to the last package shipped, in whole hours (none when nothing shipped).
+        if let Some(last) = s.shipped_at.values().max() {
+            let hours = (last.as_datetime() - placed.as_datetime()).num_hours();
+            add(done, &dims, &format!("cycle_hours.{hours}"), 1);
+        }
         add(done, &dims, "orders_in_full", i64::from(in_full));
         if let Some(p) = promise {
             let deadline = ledger::values::Timestamp::new(
@@ -424,10 +438,28 @@ fn view_counts(view: &Kpis) -> std::collections::BTreeMap<String, Value> {
         .iter()
         .map(|(k, r)| {
             let v = serde_json::to_value(r).unwrap();
-            let fields: std::collections::BTreeMap<&str, i64> = FIELDS
+            let mut fields: std::collections::BTreeMap<String, i64> = FIELDS
                 .iter()
-                .filter_map(|f| v[*f].as_i64().filter(|n| *n != 0).map(|n| (*f, n)))
+                .filter_map(|f| {
+                    v[*f]
+                        .as_i64()
+                        .filter(|n| *n != 0)
+                        .map(|n| ((*f).to_owned(), n))
+                })
                 .collect();
+            for (hours, n) in &r.cycle_hours {
+                fields.insert(format!("cycle_hours.{hours}"), *n);
+            }
+            for (reason, n) in &r.returned_by_reason {
+                fields.insert(format!("returned_by_reason.{reason}"), *n);
+            }
+            for (reason, value) in &r.returned_value_by_reason {
+                let pence = value * rust_decimal::Decimal::from(100);
+                assert!(pence.fract().is_zero(), "{value}: prices are to the penny");
+                let pence = rust_decimal::prelude::ToPrimitive::to_i64(&pence).unwrap();
+                fields.insert(format!("returned_value_by_reason.{reason}"), pence);
+            }
+            fields.retain(|_, n| *n != 0);
             (k.clone(), json!(fields))
         })
         .filter(|(_, f)| f.as_object().is_some_and(|o| !o.is_empty()))
@@ -533,8 +565,9 @@ fn random_story(seed: u64) -> Vec<ledger::RecordedEvent> {
                 if next(4) == 0 {
                     command += 1;
                     let reason = REASONS[next(4) as usize];
+                    let back = 1 + next(ship as u64) as i64;
                     story.push((t + 1 + next(8000), command, json!({"type": "order.return_authorised", "data": {"order": id,
-                        "return_id": format!("R{line}"), "lines": [{"line": line, "qty": 1}], "reason": reason, "note": ""}})));
+                        "return_id": format!("R{line}"), "lines": [{"line": line, "qty": back}], "reason": reason, "note": ""}})));
                 }
             }
         }
