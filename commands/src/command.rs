@@ -284,6 +284,30 @@ command_data! {
         pub fees: Option<Money>,
     }
 
+    /// A line of an order that takes the place of another (`order.amend`): `consent` (the
+    /// customer's agreement, as recorded) is required when `by` is another SKU.
+    pub struct ReplaceLine {
+        pub line: u32,
+        pub by: OrderLineIn,
+        #[serde(default)]
+        pub consent: Option<String>,
+    }
+
+    /// Changes a placed order before its lines are picked, in one atomic batch: `cancel`
+    /// takes units off lines (as `order.cancel`), `add` adds lines (routed and allocated as a
+    /// placement's, nodes already shipping the order first), `replace` cancels a line's open
+    /// units and adds `by` in its place (a new line number; another SKU is a substitution).
+    pub struct AmendOrder {
+        pub order: OrderId,
+        #[serde(default)]
+        pub cancel: Vec<LineQty>,
+        #[serde(default)]
+        pub add: Vec<OrderLineIn>,
+        #[serde(default)]
+        pub replace: Vec<ReplaceLine>,
+        pub reason: ReasonCode,
+    }
+
     /// Places an order and allocates it at once (routing by availability, then region match,
     /// then the nodes' priority); what cannot be allocated is backordered.
     pub struct PlaceOrder {
@@ -674,6 +698,7 @@ commands! {
     Pack(Pack) = "order.pack";
     Ship(Ship) = "order.ship";
     CancelOrder(CancelOrder) = "order.cancel";
+    AmendOrder(AmendOrder) = "order.amend";
     AuthoriseReturn(AuthoriseReturn) = "order.authorise_return";
     Refund(Refund) = "order.refund";
     ConfirmDelivery(ConfirmDelivery) = "order.confirm_delivery";
@@ -752,6 +777,7 @@ impl Command {
             | B::Pack(Pack { order, .. })
             | B::Ship(Ship { order, .. })
             | B::CancelOrder(CancelOrder { order, .. })
+            | B::AmendOrder(AmendOrder { order, .. })
             | B::AuthoriseReturn(AuthoriseReturn { order, .. })
             | B::Refund(Refund { order, .. })
             | B::ConfirmDelivery(ConfirmDelivery { order, .. }) => Some(order),
@@ -928,21 +954,35 @@ fn check_money(body: &CommandBody) -> Result<(), InvalidCommand> {
         Ok(())
     };
     let field = |name: &'static str| move || format!("data.{name}");
+    // An order line's amounts, under `data.<prefix>`.
+    let check_line = |prefix: &str, line: &OrderLineIn| -> Result<(), InvalidCommand> {
+        let at = |name: &'static str| move || format!("data.{prefix}{name}");
+        check(&at("unit_price"), &line.unit_price)?;
+        for (name, money) in [
+            ("discount", &line.discount),
+            ("tax", &line.tax),
+            ("fees", &line.fees),
+        ] {
+            if let Some(money) = money {
+                check(&at(name), money)?;
+            }
+        }
+        Ok(())
+    };
     match body {
         CommandBody::Receive(c) => check(&field("unit_cost"), &c.unit_cost),
+        CommandBody::AmendOrder(c) => {
+            for (i, line) in c.add.iter().enumerate() {
+                check_line(&format!("add[{i}]."), line)?;
+            }
+            for (i, r) in c.replace.iter().enumerate() {
+                check_line(&format!("replace[{i}].by."), &r.by)?;
+            }
+            Ok(())
+        }
         CommandBody::PlaceOrder(c) => {
             for (i, line) in c.lines.iter().enumerate() {
-                let at = |name: &'static str| move || format!("data.lines[{i}].{name}");
-                check(&at("unit_price"), &line.unit_price)?;
-                for (name, money) in [
-                    ("discount", &line.discount),
-                    ("tax", &line.tax),
-                    ("fees", &line.fees),
-                ] {
-                    if let Some(money) = money {
-                        check(&at(name), money)?;
-                    }
-                }
+                check_line(&format!("lines[{i}]."), line)?;
             }
             match &c.shipping_charged {
                 Some(money) => check(&field("shipping_charged"), money),
@@ -1008,6 +1048,7 @@ fn check_limits(body: &CommandBody) -> Result<(), InvalidCommand> {
         CommandBody::Pack(c) => c.lines.len(),
         CommandBody::AuthoriseReturn(c) => c.lines.len(),
         CommandBody::CancelOrder(c) => c.lines.as_ref().map_or(0, Vec::len),
+        CommandBody::AmendOrder(c) => c.cancel.len() + c.add.len() + c.replace.len(),
         CommandBody::RecordInvoice(c) => c.lines.len(),
         _ => 0,
     };

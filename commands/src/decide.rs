@@ -368,6 +368,9 @@ fn in_base_units(state: &State, command: &Command) -> Result<Option<Command>, Re
         CommandBody::Count(c) => c.unit.is_some(),
         CommandBody::Adjust(c) => c.unit.is_some(),
         CommandBody::PlaceOrder(c) => c.lines.iter().any(|l| l.unit.is_some()),
+        CommandBody::AmendOrder(c) => {
+            c.add.iter().any(|l| l.unit.is_some()) || c.replace.iter().any(|r| r.by.unit.is_some())
+        }
         CommandBody::CreatePurchaseOrder(c) => c.lines.iter().any(|l| l.unit.is_some()),
         _ => false,
     };
@@ -389,21 +392,42 @@ fn in_base_units(state: &State, command: &Command) -> Result<Option<Command>, Re
         _ => {}
     }
     // Lines of orders and purchase orders: each its sku, unit and quantity.
-    let lines: Vec<(&Sku, &mut Option<ledger::values::UnitName>, &mut Qty)> = match &mut body {
+    let lines: Vec<(
+        String,
+        &Sku,
+        &mut Option<ledger::values::UnitName>,
+        &mut Qty,
+    )> = match &mut body {
         CommandBody::PlaceOrder(c) => c
             .lines
             .iter_mut()
-            .map(|l| (&l.sku, &mut l.unit, &mut l.qty))
+            .enumerate()
+            .map(|(i, l)| (format!("lines[{i}]."), &l.sku, &mut l.unit, &mut l.qty))
+            .collect(),
+        CommandBody::AmendOrder(c) => c
+            .add
+            .iter_mut()
+            .enumerate()
+            .map(|(i, l)| (format!("add[{i}]."), &l.sku, &mut l.unit, &mut l.qty))
+            .chain(c.replace.iter_mut().enumerate().map(|(i, r)| {
+                (
+                    format!("replace[{i}].by."),
+                    &r.by.sku,
+                    &mut r.by.unit,
+                    &mut r.by.qty,
+                )
+            }))
             .collect(),
         CommandBody::CreatePurchaseOrder(c) => c
             .lines
             .iter_mut()
-            .map(|l| (&l.sku, &mut l.unit, &mut l.qty))
+            .enumerate()
+            .map(|(i, l)| (format!("lines[{i}]."), &l.sku, &mut l.unit, &mut l.qty))
             .collect(),
         _ => Vec::new(),
     };
-    for (i, (sku, unit, q)) in lines.into_iter().enumerate() {
-        convert(sku, unit, q, &format!("lines[{i}]."), "qty")?;
+    for (at, sku, unit, q) in lines {
+        convert(sku, unit, q, &at, "qty")?;
     }
     Ok(Some(Command {
         body,
@@ -498,6 +522,7 @@ fn decide_rules(
         CommandBody::Pack(c) => d.pack(c),
         CommandBody::Ship(c) => d.ship(c),
         CommandBody::CancelOrder(c) => d.cancel(c),
+        CommandBody::AmendOrder(c) => d.amend(c),
         CommandBody::AuthoriseReturn(c) => d.authorise_return(c),
         CommandBody::Refund(c) => d.refund(c),
         CommandBody::ConfirmDelivery(c) => d.confirm_delivery(c),
@@ -1356,46 +1381,13 @@ impl<'a> Decider<'a> {
         let mut seen = std::collections::HashSet::new();
         let mut lines = Vec::with_capacity(c.lines.len());
         for (i, l) in c.lines.iter().enumerate() {
-            self.item(&l.sku)?;
-            positive(&format!("lines[{i}].qty"), l.qty)?;
             if !seen.insert(l.line) {
                 return Err(reject(
                     code::INVALID_QUANTITY,
                     format!("line number {} appears twice", l.line),
                 ));
             }
-            let zero = Money::zero(currency);
-            let (discount, tax, fees) = (
-                l.discount.unwrap_or(zero),
-                l.tax.unwrap_or(zero),
-                l.fees.unwrap_or(zero),
-            );
-            for (field, m) in [
-                ("unit_price", &l.unit_price),
-                ("discount", &discount),
-                ("tax", &tax),
-                ("fees", &fees),
-            ] {
-                if m.currency != currency {
-                    return Err(reject(
-                        code::CURRENCY_MISMATCH,
-                        format!(
-                            "lines[{i}].{field} is in {}, the order in {currency}",
-                            m.currency
-                        ),
-                    ));
-                }
-                non_negative_money(&format!("lines[{i}].{field}"), m)?;
-            }
-            lines.push(OrderLine {
-                line: l.line,
-                sku: l.sku.clone(),
-                qty: l.qty,
-                unit_price: l.unit_price,
-                discount,
-                tax,
-                fees,
-            });
+            lines.push(self.order_line(&format!("lines[{i}]"), l, currency)?);
         }
         let shipping = c.shipping_charged.unwrap_or(Money::zero(currency));
         if shipping.currency != currency {
@@ -1433,8 +1425,50 @@ impl<'a> Decider<'a> {
             &c.policy,
             &wanted,
             Vec::new(),
+            &Promised::new(),
         ));
         Ok(events)
+    }
+
+    /// An order line as stated (`at`: where it is in the command), checked: a known SKU, a
+    /// positive quantity, amounts not below zero and all in the order's `currency`.
+    fn order_line(
+        &self,
+        at: &str,
+        l: &crate::command::OrderLineIn,
+        currency: ledger::values::Currency,
+    ) -> Result<OrderLine, Rejection> {
+        self.item(&l.sku)?;
+        positive(&format!("{at}.qty"), l.qty)?;
+        let zero = Money::zero(currency);
+        let (discount, tax, fees) = (
+            l.discount.unwrap_or(zero),
+            l.tax.unwrap_or(zero),
+            l.fees.unwrap_or(zero),
+        );
+        for (field, m) in [
+            ("unit_price", &l.unit_price),
+            ("discount", &discount),
+            ("tax", &tax),
+            ("fees", &fees),
+        ] {
+            if m.currency != currency {
+                return Err(reject(
+                    code::CURRENCY_MISMATCH,
+                    format!("{at}.{field} is in {}, the order in {currency}", m.currency),
+                ));
+            }
+            non_negative_money(&format!("{at}.{field}"), m)?;
+        }
+        Ok(OrderLine {
+            line: l.line,
+            sku: l.sku.clone(),
+            qty: l.qty,
+            unit_price: l.unit_price,
+            discount,
+            tax,
+            fees,
+        })
     }
 
     /// Routes and allocates lines, with as few shipments as it can: if one node can fill every
@@ -1445,7 +1479,9 @@ impl<'a> Decider<'a> {
     /// with a rate first), then in the region, then the lowest routing priority, then the
     /// location id. `shipping`: nodes already shipping some of the order, preferred over all
     /// of these. What no node can give is backordered. With `ShipComplete`, nothing is
-    /// allocated unless every line can be filled.
+    /// allocated unless every line can be filled. `freed`: units the same decision releases
+    /// (as negative amounts promised), available to these lines.
+    #[allow(clippy::too_many_arguments)]
     fn allocate(
         &self,
         order: &OrderId,
@@ -1454,9 +1490,10 @@ impl<'a> Decider<'a> {
         policy: &FulfilmentPolicy,
         lines: &[(u32, Sku, i64)],
         shipping: Vec<LocationId>,
+        freed: &Promised,
     ) -> Decision {
         let mut plan: Vec<(u32, Sku, Vec<Route>, i64)> = Vec::new();
-        if let Some(node) = self.one_node_for_all(lines, channel, region, &shipping) {
+        if let Some(node) = self.one_node_for_all(lines, channel, region, &shipping, freed) {
             for (line, sku, want) in lines {
                 plan.push((
                     *line,
@@ -1466,7 +1503,7 @@ impl<'a> Decider<'a> {
                 ));
             }
         } else {
-            let mut promised = Promised::new();
+            let mut promised = freed.clone();
             let mut shipping = shipping;
             for (line, sku, want) in lines {
                 let routes = self.route(sku, *want, channel, region, &promised, &shipping);
@@ -1555,6 +1592,7 @@ impl<'a> Decider<'a> {
         channel: &ChannelId,
         region: &str,
         shipping: &[LocationId],
+        freed: &Promised,
     ) -> Option<(LocationId, String)> {
         if lines.len() < 2 && shipping.is_empty() {
             return None;
@@ -1562,7 +1600,7 @@ impl<'a> Decider<'a> {
         let best = self
             .own_locations()
             .filter(|l| {
-                let mut promised = Promised::new();
+                let mut promised = freed.clone();
                 lines.iter().all(|(_, sku, want)| {
                     let fills = self.available(sku, &l.location, Some(channel), &promised) >= *want;
                     *promised
@@ -1744,6 +1782,7 @@ impl<'a> Decider<'a> {
                 &order.policy,
                 &waiting,
                 shipping,
+                &Promised::new(),
             )
             .into_iter()
             // The lines are already backordered; only the allocations are new.
@@ -1982,16 +2021,30 @@ impl<'a> Decider<'a> {
                 format!("order {} has nothing left to cancel", c.order),
             ));
         }
+        Ok(self.cancel_units(&c.order, order, &requested, &c.reason)?.0)
+    }
+
+    /// Cancels `requested` units (line, quantity) of an order: backordered units first, then
+    /// allocated ones not yet picked, which are released. With the units freed per SKU and
+    /// location (as negative amounts promised, for `allocate`).
+    fn cancel_units(
+        &self,
+        order_id: &OrderId,
+        order: &OrderState,
+        requested: &[(u32, i64)],
+        reason: &ledger::values::ReasonCode,
+    ) -> Result<(Decision, Promised), Rejection> {
+        let cancellable = |l: &LineState| l.qty - l.shipped - l.cancelled - l.picked_total();
         let mut releases = Vec::new();
+        let mut freed = Promised::new();
         let mut cancelled = Vec::new();
-        for (line_no, n) in requested {
-            let line = self.line(&c.order, order, line_no)?;
+        for &(line_no, n) in requested {
+            let line = self.line(order_id, order, line_no)?;
             if n <= 0 || n > cancellable(line) {
                 return Err(reject(
                     code::INVALID_QUANTITY,
                     format!(
-                        "order {} line {line_no}: {} can be cancelled (not picked, shipped or cancelled), not {n}",
-                        c.order,
+                        "order {order_id} line {line_no}: {} can be cancelled (not picked, shipped or cancelled), not {n}",
                         cancellable(line)
                     ),
                 ));
@@ -2004,11 +2057,12 @@ impl<'a> Decider<'a> {
                     continue;
                 }
                 left -= free;
+                *freed.entry((sku.clone(), location.clone())).or_insert(0) -= free;
                 releases.push((
                     Subject::Stock(sku.clone()),
                     Event::AllocationReleased(AllocationReleased {
                         sku: sku.clone(),
-                        order: c.order.clone(),
+                        order: order_id.clone(),
                         line: line_no,
                         location: location.clone(),
                         qty: qty(free),
@@ -2020,15 +2074,156 @@ impl<'a> Decider<'a> {
                 qty: qty(n),
             });
         }
-        releases.push((
-            Subject::Order(c.order.clone()),
-            Event::LinesCancelled(LinesCancelled {
-                order: c.order.clone(),
-                lines: cancelled,
-                reason: c.reason.clone(),
-            }),
+        if !cancelled.is_empty() {
+            releases.push((
+                Subject::Order(order_id.clone()),
+                Event::LinesCancelled(LinesCancelled {
+                    order: order_id.clone(),
+                    lines: cancelled,
+                    reason: reason.clone(),
+                }),
+            ));
+        }
+        Ok((releases, freed))
+    }
+
+    /// `order.amend`: cancellations and replaced lines' open units first (their stock freed
+    /// for the new lines), then `order.lines_added`, then the new lines' routing and
+    /// allocation as at placement, nodes already shipping the order first.
+    fn amend(&self, c: &crate::command::AmendOrder) -> Result<Decision, Rejection> {
+        let order = self.order(&c.order)?;
+        if c.cancel.is_empty() && c.add.is_empty() && c.replace.is_empty() {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                "nothing to change: give at least one of cancel, add or replace",
+            ));
+        }
+        if order.lines.values().all(|l| l.open() == 0) {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "order {} has nothing open (every unit shipped or cancelled); place a new order",
+                    c.order
+                ),
+            ));
+        }
+        // Each existing line changes once; each new line number is new.
+        let mut touched = std::collections::HashSet::new();
+        let mut numbers = std::collections::HashSet::new();
+        let mut requested: Vec<(u32, i64)> =
+            c.cancel.iter().map(|l| (l.line, l.qty.get())).collect();
+        for l in &c.cancel {
+            if !touched.insert(l.line) {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!("line {} is changed twice in one amendment", l.line),
+                ));
+            }
+        }
+        let mut added = Vec::new();
+        for (i, r) in c.replace.iter().enumerate() {
+            let at = format!("replace[{i}]");
+            if !touched.insert(r.line) {
+                return Err(reject(
+                    code::INVALID_QUANTITY,
+                    format!("line {} is changed twice in one amendment", r.line),
+                ));
+            }
+            let line = self.line(&c.order, order, r.line)?;
+            if line.picked_total() > 0 || line.packed > 0 || line.shipped > 0 {
+                return Err(reject(
+                    code::INVALID_TRANSITION,
+                    format!(
+                        "{at}: order {} line {} has units picked, packed or shipped; only a line not yet picked can be replaced (cancel what is left of it and add a line instead)",
+                        c.order, r.line
+                    ),
+                ));
+            }
+            let open = line.qty - line.cancelled;
+            if open <= 0 {
+                return Err(reject(
+                    code::INVALID_TRANSITION,
+                    format!(
+                        "{at}: order {} line {} has nothing open to replace",
+                        c.order, r.line
+                    ),
+                ));
+            }
+            let substitutes = line.sku.as_ref() != Some(&r.by.sku);
+            let consent = r
+                .consent
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty());
+            if substitutes && consent.is_none() {
+                return Err(reject(
+                    code::REASON_REQUIRED,
+                    format!(
+                        "{at}.consent: replacing {} by {} on line {} is a substitution; record the customer's consent (who agreed, how and when)",
+                        line.sku.as_ref().map_or("?", |s| s.as_str()),
+                        r.by.sku,
+                        r.line
+                    ),
+                ));
+            }
+            requested.push((r.line, open));
+            added.push(ledger::events::AddedLine {
+                line: self.order_line(&format!("{at}.by"), &r.by, order.currency)?,
+                replaces: Some(r.line),
+                consent: consent.map(str::to_owned),
+            });
+        }
+        for (i, l) in c.add.iter().enumerate() {
+            added.push(ledger::events::AddedLine {
+                line: self.order_line(&format!("add[{i}]"), l, order.currency)?,
+                replaces: None,
+                consent: None,
+            });
+        }
+        for a in &added {
+            let n = a.line.line;
+            if order.lines.get(&n).is_some() || !numbers.insert(n) {
+                return Err(reject(
+                    code::ALREADY_EXISTS,
+                    format!(
+                        "line number {n} is already used on order {}; a new line needs a number of its own",
+                        c.order
+                    ),
+                ));
+            }
+        }
+        let (mut events, freed) = self.cancel_units(&c.order, order, &requested, &c.reason)?;
+        if added.is_empty() {
+            return Ok(events);
+        }
+        let wanted: Vec<(u32, Sku, i64)> = added
+            .iter()
+            .map(|a| (a.line.line, a.line.sku.clone(), a.line.qty.get()))
+            .collect();
+        // The new lines are recorded before the cancellation (the batch's last event so far,
+        // if any), so no reader sees the order complete in between.
+        let before_cancellation = events.len() - usize::from(!requested.is_empty());
+        events.insert(
+            before_cancellation,
+            (
+                Subject::Order(c.order.clone()),
+                Event::LinesAdded(ledger::events::LinesAdded {
+                    order: c.order.clone(),
+                    lines: added,
+                    reason: c.reason.clone(),
+                }),
+            ),
+        );
+        events.extend(self.allocate(
+            &c.order,
+            &order.channel,
+            &order.region,
+            &order.policy,
+            &wanted,
+            shipping_nodes(order, None),
+            &freed,
         ));
-        Ok(releases)
+        Ok(events)
     }
 
     fn authorise_return(&self, c: &AuthoriseReturn) -> Result<Decision, Rejection> {

@@ -1907,3 +1907,210 @@ fn a_clock_tick_moves_a_quiet_entitys_clock_on_once_per_tick_and_never_back() {
     )
     .is_err());
 }
+
+fn order_line_of<'s>(w: &'s World, order: &str, line: u32) -> &'s crate::state::LineState {
+    let order = &w.state.orders[&ledger::values::OrderId::new(order).unwrap()];
+    order.lines.get(&line).expect("the line exists")
+}
+
+#[test]
+fn an_amendment_adds_lines_and_replaces_one_with_more_units_using_the_stock_it_frees() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 3);
+    w.receive("SAFE", "WH1", 20);
+    w.order("O1", json!([line(1, "A", 2)]));
+    assert_eq!(w.balance("A", "WH1").allocated, 2);
+    // Line 1 grows from 2 to 3: replaced by line 2, which takes the 2 line 1 frees and the
+    // 1 left; a new line 3 of another SKU is added beside it.
+    let d = w.given(
+        "order.amend",
+        json!({"order": "O1", "reason": "customer_request",
+               "replace": [{"line": 1, "by": line(2, "A", 3)}],
+               "add": [line(3, "SAFE", 4)]}),
+    );
+    assert_eq!(
+        types(&d),
+        [
+            "stock.allocation_released",
+            "order.lines_added",
+            "order.lines_cancelled",
+            "order.line_routed",
+            "stock.allocated",
+            "order.line_allocated",
+            "order.line_routed",
+            "stock.allocated",
+            "order.line_allocated",
+        ]
+    );
+    let Event::LinesAdded(added) = &d[1].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(added.lines[0].replaces, Some(1));
+    assert_eq!(added.lines[0].consent, None);
+    assert_eq!(added.lines[1].replaces, None);
+    assert_eq!(w.balance("A", "WH1").allocated, 3);
+    assert_eq!(w.balance("SAFE", "WH1").allocated, 4);
+    let (l1, l2) = (order_line_of(&w, "O1", 1), order_line_of(&w, "O1", 2));
+    assert_eq!((l1.qty, l1.cancelled, l1.allocated_total()), (2, 2, 0));
+    assert_eq!((l2.qty, l2.allocated_total(), l2.backordered), (3, 3, 0));
+    // A cancellation in an amendment is an order.cancel of those units.
+    let d = w.given(
+        "order.amend",
+        json!({"order": "O1", "reason": "customer_request", "cancel": [{"line": 3, "qty": 1}]}),
+    );
+    assert_eq!(
+        types(&d),
+        ["stock.allocation_released", "order.lines_cancelled"]
+    );
+    assert_eq!(w.balance("SAFE", "WH1").allocated, 3);
+}
+
+#[test]
+fn a_substitution_needs_the_customers_consent_and_backorders_what_no_node_has() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 2);
+    w.order("O1", json!([line(1, "A", 2)]));
+    let substitute = |consent: serde_json::Value| {
+        json!({"order": "O1", "reason": "out_of_stock",
+               "replace": [{"line": 1, "by": line(2, "NEG", 2), "consent": consent}]})
+    };
+    for missing in [json!(null), json!(""), json!("   ")] {
+        let refused = w.when("order.amend", substitute(missing.clone()));
+        assert_eq!(
+            rejected(refused.clone()),
+            code::REASON_REQUIRED,
+            "{missing}"
+        );
+        let message = refused.unwrap_err().message;
+        assert!(
+            message.contains("replace[0].consent") && message.contains("substitution"),
+            "{message}"
+        );
+    }
+    let d = w.given(
+        "order.amend",
+        substitute(json!("customer agreed by email, 2011-01-01 09:40")),
+    );
+    let Event::LinesAdded(added) = &d[1].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        added.lines[0].consent.as_deref(),
+        Some("customer agreed by email, 2011-01-01 09:40")
+    );
+    // NEG has no stock: the substitute waits as a backorder; A's 2 are free again.
+    assert_eq!(order_line_of(&w, "O1", 2).backordered, 2);
+    assert_eq!(w.balance("A", "WH1").allocated, 0);
+}
+
+#[test]
+fn an_amendment_is_refused_whole_when_any_part_is_wrong() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 10);
+    w.order("O1", json!([line(1, "A", 2), line(2, "A", 2)]));
+    w.given(
+        "order.release_to_pick",
+        json!({"order": "O1", "wave": "W1"}),
+    );
+    w.given(
+        "order.pick",
+        json!({"order": "O1", "lines": [{"line": 2, "qty": 1}]}),
+    );
+    let amend = |data: serde_json::Value| {
+        let mut body = json!({"order": "O1", "reason": "customer_request"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(data.as_object().unwrap().clone());
+        rejected(w.when("order.amend", body))
+    };
+    // Nothing to change.
+    assert_eq!(amend(json!({})), code::INVALID_QUANTITY);
+    // A picked line cannot be replaced.
+    assert_eq!(
+        amend(json!({"replace": [{"line": 2, "by": line(3, "A", 2)}]})),
+        code::INVALID_TRANSITION
+    );
+    // A line number the order already has, or one used twice in the amendment.
+    assert_eq!(
+        amend(json!({"add": [line(1, "A", 1)]})),
+        code::ALREADY_EXISTS
+    );
+    assert_eq!(
+        amend(json!({"add": [line(5, "A", 1), line(5, "A", 1)]})),
+        code::ALREADY_EXISTS
+    );
+    // One line changed twice.
+    assert_eq!(
+        amend(json!({"cancel": [{"line": 1, "qty": 1}],
+                     "replace": [{"line": 1, "by": line(3, "A", 1)}]})),
+        code::INVALID_QUANTITY
+    );
+    // An unknown SKU, another currency, a line the order does not have, more than is open.
+    assert_eq!(
+        amend(json!({"add": [line(3, "NOPE", 1)]})),
+        code::UNKNOWN_SKU
+    );
+    assert_eq!(
+        amend(
+            json!({"add": [{"line": 3, "sku": "A", "qty": 1, "unit_price": {"amount": "2.00", "currency": "EUR"}}]})
+        ),
+        code::CURRENCY_MISMATCH
+    );
+    assert_eq!(
+        amend(json!({"replace": [{"line": 9, "by": line(3, "A", 1)}]})),
+        code::UNKNOWN_LINE
+    );
+    assert_eq!(
+        amend(json!({"cancel": [{"line": 2, "qty": 2}]})),
+        code::INVALID_QUANTITY
+    );
+    // Good lines beside a bad one change nothing: the whole amendment is refused.
+    assert_eq!(
+        amend(json!({"add": [line(3, "A", 1)], "cancel": [{"line": 2, "qty": 5}]})),
+        code::INVALID_QUANTITY
+    );
+    assert_eq!(
+        w.state.orders[&ledger::values::OrderId::new("O1").unwrap()]
+            .lines
+            .len(),
+        2
+    );
+    // An order with nothing open cannot be amended; an unknown one is unknown.
+    w.order("O2", json!([line(1, "A", 1)]));
+    w.given(
+        "order.cancel",
+        json!({"order": "O2", "reason": "customer_request"}),
+    );
+    let refused = w.when(
+        "order.amend",
+        json!({"order": "O2", "reason": "customer_request", "add": [line(2, "A", 1)]}),
+    );
+    assert_eq!(rejected(refused), code::INVALID_TRANSITION);
+    let refused = w.when(
+        "order.amend",
+        json!({"order": "NOPE", "reason": "customer_request", "add": [line(2, "A", 1)]}),
+    );
+    assert_eq!(rejected(refused), code::UNKNOWN_ORDER);
+}
+
+#[test]
+fn an_amendment_states_new_lines_in_pack_units() {
+    let mut w = World::new();
+    w.given(
+        "item.define",
+        json!({"sku": "MUG", "base_unit": "each", "pack_sizes": [{"unit": "case", "base_units": 12}]}),
+    );
+    w.receive("MUG", "WH1", 30);
+    w.order("O1", json!([line(1, "MUG", 1)]));
+    let d = w.given(
+        "order.amend",
+        json!({"order": "O1", "reason": "customer_request",
+               "add": [{"line": 2, "sku": "MUG", "qty": 2, "unit": "case",
+                        "unit_price": {"amount": "3.00", "currency": "GBP"}}]}),
+    );
+    let Event::LinesAdded(added) = &d[0].1 else {
+        panic!("{d:?}")
+    };
+    assert_eq!(added.lines[0].line.qty.get(), 24);
+    assert_eq!(w.balance("MUG", "WH1").allocated, 25);
+}

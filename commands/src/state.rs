@@ -1277,6 +1277,13 @@ fn evolve_order(o: &mut OrderState, event: &Event, at: Timestamp) {
                 p.delivered = true;
             }
         }
+        E::LinesAdded(e) => {
+            for added in &e.lines {
+                let line = o.lines.at(added.line.line);
+                line.sku = Some(added.line.sku.clone());
+                line.qty = added.line.qty.get();
+            }
+        }
         E::LinesCancelled(e) => {
             for l in &e.lines {
                 let line = o.lines.at(l.line);

@@ -590,6 +590,24 @@ payload! {
         pub reason: ReasonCode,
     }
 
+    /// A line added to an order after it was placed. With `replaces`, it took the place of
+    /// that line, whose open units were cancelled in the same batch: a substitution when the
+    /// SKU differs (`consent` records the customer's agreement), a new quantity or price
+    /// when it does not.
+    pub struct AddedLine {
+        pub line: OrderLine,
+        pub replaces: Option<u32>,
+        pub consent: Option<String>,
+    }
+
+    /// Lines added to a placed order (`order.amend`); their routing and allocation follow in
+    /// the same batch, as a placement's do.
+    pub struct LinesAdded {
+        pub order: OrderId,
+        pub lines: Vec<AddedLine>,
+        pub reason: ReasonCode,
+    }
+
     pub struct ReturnAuthorised {
         pub order: OrderId,
         pub return_id: ReturnId,
@@ -1137,6 +1155,7 @@ catalogue! {
     OrderRefunded(OrderRefunded) = "order.refunded" v 1;
     OrderDelivered(OrderDelivered) = "order.delivered" v 1;
     LineUnallocated(LineUnallocated) = "order.line_unallocated" v 1;
+    LinesAdded(LinesAdded) = "order.lines_added" v 1;
 
     RecommendationRaised(RecommendationRaised) = "purchase.recommendation_raised" v 1;
     PurchaseOrderCreated(PurchaseOrderCreated) = "purchase.order_created" v 1;

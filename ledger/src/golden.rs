@@ -498,6 +498,23 @@ fn sample(t: EventType) -> Event {
             lines: line_qty(2, 12),
             reason: reason("customer_request"),
         }),
+        EventType::LinesAdded => Event::LinesAdded(LinesAdded {
+            order: order(),
+            lines: vec![AddedLine {
+                line: OrderLine {
+                    line: 3,
+                    sku: Sku::new("85123B").unwrap(),
+                    qty: qty(6),
+                    unit_price: gbp("2.75"),
+                    discount: gbp("0.00"),
+                    tax: gbp("3.30"),
+                    fees: gbp("0.00"),
+                },
+                replaces: Some(1),
+                consent: Some("customer agreed by phone, call 7731".into()),
+            }],
+            reason: reason("customer_request"),
+        }),
         EventType::ReturnAuthorised => Event::ReturnAuthorised(ReturnAuthorised {
             reason: Some(ReturnReason::SizeTooSmall),
             note: "runs a size small".into(),

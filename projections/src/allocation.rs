@@ -159,6 +159,13 @@ fn apply_order_event(o: &mut OrderView, event: &Event, seq: u64) {
             l.backordered = (l.backordered - e.qty.get()).max(0);
         }
         E::LineBackordered(e) => line(o, e.line).backordered += e.qty.get(),
+        E::LinesAdded(e) => {
+            for a in &e.lines {
+                let l = line(o, a.line.line);
+                l.sku = a.line.sku.to_string();
+                l.qty = a.line.qty.get();
+            }
+        }
         E::LineUnallocated(e) => take(
             &mut line(o, e.line).allocated,
             e.location.as_str(),

@@ -269,6 +269,37 @@ struct OrderBook {
     /// Net sales posted so far on lines without tax.
     #[serde(default)]
     untaxed: Decimal,
+    /// The ship-to region: the tax jurisdiction of lines added later.
+    #[serde(default)]
+    region: String,
+}
+
+/// What the books keep of an order line: its prices, and the tax code its tax implies in
+/// `region` (the rate to four places, `unknown` on a line with no net amount).
+fn line_book(l: &ledger::events::OrderLine, region: &str) -> OrderLineBook {
+    let net = l.unit_price.amount * Decimal::from(l.qty.get()) - l.discount.amount;
+    let tax_code = (!l.tax.amount.is_zero()).then(|| TaxCode {
+        jurisdiction: region.to_owned(),
+        rate: if net.is_zero() {
+            "unknown".to_owned()
+        } else {
+            (l.tax.amount / net)
+                .round_dp_with_strategy(4, HALF_UP)
+                .normalize()
+                .to_string()
+        },
+    });
+    OrderLineBook {
+        sku: l.sku.to_string(),
+        qty: l.qty.get(),
+        unit_price: l.unit_price.amount,
+        discount: l.discount.amount,
+        fees: l.fees.amount,
+        tax: l.tax.amount,
+        tax_code,
+        shipped: 0,
+        shipped_cost: Decimal::ZERO,
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -671,35 +702,7 @@ impl Books {
                 let lines = e
                     .lines
                     .iter()
-                    .map(|l| {
-                        let net =
-                            l.unit_price.amount * Decimal::from(l.qty.get()) - l.discount.amount;
-                        let tax_code = (!l.tax.amount.is_zero()).then(|| TaxCode {
-                            jurisdiction: e.ship_to_region.clone(),
-                            rate: if net.is_zero() {
-                                "unknown".to_owned()
-                            } else {
-                                (l.tax.amount / net)
-                                    .round_dp_with_strategy(4, HALF_UP)
-                                    .normalize()
-                                    .to_string()
-                            },
-                        });
-                        (
-                            l.line,
-                            OrderLineBook {
-                                sku: l.sku.to_string(),
-                                qty: l.qty.get(),
-                                unit_price: l.unit_price.amount,
-                                discount: l.discount.amount,
-                                fees: l.fees.amount,
-                                tax: l.tax.amount,
-                                tax_code,
-                                shipped: 0,
-                                shipped_cost: Decimal::ZERO,
-                            },
-                        )
-                    })
+                    .map(|l| (l.line, line_book(l, &e.ship_to_region)))
                     .collect();
                 self.orders.insert(
                     e.order.to_string(),
@@ -711,8 +714,17 @@ impl Books {
                         lines,
                         taxed: Vec::new(),
                         untaxed: Decimal::ZERO,
+                        region: e.ship_to_region.clone(),
                     },
                 );
+            }
+            E::LinesAdded(e) => {
+                if let Some(book) = self.orders.get_mut(e.order.as_str()) {
+                    for a in &e.lines {
+                        let line = line_book(&a.line, &book.region);
+                        book.lines.insert(a.line.line, line);
+                    }
+                }
             }
             E::StockShipped(e) => {
                 let order = e.order.to_string();

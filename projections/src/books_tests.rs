@@ -282,6 +282,37 @@ fn revenue_fees_and_freight_post_balanced_and_reach_the_margin() {
     assert_eq!(receivables["balance"], "61.35");
 }
 
+#[test]
+fn a_line_added_by_amendment_earns_revenue_at_its_own_price_when_it_ships() {
+    let mut c = Case::new("Fifo");
+    c.when(receipt(10, "8.00", "PO1"));
+    c.when(order("O1", 1));
+    // A line added later, at another price; line 1 is cancelled.
+    c.when(
+        json!({"type": "order.lines_added", "data": {"order": "O1", "reason": "customer_request",
+            "lines": [{"line": {"line": 2, "sku": "LAMP", "qty": 3, "unit_price": gbp("15.00"),
+                "discount": gbp("0.00"), "tax": gbp("0.00"), "fees": gbp("0.00")},
+                "replaces": 1, "consent": null}]}}),
+    );
+    c.when(
+        json!({"type": "order.lines_cancelled", "data": {"order": "O1",
+            "lines": [{"line": 1, "qty": 1}], "reason": "customer_request"}}),
+    );
+    c.when(
+        json!({"type": "stock.shipped", "data": {"sku": "LAMP", "order": "O1", "line": 2,
+        "location": "WH1", "qty": 3}}),
+    );
+    c.when(
+        json!({"type": "order.shipped", "data": {"order": "O1", "package": "P1",
+        "carrier": "DPD", "tracking": "T", "freight_cost": gbp("0.00"),
+        "lines": [{"line": 2, "qty": 3}]}}),
+    );
+    let order = c.margin.value("order.O1.GBP").unwrap();
+    assert_eq!(order["revenue"], "45.00");
+    assert_eq!(order["cogs"], "24.00");
+    assert_eq!(order["contribution"], "21.00");
+}
+
 fn invoice(po: &str, number: &str, qty: i64, cost: &str, po_cost: &str) -> serde_json::Value {
     json!({"type": "purchase.invoice_recorded", "data": {"purchase_order": po, "invoice": number,
         "lines": [{"line": 1, "sku": "LAMP", "location": "WH1", "qty": qty,

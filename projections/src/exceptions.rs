@@ -911,6 +911,22 @@ impl Model for Exceptions {
                     },
                 });
             }
+            E::LinesAdded(e) => {
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    for a in &e.lines {
+                        o.lines.insert(
+                            a.line.line,
+                            LineTrack {
+                                sku: a.line.sku.to_string(),
+                                qty: a.line.qty.get(),
+                                unit_price: Some(a.line.unit_price),
+                                ..LineTrack::default()
+                            },
+                        );
+                    }
+                }
+                touched.push(order_ref(ExceptionKind::OrderUnshipped, &e.order));
+            }
             E::LinesCancelled(e) => {
                 if let Some(o) = self.orders.get_mut(e.order.as_str()) {
                     for l in &e.lines {

@@ -291,6 +291,10 @@ struct OrderFacts {
     /// The first-time figures counted so far in the placement rows: lines filled, units
     /// filled, lines backordered, order filled.
     first_time_counted: (i64, i64, i64, i64),
+    /// Lines another line took the place of (`order.lines_added` with `replaces`): their
+    /// cancelled units were changed by the customer, not lost, so they do not spoil in full.
+    #[serde(default)]
+    replaced: BTreeSet<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,7 +328,10 @@ impl OrderFacts {
     }
 
     fn judge(&self, completed_at: Timestamp) -> Judged {
-        let in_full = self.lines.values().all(|l| l.4 == 0);
+        let in_full = self
+            .lines
+            .iter()
+            .all(|(n, l)| l.4 == 0 || self.replaced.contains(n));
         let on_time = self.on_time();
         Judged {
             completed_at,
@@ -832,6 +839,20 @@ impl Model for Kpis {
                 }
                 self.rejudge(e.order.as_str(), at, seq, changed);
             }
+            E::LinesAdded(e) => {
+                // Part of the order from now on: completion waits for them. Placement figures
+                // stay those of the placement.
+                if let Some(o) = self.orders.get_mut(e.order.as_str()) {
+                    for a in &e.lines {
+                        let l = &a.line;
+                        o.lines
+                            .insert(l.line, (l.qty.get(), 0, 0, 0, 0, l.unit_price.amount));
+                        o.skus.entry(l.sku.to_string()).or_insert(l.line);
+                        o.replaced.extend(a.replaces);
+                    }
+                }
+                self.rejudge(e.order.as_str(), at, seq, changed);
+            }
             E::LinesCancelled(e) => {
                 if let Some(o) = self.orders.get_mut(e.order.as_str()) {
                     for l in &e.lines {
@@ -1090,7 +1111,7 @@ fn granularity_of(period: &str) -> Option<Granularity> {
 
 impl View for Kpis {
     const NAME: &'static str = "kpis";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "kpi",
         parts: &["period", "dimension", "value"],

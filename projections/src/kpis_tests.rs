@@ -756,3 +756,47 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_line_replaced_by_amendment_is_not_a_cancellation_and_the_order_completes_with_its_new_line() {
+    let mut g = Given::new();
+    g.at(1, "2011-01-03T10:00:00Z", order("A1", 2)).at(
+        1,
+        "2011-01-03T10:00:00Z",
+        allocated("A1", 1, 2),
+    );
+    // The customer wants 3: line 2 replaces line 1 (added first, then line 1's 2 cancelled).
+    g.at(
+        2,
+        "2011-01-03T12:00:00Z",
+        json!({"type": "order.lines_added", "data": {"order": "A1", "reason": "customer_request",
+            "lines": [{"line": {"line": 2, "sku": "LAMP", "qty": 3, "unit_price": gbp("20.00"),
+                "discount": gbp("0.00"), "tax": gbp("0.00"), "fees": gbp("0.00")},
+                "replaces": 1, "consent": null}]}}),
+    )
+    .at(
+        2,
+        "2011-01-03T12:00:00Z",
+        json!({"type": "order.lines_cancelled", "data": {"order": "A1",
+            "lines": [{"line": 1, "qty": 2}], "reason": "customer_request"}}),
+    );
+    // Not complete: line 2 is open.
+    assert_eq!(g.row("2011-01", "all", "-")["orders_completed"], 0);
+    g.at(
+        3,
+        "2011-01-04T10:00:00Z",
+        shipped("A1", "P1", json!([{"line": 2, "qty": 3}])),
+    );
+    let row = g.row("2011-01-04", "all", "-");
+    assert_eq!(row["orders_completed"], 1);
+    assert_eq!(row["orders_in_full"], 1, "{row}");
+    // The placement figures are the placement's.
+    let placed = g.row("2011-01-03", "all", "-");
+    assert_eq!(
+        (
+            placed["lines_placed"].as_i64(),
+            placed["units_ordered"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+}

@@ -415,6 +415,14 @@ impl Model for Replenishment {
                         .insert((e.order.to_string(), line.line), (line.sku.to_string(), 0));
                 }
             }
+            Event::LinesAdded(e) => {
+                for a in &e.lines {
+                    self.backorders.insert(
+                        (e.order.to_string(), a.line.line),
+                        (a.line.sku.to_string(), 0),
+                    );
+                }
+            }
             Event::LineBackordered(e) => {
                 if let Some((sku, qty)) = self.backorders.get_mut(&(e.order.to_string(), e.line)) {
                     *qty += e.qty.get();

@@ -448,3 +448,114 @@ async fn in_a_quiet_ledger_the_processors_clock_tick_raises_what_fell_due() {
     stop(&mut projector);
     processor.stop().await;
 }
+
+#[tokio::test]
+async fn an_order_amended_through_the_processor_substitutes_and_adds_lines_atomically() {
+    // Goal: through the real processor, a substitution without the customer's consent is
+    // refused and changes nothing; with it, line 1 (2 LAMP) gives way to line 2 (3 SHADE) and
+    // a line 3 (1 LAMP) is added, in one batch; the allocation projector shows every line's
+    // state, LAMP's freed units are allocated to line 3, and `erp verify` passes.
+    let nats = TestNats::start();
+    let processor = TestProcessor::start(&nats).await;
+    let mut projector = crate::projections::projector_process(&nats, "allocation");
+    let client = command_client(&nats).await;
+    let views = ViewClient::new(nats.connect().await);
+    let at = "2011-03-01T09:00:00Z";
+    let price = json!({"amount": "9.00", "currency": "GBP"});
+    for (role, kind, data) in [
+        (
+            "clerk",
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        ("clerk", "channel.define", json!({"channel": "web"})),
+        ("clerk", "item.define", json!({"sku": "LAMP"})),
+        ("clerk", "item.define", json!({"sku": "SHADE"})),
+        (
+            "clerk",
+            "stock.receive",
+            json!({"sku": "LAMP", "location": "WH1", "qty": 2, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        (
+            "clerk",
+            "stock.receive",
+            json!({"sku": "SHADE", "location": "WH1", "qty": 5, "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        (
+            "upstream",
+            "order.place",
+            json!({"order": "C1", "channel": "web", "ship_to_region": "UK",
+            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": price}]}),
+        ),
+    ] {
+        let outcome = client
+            .submit_json(command("someone", role, at, kind, data))
+            .await
+            .unwrap();
+        assert!(outcome.is_accepted(), "{kind}: {outcome:?}");
+    }
+    let amend = |consent: serde_json::Value| {
+        json!({"order": "C1", "reason": "out_of_stock",
+            "replace": [{"line": 1, "consent": consent,
+                "by": {"line": 2, "sku": "SHADE", "qty": 3, "unit_price": price}}],
+            "add": [{"line": 3, "sku": "LAMP", "qty": 1, "unit_price": price}]})
+    };
+    let refused = client
+        .submit_json(command(
+            "shop",
+            "upstream",
+            at,
+            "order.amend",
+            amend(json!(null)),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Outcome::Rejected { code, message, .. }
+            if code == "reason_required" && message.contains("replace[0].consent")),
+        "{refused:?}"
+    );
+    let accepted = client
+        .submit_json(command(
+            "shop",
+            "upstream",
+            at,
+            "order.amend",
+            amend(json!("customer agreed in chat 4411")),
+        ))
+        .await
+        .unwrap();
+    let Outcome::Accepted { outcome_seq, .. } = accepted else {
+        panic!("{accepted:?}")
+    };
+    let order = views
+        .ask(
+            "allocation",
+            "order",
+            json!({"order": "C1"}),
+            Some(outcome_seq),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .result;
+    let lines = &order["lines"];
+    assert_eq!(lines["1"]["cancelled"], 2, "{order}");
+    assert_eq!(lines["1"]["allocated"], json!({}), "{order}");
+    assert_eq!(lines["2"]["sku"], "SHADE", "{order}");
+    assert_eq!(lines["2"]["allocated"]["WH1"], 3, "{order}");
+    assert_eq!(lines["3"]["sku"], "LAMP", "{order}");
+    assert_eq!(lines["3"]["allocated"]["WH1"], 1, "{order}");
+    let url = nats.url();
+    let verify = tokio::task::spawn_blocking(move || erp(&url, &["verify", "--quiet"]))
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    stop(&mut projector);
+    processor.stop().await;
+}
