@@ -61,6 +61,12 @@ enum Op {
         transfer: usize,
         short: i64,
     },
+    /// `order.amend`: the order's current line replaced by one of the same SKU with `extra`
+    /// more units than it has open (its stock freed for the new line in the same batch).
+    Amend {
+        order: usize,
+        extra: i64,
+    },
     /// A count that finds `counted` (often less than is allocated).
     Count {
         sku: usize,
@@ -89,6 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..40).prop_map(|order| Op::Cancel { order }),
         (0usize..40).prop_map(|order| Op::Fulfil { order }),
         (0usize..40).prop_map(|order| Op::Allocate { order }),
+        (0usize..40, 0i64..4).prop_map(|(order, extra)| Op::Amend { order, extra }),
         (sku.clone(), location.clone(), 1i64..8).prop_map(|(sku, location, qty)| Op::Hold {
             sku,
             location,
@@ -139,6 +146,16 @@ fn cost() -> serde_json::Value {
     json!({"amount": "1.00", "currency": "GBP"})
 }
 
+/// An order's last line: the one still open after any replacements (each order has one SKU).
+fn current_line(world: &World, id: &str) -> (u32, crate::state::LineState) {
+    let (n, line) = world.state.orders[&ledger::values::OrderId::new(id).unwrap()]
+        .lines
+        .iter()
+        .last()
+        .expect("an order has lines");
+    (*n, line.clone())
+}
+
 fn run(world: &mut World, reference: &mut Reference, op: &Op) {
     let accepted = |world: &mut World, kind: &str, data: serde_json::Value| -> bool {
         match world.when(kind, data) {
@@ -178,10 +195,12 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             let Some((id, sku, _)) = reference.orders.get(order).cloned() else {
                 return;
             };
-            let line = world.state.orders[&ledger::values::OrderId::new(id.as_str()).unwrap()]
-                .lines[&1]
-                .clone();
-            let cancellable = line.qty - line.shipped - line.cancelled - line.picked_total();
+            let cancellable: i64 = world.state.orders
+                [&ledger::values::OrderId::new(id.as_str()).unwrap()]
+                .lines
+                .values()
+                .map(|l| l.qty - l.shipped - l.cancelled - l.picked_total())
+                .sum();
             if accepted(
                 world,
                 "order.cancel",
@@ -199,9 +218,7 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             let Some((id, sku, _)) = reference.orders.get(order).cloned() else {
                 return;
             };
-            let line = world.state.orders[&ledger::values::OrderId::new(id.as_str()).unwrap()]
-                .lines[&1]
-                .clone();
+            let (n, line) = current_line(world, &id);
             let pickable = line.allocated_total() - line.picked_total();
             let package = format!("P{}-{}", id, line.shipped);
             let shipped = accepted(
@@ -211,11 +228,11 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             ) && accepted(
                 world,
                 "order.pick",
-                json!({"order": id, "lines": [{"line": 1, "qty": pickable}]}),
+                json!({"order": id, "lines": [{"line": n, "qty": pickable}]}),
             ) && accepted(
                 world,
                 "order.pack",
-                json!({"order": id, "package": package, "lines": [{"line": 1, "qty": pickable}]}),
+                json!({"order": id, "package": package, "lines": [{"line": n, "qty": pickable}]}),
             ) && accepted(
                 world,
                 "order.ship",
@@ -225,6 +242,26 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
                 let c = reference.counts.entry(sku).or_default();
                 c.shipped += pickable;
                 c.on_hand -= pickable;
+            }
+        }
+        Op::Amend { order, extra } => {
+            let Some((id, sku, _)) = reference.orders.get(order).cloned() else {
+                return;
+            };
+            let (n, line) = current_line(world, &id);
+            let open = line.qty - line.cancelled;
+            let qty = open + extra;
+            let by = json!({"line": n + 1, "sku": SKUS[sku], "qty": qty, "unit_price": {"amount": "2", "currency": "GBP"}});
+            if qty > 0
+                && accepted(
+                    world,
+                    "order.amend",
+                    json!({"order": id, "reason": "test", "replace": [{"line": n, "by": by}]}),
+                )
+            {
+                let c = reference.counts.entry(sku).or_default();
+                c.ordered += qty;
+                c.cancelled += open;
             }
         }
         Op::Hold { sku, location, qty } => {
@@ -335,9 +372,17 @@ fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
             allocated_at_locations += b.allocated;
         }
         let (mut allocated_on_orders, mut backordered) = (0, 0);
-        for (order, _, _) in reference.orders.iter().filter(|(_, s, _)| *s == i) {
-            let line = &world.state.orders[&ledger::values::OrderId::new(order.as_str()).unwrap()]
-                .lines[&1];
+        let lines = reference
+            .orders
+            .iter()
+            .filter(|(_, s, _)| *s == i)
+            .flat_map(|(order, _, _)| {
+                world.state.orders[&ledger::values::OrderId::new(order.as_str()).unwrap()]
+                    .lines
+                    .values()
+                    .map(move |line| (order, line))
+            });
+        for (order, line) in lines {
             allocated_on_orders += line.allocated_total();
             backordered += line.backordered;
             actual.shipped += line.shipped;
