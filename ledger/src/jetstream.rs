@@ -1137,6 +1137,7 @@ impl EventLog for JetStreamLog {
             held: None,
             stream: target.map(|_| self.stream.clone()),
             space: self.config.subjects.clone(),
+            stall: self.config.api_timeout * CURSOR_STALL_API_TIMEOUTS,
         })
     }
 
@@ -1211,6 +1212,10 @@ impl SubjectEvents {
     }
 }
 
+/// How many API timeouts a bounded read may go without a message before it fails: longer
+/// than one call, as a message of a long read may wait behind the reader's own work.
+const CURSOR_STALL_API_TIMEOUTS: u32 = 4;
+
 /// A read over an ordered push consumer: the fastest way to stream a JetStream log in order.
 pub struct JetStreamCursor {
     messages: Option<consumer::push::Ordered>,
@@ -1223,6 +1228,10 @@ pub struct JetStreamCursor {
     /// To look up the stream's end when the bound moves.
     stream: Option<jetstream::stream::Stream>,
     space: SubjectSpace,
+    /// A bounded read gives up when no message arrives for this long while its bound is not
+    /// reached (a stream that lost its leader can leave an ordered consumer waiting for ever);
+    /// a read that follows the log waits as long as the log is quiet.
+    stall: Duration,
 }
 
 impl std::fmt::Debug for JetStreamCursor {
@@ -1243,6 +1252,7 @@ impl JetStreamCursor {
             held: None,
             stream: None,
             space,
+            stall: Duration::MAX,
         }
     }
 }
@@ -1260,7 +1270,19 @@ impl LogCursor for JetStreamCursor {
             return Some(Ok(record));
         }
         let messages = self.messages.as_mut()?;
-        let msg = match messages.next().await? {
+        let next = match self.target {
+            Some(target) => match tokio::time::timeout(self.stall, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Some(Err(ReadError::Unavailable(format!(
+                        "no message of the log arrived for {:?} while reading up to sequence {target}; is its server up and its stream led?",
+                        self.stall
+                    ))));
+                }
+            },
+            None => messages.next().await,
+        };
+        let msg = match next? {
             Ok(msg) => msg,
             Err(e) => return Some(Err(ReadError::Unavailable(e.to_string()))),
         };

@@ -605,3 +605,75 @@ async fn a_subject_read_whose_server_stops_answering_fails_instead_of_waiting_fo
     assert!(error.to_string().contains("no event"), "{error}");
     eprintln!("the stalled read failed after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_bounded_read_whose_server_stops_answering_fails_instead_of_waiting_for_ever() {
+    // Goal: a read up to the log's end (the processor's catch-up at start, `erp verify`, a
+    // replay) whose server stops answering partway ends with an error after four API timeouts
+    // instead of waiting for ever; the messages it already has are still given first.
+    let nats = TestNats::start();
+    let log = nats
+        .open(ledger::jetstream::LogConfig {
+            api_timeout: Duration::from_secs(1),
+            ..ledger_config()
+        })
+        .await;
+    let subject = stock("LONG");
+    let mut head = Head::EMPTY;
+    // More messages than a subscription buffers (65,536), so the rest must come from the
+    // server.
+    for _ in 0..90 {
+        let events = (0..900).map(|_| adjustment(&subject, 1)).collect();
+        let appended = log
+            .append(batch(&[(&subject, head)], events))
+            .await
+            .unwrap();
+        let last = appended.events.last().unwrap();
+        head = Head {
+            seq: last.seq,
+            hash: last.hash,
+        };
+    }
+    let mut read = log
+        .read(ReadFrom::Start, ReadUntil::CaughtUp)
+        .await
+        .unwrap();
+    assert!(read.next().await.unwrap().is_ok());
+    nats.server.pause(true);
+    let started = std::time::Instant::now();
+    let (mut records, mut ended) = (1u64, None);
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(next) = read.next().await {
+            match next {
+                Ok(_) => records += 1,
+                Err(e) => {
+                    ended = Some(e);
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    nats.server.pause(false);
+    waited.expect("the read still waits a minute after its server stopped answering");
+    let error = ended.unwrap_or_else(|| {
+        panic!(
+            "{records} of {} records read, then the read ended cleanly",
+            head.seq
+        )
+    });
+    assert!(records < head.seq, "{records}");
+    assert!(
+        error.to_string().contains("no message of the log arrived"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "the stalled read failed after {:?}, {records} records in",
+        started.elapsed()
+    );
+}
