@@ -96,6 +96,12 @@ command_data! {
         pub cost: Money,
     }
 
+    /// Units `location` can take on in allocations per business day (UTC); `null`: no limit.
+    pub struct SetDailyCapacity {
+        pub location: LocationId,
+        pub units: Option<u32>,
+    }
+
     pub struct DefineChannel {
         pub channel: ChannelId,
         #[serde(default)]
@@ -672,6 +678,7 @@ commands! {
     DefineItem(DefineItem) = "item.define";
     DefineLocation(DefineLocation) = "location.define";
     SetShippingRate(SetShippingRate) = "location.set_shipping_rate";
+    SetDailyCapacity(SetDailyCapacity) = "location.set_daily_capacity";
     DefineChannel(DefineChannel) = "channel.define";
     DefineSupplier(DefineSupplier) = "supplier.define";
     Receive(Receive) = "stock.receive";

@@ -480,6 +480,7 @@ fn decide_rules(
             }),
         )]),
         CommandBody::SetShippingRate(c) => d.set_shipping_rate(c),
+        CommandBody::SetDailyCapacity(c) => d.set_daily_capacity(c),
         CommandBody::DefineChannel(c) => Ok(vec![(
             Subject::Channel(c.channel.clone()),
             Event::ChannelDefined(ChannelDefined {
@@ -647,6 +648,40 @@ impl<'a> Decider<'a> {
         here.min(cap).max(0)
     }
 
+    /// Units `location` can still take on today (the command's business day): its daily
+    /// capacity less what it took on today and what this decision already promised there.
+    fn room(&self, location: &LocationId, promised: &Promised) -> i64 {
+        let Some(capacity) = self.state.daily_capacity.get(location) else {
+            return i64::MAX;
+        };
+        let today = crate::state::business_day(self.at);
+        let used = self
+            .state
+            .day_use
+            .get(location)
+            .filter(|u| u.day == today)
+            .map_or(0, |u| u.units);
+        let promised_here: i64 = promised
+            .iter()
+            .filter(|((_, at), n)| at == location && **n > 0)
+            .map(|(_, n)| n)
+            .sum();
+        (i64::from(*capacity) - used - promised_here).max(0)
+    }
+
+    /// What an order's line can be given of `sku` at `location`: what is available to its
+    /// channel, within the room left in the location's day.
+    fn routable(
+        &self,
+        sku: &Sku,
+        location: &LocationId,
+        channel: &ChannelId,
+        promised: &Promised,
+    ) -> i64 {
+        self.available(sku, location, Some(channel), promised)
+            .min(self.room(location, promised))
+    }
+
     fn allows_negative(&self, sku: &Sku) -> bool {
         self.state
             .items
@@ -773,7 +808,7 @@ impl<'a> Decider<'a> {
                 // Another entity's order: this stock is not its to take.
                 continue;
             }
-            let available = self.available(sku, location, Some(&order.channel), &promised);
+            let available = self.routable(sku, location, &order.channel, &promised);
             let take = want.min(available);
             if take <= 0 {
                 break;
@@ -1211,6 +1246,20 @@ impl<'a> Decider<'a> {
         )])
     }
 
+    fn set_daily_capacity(
+        &self,
+        c: &crate::command::SetDailyCapacity,
+    ) -> Result<Decision, Rejection> {
+        self.location(&c.location)?;
+        Ok(vec![(
+            Subject::Location(c.location.clone()),
+            Event::DailyCapacitySet(ledger::events::DailyCapacitySet {
+                location: c.location.clone(),
+                units: c.units,
+            }),
+        )])
+    }
+
     fn set_shipping_rate(&self, c: &SetShippingRate) -> Result<Decision, Rejection> {
         self.location(&c.location)?;
         if c.region.trim().is_empty() {
@@ -1602,7 +1651,7 @@ impl<'a> Decider<'a> {
             .filter(|l| {
                 let mut promised = freed.clone();
                 lines.iter().all(|(_, sku, want)| {
-                    let fills = self.available(sku, &l.location, Some(channel), &promised) >= *want;
+                    let fills = self.routable(sku, &l.location, channel, &promised) >= *want;
                     *promised
                         .entry((sku.clone(), l.location.clone()))
                         .or_insert(0) += want;
@@ -1657,7 +1706,7 @@ impl<'a> Decider<'a> {
             .own_locations()
             .map(|l| {
                 (
-                    self.available(sku, &l.location, Some(channel), promised),
+                    self.routable(sku, &l.location, channel, promised),
                     l.region != region,
                     l.routing_priority,
                     &l.location,

@@ -79,6 +79,11 @@ impl World {
     }
 
     pub(crate) fn apply(&mut self, decision: &Decision) {
+        self.apply_at(decision, "2011-01-01T10:00:00Z");
+    }
+
+    /// As `apply`, effective at `at`.
+    pub(crate) fn apply_at(&mut self, decision: &Decision, at: &str) {
         for (subject, event) in decision {
             self.seq += 1;
             let envelope = Envelope {
@@ -91,7 +96,7 @@ impl World {
                     role: Role::new("clerk").unwrap(),
                 },
                 legal_entity: EntityId::new("UK01").unwrap(),
-                effective_at: Timestamp::parse("2011-01-01T10:00:00Z").unwrap(),
+                effective_at: Timestamp::parse(at).unwrap(),
                 prev_hash: EventHash::GENESIS,
                 event: event.clone(),
             };
@@ -2113,4 +2118,106 @@ fn an_amendment_states_new_lines_in_pack_units() {
     };
     assert_eq!(added.lines[0].line.qty.get(), 24);
     assert_eq!(w.balance("MUG", "WH1").allocated, 25);
+}
+
+#[test]
+fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_room_back() {
+    let mut w = World::new();
+    w.receive("A", "WH1", 20);
+    w.receive("A", "WH2", 20);
+    let day1 = "2011-01-01T10:00:00Z";
+    let day1_later = "2011-01-01T18:00:00Z";
+    let day2 = "2011-01-02T08:00:00Z";
+    let at = |w: &mut World, kind: &str, data: serde_json::Value, when: &str| {
+        let d = w
+            .when_at(kind, data, when)
+            .unwrap_or_else(|r| panic!("{kind}: {r}"));
+        w.apply_at(&d, when);
+        d
+    };
+    let place = |order: &str, qty: i64| json!({"order": order, "channel": "web", "ship_to_region": "UK", "lines": [line(1, "A", qty)]});
+    let node = |d: &Decision| -> Vec<String> {
+        d.iter()
+            .filter_map(|(_, e)| match e {
+                Event::StockAllocated(a) => Some(format!("{}:{}", a.location, a.qty.get())),
+                _ => None,
+            })
+            .collect()
+    };
+    at(
+        &mut w,
+        "location.set_daily_capacity",
+        json!({"location": "WH1", "units": 5}),
+        day1,
+    );
+    // WH1 (the first by priority) takes 4; then it has room for 1 only, so 3 go to WH2 whole.
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O1", 4), day1)),
+        ["WH1:4"]
+    );
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O2", 3), day1)),
+        ["WH2:3"]
+    );
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O3", 1), day1)),
+        ["WH1:1"]
+    );
+    // WH1's day is full: a unit it has in stock goes to WH2.
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O4", 1), day1)),
+        ["WH2:1"]
+    );
+    // A cancellation the same day gives its 4 units of room back.
+    at(
+        &mut w,
+        "order.cancel",
+        json!({"order": "O1", "reason": "customer_request"}),
+        day1_later,
+    );
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O5", 4), day1_later)),
+        ["WH1:4"]
+    );
+    // A new day starts empty.
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O6", 5), day2)),
+        ["WH1:5"]
+    );
+    // Both nodes full for the day: what neither can take waits as a backorder.
+    at(
+        &mut w,
+        "location.set_daily_capacity",
+        json!({"location": "WH2", "units": 0}),
+        day2,
+    );
+    let d = at(&mut w, "order.place", place("O7", 2), day2);
+    assert_eq!(node(&d), Vec::<String>::new());
+    assert_eq!(types(&d), ["order.placed", "order.line_backordered"]);
+    // No limit again: WH1 ships as much as it has.
+    at(
+        &mut w,
+        "location.set_daily_capacity",
+        json!({"location": "WH1", "units": null}),
+        day2,
+    );
+    assert_eq!(
+        node(&at(&mut w, "order.place", place("O8", 6), day2)),
+        ["WH1:6"]
+    );
+    // Refused: a location nobody defined; a negative or fractional number of units.
+    assert_eq!(
+        rejected(w.when(
+            "location.set_daily_capacity",
+            json!({"location": "NOPE", "units": 5})
+        )),
+        code::UNKNOWN_LOCATION
+    );
+    for bad in [json!(-1), json!(2.5), json!("many")] {
+        let body = json!({"command_id": uuid::Uuid::now_v7(), "actor": {"id": "a", "role": "admin"},
+            "legal_entity": "UK01", "effective_at": day2, "type": "location.set_daily_capacity",
+            "data": {"location": "WH1", "units": bad}});
+        let error = super::command::decode(body.to_string().as_bytes()).unwrap_err();
+        assert!(error.to_string().contains("units"), "{bad}: {error}");
+    }
 }

@@ -54,6 +54,7 @@ pub const OUTSIDE_PERIODS: &[&str] = &[
     "item.define",
     "location.define",
     "location.set_shipping_rate",
+    "location.set_daily_capacity",
     "channel.define",
     "supplier.define",
     "legal_entity.define",

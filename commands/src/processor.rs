@@ -208,12 +208,9 @@ pub fn draft(command: &Command, subject: Subject, event: Event) -> EventDraft {
 /// A command's saved aggregate, to undo a tick's tentative changes.
 enum Saved {
     Item(Sku, Option<Defined<crate::state::ItemRules>>),
-    /// A location's definition and the entity it belongs to.
-    Location(
-        LocationId,
-        Option<Defined<ledger::events::LocationDefined>>,
-        Option<EntityId>,
-    ),
+    /// A location's definition, the entity it belongs to, its shipping rates and its daily
+    /// capacity.
+    Location(LocationId, Box<SavedLocation>),
     Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
     Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
     Stock(Sku, Option<StockState>),
@@ -228,6 +225,17 @@ enum Saved {
     DeliveryEntities(std::collections::BTreeSet<EntityId>),
     /// The business clock of each legal entity, saved with the period table.
     BusinessClock(std::collections::BTreeMap<EntityId, ledger::values::Timestamp>),
+    /// What each location with a daily capacity took on today (allocations name locations
+    /// on stock subjects), saved with the period table.
+    DayUse(std::collections::BTreeMap<LocationId, crate::state::DayUse>),
+}
+
+/// Everything the write model keeps under a location's subject.
+struct SavedLocation {
+    defined: Option<Defined<ledger::events::LocationDefined>>,
+    entity: Option<EntityId>,
+    rates: Option<std::collections::BTreeMap<String, ledger::values::Money>>,
+    capacity: Option<u32>,
 }
 
 fn save(state: &State, subject: &Subject) -> Saved {
@@ -235,8 +243,12 @@ fn save(state: &State, subject: &Subject) -> Saved {
         Subject::Item(k) => Saved::Item(k.clone(), state.items.get(k).cloned()),
         Subject::Location(k) => Saved::Location(
             k.clone(),
-            state.locations.get(k).cloned(),
-            state.location_entities.get(k).cloned(),
+            Box::new(SavedLocation {
+                defined: state.locations.get(k).cloned(),
+                entity: state.location_entities.get(k).cloned(),
+                rates: state.shipping_rates.get(k).cloned(),
+                capacity: state.daily_capacity.get(k).copied(),
+            }),
         ),
         Subject::Channel(k) => Saved::Channel(k.clone(), state.channels.get(k).cloned()),
         Subject::Supplier(k) => Saved::Supplier(k.clone(), state.suppliers.get(k).cloned()),
@@ -280,9 +292,17 @@ fn put_dense<K: std::hash::Hash + Eq, V>(
 fn restore(state: &mut State, saved: Saved) {
     match saved {
         Saved::Item(k, v) => put_dense(&mut state.items, k, v),
-        Saved::Location(k, v, entity) => {
+        Saved::Location(k, saved) => {
+            let SavedLocation {
+                defined,
+                entity,
+                rates,
+                capacity,
+            } = *saved;
             put_ordered(&mut state.location_entities, k.clone(), entity);
-            put_ordered(&mut state.locations, k, v);
+            put_ordered(&mut state.shipping_rates, k.clone(), rates);
+            put_ordered(&mut state.daily_capacity, k.clone(), capacity);
+            put_ordered(&mut state.locations, k, defined);
         }
         Saved::Channel(k, v) => put(&mut state.channels, k, v),
         Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
@@ -298,6 +318,7 @@ fn restore(state: &mut State, saved: Saved) {
         Saved::PeriodEvents(table) => state.period_events = table,
         Saved::DeliveryEntities(set) => state.delivery_entities = set,
         Saved::BusinessClock(clocks) => state.business_clock = clocks,
+        Saved::DayUse(used) => state.day_use = used,
     }
 }
 
@@ -329,6 +350,7 @@ impl Tick {
                 .push(Saved::DeliveryEntities(state.delivery_entities.clone()));
             self.saved
                 .push(Saved::BusinessClock(state.business_clock.clone()));
+            self.saved.push(Saved::DayUse(state.day_use.clone()));
         }
         if self.touched.insert(subject.clone()) {
             self.expectations.push(Expectation {

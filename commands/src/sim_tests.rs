@@ -804,6 +804,9 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.period_events == b.period_events
         && a.delivery_entities == b.delivery_entities
         && a.business_clock == b.business_clock
+        && a.shipping_rates == b.shipping_rates
+        && a.daily_capacity == b.daily_capacity
+        && a.day_use == b.day_use
         && a.entities == b.entities
         && a.location_entities == b.location_entities
 }
@@ -907,6 +910,9 @@ async fn recover(
                 a.delivery_entities == b.delivery_entities,
             ),
             ("business_clock", a.business_clock == b.business_clock),
+            ("shipping_rates", a.shipping_rates == b.shipping_rates),
+            ("daily_capacity", a.daily_capacity == b.daily_capacity),
+            ("day_use", a.day_use == b.day_use),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),
             ("stock", a.stock == b.stock),

@@ -668,6 +668,20 @@ pub struct EntityState {
     pub closed: BTreeMap<u32, ledger::events::PeriodClosed>,
 }
 
+/// Units a location took on in allocations in one business day (UTC), net of units released
+/// that day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayUse {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub units: i64,
+}
+
+/// The business day (UTC) of `at`, in days since 1970-01-01.
+pub fn business_day(at: Timestamp) -> i64 {
+    at.micros().div_euclid(86_400_000_000)
+}
+
 /// The whole write model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -680,6 +694,11 @@ pub struct State {
     pub location_entities: BTreeMap<LocationId, ledger::values::EntityId>,
     /// What a shipment costs, by location and ship-to region (`location.shipping_rate_set`).
     pub shipping_rates: BTreeMap<LocationId, BTreeMap<String, ledger::values::Money>>,
+    /// Units a location can take on in allocations per business day
+    /// (`location.daily_capacity_set`); a location without an entry has no limit.
+    pub daily_capacity: BTreeMap<LocationId, u32>,
+    /// What each location with a daily capacity took on in its latest business day.
+    pub day_use: BTreeMap<LocationId, DayUse>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
     pub stock: IndexMap<Sku, StockState>,
@@ -810,6 +829,15 @@ impl State {
                 }
             }
         }
+        match &envelope.event {
+            E::StockAllocated(e) => {
+                self.use_capacity(&e.location, envelope.effective_at, e.qty.get());
+            }
+            E::AllocationReleased(e) => {
+                self.use_capacity(&e.location, envelope.effective_at, -e.qty.get());
+            }
+            _ => {}
+        }
         if let Subject::LegalEntity(entity) = &envelope.subject {
             let state = self.entities.entry(entity.clone()).or_default();
             crate::governance::evolve(state, envelope);
@@ -842,6 +870,15 @@ impl State {
                     .or_default()
                     .insert(e.region.clone(), e.cost);
             }
+            E::DailyCapacitySet(e) => match e.units {
+                Some(units) => {
+                    self.daily_capacity.insert(e.location.clone(), units);
+                }
+                None => {
+                    self.daily_capacity.remove(&e.location);
+                    self.day_use.remove(&e.location);
+                }
+            },
             E::LocationDefined(e) => {
                 self.location_entities
                     .entry(e.location.clone())
@@ -904,6 +941,23 @@ impl State {
                     self.evolve_purchase_order(po, envelope);
                 }
             }
+        }
+    }
+
+    /// Counts `units` allocated (released, when negative) at `location` on the day of `at`,
+    /// where the location has a daily capacity. A new day starts from nothing; an event dated
+    /// before the location's latest day counted changes nothing (that day is history).
+    fn use_capacity(&mut self, location: &LocationId, at: Timestamp, units: i64) {
+        if !self.daily_capacity.contains_key(location) {
+            return;
+        }
+        let day = business_day(at);
+        let used = self.day_use.entry(location.clone()).or_default();
+        if day > used.day {
+            *used = DayUse { day, units: 0 };
+        }
+        if day == used.day {
+            used.units = (used.units + units).max(0);
         }
     }
 

@@ -197,6 +197,14 @@ payload! {
         pub cost: Money,
     }
 
+    /// How many units a location can take on in allocations in one business day (UTC), or
+    /// `None` for no limit. Routing passes over a node whose day is full; units released by
+    /// a cancellation on the same day give the room back. Set again to change it.
+    pub struct DailyCapacitySet {
+        pub location: LocationId,
+        pub units: Option<u32>,
+    }
+
     pub struct SupplierDefined {
         pub supplier: SupplierId,
         pub name: String,
@@ -1116,6 +1124,7 @@ catalogue! {
     ItemChanged(ItemDefined) = "item.changed" v 2;
     LocationDefined(LocationDefined) = "location.defined" v 1;
     ShippingRateSet(ShippingRateSet) = "location.shipping_rate_set" v 1;
+    DailyCapacitySet(DailyCapacitySet) = "location.daily_capacity_set" v 1;
     SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
     ChannelDefined(ChannelDefined) = "channel.defined" v 1;
     LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 2;

@@ -545,6 +545,10 @@ fn sample(t: EventType) -> Event {
                 blocks: true,
             }),
         }),
+        EventType::DailyCapacitySet => Event::DailyCapacitySet(DailyCapacitySet {
+            location: loc("WH1"),
+            units: Some(1200),
+        }),
         EventType::ClockTicked => Event::ClockTicked(ClockTicked {
             previous: Timestamp::parse("2011-03-04T09:12:30Z").unwrap(),
         }),
