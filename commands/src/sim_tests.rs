@@ -573,6 +573,28 @@ fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) ->
             orders[i].1 += 1;
             fulfilment_step(rng, &format!("O{}", i + 1), (sku, ordered), step)
         }
+        // Now and then a node's daily capacity or a shipping rate: location data that routing
+        // reads and a failed batch must take back.
+        10 if rng.chance(250) => {
+            let units = match rng.below(4) {
+                0 => json!(null),
+                _ => json!(rng.below(30)),
+            };
+            command(
+                rng,
+                "location.set_daily_capacity",
+                json!({"location": location, "units": units}),
+            )
+        }
+        10 if rng.chance(100) => {
+            let cost = format!("{}.50", rng.below(9));
+            command(
+                rng,
+                "location.set_shipping_rate",
+                json!({"location": location, "region": "UK",
+                       "cost": {"amount": cost, "currency": "GBP"}}),
+            )
+        }
         _ => command(rng, "order.allocate", json!({"order": existing})),
     }
 }
