@@ -1621,6 +1621,20 @@ impl<'a> Decider<'a> {
             .unwrap_or_default()
     }
 
+    /// What a node's daily capacity leaves it today, for a routing reason ("" without one).
+    fn capacity_words(&self, location: &LocationId, promised: &Promised) -> String {
+        self.state
+            .daily_capacity
+            .get(location)
+            .map(|units| {
+                format!(
+                    "; room for {} more units today (daily capacity {units})",
+                    self.room(location, promised)
+                )
+            })
+            .unwrap_or_default()
+    }
+
     /// The locations of the command's own entity: their stock is its stock, and orders are
     /// routed only there.
     fn own_locations(&self) -> impl Iterator<Item = &'a LocationDefined> + '_ {
@@ -1736,7 +1750,7 @@ impl<'a> Decider<'a> {
             let take = available.min(left);
             left -= take;
             let reason = format!(
-                "{}{}; {}; routing priority {priority}",
+                "{}{}{}; {}; routing priority {priority}",
                 if whole && shipping.contains(location) {
                     format!(
                         "{location} has all {want} available and ships another line of the order"
@@ -1746,6 +1760,7 @@ impl<'a> Decider<'a> {
                 } else {
                     format!("no node has all {want}; {location} has {available}")
                 },
+                self.capacity_words(location, promised),
                 self.shipping_cost_words(location, region),
                 if other_region {
                     format!("outside region {region}")

@@ -2159,9 +2159,18 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
         node(&at(&mut w, "order.place", place("O2", 3), day1)),
         ["WH2:3"]
     );
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O3", 1), day1)),
-        ["WH1:1"]
+    let d = at(&mut w, "order.place", place("O3", 1), day1);
+    assert_eq!(node(&d), ["WH1:1"]);
+    let reason = d
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::LineRouted(r) => Some(r.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        reason.contains("room for 1 more units today (daily capacity 5)"),
+        "{reason}"
     );
     // WH1's day is full: a unit it has in stock goes to WH2.
     assert_eq!(
