@@ -2136,6 +2136,14 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
         d
     };
     let place = |order: &str, qty: i64| json!({"order": order, "channel": "web", "ship_to_region": "UK", "lines": [line(1, "A", qty)]});
+    let capacity = |w: &mut World, location: &str, units: serde_json::Value, when: &str| {
+        at(
+            w,
+            "location.set_daily_capacity",
+            json!({"location": location, "units": units}),
+            when,
+        );
+    };
     let node = |d: &Decision| -> Vec<String> {
         d.iter()
             .filter_map(|(_, e)| match e {
@@ -2144,21 +2152,13 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
             })
             .collect()
     };
-    at(
-        &mut w,
-        "location.set_daily_capacity",
-        json!({"location": "WH1", "units": 5}),
-        day1,
-    );
+    let placed = |w: &mut World, order: &str, qty: i64, when: &str| {
+        node(&at(w, "order.place", place(order, qty), when))
+    };
+    capacity(&mut w, "WH1", json!(5), day1);
     // WH1 (the first by priority) takes 4; then it has room for 1 only, so 3 go to WH2 whole.
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O1", 4), day1)),
-        ["WH1:4"]
-    );
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O2", 3), day1)),
-        ["WH2:3"]
-    );
+    assert_eq!(placed(&mut w, "O1", 4, day1), ["WH1:4"]);
+    assert_eq!(placed(&mut w, "O2", 3, day1), ["WH2:3"]);
     let d = at(&mut w, "order.place", place("O3", 1), day1);
     assert_eq!(node(&d), ["WH1:1"]);
     let reason = d
@@ -2173,10 +2173,7 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
         "{reason}"
     );
     // WH1's day is full: a unit it has in stock goes to WH2.
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O4", 1), day1)),
-        ["WH2:1"]
-    );
+    assert_eq!(placed(&mut w, "O4", 1, day1), ["WH2:1"]);
     // A cancellation the same day gives its 4 units of room back.
     at(
         &mut w,
@@ -2184,36 +2181,17 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
         json!({"order": "O1", "reason": "customer_request"}),
         day1_later,
     );
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O5", 4), day1_later)),
-        ["WH1:4"]
-    );
+    assert_eq!(placed(&mut w, "O5", 4, day1_later), ["WH1:4"]);
     // A new day starts empty.
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O6", 5), day2)),
-        ["WH1:5"]
-    );
+    assert_eq!(placed(&mut w, "O6", 5, day2), ["WH1:5"]);
     // Both nodes full for the day: what neither can take waits as a backorder.
-    at(
-        &mut w,
-        "location.set_daily_capacity",
-        json!({"location": "WH2", "units": 0}),
-        day2,
-    );
+    capacity(&mut w, "WH2", json!(0), day2);
     let d = at(&mut w, "order.place", place("O7", 2), day2);
     assert_eq!(node(&d), Vec::<String>::new());
     assert_eq!(types(&d), ["order.placed", "order.line_backordered"]);
     // No limit again: WH1 ships as much as it has.
-    at(
-        &mut w,
-        "location.set_daily_capacity",
-        json!({"location": "WH1", "units": null}),
-        day2,
-    );
-    assert_eq!(
-        node(&at(&mut w, "order.place", place("O8", 6), day2)),
-        ["WH1:6"]
-    );
+    capacity(&mut w, "WH1", json!(null), day2);
+    assert_eq!(placed(&mut w, "O8", 6, day2), ["WH1:6"]);
     // Refused: a location nobody defined; a negative or fractional number of units.
     assert_eq!(
         rejected(w.when(

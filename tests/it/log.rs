@@ -564,6 +564,21 @@ async fn acknowledged_events_survive_a_server_kill_and_the_writer_resumes() {
     );
 }
 
+/// Appends `batches` batches of `per_batch` adjustments to `subject`; its head after them.
+async fn fill(log: &JetStreamLog, subject: &Subject, batches: usize, per_batch: usize) -> Head {
+    let mut head = Head::EMPTY;
+    for _ in 0..batches {
+        let events = (0..per_batch).map(|_| adjustment(subject, 1)).collect();
+        let appended = log.append(batch(&[(subject, head)], events)).await.unwrap();
+        let last = appended.events.last().unwrap();
+        head = Head {
+            seq: last.seq,
+            hash: last.hash,
+        };
+    }
+    head
+}
+
 #[tokio::test]
 async fn a_subject_read_whose_server_stops_answering_fails_instead_of_waiting_for_ever() {
     // Goal: the processor reads a subject on its command path (an archived order called
@@ -573,19 +588,7 @@ async fn a_subject_read_whose_server_stops_answering_fails_instead_of_waiting_fo
     let nats = TestNats::start();
     let log = nats.open(ledger_config()).await;
     let subject = stock("LONG");
-    let mut head = Head::EMPTY;
-    for _ in 0..20 {
-        let events = (0..100).map(|_| adjustment(&subject, 1)).collect();
-        let appended = log
-            .append(batch(&[(&subject, head)], events))
-            .await
-            .unwrap();
-        let last = appended.events.last().unwrap();
-        head = Head {
-            seq: last.seq,
-            hash: last.hash,
-        };
-    }
+    let head = fill(&log, &subject, 20, 100).await;
     let mut read = log.subject_events(&subject, 0, head.seq).await.unwrap();
     assert!(read.next().await.unwrap().is_some());
     nats.server.pause(true);
@@ -619,21 +622,9 @@ async fn a_bounded_read_whose_server_stops_answering_fails_instead_of_waiting_fo
         })
         .await;
     let subject = stock("LONG");
-    let mut head = Head::EMPTY;
     // More messages than a subscription buffers (65,536), so the rest must come from the
     // server.
-    for _ in 0..90 {
-        let events = (0..900).map(|_| adjustment(&subject, 1)).collect();
-        let appended = log
-            .append(batch(&[(&subject, head)], events))
-            .await
-            .unwrap();
-        let last = appended.events.last().unwrap();
-        head = Head {
-            seq: last.seq,
-            hash: last.hash,
-        };
-    }
+    let head = fill(&log, &subject, 90, 900).await;
     let mut read = log
         .read(ReadFrom::Start, ReadUntil::CaughtUp)
         .await

@@ -130,6 +130,37 @@ async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
     snapshots_equal_replays::<Kpis>(&log, &kpis, 4).await;
 }
 
+/// The commands (role, type, data) that leave `order` (2 LAMP from WH1, which has 10)
+/// released to pick.
+fn one_order_released(order: &str) -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    vec![
+        (
+            "clerk",
+            "location.define",
+            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
+        ),
+        ("clerk", "channel.define", json!({"channel": "web"})),
+        ("clerk", "item.define", json!({"sku": "LAMP"})),
+        (
+            "clerk",
+            "stock.receive",
+            json!({"sku": "LAMP", "location": "WH1", "qty": 10,
+            "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
+        ),
+        (
+            "upstream",
+            "order.place",
+            json!({"order": order, "channel": "web", "ship_to_region": "UK",
+            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
+        ),
+        (
+            "warehouse",
+            "order.release_to_pick",
+            json!({"order": order, "wave": "W1"}),
+        ),
+    ]
+}
+
 /// One exception as the view shows it, once it has applied `min_seq`.
 async fn exception_row(
     views: &ViewClient,
@@ -181,49 +212,14 @@ async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
             }
         };
     let day1 = "2011-03-01T09:00:00Z";
-    for (actor, role, kind, data) in [
-        (
-            "ctl",
-            "controller",
-            "exception.set_rule",
-            json!({"kind": "OrderUnshipped",
-            "rule": {"threshold": 1, "severity": "Critical", "blocks": true}}),
-        ),
-        (
-            "clerk",
-            "clerk",
-            "location.define",
-            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
-        ),
-        (
-            "clerk",
-            "clerk",
-            "channel.define",
-            json!({"channel": "web"}),
-        ),
-        ("clerk", "clerk", "item.define", json!({"sku": "LAMP"})),
-        (
-            "clerk",
-            "clerk",
-            "stock.receive",
-            json!({"sku": "LAMP", "location": "WH1", "qty": 10,
-            "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
-        ),
-        (
-            "shop",
-            "upstream",
-            "order.place",
-            json!({"order": "B1", "channel": "web", "ship_to_region": "UK",
-            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
-        ),
-        (
-            "wh",
-            "warehouse",
-            "order.release_to_pick",
-            json!({"order": "B1", "wave": "W1"}),
-        ),
-    ] {
-        let outcome = send(actor, role, day1, kind, data).await;
+    let rule = (
+        "controller",
+        "exception.set_rule",
+        json!({"kind": "OrderUnshipped",
+        "rule": {"threshold": 1, "severity": "Critical", "blocks": true}}),
+    );
+    for (role, kind, data) in std::iter::once(rule).chain(one_order_released("B1")) {
+        let outcome = send(role, role, day1, kind, data).await;
         assert!(outcome.is_accepted(), "{kind}: {outcome:?}");
     }
     // Two days later, something else happens: the business clock passes the deadline.
@@ -358,32 +354,7 @@ async fn in_a_quiet_ledger_the_processors_clock_tick_raises_what_fell_due() {
     let views = ViewClient::new(nats.connect().await);
     let ago = (chrono::Utc::now() - chrono::Duration::days(3))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for (role, kind, data) in [
-        (
-            "clerk",
-            "location.define",
-            json!({"location": "WH1", "kind": "Warehouse", "region": "UK"}),
-        ),
-        ("clerk", "channel.define", json!({"channel": "web"})),
-        ("clerk", "item.define", json!({"sku": "LAMP"})),
-        (
-            "clerk",
-            "stock.receive",
-            json!({"sku": "LAMP", "location": "WH1", "qty": 10,
-            "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
-        ),
-        (
-            "upstream",
-            "order.place",
-            json!({"order": "Q1", "channel": "web", "ship_to_region": "UK",
-            "lines": [{"line": 1, "sku": "LAMP", "qty": 2, "unit_price": {"amount": "9.00", "currency": "GBP"}}]}),
-        ),
-        (
-            "warehouse",
-            "order.release_to_pick",
-            json!({"order": "Q1", "wave": "W1"}),
-        ),
-    ] {
+    for (role, kind, data) in one_order_released("Q1") {
         let outcome = client
             .submit_json(command("someone", role, &ago, kind, data))
             .await
