@@ -130,6 +130,26 @@ async fn exceptions_and_kpis_equal_replays_and_are_worked_by_command() {
     snapshots_equal_replays::<Kpis>(&log, &kpis, 4).await;
 }
 
+/// The exception's row once `ready` holds for it, or as it last was after 30 s.
+async fn row_once(
+    views: &ViewClient,
+    exception: &serde_json::Value,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut row = json!(null);
+    for _ in 0..300 {
+        row = exception_row(views, exception, None)
+            .await
+            .map(|a| a.result)
+            .unwrap_or(json!(null));
+        if ready(&row) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    row
+}
+
 /// The commands (role, type, data) that leave `order` (2 LAMP from WH1, which has 10)
 /// released to pick.
 fn one_order_released(order: &str) -> Vec<(&'static str, &'static str, serde_json::Value)> {
@@ -233,17 +253,7 @@ async fn a_blocking_exception_holds_its_order_until_it_is_resolved() {
     .await;
     assert!(outcome.is_accepted(), "{outcome:?}");
     let exception = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "B1"}}});
-    let mut row = json!(null);
-    for _ in 0..300 {
-        row = exception_row(&views, &exception, None)
-            .await
-            .map(|a| a.result)
-            .unwrap_or(json!(null));
-        if !row["hold"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let row = row_once(&views, &exception, |row| !row["hold"].is_null()).await;
     assert_eq!(row["blocks"], true, "{row}");
     assert_eq!(row["hold"]["by"], "exceptions", "{row}");
     assert_eq!(row["status"], "open");
@@ -376,17 +386,7 @@ async fn in_a_quiet_ledger_the_processors_clock_tick_raises_what_fell_due() {
     assert!(outcome.is_accepted(), "{outcome:?}");
 
     let exception = json!({"kind": "OrderUnshipped", "on": {"Order": {"order": "Q1"}}});
-    let mut row = json!(null);
-    for _ in 0..300 {
-        row = exception_row(&views, &exception, None)
-            .await
-            .map(|a| a.result)
-            .unwrap_or(json!(null));
-        if row["status"] == "open" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let row = row_once(&views, &exception, |row| row["status"] == "open").await;
     assert_eq!(row["status"], "open", "{row}");
     // Stamped with its deadline (two days after the release), not with the tick.
     let release = ledger::values::Timestamp::parse(&ago).unwrap();
