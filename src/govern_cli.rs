@@ -183,7 +183,7 @@ async fn send(sender: &Sender, command: &Value) -> anyhow::Result<commands::proc
 }
 
 fn report(kind: &str, outcome: &commands::processor::Outcome) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(outcome)?);
+    say!("{}", serde_json::to_string_pretty(outcome)?);
     match outcome {
         commands::processor::Outcome::Accepted { .. } => Ok(()),
         commands::processor::Outcome::Rejected { code, message, .. } => {
@@ -295,7 +295,7 @@ pub async fn approval(sender: &Sender, action: &ApprovalAction) -> anyhow::Resul
                 .await?;
                 for a in answer["approvals"].as_array().into_iter().flatten() {
                     count += 1;
-                    println!("{}", serde_json::to_string(a)?);
+                    say!("{}", serde_json::to_string(a)?);
                 }
                 match answer["next_after"].as_str() {
                     Some(next) => after = Some(next.to_owned()),
@@ -360,7 +360,7 @@ pub async fn period(sender: &Sender, action: &PeriodAction) -> anyhow::Result<()
             parse_period(period)?;
             let views = ViewClient::new(sender.connect().await?);
             let row = trial_balance(&views, entity, period).await?;
-            println!("{}", serde_json::to_string_pretty(&row)?);
+            say!("{}", serde_json::to_string_pretty(&row)?);
             Ok(())
         }
         PeriodAction::Tax { period, entity } => {
@@ -372,7 +372,7 @@ pub async fn period(sender: &Sender, action: &PeriodAction) -> anyhow::Result<()
                 json!({"entity": entity, "period": period}),
             )
             .await?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            say!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         PeriodAction::Close { period, acting } => {

@@ -16,6 +16,37 @@ use projections::finance::Finance;
 use projections::margin::Margin;
 use projections::{Mode, Projector, ProjectorConfig};
 
+/// `println!` for what a command prints: when its reader has gone (`erp exceptions | head`)
+/// the program ends quietly, as Unix tools do, instead of panicking on the closed pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// `print!`, as `say!`.
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// Printing failed: a reader that went away ends the program with success, anything else
+/// with an error.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 mod govern_cli;
 mod holder;
 mod ops_cli;
@@ -895,7 +926,7 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let path = server::find_or_install(&tools_dir, SERVER_VERSION_MIN)?;
             let version = server::binary_version(&path).context("reading its version")?;
-            println!("{} (nats-server {version})", path.display());
+            say!("{} (nats-server {version})", path.display());
             Ok(())
         }
         Command::Status { nats } => {
@@ -1033,7 +1064,7 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
                 "token for `{user}` (shown once; its hash is in {}; a running gateway accepts it within a second):",
                 gateway::tokens::Tokens::path(&dir).display()
             );
-            println!("{token}");
+            say!("{token}");
             return Ok(());
         }
         AuthAction::Tokens { dir } => {
@@ -1046,7 +1077,7 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
                 );
             }
             for t in &tokens.tokens {
-                println!(
+                say!(
                     "{:<16} {:<28} sha256 {}",
                     t.user,
                     t.issued_at,
@@ -1070,7 +1101,7 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
                 sha256.map(|p| p.to_ascii_lowercase()).as_deref(),
             )?;
             for t in &revoked {
-                println!(
+                say!(
                     "revoked the token of `{}` issued {} (sha256 {})",
                     t.user,
                     t.issued_at,
@@ -1082,13 +1113,13 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
         }
         AuthAction::Init { dir } => {
             let auth = AuthDir::init(&dir)?;
-            println!(
+            say!(
                 "wrote {} (secret), {} and {}",
                 ledger::auth::Credentials::users_path(&dir).display(),
                 AuthDir::principals_path(&dir).display(),
                 ledger::auth::Credentials::config_path(&dir).display()
             );
-            println!("start with `erp up --auth {}`", dir.display());
+            say!("start with `erp up --auth {}`", dir.display());
             (dir, auth)
         }
         AuthAction::AddUser {
@@ -1124,15 +1155,15 @@ fn auth(action: AuthAction) -> anyhow::Result<()> {
                 );
             }
             let auth = AuthDir::add_user(&dir, &name, principal)?;
-            println!(
+            say!(
                 "added `{name}`; reload the server's configuration (`nats-server --signal reload`, or restart `erp up`) and restart the processor"
             );
             (dir, auth)
         }
     };
-    println!("users (connect with --auth {} --user NAME):", dir.display());
+    say!("users (connect with --auth {} --user NAME):", dir.display());
     for (user, principal) in &auth.principals.0 {
-        println!(
+        say!(
             "  {user:12} acts as `{}` in {}{}{}",
             principal.actor,
             principal
@@ -1202,7 +1233,7 @@ async fn submit(nats: &NatsArgs, file: &std::path::Path, window: usize) -> anyho
             lines.into_iter().map(|l| l.into_bytes().into()),
             window,
             |i, outcome| match outcome {
-                Ok(outcome) => println!("{}", serde_json::to_string(&outcome).expect("json")),
+                Ok(outcome) => say!("{}", serde_json::to_string(&outcome).expect("json")),
                 Err(e) => {
                     failures += 1;
                     eprintln!("line {}: {e}", i + 1);
@@ -1256,7 +1287,7 @@ async fn run_demo(
     );
     if demo.print {
         for command in &commands {
-            println!("{}", serde_json::to_string(command).expect("json"));
+            say!("{}", serde_json::to_string(command).expect("json"));
         }
         return Ok(());
     }
@@ -1403,21 +1434,23 @@ async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<
             serde_json::from_slice(&msg.payload).context("the processor's status is not JSON")?
         }
         Ok(Err(e)) => {
-            println!("processor: not answering ({e})");
+            say!("processor: not answering ({e})");
             return Ok(());
         }
         Err(_) => {
-            println!("processor: no answer within 5 s");
+            say!("processor: no answer within 5 s");
             return Ok(());
         }
     };
-    println!(
+    say!(
         "processor: applied up to {}, {} commands recorded, {} recorded internal_error since it started",
-        status["applied_seq"], status["commands_recorded"], status["internal_errors"]
+        status["applied_seq"],
+        status["commands_recorded"],
+        status["internal_errors"]
     );
     let batches = &status["batches"];
     if let Some(committed) = batches["committed"].as_u64() {
-        println!(
+        say!(
             "processor batches: {committed} committed ({:.1} commands each), {} in flight, {} rollbacks taking {} batches",
             batches["commands"].as_u64().unwrap_or(0) as f64 / committed.max(1) as f64,
             status["in_flight"],
@@ -1427,12 +1460,12 @@ async fn processor_status(client: &async_nats_client::Client) -> anyhow::Result<
     }
     let foreign = &status["foreign"];
     if foreign["count"].as_u64().unwrap_or(0) > 0 {
-        println!(
+        say!(
             "foreign messages in the ledger (never applied): {}; latest:",
             foreign["count"]
         );
         for f in foreign["recent"].as_array().into_iter().flatten() {
-            println!(
+            say!(
                 "  sequence {} on `{}`: {}",
                 f[0],
                 f[1].as_str().unwrap_or(""),
@@ -1464,7 +1497,7 @@ async fn ask_view(
             )
             .await?;
         pages += 1;
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"seq": answer.seq, "result": answer.result})
@@ -1528,7 +1561,7 @@ async fn supervisor_status(client: &async_nats_client::Client) {
     )
     .await;
     let Ok(Ok(msg)) = answer else {
-        println!("erp up: not running (or not reachable); components are managed elsewhere");
+        say!("erp up: not running (or not reachable); components are managed elsewhere");
         return;
     };
     let Ok(board) = serde_json::from_slice::<std::collections::BTreeMap<String, serde_json::Value>>(
@@ -1536,9 +1569,9 @@ async fn supervisor_status(client: &async_nats_client::Client) {
     ) else {
         return;
     };
-    println!("erp up components:");
+    say!("erp up components:");
     for (name, c) in board {
-        println!(
+        say!(
             "  {name:26} {:10} up {:>6} s, {} restarts{}",
             c["state"].as_str().unwrap_or("?"),
             c["up_seconds"],
@@ -1565,14 +1598,14 @@ async fn views_status(client: &async_nats_client::Client) {
             )
             .await
         {
-            Ok(answer) => println!(
+            Ok(answer) => say!(
                 "view {:13} at {}, {} behind the ledger, {} foreign messages passed over",
                 view.as_str(),
                 answer.result["checkpoint"],
                 answer.result["lag"],
                 answer.result["foreign"]["count"]
             ),
-            Err(e) => println!("view {:13} not answering ({e})", view.as_str()),
+            Err(e) => say!("view {:13} not answering ({e})", view.as_str()),
         }
     }
 }
@@ -1585,7 +1618,7 @@ async fn status(log: &JetStreamLog) -> anyhow::Result<()> {
         .get_info()
         .await?;
     let state = &info.state;
-    println!(
+    say!(
         "stream {}: {} messages, {} bytes, sequences {}..={}, {} subjects",
         info.config.name,
         state.messages,

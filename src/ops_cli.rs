@@ -114,7 +114,7 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
         .await?;
     let result = &answer.result;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&json!({"seq": answer.seq, "result": result}))?
         );
@@ -122,16 +122,20 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
     }
     let clock = result["business_clock"].as_str().unwrap_or("none yet");
     if args.counts {
-        println!("business clock {clock} · ledger sequence {}", answer.seq);
-        println!(
+        say!("business clock {clock} · ledger sequence {}", answer.seq);
+        say!(
             "{:<24} {:>6} {:>8} {:>9} {:>8}   active by age (days) 0-1 / 1-3 / 3-7 / 7+",
-            "kind", "open", "snoozed", "resolved", "cleared"
+            "kind",
+            "open",
+            "snoozed",
+            "resolved",
+            "cleared"
         );
         if let Some(kinds) = result["kinds"].as_object() {
             let n = |v: &Value| v.as_u64().unwrap_or(0);
             for (kind, c) in kinds {
                 let age = &c["active_by_age_days"];
-                println!(
+                say!(
                     "{:<24} {:>6} {:>8} {:>9} {:>8}   {} / {} / {} / {}",
                     kind,
                     n(&c["open"]),
@@ -148,7 +152,7 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
         return Ok(());
     }
     let list = result["exceptions"].as_array().cloned().unwrap_or_default();
-    println!(
+    say!(
         "business clock {clock} · {} {} exceptions (showing {}), highest priority first · ledger sequence {}",
         result["count"],
         args.status.as_deref().unwrap_or("open"),
@@ -158,16 +162,24 @@ pub async fn exceptions(client: &ViewClient, args: &ExceptionsArgs) -> anyhow::R
     if list.is_empty() {
         return Ok(());
     }
-    println!(
+    say!(
         "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>5} {:>16} {:>6}  owner (HELD: the order is held for it)",
-        "#", "score", "kind", "subject", "entity", "severity", "age", "at risk", "units"
+        "#",
+        "score",
+        "kind",
+        "subject",
+        "entity",
+        "severity",
+        "age",
+        "at risk",
+        "units"
     );
     for (i, e) in list.iter().enumerate() {
         let kind = e["key"]
             .as_str()
             .and_then(|k| k.split('.').nth(1))
             .unwrap_or("?");
-        println!(
+        say!(
             "{:>4} {:>12} {:<24} {:<30} {:<6} {:<8} {:>4}d {:>16} {:>6}  {}{}",
             i + 1,
             e["score"].as_str().unwrap_or("?"),
@@ -217,17 +229,18 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
         .ask("kpis", "period", body, None, Duration::from_secs(10))
         .await?;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&json!({"seq": answer.seq, "result": answer.result}))?
         );
         return Ok(());
     }
-    println!(
+    say!(
         "KPIs for {} · ledger sequence {} (definitions: docs/VIEWS.md)",
-        args.period, answer.seq
+        args.period,
+        answer.seq
     );
-    println!(
+    say!(
         "{:<26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9}",
         "dimension",
         "orders",
@@ -255,7 +268,7 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
             row["dimension"].as_str().unwrap_or("?"),
             row["value"].as_str().unwrap_or("?")
         );
-        println!(
+        say!(
             "{:<26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>9}",
             name,
             row["orders_placed"].as_i64().unwrap_or(0),
@@ -280,13 +293,17 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
         .cloned()
         .collect();
     if !suppliers.is_empty() {
-        println!(
+        say!(
             "\n{:<26} {:>10} {:>10} {:>14} {:>14}",
-            "receipts", "units", "on time", "lead mean d", "lead sd d"
+            "receipts",
+            "units",
+            "on time",
+            "lead mean d",
+            "lead sd d"
         );
         for row in suppliers {
             let k = &row["kpis"];
-            println!(
+            say!(
                 "{:<26} {:>10} {:>10} {:>14} {:>14}",
                 format!(
                     "{} {}",
@@ -314,9 +331,16 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
         .cloned()
         .collect();
     if !stocked.is_empty() {
-        println!(
+        say!(
             "\n{:<26} {:>4} {:>16} {:>16} {:>8} {:>9} {:>8} {:>8}  aged 0-30/31-60/61-90/91-180/181+ (units, at month end)",
-            "inventory", "cur", "at cost, close", "COGS", "turns", "supply d", "GMROI", "sell-thr"
+            "inventory",
+            "cur",
+            "at cost, close",
+            "COGS",
+            "turns",
+            "supply d",
+            "GMROI",
+            "sell-thr"
         );
         for row in stocked {
             let k = &row["kpis"];
@@ -350,7 +374,7 @@ pub async fn kpis(client: &ViewClient, args: &KpisArgs) -> anyhow::Result<()> {
                         .and_then(|x| x.parse::<rust_decimal::Decimal>().ok())
                         .map_or("-".into(), |x| x.round_dp(2).to_string())
                 };
-                println!(
+                say!(
                     "{:<26} {:>4} {:>16} {:>16} {:>8} {:>9} {:>8} {:>8}  {}",
                     format!(
                         "{} {}",

@@ -279,23 +279,23 @@ pub async fn verify(log: &JetStreamLog, args: &VerifyArgs) -> anyhow::Result<()>
     match replay::verify::verify(log, &options, progress_printer("verify", args.quiet)).await {
         Ok(report) => {
             for (seq, digest) in &report.checkpoints {
-                println!("digest at {seq}: {digest}");
+                say!("digest at {seq}: {digest}");
             }
             if report.last_seq == 0 {
-                println!("the ledger is empty: nothing to verify");
+                say!("the ledger is empty: nothing to verify");
                 return Ok(());
             }
-            println!(
+            say!(
                 "verified sequences 1..={} ({} events, {} batch markers) in {:.1} s: sequences contiguous, hash chains intact, batches whole, invariants hold",
                 report.last_seq,
                 report.events,
                 report.markers,
                 report.elapsed.as_secs_f64()
             );
-            println!("digest at {}: {}", report.last_seq, report.digest);
+            say!("digest at {}: {}", report.last_seq, report.digest);
             if !report.foreign.is_empty() {
                 for f in &report.foreign {
-                    println!(
+                    say!(
                         "foreign message at sequence {} on `{}`: {}; never applied",
                         f.seq,
                         if f.stored_subject.is_empty() {
@@ -614,7 +614,7 @@ pub async fn replenish(
         OutputFormat::Csv => Format::Csv,
     };
     let rows = output::rows(&built, &filter);
-    print!(
+    say_part!(
         "{}",
         output::render_rows(format, &built.point.to_string(), &rows)
     );
@@ -773,14 +773,16 @@ pub fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
         }
         skus += 1;
     }
-    println!(
+    say!(
         "UCI demand, {skus} SKUs, {days} days; lead time {} days, review every {} days, warm-up {} days; lost sales when out of stock",
-        args.lead_time_days, args.review_period_days, args.warm_up
+        args.lead_time_days,
+        args.review_period_days,
+        args.warm_up
     );
-    println!();
-    println!("| policy | fill rate | average units on hand (all SKUs) | purchase orders |");
-    println!("|---|---|---|---|");
-    println!(
+    say!();
+    say!("| policy | fill rate | average units on hand (all SKUs) | purchase orders |");
+    say!("|---|---|---|---|");
+    say!(
         "| recommendations (service level {}, safety stock from demand variability, {} days of history) | {:.1}% | {:.0} | {} |",
         args.service_level,
         projections::replenish::HISTORY_DAYS,
@@ -788,7 +790,7 @@ pub fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
         policy_total.average_inventory,
         policy_total.orders
     );
-    println!(
+    say!(
         "| naive min/max (min 14, max 42 days of the warm-up's average demand, fixed) | {:.1}% | {:.0} | {} |",
         naive_total.fill_rate() * 100.0,
         naive_total.average_inventory,

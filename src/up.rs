@@ -305,7 +305,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         Some((_, Some(address))) => format!(", HTTP gateway on {scheme}://{address}"),
         _ => String::new(),
     };
-    println!(
+    say!(
         "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis) and the exception holder running{http_line}; Ctrl-C stops it"
     );
     let demo_run = async {
