@@ -164,6 +164,18 @@ struct LineTrack {
     backordered: i64,
 }
 
+impl LineTrack {
+    /// A line as ordered (at placement or added later), nothing shipped yet.
+    fn ordered(l: &ledger::events::OrderLine) -> LineTrack {
+        LineTrack {
+            sku: l.sku.to_string(),
+            qty: l.qty.get(),
+            unit_price: Some(l.unit_price),
+            ..LineTrack::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PackageTrack {
     shipped_at: Timestamp,
@@ -784,17 +796,7 @@ impl Model for Exceptions {
                 let lines = e
                     .lines
                     .iter()
-                    .map(|l| {
-                        (
-                            l.line,
-                            LineTrack {
-                                sku: l.sku.to_string(),
-                                qty: l.qty.get(),
-                                unit_price: Some(l.unit_price),
-                                ..LineTrack::default()
-                            },
-                        )
-                    })
+                    .map(|l| (l.line, LineTrack::ordered(l)))
                     .collect();
                 self.orders.insert(
                     e.order.to_string(),
@@ -914,15 +916,7 @@ impl Model for Exceptions {
             E::LinesAdded(e) => {
                 if let Some(o) = self.orders.get_mut(e.order.as_str()) {
                     for a in &e.lines {
-                        o.lines.insert(
-                            a.line.line,
-                            LineTrack {
-                                sku: a.line.sku.to_string(),
-                                qty: a.line.qty.get(),
-                                unit_price: Some(a.line.unit_price),
-                                ..LineTrack::default()
-                            },
-                        );
+                        o.lines.insert(a.line.line, LineTrack::ordered(&a.line));
                     }
                 }
                 touched.push(order_ref(ExceptionKind::OrderUnshipped, &e.order));

@@ -297,6 +297,12 @@ struct OrderFacts {
     replaced: BTreeSet<u32>,
 }
 
+/// An order line's facts as ordered (at placement or added later): nothing allocated,
+/// backordered, shipped or cancelled yet.
+fn ordered(l: &ledger::events::OrderLine) -> (i64, i64, i64, i64, i64, Decimal) {
+    (l.qty.get(), 0, 0, 0, 0, l.unit_price.amount)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Judged {
     completed_at: Timestamp,
@@ -785,11 +791,7 @@ impl Model for Kpis {
                     entity: env.legal_entity.to_string(),
                     channel: e.channel.to_string(),
                     promise: e.promise_date,
-                    lines: e
-                        .lines
-                        .iter()
-                        .map(|l| (l.line, (l.qty.get(), 0, 0, 0, 0, l.unit_price.amount)))
-                        .collect(),
+                    lines: e.lines.iter().map(|l| (l.line, ordered(l))).collect(),
                     skus: e
                         .lines
                         .iter()
@@ -845,8 +847,7 @@ impl Model for Kpis {
                 if let Some(o) = self.orders.get_mut(e.order.as_str()) {
                     for a in &e.lines {
                         let l = &a.line;
-                        o.lines
-                            .insert(l.line, (l.qty.get(), 0, 0, 0, 0, l.unit_price.amount));
+                        o.lines.insert(l.line, ordered(l));
                         o.skus.entry(l.sku.to_string()).or_insert(l.line);
                         o.replaced.extend(a.replaces);
                     }
