@@ -102,6 +102,13 @@ command_data! {
         pub units: Option<u32>,
     }
 
+    /// The fewest days of shelf life a unit must have left to be allocated or picked for the
+    /// channel's orders (items that track expiry); 0: anything not yet expired.
+    pub struct SetShelfLife {
+        pub channel: ChannelId,
+        pub min_days: u32,
+    }
+
     pub struct DefineChannel {
         pub channel: ChannelId,
         #[serde(default)]
@@ -235,6 +242,10 @@ command_data! {
         pub line: u32,
         pub location: LocationId,
         pub qty: Qty,
+        /// The lot of the returned units (lot-kept items): one picked for the order. May be
+        /// left out when the order was picked from one lot.
+        #[serde(default)]
+        pub lot: Option<LotId>,
     }
 
     pub struct DispositionReturn {
@@ -680,6 +691,7 @@ commands! {
     SetShippingRate(SetShippingRate) = "location.set_shipping_rate";
     SetDailyCapacity(SetDailyCapacity) = "location.set_daily_capacity";
     DefineChannel(DefineChannel) = "channel.define";
+    SetShelfLife(SetShelfLife) = "channel.set_shelf_life";
     DefineSupplier(DefineSupplier) = "supplier.define";
     Receive(Receive) = "stock.receive";
     MoveBin(MoveBin) = "stock.move_bin";

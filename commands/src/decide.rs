@@ -11,6 +11,7 @@ use ledger::values::{
 };
 
 use crate::command::*;
+use crate::lots::LotUse;
 use crate::state::{Balance, LineState, OrderState, State, StockState};
 
 /// Why a command was refused. `code` is stable and documented (docs/COMMANDS.md).
@@ -95,6 +96,14 @@ pub mod code {
     pub const INVALID_EXCEPTION: &str = "invalid_exception";
     /// `clock.tick` at or before the latest effective time the legal entity already has.
     pub const CLOCK_NOT_BEHIND: &str = "clock_not_behind";
+    /// A command names a lot of the SKU that was never received (or, for a return, one
+    /// not picked for the order).
+    pub const UNKNOWN_LOT: &str = "unknown_lot";
+    /// A pick names a lot that is expired, or has less shelf life left than the order's
+    /// channel wants.
+    pub const LOT_EXPIRED: &str = "lot_expired";
+    /// A receipt into a lot states another expiry date than the lot has.
+    pub const LOT_EXPIRY_MISMATCH: &str = "lot_expiry_mismatch";
     /// Produced by the processor, not by `decide`.
     pub const DUPLICATE_WITH_DIFFERENT_BODY: &str = "duplicate_with_different_body";
     /// Produced by the processor: the actor's role may not send this command
@@ -151,6 +160,9 @@ pub mod code {
         REASON_REQUIRED,
         INVALID_EXCEPTION,
         CLOCK_NOT_BEHIND,
+        UNKNOWN_LOT,
+        LOT_EXPIRED,
+        LOT_EXPIRY_MISMATCH,
     ];
 }
 
@@ -481,6 +493,7 @@ fn decide_rules(
         )]),
         CommandBody::SetShippingRate(c) => d.set_shipping_rate(c),
         CommandBody::SetDailyCapacity(c) => d.set_daily_capacity(c),
+        CommandBody::SetShelfLife(c) => d.set_shelf_life(c),
         CommandBody::DefineChannel(c) => Ok(vec![(
             Subject::Channel(c.channel.clone()),
             Event::ChannelDefined(ChannelDefined {
@@ -634,7 +647,10 @@ impl<'a> Decider<'a> {
             .get(&(sku.clone(), location.clone()))
             .copied()
             .unwrap_or(0);
-        let here = self.balance(sku, location).free() - safety - already;
+        let here = self.balance(sku, location).free()
+            - safety
+            - already
+            - self.short_dated(sku, location, channel);
         let Some(stock) = self.stock(sku) else {
             return here.max(0);
         };
@@ -729,6 +745,25 @@ impl<'a> Decider<'a> {
             cost_method: c.cost_method.clone(),
             allow_negative: c.allow_negative,
         };
+        let by_lot = |t: &Tracking| t.lot || t.expiry;
+        let on_hand: i64 = self
+            .stock(&c.sku)
+            .map_or(0, |s| s.balances.values().map(|b| b.on_hand).sum());
+        if self
+            .state
+            .items
+            .get(&c.sku)
+            .is_some_and(|d| by_lot(&d.value.tracking) != by_lot(&c.tracking))
+            && on_hand != 0
+        {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "tracking: {} has {on_hand} units on hand; whether its stock is kept by lot (lot or expiry tracking) can change only when none are on hand",
+                    c.sku
+                ),
+            ));
+        }
         let event = match self.state.items.contains_key(&c.sku) {
             true => Event::ItemChanged(body),
             false => Event::ItemDefined(body),
@@ -763,13 +798,14 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
+        let lot = self.receipt_lot(&c.sku, c.lot.as_ref(), c.expires_on)?;
         let mut events = vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockReceived(StockReceived {
                 sku: c.sku.clone(),
                 location: c.location.clone(),
                 bin: c.bin.clone(),
-                lot: c.lot.clone(),
+                lot,
                 expires_on: c.expires_on,
                 serials: c.serials.clone(),
                 qty: c.qty,
@@ -780,13 +816,24 @@ impl<'a> Decider<'a> {
         if let Some(purchase) = &c.purchase {
             events.push(self.match_receipt(c, purchase, n)?);
         }
-        events.extend(self.fill_backorders(&c.sku, &c.location, n));
+        let expires_on = match self.by_lot(&c.sku) {
+            true => c.expires_on,
+            false => None,
+        };
+        events.extend(self.fill_backorders(&c.sku, &c.location, n, expires_on));
         Ok(events)
     }
 
     /// Allocates waiting backorders of `sku` from `arrived` new units at `location`, in
     /// priority order, at most `BACKORDERS_PER_RECEIPT` lines per receipt.
-    fn fill_backorders(&self, sku: &Sku, location: &LocationId, arrived: i64) -> Decision {
+    /// Units of a lot that expires on `expires_on` serve only the channels that may take them.
+    fn fill_backorders(
+        &self,
+        sku: &Sku,
+        location: &LocationId,
+        arrived: i64,
+        expires_on: Option<ledger::values::Date>,
+    ) -> Decision {
         const BACKORDERS_PER_RECEIPT: usize = 100;
         let Some(waiting) = self.state.backorders.get(sku) else {
             return Vec::new();
@@ -808,7 +855,20 @@ impl<'a> Decider<'a> {
                 // Another entity's order: this stock is not its to take.
                 continue;
             }
-            let available = self.routable(sku, location, &order.channel, &promised);
+            let mut available = self.routable(sku, location, &order.channel, &promised);
+            let min_days = self.min_shelf_life(Some(&order.channel));
+            let stale = expires_on.is_some_and(|d| {
+                d.get() < self.today() + chrono::Days::new(u64::from(min_days))
+            });
+            if stale {
+                // The arrived units are too short-dated for this order's channel: it may take
+                // only what was there before.
+                let before = self.available(sku, location, Some(&order.channel), &promised) - arrived;
+                available = available.min(before);
+                if available <= 0 {
+                    continue;
+                }
+            }
             let take = want.min(available);
             if take <= 0 {
                 break;
@@ -867,6 +927,7 @@ impl<'a> Decider<'a> {
             ));
         }
         self.check_decrease(&c.sku, &c.from, n, "shipping a transfer")?;
+        self.check_lot(&c.sku, &c.from, c.lot.as_ref(), LotUse::Free(n), "shipping a transfer")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::TransferShipped(TransferShipped {
@@ -903,7 +964,7 @@ impl<'a> Decider<'a> {
                 sku: c.sku.clone(),
                 transfer: c.transfer.clone(),
                 to: transfer.to.clone(),
-                lot: None,
+                lot: transfer.lot.clone(),
                 qty: c.qty,
                 variance,
             }),
@@ -919,6 +980,11 @@ impl<'a> Decider<'a> {
         if c.delta.get() < 0 {
             self.check_decrease(&c.sku, &c.location, -c.delta.get(), "adjusting down")?;
         }
+        let use_ = match c.delta.get() {
+            d if d < 0 => LotUse::Free(-d),
+            _ => LotUse::Name,
+        };
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "adjusted")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockAdjusted(StockAdjusted {
@@ -941,11 +1007,18 @@ impl<'a> Decider<'a> {
         self.item(&c.sku)?;
         self.location(&c.location)?;
         let b = self.balance(&c.sku, &c.location);
-        let variance = c.counted.get() - b.on_hand;
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Name, "counted")?;
+        // A lot-kept item is counted a lot at a time: what the lot has on the shelf there.
+        let expected = match (&c.lot, self.by_lot(&c.sku)) {
+            (Some(lot), true) => self.lot(&c.sku, lot).map_or(0, |l| l.at(&c.location).units),
+            _ => b.on_hand,
+        };
+        let variance = c.counted.get() - expected;
         let mut rerouted = Vec::new();
         if variance < 0 && !self.allows_negative(&c.sku) && -variance > b.free() {
             let short = -variance - b.free().max(0);
-            rerouted = self.take_back_allocations(&c.sku, &c.location, short, c.counted.get())?;
+            let why = format!("a count at {} found {} {}", c.location, c.counted, c.sku);
+            rerouted = self.take_back_allocations(&c.sku, &c.location, short, &why)?;
         }
         // The allocations are taken back before the count is booked, so the stock's
         // invariants hold after every event of the batch (as `erp verify` checks them).
@@ -958,7 +1031,7 @@ impl<'a> Decider<'a> {
                 bin: c.bin.clone(),
                 lot: c.lot.clone(),
                 counted: c.counted,
-                expected: qty(b.on_hand.max(0)),
+                expected: qty(expected.max(0)),
                 variance: QtyDelta::new(variance).expect("bounded quantities"),
                 approved_by: self.approved_by.cloned(),
             }),
@@ -974,7 +1047,7 @@ impl<'a> Decider<'a> {
         sku: &Sku,
         location: &LocationId,
         short: i64,
-        counted: i64,
+        why: &str,
     ) -> Result<Decision, Rejection> {
         let mut holders: Vec<(&OrderId, &OrderState, u32, i64)> = Vec::new();
         for (id, order) in &self.state.orders {
@@ -995,7 +1068,7 @@ impl<'a> Decider<'a> {
             return Err(reject(
                 code::INSUFFICIENT_STOCK,
                 format!(
-                    "counted {counted} {sku} at {location}, below what is picked, reserved or in quality hold ({} allocated of which {releasable} unpicked, {} reserved, {} in quality hold); release holds or quality stock first, then count",
+                    "{why}: that leaves less than is picked, reserved or in quality hold ({} allocated of which {releasable} unpicked, {} reserved, {} in quality hold); release holds or quality stock first",
                     b.allocated, b.reserved, b.quality_hold
                 ),
             ));
@@ -1033,7 +1106,7 @@ impl<'a> Decider<'a> {
                     line,
                     location: location.clone(),
                     qty: qty(take),
-                    reason: format!("a count at {location} found {counted} {sku}"),
+                    reason: why.to_owned(),
                 }),
             ));
             // The released units wait as a backorder, and what another location can give
@@ -1064,7 +1137,7 @@ impl<'a> Decider<'a> {
                     sku,
                     &to,
                     n,
-                    format!("a count at {location} found {counted}: moved from there; {reason}"),
+                    format!("{why}: moved from there; {reason}"),
                 ));
             }
         }
@@ -1076,7 +1149,17 @@ impl<'a> Decider<'a> {
         self.location(&c.location)?;
         let n = positive("qty", c.qty)?;
         let free = self.balance(&c.sku, &c.location).free();
-        if n > free {
+        let mut decision = Vec::new();
+        if self.by_lot(&c.sku) {
+            // Units of a lot (expired ones, a recall) are held even when orders count on
+            // them: those orders' lines are routed again or backordered in the same batch.
+            self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Free(n), "holding")?;
+            if n > free {
+                let lot = c.lot.as_ref().expect("checked above");
+                let why = format!("lot {lot} of {} was put on quality hold at {}", c.sku, c.location);
+                decision = self.take_back_allocations(&c.sku, &c.location, n - free.max(0), &why)?;
+            }
+        } else if n > free {
             return Err(reject(
                 code::INSUFFICIENT_AVAILABLE,
                 format!(
@@ -1087,7 +1170,7 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
-        Ok(vec![(
+        decision.push((
             Subject::Stock(c.sku.clone()),
             Event::QualityHeld(QualityHeld {
                 sku: c.sku.clone(),
@@ -1096,7 +1179,8 @@ impl<'a> Decider<'a> {
                 qty: c.qty,
                 reason: c.reason.clone(),
             }),
-        )])
+        ));
+        Ok(decision)
     }
 
     fn quality_release(&self, c: &QualityRelease) -> Result<Decision, Rejection> {
@@ -1113,6 +1197,7 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Held(n), "releasing")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::QualityReleased(QualityReleased {
@@ -1142,6 +1227,11 @@ impl<'a> Decider<'a> {
         } else {
             self.check_decrease(&c.sku, &c.location, n, "scrapping")?;
         }
+        let use_ = match c.from_quality_hold {
+            true => LotUse::Held(n),
+            false => LotUse::Free(n),
+        };
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "scrapping")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockScrapped(StockScrapped {
@@ -1193,6 +1283,22 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
+        let lot = self.return_lot(&c.sku, &c.order, c.lot.as_ref())?;
+        let earlier = self
+            .stock(&c.sku)
+            .and_then(|s| s.extras().returns.get(&c.return_id))
+            .and_then(|r| r.lot.as_ref());
+        if let (Some(earlier), Some(lot)) = (earlier, &lot)
+            && earlier != lot
+        {
+            return Err(reject(
+                code::INVALID_TRANSITION,
+                format!(
+                    "lot: return {} received units of lot {earlier}; units of lot {lot} need a return of their own",
+                    c.return_id
+                ),
+            ));
+        }
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::ReturnReceived(ReturnReceived {
@@ -1202,6 +1308,7 @@ impl<'a> Decider<'a> {
                 line: c.line,
                 location: c.location.clone(),
                 qty: c.qty,
+                lot,
             }),
         )])
     }
@@ -1242,6 +1349,7 @@ impl<'a> Decider<'a> {
                 location,
                 qty: c.qty,
                 disposition: c.disposition.clone(),
+                lot: returned.lot.clone(),
             }),
         )])
     }
@@ -1256,6 +1364,27 @@ impl<'a> Decider<'a> {
             Event::DailyCapacitySet(ledger::events::DailyCapacitySet {
                 location: c.location.clone(),
                 units: c.units,
+            }),
+        )])
+    }
+
+    fn set_shelf_life(&self, c: &crate::command::SetShelfLife) -> Result<Decision, Rejection> {
+        self.channel(&c.channel)?;
+        const MAX_DAYS: u32 = 3660;
+        if c.min_days > MAX_DAYS {
+            return Err(reject(
+                code::INVALID_QUANTITY,
+                format!(
+                    "min_days: {} is more than {MAX_DAYS} days; state the days of shelf life the channel wants left",
+                    c.min_days
+                ),
+            ));
+        }
+        Ok(vec![(
+            Subject::Channel(c.channel.clone()),
+            Event::ChannelShelfLifeSet(ledger::events::ChannelShelfLifeSet {
+                channel: c.channel.clone(),
+                min_days: c.min_days,
             }),
         )])
     }
@@ -1928,6 +2057,7 @@ impl<'a> Decider<'a> {
             ));
         }
         let mut events = Vec::new();
+        let mut taken = std::collections::BTreeMap::new();
         for (i, p) in c.lines.iter().enumerate() {
             let line = self.line(&c.order, order, p.line)?;
             let sku = line.sku.clone().expect("placed lines have a SKU");
@@ -1948,18 +2078,37 @@ impl<'a> Decider<'a> {
                     continue;
                 }
                 left -= here;
-                events.push((
-                    Subject::Stock(sku.clone()),
-                    Event::StockPicked(StockPicked {
-                        sku: sku.clone(),
-                        order: c.order.clone(),
-                        line: p.line,
-                        location: location.clone(),
-                        bin: p.bin.clone(),
-                        lot: p.lot.clone(),
-                        qty: qty(here),
-                    }),
-                ));
+                // A lot-kept item is picked from the named lot, or the lots expiring first.
+                let lots = match self.by_lot(&sku) {
+                    true => self
+                        .pick_lots(
+                            &sku,
+                            location,
+                            &order.channel,
+                            p.lot.as_ref(),
+                            here,
+                            &mut taken,
+                            &format!("lines[{i}]"),
+                        )?
+                        .into_iter()
+                        .map(|(lot, n)| (Some(lot), n))
+                        .collect(),
+                    false => vec![(p.lot.clone(), here)],
+                };
+                for (lot, n) in lots {
+                    events.push((
+                        Subject::Stock(sku.clone()),
+                        Event::StockPicked(StockPicked {
+                            sku: sku.clone(),
+                            order: c.order.clone(),
+                            line: p.line,
+                            location: location.clone(),
+                            bin: p.bin.clone(),
+                            lot,
+                            qty: qty(n),
+                        }),
+                    ));
+                }
                 events.push((
                     Subject::Order(c.order.clone()),
                     Event::LinePicked(LinePicked {

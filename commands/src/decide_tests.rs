@@ -1244,7 +1244,8 @@ fn every_rejection_code_is_exercised_by_a_test() {
     // Goal: the list of codes stays in step with these tests (a new code needs a case).
     let source = concat!(
         include_str!("decide_tests.rs"),
-        include_str!("governance_tests.rs")
+        include_str!("governance_tests.rs"),
+        include_str!("lots_tests.rs")
     );
     for code in code::ALL {
         let constant = code.to_uppercase();

@@ -56,6 +56,7 @@ pub const OUTSIDE_PERIODS: &[&str] = &[
     "location.set_shipping_rate",
     "location.set_daily_capacity",
     "channel.define",
+    "channel.set_shelf_life",
     "supplier.define",
     "legal_entity.define",
     "stock.set_channel_allocation",

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod exceptions;
 pub mod governance;
 pub mod latency;
+mod lots;
 pub mod processor;
 pub mod purchase;
 pub mod recall;
@@ -30,6 +31,9 @@ mod decide_tests;
 
 #[cfg(test)]
 mod governance_tests;
+
+#[cfg(test)]
+mod lots_tests;
 
 #[cfg(test)]
 mod model_tests;

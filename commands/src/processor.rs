@@ -211,7 +211,12 @@ enum Saved {
     /// A location's definition, the entity it belongs to, its shipping rates and its daily
     /// capacity.
     Location(LocationId, Box<SavedLocation>),
-    Channel(ChannelId, Option<Defined<ledger::events::ChannelDefined>>),
+    /// A channel's definition and the shelf life it wants.
+    Channel(
+        ChannelId,
+        Option<Defined<ledger::events::ChannelDefined>>,
+        Option<u32>,
+    ),
     Supplier(SupplierId, Option<Defined<ledger::events::SupplierDefined>>),
     Stock(Sku, Option<StockState>),
     Order(OrderId, Option<OrderState>),
@@ -250,7 +255,11 @@ fn save(state: &State, subject: &Subject) -> Saved {
                 capacity: state.daily_capacity.get(k).copied(),
             }),
         ),
-        Subject::Channel(k) => Saved::Channel(k.clone(), state.channels.get(k).cloned()),
+        Subject::Channel(k) => Saved::Channel(
+            k.clone(),
+            state.channels.get(k).cloned(),
+            state.shelf_life.get(k).copied(),
+        ),
         Subject::Supplier(k) => Saved::Supplier(k.clone(), state.suppliers.get(k).cloned()),
         Subject::Stock(k) => Saved::Stock(k.clone(), state.stock.get(k).cloned()),
         Subject::Order(k) => Saved::Order(k.clone(), state.orders.get(k).cloned()),
@@ -304,7 +313,10 @@ fn restore(state: &mut State, saved: Saved) {
             put_ordered(&mut state.daily_capacity, k.clone(), capacity);
             put_ordered(&mut state.locations, k, defined);
         }
-        Saved::Channel(k, v) => put(&mut state.channels, k, v),
+        Saved::Channel(k, v, days) => {
+            put(&mut state.channels, k.clone(), v);
+            put_ordered(&mut state.shelf_life, k, days);
+        }
         Saved::Supplier(k, v) => put(&mut state.suppliers, k, v),
         Saved::Stock(k, v) => put_dense(&mut state.stock, k, v),
         Saved::Order(k, v) => {

@@ -828,6 +828,7 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.business_clock == b.business_clock
         && a.shipping_rates == b.shipping_rates
         && a.daily_capacity == b.daily_capacity
+        && a.shelf_life == b.shelf_life
         && a.day_use == b.day_use
         && a.entities == b.entities
         && a.location_entities == b.location_entities
@@ -934,6 +935,7 @@ async fn recover(
             ("business_clock", a.business_clock == b.business_clock),
             ("shipping_rates", a.shipping_rates == b.shipping_rates),
             ("daily_capacity", a.daily_capacity == b.daily_capacity),
+            ("shelf_life", a.shelf_life == b.shelf_life),
             ("day_use", a.day_use == b.day_use),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),

@@ -17,7 +17,7 @@ use crate::state::State;
 
 /// The snapshot format this build writes and reads. Bump it whenever `State` (or anything it
 /// holds) changes shape: an older snapshot is then replaced by a full replay, never misread.
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// The processor's object in the snapshot store (`ledger::objects`).
 pub const OBJECT_NAME: &str = "processor";
 const MARK: [u8; 8] = *b"ERPSNAP\0";

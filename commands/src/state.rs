@@ -8,7 +8,7 @@ use ledger::events::{
     SupplierDefined,
 };
 use ledger::values::{
-    ChannelId, HoldId, LocationId, OrderId, PackageId, PurchaseOrderId, QTY_MAX, ReturnId, Sku,
+    ChannelId, HoldId, LocationId, LotId, OrderId, PackageId, PurchaseOrderId, QTY_MAX, ReturnId, Sku,
     SupplierId, Timestamp, TransferId,
 };
 use ledger::{Envelope, Head, Subject};
@@ -52,6 +52,8 @@ pub struct Transfer {
     pub to: LocationId,
     pub qty: i64,
     pub received: bool,
+    /// The lot the transfer moves (lot-tracked items).
+    pub lot: Option<LotId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,44 @@ pub struct ReturnStock {
     pub location: Option<LocationId>,
     pub received: i64,
     pub dispositioned: i64,
+    /// The lot the returned units came from (lot-tracked items).
+    pub lot: Option<LotId>,
+}
+
+/// One lot's units at one location: on the shelf (not picked), `held` of them in quality hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotBalance {
+    pub units: i64,
+    pub held: i64,
+}
+
+impl LotBalance {
+    /// Shelf units that may be picked, moved or held.
+    pub fn free(&self) -> i64 {
+        self.units - self.held
+    }
+}
+
+/// A lot of a SKU: its expiry (from its first receipt), its units by location, and the units
+/// picked from it for each order (what a return of that order may name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    pub expires_on: Option<ledger::values::Date>,
+    pub at: BTreeMap<LocationId, LotBalance>,
+    pub picked_for: BTreeMap<OrderId, i64>,
+}
+
+impl Lot {
+    pub fn at(&self, location: &LocationId) -> LotBalance {
+        self.at.get(location).copied().unwrap_or_default()
+    }
+
+    /// Whether units of the lot may still be sold on `day` to a channel that wants
+    /// `min_days` of shelf life left: a lot is good through its expiry date.
+    pub fn fresh_for(&self, day: chrono::NaiveDate, min_days: u32) -> bool {
+        self.expires_on
+            .is_none_or(|d| d.get() >= day + chrono::Days::new(u64::from(min_days)))
+    }
 }
 
 /// Order lines waiting for this SKU, in the order they are served.
@@ -221,6 +261,8 @@ pub struct StockExtras {
     pub transfers: HashMap<TransferId, Transfer>,
     pub returns: HashMap<ReturnId, ReturnStock>,
     pub channel_rules: BTreeMap<ChannelId, ChannelAllocationRule>,
+    /// Lots by id (lot- or expiry-tracked items, and any stock event that names a lot).
+    pub lots: BTreeMap<LotId, Lot>,
 }
 
 static NO_EXTRAS: std::sync::LazyLock<StockExtras> = std::sync::LazyLock::new(StockExtras::default);
@@ -700,6 +742,8 @@ pub struct State {
     /// What each location with a daily capacity took on in its latest business day.
     pub day_use: BTreeMap<LocationId, DayUse>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
+    /// Days of shelf life each channel wants left (`channel.shelf_life_set`); none: 0.
+    pub shelf_life: BTreeMap<ChannelId, u32>,
     pub suppliers: HashMap<SupplierId, Defined<SupplierDefined>>,
     pub stock: IndexMap<Sku, StockState>,
     /// Ordered maps for the two tables that grow without bound: a hash table doubles all at
@@ -901,6 +945,9 @@ impl State {
                         value: e.clone(),
                     },
                 );
+            }
+            E::ChannelShelfLifeSet(e) => {
+                self.shelf_life.insert(e.channel.clone(), e.min_days);
             }
             E::SupplierDefined(e) => {
                 let head = self.suppliers.get(&e.supplier).and_then(|d| d.head);
@@ -1218,8 +1265,35 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
         b.quality_hold += d.quality_hold;
         b.in_transit += d.in_transit;
     }
-    // What the figures do not hold: open holds, transfers and returns, and channel rules.
+    for d in ledger::effects::lot_deltas(event) {
+        let lot = s.extras_mut().lots.entry(d.lot).or_default();
+        let b = lot.at.entry(d.location.clone()).or_default();
+        b.units += d.units;
+        b.held += d.held;
+        if *b == LotBalance::default() {
+            lot.at.remove(&d.location);
+        }
+    }
+    // What the figures do not hold: open holds, transfers and returns, channel rules, and
+    // lots' expiry and picks.
     match event {
+        E::StockReceived(ledger::events::StockReceived {
+            lot: Some(lot),
+            expires_on: Some(expires_on),
+            ..
+        }) => {
+            let lot = s.extras_mut().lots.entry(lot.clone()).or_default();
+            lot.expires_on.get_or_insert(*expires_on);
+        }
+        E::StockPicked(ledger::events::StockPicked {
+            lot: Some(lot),
+            order,
+            qty,
+            ..
+        }) => {
+            let lot = s.extras_mut().lots.entry(lot.clone()).or_default();
+            *lot.picked_for.entry(order.clone()).or_default() += qty.get();
+        }
         E::StockReserved(e) => {
             s.extras_mut().holds.insert(
                 e.hold.clone(),
@@ -1244,6 +1318,7 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
                     to: e.to.clone(),
                     qty: e.qty.get(),
                     received: false,
+                    lot: e.lot.clone(),
                 },
             );
         }
@@ -1260,6 +1335,9 @@ fn evolve_stock(s: &mut StockState, event: &Event, legal_entity: &ledger::values
                 .or_default();
             r.location = Some(e.location.clone());
             r.received += e.qty.get();
+            if r.lot.is_none() {
+                r.lot = e.lot.clone();
+            }
         }
         E::ReturnDispositioned(e) => {
             s.extras_mut()

@@ -3,7 +3,7 @@
 //! cannot disagree on arithmetic.
 
 use crate::events::{Disposition, Event};
-use crate::values::LocationId;
+use crate::values::{LocationId, LotId};
 
 /// A change to the figures of one SKU at one location, in base units.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,56 @@ pub fn stock_deltas(event: &Event) -> Vec<StockDelta> {
                 d.on_hand = -e.qty.get();
             }
         }),
+        _ => Vec::new(),
+    }
+}
+
+/// A change to the units of one lot at one location: `units` are on the shelf (received, not yet
+/// picked, moved away, scrapped or counted out), `held` of them in quality hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotDelta {
+    pub location: LocationId,
+    pub lot: LotId,
+    pub units: i64,
+    pub held: i64,
+}
+
+/// The changes a stock event makes to the lots it names (none for events without a lot).
+/// Picked units leave their lot's shelf units at the pick: they wait for the carrier, not on
+/// the shelf, and cannot be picked again. Returned units come back into quality hold.
+pub fn lot_deltas(event: &Event) -> Vec<LotDelta> {
+    use Event as E;
+    let one = |location: &LocationId, lot: &Option<LotId>, units: i64, held: i64| match lot {
+        Some(lot) => vec![LotDelta {
+            location: location.clone(),
+            lot: lot.clone(),
+            units,
+            held,
+        }],
+        None => Vec::new(),
+    };
+    match event {
+        E::StockReceived(e) => one(&e.location, &e.lot, e.qty.get(), 0),
+        E::StockPicked(e) => one(&e.location, &e.lot, -e.qty.get(), 0),
+        E::TransferShipped(e) => one(&e.from, &e.lot, -e.qty.get(), 0),
+        E::TransferReceived(e) => one(&e.to, &e.lot, e.qty.get(), 0),
+        E::StockAdjusted(e) => one(&e.location, &e.lot, e.delta.get(), 0),
+        E::StockCounted(e) => one(&e.location, &e.lot, e.variance.get(), 0),
+        E::QualityHeld(e) => one(&e.location, &e.lot, 0, e.qty.get()),
+        E::QualityReleased(e) => one(&e.location, &e.lot, 0, -e.qty.get()),
+        E::StockScrapped(e) => one(
+            &e.location,
+            &e.lot,
+            -e.qty.get(),
+            if e.from_quality_hold { -e.qty.get() } else { 0 },
+        ),
+        E::ReturnReceived(e) => one(&e.location, &e.lot, e.qty.get(), e.qty.get()),
+        E::ReturnDispositioned(e) => one(
+            &e.location,
+            &e.lot,
+            if e.disposition == Disposition::Restock { 0 } else { -e.qty.get() },
+            -e.qty.get(),
+        ),
         _ => Vec::new(),
     }
 }

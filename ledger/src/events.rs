@@ -219,6 +219,13 @@ payload! {
         pub reservation_policy: ReservationPolicy,
     }
 
+    /// The fewest days of shelf life a unit must have left when the channel's orders are
+    /// allocated and picked (expiry-tracked items); 0 takes anything not yet expired.
+    pub struct ChannelShelfLifeSet {
+        pub channel: ChannelId,
+        pub min_days: u32,
+    }
+
     /// A legal entity: whose books a command's events are posted to.
     pub struct LegalEntityDefined {
         pub entity: EntityId,
@@ -481,6 +488,8 @@ payload! {
     }
 
     /// Returned units arrived and wait for inspection (counted in quality hold).
+    /// Returned units arrived, into quality hold; `lot` is the lot they came from
+    /// (lot-tracked items; version 2).
     pub struct ReturnReceived {
         pub sku: Sku,
         pub return_id: ReturnId,
@@ -488,14 +497,17 @@ payload! {
         pub line: u32,
         pub location: LocationId,
         pub qty: Qty,
+        pub lot: Option<LotId>,
     }
 
+    /// Returned units left quality hold: back on the shelf (restock, into their `lot`) or out.
     pub struct ReturnDispositioned {
         pub sku: Sku,
         pub return_id: ReturnId,
         pub location: LocationId,
         pub qty: Qty,
         pub disposition: Disposition,
+        pub lot: Option<LotId>,
     }
 
     pub struct ChannelAllocationSet {
@@ -1127,6 +1139,7 @@ catalogue! {
     DailyCapacitySet(DailyCapacitySet) = "location.daily_capacity_set" v 1;
     SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
     ChannelDefined(ChannelDefined) = "channel.defined" v 1;
+    ChannelShelfLifeSet(ChannelShelfLifeSet) = "channel.shelf_life_set" v 1;
     LegalEntityDefined(LegalEntityDefined) = "legal_entity.defined" v 2;
 
     StockReceived(StockReceived) = "stock.received" v 1;
@@ -1145,8 +1158,8 @@ catalogue! {
     QualityHeld(QualityHeld) = "stock.quality_held" v 1;
     QualityReleased(QualityReleased) = "stock.quality_released" v 1;
     StockScrapped(StockScrapped) = "stock.scrapped" v 1;
-    ReturnReceived(ReturnReceived) = "stock.return_received" v 1;
-    ReturnDispositioned(ReturnDispositioned) = "stock.return_dispositioned" v 1;
+    ReturnReceived(ReturnReceived) = "stock.return_received" v 2;
+    ReturnDispositioned(ReturnDispositioned) = "stock.return_dispositioned" v 2;
     ChannelAllocationSet(ChannelAllocationSet) = "stock.channel_allocation_set" v 1;
 
     OrderPlaced(OrderPlaced) = "order.placed" v 1;

@@ -17,7 +17,8 @@ use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
     CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ExceptionRuleSetV1,
-    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
+    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1, ReturnDispositionedV1,
+    ReturnReceivedV1,
 };
 use crate::values::*;
 
@@ -133,6 +134,29 @@ fn return_authorised_v1() -> ReturnAuthorisedV1 {
     }
 }
 
+/// The v1 sample of `stock.return_received`.
+fn return_received_v1() -> ReturnReceivedV1 {
+    ReturnReceivedV1 {
+        sku: sku(),
+        return_id: ReturnId::new("RMA-5").unwrap(),
+        order: order(),
+        line: 1,
+        location: loc("WH-LONDON"),
+        qty: qty(2),
+    }
+}
+
+/// The v1 sample of `stock.return_dispositioned`.
+fn return_dispositioned_v1() -> ReturnDispositionedV1 {
+    ReturnDispositionedV1 {
+        sku: sku(),
+        return_id: ReturnId::new("RMA-5").unwrap(),
+        location: loc("WH-LONDON"),
+        qty: qty(2),
+        disposition: Disposition::Restock,
+    }
+}
+
 /// The v1 sample of `exception.rule_set`.
 fn exception_rule_set_v1() -> ExceptionRuleSetV1 {
     ExceptionRuleSetV1 {
@@ -197,6 +221,10 @@ fn sample(t: EventType) -> Event {
             name: "Web shop".into(),
             fee_rate: Ratio::parse("0.029").unwrap(),
             reservation_policy: ReservationPolicy::HoldWithTtl { ttl_seconds: 900 },
+        }),
+        EventType::ChannelShelfLifeSet => Event::ChannelShelfLifeSet(ChannelShelfLifeSet {
+            channel: ChannelId::new("amazon").unwrap(),
+            min_days: 30,
         }),
         EventType::LegalEntityDefined => Event::LegalEntityDefined(LegalEntityDefined {
             country: "GB".into(),
@@ -408,19 +436,12 @@ fn sample(t: EventType) -> Event {
             from_quality_hold: true,
         }),
         EventType::ReturnReceived => Event::ReturnReceived(ReturnReceived {
-            sku: s,
-            return_id: ReturnId::new("RMA-5").unwrap(),
-            order: order(),
-            line: 1,
-            location: wh,
-            qty: qty(2),
+            lot: Some(LotId::new("L-2011-03").unwrap()),
+            ..return_received_v1().into()
         }),
         EventType::ReturnDispositioned => Event::ReturnDispositioned(ReturnDispositioned {
-            sku: s,
-            return_id: ReturnId::new("RMA-5").unwrap(),
-            location: wh,
-            qty: qty(2),
-            disposition: Disposition::Restock,
+            lot: Some(LotId::new("L-2011-03").unwrap()),
+            ..return_dispositioned_v1().into()
         }),
         EventType::ChannelAllocationSet => Event::ChannelAllocationSet(ChannelAllocationSet {
             sku: s,
@@ -751,6 +772,14 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::ExceptionRuleSet, 1) => (
                 codec::to_bytes(&exception_rule_set_v1()).unwrap(),
                 Event::ExceptionRuleSet(exception_rule_set_v1().into()),
+            ),
+            (EventType::ReturnReceived, 1) => (
+                codec::to_bytes(&return_received_v1()).unwrap(),
+                Event::ReturnReceived(return_received_v1().into()),
+            ),
+            (EventType::ReturnDispositioned, 1) => (
+                codec::to_bytes(&return_dispositioned_v1()).unwrap(),
+                Event::ReturnDispositioned(return_dispositioned_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
     CommandAccepted, CommandRejected, CostMethod, Event, EventType, ExceptionKind, ExceptionRule,
-    ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize, ReturnAuthorised,
-    Severity, Tracking,
+    Disposition, ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize,
+    ReturnAuthorised, ReturnDispositioned, ReturnReceived, Severity, Tracking,
 };
 use crate::values::{
-    ActorId, Currency, EntityId, OrderId, Qty, ReturnId, Sku, SupplierId, UnitName,
+    ActorId, Currency, EntityId, LocationId, OrderId, Qty, ReturnId, Sku, SupplierId, UnitName,
 };
 
 /// `item.defined` / `item.changed` version 1: before items chose a cost method and whether
@@ -50,6 +50,56 @@ impl From<ItemDefinedV1> for ItemDefined {
             suppliers: v1.suppliers,
             cost_method: CostMethod::Fifo,
             allow_negative: false,
+        }
+    }
+}
+
+/// `stock.return_received` version 1: before returns named their lot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReturnReceivedV1 {
+    pub sku: Sku,
+    pub return_id: ReturnId,
+    pub order: OrderId,
+    pub line: u32,
+    pub location: LocationId,
+    pub qty: Qty,
+}
+
+impl From<ReturnReceivedV1> for ReturnReceived {
+    /// Returns received before version 2 name no lot.
+    fn from(v1: ReturnReceivedV1) -> ReturnReceived {
+        ReturnReceived {
+            sku: v1.sku,
+            return_id: v1.return_id,
+            order: v1.order,
+            line: v1.line,
+            location: v1.location,
+            qty: v1.qty,
+            lot: None,
+        }
+    }
+}
+
+/// `stock.return_dispositioned` version 1: before returns named their lot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReturnDispositionedV1 {
+    pub sku: Sku,
+    pub return_id: ReturnId,
+    pub location: LocationId,
+    pub qty: Qty,
+    pub disposition: Disposition,
+}
+
+impl From<ReturnDispositionedV1> for ReturnDispositioned {
+    /// Returns dispositioned before version 2 name no lot.
+    fn from(v1: ReturnDispositionedV1) -> ReturnDispositioned {
+        ReturnDispositioned {
+            sku: v1.sku,
+            return_id: v1.return_id,
+            location: v1.location,
+            qty: v1.qty,
+            disposition: v1.disposition,
+            lot: None,
         }
     }
 }
@@ -236,6 +286,8 @@ pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::LegalEntityDefined, 1),
     (EventType::ReturnAuthorised, 1),
     (EventType::ExceptionRuleSet, 1),
+    (EventType::ReturnReceived, 1),
+    (EventType::ReturnDispositioned, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -271,6 +323,12 @@ pub(crate) fn decode_old(
         )),
         (EventType::ExceptionRuleSet, 1) => Ok(Event::ExceptionRuleSet(
             from_bytes::<ExceptionRuleSetV1>(bytes)?.into(),
+        )),
+        (EventType::ReturnReceived, 1) => Ok(Event::ReturnReceived(
+            from_bytes::<ReturnReceivedV1>(bytes)?.into(),
+        )),
+        (EventType::ReturnDispositioned, 1) => Ok(Event::ReturnDispositioned(
+            from_bytes::<ReturnDispositionedV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),
