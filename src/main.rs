@@ -461,6 +461,15 @@ enum Command {
         #[command(flatten)]
         args: replay_cli::ReplayArgs,
     },
+    /// Trace a lot forward (`--sku S --lot L`: the receipts it came from, the orders it went
+    /// to) or an order backward (`--order O`: the lots of its lines and their suppliers), as
+    /// of now or of any point of either timeline.
+    Trace {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        args: replay_cli::TraceArgs,
+    },
 }
 
 /// The HTTP gateway's settings.
@@ -680,10 +689,11 @@ enum ViewName {
     Replenishment,
     Exceptions,
     Kpis,
+    Trace,
 }
 
 impl ViewName {
-    const ALL: [ViewName; 8] = [
+    const ALL: [ViewName; 9] = [
         ViewName::Ats,
         ViewName::Allocation,
         ViewName::Audit,
@@ -692,6 +702,7 @@ impl ViewName {
         ViewName::Replenishment,
         ViewName::Exceptions,
         ViewName::Kpis,
+        ViewName::Trace,
     ];
 
     fn as_str(self) -> &'static str {
@@ -704,6 +715,7 @@ impl ViewName {
             ViewName::Replenishment => "replenishment",
             ViewName::Exceptions => "exceptions",
             ViewName::Kpis => "kpis",
+            ViewName::Trace => "trace",
         }
     }
 
@@ -728,6 +740,9 @@ impl ViewName {
                 project::<projections::exceptions::Exceptions>(log, mode, config, shutdown).await
             }
             ViewName::Kpis => project::<projections::kpis::Kpis>(log, mode, config, shutdown).await,
+            ViewName::Trace => {
+                project::<projections::trace::Trace>(log, mode, config, shutdown).await
+            }
         }
     }
 }
@@ -942,6 +957,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Replay { nats, args } => {
             replay_cli::replay(&open_for_audit(&nats).await?, &args).await
+        }
+        Command::Trace { nats, args } => {
+            replay_cli::trace(&open_for_audit(&nats).await?, &args).await
         }
         Command::Replenish { nats, args } => {
             let sender = nats.sender("buyer")?;

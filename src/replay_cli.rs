@@ -34,6 +34,8 @@ pub enum ReplayView {
     Exceptions,
     /// Operations KPIs by day, week and month.
     Kpis,
+    /// Lots: where each came from and which orders it went to.
+    Trace,
     /// The processor's write model: stock balances and orders.
     State,
 }
@@ -158,18 +160,27 @@ pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Pr
     }
 }
 
-pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()> {
-    let knowledge = match (args.as_of_seq, &args.as_recorded) {
+/// The point `--as-of-seq`, `--as-recorded` and `--as-effective` name (the log's end without
+/// them).
+fn first_point(
+    as_of_seq: Option<u64>,
+    as_recorded: &Option<String>,
+    as_effective: &Option<String>,
+) -> anyhow::Result<Point> {
+    let knowledge = match (as_of_seq, as_recorded) {
         (Some(seq), _) => Knowledge::Seq(seq),
-        (None, Some(_)) => {
-            Knowledge::Recorded(time("as-recorded", &args.as_recorded)?.expect("given"))
-        }
+        (None, Some(_)) => Knowledge::Recorded(time("as-recorded", as_recorded)?.expect("given")),
         (None, None) => Knowledge::Latest,
     };
-    let first = Point {
+    Ok(Point {
         knowledge,
-        effective: time("as-effective", &args.as_effective)?,
-    };
+        effective: time("as-effective", as_effective)?,
+    })
+}
+
+pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()> {
+    let first = first_point(args.as_of_seq, &args.as_recorded, &args.as_effective)?;
+    let knowledge = first.knowledge;
     let mut points = vec![point::resolve(log, first).await?];
     if args.diff {
         let knowledge = match (args.to_seq, &args.to_recorded) {
@@ -215,6 +226,9 @@ pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()>
         }
         ReplayView::Kpis => {
             build::<projections::kpis::Kpis>(log, &points, format, &filter, args.quiet).await?
+        }
+        ReplayView::Trace => {
+            build::<projections::trace::Trace>(log, &points, format, &filter, args.quiet).await?
         }
         ReplayView::State => build::<WriteModel>(log, &points, format, &filter, args.quiet).await?,
     };
@@ -796,5 +810,164 @@ pub fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
         naive_total.average_inventory,
         naive_total.orders
     );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The SKU of the lot to trace forward (with --lot).
+    #[arg(long, requires = "lot", conflicts_with = "order")]
+    sku: Option<String>,
+    /// The lot to trace forward: the receipts it came from and the orders it went to.
+    #[arg(long, requires = "sku")]
+    lot: Option<String>,
+    /// The order to trace backward: the lots of its lines and the receipts and suppliers
+    /// they came from.
+    #[arg(long, required_unless_present = "lot")]
+    order: Option<String>,
+    /// Knowledge: everything the log held up to this stream sequence.
+    #[arg(long, conflicts_with = "as_recorded")]
+    as_of_seq: Option<u64>,
+    /// Knowledge: everything the server had stored by this time (RFC 3339, or a date meaning
+    /// its end, UTC).
+    #[arg(long)]
+    as_recorded: Option<String>,
+    /// Business time: only events effective at or before this time (RFC 3339 or a date).
+    #[arg(long)]
+    as_effective: Option<String>,
+    /// `table` for people, `json` for programs.
+    #[arg(long, value_enum, default_value = "table")]
+    format: OutputFormat,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `erp trace`: builds the trace view at the point asked for and answers from it.
+pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
+    use projections::View;
+    use projections::trace::{Trace, TraceQuery};
+    if matches!(args.format, OutputFormat::Csv) {
+        bail!("--format: `erp trace` prints `table` or `json`");
+    }
+    let first = first_point(args.as_of_seq, &args.as_recorded, &args.as_effective)?;
+    let point = point::resolve(log, first).await?;
+    let replayed = replay::replay::<_, Trace>(
+        log,
+        std::slice::from_ref(&point),
+        progress_printer("trace", args.quiet),
+    )
+    .await
+    .context("replay stopped")?;
+    let built = &replayed.built[0];
+    let query = match (&args.sku, &args.lot, &args.order) {
+        (Some(sku), Some(lot), _) => TraceQuery::Lot {
+            sku: sku.clone(),
+            lot: lot.clone(),
+        },
+        (_, _, Some(order)) => TraceQuery::Order {
+            order: order.clone(),
+        },
+        _ => bail!("give --sku and --lot (forward), or --order (backward)"),
+    };
+    let answer = match built.model.answer(&query) {
+        Ok(projections::view::Answer::Value(v)) => v,
+        Ok(_) => bail!("the trace view answered with a read of the log"),
+        Err(e) => bail!("{} (as of {})", e.message, built.point),
+    };
+    if matches!(args.format, OutputFormat::Json) {
+        say!(
+            "{}",
+            serde_json::json!({"as_of": built.point.to_string(), "trace": answer})
+        );
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let receipt_line = |r: &serde_json::Value| {
+        format!(
+            "  {}  {}  {} units  seq {}{}{}",
+            text(&r["effective_at"]),
+            text(&r["location"]),
+            text(&r["qty"]),
+            text(&r["seq"]),
+            r["purchase_order"]
+                .as_str()
+                .map(|po| format!("  purchase order {po}"))
+                .unwrap_or_default(),
+            r["supplier"]
+                .as_str()
+                .map(|s| format!("  supplier {s}"))
+                .unwrap_or_default(),
+        )
+    };
+    say!("as of {}", built.point);
+    match query {
+        TraceQuery::Lot { .. } => {
+            say!(
+                "lot {} of {}, expires {}: picked {}, shipped {}, returned {}",
+                text(&answer["lot"]),
+                text(&answer["sku"]),
+                text(&answer["expires_on"]),
+                text(&answer["picked"]),
+                text(&answer["shipped"]),
+                text(&answer["returned"])
+            );
+            say!("came from:");
+            for r in answer["receipts"].as_array().into_iter().flatten() {
+                say!("{}", receipt_line(r));
+            }
+            let orders = answer["orders"].as_object().cloned().unwrap_or_default();
+            say!("went to {} orders:", orders.len());
+            say!(
+                "  {:<16} {:<12} {:<20} {:>7} {:>7} {:>8}  first shipped",
+                "order",
+                "channel",
+                "external ref",
+                "picked",
+                "shipped",
+                "returned"
+            );
+            for o in orders.values() {
+                say!(
+                    "  {:<16} {:<12} {:<20} {:>7} {:>7} {:>8}  {}",
+                    text(&o["order"]),
+                    text(&o["channel"]),
+                    text(&o["external_ref"]),
+                    text(&o["picked"]),
+                    text(&o["shipped"]),
+                    text(&o["returned"]),
+                    text(&o["first_shipped_at"])
+                );
+            }
+        }
+        _ => {
+            say!(
+                "order {} ({} {})",
+                text(&answer["order"]),
+                text(&answer["channel"]),
+                text(&answer["external_ref"])
+            );
+            for line in answer["lines"].as_array().into_iter().flatten() {
+                for lot in line["lots"].as_array().into_iter().flatten() {
+                    say!(
+                        "line {}: {} lot {} (expires {}): picked {}, shipped {}; came from:",
+                        text(&line["line"]),
+                        text(&lot["sku"]),
+                        text(&lot["lot"]),
+                        text(&lot["expires_on"]),
+                        text(&lot["picked"]),
+                        text(&lot["shipped"])
+                    );
+                    for r in lot["receipts"].as_array().into_iter().flatten() {
+                        say!("{}", receipt_line(r));
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -306,7 +306,7 @@ pub async fn up(nats: NatsArgs, args: UpArgs) -> anyhow::Result<()> {
         _ => String::new(),
     };
     say!(
-        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis) and the exception holder running{http_line}; Ctrl-C stops it"
+        "erp is up on {url}: processor and projectors (ats, allocation, audit, margin, finance, replenishment, exceptions, kpis, trace) and the exception holder running{http_line}; Ctrl-C stops it"
     );
     let demo_run = async {
         match demo {

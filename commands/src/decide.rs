@@ -857,13 +857,13 @@ impl<'a> Decider<'a> {
             }
             let mut available = self.routable(sku, location, &order.channel, &promised);
             let min_days = self.min_shelf_life(Some(&order.channel));
-            let stale = expires_on.is_some_and(|d| {
-                d.get() < self.today() + chrono::Days::new(u64::from(min_days))
-            });
+            let stale = expires_on
+                .is_some_and(|d| d.get() < self.today() + chrono::Days::new(u64::from(min_days)));
             if stale {
                 // The arrived units are too short-dated for this order's channel: it may take
                 // only what was there before.
-                let before = self.available(sku, location, Some(&order.channel), &promised) - arrived;
+                let before =
+                    self.available(sku, location, Some(&order.channel), &promised) - arrived;
                 available = available.min(before);
                 if available <= 0 {
                     continue;
@@ -927,7 +927,13 @@ impl<'a> Decider<'a> {
             ));
         }
         self.check_decrease(&c.sku, &c.from, n, "shipping a transfer")?;
-        self.check_lot(&c.sku, &c.from, c.lot.as_ref(), LotUse::Free(n), "shipping a transfer")?;
+        self.check_lot(
+            &c.sku,
+            &c.from,
+            c.lot.as_ref(),
+            LotUse::Free(n),
+            "shipping a transfer",
+        )?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::TransferShipped(TransferShipped {
@@ -1153,11 +1159,21 @@ impl<'a> Decider<'a> {
         if self.by_lot(&c.sku) {
             // Units of a lot (expired ones, a recall) are held even when orders count on
             // them: those orders' lines are routed again or backordered in the same batch.
-            self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Free(n), "holding")?;
+            self.check_lot(
+                &c.sku,
+                &c.location,
+                c.lot.as_ref(),
+                LotUse::Free(n),
+                "holding",
+            )?;
             if n > free {
                 let lot = c.lot.as_ref().expect("checked above");
-                let why = format!("lot {lot} of {} was put on quality hold at {}", c.sku, c.location);
-                decision = self.take_back_allocations(&c.sku, &c.location, n - free.max(0), &why)?;
+                let why = format!(
+                    "lot {lot} of {} was put on quality hold at {}",
+                    c.sku, c.location
+                );
+                decision =
+                    self.take_back_allocations(&c.sku, &c.location, n - free.max(0), &why)?;
             }
         } else if n > free {
             return Err(reject(
@@ -1197,7 +1213,13 @@ impl<'a> Decider<'a> {
                 ),
             ));
         }
-        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Held(n), "releasing")?;
+        self.check_lot(
+            &c.sku,
+            &c.location,
+            c.lot.as_ref(),
+            LotUse::Held(n),
+            "releasing",
+        )?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::QualityReleased(QualityReleased {

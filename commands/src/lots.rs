@@ -136,7 +136,10 @@ impl Decider<'_> {
             && known.expires_on.is_some()
             && known.expires_on != expires_on
         {
-            let had = known.expires_on.map(|d| d.get().to_string()).unwrap_or_default();
+            let had = known
+                .expires_on
+                .map(|d| d.get().to_string())
+                .unwrap_or_default();
             return Err(reject(
                 code::LOT_EXPIRY_MISMATCH,
                 format!(
@@ -179,7 +182,10 @@ impl Decider<'_> {
                 ));
             };
             if !l.fresh_for(today, min_days) {
-                let expiry = l.expires_on.map(|d| d.get().to_string()).unwrap_or_default();
+                let expiry = l
+                    .expires_on
+                    .map(|d| d.get().to_string())
+                    .unwrap_or_default();
                 return Err(reject(
                     code::LOT_EXPIRED,
                     format!(

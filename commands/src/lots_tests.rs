@@ -40,8 +40,18 @@ fn food() -> World {
         "item.define",
         json!({"sku": "FOOD", "tracking": {"lot": true, "serial": false, "expiry": true}}),
     );
-    at(&mut w, "stock.receive", receipt("L-LATE", "2011-03-01", 5), DAY1);
-    at(&mut w, "stock.receive", receipt("L-EARLY", "2011-01-20", 5), DAY1);
+    at(
+        &mut w,
+        "stock.receive",
+        receipt("L-LATE", "2011-03-01", 5),
+        DAY1,
+    );
+    at(
+        &mut w,
+        "stock.receive",
+        receipt("L-EARLY", "2011-01-20", 5),
+        DAY1,
+    );
     w
 }
 
@@ -118,7 +128,11 @@ fn a_pick_takes_the_lot_that_expires_first_and_expired_stock_leaves_what_may_be_
         AFTER_EARLY,
     ));
     assert_eq!(expired.code, code::LOT_EXPIRED, "{}", expired.message);
-    assert!(expired.message.contains("2011-01-20"), "{}", expired.message);
+    assert!(
+        expired.message.contains("2011-01-20"),
+        "{}",
+        expired.message
+    );
     let d = pick(&mut w, "O2", json!({"line": 1, "qty": 5}), AFTER_EARLY).unwrap();
     assert_eq!(picked_lots(&d), [("L-LATE".to_string(), 5)]);
     w.apply_at(&d, AFTER_EARLY);
@@ -208,14 +222,15 @@ fn a_channel_that_wants_shelf_life_gets_only_lots_that_have_it() {
 #[test]
 fn a_receipt_into_a_lot_keeps_its_expiry_and_an_expiry_only_item_gets_a_lot_per_date() {
     let mut w = food();
-    let r = refused(w.when_at(
-        "stock.receive",
-        receipt("L-LATE", "2011-04-01", 1),
-        DAY1,
-    ));
+    let r = refused(w.when_at("stock.receive", receipt("L-LATE", "2011-04-01", 1), DAY1));
     assert_eq!(r.code, code::LOT_EXPIRY_MISMATCH);
     assert!(r.message.contains("2011-03-01"), "{}", r.message);
-    at(&mut w, "stock.receive", receipt("L-LATE", "2011-03-01", 1), DAY1);
+    at(
+        &mut w,
+        "stock.receive",
+        receipt("L-LATE", "2011-03-01", 1),
+        DAY1,
+    );
     assert_eq!(lot_units(&w, "L-LATE"), (6, 0));
 
     let d = at(

@@ -8,8 +8,8 @@ use ledger::events::{
     SupplierDefined,
 };
 use ledger::values::{
-    ChannelId, HoldId, LocationId, LotId, OrderId, PackageId, PurchaseOrderId, QTY_MAX, ReturnId, Sku,
-    SupplierId, Timestamp, TransferId,
+    ChannelId, HoldId, LocationId, LotId, OrderId, PackageId, PurchaseOrderId, QTY_MAX, ReturnId,
+    Sku, SupplierId, Timestamp, TransferId,
 };
 use ledger::{Envelope, Head, Subject};
 use serde::{Deserialize, Serialize};

@@ -33,7 +33,7 @@ pub const ROWS_MAX: usize = 10_000;
 pub const ROWS_DEFAULT: usize = 1_000;
 
 /// The views a replay can build, and what each holds.
-pub const REPLAY_VIEWS: [(&str, &str); 9] = [
+pub const REPLAY_VIEWS: [(&str, &str); 10] = [
     (
         "ats",
         "available to sell per SKU x location and SKU x channel",
@@ -58,6 +58,10 @@ pub const REPLAY_VIEWS: [(&str, &str); 9] = [
     ),
     ("kpis", "operations KPIs by day, week and month"),
     (
+        "trace",
+        "lots: where each came from and which orders it went to",
+    ),
+    (
         "state",
         "the processor's write model: stock balances and orders",
     ),
@@ -67,7 +71,8 @@ pub const REPLAY_VIEWS: [(&str, &str); 9] = [
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
-    /// One of `ats`, `allocation`, `audit`, `margin`, `finance`, `replenishment`, `state`.
+    /// One of `ats`, `allocation`, `audit`, `margin`, `finance`, `replenishment`, `exceptions`,
+    /// `kpis`, `trace`, `state`.
     pub view: String,
     /// Knowledge: everything the ledger held up to this sequence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +356,7 @@ async fn start_replay(
                 run::<projections::exceptions::Exceptions>(&gw, id, log, &points, &filter).await
             }
             "kpis" => run::<projections::kpis::Kpis>(&gw, id, log, &points, &filter).await,
+            "trace" => run::<projections::trace::Trace>(&gw, id, log, &points, &filter).await,
             _ => run::<replay::WriteModel>(&gw, id, log, &points, &filter).await,
         };
         let replays = &gw.inner.replays;

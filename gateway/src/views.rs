@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::{Gateway, Refusal, error, unavailable};
 
 /// Every view the gateway serves, with its query contract.
-pub const VIEWS: [(&str, &str); 8] = [
+pub const VIEWS: [(&str, &str); 9] = [
     ("ats", include_str!("../../schemas/views/ats.schema.json")),
     (
         "allocation",
@@ -47,6 +47,10 @@ pub const VIEWS: [(&str, &str); 8] = [
         include_str!("../../schemas/views/exceptions.schema.json"),
     ),
     ("kpis", include_str!("../../schemas/views/kpis.schema.json")),
+    (
+        "trace",
+        include_str!("../../schemas/views/trace.schema.json"),
+    ),
 ];
 
 /// Parameters every view takes as whole numbers (`rows` paging, read-your-writes).

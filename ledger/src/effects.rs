@@ -17,7 +17,8 @@ pub struct StockDelta {
 }
 
 impl StockDelta {
-    fn at(location: &LocationId) -> StockDelta {
+    /// No change, at `location`.
+    pub fn at(location: &LocationId) -> StockDelta {
         StockDelta {
             location: location.clone(),
             on_hand: 0,
@@ -127,7 +128,11 @@ pub fn lot_deltas(event: &Event) -> Vec<LotDelta> {
         E::ReturnDispositioned(e) => one(
             &e.location,
             &e.lot,
-            if e.disposition == Disposition::Restock { 0 } else { -e.qty.get() },
+            if e.disposition == Disposition::Restock {
+                0
+            } else {
+                -e.qty.get()
+            },
             -e.qty.get(),
         ),
         _ => Vec::new(),

@@ -17,8 +17,8 @@ use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
     CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ExceptionRuleSetV1,
-    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1, ReturnDispositionedV1,
-    ReturnReceivedV1,
+    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
+    ReturnDispositionedV1, ReturnReceivedV1,
 };
 use crate::values::*;
 

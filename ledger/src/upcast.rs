@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
-    CommandAccepted, CommandRejected, CostMethod, Event, EventType, ExceptionKind, ExceptionRule,
-    Disposition, ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize,
+    CommandAccepted, CommandRejected, CostMethod, Disposition, Event, EventType, ExceptionKind,
+    ExceptionRule, ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize,
     ReturnAuthorised, ReturnDispositioned, ReturnReceived, Severity, Tracking,
 };
 use crate::values::{

@@ -34,15 +34,79 @@ pub struct AtsRow {
     #[serde(default)]
     pub inbound_by_date: BTreeMap<String, i64>,
     pub safety_stock: i64,
+    /// Shelf units (not held) in lots past their expiry date, by the latest business date
+    /// the ledger holds: they may not be sold (items that track lots or expiry).
+    #[serde(default)]
+    pub expired: i64,
     pub available: i64,
+    /// The lots here, by id (items that track lots or expiry, and any lot a stock event names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lots: BTreeMap<String, LotFigures>,
     /// The ledger sequence of the last event that changed this row.
     pub seq: u64,
 }
 
+/// One lot's figures at a location.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LotFigures {
+    /// `YYYY-MM-DD`: the last day its units may be sold.
+    pub expires_on: Option<String>,
+    /// On the shelf: received, not yet picked, moved away, scrapped or counted out.
+    pub units: i64,
+    /// Of those, in quality hold.
+    pub held: i64,
+}
+
+impl LotFigures {
+    fn free(&self) -> i64 {
+        (self.units - self.held).max(0)
+    }
+
+    /// Whether it expires before `day` (its units may not be sold on `day`).
+    fn before(&self, day: &str) -> bool {
+        self.expires_on.as_deref().is_some_and(|e| e < day)
+    }
+}
+
 impl AtsRow {
     fn recompute(&mut self) {
-        self.available =
-            self.on_hand - self.allocated - self.reserved - self.quality_hold - self.safety_stock;
+        self.available = self.on_hand
+            - self.allocated
+            - self.reserved
+            - self.quality_hold
+            - self.safety_stock
+            - self.expired;
+    }
+
+    /// Sets `expired` from the lots, as of `today` (`YYYY-MM-DD`), then `available`.
+    fn expire(&mut self, today: Option<&str>, by_lot: bool) {
+        self.expired = match (today, by_lot) {
+            (Some(today), true) => self
+                .lots
+                .values()
+                .filter(|l| l.before(today))
+                .map(LotFigures::free)
+                .sum(),
+            _ => 0,
+        };
+        self.recompute();
+    }
+
+    /// Free shelf units in lots that are not expired on `today` but expire before
+    /// `today + min_days`: what a channel that wants that much shelf life may not have.
+    fn short_dated(&self, today: &str, min_days: u32) -> i64 {
+        let Some(cutoff) = chrono::NaiveDate::parse_from_str(today, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.checked_add_days(chrono::Days::new(u64::from(min_days))))
+            .map(|d| d.to_string())
+        else {
+            return 0;
+        };
+        self.lots
+            .values()
+            .filter(|l| !l.before(today) && l.before(&cutoff))
+            .map(LotFigures::free)
+            .sum()
     }
     fn free(&self) -> i64 {
         self.on_hand - self.allocated - self.reserved - self.quality_hold
@@ -64,6 +128,18 @@ pub struct Ats {
     /// Purchase orders not yet closed or rejected, by id.
     #[serde(default)]
     purchase_orders: BTreeMap<String, OpenPurchase>,
+    /// SKU tokens of items that track lots or expiry.
+    #[serde(default)]
+    by_lot: BTreeSet<String>,
+    /// Expiry dates of lots, per SKU token and lot (from their first receipt).
+    #[serde(default)]
+    lot_expiry: BTreeMap<String, BTreeMap<String, String>>,
+    /// The latest business date (`YYYY-MM-DD`) of any event: what expiry is judged against.
+    #[serde(default)]
+    today: Option<String>,
+    /// Days of shelf life each channel wants left, by channel id.
+    #[serde(default)]
+    shelf_life: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,7 +362,15 @@ impl Ats {
         sku_token: &str,
         channel: &str,
     ) -> (i64, Option<&ChannelAllocationRule>) {
-        let base: i64 = self.rows_of(sku_token).map(|r| r.available.max(0)).sum();
+        let min_days = self.shelf_life.get(channel).copied().unwrap_or(0);
+        let short = |r: &AtsRow| match (&self.today, min_days) {
+            (Some(today), 1..) if self.by_lot.contains(sku_token) => r.short_dated(today, min_days),
+            _ => 0,
+        };
+        let base: i64 = self
+            .rows_of(sku_token)
+            .map(|r| (r.available - short(r)).max(0))
+            .sum();
         let total_free: i64 = self.rows_of(sku_token).map(AtsRow::free).sum();
         let rules = self.rules.get(sku_token);
         let own_or_other = rules
@@ -298,11 +382,116 @@ impl Ats {
     }
 }
 
+impl Ats {
+    /// Moves the business date to that of `event` when it is later, and expires the lots
+    /// that the new date passes.
+    fn advance(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        if matches!(event.envelope.subject, Subject::Command(_)) {
+            return;
+        }
+        let day = event
+            .envelope
+            .effective_at
+            .as_datetime()
+            .date_naive()
+            .to_string();
+        if self.today.as_ref().is_some_and(|t| *t >= day) {
+            return;
+        }
+        self.today = Some(day);
+        let skus: Vec<String> = self
+            .lot_expiry
+            .keys()
+            .filter(|s| self.by_lot.contains(*s))
+            .cloned()
+            .collect();
+        for token in skus {
+            self.refresh_rows(&token, event.seq, changed);
+        }
+    }
+
+    /// Sets the expired units of every row of a SKU again, noting the rows that change.
+    fn refresh_rows(&mut self, token: &str, seq: u64, changed: &mut BTreeSet<String>) {
+        let keys: Vec<String> = self
+            .rows_of(token)
+            .map(|r| loc_key(token, &escape_token(&r.location)))
+            .collect();
+        let by_lot = self.by_lot.contains(token);
+        let mut any = false;
+        for key in keys {
+            let row = self.rows.get_mut(&key).expect("listed above");
+            let before = row.expired;
+            row.expire(self.today.as_deref(), by_lot);
+            if row.expired != before {
+                row.seq = seq;
+                changed.insert(key);
+                any = true;
+            }
+        }
+        if any || (by_lot && !self.shelf_life.is_empty()) {
+            self.touch_channels(token, changed);
+        }
+    }
+
+    /// What a stock event does to the lots of a row.
+    fn apply_lots(&mut self, token: &str, key: &str, event: &Event) {
+        let (Some(row), deltas) = (self.rows.get_mut(key), ledger::effects::lot_deltas(event))
+        else {
+            return;
+        };
+        if let Event::StockReceived(ledger::events::StockReceived {
+            lot: Some(lot),
+            expires_on: Some(date),
+            ..
+        }) = event
+        {
+            self.lot_expiry
+                .entry(token.to_owned())
+                .or_default()
+                .entry(lot.to_string())
+                .or_insert_with(|| date.get().to_string());
+        }
+        for d in deltas
+            .iter()
+            .filter(|d| d.location.as_str() == row.location)
+        {
+            let lot = row.lots.entry(d.lot.to_string()).or_default();
+            lot.units += d.units;
+            lot.held += d.held;
+            lot.expires_on = self
+                .lot_expiry
+                .get(token)
+                .and_then(|l| l.get(d.lot.as_str()))
+                .cloned();
+            if lot.units == 0 && lot.held == 0 {
+                row.lots.remove(d.lot.as_str());
+            }
+        }
+        row.expire(self.today.as_deref(), self.by_lot.contains(token));
+    }
+}
+
 impl Model for Ats {
     fn apply(&mut self, event: &RecordedEvent, changed: &mut BTreeSet<String>) {
+        self.advance(event, changed);
         match (&event.envelope.subject, &event.envelope.event) {
+            (_, Event::ChannelShelfLifeSet(e)) => {
+                self.shelf_life.insert(e.channel.to_string(), e.min_days);
+                let token = escape_token(e.channel.as_str());
+                for sku_token in self.by_lot.iter().filter(|s| self.skus.contains_key(*s)) {
+                    changed.insert(format!("chan.{sku_token}.{token}"));
+                }
+            }
             (_, Event::ItemDefined(item) | Event::ItemChanged(item)) => {
                 let token = escape_token(item.sku.as_str());
+                let by_lot = item.tracking.lot || item.tracking.expiry;
+                if by_lot != self.by_lot.contains(&token) {
+                    match by_lot {
+                        true => self.by_lot.insert(token.clone()),
+                        false => self.by_lot.remove(&token),
+                    };
+                    self.refresh_rows(&token, event.seq, changed);
+                }
                 self.safety.insert(token.clone(), item.safety_stock.get());
                 let keys: Vec<String> = self
                     .rows_of(&token)
@@ -344,7 +533,13 @@ impl Model for Ats {
                 self.apply_purchase(po.as_str(), event_body, event.seq, changed);
             }
             (Subject::Stock(sku), event_body) => {
-                let deltas = ledger::effects::stock_deltas(event_body);
+                let mut deltas = ledger::effects::stock_deltas(event_body);
+                // A pick moves no figure but takes units off a lot's shelf.
+                for lot in ledger::effects::lot_deltas(event_body) {
+                    if !deltas.iter().any(|d| d.location == lot.location) {
+                        deltas.push(ledger::effects::StockDelta::at(&lot.location));
+                    }
+                }
                 if deltas.is_empty() {
                     return;
                 }
@@ -368,6 +563,7 @@ impl Model for Ats {
                     row.in_transit += d.in_transit;
                     row.recompute();
                     row.seq = event.seq;
+                    self.apply_lots(&token, &key, event_body);
                     changed.insert(key);
                 }
                 self.touch_channels(&token, changed);
@@ -421,8 +617,8 @@ impl Ats {
 
 impl View for Ats {
     const NAME: &'static str = "ats";
-    /// 2: inbound from purchase orders.
-    const VERSION: u32 = 2;
+    /// 2: inbound from purchase orders. 3: lots, expired units, channels' shelf life.
+    const VERSION: u32 = 3;
     const KEYS: &'static [KeyShape] = &[
         KeyShape {
             kind: "loc",

@@ -10,6 +10,7 @@
 //!   journal lines of every event; `margin` and `finance` are built from them.
 //! - `replenish`: purchase recommendations per SKU × location (reorder point, order-up-to,
 //!   safety stock from demand variability), the view that keeps them current, and a backtest.
+//! - `trace`: per lot, the receipts and suppliers it came from and the orders it went to.
 
 pub mod allocation;
 pub mod ats;
@@ -23,11 +24,15 @@ pub mod kpis;
 pub mod margin;
 pub mod replenish;
 pub mod runtime;
+pub mod trace;
 pub mod translate;
 pub mod view;
 
 pub use runtime::{Mode, Projector, ProjectorConfig, RunEnd};
 pub use view::{Model, View};
+
+#[cfg(test)]
+mod ats_tests;
 
 #[cfg(test)]
 mod books_tests;
@@ -37,3 +42,6 @@ mod exceptions_tests;
 
 #[cfg(test)]
 mod kpis_tests;
+
+#[cfg(test)]
+mod trace_tests;

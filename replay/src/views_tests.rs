@@ -249,6 +249,7 @@ fn check_history(seed: u64) -> Result<(), String> {
     check_view::<projections::replenish::Replenishment>(events, cut)?;
     check_view::<projections::exceptions::Exceptions>(events, cut)?;
     check_view::<projections::kpis::Kpis>(events, cut)?;
+    check_view::<projections::trace::Trace>(events, cut)?;
     // Margin rows never mix currencies; finance balances.
     let margin = fold::<projections::margin::Margin>(events);
     for key in margin.keys().filter(|k| !k.starts_with("value.")) {

@@ -50,6 +50,7 @@ fn view_contracts_are_current() {
             contract::<projections::exceptions::Exceptions>(),
         ),
         ("kpis", contract::<projections::kpis::Kpis>()),
+        ("trace", contract::<projections::trace::Trace>()),
     ] {
         check_value(&format!("views/{name}.schema.json"), value);
     }
