@@ -1293,12 +1293,13 @@ async fn run_demo(
     let started = std::time::Instant::now();
     let (commands, stats) = commands::demo::uci_commands(&demo.dataset, demo.days)?;
     eprintln!(
-        "demo: {} rows, {} invoices -> {} commands ({} orders, {} receipts, {} cancellation lines, {} write-offs, {} rows skipped)",
+        "demo: {} rows, {} invoices -> {} commands ({} orders, {} receipts, {} items kept by lot, {} cancellation lines, {} write-offs, {} rows skipped)",
         stats.rows,
         stats.invoices,
         commands.len(),
         stats.orders,
         stats.receipts,
+        stats.lot_items,
         stats.cancellation_lines,
         stats.write_offs,
         stats.skipped_rows

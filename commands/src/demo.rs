@@ -143,6 +143,8 @@ pub struct DemoStats {
     pub write_offs: usize,
     pub skipped_rows: usize,
     pub items: usize,
+    /// Items kept by lot with a best-before date.
+    pub lot_items: usize,
     pub receipts: usize,
 }
 
@@ -213,6 +215,8 @@ struct Builder {
     pending:
         BTreeMap<(NaiveDateTime, u64), (&'static Entity, String, &'static str, serde_json::Value)>,
     drawn: u64,
+    /// Items kept by lot with a best-before date (`lot_kept_items`).
+    lot_kept: HashSet<String>,
 }
 
 impl Builder {
@@ -287,7 +291,9 @@ pub fn uci_commands(
         },
         pending: BTreeMap::new(),
         drawn: 0,
+        lot_kept: lot_kept_items(&rows),
     };
+    b.stats.lot_items = b.lot_kept.len();
     let start = rows
         .first()
         .map_or_else(|| Utc::now().naive_utc(), |r| r.at);
@@ -386,11 +392,37 @@ pub fn uci_commands(
     Ok((b.commands, b.stats))
 }
 
+/// Days from receipt to a lot's best-before date.
+const SHELF_LIFE_DAYS: u64 = 270;
+
+/// The items the demo keeps by lot with a best-before date, as a food or cosmetics shop would:
+/// about one goods item in 20 (drawn from its code), among those the data never cancels,
+/// writes off or returns (upstream systems that do not know lots send those).
+fn lot_kept_items(rows: &[Row]) -> HashSet<String> {
+    let unlotted: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.qty < 0 || r.invoice.starts_with(['C', 'A']))
+        .map(|r| r.code.as_str())
+        .collect();
+    rows.iter()
+        .map(|r| r.code.as_str())
+        .filter(|code| code.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|code| !unlotted.contains(code))
+        .filter(|code| {
+            Uuid::new_v5(&NAMESPACE, format!("lot:{code}").as_bytes()).as_u128() % 20 == 0
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 fn define_item(b: &mut Builder, items: &mut HashSet<String>, row: &Row, at: NaiveDateTime) {
     if items.insert(row.code.clone()) {
         let service = !row.code.starts_with(|c: char| c.is_ascii_digit());
-        let data =
+        let mut data =
             json!({"sku": row.code, "description": row.description, "allow_negative": service});
+        if b.lot_kept.contains(&row.code) {
+            data["tracking"] = json!({"lot": true, "serial": false, "expiry": true});
+        }
         b.push(&format!("item:{}", row.code), at, "item.define", data);
     }
 }
@@ -423,8 +455,14 @@ fn receive_month(b: &mut Builder, rows: &[Row], month: (i32, u32), at: NaiveDate
                 format!("receive:{entity}:{}-{:02}:{code}", month.0, month.1),
             )
         };
-        let data =
+        let mut data =
             json!({"sku": code, "location": entity.location, "qty": qty, "unit_cost": money(cost)});
+        if b.lot_kept.contains(code) {
+            // One lot per entity and month's receipt, best before SHELF_LIFE_DAYS later.
+            data["lot"] = json!(format!("{}-{}-{:02}", entity.id, month.0, month.1));
+            data["expires_on"] =
+                json!((at.date() + chrono::Days::new(SHELF_LIFE_DAYS)).to_string());
+        }
         b.push_as(
             entity,
             ("uci-demo", "upstream"),
@@ -604,8 +642,11 @@ fn after_sale(
         "order.confirm_delivery",
         json!({"order": id, "package": package, "proof": format!("POD {id}")}),
     );
+    // Lot-kept items are not taken back (as food is not).
     let goods = lines.iter().enumerate().find(|(_, (code, _, price))| {
-        code.starts_with(|c: char| c.is_ascii_digit()) && *price > Decimal::ZERO
+        code.starts_with(|c: char| c.is_ascii_digit())
+            && *price > Decimal::ZERO
+            && !b.lot_kept.contains(*code)
     });
     let Some((i, (code, _, price))) = goods else {
         return;

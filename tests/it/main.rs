@@ -10,6 +10,7 @@ mod gateway;
 mod governance;
 mod harness;
 mod log;
+mod lots;
 mod operations;
 mod processor;
 mod projections;
