@@ -409,7 +409,9 @@ fn lot_kept_items(rows: &[Row]) -> HashSet<String> {
         .filter(|code| code.starts_with(|c: char| c.is_ascii_digit()))
         .filter(|code| !unlotted.contains(code))
         .filter(|code| {
-            Uuid::new_v5(&NAMESPACE, format!("lot:{code}").as_bytes()).as_u128() % 20 == 0
+            Uuid::new_v5(&NAMESPACE, format!("lot:{code}").as_bytes())
+                .as_u128()
+                .is_multiple_of(20)
         })
         .map(str::to_owned)
         .collect()
