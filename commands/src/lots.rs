@@ -153,7 +153,7 @@ impl Decider<'_> {
     /// The lots a pick of `n` units of `sku` at `location` for an order of `channel` takes:
     /// the named lot, or the lots that expire first among those with the channel's shelf life
     /// left (first expired, first out). `taken` holds what earlier lines of the same pick
-    /// took, and is updated.
+    /// took (lot ids are a SKU's own: keyed by SKU too), and is updated.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn pick_lots(
         &self,
@@ -162,11 +162,11 @@ impl Decider<'_> {
         channel: &ChannelId,
         named: Option<&LotId>,
         n: i64,
-        taken: &mut BTreeMap<(LocationId, LotId), i64>,
+        taken: &mut BTreeMap<(Sku, LocationId, LotId), i64>,
         what: &str,
     ) -> Result<Vec<(LotId, i64)>, Rejection> {
         let (today, min_days) = (self.today(), self.min_shelf_life(Some(channel)));
-        let key = |lot: &LotId| (location.clone(), lot.clone());
+        let key = |lot: &LotId| (sku.clone(), location.clone(), lot.clone());
         let left_in = |lot: &LotId, l: &Lot| {
             l.at(location).free() - taken.get(&key(lot)).copied().unwrap_or(0)
         };

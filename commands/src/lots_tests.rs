@@ -425,3 +425,43 @@ fn whether_stock_is_kept_by_lot_changes_only_with_none_on_hand() {
         json!({"sku": "NEW", "tracking": {"lot": true, "serial": false, "expiry": false}}),
     );
 }
+
+#[test]
+fn lots_of_two_skus_with_one_id_are_apart_in_one_pick() {
+    // Goal: suppliers reuse lot numbers; a pick of two SKUs whose lots share an id takes each
+    // SKU's own units (a shared tally once refused the second line).
+    let mut w = food();
+    w.given(
+        "item.define",
+        json!({"sku": "DRINK", "tracking": {"lot": true, "serial": false, "expiry": true}}),
+    );
+    let mut drink = receipt("L-LATE", "2011-03-01", 5);
+    drink["sku"] = json!("DRINK");
+    at(&mut w, "stock.receive", drink, DAY1);
+    at(
+        &mut w,
+        "order.place",
+        json!({"order": "BOTH", "channel": "web", "ship_to_region": "UK", "lines": [
+            {"line": 1, "sku": "FOOD", "qty": 5, "unit_price": {"amount": "3.00", "currency": "GBP"}},
+            {"line": 2, "sku": "DRINK", "qty": 5, "unit_price": {"amount": "3.00", "currency": "GBP"}}]}),
+        DAY1,
+    );
+    at(
+        &mut w,
+        "order.release_to_pick",
+        json!({"order": "BOTH", "wave": "W1"}),
+        DAY1,
+    );
+    let d = w
+        .when_at(
+            "order.pick",
+            json!({"order": "BOTH", "lines": [
+                {"line": 1, "qty": 5, "lot": "L-LATE"}, {"line": 2, "qty": 5, "lot": "L-LATE"}]}),
+            DAY1,
+        )
+        .unwrap();
+    assert_eq!(
+        picked_lots(&d),
+        [("L-LATE".to_string(), 5), ("L-LATE".to_string(), 5)]
+    );
+}
