@@ -873,12 +873,12 @@ pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
     let answer = match built.model.answer(&query) {
         Ok(projections::view::Answer::Value(v)) => v,
         Ok(_) => bail!("the trace view answered with a read of the log"),
-        Err(e) => bail!("{} (as of {})", e.message, built.point),
+        Err(e) => bail!("{} ({})", e.message, built.point),
     };
     if matches!(args.format, OutputFormat::Json) {
         say!(
             "{}",
-            serde_json::json!({"as_of": built.point.to_string(), "trace": answer})
+            serde_json::json!({"point": built.point.to_string(), "trace": answer})
         );
         return Ok(());
     }
@@ -904,7 +904,7 @@ pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         )
     };
-    say!("as of {}", built.point);
+    say!("{}", built.point);
     match query {
         TraceQuery::Lot { .. } => {
             say!(
@@ -945,11 +945,14 @@ pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
             }
         }
         _ => {
+            let external = match answer["external_ref"].as_str() {
+                Some("") | None => String::new(),
+                Some(r) => format!(", external ref {r}"),
+            };
             say!(
-                "order {} ({} {})",
+                "order {}, channel {}{external}",
                 text(&answer["order"]),
-                text(&answer["channel"]),
-                text(&answer["external_ref"])
+                text(&answer["channel"])
             );
             for line in answer["lines"].as_array().into_iter().flatten() {
                 for lot in line["lots"].as_array().into_iter().flatten() {

@@ -932,7 +932,7 @@ impl<'a> Decider<'a> {
             &c.from,
             c.lot.as_ref(),
             LotUse::Free(n),
-            "shipping a transfer",
+            "to ship on the transfer",
         )?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
@@ -990,7 +990,7 @@ impl<'a> Decider<'a> {
             d if d < 0 => LotUse::Free(-d),
             _ => LotUse::Name,
         };
-        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "adjusted")?;
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "to adjust")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockAdjusted(StockAdjusted {
@@ -1013,7 +1013,13 @@ impl<'a> Decider<'a> {
         self.item(&c.sku)?;
         self.location(&c.location)?;
         let b = self.balance(&c.sku, &c.location);
-        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), LotUse::Name, "counted")?;
+        self.check_lot(
+            &c.sku,
+            &c.location,
+            c.lot.as_ref(),
+            LotUse::Name,
+            "to count",
+        )?;
         // A lot-kept item is counted a lot at a time: what the lot has on the shelf there.
         let expected = match (&c.lot, self.by_lot(&c.sku)) {
             (Some(lot), true) => self.lot(&c.sku, lot).map_or(0, |l| l.at(&c.location).units),
@@ -1164,7 +1170,7 @@ impl<'a> Decider<'a> {
                 &c.location,
                 c.lot.as_ref(),
                 LotUse::Free(n),
-                "holding",
+                "to hold",
             )?;
             if n > free {
                 let lot = c.lot.as_ref().expect("checked above");
@@ -1218,7 +1224,7 @@ impl<'a> Decider<'a> {
             &c.location,
             c.lot.as_ref(),
             LotUse::Held(n),
-            "releasing",
+            "to release",
         )?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
@@ -1253,7 +1259,7 @@ impl<'a> Decider<'a> {
             true => LotUse::Held(n),
             false => LotUse::Free(n),
         };
-        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "scrapping")?;
+        self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "to scrap")?;
         Ok(vec![(
             Subject::Stock(c.sku.clone()),
             Event::StockScrapped(StockScrapped {

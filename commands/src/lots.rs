@@ -51,7 +51,8 @@ impl Decider<'_> {
     }
 
     /// Checks the lot a command names for units of a lot-kept `sku` at `location`: one is
-    /// required, it must have been received, and it must have the units `what` takes.
+    /// required, it must have been received, and it must have the units the command takes
+    /// (`what`: "to scrap", ...).
     /// Items not kept by lot pass unchecked.
     pub(crate) fn check_lot(
         &self,
@@ -86,7 +87,7 @@ impl Decider<'_> {
             return Err(reject(
                 code::INSUFFICIENT_STOCK,
                 format!(
-                    "{what} {n} {sku} of lot {lot} at {location}: {} {kind}",
+                    "lot: lot {lot} of {sku} at {location} has {} {kind}; {n} needed",
                     have.max(0)
                 ),
             ));
