@@ -931,7 +931,7 @@ impl<'a> Decider<'a> {
             &c.sku,
             &c.from,
             c.lot.as_ref(),
-            LotUse::Free(n),
+            LotUse::Take(n),
             "to ship on the transfer",
         )?;
         Ok(vec![(
@@ -987,7 +987,7 @@ impl<'a> Decider<'a> {
             self.check_decrease(&c.sku, &c.location, -c.delta.get(), "adjusting down")?;
         }
         let use_ = match c.delta.get() {
-            d if d < 0 => LotUse::Free(-d),
+            d if d < 0 => LotUse::Take(-d),
             _ => LotUse::Name,
         };
         self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "to adjust")?;
@@ -1022,7 +1022,22 @@ impl<'a> Decider<'a> {
         )?;
         // A lot-kept item is counted a lot at a time: what the lot has on the shelf there.
         let expected = match (&c.lot, self.by_lot(&c.sku)) {
-            (Some(lot), true) => self.lot(&c.sku, lot).map_or(0, |l| l.at(&c.location).units),
+            (Some(lot), true) => {
+                let here = self
+                    .lot(&c.sku, lot)
+                    .map(|l| l.at(&c.location))
+                    .unwrap_or_default();
+                if c.counted.get() < here.held {
+                    return Err(reject(
+                        code::INSUFFICIENT_STOCK,
+                        format!(
+                            "counted: {} of lot {lot} of {} at {} are in quality hold; a count of {} cannot take them (release or scrap them first)",
+                            here.held, c.sku, c.location, c.counted
+                        ),
+                    ));
+                }
+                here.units
+            }
             _ => b.on_hand,
         };
         let variance = c.counted.get() - expected;
@@ -1172,14 +1187,20 @@ impl<'a> Decider<'a> {
                 LotUse::Free(n),
                 "to hold",
             )?;
-            if n > free {
-                let lot = c.lot.as_ref().expect("checked above");
+            // What orders and holds count on must stay on hand, and in lots not expired: the
+            // units held leave the shelf, and, when their lot is good, the good units too.
+            let lot = c.lot.as_ref().expect("checked above");
+            let good = self
+                .lot(&c.sku, lot)
+                .is_some_and(|l| l.fresh_for(self.today(), 0));
+            let fresh_after = self.fresh_free(&c.sku, &c.location) - if good { n } else { 0 };
+            let short = (n - free.max(0)).max(-fresh_after).max(0);
+            if short > 0 {
                 let why = format!(
                     "lot {lot} of {} was put on quality hold at {}",
                     c.sku, c.location
                 );
-                decision =
-                    self.take_back_allocations(&c.sku, &c.location, n - free.max(0), &why)?;
+                decision = self.take_back_allocations(&c.sku, &c.location, short, &why)?;
             }
         } else if n > free {
             return Err(reject(
@@ -1257,7 +1278,7 @@ impl<'a> Decider<'a> {
         }
         let use_ = match c.from_quality_hold {
             true => LotUse::Held(n),
-            false => LotUse::Free(n),
+            false => LotUse::Take(n),
         };
         self.check_lot(&c.sku, &c.location, c.lot.as_ref(), use_, "to scrap")?;
         Ok(vec![(

@@ -15,8 +15,12 @@ use crate::state::Lot;
 pub(crate) enum LotUse {
     /// Names the lot only (units arrive: the lot must exist).
     Name,
-    /// Takes units that are on the shelf and not held.
+    /// Takes units that are on the shelf and not held, into quality hold (orders that lose
+    /// them are routed again by the caller).
     Free(i64),
+    /// Takes units that are on the shelf and not held, out of the location: units of a lot
+    /// that is not expired may go only as far as orders and holds do not count on them.
+    Take(i64),
     /// Takes units out of quality hold.
     Held(i64),
 }
@@ -80,7 +84,7 @@ impl Decider<'_> {
         let here = known.at(location);
         let (n, have, kind) = match use_ {
             LotUse::Name => return Ok(()),
-            LotUse::Free(n) => (n, here.free(), "on the shelf and not held"),
+            LotUse::Free(n) | LotUse::Take(n) => (n, here.free(), "on the shelf and not held"),
             LotUse::Held(n) => (n, here.held, "in quality hold"),
         };
         if n > have {
@@ -92,7 +96,32 @@ impl Decider<'_> {
                 ),
             ));
         }
+        if let LotUse::Take(n) = use_
+            && known.fresh_for(self.today(), 0)
+        {
+            let fresh = self.fresh_free(sku, location);
+            if n > fresh {
+                return Err(reject(
+                    code::INSUFFICIENT_STOCK,
+                    format!(
+                        "lot: taking {n} {sku} of lot {lot} at {location} would leave orders and holds short: {} units of lots not expired are free there",
+                        fresh.max(0)
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Units of `sku` at `location` that nothing counts on and that are not expired: free
+    /// units less the expired ones (below zero when commitments rest on expired units).
+    pub(crate) fn fresh_free(&self, sku: &Sku, location: &LocationId) -> i64 {
+        let free = self
+            .state
+            .stock
+            .get(sku)
+            .map_or(0, |s| s.balance(location).free());
+        free - self.short_dated(sku, location, None)
     }
 
     /// Free shelf units of `sku` at `location` in lots that are expired, or have less shelf

@@ -347,6 +347,14 @@ fn holding_an_expired_lot_that_orders_count_on_routes_them_again() {
     assert_eq!(w.balance("FOOD", "WH1").allocated, 5);
     assert_eq!(w.balance("FOOD", "WH2").allocated, 3);
     assert_eq!(lot_units(&w, "L-EARLY"), (5, 5));
+    // A count of the lot cannot take units that are in quality hold.
+    let r = refused(w.when_at(
+        "stock.count",
+        json!({"sku": "FOOD", "location": "WH1", "counted": 3, "lot": "L-EARLY"}),
+        AFTER_EARLY,
+    ));
+    assert_eq!(r.code, code::INSUFFICIENT_STOCK, "{}", r.message);
+    assert!(r.message.contains("quality hold"), "{}", r.message);
     // Held units may be scrapped from hold, by lot.
     at(
         &mut w,
@@ -464,4 +472,39 @@ fn lots_of_two_skus_with_one_id_are_apart_in_one_pick() {
         picked_lots(&d),
         [("L-LATE".to_string(), 5), ("L-LATE".to_string(), 5)]
     );
+}
+
+#[test]
+fn good_units_that_orders_count_on_cannot_be_taken_while_expired_ones_can() {
+    // Goal: after L-EARLY expires, the 5 units of L-LATE back an order; taking one away
+    // (adjust, scrap, transfer) would leave the order short even though 5 expired units make
+    // the location's free figure look sufficient.
+    let mut w = food();
+    let d = place(&mut w, "O1", "web", 5, AFTER_EARLY);
+    assert_eq!(allocated(&d), 5);
+    for (kind, data) in [
+        (
+            "stock.adjust",
+            json!({"sku": "FOOD", "location": "WH1", "delta": -1, "reason": "damaged", "lot": "L-LATE"}),
+        ),
+        (
+            "stock.scrap",
+            json!({"sku": "FOOD", "location": "WH1", "qty": 1, "reason": "damaged", "lot": "L-LATE"}),
+        ),
+        (
+            "stock.transfer_ship",
+            json!({"sku": "FOOD", "transfer": "T1", "from": "WH1", "to": "WH2", "qty": 1, "lot": "L-LATE"}),
+        ),
+    ] {
+        let r = refused(w.when_at(kind, data, AFTER_EARLY));
+        assert_eq!(r.code, code::INSUFFICIENT_STOCK, "{kind}: {}", r.message);
+        assert!(r.message.contains("would leave orders"), "{}", r.message);
+    }
+    at(
+        &mut w,
+        "stock.scrap",
+        json!({"sku": "FOOD", "location": "WH1", "qty": 5, "reason": "expired", "lot": "L-EARLY"}),
+        AFTER_EARLY,
+    );
+    assert_eq!(lot_units(&w, "L-LATE"), (5, 0));
 }

@@ -1109,6 +1109,22 @@ impl State {
                 ));
             }
         }
+        let by_lot = self
+            .items
+            .get(sku)
+            .is_some_and(|d| d.value.tracking.lot || d.value.tracking.expiry);
+        if by_lot && !negative_allowed {
+            for (id, lot) in &stock.extras().lots {
+                for (location, b) in &lot.at {
+                    if b.units < 0 || b.held < 0 || b.held > b.units {
+                        return Some(format!(
+                            "{sku} lot {id} at {location}: {} units, {} held",
+                            b.units, b.held
+                        ));
+                    }
+                }
+            }
+        }
         None
     }
 
