@@ -1,7 +1,9 @@
 //! Goal: random sequences of commands never break the stock model. A trivial reference model
 //! counts what the accepted commands say happened (received, held, adjusted, transferred,
 //! ordered, cancelled, shipped); after every step the write model must agree with it, its
-//! aggregates must agree with each other, and no location may ever be oversold.
+//! aggregates must agree with each other, and no location may ever be oversold. `FRESH` is
+//! kept by lot with expiry dates around the commands' day: its lots' units add up to what is
+//! on hand, and every pick takes the lots that expire first among those not expired.
 
 use std::collections::HashMap;
 
@@ -10,7 +12,9 @@ use serde_json::json;
 
 use crate::decide_tests::World;
 
-const SKUS: [&str; 2] = ["A", "B"];
+const SKUS: [&str; 3] = ["A", "B", "FRESH"];
+/// Expiry dates of `FRESH` receipts: one already past on the commands' day (2011-01-01).
+const EXPIRIES: [&str; 3] = ["2010-12-31", "2011-01-05", "2011-02-01"];
 const LOCATIONS: [&str; 2] = ["WH1", "WH2"];
 
 #[derive(Debug, Clone)]
@@ -19,6 +23,7 @@ enum Op {
         sku: usize,
         location: usize,
         qty: i64,
+        expiry: usize,
     },
     Place {
         sku: usize,
@@ -47,15 +52,18 @@ enum Op {
         sku: usize,
         location: usize,
         qty: i64,
+        lot: usize,
     },
     QualityHold {
         sku: usize,
         location: usize,
         qty: i64,
+        lot: usize,
     },
     Transfer {
         sku: usize,
         qty: i64,
+        lot: usize,
     },
     TransferReceive {
         transfer: usize,
@@ -72,18 +80,23 @@ enum Op {
         sku: usize,
         location: usize,
         counted: i64,
+        lot: usize,
     },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let sku = 0..SKUS.len();
     let location = 0..LOCATIONS.len();
+    let lot = 0usize..4;
     prop_oneof![
-        (sku.clone(), location.clone(), 1i64..20).prop_map(|(sku, location, qty)| Op::Receive {
-            sku,
-            location,
-            qty
-        }),
+        (sku.clone(), location.clone(), 1i64..20, 0..EXPIRIES.len()).prop_map(
+            |(sku, location, qty, expiry)| Op::Receive {
+                sku,
+                location,
+                qty,
+                expiry
+            }
+        ),
         (sku.clone(), 1i64..15, any::<bool>(), 1u32..4).prop_map(
             |(sku, qty, complete, priority)| Op::Place {
                 sku,
@@ -102,22 +115,35 @@ fn op() -> impl Strategy<Value = Op> {
             qty
         }),
         (0usize..20).prop_map(|hold| Op::ReleaseHold { hold }),
-        (sku.clone(), location.clone(), 1i64..6).prop_map(|(sku, location, qty)| Op::AdjustDown {
+        (sku.clone(), location.clone(), 1i64..6, lot.clone()).prop_map(
+            |(sku, location, qty, lot)| Op::AdjustDown {
+                sku,
+                location,
+                qty,
+                lot
+            }
+        ),
+        (sku.clone(), location.clone(), 1i64..4, lot.clone()).prop_map(
+            |(sku, location, qty, lot)| Op::QualityHold {
+                sku,
+                location,
+                qty,
+                lot
+            }
+        ),
+        (sku.clone(), 1i64..6, lot.clone()).prop_map(|(sku, qty, lot)| Op::Transfer {
             sku,
-            location,
-            qty
+            qty,
+            lot
         }),
-        (sku.clone(), location.clone(), 1i64..4).prop_map(|(sku, location, qty)| Op::QualityHold {
-            sku,
-            location,
-            qty
-        }),
-        (sku.clone(), 1i64..6).prop_map(|(sku, qty)| Op::Transfer { sku, qty }),
         (0usize..20, 0i64..2).prop_map(|(transfer, short)| Op::TransferReceive { transfer, short }),
-        (sku.clone(), location.clone(), 0i64..12).prop_map(|(sku, location, counted)| Op::Count {
-            sku,
-            location,
-            counted
+        (sku.clone(), location.clone(), 0i64..12, lot).prop_map(|(sku, location, counted, lot)| {
+            Op::Count {
+                sku,
+                location,
+                counted,
+                lot,
+            }
         }),
     ]
 }
@@ -136,6 +162,7 @@ struct Counts {
 
 #[derive(Default)]
 struct Reference {
+    receipts: usize,
     counts: HashMap<usize, Counts>,
     orders: Vec<(String, usize, i64)>,
     holds: Vec<(String, usize, i64, bool)>,
@@ -156,6 +183,67 @@ fn current_line(world: &World, id: &str) -> (u32, crate::state::LineState) {
     (*n, line.clone())
 }
 
+/// `FRESH`'s lot number `n` (of those with units at `location`, in id order), for commands
+/// that name one; `None` for other SKUs or when it has none there.
+fn lot_of(world: &World, sku: usize, location: &str, n: usize) -> Option<String> {
+    if SKUS[sku] != "FRESH" {
+        return None;
+    }
+    let stock = world
+        .state
+        .stock
+        .get(&ledger::values::Sku::new("FRESH").unwrap())?;
+    let location = ledger::values::LocationId::new(location).unwrap();
+    let lots: Vec<String> = stock
+        .extras()
+        .lots
+        .iter()
+        .filter(|(_, l)| l.at.contains_key(&location))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    (!lots.is_empty()).then(|| lots[n % lots.len()].clone())
+}
+
+/// Adds `lot` to a command's data when there is one.
+fn with_lot(mut data: serde_json::Value, lot: Option<String>) -> serde_json::Value {
+    if let Some(lot) = lot {
+        data["lot"] = json!(lot);
+    }
+    data
+}
+
+/// The lots a pick of `FRESH` at each location should take, first expiry first among the lots
+/// not expired on the commands' day (2011-01-01), by the reference's own reckoning.
+fn fefo(world: &World, picks: &[(String, i64)]) -> Vec<(String, String, i64)> {
+    let stock = &world.state.stock[&ledger::values::Sku::new("FRESH").unwrap()];
+    let today = chrono::NaiveDate::from_ymd_opt(2011, 1, 1).unwrap();
+    let mut out = Vec::new();
+    for (location, n) in picks {
+        let at = ledger::values::LocationId::new(location.as_str()).unwrap();
+        let mut lots: Vec<(chrono::NaiveDate, String, i64)> = stock
+            .extras()
+            .lots
+            .iter()
+            .filter_map(|(id, l)| {
+                let expiry = l.expires_on.expect("FRESH lots have an expiry").get();
+                let free = l.at(&at).units - l.at(&at).held;
+                (expiry >= today && free > 0).then(|| (expiry, id.to_string(), free))
+            })
+            .collect();
+        lots.sort();
+        let mut left = *n;
+        for (_, id, free) in lots {
+            if left == 0 {
+                break;
+            }
+            let take = free.min(left);
+            left -= take;
+            out.push((location.clone(), id, take));
+        }
+    }
+    out
+}
+
 fn run(world: &mut World, reference: &mut Reference, op: &Op) {
     let accepted = |world: &mut World, kind: &str, data: serde_json::Value| -> bool {
         match world.when(kind, data) {
@@ -167,12 +255,19 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
         }
     };
     match *op {
-        Op::Receive { sku, location, qty } => {
-            if accepted(
-                world,
-                "stock.receive",
-                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "unit_cost": cost()}),
-            ) {
+        Op::Receive {
+            sku,
+            location,
+            qty,
+            expiry,
+        } => {
+            let mut data = json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "unit_cost": cost()});
+            if SKUS[sku] == "FRESH" {
+                reference.receipts += 1;
+                data["lot"] = json!(format!("R{}", reference.receipts));
+                data["expires_on"] = json!(EXPIRIES[expiry]);
+            }
+            if accepted(world, "stock.receive", data) {
                 reference.counts.entry(sku).or_default().on_hand += qty;
             }
         }
@@ -221,23 +316,56 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             let (n, line) = current_line(world, &id);
             let pickable = line.allocated_total() - line.picked_total();
             let package = format!("P{}-{}", id, line.shipped);
-            let shipped = accepted(
+            let released = accepted(
                 world,
                 "order.release_to_pick",
                 json!({"order": id, "wave": "W"}),
-            ) && accepted(
-                world,
-                "order.pick",
-                json!({"order": id, "lines": [{"line": n, "qty": pickable}]}),
-            ) && accepted(
-                world,
-                "order.pack",
-                json!({"order": id, "package": package, "lines": [{"line": n, "qty": pickable}]}),
-            ) && accepted(
-                world,
-                "order.ship",
-                json!({"order": id, "package": package, "carrier": "RM", "tracking": "T", "freight_cost": cost()}),
             );
+            let pick = json!({"order": id, "lines": [{"line": n, "qty": pickable}]});
+            let picked = released
+                && match world.when("order.pick", pick) {
+                    Ok(decision) => {
+                        if SKUS[sku] == "FRESH" {
+                            let unpicked: Vec<(String, i64)> = line
+                                .allocated
+                                .iter()
+                                .map(|(at, a)| {
+                                    (
+                                        at.to_string(),
+                                        a - line.picked.get(at).copied().unwrap_or(0),
+                                    )
+                                })
+                                .filter(|(_, n)| *n > 0)
+                                .collect();
+                            let took: Vec<(String, String, i64)> = decision
+                                .iter()
+                                .filter_map(|(_, e)| match e {
+                                    ledger::events::Event::StockPicked(p) => Some((
+                                        p.location.to_string(),
+                                        p.lot.as_ref().expect("FRESH picks name a lot").to_string(),
+                                        p.qty.get(),
+                                    )),
+                                    _ => None,
+                                })
+                                .collect();
+                            assert_eq!(took, fefo(world, &unpicked), "first expiry first out");
+                        }
+                        world.apply(&decision);
+                        true
+                    }
+                    Err(_) => false,
+                };
+            let shipped = picked
+                && accepted(
+                    world,
+                    "order.pack",
+                    json!({"order": id, "package": package, "lines": [{"line": n, "qty": pickable}]}),
+                )
+                && accepted(
+                    world,
+                    "order.ship",
+                    json!({"order": id, "package": package, "carrier": "RM", "tracking": "T", "freight_cost": cost()}),
+                );
             if shipped {
                 let c = reference.counts.entry(sku).or_default();
                 c.shipped += pickable;
@@ -289,9 +417,12 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
             sku,
             location,
             counted,
+            lot,
         } => {
-            let data =
-                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "counted": counted});
+            let data = with_lot(
+                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "counted": counted}),
+                lot_of(world, sku, LOCATIONS[location], lot),
+            );
             if let Ok(decision) = world.when("stock.count", data) {
                 // Event by event: the stock's invariants hold after each one, as `erp verify`
                 // checks them.
@@ -310,22 +441,42 @@ fn run(world: &mut World, reference: &mut Reference, op: &Op) {
                 }
             }
         }
-        Op::AdjustDown { sku, location, qty } => {
-            let data = json!({"sku": SKUS[sku], "location": LOCATIONS[location], "delta": -qty, "reason": "damaged"});
+        Op::AdjustDown {
+            sku,
+            location,
+            qty,
+            lot,
+        } => {
+            let data = with_lot(
+                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "delta": -qty, "reason": "damaged"}),
+                lot_of(world, sku, LOCATIONS[location], lot),
+            );
             if accepted(world, "stock.adjust", data) {
                 reference.counts.entry(sku).or_default().on_hand -= qty;
             }
         }
-        Op::QualityHold { sku, location, qty } => {
-            let data = json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "reason": "inspect"});
+        Op::QualityHold {
+            sku,
+            location,
+            qty,
+            lot,
+        } => {
+            let data = with_lot(
+                json!({"sku": SKUS[sku], "location": LOCATIONS[location], "qty": qty, "reason": "inspect"}),
+                lot_of(world, sku, LOCATIONS[location], lot),
+            );
+            // A lot's hold may take back allocations (routed again or backordered): the
+            // reference counts only the hold.
             if accepted(world, "stock.quality_hold", data) {
                 reference.counts.entry(sku).or_default().quality_hold += qty;
             }
         }
-        Op::Transfer { sku, qty } => {
+        Op::Transfer { sku, qty, lot } => {
             let id = format!("T{}", reference.transfers.len());
-            let data =
-                json!({"sku": SKUS[sku], "transfer": id, "from": "WH1", "to": "WH2", "qty": qty});
+            let data = with_lot(
+                json!({"sku": SKUS[sku], "transfer": id, "from": "WH1", "to": "WH2", "qty": qty}),
+                lot_of(world, sku, "WH1", lot),
+            );
             if accepted(world, "stock.transfer_ship", data) {
                 let c = reference.counts.entry(sku).or_default();
                 c.on_hand -= qty;
@@ -403,6 +554,30 @@ fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
             "stock and orders disagree on allocated {}",
             sku_code
         );
+        if *sku_code == "FRESH"
+            && let Some(stock) = world.state.stock.get(&sku)
+        {
+            for location in LOCATIONS {
+                let at = ledger::values::LocationId::new(location).unwrap();
+                let in_lots: i64 = stock.extras().lots.values().map(|l| l.at(&at).units).sum();
+                let held: i64 = stock.extras().lots.values().map(|l| l.at(&at).held).sum();
+                let picked: i64 = reference
+                    .orders
+                    .iter()
+                    .filter(|(_, s, _)| *s == i)
+                    .flat_map(|(order, _, _)| {
+                        world.state.orders[&ledger::values::OrderId::new(order.as_str()).unwrap()]
+                            .lines
+                            .values()
+                            .map(|l| l.picked.get(&at).copied().unwrap_or(0))
+                            .collect::<Vec<_>>()
+                    })
+                    .sum();
+                let b = world.balance(sku_code, location);
+                prop_assert_eq!(in_lots + picked, b.on_hand, "FRESH's lots at {}", location);
+                prop_assert_eq!(held, b.quality_hold, "FRESH's held lots at {}", location);
+            }
+        }
         let indexed: i64 = world
             .state
             .backorders
@@ -418,6 +593,11 @@ proptest! {
     #[test]
     fn random_commands_agree_with_the_reference_model_and_never_oversell(ops in proptest::collection::vec(op(), 1..80)) {
         let mut world = World::new();
+        world.given("item.define", json!({"sku": "B"}));
+        world.given(
+            "item.define",
+            json!({"sku": "FRESH", "tracking": {"lot": true, "serial": false, "expiry": true}}),
+        );
         let mut reference = Reference::default();
         for op in &ops {
             run(&mut world, &mut reference, op);
