@@ -471,6 +471,14 @@ impl EventLog for SimLog {
 }
 
 const SKUS: [&str; 3] = ["A", "B", "C"];
+/// Kept by lot: its receipts go into one of `LOTS` (each with its own expiry, the first past
+/// on the commands' day), its picks take the lot that expires first.
+const LOT_SKU: &str = "C";
+const LOTS: [(&str, &str); 3] = [
+    ("L0", "2011-06-01"),
+    ("L1", "2011-08-01"),
+    ("L2", "2012-01-01"),
+];
 const LOCATIONS: [&str; 2] = ["WH1", "WH2"];
 
 fn command(rng: &mut Rng, kind: &str, data: serde_json::Value) -> Command {
@@ -517,7 +525,11 @@ fn master_data(rng: &mut Rng) -> Vec<Command> {
         )),
     ];
     for sku in SKUS {
-        commands.push(command(rng, "item.define", json!({"sku": sku})));
+        let mut data = json!({"sku": sku});
+        if sku == LOT_SKU {
+            data["tracking"] = json!({"lot": true, "serial": false, "expiry": true});
+        }
+        commands.push(command(rng, "item.define", data));
     }
     commands
 }
@@ -537,12 +549,16 @@ fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) ->
     };
     let existing = format!("O{}", rng.below(orders.len() as u64 + 1));
     match rng.below(12) {
-        0 | 1 => command(
-            rng,
-            "stock.receive",
-            json!({"sku": sku, "location": location, "qty": qty,
-                   "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
-        ),
+        0 | 1 => {
+            let mut data = json!({"sku": sku, "location": location, "qty": qty,
+                   "unit_cost": {"amount": "1.00", "currency": "GBP"}});
+            if sku == LOT_SKU {
+                let (lot, expires_on) = LOTS[rng.below(LOTS.len() as u64) as usize];
+                data["lot"] = json!(lot);
+                data["expires_on"] = json!(expires_on);
+            }
+            command(rng, "stock.receive", data)
+        }
         2..=4 => {
             orders.push((qty, 0, sku));
             command(
@@ -558,11 +574,13 @@ fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) ->
             "order.cancel",
             json!({"order": existing, "reason": "sim"}),
         ),
-        6 => command(
-            rng,
-            "stock.adjust",
-            json!({"sku": sku, "location": location, "delta": -(qty as i64), "reason": "Damage"}),
-        ),
+        6 => {
+            let mut data = json!({"sku": sku, "location": location, "delta": -(qty as i64), "reason": "Damage"});
+            if sku == LOT_SKU {
+                data["lot"] = json!(LOTS[rng.below(LOTS.len() as u64) as usize].0);
+            }
+            command(rng, "stock.adjust", data)
+        }
         7..=9 if !orders.is_empty() => {
             // Half the time the oldest order still on its way, so that many reach the end.
             let i = match orders.iter().position(|(_, step, _)| *step < 9) {
@@ -584,6 +602,15 @@ fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) ->
                 rng,
                 "location.set_daily_capacity",
                 json!({"location": location, "units": units}),
+            )
+        }
+        // A channel's shelf life: channel data that allocation reads.
+        10 if rng.chance(100) => {
+            let min_days = rng.below(120);
+            command(
+                rng,
+                "channel.set_shelf_life",
+                json!({"channel": "web", "min_days": min_days}),
             )
         }
         10 if rng.chance(100) => {
@@ -1482,7 +1509,8 @@ fn a_command_whose_decision_panics_is_recorded_internal_error_and_the_rest_go_on
             command(
                 rng,
                 "stock.receive",
-                json!({"sku": sku, "location": "WH1", "qty": 5,
+                json!({"sku": sku, "location": "WH1", "qty": 5, "lot": "L2",
+                       "expires_on": "2012-01-01",
                        "unit_cost": {"amount": "1.00", "currency": "GBP"}}),
             )
         };
