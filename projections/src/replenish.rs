@@ -8,7 +8,8 @@
 //!   safety stock;
 //! - reorder point `ROP = d × L + SS` (or the item's reorder point when larger);
 //!   order-up-to level `S = d × (L + R) + SS`;
-//! - inventory position `IP = on hand - allocated - backordered + inbound`;
+//! - inventory position `IP = on hand - expired - allocated - backordered + inbound` (units
+//!   past their expiry cannot be sold, so they do not count);
 //! - when `IP ≤ ROP`: order `S - IP`, raised to the minimum order quantity and rounded up to
 //!   the pack multiple; the order-by date is today. Otherwise the order-by date is when `IP`
 //!   is expected to reach `ROP` at `d` a day, and the quantity is what would be ordered then.
@@ -197,7 +198,7 @@ pub fn recommend(
     let reason = format!(
         "demand {:.2}/day (sd {:.2}, {} days); z {:.3} for service level {}; lead time {} + review {} days: \
          safety stock {safety}, reorder point {rop}, order up to {up_to}; position {ip} \
-         (on hand {} - allocated {} - backordered {} + inbound {}); {}",
+         (on hand not expired {} - allocated {} - backordered {} + inbound {}); {}",
         demand.mean,
         demand.sd,
         demand.days,
@@ -291,7 +292,8 @@ impl Replenishment {
             ..Params::default()
         };
         let position = Position {
-            on_hand: row.on_hand,
+            // Units past their expiry are on hand but cannot be sold.
+            on_hand: row.on_hand - row.expired,
             allocated: row.allocated,
             backordered: self.backordered.get(sku).copied().unwrap_or(0),
             inbound: row.inbound,
@@ -476,7 +478,8 @@ impl Model for Replenishment {
 
 impl View for Replenishment {
     const NAME: &'static str = "replenishment";
-    const VERSION: u32 = 1;
+    /// 2: units past their expiry leave the inventory position.
+    const VERSION: u32 = 2;
     const KEYS: &'static [KeyShape] = &[KeyShape {
         kind: "rec",
         parts: &["sku", "location"],
@@ -752,6 +755,41 @@ mod tests {
         let row = view.value("rec.LAMP.WH1").unwrap();
         assert_eq!(row["qty"], 42);
         assert_eq!(view.last_cost("LAMP").unwrap().amount.to_string(), "3.00");
+    }
+
+    #[test]
+    fn units_past_their_expiry_leave_the_inventory_position() {
+        use crate::books_tests::{item, receipt, recorded_on};
+        let mut view = Replenishment::default();
+        let mut seq = 0;
+        let mut feed = |view: &mut Replenishment, at: &str, event: serde_json::Value| {
+            seq += 1;
+            view.apply(&recorded_on(seq, at, event), &mut BTreeSet::new());
+        };
+        let mut lamp = item("Fifo");
+        lamp["data"]["tracking"] =
+            serde_json::json!({"lot": true, "serial": false, "expiry": true});
+        feed(&mut view, "2011-01-01T08:00:00Z", lamp);
+        for (lot, expires_on, qty) in [("OLD", "2011-01-10", 100), ("NEW", "2011-06-01", 50)] {
+            let mut r = receipt(qty, "3.00", "PO1");
+            r["data"]["lot"] = serde_json::json!(lot);
+            r["data"]["expires_on"] = serde_json::json!(expires_on);
+            feed(&mut view, "2011-01-01T08:00:00Z", r);
+        }
+        assert_eq!(
+            view.recommendation("LAMP", "WH1")
+                .unwrap()
+                .0
+                .inventory_position,
+            150
+        );
+        // Any event of the 11th passes OLD's last day.
+        let channel = serde_json::json!({"type": "channel.defined", "data": {"channel": "web",
+            "name": "", "fee_rate": "0", "reservation_policy": "None"}});
+        feed(&mut view, "2011-01-11T08:00:00Z", channel);
+        let (r, _) = view.recommendation("LAMP", "WH1").unwrap();
+        assert_eq!(r.inventory_position, 50, "{}", r.reason);
+        assert!(r.reason.contains("on hand not expired 50"), "{}", r.reason);
     }
 
     #[test]
