@@ -96,10 +96,13 @@ command_data! {
         pub cost: Money,
     }
 
-    /// Units `location` can take on in allocations per business day (UTC); `null`: no limit.
+    /// Units and orders `location` can take on in allocations per business day (UTC);
+    /// `null` or left out: no limit.
     pub struct SetDailyCapacity {
         pub location: LocationId,
         pub units: Option<u32>,
+        #[serde(default)]
+        pub orders: Option<u32>,
     }
 
     /// The fewest days of shelf life a unit must have left to be allocated or picked for the

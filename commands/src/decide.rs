@@ -575,8 +575,51 @@ fn shipping_nodes(order: &OrderState, except: Option<&LocationId>) -> Vec<Locati
     nodes
 }
 
-/// Stock already promised by earlier lines of the same command, per SKU and location.
-type Promised = HashMap<(Sku, LocationId), i64>;
+/// Stock already promised by earlier lines of the same command, per SKU and location, and the
+/// orders given units at each location (a location's daily order capacity).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Promised {
+    units: HashMap<(Sku, LocationId), i64>,
+    orders: HashMap<LocationId, std::collections::BTreeSet<OrderId>>,
+}
+
+impl Promised {
+    fn new() -> Promised {
+        Promised::default()
+    }
+
+    fn get(&self, key: &(Sku, LocationId)) -> Option<&i64> {
+        self.units.get(key)
+    }
+
+    fn insert(&mut self, key: (Sku, LocationId), units: i64) {
+        self.units.insert(key, units);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&(Sku, LocationId), &i64)> {
+        self.units.iter()
+    }
+
+    /// Counts `units` of `sku` at `location` that this decision frees (negative promises).
+    fn release(&mut self, sku: &Sku, location: &LocationId, units: i64) {
+        *self
+            .units
+            .entry((sku.clone(), location.clone()))
+            .or_insert(0) -= units;
+    }
+
+    /// Promises `units` of `sku` at `location` to `order`.
+    fn give(&mut self, order: &OrderId, sku: &Sku, location: &LocationId, units: i64) {
+        *self
+            .units
+            .entry((sku.clone(), location.clone()))
+            .or_insert(0) += units;
+        self.orders
+            .entry(location.clone())
+            .or_default()
+            .insert(order.clone());
+    }
+}
 
 impl<'a> Decider<'a> {
     pub(crate) fn item(&self, sku: &Sku) -> Result<&'a crate::state::ItemRules, Rejection> {
@@ -685,16 +728,57 @@ impl<'a> Decider<'a> {
         (i64::from(*capacity) - used - promised_here).max(0)
     }
 
-    /// What an order's line can be given of `sku` at `location`: what is available to its
-    /// channel, within the room left in the location's day.
+    /// Whether `order` may take units at `location` today under its daily order capacity:
+    /// it already has some there today (or in this decision), or the day has room for one
+    /// more order.
+    fn order_room(&self, location: &LocationId, order: &OrderId, promised: &Promised) -> bool {
+        let Some(capacity) = self.state.daily_order_capacity.get(location) else {
+            return true;
+        };
+        let today = crate::state::business_day(self.at);
+        let taken: std::collections::BTreeSet<&OrderId> = self
+            .state
+            .day_use
+            .get(location)
+            .filter(|u| u.day == today)
+            .into_iter()
+            .flat_map(|u| u.orders.keys())
+            .chain(promised.orders.get(location).into_iter().flatten())
+            .collect();
+        taken.contains(order) || taken.len() < *capacity as usize
+    }
+
+    /// Orders `location` can still take on today, for a routing reason.
+    fn orders_left(&self, location: &LocationId, promised: &Promised) -> usize {
+        let Some(capacity) = self.state.daily_order_capacity.get(location) else {
+            return usize::MAX;
+        };
+        let today = crate::state::business_day(self.at);
+        let taken: std::collections::BTreeSet<&OrderId> = self
+            .state
+            .day_use
+            .get(location)
+            .filter(|u| u.day == today)
+            .into_iter()
+            .flat_map(|u| u.orders.keys())
+            .chain(promised.orders.get(location).into_iter().flatten())
+            .collect();
+        (*capacity as usize).saturating_sub(taken.len())
+    }
+
+    /// What `order`'s line can be given of `sku` at `location`: what is available to its
+    /// channel, within the room left in the location's day (units and orders).
     fn routable(
         &self,
         sku: &Sku,
         location: &LocationId,
-        channel: &ChannelId,
+        order: (&OrderId, &ChannelId),
         promised: &Promised,
     ) -> i64 {
-        self.available(sku, location, Some(channel), promised)
+        if !self.order_room(location, order.0, promised) {
+            return 0;
+        }
+        self.available(sku, location, Some(order.1), promised)
             .min(self.room(location, promised))
     }
 
@@ -855,7 +939,7 @@ impl<'a> Decider<'a> {
                 // Another entity's order: this stock is not its to take.
                 continue;
             }
-            let mut available = self.routable(sku, location, &order.channel, &promised);
+            let mut available = self.routable(sku, location, (order_id, &order.channel), &promised);
             let min_days = self.min_shelf_life(Some(&order.channel));
             let stale = expires_on
                 .is_some_and(|d| d.get() < self.today() + chrono::Days::new(u64::from(min_days)));
@@ -873,7 +957,7 @@ impl<'a> Decider<'a> {
             if take <= 0 {
                 break;
             }
-            *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+            promised.give(order_id, sku, location, take);
             let reason = format!("backorder filled on receipt at {location}");
             events.extend(allocation_events(
                 order_id, *line, sku, location, take, reason,
@@ -1151,13 +1235,13 @@ impl<'a> Decider<'a> {
             let routes = self.route(
                 sku,
                 take,
-                &order.channel,
+                (order_id, &order.channel),
                 &order.region,
                 &promised,
                 &shipping,
             );
             for (to, n, reason) in routes {
-                *promised.entry((sku.clone(), to.clone())).or_insert(0) += n;
+                promised.give(order_id, sku, &to, n);
                 events.extend(allocation_events(
                     order_id,
                     line,
@@ -1413,6 +1497,7 @@ impl<'a> Decider<'a> {
             Event::DailyCapacitySet(ledger::events::DailyCapacitySet {
                 location: c.location.clone(),
                 units: c.units,
+                orders: c.orders,
             }),
         )])
     }
@@ -1720,7 +1805,8 @@ impl<'a> Decider<'a> {
         freed: &Promised,
     ) -> Decision {
         let mut plan: Vec<(u32, Sku, Vec<Route>, i64)> = Vec::new();
-        if let Some(node) = self.one_node_for_all(lines, channel, region, &shipping, freed) {
+        if let Some(node) = self.one_node_for_all(lines, (order, channel), region, &shipping, freed)
+        {
             for (line, sku, want) in lines {
                 plan.push((
                     *line,
@@ -1733,9 +1819,9 @@ impl<'a> Decider<'a> {
             let mut promised = freed.clone();
             let mut shipping = shipping;
             for (line, sku, want) in lines {
-                let routes = self.route(sku, *want, channel, region, &promised, &shipping);
+                let routes = self.route(sku, *want, (order, channel), region, &promised, &shipping);
                 for (location, take, _) in &routes {
-                    *promised.entry((sku.clone(), location.clone())).or_insert(0) += take;
+                    promised.give(order, sku, location, *take);
                     if !shipping.contains(location) {
                         shipping.push(location.clone());
                     }
@@ -1801,16 +1887,19 @@ impl<'a> Decider<'a> {
 
     /// What a node's daily capacity leaves it today, for a routing reason ("" without one).
     fn capacity_words(&self, location: &LocationId, promised: &Promised) -> String {
-        self.state
-            .daily_capacity
-            .get(location)
-            .map(|units| {
-                format!(
-                    "; room for {} more units today (daily capacity {units})",
-                    self.room(location, promised)
-                )
-            })
-            .unwrap_or_default()
+        let units = self.state.daily_capacity.get(location).map(|units| {
+            format!(
+                "; room for {} more units today (daily capacity {units})",
+                self.room(location, promised)
+            )
+        });
+        let orders = self.state.daily_order_capacity.get(location).map(|orders| {
+            format!(
+                "; room for {} more orders today (daily capacity {orders} orders)",
+                self.orders_left(location, promised)
+            )
+        });
+        units.into_iter().chain(orders).collect()
     }
 
     /// The locations of the command's own entity: their stock is its stock, and orders are
@@ -1830,7 +1919,7 @@ impl<'a> Decider<'a> {
     fn one_node_for_all(
         &self,
         lines: &[(u32, Sku, i64)],
-        channel: &ChannelId,
+        order: (&OrderId, &ChannelId),
         region: &str,
         shipping: &[LocationId],
         freed: &Promised,
@@ -1843,10 +1932,8 @@ impl<'a> Decider<'a> {
             .filter(|l| {
                 let mut promised = freed.clone();
                 lines.iter().all(|(_, sku, want)| {
-                    let fills = self.routable(sku, &l.location, channel, &promised) >= *want;
-                    *promised
-                        .entry((sku.clone(), l.location.clone()))
-                        .or_insert(0) += want;
+                    let fills = self.routable(sku, &l.location, order, &promised) >= *want;
+                    promised.give(order.0, sku, &l.location, *want);
                     fills
                 })
             })
@@ -1889,7 +1976,7 @@ impl<'a> Decider<'a> {
         &self,
         sku: &Sku,
         want: i64,
-        channel: &ChannelId,
+        order: (&OrderId, &ChannelId),
         region: &str,
         promised: &Promised,
         shipping: &[LocationId],
@@ -1898,7 +1985,7 @@ impl<'a> Decider<'a> {
             .own_locations()
             .map(|l| {
                 (
-                    self.routable(sku, &l.location, channel, promised),
+                    self.routable(sku, &l.location, order, promised),
                     l.region != region,
                     l.routing_priority,
                     &l.location,
@@ -2319,7 +2406,7 @@ impl<'a> Decider<'a> {
                     continue;
                 }
                 left -= free;
-                *freed.entry((sku.clone(), location.clone())).or_insert(0) -= free;
+                freed.release(&sku, location, free);
                 releases.push((
                     Subject::Stock(sku.clone()),
                     Event::AllocationReleased(AllocationReleased {

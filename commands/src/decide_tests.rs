@@ -2209,3 +2209,123 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
         assert!(error.to_string().contains("units"), "{bad}: {error}");
     }
 }
+
+#[test]
+fn a_location_takes_on_no_more_orders_a_day_than_its_order_capacity() {
+    // Goal: WH1 packs at most 2 orders a day. Two orders take it (the second's second line
+    // joins it, the same order); the third order goes to WH2; a cancellation frees its order
+    // slot; a new day starts empty; the routing reason says how many orders are left.
+    let mut w = World::new();
+    w.receive("A", "WH1", 50);
+    w.receive("A", "WH2", 50);
+    w.receive("SAFE", "WH1", 50);
+    let day1 = "2011-01-01T10:00:00Z";
+    let day2 = "2011-01-02T08:00:00Z";
+    let at = |w: &mut World, kind: &str, data: serde_json::Value, when: &str| {
+        let d = w
+            .when_at(kind, data, when)
+            .unwrap_or_else(|r| panic!("{kind}: {r}"));
+        w.apply_at(&d, when);
+        d
+    };
+    let nodes = |d: &Decision| -> Vec<String> {
+        d.iter()
+            .filter_map(|(_, e)| match e {
+                Event::StockAllocated(a) => {
+                    Some(format!("{}:{}:{}", a.line, a.location, a.qty.get()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let place = |order: &str, lines: serde_json::Value| json!({"order": order, "channel": "web", "ship_to_region": "UK", "lines": lines});
+    at(
+        &mut w,
+        "location.set_daily_capacity",
+        json!({"location": "WH1", "orders": 2}),
+        day1,
+    );
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O1", json!([line(1, "A", 1)])),
+        day1,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1"]);
+    let reason = d
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::LineRouted(r) => Some(r.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        reason.contains("room for 2 more orders today (daily capacity 2 orders)"),
+        "{reason}"
+    );
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O2", json!([line(1, "A", 1), line(2, "SAFE", 1)])),
+        day1,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1", "2:WH1:1"]);
+    // WH1 has taken two orders today: the third goes to WH2.
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O3", json!([line(1, "A", 1)])),
+        day1,
+    );
+    assert_eq!(nodes(&d), ["1:WH2:1"]);
+    // A cancellation the same day frees its order's slot.
+    at(
+        &mut w,
+        "order.cancel",
+        json!({"order": "O1", "reason": "customer_request"}),
+        day1,
+    );
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O4", json!([line(1, "A", 1)])),
+        day1,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1"]);
+    // A new day starts empty.
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O5", json!([line(1, "A", 1)])),
+        day2,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1"]);
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O6", json!([line(1, "A", 1)])),
+        day2,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1"]);
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O7", json!([line(1, "A", 1)])),
+        day2,
+    );
+    assert_eq!(nodes(&d), ["1:WH2:1"]);
+    // Units and orders together; then no limit of either.
+    at(
+        &mut w,
+        "location.set_daily_capacity",
+        json!({"location": "WH1", "units": 100, "orders": null}),
+        day2,
+    );
+    let d = at(
+        &mut w,
+        "order.place",
+        place("O8", json!([line(1, "A", 1)])),
+        day2,
+    );
+    assert_eq!(nodes(&d), ["1:WH1:1"]);
+}

@@ -241,6 +241,7 @@ struct SavedLocation {
     entity: Option<EntityId>,
     rates: Option<std::collections::BTreeMap<String, ledger::values::Money>>,
     capacity: Option<u32>,
+    order_capacity: Option<u32>,
 }
 
 fn save(state: &State, subject: &Subject) -> Saved {
@@ -253,6 +254,7 @@ fn save(state: &State, subject: &Subject) -> Saved {
                 entity: state.location_entities.get(k).cloned(),
                 rates: state.shipping_rates.get(k).cloned(),
                 capacity: state.daily_capacity.get(k).copied(),
+                order_capacity: state.daily_order_capacity.get(k).copied(),
             }),
         ),
         Subject::Channel(k) => Saved::Channel(
@@ -307,10 +309,12 @@ fn restore(state: &mut State, saved: Saved) {
                 entity,
                 rates,
                 capacity,
+                order_capacity,
             } = *saved;
             put_ordered(&mut state.location_entities, k.clone(), entity);
             put_ordered(&mut state.shipping_rates, k.clone(), rates);
             put_ordered(&mut state.daily_capacity, k.clone(), capacity);
+            put_ordered(&mut state.daily_order_capacity, k.clone(), order_capacity);
             put_ordered(&mut state.locations, k, defined);
         }
         Saved::Channel(k, v, days) => {

@@ -598,10 +598,14 @@ fn business_command(rng: &mut Rng, orders: &mut Vec<(u64, u8, &'static str)>) ->
                 0 => json!(null),
                 _ => json!(rng.below(30)),
             };
+            let orders = match rng.below(3) {
+                0 => json!(rng.below(6)),
+                _ => json!(null),
+            };
             command(
                 rng,
                 "location.set_daily_capacity",
-                json!({"location": location, "units": units}),
+                json!({"location": location, "units": units, "orders": orders}),
             )
         }
         // A channel's shelf life: channel data that allocation reads.
@@ -856,6 +860,7 @@ fn same_model(a: &State, b: &State) -> bool {
         && a.shipping_rates == b.shipping_rates
         && a.daily_capacity == b.daily_capacity
         && a.shelf_life == b.shelf_life
+        && a.daily_order_capacity == b.daily_order_capacity
         && a.day_use == b.day_use
         && a.entities == b.entities
         && a.location_entities == b.location_entities
@@ -963,6 +968,10 @@ async fn recover(
             ("shipping_rates", a.shipping_rates == b.shipping_rates),
             ("daily_capacity", a.daily_capacity == b.daily_capacity),
             ("shelf_life", a.shelf_life == b.shelf_life),
+            (
+                "daily_order_capacity",
+                a.daily_order_capacity == b.daily_order_capacity,
+            ),
             ("day_use", a.day_use == b.day_use),
             ("channels", a.channels == b.channels),
             ("suppliers", a.suppliers == b.suppliers),

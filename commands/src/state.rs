@@ -712,11 +712,15 @@ pub struct EntityState {
 
 /// Units a location took on in allocations in one business day (UTC), net of units released
 /// that day.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayUse {
     /// Days since 1970-01-01 (UTC).
     pub day: i64,
     pub units: i64,
+    /// The orders with units allocated at the location today, and how many (an order whose
+    /// units there are all released that day leaves it).
+    #[serde(default)]
+    pub orders: BTreeMap<OrderId, i64>,
 }
 
 /// The business day (UTC) of `at`, in days since 1970-01-01.
@@ -739,6 +743,9 @@ pub struct State {
     /// Units a location can take on in allocations per business day
     /// (`location.daily_capacity_set`); a location without an entry has no limit.
     pub daily_capacity: BTreeMap<LocationId, u32>,
+    /// Orders each location takes on in allocations per business day (the `orders` of
+    /// `location.daily_capacity_set`); a location without an entry has no limit.
+    pub daily_order_capacity: BTreeMap<LocationId, u32>,
     /// What each location with a daily capacity took on in its latest business day.
     pub day_use: BTreeMap<LocationId, DayUse>,
     pub channels: HashMap<ChannelId, Defined<ChannelDefined>>,
@@ -875,10 +882,10 @@ impl State {
         }
         match &envelope.event {
             E::StockAllocated(e) => {
-                self.use_capacity(&e.location, envelope.effective_at, e.qty.get());
+                self.use_capacity(&e.location, envelope.effective_at, &e.order, e.qty.get());
             }
             E::AllocationReleased(e) => {
-                self.use_capacity(&e.location, envelope.effective_at, -e.qty.get());
+                self.use_capacity(&e.location, envelope.effective_at, &e.order, -e.qty.get());
             }
             _ => {}
         }
@@ -914,15 +921,19 @@ impl State {
                     .or_default()
                     .insert(e.region.clone(), e.cost);
             }
-            E::DailyCapacitySet(e) => match e.units {
-                Some(units) => {
-                    self.daily_capacity.insert(e.location.clone(), units);
-                }
-                None => {
-                    self.daily_capacity.remove(&e.location);
+            E::DailyCapacitySet(e) => {
+                match e.units {
+                    Some(units) => self.daily_capacity.insert(e.location.clone(), units),
+                    None => self.daily_capacity.remove(&e.location),
+                };
+                match e.orders {
+                    Some(orders) => self.daily_order_capacity.insert(e.location.clone(), orders),
+                    None => self.daily_order_capacity.remove(&e.location),
+                };
+                if e.units.is_none() && e.orders.is_none() {
                     self.day_use.remove(&e.location);
                 }
-            },
+            }
             E::LocationDefined(e) => {
                 self.location_entities
                     .entry(e.location.clone())
@@ -991,20 +1002,32 @@ impl State {
         }
     }
 
-    /// Counts `units` allocated (released, when negative) at `location` on the day of `at`,
-    /// where the location has a daily capacity. A new day starts from nothing; an event dated
-    /// before the location's latest day counted changes nothing (that day is history).
-    fn use_capacity(&mut self, location: &LocationId, at: Timestamp, units: i64) {
-        if !self.daily_capacity.contains_key(location) {
+    /// Counts `units` allocated to `order` (released, when negative) at `location` on the day
+    /// of `at`, where the location has a daily capacity (units or orders). A new day starts
+    /// from nothing; an event dated before the location's latest day counted changes nothing
+    /// (that day is history).
+    fn use_capacity(&mut self, location: &LocationId, at: Timestamp, order: &OrderId, units: i64) {
+        let by_orders = self.daily_order_capacity.contains_key(location);
+        if !by_orders && !self.daily_capacity.contains_key(location) {
             return;
         }
         let day = business_day(at);
         let used = self.day_use.entry(location.clone()).or_default();
         if day > used.day {
-            *used = DayUse { day, units: 0 };
+            *used = DayUse {
+                day,
+                ..DayUse::default()
+            };
         }
         if day == used.day {
             used.units = (used.units + units).max(0);
+            if by_orders {
+                let n = used.orders.entry(order.clone()).or_default();
+                *n += units;
+                if *n <= 0 {
+                    used.orders.remove(order);
+                }
+            }
         }
     }
 

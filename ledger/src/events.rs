@@ -200,9 +200,12 @@ payload! {
     /// How many units a location can take on in allocations in one business day (UTC), or
     /// `None` for no limit. Routing passes over a node whose day is full; units released by
     /// a cancellation on the same day give the room back. Set again to change it.
+    /// A location's daily capacity: units and orders it takes on in allocations per business
+    /// day (UTC); none: no limit (version 2 added `orders`).
     pub struct DailyCapacitySet {
         pub location: LocationId,
         pub units: Option<u32>,
+        pub orders: Option<u32>,
     }
 
     pub struct SupplierDefined {
@@ -1136,7 +1139,7 @@ catalogue! {
     ItemChanged(ItemDefined) = "item.changed" v 2;
     LocationDefined(LocationDefined) = "location.defined" v 1;
     ShippingRateSet(ShippingRateSet) = "location.shipping_rate_set" v 1;
-    DailyCapacitySet(DailyCapacitySet) = "location.daily_capacity_set" v 1;
+    DailyCapacitySet(DailyCapacitySet) = "location.daily_capacity_set" v 2;
     SupplierDefined(SupplierDefined) = "supplier.defined" v 1;
     ChannelDefined(ChannelDefined) = "channel.defined" v 1;
     ChannelShelfLifeSet(ChannelShelfLifeSet) = "channel.shelf_life_set" v 1;

@@ -16,9 +16,9 @@ use crate::envelope::{Envelope, EventHash};
 use crate::events::*;
 use crate::subject::Subject;
 use crate::upcast::{
-    CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, ExceptionRuleSetV1,
-    ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS, ReturnAuthorisedV1,
-    ReturnDispositionedV1, ReturnReceivedV1,
+    CommandAcceptedV1, CommandAcceptedV2, CommandRejectedV1, CommandRejectedV2, DailyCapacitySetV1,
+    ExceptionRuleSetV1, ExceptionRuleV1, ItemDefinedV1, LegalEntityDefinedV1, OLD_VERSIONS,
+    ReturnAuthorisedV1, ReturnDispositionedV1, ReturnReceivedV1,
 };
 use crate::values::*;
 
@@ -131,6 +131,14 @@ fn return_authorised_v1() -> ReturnAuthorisedV1 {
         order: order(),
         return_id: ReturnId::new("RMA-5").unwrap(),
         lines: line_qty(1, 2),
+    }
+}
+
+/// The v1 sample of `location.daily_capacity_set`.
+fn daily_capacity_v1() -> DailyCapacitySetV1 {
+    DailyCapacitySetV1 {
+        location: loc("WH1"),
+        units: Some(1200),
     }
 }
 
@@ -567,8 +575,8 @@ fn sample(t: EventType) -> Event {
             }),
         }),
         EventType::DailyCapacitySet => Event::DailyCapacitySet(DailyCapacitySet {
-            location: loc("WH1"),
-            units: Some(1200),
+            orders: Some(400),
+            ..daily_capacity_v1().into()
         }),
         EventType::ClockTicked => Event::ClockTicked(ClockTicked {
             previous: Timestamp::parse("2011-03-04T09:12:30Z").unwrap(),
@@ -780,6 +788,10 @@ fn golden_old_versions_decode_and_upcast() {
             (EventType::ReturnDispositioned, 1) => (
                 codec::to_bytes(&return_dispositioned_v1()).unwrap(),
                 Event::ReturnDispositioned(return_dispositioned_v1().into()),
+            ),
+            (EventType::DailyCapacitySet, 1) => (
+                codec::to_bytes(&daily_capacity_v1()).unwrap(),
+                Event::DailyCapacitySet(daily_capacity_v1().into()),
             ),
             other => panic!("no sample for old version {other:?}"),
         };

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, from_bytes};
 use crate::events::{
-    CommandAccepted, CommandRejected, CostMethod, Disposition, Event, EventType, ExceptionKind,
-    ExceptionRule, ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty, PackSize,
-    ReturnAuthorised, ReturnDispositioned, ReturnReceived, Severity, Tracking,
+    CommandAccepted, CommandRejected, CostMethod, DailyCapacitySet, Disposition, Event, EventType,
+    ExceptionKind, ExceptionRule, ExceptionRuleSet, ItemDefined, LegalEntityDefined, LineQty,
+    PackSize, ReturnAuthorised, ReturnDispositioned, ReturnReceived, Severity, Tracking,
 };
 use crate::values::{
     ActorId, Currency, EntityId, LocationId, OrderId, Qty, ReturnId, Sku, SupplierId, UnitName,
@@ -50,6 +50,24 @@ impl From<ItemDefinedV1> for ItemDefined {
             suppliers: v1.suppliers,
             cost_method: CostMethod::Fifo,
             allow_negative: false,
+        }
+    }
+}
+
+/// `location.daily_capacity_set` version 1: units only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DailyCapacitySetV1 {
+    pub location: LocationId,
+    pub units: Option<u32>,
+}
+
+impl From<DailyCapacitySetV1> for DailyCapacitySet {
+    /// Capacities set before version 2 limit no orders.
+    fn from(v1: DailyCapacitySetV1) -> DailyCapacitySet {
+        DailyCapacitySet {
+            location: v1.location,
+            units: v1.units,
+            orders: None,
         }
     }
 }
@@ -288,6 +306,7 @@ pub const OLD_VERSIONS: &[(EventType, u16)] = &[
     (EventType::ExceptionRuleSet, 1),
     (EventType::ReturnReceived, 1),
     (EventType::ReturnDispositioned, 1),
+    (EventType::DailyCapacitySet, 1),
 ];
 
 /// Decodes a payload written at an older `version` of `event_type` and upcasts it.
@@ -329,6 +348,9 @@ pub(crate) fn decode_old(
         )),
         (EventType::ReturnDispositioned, 1) => Ok(Event::ReturnDispositioned(
             from_bytes::<ReturnDispositionedV1>(bytes)?.into(),
+        )),
+        (EventType::DailyCapacitySet, 1) => Ok(Event::DailyCapacitySet(
+            from_bytes::<DailyCapacitySetV1>(bytes)?.into(),
         )),
         _ => Err(CodecError::UnknownVersion {
             event_type: event_type.name(),
