@@ -47,10 +47,10 @@ pub enum OutputFormat {
     Csv,
 }
 
+/// A point of both timelines: what was known (a sequence or a time recorded) and what had
+/// happened by then in business time; the log's end without any.
 #[derive(Debug, clap::Args)]
-pub struct ReplayArgs {
-    /// What to build.
-    view: ReplayView,
+pub struct PointArgs {
     /// Knowledge: everything the log held up to this stream sequence.
     #[arg(long, conflicts_with = "as_recorded")]
     as_of_seq: Option<u64>,
@@ -62,6 +62,14 @@ pub struct ReplayArgs {
     /// including back-dated and late ones known by the knowledge point.
     #[arg(long)]
     as_effective: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// What to build.
+    view: ReplayView,
+    #[command(flatten)]
+    point: PointArgs,
     /// Compare with a second point: the `--to-*` options; what they leave out is taken from
     /// the first point.
     #[arg(long)]
@@ -162,24 +170,22 @@ pub(crate) fn progress_printer(what: &'static str, quiet: bool) -> impl FnMut(Pr
 
 /// The point `--as-of-seq`, `--as-recorded` and `--as-effective` name (the log's end without
 /// them).
-fn first_point(
-    as_of_seq: Option<u64>,
-    as_recorded: &Option<String>,
-    as_effective: &Option<String>,
-) -> anyhow::Result<Point> {
-    let knowledge = match (as_of_seq, as_recorded) {
+fn first_point(args: &PointArgs) -> anyhow::Result<Point> {
+    let knowledge = match (args.as_of_seq, &args.as_recorded) {
         (Some(seq), _) => Knowledge::Seq(seq),
-        (None, Some(_)) => Knowledge::Recorded(time("as-recorded", as_recorded)?.expect("given")),
+        (None, Some(_)) => {
+            Knowledge::Recorded(time("as-recorded", &args.as_recorded)?.expect("given"))
+        }
         (None, None) => Knowledge::Latest,
     };
     Ok(Point {
         knowledge,
-        effective: time("as-effective", as_effective)?,
+        effective: time("as-effective", &args.as_effective)?,
     })
 }
 
 pub async fn replay(log: &JetStreamLog, args: &ReplayArgs) -> anyhow::Result<()> {
-    let first = first_point(args.as_of_seq, &args.as_recorded, &args.as_effective)?;
+    let first = first_point(&args.point)?;
     let knowledge = first.knowledge;
     let mut points = vec![point::resolve(log, first).await?];
     if args.diff {
@@ -813,6 +819,12 @@ pub fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TraceFormat {
+    Table,
+    Json,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     /// The SKU of the lot to trace forward (with --lot).
@@ -825,19 +837,11 @@ pub struct TraceArgs {
     /// they came from.
     #[arg(long, required_unless_present = "lot")]
     order: Option<String>,
-    /// Knowledge: everything the log held up to this stream sequence.
-    #[arg(long, conflicts_with = "as_recorded")]
-    as_of_seq: Option<u64>,
-    /// Knowledge: everything the server had stored by this time (RFC 3339, or a date meaning
-    /// its end, UTC).
-    #[arg(long)]
-    as_recorded: Option<String>,
-    /// Business time: only events effective at or before this time (RFC 3339 or a date).
-    #[arg(long)]
-    as_effective: Option<String>,
+    #[command(flatten)]
+    point: PointArgs,
     /// `table` for people, `json` for programs.
     #[arg(long, value_enum, default_value = "table")]
-    format: OutputFormat,
+    format: TraceFormat,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -847,10 +851,7 @@ pub struct TraceArgs {
 pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
     use projections::View;
     use projections::trace::{Trace, TraceQuery};
-    if matches!(args.format, OutputFormat::Csv) {
-        bail!("--format: `erp trace` prints `table` or `json`");
-    }
-    let first = first_point(args.as_of_seq, &args.as_recorded, &args.as_effective)?;
+    let first = first_point(&args.point)?;
     let point = point::resolve(log, first).await?;
     let replayed = replay::replay::<_, Trace>(
         log,
@@ -875,7 +876,7 @@ pub async fn trace(log: &JetStreamLog, args: &TraceArgs) -> anyhow::Result<()> {
         Ok(_) => bail!("the trace view answered with a read of the log"),
         Err(e) => bail!("{} ({})", e.message, built.point),
     };
-    if matches!(args.format, OutputFormat::Json) {
+    if matches!(args.format, TraceFormat::Json) {
         say!(
             "{}",
             serde_json::json!({"point": built.point.to_string(), "trace": answer})

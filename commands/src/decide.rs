@@ -728,6 +728,23 @@ impl<'a> Decider<'a> {
         (i64::from(*capacity) - used - promised_here).max(0)
     }
 
+    /// The orders `location` took on today, and those this decision gives units there.
+    fn orders_taken<'p>(
+        &'p self,
+        location: &LocationId,
+        promised: &'p Promised,
+    ) -> std::collections::BTreeSet<&'p OrderId> {
+        let today = crate::state::business_day(self.at);
+        self.state
+            .day_use
+            .get(location)
+            .filter(|u| u.day == today)
+            .into_iter()
+            .flat_map(|u| u.orders.keys())
+            .chain(promised.orders.get(location).into_iter().flatten())
+            .collect()
+    }
+
     /// Whether `order` may take units at `location` today under its daily order capacity:
     /// it already has some there today (or in this decision), or the day has room for one
     /// more order.
@@ -735,16 +752,7 @@ impl<'a> Decider<'a> {
         let Some(capacity) = self.state.daily_order_capacity.get(location) else {
             return true;
         };
-        let today = crate::state::business_day(self.at);
-        let taken: std::collections::BTreeSet<&OrderId> = self
-            .state
-            .day_use
-            .get(location)
-            .filter(|u| u.day == today)
-            .into_iter()
-            .flat_map(|u| u.orders.keys())
-            .chain(promised.orders.get(location).into_iter().flatten())
-            .collect();
+        let taken = self.orders_taken(location, promised);
         taken.contains(order) || taken.len() < *capacity as usize
     }
 
@@ -753,17 +761,7 @@ impl<'a> Decider<'a> {
         let Some(capacity) = self.state.daily_order_capacity.get(location) else {
             return usize::MAX;
         };
-        let today = crate::state::business_day(self.at);
-        let taken: std::collections::BTreeSet<&OrderId> = self
-            .state
-            .day_use
-            .get(location)
-            .filter(|u| u.day == today)
-            .into_iter()
-            .flat_map(|u| u.orders.keys())
-            .chain(promised.orders.get(location).into_iter().flatten())
-            .collect();
-        (*capacity as usize).saturating_sub(taken.len())
+        (*capacity as usize).saturating_sub(self.orders_taken(location, promised).len())
     }
 
     /// What `order`'s line can be given of `sku` at `location`: what is available to its

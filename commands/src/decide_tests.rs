@@ -110,6 +110,15 @@ impl World {
         }
     }
 
+    /// Decides and applies at `at`; the command must be accepted.
+    pub(crate) fn given_at(&mut self, kind: &str, data: serde_json::Value, at: &str) -> Decision {
+        let decision = self
+            .when_at(kind, data, at)
+            .unwrap_or_else(|r| panic!("given {kind}: {r}"));
+        self.apply_at(&decision, at);
+        decision
+    }
+
     /// Decides and applies; the command must be accepted.
     pub(crate) fn given(&mut self, kind: &str, data: serde_json::Value) -> Decision {
         let decision = self
@@ -2130,11 +2139,7 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
     let day1_later = "2011-01-01T18:00:00Z";
     let day2 = "2011-01-02T08:00:00Z";
     let at = |w: &mut World, kind: &str, data: serde_json::Value, when: &str| {
-        let d = w
-            .when_at(kind, data, when)
-            .unwrap_or_else(|r| panic!("{kind}: {r}"));
-        w.apply_at(&d, when);
-        d
+        w.given_at(kind, data, when)
     };
     let place = |order: &str, qty: i64| json!({"order": order, "channel": "web", "ship_to_region": "UK", "lines": [line(1, "A", qty)]});
     let capacity = |w: &mut World, location: &str, units: serde_json::Value, when: &str| {
@@ -2222,11 +2227,7 @@ fn a_location_takes_on_no_more_orders_a_day_than_its_order_capacity() {
     let day1 = "2011-01-01T10:00:00Z";
     let day2 = "2011-01-02T08:00:00Z";
     let at = |w: &mut World, kind: &str, data: serde_json::Value, when: &str| {
-        let d = w
-            .when_at(kind, data, when)
-            .unwrap_or_else(|r| panic!("{kind}: {r}"));
-        w.apply_at(&d, when);
-        d
+        w.given_at(kind, data, when)
     };
     let nodes = |d: &Decision| -> Vec<String> {
         d.iter()

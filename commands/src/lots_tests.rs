@@ -13,11 +13,7 @@ const DAY1: &str = "2011-01-10T09:00:00Z";
 const AFTER_EARLY: &str = "2011-01-21T09:00:00Z";
 
 fn at(w: &mut World, kind: &str, data: Value, when: &str) -> Decision {
-    let d = w
-        .when_at(kind, data, when)
-        .unwrap_or_else(|r| panic!("given {kind}: {r}"));
-    w.apply_at(&d, when);
-    d
+    w.given_at(kind, data, when)
 }
 
 fn refused(result: Result<Decision, Rejection>) -> Rejection {
