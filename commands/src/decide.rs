@@ -780,7 +780,7 @@ impl<'a> Decider<'a> {
             .min(self.room(location, promised))
     }
 
-    fn allows_negative(&self, sku: &Sku) -> bool {
+    pub(crate) fn allows_negative(&self, sku: &Sku) -> bool {
         self.state
             .items
             .get(sku)

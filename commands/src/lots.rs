@@ -98,6 +98,7 @@ impl Decider<'_> {
         }
         if let LotUse::Take(n) = use_
             && known.fresh_for(self.today(), 0)
+            && !self.allows_negative(sku)
         {
             let fresh = self.fresh_free(sku, location);
             if n > fresh {
@@ -155,12 +156,15 @@ impl Decider<'_> {
         lot: Option<&LotId>,
         expires_on: Option<Date>,
     ) -> Result<Option<LotId>, Rejection> {
+        if !self.by_lot(sku) {
+            return Ok(lot.cloned());
+        }
         let lot = match (lot, expires_on) {
             (Some(lot), _) => lot.clone(),
-            (None, Some(date)) if self.by_lot(sku) => {
+            (None, Some(date)) => {
                 LotId::new(date.get().to_string()).expect("a date is a valid lot id")
             }
-            (None, _) => return Ok(None),
+            (None, None) => return Ok(None),
         };
         if let Some(known) = self.lot(sku, &lot)
             && known.expires_on.is_some()
