@@ -184,6 +184,7 @@ async fn the_console_shows_what_the_views_answer_and_a_command_sent_from_its_for
         live_projector::<projections::replenish::Replenishment>(&nats).await,
         live_projector::<projections::exceptions::Exceptions>(&nats).await,
         live_projector::<projections::kpis::Kpis>(&nats).await,
+        live_projector::<projections::trace::Trace>(&nats).await,
     ];
     let last = crate::projections::submit(&nats, crate::projections::uci_bodies(1)).await;
     let gw = TestGateway::start(nats.url(), None).await;
