@@ -2271,50 +2271,31 @@ fn a_location_takes_on_no_more_orders_a_day_than_its_order_capacity() {
         day1,
     );
     assert_eq!(nodes(&d), ["1:WH1:1", "2:WH1:1"]);
-    // WH1 has taken two orders today: the third goes to WH2.
-    let d = at(
-        &mut w,
-        "order.place",
-        place("O3", json!([line(1, "A", 1)])),
-        day1,
-    );
-    assert_eq!(nodes(&d), ["1:WH2:1"]);
-    // A cancellation the same day frees its order's slot.
-    at(
-        &mut w,
-        "order.cancel",
-        json!({"order": "O1", "reason": "customer_request"}),
-        day1,
-    );
-    let d = at(
-        &mut w,
-        "order.place",
-        place("O4", json!([line(1, "A", 1)])),
-        day1,
-    );
-    assert_eq!(nodes(&d), ["1:WH1:1"]);
-    // A new day starts empty.
-    let d = at(
-        &mut w,
-        "order.place",
-        place("O5", json!([line(1, "A", 1)])),
-        day2,
-    );
-    assert_eq!(nodes(&d), ["1:WH1:1"]);
-    let d = at(
-        &mut w,
-        "order.place",
-        place("O6", json!([line(1, "A", 1)])),
-        day2,
-    );
-    assert_eq!(nodes(&d), ["1:WH1:1"]);
-    let d = at(
-        &mut w,
-        "order.place",
-        place("O7", json!([line(1, "A", 1)])),
-        day2,
-    );
-    assert_eq!(nodes(&d), ["1:WH2:1"]);
+    // One line of A each: where it goes, in turn. WH1 has taken two orders on day 1, so the
+    // third goes to WH2; cancelling O1 frees its slot; day 2 starts empty.
+    for (order, when, cancel_first, expected) in [
+        ("O3", day1, None, "1:WH2:1"),
+        ("O4", day1, Some("O1"), "1:WH1:1"),
+        ("O5", day2, None, "1:WH1:1"),
+        ("O6", day2, None, "1:WH1:1"),
+        ("O7", day2, None, "1:WH2:1"),
+    ] {
+        if let Some(cancelled) = cancel_first {
+            at(
+                &mut w,
+                "order.cancel",
+                json!({"order": cancelled, "reason": "customer_request"}),
+                when,
+            );
+        }
+        let d = at(
+            &mut w,
+            "order.place",
+            place(order, json!([line(1, "A", 1)])),
+            when,
+        );
+        assert_eq!(nodes(&d), [expected], "{order}");
+    }
     // Units and orders together; then no limit of either.
     at(
         &mut w,
