@@ -153,6 +153,17 @@ fn line(n: u32, sku: &str, qty: i64) -> serde_json::Value {
     json!({"line": n, "sku": sku, "qty": qty, "unit_price": {"amount": "2.55", "currency": "GBP"}})
 }
 
+/// The reason of the decision's first routing.
+fn routed_reason(decision: &Decision) -> String {
+    decision
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::LineRouted(r) => Some(r.reason.clone()),
+            _ => None,
+        })
+        .expect("a line was routed")
+}
+
 pub(crate) fn types(decision: &Decision) -> Vec<&'static str> {
     decision
         .iter()
@@ -2167,13 +2178,7 @@ fn a_location_takes_on_no_more_than_its_daily_capacity_and_a_cancellation_gives_
     assert_eq!(placed(&mut w, "O2", 3, day1), ["WH2:3"]);
     let d = at(&mut w, "order.place", place("O3", 1), day1);
     assert_eq!(node(&d), ["WH1:1"]);
-    let reason = d
-        .iter()
-        .find_map(|(_, e)| match e {
-            Event::LineRouted(r) => Some(r.reason.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let reason = routed_reason(&d);
     assert!(
         reason.contains("room for 1 more units today (daily capacity 5)"),
         "{reason}"
@@ -2253,13 +2258,7 @@ fn a_location_takes_on_no_more_orders_a_day_than_its_order_capacity() {
         day1,
     );
     assert_eq!(nodes(&d), ["1:WH1:1"]);
-    let reason = d
-        .iter()
-        .find_map(|(_, e)| match e {
-            Event::LineRouted(r) => Some(r.reason.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let reason = routed_reason(&d);
     assert!(
         reason.contains("room for 2 more orders today (daily capacity 2 orders)"),
         "{reason}"

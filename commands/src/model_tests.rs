@@ -523,7 +523,7 @@ fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
             allocated_at_locations += b.allocated;
         }
         let (mut allocated_on_orders, mut backordered) = (0, 0);
-        let lines = reference
+        let lines: Vec<_> = reference
             .orders
             .iter()
             .filter(|(_, s, _)| *s == i)
@@ -532,8 +532,9 @@ fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
                     .lines
                     .values()
                     .map(move |line| (order, line))
-            });
-        for (order, line) in lines {
+            })
+            .collect();
+        for &(order, line) in &lines {
             allocated_on_orders += line.allocated_total();
             backordered += line.backordered;
             actual.shipped += line.shipped;
@@ -561,17 +562,9 @@ fn check(world: &World, reference: &Reference) -> Result<(), TestCaseError> {
                 let at = ledger::values::LocationId::new(location).unwrap();
                 let in_lots: i64 = stock.extras().lots.values().map(|l| l.at(&at).units).sum();
                 let held: i64 = stock.extras().lots.values().map(|l| l.at(&at).held).sum();
-                let picked: i64 = reference
-                    .orders
+                let picked: i64 = lines
                     .iter()
-                    .filter(|(_, s, _)| *s == i)
-                    .flat_map(|(order, _, _)| {
-                        world.state.orders[&ledger::values::OrderId::new(order.as_str()).unwrap()]
-                            .lines
-                            .values()
-                            .map(|l| l.picked.get(&at).copied().unwrap_or(0))
-                            .collect::<Vec<_>>()
-                    })
+                    .map(|(_, l)| l.picked.get(&at).copied().unwrap_or(0))
                     .sum();
                 let b = world.balance(sku_code, location);
                 prop_assert_eq!(in_lots + picked, b.on_hand, "FRESH's lots at {}", location);
