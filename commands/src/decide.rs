@@ -608,16 +608,26 @@ impl Promised {
             .or_insert(0) -= units;
     }
 
-    /// Promises `units` of `sku` at `location` to `order`.
-    fn give(&mut self, order: &OrderId, sku: &Sku, location: &LocationId, units: i64) {
+    /// Promises `units` of `sku` at `location` to `order`; `count_order`: the location limits
+    /// its orders a day, so the order's slot is noted too.
+    fn give(
+        &mut self,
+        order: &OrderId,
+        sku: &Sku,
+        location: &LocationId,
+        units: i64,
+        count_order: bool,
+    ) {
         *self
             .units
             .entry((sku.clone(), location.clone()))
             .or_insert(0) += units;
-        self.orders
-            .entry(location.clone())
-            .or_default()
-            .insert(order.clone());
+        if count_order {
+            self.orders
+                .entry(location.clone())
+                .or_default()
+                .insert(order.clone());
+        }
     }
 }
 
@@ -726,6 +736,11 @@ impl<'a> Decider<'a> {
             .map(|(_, n)| n)
             .sum();
         (i64::from(*capacity) - used - promised_here).max(0)
+    }
+
+    /// Whether `location` has a daily order capacity (orders given units there are noted).
+    fn limits_orders(&self, location: &LocationId) -> bool {
+        self.state.daily_order_capacity.contains_key(location)
     }
 
     /// The orders `location` took on today, and those this decision gives units there.
@@ -955,7 +970,7 @@ impl<'a> Decider<'a> {
             if take <= 0 {
                 break;
             }
-            promised.give(order_id, sku, location, take);
+            promised.give(order_id, sku, location, take, self.limits_orders(location));
             let reason = format!("backorder filled on receipt at {location}");
             events.extend(allocation_events(
                 order_id, *line, sku, location, take, reason,
@@ -1239,7 +1254,7 @@ impl<'a> Decider<'a> {
                 &shipping,
             );
             for (to, n, reason) in routes {
-                promised.give(order_id, sku, &to, n);
+                promised.give(order_id, sku, &to, n, self.limits_orders(&to));
                 events.extend(allocation_events(
                     order_id,
                     line,
@@ -1819,7 +1834,7 @@ impl<'a> Decider<'a> {
             for (line, sku, want) in lines {
                 let routes = self.route(sku, *want, (order, channel), region, &promised, &shipping);
                 for (location, take, _) in &routes {
-                    promised.give(order, sku, location, *take);
+                    promised.give(order, sku, location, *take, self.limits_orders(location));
                     if !shipping.contains(location) {
                         shipping.push(location.clone());
                     }
@@ -1931,7 +1946,13 @@ impl<'a> Decider<'a> {
                 let mut promised = freed.clone();
                 lines.iter().all(|(_, sku, want)| {
                     let fills = self.routable(sku, &l.location, order, &promised) >= *want;
-                    promised.give(order.0, sku, &l.location, *want);
+                    promised.give(
+                        order.0,
+                        sku,
+                        &l.location,
+                        *want,
+                        self.limits_orders(&l.location),
+                    );
                     fills
                 })
             })
